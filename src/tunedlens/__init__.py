@@ -1,0 +1,58 @@
+"""tunedlens: the logit lens and the tuned lens for Hugging Face causal LMs.
+
+Importing the package does no work: names are loaded on first use.
+
+    >>> from tunedlens import load_model, LogitLens, TunedLens  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "tunedlens.models",
+    "LogitLens": "tunedlens.lenses.lens",
+    "TunedLens": "tunedlens.lenses.lens",
+    "Lens": "tunedlens.lenses.lens",
+    "Unembed": "tunedlens.lenses.unembed",
+    "ArchSpec": "tunedlens.arch.registry",
+    "register_arch": "tunedlens.arch.registry",
+    "resolve_arch": "tunedlens.arch.resolve",
+    "collect_residuals": "tunedlens.arch.residuals",
+    "predict_layers": "tunedlens.predict",
+    "read_lens": "tunedlens.lenses.files",
+    "write_lens": "tunedlens.lenses.files",
+    "TunedLensError": "tunedlens.errors",
+    "ArchitectureNotFound": "tunedlens.errors",
+    "LensFileError": "tunedlens.errors",
+    "LensMismatch": "tunedlens.errors",
+    "ModelLoadError": "tunedlens.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tunedlens.arch.registry import ArchSpec, register_arch
+    from tunedlens.arch.residuals import collect_residuals
+    from tunedlens.arch.resolve import resolve_arch
+    from tunedlens.errors import (
+        ArchitectureNotFound,
+        LensFileError,
+        LensMismatch,
+        ModelLoadError,
+        TunedLensError,
+    )
+    from tunedlens.lenses.files import read_lens, write_lens
+    from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
+    from tunedlens.lenses.unembed import Unembed
+    from tunedlens.models import load_model
+    from tunedlens.predict import predict_layers
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'tunedlens' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+"""``python -m tunedlens``."""
+
+from tunedlens.cli import main
+
+main()

@@ -1,0 +1,16 @@
+"""Architecture knowledge: the registry, module resolution and residual-stream capture."""
+
+from tunedlens.arch.registry import ARCHS, ArchSpec, register_arch
+from tunedlens.arch.residuals import Residuals, collect_residuals
+from tunedlens.arch.resolve import ResolvedArch, resolve_arch, verify_arch
+
+__all__ = [
+    "ARCHS",
+    "ArchSpec",
+    "Residuals",
+    "ResolvedArch",
+    "collect_residuals",
+    "register_arch",
+    "resolve_arch",
+    "verify_arch",
+]

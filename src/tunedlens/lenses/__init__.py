@@ -1,0 +1,20 @@
+"""Lenses: the model's head (:class:`Unembed`), the logit lens, the tuned lens, lens files."""
+
+from tunedlens.lenses.files import LensFile, read_lens, write_lens
+from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
+from tunedlens.lenses.translators import AffineTranslator, LowRankTranslator, default_rank
+from tunedlens.lenses.unembed import Unembed, unembed_hash
+
+__all__ = [
+    "AffineTranslator",
+    "Lens",
+    "LensFile",
+    "LogitLens",
+    "LowRankTranslator",
+    "TunedLens",
+    "Unembed",
+    "default_rank",
+    "read_lens",
+    "unembed_hash",
+    "write_lens",
+]

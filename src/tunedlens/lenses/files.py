@@ -1,0 +1,335 @@
+"""Lens files on disk: the reference ``tuned-lens`` format and our native safetensors format.
+
+Reference format (read and write): ``config.json`` with the keys in :data:`REFERENCE_KEYS` and
+``params.pt``, a state dict ``{"{i}.weight": (d, d), "{i}.bias": (d,)}`` of ``nn.Linear`` layers.
+It is only ever read with ``torch.load(weights_only=True)``: a pickle holding code is refused.
+
+Native format: ``lens.safetensors`` (stacked translator tensors), ``config.json`` (everything
+needed to rebuild the lens) and ``provenance.json`` (how it was made). Neither reading nor writing
+needs the model, so files can be inspected and converted anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from tunedlens.errors import LensFileError
+from tunedlens.lenses.translators import AffineTranslator, LowRankTranslator
+
+LensFormat = Literal["native", "tuned-lens"]
+NATIVE_FORMAT_VERSION = 1
+REFERENCE_KEYS = (
+    "base_model_name_or_path",
+    "d_model",
+    "num_hidden_layers",
+    "bias",
+    "base_model_revision",
+    "unembed_hash",
+    "lens_type",
+)
+MODEL_INFO_KEYS = (
+    "base_model_name_or_path",
+    "base_model_revision",
+    "model_type",
+    "vocab_size",
+    "unembed_hash",
+)
+
+
+@dataclass
+class LensFile:
+    """A lens as stored: its translator, the model it belongs to, and how it was made."""
+
+    translator: AffineTranslator | LowRankTranslator
+    model_info: dict
+    """``base_model_name_or_path``, ``base_model_revision``, ``model_type``, ``vocab_size``,
+    ``unembed_hash``; values may be ``None`` when the file did not record them."""
+    provenance: dict = field(default_factory=dict)
+    format: LensFormat = "native"
+
+
+def detect_format(path: Path) -> LensFormat:
+    """Which format the lens directory ``path`` holds."""
+    if not path.exists():
+        raise LensFileError(f"lens directory {str(path)!r} does not exist; check the path.")
+    if not path.is_dir():
+        raise LensFileError(
+            f"{str(path)!r} is a file; a lens is a directory holding config.json and "
+            "lens.safetensors (native) or params.pt (tuned-lens). Pass the directory."
+        )
+    if (path / "lens.safetensors").exists():
+        return "native"
+    if (path / "params.pt").exists():
+        return "tuned-lens"
+    found = sorted(p.name for p in path.iterdir()) or ["nothing"]
+    raise LensFileError(
+        f"{str(path)!r} holds no lens: expected lens.safetensors (native) or params.pt "
+        f"(tuned-lens), found {', '.join(found)}."
+    )
+
+
+def read_lens(path: str | os.PathLike) -> LensFile:
+    """Read a lens directory of either format (no model needed)."""
+    path = Path(path)
+    fmt = detect_format(path)
+    return _read_native(path) if fmt == "native" else _read_reference(path)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.exists():
+        raise LensFileError(f"{path} is missing; a {what} lens directory needs it.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LensFileError(f"{path} is not valid JSON ({error}); the file is corrupt.") from None
+    if not isinstance(data, dict):
+        raise LensFileError(f"{path} must hold a JSON object, found {type(data).__name__}.")
+    return data
+
+
+def _require_int(config: dict, key: str, path: Path) -> int:
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise LensFileError(f"{path}: '{key}' must be a positive integer, found {value!r}.")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# reference format
+
+
+def _load_params_pt(path: Path) -> dict:
+    if not path.exists():
+        raise LensFileError(f"{path} is missing; a tuned-lens lens directory needs params.pt.")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        raise LensFileError(
+            f"{path} holds Python objects other than tensors, so it was not loaded (unpickling "
+            f"it could run code). Re-save the lens as a plain state dict of tensors. Detail: "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        raise LensFileError(
+            f"{path} is truncated or corrupt and cannot be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}). Download or copy it again."
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LensFileError(f"{path} is not a state dict of tensors; it is not a tuned-lens lens.")
+    # Some early lenses were saved from the whole module ("layer_translators.0.weight").
+    return {k.removeprefix("layer_translators."): v for k, v in state.items()}
+
+
+def _reference_config(path: Path) -> dict:
+    config = _read_json(path / "config.json", "tuned-lens")
+    if "unemebd_hash" in config:  # a typo in early releases of the reference
+        config.setdefault("unembed_hash", config.pop("unemebd_hash"))
+    unknown = sorted(set(config) - set(REFERENCE_KEYS))
+    if unknown:
+        warnings.warn(
+            f"{path / 'config.json'}: ignoring keys the tuned-lens format does not define: "
+            f"{', '.join(unknown)}",
+            stacklevel=3,
+        )
+    lens_type = config.get("lens_type", "linear_tuned_lens")
+    if lens_type != "linear_tuned_lens":
+        raise LensFileError(
+            f"{path / 'config.json'}: lens_type={lens_type!r} is not supported; only "
+            "'linear_tuned_lens' lenses exist in the tuned-lens format."
+        )
+    return config
+
+
+def _read_reference(path: Path) -> LensFile:
+    config = _reference_config(path)
+    state = _load_params_pt(path / "params.pt")
+    n_layers = config.get("num_hidden_layers")
+    if n_layers is None:  # legacy files: count the translators
+        n_layers = len({k.split(".")[0] for k in state})
+        config["num_hidden_layers"] = n_layers
+    n_layers = _require_int(config, "num_hidden_layers", path / "config.json")
+    d_model = _require_int(config, "d_model", path / "config.json")
+    use_bias = config.get("bias", "0.bias" in state)
+    expected = {f"{i}.weight" for i in range(n_layers)}
+    expected |= {f"{i}.bias" for i in range(n_layers)} if use_bias else set()
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise LensFileError(
+            f"{path / 'params.pt'} does not match its config.json (num_hidden_layers={n_layers}, "
+            f"bias={use_bias}): missing {missing[:4] or 'nothing'}, unexpected {extra[:4] or 'nothing'}."
+        )
+    translator = AffineTranslator(n_layers, d_model, use_bias=use_bias)
+    with torch.no_grad():
+        for i in range(n_layers):
+            _copy_checked(translator.weight[i], state[f"{i}.weight"], f"{i}.weight", path)
+            if use_bias:
+                _copy_checked(translator.bias[i], state[f"{i}.bias"], f"{i}.bias", path)
+    model_info = {key: config.get(key) for key in MODEL_INFO_KEYS}
+    provenance_path = path / "provenance.json"
+    provenance = _read_json(provenance_path, "") if provenance_path.exists() else {}
+    return LensFile(translator, model_info, provenance, "tuned-lens")
+
+
+def _copy_checked(target: torch.Tensor, source: torch.Tensor, name: str, path: Path) -> None:
+    if source.shape != target.shape:
+        raise LensFileError(
+            f"{path / 'params.pt'}: '{name}' has shape {tuple(source.shape)}, expected "
+            f"{tuple(target.shape)} from config.json (d_model={target.shape[-1]})."
+        )
+    target.copy_(source.float())
+
+
+def _write_reference(lens: LensFile, path: Path) -> None:
+    translator = lens.translator
+    if isinstance(translator, LowRankTranslator):
+        translator = translator.to_affine()
+    state = {}
+    for i in range(translator.n_layers):
+        state[f"{i}.weight"] = translator.weight[i].detach().cpu().clone()
+        if translator.use_bias:
+            state[f"{i}.bias"] = translator.bias[i].detach().cpu().clone()
+    config = {
+        "base_model_name_or_path": lens.model_info.get("base_model_name_or_path") or "",
+        "d_model": translator.d_model,
+        "num_hidden_layers": translator.n_layers,
+        "bias": translator.use_bias,
+        "base_model_revision": lens.model_info.get("base_model_revision"),
+        "unembed_hash": lens.model_info.get("unembed_hash"),
+        "lens_type": "linear_tuned_lens",
+    }
+    _atomic_write(path / "params.pt", lambda f: torch.save(state, f))
+    _atomic_write(path / "config.json", lambda f: f.write(json.dumps(config).encode()))
+
+
+# ---------------------------------------------------------------------------------------------
+# native format
+
+
+def _read_native(path: Path) -> LensFile:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config = _read_json(path / "config.json", "native")
+    version = config.get("format_version")
+    if config.get("format") != "tunedlens" or version != NATIVE_FORMAT_VERSION:
+        raise LensFileError(
+            f"{path / 'config.json'} is not a native tunedlens config (format={config.get('format')!r}, "
+            f"format_version={version!r}; this tunedlens reads version {NATIVE_FORMAT_VERSION})."
+        )
+    n_layers = _require_int(config, "num_hidden_layers", path / "config.json")
+    d_model = _require_int(config, "d_model", path / "config.json")
+    kind = config.get("translator")
+    if kind == "affine":
+        translator = AffineTranslator(
+            n_layers, d_model, use_bias=bool(config.get("use_bias", True))
+        )
+    elif kind == "lowrank":
+        translator = LowRankTranslator(
+            n_layers,
+            d_model,
+            rank=_require_int(config, "rank", path / "config.json"),
+            use_temperature=bool(config.get("use_temperature", False)),
+        )
+    else:
+        raise LensFileError(
+            f"{path / 'config.json'}: translator={kind!r} is unknown; expected 'affine' or 'lowrank'."
+        )
+    try:
+        tensors = load_file(path / "lens.safetensors", device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise LensFileError(
+            f"{path / 'lens.safetensors'} is truncated or corrupt ({error}). Copy or download it again."
+        ) from None
+    expected = translator.state_dict()
+    if set(tensors) != set(expected) or any(
+        tensors[k].shape != v.shape for k, v in expected.items()
+    ):
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        wanted = {k: tuple(v.shape) for k, v in expected.items()}
+        raise LensFileError(
+            f"{path / 'lens.safetensors'} does not match config.json: it holds {found}, the config "
+            f"describes {wanted}."
+        )
+    translator.load_state_dict({k: v.float() for k, v in tensors.items()})
+    model_info = {key: config.get(key) for key in MODEL_INFO_KEYS}
+    provenance_path = path / "provenance.json"
+    provenance = _read_json(provenance_path, "") if provenance_path.exists() else {}
+    return LensFile(translator, model_info, provenance, "native")
+
+
+def native_config(lens: LensFile) -> dict:
+    """The ``config.json`` of the native format for ``lens``."""
+    translator = lens.translator
+    config = {
+        "format": "tunedlens",
+        "format_version": NATIVE_FORMAT_VERSION,
+        "translator": translator.kind,
+        "d_model": translator.d_model,
+        "num_hidden_layers": translator.n_layers,
+    }
+    if isinstance(translator, LowRankTranslator):
+        config.update(rank=translator.rank, use_temperature=translator.use_temperature)
+    else:
+        config.update(use_bias=translator.use_bias)
+    config.update({key: lens.model_info.get(key) for key in MODEL_INFO_KEYS})
+    return config
+
+
+def _write_native(lens: LensFile, path: Path) -> None:
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in lens.translator.state_dict().items()}
+    _atomic_write(path / "lens.safetensors", lambda f: f.write(save(tensors)))
+    config = json.dumps(native_config(lens), indent=2)
+    _atomic_write(path / "config.json", lambda f: f.write(config.encode()))
+
+
+def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "native") -> Path:
+    """Write ``lens`` into the directory ``path`` (created if needed) in ``format``.
+
+    Files are written to a temporary name and renamed, so an interrupted save never leaves a
+    half-written lens in place of a good one. Other files in the directory are left alone.
+
+    Returns:
+        The directory written.
+    """
+    if format not in ("native", "tuned-lens"):
+        raise ValueError(f"format must be 'native' or 'tuned-lens', got {format!r}")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LensFileError(f"{str(path)!r} is a file; pass a directory to save the lens into.")
+    other = path / ("params.pt" if format == "native" else "lens.safetensors")
+    if other.exists():
+        raise LensFileError(
+            f"{str(path)!r} already holds a lens in the other format ({other.name}); writing a "
+            f"{format} lens beside it would make the directory ambiguous. Choose another directory."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    if format == "native":
+        _write_native(lens, path)
+    else:
+        _write_reference(lens, path)
+    provenance = json.dumps({**lens.provenance, "format": format}, indent=2, default=str)
+    _atomic_write(path / "provenance.json", lambda f: f.write(provenance.encode()))
+    return path
+
+
+def _atomic_write(target: Path, write) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,277 @@
+"""Lenses: decode layer ``i``'s residual stream into next-token logits.
+
+Layer convention: ``layer`` in ``0..L-1`` is ``hidden_states[i]`` (the input of block ``i``,
+``0`` = embeddings); ``layer == L`` is the last block's output before the final norm, which every
+lens decodes with the bare model head (the "output" row: equal to the model's logits).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from torch import nn
+
+from tunedlens.errors import LensMismatch
+from tunedlens.lenses.files import LensFile, LensFormat, read_lens, write_lens
+from tunedlens.lenses.translators import AffineTranslator, LowRankTranslator, TranslatorKind
+from tunedlens.lenses.unembed import Unembed
+
+
+class Lens(nn.Module):
+    """Common interface: ``lens(hidden, layer) -> logits`` in float32."""
+
+    unembed: Unembed
+
+    def __init__(self, unembed: Unembed):
+        super().__init__()
+        self.unembed = unembed
+
+    @property
+    def n_layers(self) -> int:
+        """Number of decoder blocks ``L`` of the model."""
+        return self.unembed.arch.n_layers
+
+    @property
+    def d_model(self) -> int:
+        """Residual width of the model."""
+        return self.unembed.d_model
+
+    def _check_layer(self, layer: int) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= self.n_layers:
+            raise IndexError(
+                f"layer must be an int in 0..{self.n_layers} (0 = embeddings, {self.n_layers} = "
+                f"output of the last block), got {layer!r}"
+            )
+        return layer
+
+    def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Map layer states into the final layer's basis (float32, before the final norm)."""
+        self._check_layer(layer)
+        return hidden.to(self.unembed.device, torch.float32)
+
+    def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Decode ``(..., d_model)`` states of ``layer`` into float32 logits ``(..., vocab)``."""
+        if hidden.shape[-1] != self.d_model:
+            raise LensMismatch(
+                f"hidden states have width {hidden.shape[-1]}, the model's residual stream is "
+                f"{self.d_model} wide; pass residuals of the model this lens was built for."
+            )
+        return self.unembed(self.transform(hidden, layer))
+
+
+class LogitLens(Lens):
+    """The logit lens: every layer decoded directly with the model's final norm and unembedding.
+
+    Args:
+        model: The causal LM.
+        final_norm: Override the final norm (a module or dotted path into ``model``).
+        skip_norm: Decode without the final norm.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        final_norm: nn.Module | str | None = None,
+        skip_norm: bool = False,
+    ):
+        super().__init__(Unembed(model, final_norm=final_norm, skip_norm=skip_norm))
+
+
+def model_info(model: nn.Module, unembed: Unembed, revision: str | None = None) -> dict:
+    """What a lens file records about its model."""
+    config = model.config
+    return {
+        "base_model_name_or_path": getattr(config, "name_or_path", "") or "",
+        "base_model_revision": revision,
+        "model_type": getattr(config, "model_type", None),
+        "vocab_size": unembed.vocab_size,
+        "unembed_hash": unembed.hash(),
+    }
+
+
+class TunedLens(Lens):
+    """A tuned lens: a learned per-layer translator followed by the model's own head.
+
+    Build an untrained one with :meth:`from_model` (it equals the logit lens exactly), load one
+    with :meth:`load`, and write it with :meth:`save`.
+    """
+
+    def __init__(
+        self,
+        unembed: Unembed,
+        translator: AffineTranslator | LowRankTranslator,
+        model_info: dict,
+        provenance: dict | None = None,
+    ):
+        super().__init__(unembed)
+        if translator.n_layers != unembed.arch.n_layers or translator.d_model != unembed.d_model:
+            raise LensMismatch(
+                f"translator has {translator.n_layers} layers of width {translator.d_model}; the "
+                f"model has {unembed.arch.n_layers} of width {unembed.d_model}."
+            )
+        self.translator = translator.to(unembed.device)
+        self.model_info = dict(model_info)
+        self.provenance = dict(provenance or {})
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        *,
+        translator: TranslatorKind = "affine",
+        rank: int | None = None,
+        use_temperature: bool = False,
+        use_bias: bool = True,
+        seed: int = 0,
+        revision: str | None = None,
+        final_norm: nn.Module | str | None = None,
+        skip_norm: bool = False,
+    ) -> TunedLens:
+        """An untrained lens for ``model`` (identity translators: equal to the logit lens).
+
+        Args:
+            model: The causal LM.
+            translator: ``"affine"`` (``h + W h + b``) or ``"lowrank"`` (``h + (h U) Vᵀ + c``).
+            rank: Low-rank translator rank; default ``clip(d_model // 32, 64, 256)``.
+            use_temperature: Low-rank only: learn a per-layer temperature.
+            use_bias: Affine only: learn a bias.
+            seed: Seeds the random ``U`` of low-rank translators.
+            revision: Model revision to record in the lens file.
+            final_norm: Override the final norm.
+            skip_norm: Decode without the final norm.
+        """
+        unembed = Unembed(model, final_norm=final_norm, skip_norm=skip_norm)
+        n_layers, d_model = unembed.arch.n_layers, unembed.d_model
+        if translator == "affine":
+            if use_temperature:
+                raise ValueError("use_temperature needs translator='lowrank'")
+            module = AffineTranslator(n_layers, d_model, use_bias=use_bias)
+        elif translator == "lowrank":
+            generator = torch.Generator().manual_seed(seed)
+            module = LowRankTranslator(
+                n_layers, d_model, rank=rank, use_temperature=use_temperature, generator=generator
+            )
+        else:
+            raise ValueError(f"translator must be 'affine' or 'lowrank', got {translator!r}")
+        return cls(unembed, module, model_info(model, unembed, revision))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        model: nn.Module,
+        *,
+        strict: bool = True,
+        final_norm: nn.Module | str | None = None,
+        skip_norm: bool = False,
+    ) -> TunedLens:
+        """Load a lens directory (native or reference format, local or from the hub) for ``model``.
+
+        Args:
+            path: A local lens directory, or a hub location (see :func:`tunedlens.hub.lens_dir`).
+            model: The model the lens was trained for.
+            strict: Raise when the lens's unembedding fingerprint differs from the model's
+                (``False``: warn and continue, e.g. for a quantised copy of the same model).
+            final_norm: Override the final norm.
+            skip_norm: Decode without the final norm.
+
+        Raises:
+            LensFileError: the files are missing, corrupt or not a lens.
+            LensMismatch: the lens does not fit ``model``.
+        """
+        from tunedlens.hub import lens_dir
+
+        stored = read_lens(lens_dir(path))
+        unembed = Unembed(model, final_norm=final_norm, skip_norm=skip_norm)
+        check_fits(stored, unembed, model, strict=strict, where=str(path))
+        return cls(unembed, stored.translator, stored.model_info, stored.provenance)
+
+    def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Apply translator ``layer`` (identity for ``layer == L``) in float32."""
+        hidden = super().transform(hidden, layer)
+        if layer == self.n_layers:
+            return hidden
+        return self.translator(hidden, layer)
+
+    def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Decode ``(..., d_model)`` states of ``layer`` into float32 logits ``(..., vocab)``."""
+        logits = super().forward(hidden, layer)
+        log_temperature = None if layer == self.n_layers else self.translator.log_temperature(layer)
+        return logits if log_temperature is None else logits * torch.exp(-log_temperature)
+
+    def to_file(self) -> LensFile:
+        """The lens as a :class:`LensFile` (shares the translator's tensors)."""
+        return LensFile(self.translator, self.model_info, self.provenance)
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        format: LensFormat = "native",
+        provenance: dict | None = None,
+    ) -> None:
+        """Write the lens to the directory ``path``.
+
+        Args:
+            path: Target directory (created if needed).
+            format: ``"native"`` (safetensors) or ``"tuned-lens"`` (reference ``params.pt``).
+            provenance: Extra entries for ``provenance.json`` (e.g. training settings).
+        """
+        from tunedlens.provenance import environment
+
+        record = self.to_file()
+        record.provenance = {
+            **self.provenance,
+            **(provenance or {}),
+            **environment(),
+            "model": self.model_info,
+            "translator": {
+                "kind": self.translator.kind,
+                "n_layers": self.n_layers,
+                "d_model": self.d_model,
+                "rank": getattr(self.translator, "rank", None),
+                "use_temperature": getattr(self.translator, "use_temperature", False),
+            },
+        }
+        write_lens(record, path, format)
+
+
+def check_fits(
+    stored: LensFile,
+    unembed: Unembed,
+    model: nn.Module,
+    *,
+    strict: bool = True,
+    where: str = "the lens",
+) -> None:
+    """Raise :class:`LensMismatch` unless the stored lens fits the model's width, depth and head."""
+    info = stored.model_info
+    trained_for = info.get("base_model_name_or_path") or "an unnamed model"
+    name = getattr(model.config, "name_or_path", "") or type(model).__name__
+    translator = stored.translator
+    problems = []
+    if translator.d_model != unembed.d_model:
+        problems.append(f"d_model {translator.d_model} vs the model's {unembed.d_model}")
+    if translator.n_layers != unembed.arch.n_layers:
+        problems.append(f"{translator.n_layers} layers vs the model's {unembed.arch.n_layers}")
+    if info.get("vocab_size") not in (None, unembed.vocab_size):
+        problems.append(f"vocabulary {info['vocab_size']} vs the model's {unembed.vocab_size}")
+    if problems:
+        raise LensMismatch(
+            f"{where} was trained for {trained_for} and does not fit {name}: "
+            f"{'; '.join(problems)}. Load the lens of this model, or load the model it was made for."
+        )
+    expected = info.get("unembed_hash")
+    if expected and expected != unembed.hash():
+        message = (
+            f"{where} was trained for {trained_for}, whose unembedding differs from {name}'s "
+            "(fingerprint mismatch): its predictions would be decoded with the wrong head."
+        )
+        if strict:
+            raise LensMismatch(
+                message + " If the model is a re-quantised or converted copy of the same weights, "
+                "pass strict=False (CLI: --no-strict) to use the lens anyway."
+            )
+        warnings.warn(message, stacklevel=3)

