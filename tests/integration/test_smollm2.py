@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
-from conftest import SHARED
 from safetensors.torch import load_file
 
+from conftest import SHARED
 from tunedlens import LogitLens, TunedLens, load_model
 from tunedlens.arch import collect_residuals
 from tunedlens.predict import predict_layers
@@ -25,7 +25,7 @@ def demo():
 
 
 def test_demo_is_smollm2(demo):
-    model, tokenizer = demo
+    model, _ = demo
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     assert model.config.hidden_size == 576 and model.lm_head.weight.shape[0] == 49152
 
@@ -81,7 +81,17 @@ def test_reference_smollm2_lens_is_reproduced(demo):
 def test_cli_predict_json_end_to_end():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "tunedlens", "predict", "demo", PROMPT, "--json", "--layers", "0,29"],
+        [
+            sys.executable,
+            "-m",
+            "tunedlens",
+            "predict",
+            "demo",
+            PROMPT,
+            "--json",
+            "--layers",
+            "0,29",
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -58,3 +58,20 @@ def test_directory_that_is_not_a_model(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "not-a-model"}')
     with pytest.raises(ModelLoadError):
         load_model(str(tmp_path))
+
+
+def test_hub_id_from_the_local_cache(tmp_path, monkeypatch, tiny_model_dir):
+    """A hub id resolves through the HF cache when offline (what a real download leaves)."""
+    import shutil
+
+    import huggingface_hub.constants as constants
+
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "hub" / "models--someone--tiny-llama"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model, tokenizer = load_model("someone/tiny-llama")
+    assert model.config.num_hidden_layers == 2 and tokenizer("w3").input_ids[-1] == 7
