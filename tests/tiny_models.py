@@ -89,23 +89,24 @@ def _gemma3_config():
     )
 
 
-def tiny_config(model_type: str):
-    """The tiny config of ``model_type``."""
+def tiny_config(model_type: str, **changes):
+    """The tiny config of ``model_type`` (``changes`` override any field)."""
     if model_type == "gemma3":
         return _gemma3_config()
-    overrides = {**_COMMON, **TINY_CONFIGS[model_type]}
+    overrides = {**_COMMON, **TINY_CONFIGS[model_type], **changes}
     return AutoConfig.for_model(model_type, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def tiny_model(model_type: str, seed: int = 0, *, logit_gain: float = 30.0):
+def tiny_model(model_type: str, seed: int = 0, *, logit_gain: float = 30.0, **changes):
     """A seeded random tiny model of ``model_type`` in eval mode.
 
     ``logit_gain`` scales the unembedding so that logits are O(1): random init gives nearly
     uniform distributions, which would hide mistakes in soft-capping or logit scaling.
+    ``changes`` override config fields (e.g. ``initializer_range`` for blocks that matter).
     """
     transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
-    config = tiny_config(model_type)
+    config = tiny_config(model_type, **changes)
     model = AutoModelForCausalLM.from_config(config).eval()
     text = config.get_text_config()
     assert text.num_hidden_layers == N_LAYERS and text.hidden_size == D_MODEL

@@ -22,8 +22,8 @@ class Residuals:
 
     hidden: tuple[torch.Tensor, ...]
     """``L + 1`` tensors of shape ``(batch, seq, d_model)`` in the model's dtype."""
-    logits: torch.Tensor
-    """The model's logits, ``(batch, seq, vocab)``."""
+    logits: torch.Tensor | None
+    """The model's logits, ``(batch, seq, vocab)``; ``None`` when not computed."""
 
     @property
     def n_layers(self) -> int:
@@ -41,12 +41,25 @@ def _block_output(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output[0]
 
 
+class _StopForward(Exception):
+    """Raised by the last block's hook to skip the final norm and unembedding."""
+
+
+def _select(hidden: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    if positions is None:
+        return hidden
+    index = positions.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    return hidden.gather(1, index)
+
+
 def collect_residuals(
     model: nn.Module,
     input_ids: torch.Tensor,
     *,
     attention_mask: torch.Tensor | None = None,
     arch: ResolvedArch | None = None,
+    positions: torch.Tensor | None = None,
+    with_logits: bool = True,
 ) -> Residuals:
     """Run ``model`` once and return every residual-stream state plus its logits.
 
@@ -55,6 +68,10 @@ def collect_residuals(
         input_ids: Token ids, ``(batch, seq)``.
         attention_mask: Optional mask, ``(batch, seq)``.
         arch: Resolved modules; resolved from the model when omitted.
+        positions: Keep only these positions, ``(batch, n)`` indices: states become
+            ``(batch, n, d_model)``, gathered inside the hooks so full states are never stored.
+        with_logits: Compute the model's logits. ``False`` stops the forward pass after the last
+            block (no final norm, no unembedding over every position) and returns ``logits=None``.
 
     Returns:
         The residuals (``L + 1`` states) and logits. Gradients are not tracked.
@@ -67,12 +84,14 @@ def collect_residuals(
 
     def save_input(index):
         def hook(_module, args, kwargs):
-            captured[index] = _block_input(args, kwargs)
+            captured[index] = _select(_block_input(args, kwargs), positions)
 
         return hook
 
     def save_output(_module, _args, output):
-        captured[-1] = _block_output(output)
+        captured[-1] = _select(_block_output(output), positions)
+        if not with_logits:
+            raise _StopForward
 
     try:
         for index, block in enumerate(arch.layers):
@@ -80,6 +99,8 @@ def collect_residuals(
         handles.append(arch.layers[-1].register_forward_hook(save_output))
         with torch.no_grad():
             output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        output = None
     finally:
         for handle in handles:
             handle.remove()
@@ -89,4 +110,4 @@ def collect_residuals(
             f"decoder blocks {missing} did not run during the forward pass; the model skips "
             "layers, which tunedlens cannot lens."
         )
-    return Residuals(hidden=tuple(captured), logits=output.logits)
+    return Residuals(hidden=tuple(captured), logits=None if output is None else output.logits)

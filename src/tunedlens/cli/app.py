@@ -85,6 +85,102 @@ def predict(
     Console().print(table)
 
 
+@app.command()
+def train(
+    model: ModelArg,
+    out: Annotated[
+        Path, typer.Option(help="Directory for the lens, checkpoints and train_log.jsonl.")
+    ],
+    data: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Training text: .txt/.jsonl[.gz]/.parquet file or directory, "
+            "hf:NAME[:CONFIG][@REV], or 'stdlib'. Default: stdlib for demo, fineweb-edu otherwise."
+        ),
+    ] = None,
+    val_data: Annotated[
+        Optional[str], typer.Option(help="Held-out text (default: held-out blocks of --data).")
+    ] = None,
+    text_column: Annotated[
+        str, typer.Option(help="Text column of .jsonl/.parquet/hub data.")
+    ] = "text",
+    recipe: Annotated[str, typer.Option(help="default, paper or lowrank.")] = "default",
+    tokens: Annotated[Optional[int], typer.Option(help="Training token budget.")] = None,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 512,
+    translator: Annotated[
+        Optional[str], typer.Option(help="affine or lowrank (default: the recipe's).")
+    ] = None,
+    objective: Annotated[Optional[str], typer.Option(help="kl (default) or ce.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per forward pass.")] = None,
+    tokens_per_step: Annotated[
+        Optional[int], typer.Option(help="Tokens per optimizer step.")
+    ] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    val_tokens: Annotated[
+        Optional[int], typer.Option(help="Held-out tokens for validation.")
+    ] = None,
+    val_every: Annotated[
+        Optional[int], typer.Option(help="Validate every N optimizer steps.")
+    ] = None,
+    patience: Annotated[
+        Optional[int], typer.Option(help="Stop after N validations without improvement.")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed for data order, sampling and initialisation.")
+    ] = 0,
+    checkpoint_every: Annotated[
+        Optional[int], typer.Option(help="Checkpoint every N optimizer steps.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    dtype: Annotated[
+        str, typer.Option(help="Model dtype: float32, bfloat16, float16.")
+    ] = "float32",
+    format: Annotated[
+        str, typer.Option("--format", help="Lens format: native or tuned-lens.")
+    ] = "native",
+):
+    """Train a tuned lens for MODEL and save it, with provenance, in --out."""
+    from tunedlens.train.config import recipe_config
+    from tunedlens.train.distributed import init_world
+    from tunedlens.train.run import run_training
+
+    config = recipe_config(
+        recipe,
+        tokens=tokens,
+        seq_len=seq_len,
+        translator=translator,
+        objective=objective,
+        batch_size=batch_size,
+        tokens_per_step=tokens_per_step,
+        lr=lr,
+        val_tokens=val_tokens,
+        val_every=val_every,
+        patience=patience,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+    )
+    world = init_world()
+    from tunedlens.cli.progress import TrainingProgress
+
+    with TrainingProgress(enabled=world.is_primary) as progress:
+        result = run_training(
+            model,
+            config,
+            out,
+            data=data,
+            val_data=val_data,
+            text_column=text_column,
+            resume=resume,
+            dtype=dtype,
+            lens_format=format,
+            on_step=progress.update,
+            on_status=progress.status,
+            world=world,
+        )
+    if world.is_primary:
+        progress.summary(result, out)
+
+
 @lens_app.command("info")
 def lens_info(
     path: Annotated[str, typer.Argument(help="Lens directory or hub location.")],

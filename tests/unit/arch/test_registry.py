@@ -133,3 +133,15 @@ def test_explicit_spec_and_register_arch(input_ids):
 def test_spec_with_a_wrong_path_names_it():
     with pytest.raises(ArchitectureNotFound, match="no module at 'model.blocks'"):
         resolve_arch(tiny_model("llama"), spec=ArchSpec("model.blocks", "model.norm"))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "opt"])
+def test_position_gather_and_early_stop(model_type, input_ids):
+    model = tiny_model(model_type)
+    full = collect_residuals(model, input_ids)
+    positions = torch.tensor([[0, 4, 8], [7, 1, 1]])
+    partial = collect_residuals(model, input_ids, positions=positions, with_logits=False)
+    assert partial.logits is None
+    for layer in range(full.n_layers + 1):
+        expected = torch.stack([full.hidden[layer][b, positions[b]] for b in range(2)])
+        torch.testing.assert_close(partial.hidden[layer], expected, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,37 @@
+"""Shared helpers for the benchmark scripts (run on demand, not in CI)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus"
+
+
+def machine() -> dict:
+    return {
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bits(nats) -> list[float]:
+    return [float(x) / 0.6931471805599453 for x in nats]
+
+
+def save(name: str, payload: dict, table: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (RESULTS / f"{name}.md").write_text(table)
+    print(table)

@@ -1,0 +1,72 @@
+"""Terminal progress for ``tunedlens train``: a rich progress bar and a closing summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+NATS_TO_BITS = 1 / 0.6931471805599453
+
+
+class TrainingProgress:
+    """Progress bar with tokens/s, loss and ETA; quiet on non-primary processes."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps"),
+            TextColumn("{task.fields[rate]} tok/s"),
+            TextColumn("loss {task.fields[loss]} bits"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not enabled,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def status(self, message: str) -> None:
+        """Print a one-line status message."""
+        if self.enabled:
+            self.console.print(f"[dim]{message}[/dim]")
+
+    def update(self, stats) -> None:
+        """Advance the bar after an optimizer step."""
+        if self.task is None:
+            self.task = self.progress.add_task("train", total=stats.steps, rate="-", loss="-")
+        rate = f"{stats.tokens / stats.elapsed:,.0f}" if stats.elapsed else "-"
+        self.progress.update(
+            self.task, completed=stats.step, rate=rate, loss=f"{stats.loss * NATS_TO_BITS:.3f}"
+        )
+        if stats.val_kl is not None:
+            mean = sum(stats.val_kl) / len(stats.val_kl) * NATS_TO_BITS
+            self.progress.console.print(
+                f"step {stats.step}: validation KL {mean:.3f} bits (mean over layers)"
+            )
+
+    def summary(self, result, out: Path) -> None:
+        """Print the final per-layer validation KL and where the lens went."""
+        console = Console()
+        if result.val_kl is not None:
+            table = Table(title=f"validation KL(model ‖ lens), best step {result.best_step}")
+            table.add_column("layer", justify="right")
+            table.add_column("KL bits", justify="right")
+            for layer, value in enumerate(result.val_kl):
+                table.add_row(str(layer), f"{value * NATS_TO_BITS:.3f}")
+            console.print(table)
+        stop = " (stopped early)" if result.stopped_early else ""
+        console.print(
+            f"trained {result.steps_done} steps in {result.wall_time:.0f}s{stop}; lens saved to {out}"
+        )

@@ -1,0 +1,120 @@
+"""Tokenise documents and pack them into fixed-length blocks, deterministically."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tunedlens.data.sources import DataError, TextSource
+
+
+@dataclass(frozen=True)
+class TokenBlocks:
+    """Packed token ids ``(n_sequences, seq_len)``: EOS-joined documents cut into blocks."""
+
+    tokens: torch.Tensor
+    source: str
+
+    @property
+    def n_sequences(self) -> int:
+        """Number of blocks."""
+        return self.tokens.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per block."""
+        return self.tokens.shape[1]
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens in all blocks."""
+        return self.tokens.numel()
+
+    def content_hash(self) -> str:
+        """sha256 of exactly the token ids used (shape included)."""
+        digest = hashlib.sha256(str(tuple(self.tokens.shape)).encode())
+        digest.update(self.tokens.to(torch.int64).numpy().tobytes())
+        return digest.hexdigest()
+
+    def __getitem__(self, index) -> TokenBlocks:
+        return TokenBlocks(self.tokens[index], self.source)
+
+
+def _token_stream(documents: Iterable[str], tokenizer, eos: int) -> Iterator[list[int]]:
+    batch: list[str] = []
+
+    def flush():
+        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            yield [*ids, eos]
+
+    for text in documents:
+        if text:
+            batch.append(text)
+        if len(batch) == 64:
+            yield from flush()
+            batch = []
+    if batch:
+        yield from flush()
+
+
+def _ordered_documents(source: TextSource, seed: int) -> Iterator[str]:
+    if not source.is_finite:
+        return source.documents(seed=seed)
+    documents = list(source.documents(seed=seed))
+    random.Random(seed).shuffle(documents)  # a small budget must not read only the first file
+    return iter(documents)
+
+
+def pack_blocks(
+    source: TextSource | str,
+    tokenizer,
+    *,
+    seq_len: int,
+    n_sequences: int,
+    seed: int = 0,
+) -> TokenBlocks:
+    """Pack ``n_sequences`` blocks of ``seq_len`` tokens from ``source``, shuffled by ``seed``.
+
+    Documents are taken in a seeded random order (hub streams: a seeded shuffle buffer),
+    tokenised without special tokens, joined with the tokenizer's EOS and cut into blocks.
+
+    Raises:
+        DataError: if the source holds fewer tokens than ``n_sequences * seq_len`` (said up front,
+            before any training), is empty, or cannot be read.
+    """
+    source = TextSource(source) if isinstance(source, str) else source
+    if seq_len < 2 or n_sequences < 1:
+        raise ValueError(f"need seq_len >= 2 and n_sequences >= 1, got {seq_len}, {n_sequences}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError(
+            "the tokenizer has no EOS token to join documents with; set tokenizer.eos_token."
+        )
+    needed = seq_len * n_sequences
+    buffer = np.empty(needed, dtype=np.int64)
+    filled = documents = 0
+    for ids in _token_stream(_ordered_documents(source, seed), tokenizer, eos):
+        take = min(len(ids), needed - filled)
+        buffer[filled : filled + take] = ids[:take]
+        filled += take
+        documents += 1
+        if filled == needed:
+            break
+    if filled < needed:
+        what = (
+            "no text"
+            if filled == 0
+            else f"only {filled:,} tokens ({filled // seq_len} sequences of {seq_len})"
+        )
+        raise DataError(
+            f"data {source.spec!r} holds {what}, but {needed:,} tokens ({n_sequences} sequences of "
+            f"{seq_len}) are needed. Lower --tokens (or --val-tokens), or add data."
+        )
+    blocks = torch.from_numpy(buffer).view(n_sequences, seq_len)
+    order = torch.randperm(n_sequences, generator=torch.Generator().manual_seed(seed))
+    return TokenBlocks(blocks[order].clone(), source.spec)

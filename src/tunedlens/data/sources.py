@@ -1,0 +1,169 @@
+"""Where training text comes from: files, directories, the Hugging Face hub, or this machine.
+
+Data specs:
+
+* a ``.txt`` file (one document), ``.jsonl`` / ``.jsonl.gz`` (one JSON object per line, text in
+  ``text_column``), ``.parquet`` (column ``text_column``), or a directory of such files;
+* ``hf:NAME[:CONFIG][@REVISION]``: a Hugging Face dataset, streamed (needs ``tunedlens[data]``);
+* ``stdlib``: the source of the running Python's standard library (docstrings, comments and
+  code), present on every machine and offline; the embedded default corpus.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunedlens.errors import TunedLensError, require
+
+DEFAULT_HF_DATASET = "hf:HuggingFaceFW/fineweb-edu:CC-MAIN-2025-26@v1.4.0"
+FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
+
+
+class DataError(TunedLensError, ValueError):
+    """Training or evaluation data is missing, empty, too small or malformed."""
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """A parsed data spec."""
+
+    spec: str
+    text_column: str = "text"
+
+    @property
+    def is_finite(self) -> bool:
+        """Whether all documents can be listed up front (files, stdlib), unlike hub streams."""
+        return not self.spec.startswith("hf:")
+
+    def documents(self, *, seed: int = 0) -> Iterator[str]:
+        """Yield the documents' texts. Hub streams are shuffled with ``seed`` in a buffer."""
+        if self.spec == "stdlib":
+            yield from (_read_text(path) for path in stdlib_files())
+        elif self.spec.startswith("hf:"):
+            yield from _hub_documents(self.spec, self.text_column, seed)
+        else:
+            for path in data_files(self.spec):
+                yield from _file_documents(path, self.text_column)
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's ``.py`` files, test suites excluded, in sorted order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+    files = sorted(
+        path for path in root.rglob("*.py") if not skip & set(path.relative_to(root).parts)
+    )
+    if not files:
+        raise DataError(f"no Python standard library sources found under {root}")
+    return files
+
+
+def data_files(spec: str) -> list[Path]:
+    """The files a path spec names: the file itself, or a directory's data files, sorted."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"data {spec!r} does not exist. Pass a .txt, .jsonl, .jsonl.gz or .parquet file, a "
+            "directory of them, hf:NAME[:CONFIG][@REVISION], or 'stdlib'."
+        )
+    if path.is_file():
+        if not path.name.endswith(FILE_SUFFIXES):
+            raise DataError(
+                f"{path.name}: unsupported data file; use one of {', '.join(FILE_SUFFIXES)}."
+            )
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(FILE_SUFFIXES))
+    if not files:
+        raise DataError(f"directory {spec!r} holds no {', '.join(FILE_SUFFIXES)} files.")
+    return files
+
+
+def _decode(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{where} is not valid UTF-8 (byte {error.start}: {data[error.start : error.start + 4]!r}). "
+            "Re-encode it as UTF-8, e.g. iconv -f latin1 -t utf-8."
+        ) from None
+
+
+def _read_text(path: Path) -> str:
+    return _decode(path.read_bytes(), str(path))
+
+
+def _file_documents(path: Path, text_column: str) -> Iterator[str]:
+    name = path.name
+    if name.endswith(".txt"):
+        yield _read_text(path)
+    elif name.endswith((".jsonl", ".jsonl.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as handle:
+                for number, line in enumerate(handle, 1):
+                    if line.strip():
+                        yield _json_text(line, text_column, f"{path}:{number}")
+        except (OSError, EOFError) as error:
+            raise DataError(f"{path} cannot be read ({error}); is it truncated?") from None
+    else:
+        yield from _parquet_documents(path, text_column)
+
+
+def _json_text(line: bytes, column: str, where: str) -> str:
+    try:
+        record = json.loads(_decode(line, where))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{where}: not a JSON object ({error.msg}).") from None
+    if not isinstance(record, dict) or column not in record:
+        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise DataError(
+            f"{where}: no column {column!r}; found {keys}. Choose one with --text-column."
+        )
+    value = record[column]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column {column!r} holds {type(value).__name__}, not text.")
+    return value
+
+
+def _parquet_documents(path: Path, column: str) -> Iterator[str]:
+    parquet = require("pyarrow.parquet", "data", pip_name="pyarrow")
+    handle = parquet.ParquetFile(path)
+    if column not in handle.schema_arrow.names:
+        raise DataError(
+            f"{path}: no column {column!r}; found {handle.schema_arrow.names}. "
+            "Choose one with --text-column."
+        )
+    for batch in handle.iter_batches(columns=[column]):
+        yield from (text for text in batch.column(0).to_pylist() if text)
+
+
+def parse_hub_dataset(spec: str) -> tuple[str, str | None, str | None]:
+    """``hf:NAME[:CONFIG][@REVISION]`` -> ``(name, config, revision)``."""
+    body, _, revision = spec.removeprefix("hf:").partition("@")
+    name, _, config = body.partition(":")
+    if not name:
+        raise DataError(f"{spec!r}: write hf:NAME[:CONFIG][@REVISION], e.g. {DEFAULT_HF_DATASET}")
+    return name, config or None, revision or None
+
+
+def _hub_documents(spec: str, column: str, seed: int) -> Iterator[str]:
+    datasets = require("datasets", "data")
+    name, config, revision = parse_hub_dataset(spec)
+    try:
+        stream = datasets.load_dataset(
+            name, config, revision=revision, split="train", streaming=True
+        )
+    except Exception as error:  # datasets raises many kinds for offline / missing data
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise DataError(f"cannot open {spec}{offline}: {type(error).__name__}: {error}") from None
+    stream = stream.shuffle(seed=seed, buffer_size=10_000)
+    for record in stream:
+        if column not in record:
+            raise DataError(f"{spec}: no column {column!r}; found {sorted(record)}.")
+        yield record[column]

@@ -1,0 +1,48 @@
+"""Exact per-layer KL of a lens against the model's own output, chunked over tokens."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tunedlens.arch.residuals import collect_residuals
+from tunedlens.lenses.lens import Lens
+from tunedlens.metrics.divergence import kl_divergence
+
+
+def layer_kl(
+    lens: Lens,
+    model: nn.Module,
+    tokens: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    chunk_rows: int = 1024,
+) -> torch.Tensor:
+    """Mean KL(model output ‖ lens) in nats for every layer ``0..L-1``, over every token.
+
+    Args:
+        lens: The lens to evaluate.
+        model: Its model.
+        tokens: ``(n_sequences, seq_len)`` token ids.
+        batch_size: Sequences per forward pass.
+        chunk_rows: Tokens per vocabulary-sized computation (bounds memory to
+            ``chunk_rows x vocab`` floats, whatever the number of layers).
+
+    Returns:
+        ``(L,)`` float64 tensor of mean KL per layer, in nats.
+    """
+    n_layers = lens.n_layers
+    totals = torch.zeros(n_layers, dtype=torch.float64)
+    count = 0
+    with torch.no_grad():
+        for start in range(0, tokens.shape[0], batch_size):
+            ids = tokens[start : start + batch_size].to(lens.unembed.device)
+            residuals = collect_residuals(model, ids, arch=lens.unembed.arch, with_logits=False)
+            hidden = [h.flatten(0, 1) for h in residuals.hidden]
+            for rows in torch.split(torch.arange(hidden[0].shape[0]), chunk_rows):
+                target = lens(hidden[n_layers][rows], n_layers).log_softmax(-1)
+                for layer in range(n_layers):
+                    logprobs = lens(hidden[layer][rows], layer).log_softmax(-1)
+                    totals[layer] += kl_divergence(target, logprobs).double().sum()
+                count += len(rows)
+    return totals / count

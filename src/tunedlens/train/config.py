@@ -1,0 +1,210 @@
+"""Training settings: a frozen :class:`TrainConfig`, named recipes, and run-time derived values."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a training run computes. Becomes part of ``provenance.json``."""
+
+    recipe: str = "default"
+    """Name of the recipe these settings came from (informational)."""
+    translator: Literal["affine", "lowrank"] = "affine"
+    """Translator kind: the paper's ``h + W h + b`` or identity-plus-low-rank."""
+    rank: int | None = None
+    """Low-rank translators: rank (default ``clip(d_model // 32, 64, 256)``)."""
+    use_temperature: bool = False
+    """Low-rank translators: learn a per-layer temperature."""
+    objective: Literal["kl", "ce"] = "kl"
+    """``kl``: KL(final ‖ lens) at the same position; ``ce``: cross-entropy to the next token."""
+    tokens: int = 2**18 * 250
+    """Training budget in tokens (whole sequences; rounded down to whole optimizer steps)."""
+    seq_len: int = 512
+    """Tokens per sequence."""
+    batch_size: int = 8
+    """Sequences per forward pass (micro-batch)."""
+    tokens_per_step: int = 2**18
+    """Tokens per optimizer step (a multiple of ``batch_size * seq_len``; accumulation fills it)."""
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    """``sgd``: Nesterov SGD; ``adam``: AdamW."""
+    lr: float = 0.1
+    """Peak learning rate (PyTorch units)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 1e-3
+    """Decoupled (AdamW) or L2 (SGD) weight decay."""
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate decay to 0 over the run after warm-up."""
+    warmup_fraction: float = 0.0
+    """Fraction of optimizer steps with linear warm-up."""
+    grad_clip: float | None = 1.0
+    """Clip the total gradient norm to this value (``None``: no clipping)."""
+    layers_per_step: int | None = None
+    """Train this many randomly chosen layers per micro-batch (``None``: all)."""
+    positions_per_sequence: int | None = None
+    """Sample this many positions per sequence for the loss (``None``: every position)."""
+    position_range: tuple[int, int] | None = None
+    """Sample positions from ``[start, stop)`` of each sequence (``None``: the whole sequence)."""
+    lstsq_init: bool = False
+    """Initialise translators by least squares from activation statistics before training."""
+    lstsq_tokens: int = 2**16
+    """Tokens whose activations feed the least-squares initialisation."""
+    l2_penalty: float = 0.0
+    """L2 penalty on translator parameters (low-rank: ``U``, ``V``, ``c``)."""
+    smoothness_penalty: float = 0.0
+    """Penalty on differences between translators of adjacent layers."""
+    freeze_last: bool = False
+    """Keep the last layer's translator at the identity."""
+    val_every: int | None = None
+    """Evaluate on held-out data every this many optimizer steps (``None``: only at the end)."""
+    val_tokens: int = 4096
+    """Held-out tokens for validation (taken from the training source unless given separately)."""
+    patience: int | None = None
+    """Stop after this many validations without improvement (``None``: never stop early)."""
+    checkpoint_every: int | None = None
+    """Write a resumable checkpoint every this many optimizer steps."""
+    loss_chunk_rows: int = 2048
+    """Rows per chunk of the vocabulary-sized loss computation (bounds memory)."""
+    seed: int = 0
+    """Seeds data order, position/layer sampling and low-rank initialisation."""
+
+    def __post_init__(self):
+        def fail(name, accepted):
+            raise ValueError(f"{name}={getattr(self, name)!r} is invalid; expected {accepted}.")
+
+        if self.translator not in ("affine", "lowrank"):
+            fail("translator", "'affine' or 'lowrank'")
+        if self.objective not in ("kl", "ce"):
+            fail("objective", "'kl' or 'ce'")
+        if self.optimizer not in ("sgd", "adam"):
+            fail("optimizer", "'sgd' or 'adam'")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            fail("schedule", "'linear', 'cosine' or 'constant'")
+        for name in ("tokens", "seq_len", "batch_size", "tokens_per_step", "loss_chunk_rows"):
+            if getattr(self, name) < 1:
+                fail(name, "a positive integer")
+        if self.seq_len < 2:
+            fail("seq_len", "at least 2")
+        if self.tokens_per_step % (self.batch_size * self.seq_len):
+            fail(
+                "tokens_per_step",
+                f"a multiple of batch_size * seq_len = {self.batch_size * self.seq_len}",
+            )
+        if self.tokens < self.tokens_per_step:
+            fail("tokens", f"at least tokens_per_step = {self.tokens_per_step}")
+        if self.lr <= 0:
+            fail("lr", "a positive number")
+        if not 0 <= self.warmup_fraction < 1:
+            fail("warmup_fraction", "a number in [0, 1)")
+        if self.use_temperature and self.translator != "lowrank":
+            fail("use_temperature", "False unless translator='lowrank'")
+        if self.lstsq_init and self.translator != "affine":
+            fail("lstsq_init", "False unless translator='affine'")
+        for name in (
+            "layers_per_step",
+            "positions_per_sequence",
+            "val_every",
+            "patience",
+            "checkpoint_every",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                fail(name, "None or a positive integer")
+        if self.position_range is not None:
+            start, stop = self.position_range
+            if not 0 <= start < stop <= self.seq_len:
+                fail(
+                    "position_range",
+                    f"(start, stop) with 0 <= start < stop <= seq_len={self.seq_len}",
+                )
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Values derived at run time from a config, the model and the world size."""
+
+    n_layers: int
+    d_model: int
+    steps: int
+    accumulation: int
+    world_size: int
+    warmup_steps: int
+    trained_layers: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary."""
+        return dataclasses.asdict(self)
+
+
+RECIPES: dict[str, dict] = {
+    # As the reference trains (tuned-lens 0.2.0 defaults): Nesterov SGD, lr 1.0 x (1 - 0.9),
+    # weight decay 1e-3, linear decay to 0, no warm-up, clip 1.0, 250 steps x 2^18 tokens.
+    "paper": dict(
+        translator="affine",
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-3,
+        schedule="linear",
+        warmup_fraction=0.0,
+        grad_clip=1.0,
+        tokens=250 * 2**18,
+        tokens_per_step=2**18,
+    ),
+    # Seed plan: identity + low rank with temperature, AdamW, cosine with 10 % warm-up,
+    # L2 smallness and depth smoothness 1e-4, last layer frozen to identity.
+    "lowrank": dict(
+        translator="lowrank",
+        use_temperature=True,
+        optimizer="adam",
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_fraction=0.1,
+        grad_clip=1.0,
+        l2_penalty=1e-4,
+        smoothness_penalty=1e-4,
+        freeze_last=True,
+        tokens=250 * 2**18,
+        tokens_per_step=2**18,
+    ),
+}
+# The default recipe is chosen by measurement: see benchmarks/results/recipes.md.
+RECIPES["default"] = dict(
+    translator="affine",
+    lstsq_init=True,
+    optimizer="adam",
+    lr=1e-3,
+    betas=(0.9, 0.99),
+    weight_decay=0.0,
+    schedule="cosine",
+    warmup_fraction=0.0,
+    grad_clip=1.0,
+    positions_per_sequence=16,
+    tokens=2**21,
+    tokens_per_step=2**15,
+    lstsq_tokens=2**17,
+)
+
+
+def recipe_config(name: str, **overrides) -> TrainConfig:
+    """The :class:`TrainConfig` of a named recipe, with ``overrides`` applied."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe={name!r} is unknown; choose one of {sorted(RECIPES)}.")
+    settings = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(recipe=name, **settings)

@@ -1,0 +1,473 @@
+"""``train_lens``: distil a tuned lens from a model's own output distribution."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunedlens.arch.residuals import collect_residuals
+from tunedlens.data.packing import TokenBlocks
+from tunedlens.errors import TunedLensError
+from tunedlens.lenses.lens import TunedLens
+from tunedlens.metrics.divergence import kl_divergence
+from tunedlens.metrics.layers import layer_kl
+from tunedlens.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
+from tunedlens.train.config import Resolved, TrainConfig
+from tunedlens.train.distributed import World
+from tunedlens.train.lstsq import lstsq_init
+
+
+class TrainingDiverged(TunedLensError):
+    """The loss or the activations became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What happened in one optimizer step (passed to ``on_step``)."""
+
+    step: int
+    """Optimizer steps completed, 1-based."""
+    steps: int
+    """Optimizer steps in the run."""
+    tokens: int
+    """Training tokens consumed so far (all processes)."""
+    loss: float
+    """Sum over trained layers of the mean loss per token, nats (KL or CE)."""
+    layer_loss: list[float | None]
+    """Mean loss per token of each layer this step (``None``: not sampled)."""
+    lr: float
+    """Learning rate of this step."""
+    grad_norm: float
+    """Gradient norm before clipping."""
+    elapsed: float
+    """Seconds of training so far (including earlier runs of a resumed job)."""
+    val_kl: list[float] | None = None
+    """Validation KL per layer in nats, when this step validated."""
+
+
+@dataclass
+class TrainResult:
+    """The trained lens and how it got there."""
+
+    lens: TunedLens
+    config: TrainConfig
+    resolved: Resolved
+    val_kl: list[float] | None
+    """Validation KL per layer (nats) of the returned lens."""
+    best_step: int
+    steps_done: int
+    stopped_early: bool
+    wall_time: float
+    lstsq_tokens: int
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve(config: TrainConfig, lens: TunedLens, world: World) -> Resolved:
+    """Derive steps, accumulation and trained layers; check the settings fit together."""
+    per_pass = config.batch_size * config.seq_len * world.size
+    if config.tokens_per_step % per_pass:
+        raise ValueError(
+            f"tokens_per_step={config.tokens_per_step} is not a multiple of batch_size x seq_len x "
+            f"processes = {per_pass}; adjust --batch-size or --tokens-per-step."
+        )
+    steps = config.tokens // config.tokens_per_step
+    layers = list(range(lens.n_layers - 1 if config.freeze_last else lens.n_layers))
+    if config.layers_per_step is not None and config.layers_per_step > len(layers):
+        raise ValueError(
+            f"layers_per_step={config.layers_per_step} exceeds the {len(layers)} trained layers"
+        )
+    return Resolved(
+        n_layers=lens.n_layers,
+        d_model=lens.d_model,
+        steps=steps,
+        accumulation=config.tokens_per_step // per_pass,
+        world_size=world.size,
+        warmup_steps=int(config.warmup_fraction * steps),
+        trained_layers=layers,
+    )
+
+
+def _lr_factor(config: TrainConfig, resolved: Resolved) -> Callable[[int], float]:
+    warmup, steps = resolved.warmup_steps, resolved.steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        if config.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if config.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return factor
+
+
+def _optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.AdamW(
+        parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+
+
+class _Trainer:
+    """The state of one run; ``train_lens`` drives it. Kept private: the function is the API."""
+
+    def __init__(self, lens, model, data, config, resolved, world):
+        self.lens, self.model, self.data, self.config = lens, model, data, config
+        self.resolved, self.world = resolved, world
+        self.parameters = [p for p in lens.translator.parameters()]
+        self.optimizer = _optimizer(config, self.parameters)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_factor(config, resolved)
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.best_val: float | None = None
+        self.best_state: dict | None = None
+        self.best_step = 0
+        self.stale = 0
+        self.history: list[dict] = []
+        self.elapsed = 0.0
+        self.lstsq_tokens = 0
+
+    # -- sampling --------------------------------------------------------------------------
+    def _positions(self, n_sequences: int) -> torch.Tensor | None:
+        config, seq_len = self.config, self.config.seq_len
+        start, stop = config.position_range or (0, seq_len)
+        if config.objective == "ce":
+            stop = min(stop, seq_len - 1)  # the last position has no next token
+        count = config.positions_per_sequence
+        if count is None:
+            if config.objective == "kl" and (start, stop) == (0, seq_len):
+                return None
+            return torch.arange(start, stop).expand(n_sequences, -1)
+        if count > stop - start:
+            raise ValueError(
+                f"positions_per_sequence={count} exceeds the {stop - start} positions sampled from"
+            )
+        scores = torch.rand(n_sequences, stop - start, generator=self.generator)
+        return scores.argsort(dim=1)[:, :count].sort(dim=1).values + start
+
+    def _layers(self) -> list[int]:
+        layers = self.resolved.trained_layers
+        if self.config.layers_per_step is None:
+            return layers
+        chosen = torch.randperm(len(layers), generator=self.generator)[
+            : self.config.layers_per_step
+        ]
+        return sorted(layers[i] for i in chosen.tolist())
+
+    # -- one micro-batch -------------------------------------------------------------------
+    def _micro_batch(self, index: int) -> tuple[torch.Tensor, list[int]]:
+        config, world = self.config, self.world
+        per_rank = config.batch_size
+        first = index * per_rank * world.size
+        ids = self.data.tokens[first : first + per_rank * world.size]
+        positions = self._positions(ids.shape[0])
+        layers = self._layers()
+        mine = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
+        ids = ids[mine].to(self.lens.unembed.device)
+        positions = None if positions is None else positions[mine]
+        return self._backward(ids, positions, layers), layers
+
+    def _backward(self, ids, positions, layers) -> torch.Tensor:
+        config, lens, n_layers = self.config, self.lens, self.lens.n_layers
+        residuals = collect_residuals(
+            self.model, ids, arch=lens.unembed.arch, positions=positions, with_logits=False
+        )
+        hidden = [h.reshape(-1, h.shape[-1]) for h in residuals.hidden]
+        for layer, states in enumerate(hidden):
+            if not torch.isfinite(states).all():
+                raise TrainingDiverged(
+                    f"the model's activations at layer {layer} are NaN/inf at step {self.step + 1}; "
+                    "the model overflows in this dtype: load it in float32 (--dtype float32)."
+                )
+        if config.objective == "ce":
+            next_ids = ids.gather(1, positions.to(ids.device) + 1).reshape(-1)
+        n_rows = hidden[0].shape[0]
+        scale = (
+            len(self.resolved.trained_layers) / len(layers) / (n_rows * self.resolved.accumulation)
+        )
+        sums = torch.zeros(n_layers, dtype=torch.float64)
+        for rows in torch.split(torch.arange(n_rows), config.loss_chunk_rows):
+            if config.objective == "kl":
+                with torch.no_grad():
+                    target = lens(hidden[n_layers][rows], n_layers).log_softmax(-1)
+            for layer in layers:
+                logits = lens(hidden[layer][rows], layer)
+                if config.objective == "kl":
+                    loss = kl_divergence(target, logits.log_softmax(-1)).sum()
+                else:
+                    loss = F.cross_entropy(logits, next_ids[rows.to(ids.device)], reduction="sum")
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the loss of layer {layer} is {loss.item()} at step {self.step + 1}. "
+                        "The last good checkpoint (if any) is kept; lower the learning rate."
+                    )
+                (loss * scale).backward()
+                sums[layer] += loss.item()
+        return sums / n_rows
+
+    # -- one optimizer step ----------------------------------------------------------------
+    def _penalty(self) -> torch.Tensor | None:
+        config = self.config
+        if not (config.l2_penalty or config.smoothness_penalty):
+            return None
+        total = torch.zeros(())
+        for name, parameter in self.lens.translator.named_parameters():
+            if name == "log_temp":
+                continue
+            if config.l2_penalty:
+                total = total + config.l2_penalty * parameter.pow(2).sum()
+            if config.smoothness_penalty and parameter.shape[0] > 1:
+                total = (
+                    total
+                    + config.smoothness_penalty * (parameter[1:] - parameter[:-1]).pow(2).sum()
+                )
+        return total
+
+    def take_step(self) -> StepStats:
+        started = time.perf_counter()
+        resolved = self.resolved
+        layer_sums = torch.zeros(resolved.n_layers, dtype=torch.float64)
+        layer_counts = torch.zeros(resolved.n_layers)
+        for micro in range(resolved.accumulation):
+            index = self.step * resolved.accumulation + micro
+            means, layers = self._micro_batch(index)
+            layer_sums += means
+            layer_counts[layers] += 1
+        self.world.average_gradients(self.parameters)
+        penalty = self._penalty()
+        if penalty is not None:
+            penalty.backward()
+        if self.config.freeze_last:
+            for parameter in self.parameters:
+                if parameter.grad is not None:
+                    parameter.grad[-1] = 0
+        clip = self.config.grad_clip if self.config.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, clip))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.world.all_reduce_sum(layer_sums)
+        layer_sums /= self.world.size
+        layer_loss = [
+            float(layer_sums[i] / layer_counts[i]) if layer_counts[i] else None
+            for i in range(resolved.n_layers)
+        ]
+        self.elapsed += time.perf_counter() - started
+        return StepStats(
+            step=self.step,
+            steps=resolved.steps,
+            tokens=self.step * self.config.tokens_per_step,
+            loss=sum(v for v in layer_loss if v is not None),
+            layer_loss=layer_loss,
+            lr=lr,
+            grad_norm=grad_norm,
+            elapsed=self.elapsed,
+        )
+
+    # -- validation, checkpoints -----------------------------------------------------------
+    def validate(self, val_tokens: torch.Tensor) -> list[float]:
+        started = time.perf_counter()
+        kl = layer_kl(
+            self.lens,
+            self.model,
+            val_tokens,
+            batch_size=self.config.batch_size,
+            chunk_rows=self.config.loss_chunk_rows,
+        ).tolist()
+        score = sum(kl) / len(kl)
+        if self.best_val is None or score < self.best_val:
+            self.best_val, self.best_step, self.stale = score, self.step, 0
+            self.best_state = copy.deepcopy(self.lens.translator.state_dict())
+        else:
+            self.stale += 1
+        self.elapsed += time.perf_counter() - started
+        return kl
+
+    def state(self, model_info: dict, data_hash: str) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "model": model_info,
+            "data_hash": data_hash,
+            "step": self.step,
+            "translator": self.lens.translator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "best_val": self.best_val,
+            "best_state": self.best_state,
+            "best_step": self.best_step,
+            "stale": self.stale,
+            "history": self.history,
+            "elapsed": self.elapsed,
+            "lstsq_tokens": self.lstsq_tokens,
+        }
+
+    def restore(self, state: dict) -> None:
+        self.lens.translator.load_state_dict(state["translator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        for key in (
+            "step",
+            "best_val",
+            "best_state",
+            "best_step",
+            "stale",
+            "history",
+            "elapsed",
+            "lstsq_tokens",
+        ):
+            setattr(self, key, state[key])
+
+
+def _as_blocks(data) -> TokenBlocks:
+    if isinstance(data, TokenBlocks):
+        return data
+    if isinstance(data, (list, tuple)):
+        data = torch.stack([torch.as_tensor(x) for x in data])
+    return TokenBlocks(torch.as_tensor(data), "tensor")
+
+
+def train_lens(
+    lens: TunedLens,
+    model: nn.Module,
+    data: TokenBlocks | torch.Tensor,
+    config: TrainConfig,
+    *,
+    val_data: TokenBlocks | torch.Tensor | None = None,
+    on_step: Callable[[StepStats], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    world: World | None = None,
+) -> TrainResult:
+    """Train ``lens`` on ``model``'s own predictions over ``data``.
+
+    Args:
+        lens: The lens to train (its translator kind must match ``config.translator``).
+        model: The frozen causal LM (eval mode; its parameters get no gradients).
+        data: Training token ids ``(n_sequences, seq_len)`` (or :class:`TokenBlocks`); it must
+            hold at least ``config.tokens`` tokens, read in order (shuffle beforehand).
+        config: The settings.
+        val_data: Held-out token ids for validation and early stopping.
+        on_step: Called after every optimizer step with its :class:`StepStats`.
+        checkpoint_dir: Where ``checkpoint.pt`` goes (every ``config.checkpoint_every`` steps).
+        resume: Continue from the checkpoint in ``checkpoint_dir`` if there is one.
+        world: Process group description for data-parallel runs.
+
+    Returns:
+        A :class:`TrainResult`; its lens is the best validated one when validation ran.
+    """
+    world = world or World()
+    data = _as_blocks(data)
+    val = None if val_data is None else _as_blocks(val_data)
+    if lens.translator.kind != config.translator:
+        raise ValueError(
+            f"the lens has a {lens.translator.kind} translator, config.translator={config.translator!r}"
+        )
+    if data.seq_len != config.seq_len:
+        raise ValueError(
+            f"data has sequences of {data.seq_len} tokens, config.seq_len={config.seq_len}"
+        )
+    resolved = resolve(config, lens, world)
+    needed = resolved.steps * config.tokens_per_step // config.seq_len
+    if data.n_sequences < needed:
+        raise ValueError(f"data holds {data.n_sequences} sequences; the budget needs {needed}")
+    model.requires_grad_(False)
+    trainer = _Trainer(lens, model, data, config, resolved, world)
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    data_hash = data[:needed].content_hash()
+    state = load_checkpoint(directory) if directory is not None and resume else None
+    if state is not None:
+        check_resumable(
+            state,
+            config=config.to_dict(),
+            model=lens.model_info,
+            data_hash=data_hash,
+            path=directory,
+        )
+        trainer.restore(state)
+    elif config.lstsq_init:
+        started = time.perf_counter()
+        count = max(1, config.lstsq_tokens // config.seq_len // world.size)
+        shard = data.tokens[world.rank * count : (world.rank + 1) * count]
+        trainer.lstsq_tokens = lstsq_init(
+            lens,
+            model,
+            shard,
+            batch_size=config.batch_size,
+            all_reduce=world.all_reduce_sum if world.size > 1 else None,
+        )
+        trainer.elapsed += time.perf_counter() - started
+    stopped_early = False
+    while trainer.step < resolved.steps:
+        stats = trainer.take_step()
+        last = trainer.step == resolved.steps
+        if val is not None and (
+            last or (config.val_every and trainer.step % config.val_every == 0)
+        ):
+            stats = StepStats(
+                **{
+                    **stats.__dict__,
+                    "val_kl": trainer.validate(val.tokens),
+                    "elapsed": trainer.elapsed,
+                }
+            )
+        trainer.history.append(
+            {
+                "step": stats.step,
+                "loss": stats.loss,
+                "lr": stats.lr,
+                "grad_norm": stats.grad_norm,
+                "val_kl": stats.val_kl,
+            }
+        )
+        if on_step is not None and world.is_primary:
+            on_step(stats)
+        stopped_early = config.patience is not None and trainer.stale >= config.patience
+        checkpoint_due = config.checkpoint_every and (
+            trainer.step % config.checkpoint_every == 0 or last or stopped_early
+        )
+        if directory is not None and checkpoint_due and world.is_primary:
+            save_checkpoint(directory, trainer.state(lens.model_info, data_hash))
+        world.barrier()
+        if stopped_early:
+            break
+    if trainer.best_state is not None:
+        lens.translator.load_state_dict(trainer.best_state)
+    val_kl = None
+    if trainer.best_state is not None:
+        entry = next(h for h in trainer.history if h["step"] == trainer.best_step)
+        val_kl = entry["val_kl"]
+    return TrainResult(
+        lens=lens,
+        config=config,
+        resolved=resolved,
+        val_kl=val_kl,
+        best_step=trainer.best_step if trainer.best_state is not None else trainer.step,
+        steps_done=trainer.step,
+        stopped_early=stopped_early,
+        wall_time=trainer.elapsed,
+        lstsq_tokens=trainer.lstsq_tokens,
+        history=trainer.history,
+    )

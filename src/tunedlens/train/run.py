@@ -1,0 +1,195 @@
+"""What ``tunedlens train`` does, as a function: load, pack data, train, save with provenance."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunedlens.data import DEFAULT_HF_DATASET, DataError, TextSource, TokenBlocks, pack_blocks
+from tunedlens.errors import TunedLensError
+from tunedlens.lenses.lens import TunedLens
+from tunedlens.train.checkpoint import CHECKPOINT_NAME
+from tunedlens.train.config import TrainConfig
+from tunedlens.train.distributed import World, init_world
+from tunedlens.train.loop import StepStats, TrainResult, train_lens
+
+LOG_NAME = "train_log.jsonl"
+NATS_TO_BITS = 1 / 0.6931471805599453
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """The token blocks of a run and where they came from."""
+
+    train: TokenBlocks
+    val: TokenBlocks | None
+    train_spec: str
+    val_spec: str | None
+
+
+def default_data_spec(model_spec: str) -> str:
+    """``stdlib`` (offline, on every machine) for the demo model, else the seed plan's web text."""
+    return "stdlib" if model_spec == "demo" else DEFAULT_HF_DATASET
+
+
+def plan_data(
+    tokenizer, config: TrainConfig, *, data: str, val_data: str | None, text_column: str = "text"
+) -> DataPlan:
+    """Pack exactly the training (and validation) sequences the budget needs, or fail up front."""
+    train_sequences = (
+        (config.tokens // config.tokens_per_step) * config.tokens_per_step // config.seq_len
+    )
+    val_sequences = max(1, config.val_tokens // config.seq_len) if config.val_tokens else 0
+    source = TextSource(data, text_column)
+    if val_data is None:  # hold out blocks of the training source, disjoint from training
+        blocks = pack_blocks(
+            source,
+            tokenizer,
+            seq_len=config.seq_len,
+            n_sequences=train_sequences + val_sequences,
+            seed=config.seed,
+        )
+        train = blocks[:train_sequences]
+        val = blocks[train_sequences:] if val_sequences else None
+        return DataPlan(train, val, data, f"{data} (held-out blocks)" if val_sequences else None)
+    train = pack_blocks(
+        source, tokenizer, seq_len=config.seq_len, n_sequences=train_sequences, seed=config.seed
+    )
+    val = pack_blocks(
+        TextSource(val_data, text_column),
+        tokenizer,
+        seq_len=config.seq_len,
+        n_sequences=val_sequences or 1,
+        seed=config.seed,
+    )
+    return DataPlan(train, val, data, val_data)
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Refuse to overwrite another run's results in ``out`` unless resuming it."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TunedLensError(f"--out {str(out)!r} is a file; pass a directory.")
+    has_checkpoint = (out / CHECKPOINT_NAME).exists()
+    has_lens = any((out / name).exists() for name in ("lens.safetensors", "params.pt"))
+    if has_checkpoint and not resume:
+        raise TunedLensError(
+            f"{out} holds the checkpoint of an earlier run. Pass --resume to continue it, or choose "
+            "another --out (nothing was overwritten)."
+        )
+    if has_lens and not has_checkpoint:
+        raise TunedLensError(
+            f"{out} already holds a lens; choose another --out (nothing was overwritten)."
+        )
+
+
+def _log_writer(out: Path, extra: Callable[[StepStats], None] | None):
+    def on_step(stats: StepStats) -> None:
+        record = {key: value for key, value in stats.__dict__.items()}
+        record["loss_bits"] = stats.loss * NATS_TO_BITS
+        if stats.val_kl is not None:
+            record["val_kl_bits"] = [v * NATS_TO_BITS for v in stats.val_kl]
+        with open(out / LOG_NAME, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if extra is not None:
+            extra(stats)
+
+    return on_step
+
+
+def provenance(result: TrainResult, plan: DataPlan, model_spec: str, lens: TunedLens) -> dict:
+    """The training record that goes into ``provenance.json``."""
+    val_kl = result.val_kl
+    return {
+        "training": {
+            "model_spec": model_spec,
+            "data": plan.train_spec,
+            "data_content_hash": plan.train.content_hash(),
+            "train_tokens": result.resolved.steps * result.config.tokens_per_step,
+            "val_data": plan.val_spec,
+            "val_content_hash": plan.val.content_hash() if plan.val is not None else None,
+            "val_tokens": plan.val.n_tokens if plan.val is not None else 0,
+            "lstsq_tokens": result.lstsq_tokens,
+            "config": result.config.to_dict(),
+            "resolved": result.resolved.to_dict(),
+            "seed": result.config.seed,
+            "steps_done": result.steps_done,
+            "best_step": result.best_step,
+            "stopped_early": result.stopped_early,
+            "wall_time_s": result.wall_time,
+            "val_kl_nats": val_kl,
+            "val_kl_bits": None if val_kl is None else [v * NATS_TO_BITS for v in val_kl],
+        }
+    }
+
+
+def run_training(
+    model_spec: str,
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    val_data: str | None = None,
+    text_column: str = "text",
+    resume: bool = False,
+    dtype: str = "float32",
+    lens_format: str = "native",
+    fsdp: bool = False,
+    on_step: Callable[[StepStats], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
+    world: World | None = None,
+) -> TrainResult:
+    """Train a lens for ``model_spec`` and write it (with provenance and a JSONL log) to ``out``."""
+    from tunedlens.models import load_model
+
+    status = on_status or (lambda message: None)
+    world = world or init_world()
+    out = Path(out)
+    check_out_dir(out, resume)
+    model, tokenizer = load_model(model_spec, dtype=dtype)
+    if fsdp:
+        from tunedlens.train.distributed import shard_blocks
+
+        shard_blocks(model, world)
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if context is not None and config.seq_len > context:
+        raise DataError(
+            f"--seq-len {config.seq_len} is longer than the model's context of {context} tokens."
+        )
+    spec = data or default_data_spec(model_spec)
+    status(f"packing {config.tokens:,} training tokens from {spec}")
+    plan = plan_data(tokenizer, config, data=spec, val_data=val_data, text_column=text_column)
+    lens = TunedLens.from_model(
+        model,
+        translator=config.translator,
+        rank=config.rank,
+        use_temperature=config.use_temperature,
+        seed=config.seed,
+    )
+    if world.is_primary:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (out / LOG_NAME).unlink(missing_ok=True)
+    started = time.perf_counter()
+    result = train_lens(
+        lens,
+        model,
+        plan.train,
+        config,
+        val_data=plan.val,
+        world=world,
+        resume=resume,
+        checkpoint_dir=out if config.checkpoint_every else None,
+        on_step=_log_writer(out, on_step) if world.is_primary else None,
+    )
+    if world.is_primary:
+        record = provenance(result, plan, model_spec, lens)
+        record["training"]["wall_time_this_process_s"] = time.perf_counter() - started
+        for name in ("lens.safetensors", "params.pt", "config.json", "provenance.json"):
+            (out / name).unlink(missing_ok=True)  # a resumed run replaces its own earlier save
+        lens.save(out, format=lens_format, provenance=record)
+    return result

@@ -1,0 +1,171 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from tunedlens.cli.app import app
+from tunedlens.lenses import read_lens
+
+runner = CliRunner()
+ARGS = ["--seq-len", "16", "--batch-size", "4", "--tokens-per-step", "64", "--val-tokens", "64"]
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 128, (6000,), generator=generator).tolist()
+    path = tmp_path / "train.txt"
+    path.write_text(" ".join(f"w{i}" for i in ids))
+    return path
+
+
+def test_train_end_to_end(tiny_model_dir, text_file, tmp_path):
+    out = tmp_path / "lens"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(tiny_model_dir),
+            "--data",
+            str(text_file),
+            "--out",
+            str(out),
+            "--tokens",
+            "512",
+            "--val-every",
+            "4",
+            *ARGS,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "validation KL" in result.stdout and "lens saved to" in result.stdout
+    lens = read_lens(out)
+    assert lens.format == "native" and lens.translator.kind == "affine"
+    provenance = json.loads((out / "provenance.json").read_text())["training"]
+    assert provenance["data"] == str(text_file) and len(provenance["data_content_hash"]) == 64
+    assert provenance["train_tokens"] == 512 and provenance["config"]["recipe"] == "default"
+    assert len(provenance["val_kl_bits"]) == 2 and provenance["seed"] == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == list(range(1, 9))
+    assert log[3]["val_kl_bits"] is not None and log[3]["loss_bits"] > 0
+    again = runner.invoke(
+        app,
+        [
+            "train",
+            str(tiny_model_dir),
+            "--data",
+            str(text_file),
+            "--out",
+            str(out),
+            "--tokens",
+            "512",
+            *ARGS,
+        ],
+    )
+    assert again.exit_code != 0 and "already holds a lens" in str(again.exception)
+
+
+def test_train_errors(tiny_model_dir, text_file, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(tiny_model_dir),
+            "--data",
+            str(text_file),
+            "--out",
+            str(tmp_path / "x"),
+            "--tokens",
+            "10000000",
+            *ARGS,
+        ],
+    )
+    assert "Lower --tokens" in str(result.exception)
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(tiny_model_dir),
+            "--data",
+            str(text_file),
+            "--out",
+            str(tmp_path / "y"),
+            "--seq-len",
+            "128",
+            "--batch-size",
+            "4",
+            "--tokens-per-step",
+            "512",
+        ],
+    )
+    assert "longer than the model's context of 64" in str(result.exception)
+
+
+def _train_command(model_dir, data, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "tunedlens",
+        "train",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--tokens",
+        "4096",
+        "--checkpoint-every",
+        "1",
+        *ARGS,
+        *extra,
+    ]
+
+
+def test_sigkill_then_resume_is_bit_identical(tiny_model_dir, text_file, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(
+        _train_command(tiny_model_dir, text_file, reference),
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        _train_command(tiny_model_dir, text_file, out),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # let it run on: the kill lands mid-step or mid-checkpoint
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "lens.safetensors").exists(), "the run finished before it could be killed"
+    subprocess.run(
+        _train_command(tiny_model_dir, text_file, out, "--resume"),
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    expected, resumed = (
+        load_file(reference / "lens.safetensors"),
+        load_file(out / "lens.safetensors"),
+    )
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    steps = [
+        json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert steps[-1] == 64
