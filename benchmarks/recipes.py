@@ -33,10 +33,20 @@ def main() -> None:
     parser.add_argument("--val-sequences", type=int, default=8)
     args = parser.parse_args()
     model, tokenizer = load_model("demo")
-    train = pack_blocks(str(CORPUS / "train.jsonl.gz"), tokenizer, seq_len=512,
-                        n_sequences=args.tokens // 512, seed=0)
-    val = pack_blocks(str(CORPUS / "validation.jsonl.gz"), tokenizer, seq_len=512,
-                      n_sequences=args.val_sequences, seed=1)
+    train = pack_blocks(
+        str(CORPUS / "train.jsonl.gz"),
+        tokenizer,
+        seq_len=512,
+        n_sequences=args.tokens // 512,
+        seed=0,
+    )
+    val = pack_blocks(
+        str(CORPUS / "validation.jsonl.gz"),
+        tokenizer,
+        seq_len=512,
+        n_sequences=args.val_sequences,
+        seed=1,
+    )
     results = {}
     for name, settings in CANDIDATES.items():
         lens = TunedLens.from_model(model)
@@ -46,15 +56,20 @@ def main() -> None:
             lstsq_init(lens, model, train.tokens[: base.lstsq_tokens // 512])
         else:
             settings = dict(settings)
-            config = recipe_config(settings.pop("recipe"), tokens=args.tokens, tokens_per_step=4096,
-                                   **settings)
+            config = recipe_config(
+                settings.pop("recipe"), tokens=args.tokens, tokens_per_step=4096, **settings
+            )
             train_lens(lens, model, train, config)
         wall = time.perf_counter() - started
         kl = bits(layer_kl(lens, model, val.tokens))
         results[name] = {"wall_s": wall, "kl_bits": kl, "mean_kl_bits": sum(kl) / len(kl)}
         print(f"{name}: {wall:.0f}s mean KL {sum(kl) / len(kl):.3f} bits", flush=True)
     logit = bits(layer_kl(TunedLens.from_model(model), model, val.tokens))
-    results["logit lens (untrained)"] = {"wall_s": 0.0, "kl_bits": logit, "mean_kl_bits": sum(logit) / len(logit)}
+    results["logit lens (untrained)"] = {
+        "wall_s": 0.0,
+        "kl_bits": logit,
+        "mean_kl_bits": sum(logit) / len(logit),
+    }
     lines = [
         f"# Recipe selection: SmolLM2-135M, CPU float32, {args.tokens:,} training tokens",
         "",
@@ -65,8 +80,14 @@ def main() -> None:
     ]
     for name, r in results.items():
         k = r["kl_bits"]
-        lines.append(f"| {name} | {r['wall_s']:.0f} | {r['mean_kl_bits']:.3f} | {k[0]:.2f} | {k[10]:.2f} | {k[20]:.2f} | {k[29]:.2f} |")
-    save("recipes", {"machine": machine(), "tokens": args.tokens, "results": results}, "\n".join(lines) + "\n")
+        lines.append(
+            f"| {name} | {r['wall_s']:.0f} | {r['mean_kl_bits']:.3f} | {k[0]:.2f} | {k[10]:.2f} | {k[20]:.2f} | {k[29]:.2f} |"
+        )
+    save(
+        "recipes",
+        {"machine": machine(), "tokens": args.tokens, "results": results},
+        "\n".join(lines) + "\n",
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from tunedlens.train import recipe_config, train_lens
 
 def measure(tokens: int, mode: str) -> dict:
     model, tokenizer = load_model("demo")
-    data = pack_blocks(str(CORPUS / "train.jsonl.gz"), tokenizer, seq_len=512, n_sequences=tokens // 512)
+    data = pack_blocks(
+        str(CORPUS / "train.jsonl.gz"), tokenizer, seq_len=512, n_sequences=tokens // 512
+    )
     result = {}
     if mode in ("both", "forward"):
         with torch.no_grad():
@@ -36,8 +38,12 @@ def measure(tokens: int, mode: str) -> dict:
             result["forward_s"] = time.perf_counter() - started
     if mode in ("both", "train"):
         default = recipe_config("default")
-        config = recipe_config("default", tokens=tokens, tokens_per_step=4096,
-                               lstsq_tokens=tokens * default.lstsq_tokens // default.tokens)
+        config = recipe_config(
+            "default",
+            tokens=tokens,
+            tokens_per_step=4096,
+            lstsq_tokens=tokens * default.lstsq_tokens // default.tokens,
+        )
         lens = TunedLens.from_model(model)
         started = time.perf_counter()
         run = train_lens(lens, model, data, config)
@@ -58,34 +64,46 @@ def main() -> None:
     timing = measure(args.tokens, "both")
     memory = {}
     for mode in ("forward", "train"):
-        output = subprocess.run([sys.executable, __file__, "--tokens", str(8192), "--mode", mode],
-                                capture_output=True, text=True, check=True).stdout
+        output = subprocess.run(
+            [sys.executable, __file__, "--tokens", str(8192), "--mode", mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         memory[mode] = json.loads(output.strip().splitlines()[-1])["peak_rss_mib"]
     ratio = timing["train_s"] / timing["forward_s"]
-    payload = {"machine": machine(), "tokens": args.tokens, **timing, "ratio": ratio,
-               "forward_tokens_per_s": args.tokens / timing["forward_s"],
-               "train_tokens_per_s": args.tokens / timing["train_s"],
-               "peak_rss_mib": memory, "reference_ratio_reported": 17.0}
-    table = "\n".join([
-        "# Training throughput vs the bare forward pass: SmolLM2-135M, CPU float32",
-        "",
-        f"{args.tokens:,} tokens, 512-token sequences, default recipe (least squares on "
-        f"{timing['lstsq_tokens']:,} tokens + 16 positions/sequence), measured in one run.",
-        "",
-        "| | wall s | tokens/s |",
-        "| --- | ---: | ---: |",
-        f"| bare forward (no grad) | {timing['forward_s']:.1f} | {payload['forward_tokens_per_s']:.0f} |",
-        f"| default-recipe training | {timing['train_s']:.1f} | {payload['train_tokens_per_s']:.0f} |",
-        "",
-        f"**Training / forward wall-time ratio: {ratio:.2f}x** (target <= 1.5x; the reference, "
-        "per shared/peer/README.md: ~17x).",
-        "",
-        "| peak RSS (8,192 tokens, separate processes) | MiB |",
-        "| --- | ---: |",
-        f"| model + forward | {memory['forward']:.0f} |",
-        f"| training | {memory['train']:.0f} |",
-        "",
-    ])
+    payload = {
+        "machine": machine(),
+        "tokens": args.tokens,
+        **timing,
+        "ratio": ratio,
+        "forward_tokens_per_s": args.tokens / timing["forward_s"],
+        "train_tokens_per_s": args.tokens / timing["train_s"],
+        "peak_rss_mib": memory,
+        "reference_ratio_reported": 17.0,
+    }
+    table = "\n".join(
+        [
+            "# Training throughput vs the bare forward pass: SmolLM2-135M, CPU float32",
+            "",
+            f"{args.tokens:,} tokens, 512-token sequences, default recipe (least squares on "
+            f"{timing['lstsq_tokens']:,} tokens + 16 positions/sequence), measured in one run.",
+            "",
+            "| | wall s | tokens/s |",
+            "| --- | ---: | ---: |",
+            f"| bare forward (no grad) | {timing['forward_s']:.1f} | {payload['forward_tokens_per_s']:.0f} |",
+            f"| default-recipe training | {timing['train_s']:.1f} | {payload['train_tokens_per_s']:.0f} |",
+            "",
+            f"**Training / forward wall-time ratio: {ratio:.2f}x** (target <= 1.5x; the reference, "
+            "per shared/peer/README.md: ~17x).",
+            "",
+            "| peak RSS (8,192 tokens, separate processes) | MiB |",
+            "| --- | ---: |",
+            f"| model + forward | {memory['forward']:.0f} |",
+            f"| training | {memory['train']:.0f} |",
+            "",
+        ]
+    )
     save("throughput", payload, table)
 
 

@@ -35,7 +35,9 @@ def model_dir() -> Path:
     """The dequantised demo model, with a config the reference's transformers 4.x reads right.
 
     transformers 5 writes ``rope_parameters``; transformers 4 reads ``rope_theta`` and would
-    silently fall back to 10,000 (SmolLM2 uses 100,000), so both keys are written.
+    silently fall back to 10,000 (SmolLM2 uses 100,000), so both keys are written. Its tokenizer
+    class name ``TokenizersBackend`` is also unknown to transformers 4: the same tokenizer.json
+    loads there as ``PreTrainedTokenizerFast``.
     """
     load_model("demo")
     source = _gguf_cache_dir(demo_gguf_path())
@@ -43,8 +45,11 @@ def model_dir() -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         link = target / item.name
-        if item.name != "config.json" and not link.exists():
+        if item.name not in ("config.json", "tokenizer_config.json") and not link.exists():
             link.symlink_to(item)
+    tokenizer_config = json.loads((source / "tokenizer_config.json").read_text())
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (target / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     config = json.loads((source / "config.json").read_text())
     config["rope_theta"] = config["rope_parameters"]["rope_theta"]
     (target / "config.json").write_text(json.dumps(config, indent=2))
@@ -76,15 +81,40 @@ def main() -> None:
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     model_path, data_path = model_dir(), train_subset(args.documents)
-    venv = subprocess.run(["bash", str(PEER / "setup.sh")], check=True, capture_output=True,
-                          text=True).stdout.strip().splitlines()[-1]
+    venv = (
+        subprocess.run(["bash", str(PEER / "setup.sh")], check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     ref_out = WORK / "reference-lens"
-    ref_wall = timed([f"{venv}/bin/python", "-m", "tuned_lens", "train", "--model.name", str(model_path),
-                      "--data.name", str(data_path), "--split", "train", "--max_length", "512",
-                      "--num_steps", str(args.ref_steps), "--tokens_per_step", "2048",
-                      "--per_gpu_batch_size", "4", "--precision", "float32", "-o", str(ref_out)],
-                     {**env, "PYTHONPATH": str(PEER)})
+    ref_wall = timed(
+        [
+            f"{venv}/bin/python",
+            "-m",
+            "tuned_lens",
+            "train",
+            "--model.name",
+            str(model_path),
+            "--data.name",
+            str(data_path),
+            "--split",
+            "train",
+            "--max_length",
+            "512",
+            "--num_steps",
+            str(args.ref_steps),
+            "--tokens_per_step",
+            "2048",
+            "--per_gpu_batch_size",
+            "4",
+            "--precision",
+            "float32",
+            "-o",
+            str(ref_out),
+        ],
+        {**env, "PYTHONPATH": str(PEER)},
+    )
     # Size our budget from our measured throughput so the whole run fits in the reference's time.
     throughput = json.loads((RESULTS / "throughput.json").read_text())
     seconds_per_token = 1 / throughput["train_tokens_per_s"]
@@ -93,13 +123,37 @@ def main() -> None:
     tokens = int((ref_wall - overhead) / seconds_per_token) // step * step
     ours_out = WORK / "ours-lens"
     subprocess.run(["rm", "-rf", str(ours_out)], check=True)
-    ours_wall = timed([sys.executable, "-m", "tunedlens", "train", str(model_path), "--data", str(data_path),
-                       "--out", str(ours_out), "--tokens", str(tokens), "--tokens-per-step", str(step)], env)
+    ours_wall = timed(
+        [
+            sys.executable,
+            "-m",
+            "tunedlens",
+            "train",
+            str(model_path),
+            "--data",
+            str(data_path),
+            "--out",
+            str(ours_out),
+            "--tokens",
+            str(tokens),
+            "--tokens-per-step",
+            str(step),
+        ],
+        env,
+    )
     model, tokenizer = load_model(str(model_path))
-    test = pack_blocks(str(CORPUS / "test.jsonl.gz"), tokenizer, seq_len=512,
-                       n_sequences=args.test_sequences, seed=0)
-    lenses = {"logit lens": LogitLens(model), "reference (tuned-lens 0.2.0)": TunedLens.load(ref_out, model),
-              "ours (default recipe)": TunedLens.load(ours_out, model)}
+    test = pack_blocks(
+        str(CORPUS / "test.jsonl.gz"),
+        tokenizer,
+        seq_len=512,
+        n_sequences=args.test_sequences,
+        seed=0,
+    )
+    lenses = {
+        "logit lens": LogitLens(model),
+        "reference (tuned-lens 0.2.0)": TunedLens.load(ref_out, model),
+        "ours (default recipe)": TunedLens.load(ours_out, model),
+    }
     kl = {name: bits(layer_kl(lens, model, test.tokens)) for name, lens in lenses.items()}
     ours, ref = kl["ours (default recipe)"], kl["reference (tuned-lens 0.2.0)"]
     lower_everywhere = all(o < r for o, r in zip(ours, ref, strict=True))
@@ -116,11 +170,21 @@ def main() -> None:
         "| ---: | ---: | ---: | ---: |",
     ]
     for layer in range(len(ours)):
-        lines.append(f"| {layer} | {kl['logit lens'][layer]:.3f} | {ref[layer]:.3f} | {ours[layer]:.3f} |")
-    lines.append(f"| mean | {sum(kl['logit lens']) / len(ours):.3f} | {sum(ref) / len(ref):.3f} | {sum(ours) / len(ours):.3f} |")
-    payload = {"machine": machine(), "reference_wall_s": ref_wall, "ours_wall_s": ours_wall,
-               "ours_tokens": tokens, "reference_tokens": args.ref_steps * 2048, "kl_bits": kl,
-               "ours_lower_at_every_layer": lower_everywhere}
+        lines.append(
+            f"| {layer} | {kl['logit lens'][layer]:.3f} | {ref[layer]:.3f} | {ours[layer]:.3f} |"
+        )
+    lines.append(
+        f"| mean | {sum(kl['logit lens']) / len(ours):.3f} | {sum(ref) / len(ref):.3f} | {sum(ours) / len(ours):.3f} |"
+    )
+    payload = {
+        "machine": machine(),
+        "reference_wall_s": ref_wall,
+        "ours_wall_s": ours_wall,
+        "ours_tokens": tokens,
+        "reference_tokens": args.ref_steps * 2048,
+        "kl_bits": kl,
+        "ours_lower_at_every_layer": lower_everywhere,
+    }
     save("vs_reference", payload, "\n".join(lines) + "\n")
 
 

@@ -48,8 +48,8 @@ def test_train_demo_beats_the_logit_lens(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     provenance = json.loads((out / "provenance.json").read_text())
     training = provenance["training"]
-    assert training["data"] == "stdlib" and training["train_tokens"] == 4096
-    assert training["lstsq_tokens"] == 4096 and len(training["val_kl_bits"]) == 30
+    assert training["data"] == "stdlib" and training["train_tokens"] == 8192
+    assert training["lstsq_tokens"] == 512 and len(training["val_kl_bits"]) == 30
     assert provenance["model"]["model_type"] == "llama"
 
     model, tokenizer = load_model("demo")

@@ -54,7 +54,10 @@ class TrainConfig:
     lstsq_init: bool = False
     """Initialise translators by least squares from activation statistics before training."""
     lstsq_tokens: int = 2**16
-    """Tokens whose activations feed the least-squares initialisation."""
+    """Tokens whose activations feed the least-squares initialisation (see ``lstsq_budget_share``)."""
+    lstsq_budget_share: float = 1 / 16
+    """Largest share of ``tokens`` the least-squares fit may use (its pass costs about one forward
+    per token, so 1/16 keeps it near 6 % of the run)."""
     l2_penalty: float = 0.0
     """L2 penalty on translator parameters (low-rank: ``U``, ``V``, ``c``)."""
     smoothness_penalty: float = 0.0
@@ -100,6 +103,8 @@ class TrainConfig:
             fail("tokens", f"at least tokens_per_step = {self.tokens_per_step}")
         if self.lr <= 0:
             fail("lr", "a positive number")
+        if not 0 < self.lstsq_budget_share <= 1:
+            fail("lstsq_budget_share", "a number in (0, 1]")
         if not 0 <= self.warmup_fraction < 1:
             fail("warmup_fraction", "a number in [0, 1)")
         if self.use_temperature and self.translator != "lowrank":
@@ -197,7 +202,7 @@ RECIPES["default"] = dict(
     grad_clip=1.0,
     positions_per_sequence=16,
     tokens=2**21,
-    tokens_per_step=2**15,
+    tokens_per_step=2**14,
     lstsq_tokens=2**17,
 )
 

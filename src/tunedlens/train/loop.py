@@ -409,7 +409,8 @@ def train_lens(
         trainer.restore(state)
     elif config.lstsq_init:
         started = time.perf_counter()
-        count = max(1, config.lstsq_tokens // config.seq_len // world.size)
+        fit_tokens = min(config.lstsq_tokens, int(config.tokens * config.lstsq_budget_share))
+        count = max(1, fit_tokens // config.seq_len // world.size)
         shard = data.tokens[world.rank * count : (world.rank + 1) * count]
         trainer.lstsq_tokens = lstsq_init(
             lens,

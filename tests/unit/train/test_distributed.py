@@ -21,6 +21,7 @@ def _config(batch_size):
         seq_len=16,
         batch_size=batch_size,
         lstsq_tokens=512,
+        lstsq_budget_share=0.5,
         positions_per_sequence=6,
     )
 

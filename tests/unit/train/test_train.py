@@ -8,7 +8,14 @@ from tunedlens.train import TrainConfig, TrainingDiverged, recipe_config, train_
 from tunedlens.train.checkpoint import CheckpointError
 from tunedlens.train.lstsq import lstsq_init
 
-SMALL = dict(tokens=16 * 64, tokens_per_step=16 * 8, seq_len=16, batch_size=4, lstsq_tokens=512)
+SMALL = dict(
+    tokens=16 * 64,
+    tokens_per_step=16 * 8,
+    seq_len=16,
+    batch_size=4,
+    lstsq_tokens=512,
+    lstsq_budget_share=0.5,
+)
 
 
 @pytest.fixture(scope="module")
