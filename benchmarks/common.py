@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from tunedlens.metrics.divergence import NATS_TO_BITS
+
 RESULTS = Path(__file__).parent / "results"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus"
 
@@ -27,7 +29,7 @@ def peak_rss_mib() -> float:
 
 
 def bits(nats) -> list[float]:
-    return [float(x) / 0.6931471805599453 for x in nats]
+    return [float(x) * NATS_TO_BITS for x in nats]
 
 
 def save(name: str, payload: dict, table: str) -> None:

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-NATS_TO_BITS = 1 / 0.6931471805599453
+from tunedlens.metrics.divergence import NATS_TO_BITS
 
 
 class TrainingProgress:

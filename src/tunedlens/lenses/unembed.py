@@ -79,7 +79,7 @@ class Unembed:
         norm = final_norm if final_norm is not None else self.arch.final_norm
         self.skip_norm = skip_norm
         self.final_norm = None if skip_norm or norm is None else _float32_module(norm)
-        self.pre_unembed = tuple(m for m in self.arch.pre_unembed)
+        self.pre_unembed = self.arch.pre_unembed
         self.unembedding = self.arch.unembed
         self._hash: str | None = None
 

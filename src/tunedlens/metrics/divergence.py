@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+NATS_TO_BITS = 1 / math.log(2)
+"""Multiply a quantity in nats by this to get bits."""
 
 
 def kl_divergence(target_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -427,13 +428,8 @@ def train_lens(
         if val is not None and (
             last or (config.val_every and trainer.step % config.val_every == 0)
         ):
-            stats = StepStats(
-                **{
-                    **stats.__dict__,
-                    "val_kl": trainer.validate(val.tokens),
-                    "elapsed": trainer.elapsed,
-                }
-            )
+            val_kl = trainer.validate(val.tokens)
+            stats = dataclasses.replace(stats, val_kl=val_kl, elapsed=trainer.elapsed)
         trainer.history.append(
             {
                 "step": stats.step,

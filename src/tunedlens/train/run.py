@@ -11,13 +11,13 @@ from pathlib import Path
 from tunedlens.data import DEFAULT_HF_DATASET, DataError, TextSource, TokenBlocks, pack_blocks
 from tunedlens.errors import TunedLensError
 from tunedlens.lenses.lens import TunedLens
+from tunedlens.metrics.divergence import NATS_TO_BITS
 from tunedlens.train.checkpoint import CHECKPOINT_NAME
 from tunedlens.train.config import TrainConfig
 from tunedlens.train.distributed import World, init_world
 from tunedlens.train.loop import StepStats, TrainResult, train_lens
 
 LOG_NAME = "train_log.jsonl"
-NATS_TO_BITS = 1 / 0.6931471805599453
 
 
 @dataclass(frozen=True)
