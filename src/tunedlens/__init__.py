@@ -23,6 +23,8 @@ _EXPORTS = {
     "resolve_arch": "tunedlens.arch.resolve",
     "collect_residuals": "tunedlens.arch.residuals",
     "predict_layers": "tunedlens.predict",
+    "evaluate": "tunedlens.evaluation.core",
+    "load_prompts": "tunedlens.evaluation.prompts",
     "read_lens": "tunedlens.lenses.files",
     "write_lens": "tunedlens.lenses.files",
     "TunedLensError": "tunedlens.errors",

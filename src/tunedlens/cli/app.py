@@ -230,6 +230,11 @@ def lens_convert(
     typer.echo(f"wrote {format} lens to {target}")
 
 
+from tunedlens.cli.evaluate import eval_command  # noqa: E402
+
+app.command("eval")(eval_command)
+
+
 def main() -> None:
     """Entry point: run the app, turning expected errors into one clear line and exit code 2."""
     from transformers.utils import logging as hf_logging

@@ -53,12 +53,33 @@ class Lens(nn.Module):
 
     def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Decode ``(..., d_model)`` states of ``layer`` into float32 logits ``(..., vocab)``."""
+        self._check_width(hidden)
+        return self.scale_logits(self.unembed(self.transform(hidden, layer)), layer)
+
+    def vocab_major(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Decode ``(n, d_model)`` states of ``layer`` into transposed logits ``(vocab, n)``.
+
+        Equal to ``self(hidden, layer).T`` to float32 round-off, and faster on CPUs (see
+        :meth:`Unembed.vocab_major`).
+        """
+        self._check_width(hidden)
+        return self.scale_logits(self.unembed.vocab_major(self.transform(hidden, layer)), layer)
+
+    def scale_logits(self, logits: torch.Tensor, layer: int) -> torch.Tensor:
+        """Multiply logits by the lens's scale for ``layer`` (see :meth:`log_logit_scale`)."""
+        log_scale = self.log_logit_scale(layer)
+        return logits if log_scale is None else logits * torch.exp(log_scale)
+
+    def log_logit_scale(self, layer: int) -> torch.Tensor | None:
+        """Log of a factor the lens applies to the head's logits (``None``: no factor)."""
+        return None
+
+    def _check_width(self, hidden: torch.Tensor) -> None:
         if hidden.shape[-1] != self.d_model:
             raise LensMismatch(
                 f"hidden states have width {hidden.shape[-1]}, the model's residual stream is "
                 f"{self.d_model} wide; pass residuals of the model this lens was built for."
             )
-        return self.unembed(self.transform(hidden, layer))
 
 
 class LogitLens(Lens):
@@ -196,11 +217,10 @@ class TunedLens(Lens):
             return hidden
         return self.translator(hidden, layer)
 
-    def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        """Decode ``(..., d_model)`` states of ``layer`` into float32 logits ``(..., vocab)``."""
-        logits = super().forward(hidden, layer)
+    def log_logit_scale(self, layer: int) -> torch.Tensor | None:
+        """Minus the learned log-temperature of ``layer``, if the translator has one."""
         log_temperature = None if layer == self.n_layers else self.translator.log_temperature(layer)
-        return logits if log_temperature is None else logits * torch.exp(-log_temperature)
+        return None if log_temperature is None else -log_temperature
 
     def to_file(self) -> LensFile:
         """The lens as a :class:`LensFile` (shares the translator's tensors)."""

@@ -1,0 +1,252 @@
+"""``evaluate``: exact per-layer metrics of lenses on token data, next to the logit lens."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tunedlens.arch.residuals import collect_residuals
+from tunedlens.errors import LensMismatch
+from tunedlens.evaluation.accumulate import LayerAccumulator, to_bits
+from tunedlens.evaluation.kernel import BlockedHead, head_input
+from tunedlens.lenses.lens import Lens, LogitLens
+from tunedlens.metrics.divergence import NATS_TO_BITS
+
+BASELINE = "logit"
+"""Name of the logit lens, always evaluated as the baseline."""
+
+
+@dataclass
+class EvalReport:
+    """What :func:`evaluate` measured; :meth:`to_dict` is the ``metrics.json`` payload."""
+
+    metrics: dict
+    records: list[dict] = field(default_factory=list)
+    """Prompt suite, one row per prompt x lens x layer x position."""
+    next_token: list[dict] = field(default_factory=list)
+    """Prompt suite, one row per prompt x lens x layer at the answer position."""
+
+    def to_dict(self) -> dict:
+        """The ``metrics.json`` payload."""
+        return self.metrics
+
+    def save(self, out, *, plots: bool = True) -> list:
+        """Write ``metrics.json``, the CSV sidecars, ``summary.md`` and (optionally) plots."""
+        from tunedlens.evaluation.report import save_report
+
+        return save_report(self, out, plots=plots)
+
+
+def name_lenses(lenses: Lens | Sequence[Lens] | Mapping[str, Lens] | None) -> dict[str, Lens]:
+    """Give every lens a unique name; the logit lens is added by :func:`evaluate`."""
+    if lenses is None:
+        return {}
+    if isinstance(lenses, Lens):
+        lenses = [lenses]
+    if not isinstance(lenses, Mapping):
+        lenses = {f"tuned-{index}" if index else "tuned": lens for index, lens in enumerate(lenses)}
+    if BASELINE in lenses:
+        raise ValueError(f"the lens name {BASELINE!r} is reserved for the logit-lens baseline")
+    return dict(lenses)
+
+
+def _check_lenses(model: nn.Module, lenses: dict[str, Lens]) -> None:
+    head = model.get_output_embeddings()
+    for name, lens in lenses.items():
+        if lens.unembed.unembedding is not head:
+            raise LensMismatch(
+                f"lens {name!r} decodes with another model's head; load it for this model "
+                "(TunedLens.load(path, model))."
+            )
+
+
+def _row_plan(n_layers: int, layers: Sequence[int] | None) -> list[int]:
+    rows = list(range(n_layers + 1)) if layers is None else sorted(set(layers))
+    bad = [row for row in rows if not 0 <= row <= n_layers]
+    if bad:
+        raise IndexError(f"layers {bad} are outside 0..{n_layers}")
+    return rows
+
+
+def _chunk_rows(vocab: int, budget_bytes: int) -> int:
+    # About three (vocab x n) float32 tensors live per chunk: the model's probabilities, its
+    # logits while they are being reduced, and (non-linear heads) their centred copy.
+    return int(max(16, min(1024, budget_bytes // (3 * 4 * vocab))))
+
+
+def evaluate(
+    model: nn.Module,
+    lenses: Lens | Sequence[Lens] | Mapping[str, Lens] | None,
+    tokens: torch.Tensor,
+    *,
+    tokenizer=None,
+    prompts=None,
+    layers: Sequence[int] | None = None,
+    transfer: bool = False,
+    batch_size: int = 1,
+    memory_budget: int = 512 * 2**20,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    model_name: str | None = None,
+) -> EvalReport:
+    """Exact full-vocabulary metrics of each lens at each layer, with the logit lens as baseline.
+
+    Args:
+        model: The causal LM.
+        lenses: Tuned lenses (one, a list, or a name -> lens mapping); the logit lens is always
+            added as ``"logit"``.
+        tokens: ``(n_sequences, seq_len)`` token ids (e.g. ``pack_blocks(...).tokens``).
+        tokenizer: The model's tokenizer: needed for bits per byte and the prompt suite.
+        prompts: A :class:`~tunedlens.evaluation.prompts.PromptSuite` for the KPIs and gates
+            (``None``: skip them).
+        layers: Layer rows to evaluate (``0..L``; ``L`` is the output row); default all.
+        transfer: Also measure every tuned lens's translator ``i`` on layer ``j``'s states.
+        batch_size: Sequences per forward pass.
+        memory_budget: Bytes for vocabulary-sized work tensors; sets the positions per chunk.
+        bootstrap: Resamples of whole sequences for the 95 % intervals of KL and CE (0: none).
+        seed: Seeds the bootstrap.
+        progress: Called with ``(tokens_done, tokens_total)`` after every batch.
+        model_name: Recorded in the report (default: the model's ``name_or_path``).
+
+    Returns:
+        An :class:`EvalReport`. Row ``i < L`` is ``hidden_states[i]``; row ``L`` decodes the last
+        block's output, i.e. the model's own logits for lenses that use the model's head.
+
+    Raises:
+        LensMismatch: a lens belongs to another model.
+        ValueError: fewer than one sequence of two tokens.
+    """
+    if tokens.dim() != 2 or tokens.shape[1] < 2 or tokens.shape[0] < 1:
+        raise ValueError(
+            f"tokens must be (n_sequences >= 1, seq_len >= 2), got {tuple(tokens.shape)}"
+        )
+    named = name_lenses(lenses)
+    _check_lenses(model, named)
+    baseline = LogitLens(model)
+    all_lenses = {BASELINE: baseline, **named}
+    n_layers = baseline.n_layers
+    rows = _row_plan(n_layers, layers)
+    head = BlockedHead(baseline.unembed)
+    n_sequences, seq_len = tokens.shape
+    accumulators = {name: LayerAccumulator(len(rows), n_sequences) for name in all_lenses}
+    model_acc = {k: torch.zeros(n_sequences, dtype=torch.float64) for k in ("ce", "entropy")}
+    transfers = {
+        name: torch.zeros(n_layers, n_layers, dtype=torch.float64)
+        for name, lens in named.items()
+        if transfer and not isinstance(lens, LogitLens)
+    }
+    chunk = _chunk_rows(head.vocab_size, memory_budget)
+    started = time.perf_counter()
+    for first in range(0, n_sequences, batch_size):
+        ids = tokens[first : first + batch_size]
+        residuals = collect_residuals(
+            model, ids.to(head.weight.device), arch=baseline.unembed.arch, with_logits=False
+        )
+        hidden = [state.flatten(0, 1) for state in residuals.hidden]
+        next_ids = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1).flatten()
+        sequence = torch.arange(first, first + ids.shape[0]).repeat_interleave(seq_len)
+        for positions in torch.split(torch.arange(hidden[0].shape[0]), chunk):
+            where = sequence[positions]
+            final_inputs, _ = head_input(baseline, hidden[n_layers][positions], n_layers)
+            final = head.final(final_inputs, next_ids[positions].to(head.weight.device))
+            model_acc["ce"].index_add_(0, where, final.cross_entropy.double().cpu())
+            model_acc["entropy"].index_add_(0, where, final.entropy.double().cpu())
+            for name, lens in all_lenses.items():
+                for index, row in enumerate(rows):
+                    inputs, scale = head_input(lens, hidden[row][positions], row)
+                    stats = {k: v.cpu() for k, v in head.stats(inputs, final, scale).items()}
+                    accumulators[name].add(index, where, stats)
+                if name in transfers:
+                    _add_transfer(transfers[name], lens, head, hidden, positions, final)
+            del final
+        if progress is not None:
+            progress(min(first + batch_size, n_sequences) * seq_len, n_sequences * seq_len)
+    metrics = _summarise(
+        model, all_lenses, rows, accumulators, model_acc, transfers, tokens, tokenizer,
+        bootstrap=bootstrap, seed=seed, model_name=model_name,
+    )  # fmt: skip
+    metrics["elapsed_s"] = time.perf_counter() - started
+    report = EvalReport(metrics)
+    if prompts is not None:
+        from tunedlens.evaluation.suite import run_suite
+
+        run_suite(report, model, tokenizer, all_lenses, prompts)
+    return report
+
+
+def _add_transfer(matrix, lens, head, hidden, positions, final) -> None:
+    """KL sums of translator ``i`` applied to layer ``j``'s states, into ``matrix[i, j]``."""
+    n_layers = matrix.shape[0]
+    for source in range(n_layers):
+        for target in range(n_layers):
+            inputs, scale = head_input(lens, hidden[target][positions], source)
+            matrix[source, target] += head.stats(inputs, final, scale)["kl"].double().sum().cpu()
+
+
+def _bytes_per_sequence(tokens: torch.Tensor, tokenizer) -> torch.Tensor | None:
+    """UTF-8 bytes of the predicted tokens (positions 1..) of each sequence."""
+    if tokenizer is None:
+        return None
+    texts = tokenizer.batch_decode(tokens[:, 1:].tolist())
+    return torch.tensor([len(text.encode("utf-8")) for text in texts], dtype=torch.float64)
+
+
+def _lens_summary(acc: LayerAccumulator, n_bytes, *, bootstrap: int, seed: int) -> dict:
+    entry = {
+        "kl_bits": to_bits(acc.mean("kl")),
+        "kl_nats": acc.mean("kl").tolist(),
+        "ce_bits": to_bits(acc.mean("ce")),
+        "entropy_bits": to_bits(acc.mean("entropy")),
+        "top1_agree": acc.mean("top1").tolist(),
+        "top5_agree": acc.mean("top5").tolist(),
+        "mean_rank": acc.mean("rank").tolist(),
+        "ece": acc.ece().tolist(),
+        "cos_to_final": acc.mean("cos").tolist(),
+    }
+    if n_bytes is not None:
+        entry["bits_per_byte"] = (acc.sums["ce"].sum(1) * NATS_TO_BITS / n_bytes.sum()).tolist()
+    for name in ("kl", "ce"):
+        interval = acc.interval(name, bootstrap, seed)
+        entry[f"{name}_bits_ci95"] = None if interval is None else to_bits(interval)
+    return entry
+
+
+def _summarise(model, lenses, rows, accumulators, model_acc, transfers, tokens, tokenizer,
+               *, bootstrap, seed, model_name) -> dict:  # fmt: skip
+    n_bytes = _bytes_per_sequence(tokens, tokenizer)
+    n_sequences, seq_len = tokens.shape
+    ce_tokens = n_sequences * (seq_len - 1)
+    baseline = {
+        "ce_bits": float(model_acc["ce"].sum()) / ce_tokens * NATS_TO_BITS,
+        "entropy_bits": float(model_acc["entropy"].sum()) / tokens.numel() * NATS_TO_BITS,
+    }
+    if n_bytes is not None:
+        baseline["bits_per_byte"] = float(model_acc["ce"].sum() * NATS_TO_BITS / n_bytes.sum())
+    config = model.config
+    out = {
+        "schema": "tunedlens.eval/1",
+        "model": model_name or getattr(config, "name_or_path", "") or type(model).__name__,
+        "model_type": getattr(config, "model_type", None),
+        "n_layers": lenses[BASELINE].n_layers,
+        "vocab_size": lenses[BASELINE].unembed.vocab_size,
+        "tokens": int(tokens.numel()),
+        "sequences": int(n_sequences),
+        "seq_len": int(seq_len),
+        "layers": rows,
+        "output_row": lenses[BASELINE].n_layers,
+        "lenses": {},
+        "baseline": baseline,
+        "bootstrap_resamples": bootstrap,
+    }
+    for name, lens in lenses.items():
+        entry = _lens_summary(accumulators[name], n_bytes, bootstrap=bootstrap, seed=seed)
+        entry["kind"] = "logit" if isinstance(lens, LogitLens) else type(lens).__name__
+        if name in transfers:
+            entry["transfer_kl_bits"] = to_bits(transfers[name] / tokens.numel())
+        out["lenses"][name] = entry
+    return out

@@ -1,0 +1,96 @@
+"""Write an evaluation: ``metrics.json``, CSV sidecars, ``summary.md`` and figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+RECORD_COLUMNS = [
+    "prompt_id", "lens", "layer", "position", "token", "top1_token", "top1_prob",
+    "answer_rank", "answer_prob", "kl_bits", "entropy_bits",
+]  # fmt: skip
+NEXT_TOKEN_COLUMNS = [
+    "prompt_id", "category", "lens", "layer", "answer", "top1_token", "top1_prob",
+    "answer_rank", "answer_prob", "kl_bits", "entropy_bits", "cos_to_final", "copy_collapse",
+]  # fmt: skip
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summary_markdown(metrics: dict) -> str:
+    """A readable table (layers x lenses: KL, CE, top-1) and the gates."""
+    names = list(metrics["lenses"])
+    lines = [
+        f"# Lens evaluation: {metrics['model']}",
+        "",
+        f"{metrics['tokens']:,} tokens ({metrics['sequences']} x {metrics['seq_len']}). "
+        f"Row {metrics['output_row']} is the output row (the model's own logits). "
+        f"Model: cross-entropy {metrics['baseline']['ce_bits']:.3f} bits/token, "
+        f"entropy {metrics['baseline']['entropy_bits']:.3f} bits.",
+        "",
+        "KL(model ‖ lens) in bits, then cross-entropy to the next token in bits, then top-1 "
+        "agreement with the model.",
+        "",
+        "| layer | " + " | ".join(f"KL {n}" for n in names) + " | "
+        + " | ".join(f"CE {n}" for n in names) + " | "
+        + " | ".join(f"top-1 {n}" for n in names) + " |",
+        "| ---: |" + " ---: |" * (3 * len(names)),
+    ]  # fmt: skip
+    for index, layer in enumerate(metrics["layers"]):
+        cells = [f"{metrics['lenses'][n]['kl_bits'][index]:.3f}" for n in names]
+        cells += [f"{metrics['lenses'][n]['ce_bits'][index]:.3f}" for n in names]
+        cells += [f"{metrics['lenses'][n]['top1_agree'][index]:.3f}" for n in names]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    means = [
+        sum(metrics["lenses"][n]["kl_bits"][:-1]) / max(1, len(metrics["layers"]) - 1)
+        for n in names
+    ]
+    lines += ["", "Mean KL over the rows before the output row: "
+              + ", ".join(f"{n} {m:.3f} bits" for n, m in zip(names, means, strict=True))]  # fmt: skip
+    prompts = metrics.get("prompts")
+    if prompts:
+        lines += [
+            "",
+            f"## Prompt suite ({prompts['used']} of {prompts['total']} prompts used; "
+            f"{prompts['skipped_count']} skipped: answer not one token)",
+        ]
+    for name, gates in metrics.get("gates", {}).items():
+        lines += ["", f"### Gates for `{name}` against the logit lens", ""]
+        lines += ["| gate | result | numbers |", "| --- | --- | --- |"]
+        for gate, result in gates.items():
+            numbers = ", ".join(f"{k}={_short(v)}" for k, v in result.items() if k not in ("pass",))
+            lines.append(f"| {gate} | {'pass' if result['pass'] else 'FAIL'} | {numbers} |")
+    return "\n".join(lines) + "\n"
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def save_report(report, out: str | os.PathLike, *, plots: bool = True) -> list[Path]:
+    """Write every output file of ``report`` into the directory ``out``; returns their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "metrics.json", out / "summary.md"]
+    written[0].write_text(json.dumps(report.metrics, indent=2, allow_nan=False) + "\n")
+    written[1].write_text(summary_markdown(report.metrics))
+    if report.records or report.next_token:
+        _write_csv(out / "records.csv", RECORD_COLUMNS, report.records)
+        _write_csv(out / "pure-next-token.csv", NEXT_TOKEN_COLUMNS, report.next_token)
+        written += [out / "records.csv", out / "pure-next-token.csv"]
+    if plots:
+        from tunedlens.plot.eval_figures import save_eval_figures
+
+        written += save_eval_figures(report.metrics, out)
+    return written

@@ -1,0 +1,273 @@
+"""The prompt suite: per-prompt trajectories, the seed plan's KPIs and its gates A–D.
+
+KPIs are computed at each prompt's answer position (the last prompt token, whose next token is
+the answer), over every layer row ``0..L``:
+
+- ``delta_kl_bits`` at depth percentiles 25/50/75 (row ``round(p/100 · L)``): the median over
+  prompts of KL(logit lens) − KL(tuned lens), in bits; positive = the tuned lens is closer.
+- earliness: per prompt, the first row where the answer's rank is ≤ 10/5/1 and where KL is
+  ≤ 1.0/0.5 bits; the shift is baseline row − lens row (positive = earlier under the lens),
+  defined where both reach the threshold.
+- ``kl_after_temp_bits``: KL at the output row after fitting one scalar temperature (a check
+  that the lens decodes the last state exactly as the model does).
+- ``rank1_coverage_gain``: mean over prompts of (share of rows with the answer at rank 1 under
+  the lens) − (the same under the logit lens).
+- ``cos_to_final``: per row, mean cosine of the lens's centred logits to the model's.
+- copy collapse: rows where the top-1 token is one of the prompt's tokens with p > 0.95.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+
+from tunedlens.arch.residuals import collect_residuals
+from tunedlens.evaluation.prompts import PromptSuite, encode_suite, load_prompts
+from tunedlens.metrics.divergence import NATS_TO_BITS, kl_divergence
+
+PERCENTILES = (25, 50, 75)
+RANK_THRESHOLDS = (10, 5, 1)
+KL_THRESHOLDS = (1.0, 0.5)
+COPY_PROBABILITY = 0.95
+GATE_A = {25: 0.2, 50: 0.3, 75: 0.3}
+GATE_B = {10: 4, 5: 2}
+GATE_B_SHARE = 0.6
+GATE_C = 0.05
+GATE_D = -0.1
+
+
+def depth_row(percentile: int, n_layers: int) -> int:
+    """The layer row at ``percentile`` % of the depth (rounded half up)."""
+    return min(n_layers - 1, math.floor(percentile / 100 * n_layers + 0.5))
+
+
+def _first(values: list[float], ok) -> int | None:
+    return next((row for row, value in enumerate(values) if ok(value)), None)
+
+
+def fit_temperature(target_logprobs: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
+    """The scalar T minimising mean KL(target ‖ softmax(logits / T)); returns ``(T, KL nats)``.
+
+    Golden-section search over ``log T`` in ``[-4, 4]`` (KL is unimodal in T here).
+    """
+
+    def loss(log_t: float) -> float:
+        scaled = (logits / math.exp(log_t)).log_softmax(-1)
+        return float(kl_divergence(target_logprobs, scaled).mean())
+
+    low, high = -4.0, 4.0
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = loss(a), loss(b)
+    for _ in range(60):
+        if fa < fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = loss(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = loss(b)
+    best = (low + high) / 2
+    return math.exp(best), min(loss(best), loss(0.0))
+
+
+def _prompt_rows(lens_logits, model_logprobs, ids, answer_id) -> dict:
+    """Per-row statistics of one lens on one prompt: all positions and the answer position."""
+    logprobs = lens_logits.log_softmax(-1)  # (rows, seq, vocab)
+    probs = logprobs.exp()
+    kl = kl_divergence(model_logprobs.expand_as(logprobs), logprobs) * NATS_TO_BITS
+    entropy = -(probs * logprobs).sum(-1) * NATS_TO_BITS
+    top_prob, top_id = probs.max(-1)
+    answer_logit = lens_logits[..., answer_id]
+    answer_rank = 1 + (lens_logits > answer_logit[..., None]).sum(-1)
+    answer_prob = probs[..., answer_id]
+    centred = lens_logits - lens_logits.mean(-1, keepdim=True)
+    final = model_logprobs[-1] - model_logprobs[-1].mean(-1, keepdim=True)
+    cos = torch.nn.functional.cosine_similarity(centred[:, -1], final[None], dim=-1)
+    prompt_ids = set(ids)
+    copy = [
+        int(top_id[row, -1]) in prompt_ids and float(top_prob[row, -1]) > COPY_PROBABILITY
+        for row in range(lens_logits.shape[0])
+    ]
+    return {
+        "kl": kl,
+        "entropy": entropy,
+        "top_id": top_id,
+        "top_prob": top_prob,
+        "answer_rank": answer_rank,
+        "answer_prob": answer_prob,
+        "cos": cos,
+        "copy": copy,
+        "output_logits": lens_logits[-1, -1],
+    }
+
+
+def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) -> None:
+    """Add prompt records, KPIs and gates to ``report`` (mutated in place)."""
+    if tokenizer is None:
+        raise ValueError("the prompt suite needs the model's tokenizer")
+    suite = load_prompts(suite) if isinstance(suite, str) else suite
+    max_length = getattr(model.config, "max_position_embeddings", None)
+    encoded = encode_suite(suite, tokenizer, max_length)
+    n_layers = next(iter(lenses.values())).n_layers
+    per_lens: dict[str, list[dict]] = {name: [] for name in lenses}
+    answer_logprobs = []
+    for item in encoded.usable:
+        ids = torch.tensor([item.input_ids])
+        residuals = collect_residuals(model, ids)
+        model_logprobs = residuals.logits[0].float().log_softmax(-1)
+        answer_logprobs.append(model_logprobs[-1])
+        tokens = [tokenizer.decode([token]) for token in item.input_ids]
+        for name, lens in lenses.items():
+            with torch.no_grad():
+                logits = torch.stack(
+                    [lens(residuals.hidden[row][0], row) for row in range(n_layers + 1)]
+                )
+            rows = _prompt_rows(logits, model_logprobs, item.input_ids, item.answer_id)
+            per_lens[name].append(rows)
+            _append_records(report, name, item, rows, tokens, tokenizer)
+    metrics = report.metrics
+    metrics["prompts"] = {
+        "source": suite.source,
+        "total": len(suite.prompts),
+        "used": len(encoded.usable),
+        "skipped_count": len(encoded.skipped),
+        "skipped": encoded.skipped,
+    }
+    if not encoded.usable:
+        metrics["kpis"], metrics["gates"] = {}, {}
+        return
+    kpis = {name: _lens_kpis(rows, n_layers) for name, rows in per_lens.items()}
+    targets = torch.stack(answer_logprobs)
+    for name, rows in per_lens.items():
+        # The output row, refitted with one temperature: a lens that decodes the last state
+        # exactly as the model does scores 0.
+        output = torch.stack([row["output_logits"] for row in rows])
+        temperature, kl = fit_temperature(targets, output)
+        kpis[name].update({"kl_after_temp_bits": kl * NATS_TO_BITS, "temperature": temperature})
+    baseline = next(iter(lenses))
+    gates = {}
+    for name in list(lenses)[1:]:
+        kpis[name].update(compare_kpis(kpis[baseline], kpis[name], n_layers))
+        gates[name] = gates_for(kpis[name])
+    metrics["kpis"], metrics["gates"] = kpis, gates
+
+
+def _append_records(report, name, item, rows, tokens, tokenizer) -> None:
+    seq = len(item.input_ids)
+    for row in range(rows["kl"].shape[0]):
+        for position in range(seq):
+            report.records.append(
+                {
+                    "prompt_id": item.index,
+                    "lens": name,
+                    "layer": row,
+                    "position": position,
+                    "token": tokens[position],
+                    "top1_token": tokenizer.decode([int(rows["top_id"][row, position])]),
+                    "top1_prob": float(rows["top_prob"][row, position]),
+                    "answer_rank": int(rows["answer_rank"][row, position]),
+                    "answer_prob": float(rows["answer_prob"][row, position]),
+                    "kl_bits": float(rows["kl"][row, position]),
+                    "entropy_bits": float(rows["entropy"][row, position]),
+                }
+            )
+        report.next_token.append(
+            {
+                "prompt_id": item.index,
+                "category": item.prompt.category,
+                "lens": name,
+                "layer": row,
+                "answer": item.prompt.answer,
+                "top1_token": tokenizer.decode([int(rows["top_id"][row, -1])]),
+                "top1_prob": float(rows["top_prob"][row, -1]),
+                "answer_rank": int(rows["answer_rank"][row, -1]),
+                "answer_prob": float(rows["answer_prob"][row, -1]),
+                "kl_bits": float(rows["kl"][row, -1]),
+                "entropy_bits": float(rows["entropy"][row, -1]),
+                "cos_to_final": float(rows["cos"][row]),
+                "copy_collapse": rows["copy"][row],
+            }
+        )
+
+
+def _lens_kpis(prompts: list[dict], n_layers: int) -> dict:
+    """Per-prompt answer-position series and first crossings of one lens."""
+    kl = [p["kl"][:, -1].tolist() for p in prompts]
+    ranks = [p["answer_rank"][:, -1].tolist() for p in prompts]
+    first = {
+        f"rank_le_{k}": [_first(r, lambda v, k=k: v <= k) for r in ranks] for k in RANK_THRESHOLDS
+    }
+    first |= {f"kl_le_{t}": [_first(series, lambda v, t=t: v <= t) for series in kl] for t in KL_THRESHOLDS}  # fmt: skip
+    flags = [p["copy"] for p in prompts]
+    cos = torch.stack([p["cos"] for p in prompts]).mean(0)
+    return {
+        "answer_kl_bits": kl,
+        "answer_rank": ranks,
+        "first_layer": first,
+        "rank1_share": [sum(v == 1 for v in r[:n_layers]) / n_layers for r in ranks],
+        "cos_to_final": cos.tolist(),
+        "copy_collapse": {
+            "flags": sum(map(sum, flags)),
+            "prompts_flagged": sum(any(f) for f in flags),
+            "first_layer": [_first(f, bool) for f in flags],
+        },
+    }
+
+
+def compare_kpis(baseline: dict, lens: dict, n_layers: int) -> dict:
+    """ΔKL at depth percentiles, earliness shifts and the rank-1 coverage gain vs the baseline."""
+    delta, rows = {}, {}
+    for p in PERCENTILES:
+        row = depth_row(p, n_layers)
+        rows[str(p)] = row
+        delta[str(p)] = statistics.median(
+            b[row] - t[row]
+            for b, t in zip(baseline["answer_kl_bits"], lens["answer_kl_bits"], strict=True)
+        )
+    shifts = {}
+    for key, firsts in lens["first_layer"].items():
+        pairs = zip(baseline["first_layer"][key], firsts, strict=True)
+        values = [b - t for b, t in pairs if b is not None and t is not None]
+        shifts[key] = {
+            "shift": values,
+            "applicable": len(values),
+            "median_shift": statistics.median(values) if values else None,
+        }
+    gain = statistics.fmean(lens["rank1_share"]) - statistics.fmean(baseline["rank1_share"])
+    return {
+        "delta_kl_bits": delta,
+        "depth_rows": rows,
+        "earliness_shift": shifts,
+        "rank1_coverage_gain": gain,
+    }
+
+
+def gates_for(kpis: dict) -> dict:
+    """Gates A–D of the seed plan, each ``{"pass": bool, ...its numbers}``."""
+    delta = {int(k): v for k, v in kpis["delta_kl_bits"].items()}
+    gate_a = all(delta[p] >= GATE_A[p] for p in PERCENTILES)
+    shares = {}
+    for k, need in GATE_B.items():
+        values = kpis["earliness_shift"][f"rank_le_{k}"]["shift"]
+        shares[k] = sum(v >= need for v in values) / len(values) if values else 0.0
+    gate_b = all(share >= GATE_B_SHARE for share in shares.values())
+    worst = min(delta.values())
+    return {
+        "A": {"pass": gate_a, "delta_kl_bits": kpis["delta_kl_bits"], "thresholds": GATE_A},
+        "B": {
+            "pass": gate_b,
+            "share_rank_le_10_shift_ge_4": shares[10],
+            "share_rank_le_5_shift_ge_2": shares[5],
+            "required_share": GATE_B_SHARE,
+        },
+        "C": {
+            "pass": kpis["kl_after_temp_bits"] <= GATE_C,
+            "kl_after_temp_bits": kpis["kl_after_temp_bits"],
+            "threshold": GATE_C,
+        },
+        "D": {"pass": worst >= GATE_D, "worst_delta_kl_bits": worst, "threshold": GATE_D},
+    }

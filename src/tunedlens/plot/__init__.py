@@ -1,0 +1,1 @@
+"""Figures (extra ``plot``: plotly for interactive HTML, matplotlib for static PNG)."""

@@ -1,0 +1,86 @@
+"""The blocked kernel against a direct float64 computation, on every kind of head."""
+
+import pytest
+import torch
+
+from tiny_models import tiny_model
+from tunedlens import LogitLens, TunedLens, collect_residuals
+from tunedlens.evaluation.kernel import BlockedHead, head_input
+
+# llama: plain head; phi: head with a bias; opt: projection before the head; cohere: logit scale;
+# gemma2: soft-capped (non-linear) head.
+FAMILIES = ["llama", "phi", "opt", "cohere", "gemma2"]
+
+
+def _random_lens(model):
+    lens = TunedLens.from_model(model)
+    with torch.no_grad():
+        for parameter in lens.translator.parameters():
+            parameter.normal_(0, 0.2)
+    return lens
+
+
+def _direct(lens_logits, model_logits, next_ids):
+    lq, lp = lens_logits.double().log_softmax(-1), model_logits.double().log_softmax(-1)
+    top = model_logits.argmax(-1)
+    top_logit = lens_logits.gather(-1, top[:, None])
+    threshold = top_logit + 1e-6 * top_logit.abs().clamp_min(1.0)
+    zc = lens_logits.double() - lens_logits.double().mean(-1, keepdim=True)
+    fc = model_logits.double() - model_logits.double().mean(-1, keepdim=True)
+    has_next = next_ids >= 0
+    return {
+        "kl": (lp.exp() * (lp - lq)).sum(-1),
+        "entropy": -(lq.exp() * lq).sum(-1),
+        "ce": torch.where(has_next, -lq.gather(-1, next_ids.clamp_min(0)[:, None])[:, 0], 0.0),
+        "rank": 1 + (lens_logits > threshold).sum(-1).double(),
+        "top1": (lens_logits.argmax(-1) == top).double(),
+        "confidence": lq.exp().amax(-1),
+        "cos": torch.nn.functional.cosine_similarity(zc, fc, dim=-1),
+    }
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("block_rows", [16, 4096])
+def test_stats_match_a_direct_computation(model_type, block_rows, input_ids):
+    model = tiny_model(model_type)
+    lens = _random_lens(model)
+    residuals = collect_residuals(model, input_ids)
+    n_layers = lens.n_layers
+    hidden = [h.flatten(0, 1) for h in residuals.hidden]
+    model_logits = residuals.logits.flatten(0, 1).float()
+    next_ids = torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], -1)], 1).flatten()
+    head = BlockedHead(LogitLens(model).unembed, block_rows=block_rows)
+    final_inputs, _ = head_input(LogitLens(model), hidden[n_layers], n_layers)
+    final = head.final(final_inputs, next_ids)
+    assert torch.equal(final.top, model_logits.argmax(-1))
+    for layer in range(n_layers + 1):
+        inputs, scale = head_input(lens, hidden[layer], layer)
+        stats = head.stats(inputs, final, scale)
+        with torch.no_grad():
+            expected = _direct(lens(hidden[layer], layer), model_logits, next_ids)
+        for name, value in expected.items():
+            torch.testing.assert_close(stats[name].double(), value, atol=2e-5, rtol=1e-5, msg=name)
+    # The output row of the logit lens is the model itself.
+    inputs, scale = head_input(LogitLens(model), hidden[n_layers], n_layers)
+    stats = head.stats(inputs, final, scale)
+    assert stats["kl"].abs().max() < 1e-5
+    assert stats["top1"].min() == 1 and stats["rank"].max() == 1
+
+
+def test_final_matches_the_model(input_ids):
+    model = tiny_model("llama")
+    residuals = collect_residuals(model, input_ids)
+    logits = residuals.logits.flatten(0, 1).double()
+    next_ids = input_ids.flatten().roll(-1)
+    head = BlockedHead(LogitLens(model).unembed)
+    n_layers = LogitLens(model).n_layers
+    inputs, _ = head_input(LogitLens(model), residuals.hidden[n_layers].flatten(0, 1), n_layers)
+    final = head.final(inputs, next_ids)
+    logprobs = logits.log_softmax(-1)
+    torch.testing.assert_close(final.probs.T.double(), logprobs.exp(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        final.entropy, -(logprobs.exp() * logprobs).sum(-1), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        final.cross_entropy, -logprobs.gather(-1, next_ids[:, None])[:, 0], atol=1e-5, rtol=0
+    )
