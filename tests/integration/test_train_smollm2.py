@@ -59,3 +59,21 @@ def test_train_demo_beats_the_logit_lens(tmp_path):
     assert tuned.mean() < 0.5 * logit.mean()
     assert (tuned[:25] < logit[:25]).all()
     assert torch.isfinite(tuned).all()
+
+    # `tunedlens eval` on the same lens: every report, the trained lens closer than the logit lens.
+    report_dir = tmp_path / "eval"
+    command = [sys.executable, "-m", "tunedlens", "eval", "demo", "--lens", str(out), "--data",
+               "stdlib", "--tokens", "512", "--seq-len", "128", "--seed", "7", "--out",
+               str(report_dir)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    lenses = metrics["lenses"]
+    trained, logit = lenses["lens"]["kl_bits"][:30], lenses["logit"]["kl_bits"][:30]
+    assert sum(trained) < 0.5 * sum(logit)
+    assert lenses["logit"]["kl_bits"][30] < 1e-3 and lenses["logit"]["top1_agree"][30] == 1.0
+    assert metrics["prompts"]["used"] >= 40 and set(metrics["gates"]["lens"]) == set("ABCD")
+    assert metrics["gates"]["lens"]["C"]["pass"]  # the output row decodes like the model
+    for name in ("records.csv", "pure-next-token.csv", "summary.md", "kl.png", "kl.html"):
+        assert (report_dir / name).stat().st_size > 0

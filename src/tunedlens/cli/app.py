@@ -231,8 +231,10 @@ def lens_convert(
 
 
 from tunedlens.cli.evaluate import eval_command  # noqa: E402
+from tunedlens.cli.show import show_command  # noqa: E402
 
 app.command("eval")(eval_command)
+app.command("show")(show_command)
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def _prompt_rows(lens_logits, model_logprobs, ids, answer_id) -> dict:
     top_prob, top_id = probs.max(-1)
     answer_logit = lens_logits[..., answer_id]
     answer_rank = 1 + (lens_logits > answer_logit[..., None]).sum(-1)
-    answer_prob = probs[..., answer_id]
+    answer_prob = probs[..., answer_id].clone()  # a view would keep every probability alive
     centred = lens_logits - lens_logits.mean(-1, keepdim=True)
     final = model_logprobs[-1] - model_logprobs[-1].mean(-1, keepdim=True)
     cos = torch.nn.functional.cosine_similarity(centred[:, -1], final[None], dim=-1)
@@ -101,7 +101,7 @@ def _prompt_rows(lens_logits, model_logprobs, ids, answer_id) -> dict:
         "answer_prob": answer_prob,
         "cos": cos,
         "copy": copy,
-        "output_logits": lens_logits[-1, -1],
+        "output_logits": lens_logits[-1, -1].clone(),  # not a view: frees the (rows, seq, vocab) logits
     }
 
 
@@ -119,7 +119,7 @@ def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) 
         ids = torch.tensor([item.input_ids])
         residuals = collect_residuals(model, ids)
         model_logprobs = residuals.logits[0].float().log_softmax(-1)
-        answer_logprobs.append(model_logprobs[-1])
+        answer_logprobs.append(model_logprobs[-1].clone())
         tokens = [tokenizer.decode([token]) for token in item.input_ids]
         for name, lens in lenses.items():
             with torch.no_grad():

@@ -74,6 +74,26 @@ class Lens(nn.Module):
         """Log of a factor the lens applies to the head's logits (``None``: no factor)."""
         return None
 
+    def generate(
+        self,
+        model: nn.Module,
+        layer: int,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 20,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        eos_token_id: int | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Continue ``input_ids`` with tokens read at ``layer`` (KV-cached; see :mod:`.generate`)."""
+        from tunedlens.lenses.generate import generate
+
+        return generate(
+            self, model, layer, input_ids, max_new_tokens, do_sample=do_sample,
+            temperature=temperature, eos_token_id=eos_token_id, seed=seed,
+        )  # fmt: skip
+
     def _check_width(self, hidden: torch.Tensor) -> None:
         if hidden.shape[-1] != self.d_model:
             raise LensMismatch(

@@ -1,0 +1,83 @@
+"""``tunedlens show``: the prediction trajectory of a prompt as a heatmap (HTML or PNG)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ALL = ("entropy", "kl", "ce", "max-prob")
+
+
+def show_command(
+    model: Annotated[
+        str, typer.Argument(help="Hub id, local directory, .gguf file, or 'demo' (SmolLM2-135M).")
+    ],
+    prompt: Annotated[str, typer.Argument(help="The text to look at.")],
+    lens: Annotated[
+        Optional[str],
+        typer.Option(help="Tuned lens: shown beside the logit lens. Default: logit lens only."),
+    ] = None,
+    stat: Annotated[
+        str, typer.Option(help="entropy, kl, ce, max-prob, rank, or all (the first four).")
+    ] = "entropy",
+    compare: Annotated[
+        Optional[str],
+        typer.Option(help="A second prompt of the same token length: show where they differ."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Figure file: .html (interactive) or .png.")] = Path(
+        "lens.html"
+    ),
+    stride: Annotated[int, typer.Option(help="Show every N-th layer (the last is kept).")] = 1,
+    last: Annotated[
+        Optional[int], typer.Option(help="Show only the last N positions of the prompt.")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
+    strict: Annotated[
+        bool,
+        typer.Option(help="Refuse a lens whose unembedding fingerprint differs from the model's."),
+    ] = True,
+):
+    """Draw what each layer predicts at each position of PROMPT (logit lens, tuned lens)."""
+    from tunedlens.lenses.lens import LogitLens, TunedLens
+    from tunedlens.models import load_model
+    from tunedlens.plot.trajectory_figures import save
+    from tunedlens.view.notebook import Lensed
+
+    if out.suffix.lower() not in (".html", ".png"):
+        raise ValueError(f"--out must end in .html or .png, got {out.name!r}")
+    names = ALL if stat == "all" else (stat,)
+    loaded, tokenizer = load_model(model, dtype=dtype)
+    viewer = Lensed(loaded, tokenizer)
+    lenses = [LogitLens(loaded)]
+    if lens:
+        lenses.append(TunedLens.load(lens, loaded, strict=strict))
+
+    def view(text: str, chosen):
+        trajectory = viewer.trajectory(text, chosen)
+        if last is not None:
+            trajectory = trajectory.slice_positions(slice(-last, None))
+        return trajectory.stride(stride)
+
+    trajectories = [view(prompt, chosen) for chosen in lenses]
+    for name in names:  # an unknown statistic fails here, before any drawing
+        trajectories[0].stat(name)
+    if compare is None:
+        stats = [t.stat(name) for name in names for t in trajectories]
+        titles = [f"{t.name}: {s.name} ({s.units})" for s, t in
+                  zip(stats, [t for _ in names for t in trajectories], strict=True)]  # fmt: skip
+    else:
+        others = [view(compare, chosen) for chosen in lenses]
+        stats, titles = [], []
+        for first, second in zip(trajectories, others, strict=True):
+            divergence = first.js_divergence(second)
+            labels = [
+                [a if a == b else f"{a}/{b}" for a, b in zip(row_a, row_b, strict=True)]
+                for row_a, row_b in zip(first.top_tokens(), second.top_tokens(), strict=True)
+            ]
+            stats.append(replace(divergence, cell_labels=labels))
+            titles.append(f"{first.name}: JS divergence between the two prompts (bits)")
+    save(stats, out, titles, columns=len(lenses), title=f"{model}: {prompt!r}")
+    typer.echo(f"wrote {out}")

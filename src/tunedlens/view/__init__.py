@@ -1,0 +1,1 @@
+"""Looking through a lens: prediction trajectories, token display, the notebook facade."""

@@ -1,0 +1,72 @@
+r"""Readable token strings for any tokenizer: byte-level BPE, SentencePiece, or anything else.
+
+Tokens are shown as the text they stand for, with whitespace made visible (``␣`` space,
+``↵`` newline, ``⇥`` tab) and long tokens truncated with ``…``. Byte tokens that are not valid
+text on their own (``<0xE2>``, a lone byte of a byte-level BPE) are shown as ``\xe2``.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+_BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+_VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-to-printable-character table, inverted."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
+
+
+def _is_byte_level(tokenizer) -> bool:
+    cached = getattr(tokenizer, "_tunedlens_byte_level", None)
+    if cached is None:
+        vocab = tokenizer.get_vocab()
+        cached = (
+            "Ġ" in vocab or "Ċ" in vocab or any(key.startswith("Ġ") for key in list(vocab)[:5000])
+        )
+        try:
+            tokenizer._tunedlens_byte_level = cached
+        except AttributeError:  # tokenizers that refuse new attributes are simply not cached
+            pass
+    return cached
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    """The raw text of one token (bytes that are not text on their own become hex escapes)."""
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    if piece is None:
+        return tokenizer.decode([int(token_id)])
+    match = _BYTE_TOKEN.match(piece)
+    if match:
+        return bytes([int(match.group(1), 16)]).decode("utf-8", errors="backslashreplace")
+    if _is_byte_level(tokenizer):
+        decoder = _byte_decoder()
+        if all(char in decoder for char in piece):
+            data = bytes(decoder[char] for char in piece)
+            return data.decode("utf-8", errors="backslashreplace")
+    if "▁" in piece:
+        return piece.replace("▁", " ")
+    return tokenizer.decode([int(token_id)])
+
+
+def format_token(tokenizer, token_id: int, max_length: int = 12) -> str:
+    """``token_text`` with whitespace made visible and at most ``max_length`` characters."""
+    text = token_text(tokenizer, token_id).translate(_VISIBLE)
+    if len(text) > max_length:
+        text = text[: max_length - 1] + "…"
+    return text

@@ -1,0 +1,60 @@
+"""Looking through the lens on the real SmolLM2: the facade, generation, `tunedlens show`."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tunedlens import Lensed, TunedLens
+
+pytestmark = pytest.mark.integration
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def lensed():
+    return Lensed("demo")
+
+
+def test_facade_on_smollm2(lensed, tmp_path):
+    result = lensed.logit_lens(PROMPT, top_k=3, position=-1)
+    assert list(result) == list(range(31))
+    ids = lensed.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = lensed.model(ids).logits[0, -1].softmax(-1)
+    token_id, prob, text = result[30][0][0]
+    assert token_id == int(expected.argmax()) and prob == pytest.approx(
+        float(expected.max()), abs=1e-5
+    )
+    assert text == lensed.tokenizer.decode([token_id])
+    texts = [f"Line {i}: the capital of a country is its seat of government." for i in range(40)]
+    lens = lensed.train_tuned_lens(texts, num_steps=2, max_seq_len=64, batch_size=4,
+                                   verbose=False, save_path=tmp_path / "lens")  # fmt: skip
+    assert isinstance(lens, TunedLens)
+    table = lensed.compare(PROMPT, lensed.load_tuned_lens(tmp_path / "lens"))
+    assert len(table.rows) == 31 and table.rows[-1]["logit"] == table.rows[-1]["tuned"]
+
+
+def test_greedy_generation_from_the_output_row(lensed):
+    ids = lensed.tokenizer(PROMPT, return_tensors="pt").input_ids
+    from tunedlens import LogitLens
+
+    lens = LogitLens(lensed.model)
+    ours = lens.generate(lensed.model, lens.n_layers, ids, max_new_tokens=6)
+    theirs = lensed.model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert torch.equal(ours, theirs)
+
+
+def test_show_writes_a_png(tmp_path):
+    out = tmp_path / "show.png"
+    command = [sys.executable, "-m", "tunedlens", "show", "demo", PROMPT, "--stat", "all",
+               "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[1] > 300

@@ -1,0 +1,62 @@
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from tunedlens.cli import main
+from tunedlens.cli.app import app
+from tunedlens.lenses import TunedLens
+from tunedlens.models import load_model
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def lens_dir(tmp_path, tiny_model_dir):
+    model, _ = load_model(tiny_model_dir)
+    TunedLens.from_model(model).save(tmp_path / "lens")
+    return tmp_path / "lens"
+
+
+def test_show_html_is_self_contained(tmp_path, tiny_model_dir, lens_dir):
+    out = tmp_path / "fig.html"
+    args = ["show", str(tiny_model_dir), "w1 w2 w3", "--lens", str(lens_dir), "--stat", "all",
+            "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    assert "Plotly.newPlot" in html and '<script src="http' not in html
+    # Two lenses x four statistics, each panel a heatmap with its cell text and units.
+    assert html.count('"hovertemplate":"layer %{y}') == 8
+    assert "tuned lens: entropy (bits)" in html and "logit lens: KL to the model (bits)" in html
+    assert "w2" in html
+
+
+def test_show_png_and_compare(tmp_path, tiny_model_dir):
+    out = tmp_path / "fig.png"
+    result = runner.invoke(app, ["show", str(tiny_model_dir), "w1 w2 w3", "--compare", "w1 w9 w3",
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    with Image.open(out) as image:
+        width, height = image.size
+    assert image.format == "PNG" and width >= 600 and height >= 300
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["w1", "--stat", "perplexity"], "unknown statistic 'perplexity'"),
+        (["", "--out", "x.html"], "empty"),
+        (["w1", "--out", "fig.svg"], ".html or .png"),
+        (["w1 w2", "--compare", "w1"], "same token length"),
+    ],
+)
+def test_show_bad_input(tiny_model_dir, tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["tunedlens", "show", str(tiny_model_dir), *args])
+    with pytest.raises(SystemExit) as caught:
+        main()
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and message in err and err.startswith("error:")

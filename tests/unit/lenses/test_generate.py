@@ -1,0 +1,50 @@
+"""Generation from a layer: the output row is the model's greedy decoding; the cache is right."""
+
+import pytest
+import torch
+
+from tiny_models import tiny_model
+from tunedlens import LogitLens, TunedLens, collect_residuals
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox"])
+def test_greedy_from_the_output_row_equals_model_generate(model_type, input_ids):
+    model = tiny_model(model_type)
+    lens = LogitLens(model)
+    prompt = input_ids[:1, :5]
+    ours = lens.generate(model, lens.n_layers, prompt, max_new_tokens=8)
+    theirs = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                            pad_token_id=0)  # fmt: skip
+    assert torch.equal(ours, theirs)
+
+
+def test_cached_generation_equals_recomputing_every_step(input_ids):
+    model = tiny_model("llama")
+    lens = TunedLens.from_model(model)
+    with torch.no_grad():
+        for parameter in lens.translator.parameters():
+            parameter.normal_(0, 0.3)
+    prompt = input_ids[0, :4]
+    cached = lens.generate(model, 1, prompt, max_new_tokens=6)
+    tokens = prompt[None]
+    for _ in range(6):  # no cache: run the whole sequence again, read layer 1 at the end
+        state = collect_residuals(model, tokens).hidden[1][:, -1]
+        tokens = torch.cat([tokens, lens(state, 1).argmax(-1, keepdim=True)], 1)
+    assert cached.dim() == 1 and torch.equal(cached, tokens[0])
+
+
+def test_sampling_is_seeded_and_eos_stops(input_ids):
+    model = tiny_model("llama")
+    lens = LogitLens(model)
+    prompt = input_ids[:, :4]
+    first = lens.generate(model, 1, prompt, 5, do_sample=True, temperature=0.7, seed=3)
+    again = lens.generate(model, 1, prompt, 5, do_sample=True, temperature=0.7, seed=3)
+    assert torch.equal(first, again) and first.shape == (2, 9)
+    greedy = lens.generate(model, 2, prompt[:1], 5)
+    stop = int(greedy[0, 4])
+    short = lens.generate(model, 2, prompt[:1], 5, eos_token_id=stop)
+    assert short.shape[1] == 5
+    with pytest.raises(ValueError, match="temperature"):
+        lens.generate(model, 1, prompt, 2, do_sample=True, temperature=0)
+    with pytest.raises(IndexError):
+        lens.generate(model, 9, prompt, 2)

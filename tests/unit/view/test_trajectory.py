@@ -1,0 +1,131 @@
+"""Trajectory statistics against their definitions, views, batches and bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tiny_models import tiny_model
+from tunedlens import LogitLens, PredictionTrajectory, TunedLens, collect_residuals
+from tunedlens.view.trajectory import TrajectoryStat
+
+
+@pytest.fixture
+def model():
+    return tiny_model("llama")
+
+
+@pytest.fixture
+def lens(model):
+    lens = TunedLens.from_model(model)
+    with torch.no_grad():
+        for parameter in lens.translator.parameters():
+            parameter.normal_(0, 0.2)
+    return lens
+
+
+def _trajectory(lens, model, ids, **kwargs):
+    return PredictionTrajectory.from_lens_and_model(lens, model, ids, **kwargs)
+
+
+def test_rows_are_the_lens_then_the_model(model, lens, input_ids):
+    trajectory = _trajectory(lens, model, input_ids[0])
+    residuals = collect_residuals(model, input_ids[:1])
+    assert trajectory.layers == [0, 1, "output"]
+    for row in range(lens.n_layers):
+        expected = lens(residuals.hidden[row], row).log_softmax(-1)
+        torch.testing.assert_close(trajectory.logprobs[:, row], expected)
+    torch.testing.assert_close(trajectory.logprobs[:, -1], residuals.logits.log_softmax(-1))
+    kl = trajectory.kl_to_model()
+    assert (
+        kl.units == "bits" and np.all(kl.values >= 0) and np.allclose(kl.values[-1], 0, atol=1e-6)
+    )
+
+
+def test_js_and_tv_follow_their_definitions(model, lens, input_ids):
+    first = _trajectory(lens, model, input_ids[0])
+    second = _trajectory(LogitLens(model), model, input_ids[1])
+    p, q = first.logprobs.double().exp(), second.logprobs.double().exp()
+    m = (p + q) / 2
+    kl = lambda a, b: (a * (a.log() - b.log())).sum(-1)  # noqa: E731
+    js = (0.5 * kl(p, m) + 0.5 * kl(q, m)) / math.log(2)
+    tv = 0.5 * (p - q).abs().sum(-1)
+    np.testing.assert_allclose(first.js_divergence(second).values, js[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(first.total_variation(second).values, tv[0].numpy(), atol=1e-5)
+    # Symmetric, bounded by 1, zero on identical inputs; TV is not the L-infinity distance.
+    np.testing.assert_allclose(second.js_divergence(first).values, js[0].numpy(), atol=1e-5)
+    assert first.js_divergence(second).values.max() <= 1 + 1e-9
+    assert np.allclose(first.js_divergence(first).values, 0, atol=1e-6)
+    assert not np.allclose(first.total_variation(second).values, (p - q).abs().amax(-1)[0].numpy())
+
+
+def test_rank_and_cross_entropy_on_a_hand_made_case():
+    logprobs = torch.tensor([0.1, 0.5, 0.3, 0.1]).log().view(1, 1, 1, 4).repeat(1, 2, 2, 1)
+    trajectory = PredictionTrajectory(
+        logprobs=logprobs, input_ids=torch.tensor([[0, 2]]), layers=[0, "output"],
+        targets=torch.tensor([[2, -1]]), anti_targets=torch.tensor([[0, 1]]),
+    )  # fmt: skip
+    ranks = trajectory.rank().values
+    assert ranks[0, 0] == 2 and math.isnan(ranks[0, 1])  # 0.3 is second after 0.5
+    ce = trajectory.cross_entropy().values
+    assert ce[0, 0] == pytest.approx(-math.log2(0.3))
+    diff = trajectory.log_prob_diff().values
+    assert diff[0, 0] == pytest.approx(math.log(0.3 / 0.1))
+    assert trajectory.log_prob_diff(delta=True).values[1, 0] == pytest.approx(0)
+    assert trajectory.max_probability().values[0, 0] == pytest.approx(0.5)
+    assert trajectory.entropy().values[0, 0] == pytest.approx(
+        -sum(p * math.log2(p) for p in (0.1, 0.5, 0.3, 0.1))
+    )
+
+
+def test_views_batches_and_clipping(model, lens, input_ids, tiny_tokenizer):
+    trajectory = _trajectory(lens, model, input_ids, tokenizer=tiny_tokenizer)
+    assert trajectory.logprobs.shape[:3] == (2, 3, 9)
+    last = trajectory.slice_positions(slice(-4, None))
+    assert last.input_ids.shape == (2, 4) and last.targets.shape == (2, 4)
+    assert trajectory.stride(5).layers == [0, 1, "output"]  # last layer and output always kept
+    entropy = trajectory.entropy()
+    singles = [_trajectory(lens, model, ids).entropy().values for ids in input_ids]
+    np.testing.assert_allclose(entropy.values, (singles[0] + singles[1]) / 2, atol=1e-5)
+    labels = trajectory.top_tokens()
+    top = trajectory.logprobs.argmax(-1)
+    for r in range(3):
+        for s in range(9):
+            assert (labels[r][s] == "*") == bool(top[0, r, s] != top[1, r, s])
+    clipped = entropy.clip(0.0, 1.0)
+    assert clipped.values.max() <= 1.0 and clipped.vmax == 1.0
+    assert isinstance(clipped, TrajectoryStat)
+
+
+def test_bad_input(model, lens, input_ids):
+    with pytest.raises(ValueError, match="not empty"):
+        _trajectory(lens, model, torch.tensor([], dtype=torch.long))
+    with pytest.raises(ValueError, match="one token per position"):
+        _trajectory(lens, model, input_ids[0], targets=input_ids[0, :3])
+    trajectory = _trajectory(lens, model, input_ids[0])
+    with pytest.raises(ValueError, match="unknown statistic 'perplexity'"):
+        trajectory.stat("perplexity")
+    with pytest.raises(ValueError, match="anti_targets"):
+        trajectory.log_prob_diff()
+    with pytest.raises(ValueError, match="same token length"):
+        trajectory.js_divergence(_trajectory(lens, model, input_ids[0, :4]))
+
+
+@pytest.mark.parametrize("component", ["resid_pre", "resid_post"])
+def test_from_a_transformerlens_style_cache(model, lens, input_ids, component):
+    residuals = collect_residuals(model, input_ids)
+    shift = 1 if component == "resid_post" else 0
+    cache = {f"blocks.{i}.hook_{component}": residuals.hidden[i + shift] for i in range(2)}
+    from_cache = PredictionTrajectory.from_lens_and_cache(
+        lens, cache, input_ids, residuals.logits, residual_component=component
+    )
+    direct = _trajectory(lens, model, input_ids)
+    if component == "resid_pre":
+        torch.testing.assert_close(from_cache.logprobs, direct.logprobs)
+    else:  # resid_post of block 0 is hidden_states[1], read with translator 1
+        torch.testing.assert_close(from_cache.logprobs[:, 0], direct.logprobs[:, 1])
+        assert from_cache.layers == [1, 2, "output"]
+    with pytest.raises(KeyError, match="blocks.0.hook_resid_mid"):
+        PredictionTrajectory.from_lens_and_cache(lens, cache, input_ids, residuals.logits,
+                                                 residual_component="resid_mid")  # fmt: skip

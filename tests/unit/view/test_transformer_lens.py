@@ -1,0 +1,29 @@
+"""A trajectory from a real TransformerLens ActivationCache (TransformerBridge over HF weights)."""
+
+import pytest
+import torch
+
+from tunedlens import PredictionTrajectory, TunedLens
+from tunedlens.models import load_model
+
+transformer_lens = pytest.importorskip("transformer_lens", reason="extra 'tl' not installed")
+
+
+def test_cache_trajectory_equals_the_model_trajectory(tiny_model_dir):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model, tokenizer = load_model(tiny_model_dir)
+    bridge = TransformerBridge.boot_transformers(str(tiny_model_dir), hf_model=model,
+                                                 tokenizer=tokenizer)  # fmt: skip
+    lens = TunedLens.from_model(model)
+    with torch.no_grad():
+        for parameter in lens.translator.parameters():
+            parameter.normal_(0, 0.2)
+    ids = tokenizer("w1 w2 w3 w4 w5", return_tensors="pt").input_ids
+    logits, cache = bridge.run_with_cache(ids)
+    from_cache = PredictionTrajectory.from_lens_and_cache(lens, cache, ids, logits.detach())
+    direct = PredictionTrajectory.from_lens_and_model(lens, model, ids)
+    torch.testing.assert_close(from_cache.logprobs, direct.logprobs)
+    mid = PredictionTrajectory.from_lens_and_cache(lens, cache, ids, logits.detach(),
+                                                   residual_component="resid_mid")  # fmt: skip
+    assert mid.logprobs.shape == direct.logprobs.shape
