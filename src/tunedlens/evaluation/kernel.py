@@ -187,23 +187,16 @@ class BlockedHead:
         zeros = [torch.zeros(n, dtype=torch.float64, device=device) for _ in range(6)]
         total, weighted, above, dot_probs, dot_centred, squares = zeros
         sums = zeros[0].clone()
-        work = torch.empty(self.block_rows, n, device=device)
         for start, block in self._blocks(inputs, scale):
             stop = start + block.shape[0]
-            scratch = work[: block.shape[0]]
-            new_max = torch.maximum(running_max, block.amax(0))
-            rescale = torch.exp(running_max - new_max).double()
-            running_max = new_max
-            dot_probs += torch.mul(final.probs[start:stop], block, out=scratch).sum(0)
-            above += torch.gt(block, threshold, out=scratch).sum(0)
+            running_max, total, weighted, above, dot_probs = fold_block(
+                block, final.probs[start:stop], threshold, running_max, total, weighted, above,
+                dot_probs,
+            )  # fmt: skip
             if not self.linear:
-                centred = final.centred[start:stop]
-                dot_centred += torch.mul(centred, block, out=scratch).sum(0)
+                dot_centred += (final.centred[start:stop] * block).sum(0)
                 sums += block.sum(0)
-                squares += torch.mul(block, block, out=scratch).sum(0)
-            torch.sub(block, new_max, out=scratch).clamp_(min=_EXP_FLOOR).exp_()
-            total.mul_(rescale).add_(scratch.sum(0))
-            weighted.mul_(rescale).add_(scratch.mul_(block).sum(0))
+                squares += (block * block).sum(0)
         lse = running_max.double() + total.log()
         if self.linear:
             dot_centred, sums, squares = self._linear_moments(inputs, final, scale)
@@ -269,3 +262,21 @@ def head_input(lens: Lens, hidden: torch.Tensor, layer: int) -> tuple[torch.Tens
 
 def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return None if tensor is None else tensor.float()
+
+
+def fold_block(block, probs, threshold, running_max, total, weighted, above, dot_probs):
+    """Fold one ``(rows, n)`` block of logits into the running reductions (online log-sum-exp).
+
+    Returns the updated ``(running_max, Σ exp(z − m), Σ exp(z − m) z, #{z > threshold}, Σ p z)``;
+    sums within a block are float32, across blocks float64. In-place work on one scratch block:
+    a compiled (fused) version measured no faster end to end on CPU.
+    """
+    scratch = torch.empty_like(block)
+    new_max = torch.maximum(running_max, block.amax(0))
+    rescale = torch.exp(running_max - new_max).double()
+    dot_probs = dot_probs + torch.mul(probs, block, out=scratch).sum(0)
+    above = above + torch.gt(block, threshold, out=scratch).sum(0)
+    torch.sub(block, new_max, out=scratch).clamp_(min=_EXP_FLOOR).exp_()
+    total = total * rescale + scratch.sum(0)
+    weighted = weighted * rescale + scratch.mul_(block).sum(0)
+    return new_max, total, weighted, above, dot_probs

@@ -101,7 +101,9 @@ def _prompt_rows(lens_logits, model_logprobs, ids, answer_id) -> dict:
         "answer_prob": answer_prob,
         "cos": cos,
         "copy": copy,
-        "output_logits": lens_logits[-1, -1].clone(),  # not a view: frees the (rows, seq, vocab) logits
+        "output_logits": lens_logits[
+            -1, -1
+        ].clone(),  # not a view: frees the (rows, seq, vocab) logits
     }
 
 

@@ -319,6 +319,18 @@ class PredictionTrajectory:
 
     STATS = ("entropy", "kl", "ce", "max-prob", "rank")
 
+    def plot(self, *stats: str, path=None):
+        """A plotly heatmap figure, one panel per statistic (default entropy).
+
+        Shown inline in Jupyter. With ``path`` (``.html`` or ``.png``) it is also written there.
+        """
+        from tunedlens.plot import trajectory_figures
+
+        chosen = [self.stat(name) for name in (stats or ("entropy",))]
+        if path is not None:
+            trajectory_figures.save(chosen, path, title=self.name)
+        return trajectory_figures.figure(chosen, title=self.name)
+
     def stat(self, name: str) -> TrajectoryStat:
         """A statistic by its CLI name: ``entropy``, ``kl``, ``ce``, ``max-prob`` or ``rank``."""
         table = {"entropy": self.entropy, "kl": self.kl_to_model, "ce": self.cross_entropy,

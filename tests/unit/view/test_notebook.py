@@ -71,3 +71,14 @@ def test_bad_input(lensed, tmp_path):
     other.save(tmp_path / "other")
     with pytest.raises(Exception, match="unembedding differs"):
         lensed.tuned_lens("w1", tmp_path / "other")
+
+
+def test_prompt_longer_than_the_context(lensed):
+    with pytest.raises(ValueError, match="longer than the model's context of 64"):
+        lensed.logit_lens(" ".join(["w1"] * 70))
+
+
+def test_trajectory_plot_writes_and_returns_a_figure(lensed, tmp_path):
+    trajectory = lensed.trajectory("w1 w2 w3")
+    figure = trajectory.plot("entropy", "kl", path=tmp_path / "fig.html")
+    assert len(figure.data) == 2 and "Plotly.newPlot" in (tmp_path / "fig.html").read_text()
