@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import platform
 import resource
@@ -37,3 +38,14 @@ def save(name: str, payload: dict, table: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (RESULTS / f"{name}.md").write_text(table)
     print(table)
+
+
+def first_documents(split: str, count: int, work: Path) -> Path:
+    """The first ``count`` documents of ``corpus/{split}`` as a plain JSON-lines file in ``work``."""
+    path = work / f"{split}-{count}.jsonl"
+    with gzip.open(CORPUS / f"{split}.jsonl.gz", "rt") as source, open(path, "w") as target:
+        for index, line in enumerate(source):
+            if index == count:
+                break
+            target.write(line)
+    return path

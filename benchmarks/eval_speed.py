@@ -11,7 +11,6 @@ Usage: python benchmarks/eval_speed.py [--tokens 2048]
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import resource
@@ -20,21 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from common import CORPUS, machine, save
+from common import first_documents, machine, save
 
 PEER = Path(__file__).resolve().parents[2] / "shared" / "peer"
 WORK = Path(os.environ.get("TUNEDLENS_BENCH_DIR", "/tmp/tunedlens-bench"))
 HERE = Path(__file__).resolve().parent
-
-
-def test_documents(count: int = 200) -> Path:
-    path = WORK / f"test-{count}.jsonl"
-    with gzip.open(CORPUS / "test.jsonl.gz", "rt") as source, open(path, "w") as target:
-        for index, line in enumerate(source):
-            if index == count:
-                break
-            target.write(line)
-    return path
 
 
 def ours(args) -> None:
@@ -101,7 +90,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from vs_reference import model_dir
 
-    model, lens, data = model_dir(), WORK / "reference-lens", test_documents()
+    model, lens, data = model_dir(), WORK / "reference-lens", first_documents("test", 200, WORK)
     if not (lens / "params.pt").exists():
         sys.exit(f"{lens} is missing: run benchmarks/vs_reference.py first (it trains that lens)")
     reference = run_reference(model, lens, data, args.tokens)

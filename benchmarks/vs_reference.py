@@ -12,7 +12,6 @@ Usage: python benchmarks/vs_reference.py [--ref-steps 8] [--test-sequences 16]
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import CORPUS, RESULTS, bits, machine, save
+from common import CORPUS, RESULTS, bits, first_documents, machine, save
 
 from tunedlens import LogitLens, TunedLens, load_model
 from tunedlens.data import pack_blocks
@@ -56,16 +55,6 @@ def model_dir() -> Path:
     return target
 
 
-def train_subset(documents: int) -> Path:
-    path = WORK / f"train-{documents}.jsonl"
-    with gzip.open(CORPUS / "train.jsonl.gz", "rt") as source, open(path, "w") as target:
-        for index, line in enumerate(source):
-            if index == documents:
-                break
-            target.write(line)
-    return path
-
-
 def timed(command: list[str], env: dict) -> float:
     print("+", " ".join(command), flush=True)
     started = time.perf_counter()
@@ -86,7 +75,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    model_path, data_path = model_dir(), train_subset(args.documents)
+    model_path, data_path = model_dir(), first_documents("train", args.documents, WORK)
     venv = (
         subprocess.run(["bash", str(PEER / "setup.sh")], check=True, capture_output=True, text=True)
         .stdout.strip()

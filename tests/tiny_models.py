@@ -114,3 +114,14 @@ def tiny_model(model_type: str, seed: int = 0, *, logit_gain: float = 30.0, **ch
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(logit_gain)
     return model
+
+
+def random_lens(model, scale: float = 0.2):
+    """A tuned lens of ``model`` with random (non-identity) translators."""
+    from tunedlens import TunedLens
+
+    lens = TunedLens.from_model(model)
+    with torch.no_grad():
+        for parameter in lens.translator.parameters():
+            parameter.normal_(0, scale)
+    return lens

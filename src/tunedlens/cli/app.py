@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from tunedlens.cli.options import DtypeOption, ModelArg, StrictOption
+
 app = typer.Typer(
     name="tunedlens",
     help="Look inside causal LMs with the logit lens and the tuned lens.",
@@ -18,10 +20,6 @@ app = typer.Typer(
 )
 lens_app = typer.Typer(help="Inspect and convert lens directories.", no_args_is_help=True)
 app.add_typer(lens_app, name="lens")
-
-ModelArg = Annotated[
-    str, typer.Argument(help="Hub id, local directory, .gguf file, or 'demo' (SmolLM2-135M).")
-]
 
 
 @app.command()
@@ -38,11 +36,8 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Tokens per layer.")] = 5,
     position: Annotated[int, typer.Option(help="Token position; -1 = last.")] = -1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
-    strict: Annotated[
-        bool,
-        typer.Option(help="Refuse a lens whose unembedding fingerprint differs from the model's."),
-    ] = True,
+    dtype: DtypeOption = "float32",
+    strict: StrictOption = True,
 ):
     """Print each layer's top-k next tokens (and probabilities) at one position of PROMPT."""
     from tunedlens.lenses.lens import LogitLens, TunedLens

@@ -7,11 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from tunedlens.cli.options import DtypeOption, ModelArg, StrictOption
+
 
 def eval_command(
-    model: Annotated[
-        str, typer.Argument(help="Hub id, local directory, .gguf file, or 'demo' (SmolLM2-135M).")
-    ],
+    model: ModelArg,
     lens: Annotated[
         Optional[list[str]],
         typer.Option(help="Tuned lens directory or hub location; repeat to compare several."),
@@ -40,11 +40,8 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for the data order and bootstrap.")] = 0,
     plots: Annotated[bool, typer.Option(help="Write PNG and HTML figures (extra 'plot').")] = True,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
-    strict: Annotated[
-        bool,
-        typer.Option(help="Refuse a lens whose unembedding fingerprint differs from the model's."),
-    ] = True,
+    dtype: DtypeOption = "float32",
+    strict: StrictOption = True,
 ):
     """Evaluate lenses on MODEL layer by layer (the logit lens is always the baseline)."""
     from rich.console import Console

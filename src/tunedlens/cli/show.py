@@ -8,13 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from tunedlens.cli.options import DtypeOption, ModelArg, StrictOption
+
 ALL = ("entropy", "kl", "ce", "max-prob")
 
 
 def show_command(
-    model: Annotated[
-        str, typer.Argument(help="Hub id, local directory, .gguf file, or 'demo' (SmolLM2-135M).")
-    ],
+    model: ModelArg,
     prompt: Annotated[str, typer.Argument(help="The text to look at.")],
     lens: Annotated[
         Optional[str],
@@ -34,11 +34,8 @@ def show_command(
     last: Annotated[
         Optional[int], typer.Option(help="Show only the last N positions of the prompt.")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
-    strict: Annotated[
-        bool,
-        typer.Option(help="Refuse a lens whose unembedding fingerprint differs from the model's."),
-    ] = True,
+    dtype: DtypeOption = "float32",
+    strict: StrictOption = True,
 ):
     """Draw what each layer predicts at each position of PROMPT (logit lens, tuned lens)."""
     from tunedlens.lenses.lens import LogitLens, TunedLens

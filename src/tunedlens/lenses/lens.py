@@ -74,25 +74,16 @@ class Lens(nn.Module):
         """Log of a factor the lens applies to the head's logits (``None``: no factor)."""
         return None
 
-    def generate(
-        self,
-        model: nn.Module,
-        layer: int,
-        input_ids: torch.Tensor,
-        max_new_tokens: int = 20,
-        *,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        eos_token_id: int | None = None,
-        seed: int | None = None,
-    ) -> torch.Tensor:
-        """Continue ``input_ids`` with tokens read at ``layer`` (KV-cached; see :mod:`.generate`)."""
+    def generate(self, model: nn.Module, layer: int, input_ids: torch.Tensor,
+                 max_new_tokens: int = 20, **options) -> torch.Tensor:  # fmt: skip
+        """Continue ``input_ids`` with tokens read at ``layer``, KV-cached.
+
+        See :func:`tunedlens.lenses.generate.generate` for ``options`` (``do_sample``,
+        ``temperature``, ``eos_token_id``, ``seed``).
+        """
         from tunedlens.lenses.generate import generate
 
-        return generate(
-            self, model, layer, input_ids, max_new_tokens, do_sample=do_sample,
-            temperature=temperature, eos_token_id=eos_token_id, seed=seed,
-        )  # fmt: skip
+        return generate(self, model, layer, input_ids, max_new_tokens, **options)
 
     def _check_width(self, hidden: torch.Tensor) -> None:
         if hidden.shape[-1] != self.d_model:

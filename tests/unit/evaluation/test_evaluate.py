@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tiny_models import tiny_model
+from tiny_models import random_lens, tiny_model
 from tunedlens import LensMismatch, LogitLens, TunedLens, collect_residuals, evaluate
 from tunedlens.metrics.divergence import NATS_TO_BITS
 
@@ -15,11 +15,7 @@ def model():
 
 @pytest.fixture
 def lens(model):
-    lens = TunedLens.from_model(model)
-    with torch.no_grad():
-        for parameter in lens.translator.parameters():
-            parameter.normal_(0, 0.2)
-    return lens
+    return random_lens(model)
 
 
 @pytest.fixture

@@ -3,21 +3,13 @@
 import pytest
 import torch
 
-from tiny_models import tiny_model
-from tunedlens import LogitLens, TunedLens, collect_residuals
+from tiny_models import random_lens, tiny_model
+from tunedlens import LogitLens, collect_residuals
 from tunedlens.evaluation.kernel import BlockedHead, head_input
 
 # llama: plain head; phi: head with a bias; opt: projection before the head; cohere: logit scale;
 # gemma2: soft-capped (non-linear) head.
 FAMILIES = ["llama", "phi", "opt", "cohere", "gemma2"]
-
-
-def _random_lens(model):
-    lens = TunedLens.from_model(model)
-    with torch.no_grad():
-        for parameter in lens.translator.parameters():
-            parameter.normal_(0, 0.2)
-    return lens
 
 
 def _direct(lens_logits, model_logits, next_ids):
@@ -43,7 +35,7 @@ def _direct(lens_logits, model_logits, next_ids):
 @pytest.mark.parametrize("block_rows", [16, 4096])
 def test_stats_match_a_direct_computation(model_type, block_rows, input_ids):
     model = tiny_model(model_type)
-    lens = _random_lens(model)
+    lens = random_lens(model)
     residuals = collect_residuals(model, input_ids)
     n_layers = lens.n_layers
     hidden = [h.flatten(0, 1) for h in residuals.hidden]

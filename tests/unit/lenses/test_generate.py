@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tiny_models import tiny_model
-from tunedlens import LogitLens, TunedLens, collect_residuals
+from tiny_models import random_lens, tiny_model
+from tunedlens import LogitLens, collect_residuals
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox"])
@@ -20,10 +20,7 @@ def test_greedy_from_the_output_row_equals_model_generate(model_type, input_ids)
 
 def test_cached_generation_equals_recomputing_every_step(input_ids):
     model = tiny_model("llama")
-    lens = TunedLens.from_model(model)
-    with torch.no_grad():
-        for parameter in lens.translator.parameters():
-            parameter.normal_(0, 0.3)
+    lens = random_lens(model, scale=0.3)
     prompt = input_ids[0, :4]
     cached = lens.generate(model, 1, prompt, max_new_tokens=6)
     tokens = prompt[None]

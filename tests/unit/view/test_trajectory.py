@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_models import tiny_model
-from tunedlens import LogitLens, PredictionTrajectory, TunedLens, collect_residuals
+from tiny_models import random_lens, tiny_model
+from tunedlens import LogitLens, PredictionTrajectory, collect_residuals
 from tunedlens.view.trajectory import TrajectoryStat
 
 
@@ -18,11 +18,7 @@ def model():
 
 @pytest.fixture
 def lens(model):
-    lens = TunedLens.from_model(model)
-    with torch.no_grad():
-        for parameter in lens.translator.parameters():
-            parameter.normal_(0, 0.2)
-    return lens
+    return random_lens(model)
 
 
 def _trajectory(lens, model, ids, **kwargs):

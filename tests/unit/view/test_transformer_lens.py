@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tunedlens import PredictionTrajectory, TunedLens
+from tiny_models import random_lens
+from tunedlens import PredictionTrajectory
 from tunedlens.models import load_model
 
 transformer_lens = pytest.importorskip("transformer_lens", reason="extra 'tl' not installed")
@@ -15,10 +16,7 @@ def test_cache_trajectory_equals_the_model_trajectory(tiny_model_dir):
     model, tokenizer = load_model(tiny_model_dir)
     bridge = TransformerBridge.boot_transformers(str(tiny_model_dir), hf_model=model,
                                                  tokenizer=tokenizer)  # fmt: skip
-    lens = TunedLens.from_model(model)
-    with torch.no_grad():
-        for parameter in lens.translator.parameters():
-            parameter.normal_(0, 0.2)
+    lens = random_lens(model)
     ids = tokenizer("w1 w2 w3 w4 w5", return_tensors="pt").input_ids
     logits, cache = bridge.run_with_cache(ids)
     from_cache = PredictionTrajectory.from_lens_and_cache(lens, cache, ids, logits.detach())
