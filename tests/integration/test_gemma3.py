@@ -48,3 +48,19 @@ def test_bfloat16_decodes_in_float32(gemma):
         assert (decoded - residuals.logits.float()).abs().max() <= scale * 2**-7
     finally:
         model.to(torch.float32)
+
+
+def test_exact_evaluation_at_262k_vocabulary(gemma):
+    from tunedlens import evaluate, load_prompts
+    from tunedlens.evaluation.prompts import PromptSuite
+
+    model, tokenizer = gemma
+    tokens = tokenizer("The quick brown fox jumps over the lazy dog. " * 8, return_tensors="pt")
+    tokens = tokens.input_ids[:, :64].view(2, 32)
+    suite = PromptSuite(load_prompts().prompts[:4], "first four")
+    report = evaluate(model, None, tokens, tokenizer=tokenizer, prompts=suite, bootstrap=0)
+    logit = report.metrics["lenses"]["logit"]
+    assert len(logit["kl_bits"]) == 19 and min(logit["kl_bits"]) >= 0
+    assert logit["kl_bits"][18] < 1e-3 and logit["top1_agree"][18] == 1.0
+    assert report.metrics["baseline"]["ce_bits"] == pytest.approx(logit["ce_bits"][18], abs=1e-3)
+    assert report.metrics["prompts"]["used"] == 4

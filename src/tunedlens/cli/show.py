@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -67,14 +66,9 @@ def show_command(
                   zip(stats, [t for _ in names for t in trajectories], strict=True)]  # fmt: skip
     else:
         others = [view(compare, chosen) for chosen in lenses]
-        stats, titles = [], []
-        for first, second in zip(trajectories, others, strict=True):
-            divergence = first.js_divergence(second)
-            labels = [
-                [a if a == b else f"{a}/{b}" for a, b in zip(row_a, row_b, strict=True)]
-                for row_a, row_b in zip(first.top_tokens(), second.top_tokens(), strict=True)
-            ]
-            stats.append(replace(divergence, cell_labels=labels))
-            titles.append(f"{first.name}: JS divergence between the two prompts (bits)")
+        stats = [
+            first.difference(second) for first, second in zip(trajectories, others, strict=True)
+        ]
+        titles = [f"{t.name}: JS divergence between the two prompts (bits)" for t in trajectories]
     save(stats, out, titles, columns=len(lenses), title=f"{model}: {prompt!r}")
     typer.echo(f"wrote {out}")

@@ -76,14 +76,23 @@ class BlockedHead:
         self.multiplier = unembed.arch.logit_multiplier or 1.0
         self.linear = self.softcap is None
         if self.linear:  # float64 moments of W: Σz and Σz² of any logits from d-sized algebra
-            weight64 = self.weight.double()
-            self.gram = weight64.T @ weight64
-            self.column_sums = weight64.sum(0)
-            bias64 = None if self.bias is None else self.bias.double()
-            self.weight_dot_bias = None if bias64 is None else weight64.T @ bias64
-            self.bias_sum = 0.0 if bias64 is None else float(bias64.sum())
-            self.bias_square = 0.0 if bias64 is None else float(bias64.square().sum())
-            del weight64
+            self._weight_moments()
+
+    def _weight_moments(self) -> None:
+        """``WᵀW``, ``Wᵀ1`` and the bias terms in float64, accumulated over row chunks."""
+        d_model = self.weight.shape[1]
+        self.gram = torch.zeros(d_model, d_model, dtype=torch.float64, device=self.weight.device)
+        self.column_sums = torch.zeros(d_model, dtype=torch.float64, device=self.weight.device)
+        bias = None if self.bias is None else self.bias.double()
+        self.weight_dot_bias = None if bias is None else torch.zeros_like(self.column_sums)
+        for start in range(0, self.vocab_size, 16384):
+            rows = self.weight[start : start + 16384].double()
+            self.gram += rows.T @ rows
+            self.column_sums += rows.sum(0)
+            if bias is not None:
+                self.weight_dot_bias += rows.T @ bias[start : start + 16384]
+        self.bias_sum = 0.0 if bias is None else float(bias.sum())
+        self.bias_square = 0.0 if bias is None else float(bias.square().sum())
 
     @property
     def vocab_size(self) -> int:

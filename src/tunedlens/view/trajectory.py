@@ -317,6 +317,21 @@ class PredictionTrajectory:
         value = 0.5 * (self.logprobs.exp() - q.exp()).abs().sum(-1)
         return self._stat("total variation", "probability", value, vmin=0.0, vmax=1.0)
 
+    def difference(self, other: PredictionTrajectory) -> TrajectoryStat:
+        """Where two prompts of equal token length diverge: JS divergence per cell.
+
+        Cells are labelled with both top-1 tokens (``a/b``) where they differ.
+        """
+        divergence = self.js_divergence(other)
+        mine, theirs = self.top_tokens(), other.top_tokens()
+        if mine is None or theirs is None:
+            return divergence
+        labels = [
+            [a if a == b else f"{a}/{b}" for a, b in zip(row_a, row_b, strict=True)]
+            for row_a, row_b in zip(mine, theirs, strict=True)
+        ]
+        return replace(divergence, cell_labels=labels)
+
     STATS = ("entropy", "kl", "ce", "max-prob", "rank")
 
     def plot(self, *stats: str, path=None):

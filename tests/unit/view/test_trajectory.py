@@ -125,3 +125,14 @@ def test_from_a_transformerlens_style_cache(model, lens, input_ids, component):
     with pytest.raises(KeyError, match="blocks.0.hook_resid_mid"):
         PredictionTrajectory.from_lens_and_cache(lens, cache, input_ids, residuals.logits,
                                                  residual_component="resid_mid")  # fmt: skip
+
+
+def test_difference_view_labels_both_tokens(model, lens, input_ids, tiny_tokenizer):
+    first = _trajectory(lens, model, input_ids[0], tokenizer=tiny_tokenizer)
+    second = _trajectory(lens, model, input_ids[1], tokenizer=tiny_tokenizer)
+    view = first.difference(second)
+    np.testing.assert_allclose(view.values, first.js_divergence(second).values)
+    a, b = first.top_tokens(), second.top_tokens()
+    for r, row in enumerate(view.cell_labels):
+        for s, label in enumerate(row):
+            assert label == (a[r][s] if a[r][s] == b[r][s] else f"{a[r][s]}/{b[r][s]}")
