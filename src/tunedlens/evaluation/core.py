@@ -151,19 +151,8 @@ def evaluate(
         next_ids = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1).flatten()
         sequence = torch.arange(first, first + ids.shape[0]).repeat_interleave(seq_len)
         for positions in torch.split(torch.arange(hidden[0].shape[0]), chunk):
-            where = sequence[positions]
-            final_inputs, _ = head_input(baseline, hidden[n_layers][positions], n_layers)
-            final = head.final(final_inputs, next_ids[positions].to(head.weight.device))
-            model_acc["ce"].index_add_(0, where, final.cross_entropy.double().cpu())
-            model_acc["entropy"].index_add_(0, where, final.entropy.double().cpu())
-            for name, lens in all_lenses.items():
-                for index, row in enumerate(rows):
-                    inputs, scale = head_input(lens, hidden[row][positions], row)
-                    stats = {k: v.cpu() for k, v in head.stats(inputs, final, scale).items()}
-                    accumulators[name].add(index, where, stats)
-                if name in transfers:
-                    _add_transfer(transfers[name], lens, head, hidden, positions, final)
-            del final
+            _evaluate_chunk(head, all_lenses, rows, hidden, positions, next_ids[positions],
+                            sequence[positions], accumulators, model_acc, transfers)  # fmt: skip
         if progress is not None:
             progress(min(first + batch_size, n_sequences) * seq_len, n_sequences * seq_len)
     metrics = _summarise(
@@ -179,6 +168,23 @@ def evaluate(
     return report
 
 
+def _evaluate_chunk(head, lenses, rows, hidden, positions, next_ids, where, accumulators,
+                    model_acc, transfers) -> None:  # fmt: skip
+    """Every lens at every row on one chunk of positions, against the model's own output."""
+    n_layers = len(hidden) - 1
+    final_inputs, _ = head_input(lenses[BASELINE], hidden[n_layers][positions], n_layers)
+    final = head.final(final_inputs, next_ids.to(head.weight.device))
+    model_acc["ce"].index_add_(0, where, final.cross_entropy.double().cpu())
+    model_acc["entropy"].index_add_(0, where, final.entropy.double().cpu())
+    for name, lens in lenses.items():
+        for index, row in enumerate(rows):
+            inputs, scale = head_input(lens, hidden[row][positions], row)
+            stats = {k: v.cpu() for k, v in head.stats(inputs, final, scale).items()}
+            accumulators[name].add(index, where, stats)
+        if name in transfers:
+            _add_transfer(transfers[name], lens, head, hidden, positions, final)
+
+
 def _add_transfer(matrix, lens, head, hidden, positions, final) -> None:
     """KL sums of translator ``i`` applied to layer ``j``'s states, into ``matrix[i, j]``."""
     n_layers = matrix.shape[0]
@@ -189,10 +195,10 @@ def _add_transfer(matrix, lens, head, hidden, positions, final) -> None:
 
 
 def _bytes_per_sequence(tokens: torch.Tensor, tokenizer) -> torch.Tensor | None:
-    """UTF-8 bytes of the predicted tokens (positions 1..) of each sequence."""
+    """UTF-8 bytes of the text of the predicted tokens (positions 1..; special tokens are not text)."""
     if tokenizer is None:
         return None
-    texts = tokenizer.batch_decode(tokens[:, 1:].tolist())
+    texts = tokenizer.batch_decode(tokens[:, 1:].tolist(), skip_special_tokens=True)
     return torch.tensor([len(text.encode("utf-8")) for text in texts], dtype=torch.float64)
 
 
