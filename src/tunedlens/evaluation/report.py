@@ -59,7 +59,7 @@ def summary_markdown(metrics: dict) -> str:
         lines += [
             "",
             f"## Prompt suite ({prompts['used']} of {prompts['total']} prompts used; "
-            f"{prompts['skipped_count']} skipped: answer not one token)",
+            f"{prompts['skipped_count']} skipped, reasons in metrics.json)",
         ]
     for name, gates in metrics.get("gates", {}).items():
         lines += ["", f"### Gates for `{name}` against the logit lens", ""]

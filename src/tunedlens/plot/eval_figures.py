@@ -47,12 +47,13 @@ def save_eval_figures(metrics: dict, out: Path) -> list[Path]:
             (line,) = axis.plot(layers, entry[key], marker=".", label=name)
             if stem != "kl":
                 continue
-            for k, layer in _crossings(metrics, name).items():
+            for step, (k, layer) in enumerate(_crossings(metrics, name).items()):
                 figure.add_vline(x=layer, line_dash="dot", line_color=None, opacity=0.4,
                                  annotation_text=f"{name}: rank≤{k}")  # fmt: skip
                 axis.axvline(layer, linestyle=":", color=line.get_color(), alpha=0.6)
-                axis.annotate(f"≤{k}", (layer, axis.get_ylim()[1]), fontsize=7,
-                              color=line.get_color(), va="top")  # fmt: skip
+                low, high = axis.get_ylim()
+                axis.annotate(f"rank≤{k}", (layer, high - (0.05 + 0.06 * step) * (high - low)),
+                              fontsize=7, color=line.get_color(), va="top", ha="right")  # fmt: skip
         if stem == "entropy" and "baseline" in metrics:
             value = metrics["baseline"]["entropy_bits"]
             figure.add_hline(y=value, line_dash="dash", annotation_text="model")
