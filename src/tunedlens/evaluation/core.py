@@ -199,7 +199,8 @@ def _bytes_per_sequence(tokens: torch.Tensor, tokenizer) -> torch.Tensor | None:
     if tokenizer is None:
         return None
     texts = tokenizer.batch_decode(tokens[:, 1:].tolist(), skip_special_tokens=True)
-    return torch.tensor([len(text.encode("utf-8")) for text in texts], dtype=torch.float64)
+    counts = torch.tensor([len(text.encode("utf-8")) for text in texts], dtype=torch.float64)
+    return counts if counts.sum() > 0 else None  # no text at all: bits per byte is undefined
 
 
 def _lens_summary(acc: LayerAccumulator, n_bytes, *, bootstrap: int, seed: int) -> dict:
