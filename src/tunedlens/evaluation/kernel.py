@@ -109,11 +109,14 @@ class BlockedHead:
             torch.mm(weight.float(), inputs_t, out=block)
             if self.bias is not None:
                 block += self.bias[start : start + weight.shape[0], None].float()
-            if self.softcap is not None:
-                block.mul_(self.multiplier / self.softcap).tanh_().mul_(self.softcap * scale)
-            elif self.multiplier * scale != 1.0:
-                block.mul_(self.multiplier * scale)
+            self._finish(block, scale)
             yield start, block
+
+    def _finish(self, logits: torch.Tensor, scale: float) -> None:
+        """The model's post-head transforms, then the lens's scale, in place."""
+        self.unembed.post_head(logits, inplace=True)
+        if scale != 1.0:
+            logits.mul_(scale)
 
     @torch.no_grad()
     def logits(self, inputs: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -233,10 +236,7 @@ class BlockedHead:
             logits = torch.mm(self.weight[token_ids].float(), inputs.T).diagonal().clone()
             if self.bias is not None:
                 logits += self.bias[token_ids].float()
-            if self.softcap is not None:
-                logits.mul_(self.multiplier / self.softcap).tanh_().mul_(self.softcap * scale)
-            elif self.multiplier * scale != 1.0:
-                logits.mul_(self.multiplier * scale)
+            self._finish(logits, scale)
             rows.append(logits)
         return torch.stack(rows)
 
@@ -258,19 +258,11 @@ class BlockedHead:
 def head_input(lens: Lens, hidden: torch.Tensor, layer: int) -> tuple[torch.Tensor, float]:
     """What ``lens`` feeds the unembedding for ``layer``, and the scale it puts on the logits.
 
-    ``lens.unembed.unembedding(head_input) * scale`` (then the model's post-head transforms) are
-    the lens's logits.
+    ``lens.unembed.post_head(unembedding(head_input)) * scale`` are the lens's logits.
     """
-    unembed = lens.unembed
-    inputs = unembed.normalize(lens.transform(hidden, layer))
-    for module in unembed.pre_unembed:
-        inputs = torch.nn.functional.linear(inputs, module.weight.float(), _float(module.bias))
     log_scale = lens.log_logit_scale(layer)
+    inputs = lens.unembed.head_input(lens.transform(hidden, layer))
     return inputs, 1.0 if log_scale is None else float(torch.exp(log_scale))
-
-
-def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    return None if tensor is None else tensor.float()
 
 
 def fold_block(block, probs, threshold, running_max, total, weighted, above, dot_probs):

@@ -56,15 +56,6 @@ class Lens(nn.Module):
         self._check_width(hidden)
         return self.scale_logits(self.unembed(self.transform(hidden, layer)), layer)
 
-    def vocab_major(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        """Decode ``(n, d_model)`` states of ``layer`` into transposed logits ``(vocab, n)``.
-
-        Equal to ``self(hidden, layer).T`` to float32 round-off, and faster on CPUs (see
-        :meth:`Unembed.vocab_major`).
-        """
-        self._check_width(hidden)
-        return self.scale_logits(self.unembed.vocab_major(self.transform(hidden, layer)), layer)
-
     def scale_logits(self, logits: torch.Tensor, layer: int) -> torch.Tensor:
         """Multiply logits by the lens's scale for ``layer`` (see :meth:`log_logit_scale`)."""
         log_scale = self.log_logit_scale(layer)

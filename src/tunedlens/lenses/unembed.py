@@ -39,19 +39,6 @@ def _linear_float32(hidden: torch.Tensor, linear: nn.Module) -> torch.Tensor:
     return torch.cat(chunks, dim=-1)
 
 
-def _linear_float32_transposed(hidden: torch.Tensor, linear: nn.Module) -> torch.Tensor:
-    """``linear(hidden)ᵀ``, ``(n, d) -> (out, n)``, in float32: ``W @ hᵀ`` (faster on CPUs)."""
-    weight = linear.weight
-    bias = getattr(linear, "bias", None)
-    out = torch.empty(weight.shape[0], hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    for start in range(0, weight.shape[0], _VOCAB_CHUNK):
-        stop = start + _VOCAB_CHUNK
-        torch.mm(weight[start:stop].float(), hidden.T, out=out[start:stop])
-    if bias is not None:
-        out += bias.float()[:, None]
-    return out
-
-
 def unembed_hash(weight: torch.Tensor) -> str:
     """The reference ``tuned-lens`` fingerprint of an unembedding matrix.
 
@@ -118,32 +105,30 @@ class Unembed:
         hidden = hidden.to(self.device, torch.float32)
         return hidden if self.final_norm is None else self.final_norm(hidden).float()
 
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the unembedding matrix multiplies: the final norm, then any projection."""
+        hidden = self.normalize(hidden)
+        for module in self.pre_unembed:
+            hidden = _linear_float32(hidden, module)
+        return hidden
+
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """Decode ``(..., d_model)`` states into float32 logits ``(..., vocab)``."""
-        hidden = self.normalize(hidden)
-        for module in self.pre_unembed:
-            hidden = _linear_float32(hidden, module)
-        return self._post_head(_linear_float32(hidden, self.unembedding))
+        return self.post_head(_linear_float32(self.head_input(hidden), self.unembedding))
 
-    def vocab_major(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Decode ``(n, d_model)`` states into transposed float32 logits ``(vocab, n)``.
+    def post_head(self, logits: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+        """The model's transforms after the unembedding: logit scale, then soft-cap.
 
-        The same numbers as ``self(hidden).T`` (to float32 round-off), computed as ``W @ hᵀ``,
-        which CPU matrix kernels run faster; reductions over the vocabulary then add
-        contiguous rows. Used by exact evaluation.
+        ``inplace`` overwrites ``logits`` (no autograd; evaluation's vocabulary blocks).
         """
-        hidden = self.normalize(hidden)
-        for module in self.pre_unembed:
-            hidden = _linear_float32(hidden, module)
-        return self._post_head(_linear_float32_transposed(hidden, self.unembedding))
-
-    def _post_head(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.arch.logit_multiplier is not None:
-            logits = logits * self.arch.logit_multiplier
-        if self.arch.logit_softcap is not None:
-            cap = self.arch.logit_softcap
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        multiplier, cap = self.arch.logit_multiplier, self.arch.logit_softcap
+        if inplace:
+            if multiplier is not None:
+                logits.mul_(multiplier)
+            return logits if cap is None else logits.div_(cap).tanh_().mul_(cap)
+        if multiplier is not None:
+            logits = logits * multiplier
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def hash(self) -> str:
         """Reference-compatible fingerprint of the unembedding (cached)."""
