@@ -63,11 +63,14 @@ class BlockedHead:
     Args:
         unembed: The head to decode with (lenses apply its final norm in :func:`head_input`).
         block_rows: Vocabulary rows per block (``block_rows x n`` floats stay in cache).
+        cosine: Compute the cosine to the model's logits (``False``: ``cos`` is NaN, and the
+            float64 moments of the unembedding are never built).
     """
 
-    def __init__(self, unembed: Unembed, block_rows: int = 2048):
+    def __init__(self, unembed: Unembed, block_rows: int = 2048, *, cosine: bool = True):
         self.unembed = unembed
         self.block_rows = block_rows
+        self.cosine = cosine
         linear = unembed.unembedding
         self.weight = linear.weight.detach()
         bias = getattr(linear, "bias", None)
@@ -75,7 +78,7 @@ class BlockedHead:
         self.softcap = unembed.arch.logit_softcap
         self.multiplier = unembed.arch.logit_multiplier or 1.0
         self.linear = self.softcap is None
-        if self.linear:  # float64 moments of W: Σz and Σz² of any logits from d-sized algebra
+        if self.linear and cosine:  # float64 moments of W: Σz, Σz² of any logits by d-sized algebra
             self._weight_moments()
 
     def _weight_moments(self) -> None:
@@ -153,8 +156,8 @@ class BlockedHead:
             centred_norm=centred_norm,
         )
         del probs
-        if not self.linear:
-            centred = logits.sub_(mean.float()[:, None]).T.contiguous()
+        if not self.cosine or not self.linear:
+            centred = logits.sub_(mean.float()[:, None]).T.contiguous() if self.cosine else None
             return FinalChunk(
                 **common, centred=centred, centred_dot_weight=None, centred_dot_bias=None
             )
@@ -205,15 +208,17 @@ class BlockedHead:
                 block, final.probs[start:stop], threshold, running_max, total, weighted, above,
                 dot_probs,
             )  # fmt: skip
-            if not self.linear:
+            if final.centred is not None:
                 dot_centred += (final.centred[start:stop] * block).sum(0)
                 sums += block.sum(0)
                 squares += (block * block).sum(0)
         lse = running_max.double() + total.log()
-        if self.linear:
+        if final.centred_dot_weight is not None:
             dot_centred, sums, squares = self._linear_moments(inputs, final, scale)
         spread = (squares - sums.square() / self.vocab_size).clamp_min(0).sqrt()
         cos = dot_centred / (spread * final.centred_norm).clamp_min(1e-300)
+        if not self.cosine:
+            cos = torch.full_like(cos, torch.nan)
         return {
             "kl": (lse - dot_probs - final.entropy).clamp_min(0.0).float(),
             "ce": torch.where(final.next_ids >= 0, lse - next_logit.double(), 0.0).float(),

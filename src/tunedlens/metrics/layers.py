@@ -1,4 +1,4 @@
-"""Exact per-layer KL of a lens against the model's own output, chunked over tokens."""
+"""Exact per-layer KL of a lens against its own output row, chunked over tokens."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from torch import nn
 
 from tunedlens.arch.residuals import collect_residuals
 from tunedlens.lenses.lens import Lens
-from tunedlens.metrics.divergence import kl_divergence
 
 
 def layer_kl(
@@ -18,20 +17,27 @@ def layer_kl(
     batch_size: int = 8,
     chunk_rows: int = 1024,
 ) -> torch.Tensor:
-    """Mean KL(model output ‖ lens) in nats for every layer ``0..L-1``, over every token.
+    """Mean KL(output row ‖ lens) in nats for every layer ``0..L-1``, over every token.
+
+    The output row is the lens's decoding of the last block's output (the model's logits for
+    lenses that use the model's head). Computed with the evaluation kernel
+    (:class:`tunedlens.evaluation.kernel.BlockedHead`), full vocabulary, no vocab-sized copy.
 
     Args:
         lens: The lens to evaluate.
         model: Its model.
         tokens: ``(n_sequences, seq_len)`` token ids.
         batch_size: Sequences per forward pass.
-        chunk_rows: Tokens per vocabulary-sized computation (bounds memory to
+        chunk_rows: Tokens per vocabulary-sized computation (bounds memory to a few
             ``chunk_rows x vocab`` floats, whatever the number of layers).
 
     Returns:
         ``(L,)`` float64 tensor of mean KL per layer, in nats.
     """
+    from tunedlens.evaluation.kernel import BlockedHead, head_input
+
     n_layers = lens.n_layers
+    head = BlockedHead(lens.unembed, cosine=False)
     totals = torch.zeros(n_layers, dtype=torch.float64)
     count = 0
     with torch.no_grad():
@@ -40,9 +46,10 @@ def layer_kl(
             residuals = collect_residuals(model, ids, arch=lens.unembed.arch, with_logits=False)
             hidden = [h.flatten(0, 1) for h in residuals.hidden]
             for rows in torch.split(torch.arange(hidden[0].shape[0]), chunk_rows):
-                target = lens(hidden[n_layers][rows], n_layers).log_softmax(-1)
+                inputs, _ = head_input(lens, hidden[n_layers][rows], n_layers)  # no scale there
+                final = head.final(inputs, torch.full((len(rows),), -1))
                 for layer in range(n_layers):
-                    logprobs = lens(hidden[layer][rows], layer).log_softmax(-1)
-                    totals[layer] += kl_divergence(target, logprobs).double().sum()
+                    inputs, scale = head_input(lens, hidden[layer][rows], layer)
+                    totals[layer] += head.stats(inputs, final, scale)["kl"].double().sum().cpu()
                 count += len(rows)
     return totals / count

@@ -76,3 +76,21 @@ def test_final_matches_the_model(input_ids):
     torch.testing.assert_close(
         final.cross_entropy, -logprobs.gather(-1, next_ids[:, None])[:, 0], atol=1e-5, rtol=0
     )
+
+
+@pytest.mark.parametrize("model_type", ["llama", "phi", "gemma2"])
+def test_layer_kl_uses_the_kernel_and_matches_a_direct_computation(model_type):
+    from tunedlens.metrics import kl_divergence, layer_kl
+
+    model = tiny_model(model_type)
+    lens = random_lens(model)
+    ids = torch.randint(3, 120, (3, 10), generator=torch.Generator().manual_seed(2))
+    got = layer_kl(lens, model, ids, batch_size=2, chunk_rows=7)
+    residuals = collect_residuals(model, ids)
+    with torch.no_grad():
+        target = lens(residuals.hidden[-1], 2).double().log_softmax(-1)
+        expected = torch.stack(
+            [kl_divergence(target, lens(residuals.hidden[i], i).double().log_softmax(-1)).mean()
+             for i in range(2)]
+        )  # fmt: skip
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
