@@ -69,7 +69,7 @@ def test_final_matches_the_model(input_ids):
     inputs, _ = head_input(LogitLens(model), residuals.hidden[n_layers].flatten(0, 1), n_layers)
     final = head.final(inputs, next_ids)
     logprobs = logits.log_softmax(-1)
-    torch.testing.assert_close(final.probs.T.double(), logprobs.exp(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(final.probs.double(), logprobs.exp(), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(
         final.entropy, -(logprobs.exp() * logprobs).sum(-1), atol=1e-5, rtol=0
     )
@@ -94,3 +94,60 @@ def test_layer_kl_uses_the_kernel_and_matches_a_direct_computation(model_type):
              for i in range(2)]
         )  # fmt: skip
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "phi", "gemma2"])
+@pytest.mark.parametrize("matmul", ["torch", "numpy"])
+def test_worker_threads_and_both_matmul_libraries_match_a_direct_computation(model_type, matmul):
+    if matmul == "numpy":
+        pytest.importorskip("threadpoolctl")
+    model = tiny_model(model_type)
+    lens = random_lens(model)
+    ids = torch.randint(3, 120, (4, 40), generator=torch.Generator().manual_seed(3))
+    residuals = collect_residuals(model, ids)
+    n_layers = lens.n_layers
+    hidden = [h.flatten(0, 1) for h in residuals.hidden]
+    model_logits = residuals.logits.flatten(0, 1).float()
+    next_ids = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1).flatten()
+    # 160 positions on 3 workers: unequal shares; blocks of 48 rows leave a short last block.
+    head = BlockedHead(LogitLens(model).unembed, block_rows=48, matmul=matmul, workers=3)
+    threads = torch.get_num_threads()
+    final_inputs, _ = head_input(LogitLens(model), hidden[n_layers], n_layers)
+    final = head.final(final_inputs, next_ids)
+    assert torch.equal(final.top, model_logits.argmax(-1))
+    torch.testing.assert_close(
+        final.probs.double(), model_logits.double().softmax(-1), atol=1e-6, rtol=1e-5
+    )
+    for layer in (0, n_layers - 1, n_layers):
+        inputs, scale = head_input(lens, hidden[layer], layer)
+        stats = head.stats(inputs, final, scale)
+        with torch.no_grad():
+            expected = _direct(lens(hidden[layer], layer), model_logits, next_ids)
+        for name, value in expected.items():
+            torch.testing.assert_close(stats[name].double(), value, atol=2e-5, rtol=1e-5, msg=name)
+    assert torch.get_num_threads() == threads  # the workers' single-threading is undone
+
+
+def test_matmul_choice_is_checked(monkeypatch):
+    from tunedlens.evaluation import kernel
+
+    with pytest.raises(ValueError, match="'auto', 'torch' or 'numpy'"):
+        kernel.choose_matmul("blas")
+    monkeypatch.setenv("TUNEDLENS_MATMUL", "torch")
+    assert kernel.choose_matmul() == "torch"
+    monkeypatch.setattr(kernel, "_blas_controller", lambda: None)
+    with pytest.raises(ValueError, match="pip install threadpoolctl"):
+        kernel.choose_matmul("numpy")
+    monkeypatch.setenv("TUNEDLENS_MATMUL", "auto")
+    assert kernel.choose_matmul() == "torch"  # without threadpoolctl, never numpy's BLAS
+
+
+def test_the_worker_pool_lasts_and_is_remade_in_a_forked_child(monkeypatch):
+    from tunedlens.evaluation import kernel
+
+    pool = kernel._worker_pool(1)
+    assert kernel._worker_pool(1) is pool
+    assert kernel._worker_pool(2) is not pool  # grown on demand
+    grown = kernel._worker_pool(1)
+    monkeypatch.setattr(kernel.os, "getpid", lambda: -1)  # as in a child after fork()
+    assert kernel._worker_pool(1) is not grown
