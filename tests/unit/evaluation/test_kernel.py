@@ -145,6 +145,7 @@ def test_matmul_choice_is_checked(monkeypatch):
 def test_the_worker_pool_lasts_and_is_remade_in_a_forked_child(monkeypatch):
     from tunedlens.evaluation import kernel
 
+    monkeypatch.setattr(kernel, "_pool", None)  # whatever earlier tests left
     pool = kernel._worker_pool(1)
     assert kernel._worker_pool(1) is pool
     assert kernel._worker_pool(2) is not pool  # grown on demand
