@@ -31,28 +31,35 @@ def _direct(lens_logits, model_logits, next_ids):
     }
 
 
-@pytest.mark.parametrize("model_type", FAMILIES)
-@pytest.mark.parametrize("block_rows", [16, 4096])
-def test_stats_match_a_direct_computation(model_type, block_rows, input_ids):
-    model = tiny_model(model_type)
-    lens = random_lens(model)
-    residuals = collect_residuals(model, input_ids)
+def _check_against_direct(model, lens, ids, head, layers=None):
+    """Stats of ``lens`` at ``layers`` (default: all rows) against ``_direct``; returns the rest."""
+    residuals = collect_residuals(model, ids)
     n_layers = lens.n_layers
     hidden = [h.flatten(0, 1) for h in residuals.hidden]
     model_logits = residuals.logits.flatten(0, 1).float()
-    next_ids = torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], -1)], 1).flatten()
-    head = BlockedHead(LogitLens(model).unembed, block_rows=block_rows)
+    next_ids = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1).flatten()
     final_inputs, _ = head_input(LogitLens(model), hidden[n_layers], n_layers)
     final = head.final(final_inputs, next_ids)
     assert torch.equal(final.top, model_logits.argmax(-1))
-    for layer in range(n_layers + 1):
+    for layer in range(n_layers + 1) if layers is None else layers:
         inputs, scale = head_input(lens, hidden[layer], layer)
         stats = head.stats(inputs, final, scale)
         with torch.no_grad():
             expected = _direct(lens(hidden[layer], layer), model_logits, next_ids)
         for name, value in expected.items():
             torch.testing.assert_close(stats[name].double(), value, atol=2e-5, rtol=1e-5, msg=name)
+    return hidden, final, model_logits
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("block_rows", [16, 4096])
+def test_stats_match_a_direct_computation(model_type, block_rows, input_ids):
+    model = tiny_model(model_type)
+    lens = random_lens(model)
+    head = BlockedHead(LogitLens(model).unembed, block_rows=block_rows)
+    hidden, final, _ = _check_against_direct(model, lens, input_ids, head)
     # The output row of the logit lens is the model itself.
+    n_layers = lens.n_layers
     inputs, scale = head_input(LogitLens(model), hidden[n_layers], n_layers)
     stats = head.stats(inputs, final, scale)
     assert stats["kl"].abs().max() < 1e-5
@@ -104,27 +111,13 @@ def test_worker_threads_and_both_matmul_libraries_match_a_direct_computation(mod
     model = tiny_model(model_type)
     lens = random_lens(model)
     ids = torch.randint(3, 120, (4, 40), generator=torch.Generator().manual_seed(3))
-    residuals = collect_residuals(model, ids)
-    n_layers = lens.n_layers
-    hidden = [h.flatten(0, 1) for h in residuals.hidden]
-    model_logits = residuals.logits.flatten(0, 1).float()
-    next_ids = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1).flatten()
     # 160 positions on 3 workers: unequal shares; blocks of 48 rows leave a short last block.
     head = BlockedHead(LogitLens(model).unembed, block_rows=48, matmul=matmul, workers=3)
     threads = torch.get_num_threads()
-    final_inputs, _ = head_input(LogitLens(model), hidden[n_layers], n_layers)
-    final = head.final(final_inputs, next_ids)
-    assert torch.equal(final.top, model_logits.argmax(-1))
+    _, final, model_logits = _check_against_direct(model, lens, ids, head, (0, lens.n_layers))
     torch.testing.assert_close(
         final.probs.double(), model_logits.double().softmax(-1), atol=1e-6, rtol=1e-5
     )
-    for layer in (0, n_layers - 1, n_layers):
-        inputs, scale = head_input(lens, hidden[layer], layer)
-        stats = head.stats(inputs, final, scale)
-        with torch.no_grad():
-            expected = _direct(lens(hidden[layer], layer), model_logits, next_ids)
-        for name, value in expected.items():
-            torch.testing.assert_close(stats[name].double(), value, atol=2e-5, rtol=1e-5, msg=name)
     assert torch.get_num_threads() == threads  # the workers' single-threading is undone
 
 
