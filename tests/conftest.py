@@ -22,6 +22,22 @@ def _seed():
 
 
 @pytest.fixture
+def model():
+    """A tiny random Llama (test modules may define their own ``model``)."""
+    from tiny_models import tiny_model
+
+    return tiny_model("llama")
+
+
+@pytest.fixture
+def lens(model):
+    """A tuned lens with random translators for ``model``."""
+    from tiny_models import random_lens
+
+    return random_lens(model)
+
+
+@pytest.fixture
 def input_ids():
     return torch.randint(3, 120, (2, 9), generator=torch.Generator().manual_seed(1))
 

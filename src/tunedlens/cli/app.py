@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tunedlens.cli.options import DtypeOption, ModelArg, StrictOption
+from tunedlens.cli.options import DtypeOption, ModelArg, PromptArg, StrictOption
 
 app = typer.Typer(
     name="tunedlens",
@@ -25,7 +25,7 @@ app.add_typer(lens_app, name="lens")
 @app.command()
 def predict(
     model: ModelArg,
-    prompt: Annotated[str, typer.Argument(help="The text to look at.")],
+    prompt: PromptArg,
     lens: Annotated[
         Optional[str],
         typer.Option(help="Tuned lens directory (native or tuned-lens); default: logit lens."),

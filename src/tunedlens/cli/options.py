@@ -9,6 +9,7 @@ import typer
 ModelArg = Annotated[
     str, typer.Argument(help="Hub id, local directory, .gguf file, or 'demo' (SmolLM2-135M).")
 ]
+PromptArg = Annotated[str, typer.Argument(help="The text to look at.")]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")]
 StrictOption = Annotated[
     bool,

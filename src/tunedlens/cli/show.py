@@ -7,14 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from tunedlens.cli.options import DtypeOption, ModelArg, StrictOption
+from tunedlens.cli.options import DtypeOption, ModelArg, PromptArg, StrictOption
 
 ALL = ("entropy", "kl", "ce", "max-prob")
 
 
 def show_command(
     model: ModelArg,
-    prompt: Annotated[str, typer.Argument(help="The text to look at.")],
+    prompt: PromptArg,
     lens: Annotated[
         Optional[str],
         typer.Option(help="Tuned lens: shown beside the logit lens. Default: logit lens only."),

@@ -282,11 +282,11 @@ class BlockedHead:
             return [first] + [future.result() for future in futures]
 
     def _product(self, left: torch.Tensor, right: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``out = left @ right`` in float32 (``left`` may be a low-precision weight slice)."""
+        """``out = left @ right`` in float32 (either may be a low-precision weight slice)."""
         if self.numpy_matmul:
             np.matmul(left.detach().numpy(), right.detach().numpy(), out=out.numpy())
         else:
-            torch.mm(left.float(), right, out=out)
+            torch.mm(left.float(), right.float(), out=out)
         return out
 
     def _finish(self, logits: torch.Tensor, scale: float) -> None:
@@ -414,12 +414,7 @@ class BlockedHead:
             part = torch.empty(rows.stop - rows.start, d_model, device=probs.device)
             for start in range(0, self.vocab_size, self.block_rows):
                 stop = min(start + self.block_rows, self.vocab_size)
-                weight = self.weight[start:stop]
-                if self.numpy_matmul:
-                    np.matmul(probs[rows, start:stop].numpy(), weight.numpy(), out=part.numpy())
-                else:
-                    torch.mm(probs[rows, start:stop], weight.float(), out=part)
-                out[rows] += part
+                out[rows] += self._product(probs[rows, start:stop], self.weight[start:stop], part)
             return ()
 
         self._per_worker(probs.shape[0], share)

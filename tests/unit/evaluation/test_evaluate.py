@@ -3,19 +3,9 @@
 import pytest
 import torch
 
-from tiny_models import random_lens, tiny_model
+from tiny_models import tiny_model
 from tunedlens import LensMismatch, LogitLens, TunedLens, collect_residuals, evaluate
 from tunedlens.metrics.divergence import NATS_TO_BITS
-
-
-@pytest.fixture
-def model():
-    return tiny_model("llama")
-
-
-@pytest.fixture
-def lens(model):
-    return random_lens(model)
 
 
 @pytest.fixture

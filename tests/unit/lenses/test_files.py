@@ -21,11 +21,6 @@ def _randomised(lens):
 
 
 @pytest.fixture
-def model():
-    return tiny_model("llama")
-
-
-@pytest.fixture
 def reference_lens(tmp_path):
     """A copy of the reference-written gpt2 fixture lens and its model."""
     shutil.copytree(DATA / "reference" / "gpt2" / "lens", tmp_path / "lens")

@@ -6,19 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_models import random_lens, tiny_model
 from tunedlens import LogitLens, PredictionTrajectory, collect_residuals
 from tunedlens.view.trajectory import TrajectoryStat
-
-
-@pytest.fixture
-def model():
-    return tiny_model("llama")
-
-
-@pytest.fixture
-def lens(model):
-    return random_lens(model)
 
 
 def _trajectory(lens, model, ids, **kwargs):
