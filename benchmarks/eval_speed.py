@@ -180,7 +180,7 @@ def main() -> None:
 
 
 def matmul_library() -> str:
-    from tunedlens.evaluation.kernel import choose_matmul
+    from tunedlens.readout.threads import choose_matmul
 
     return {"numpy": "numpy's OpenBLAS", "torch": "torch (MKL)"}[choose_matmul()]
 

@@ -12,9 +12,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest
 import torch
 
-DATA = Path(__file__).parent / "data"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import nn
 
-from tunedlens.arch.residuals import collect_residuals
 from tunedlens.lenses.lens import Lens, LogitLens
+from tunedlens.readout.engine import readout
+from tunedlens.readout.inputs import encode_prompt
 
 
 @dataclass(frozen=True)
@@ -58,31 +58,11 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
         raise ValueError(f"layers {bad} are out of range: this model has layers 0..{n_layers - 1}")
-    return sorted(set(layers))
-
-
-def encode_prompt(tokenizer, prompt: str, model: nn.Module) -> torch.Tensor:
-    """Tokenise a prompt to ``(1, seq)`` ids, refusing empty prompts and over-long ones."""
-    if not prompt:
-        raise ValueError("the prompt is empty; pass some text to look at.")
-    input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-    if input_ids.shape[1] == 0:
-        raise ValueError(f"the prompt {prompt!r} tokenises to no tokens; pass some text.")
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    if limit is not None and input_ids.shape[1] > limit:
+    if not layers:
         raise ValueError(
-            f"the prompt is {input_ids.shape[1]} tokens long, longer than the model's context of "
-            f"{limit}; shorten it."
+            f"the layer selection {spec!r} selects no layer; this model has layers 0..{n_layers - 1}"
         )
-    return input_ids
-
-
-def _top(probs: torch.Tensor, tokenizer, top_k: int) -> list[TokenProb]:
-    values, indices = probs.topk(top_k)
-    return [
-        TokenProb(tokenizer.decode([int(i)]), int(i), float(p))
-        for p, i in zip(values.tolist(), indices.tolist(), strict=True)
-    ]
+    return sorted(set(layers))
 
 
 def predict_layers(
@@ -109,14 +89,13 @@ def predict_layers(
     lens = lens or LogitLens(model)
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    input_ids = encode_prompt(tokenizer, prompt, model).to(lens.unembed.device)
-    residuals = collect_residuals(model, input_ids, arch=lens.unembed.arch)
-    top_k = min(top_k, lens.unembed.vocab_size)
-    rows = []
-    with torch.no_grad():
-        for layer in range(lens.n_layers) if layers is None else layers:
-            logits = lens(residuals.hidden[layer][0, position], layer)
-            rows.append(LayerPrediction(layer, _top(logits.softmax(-1), tokenizer, top_k)))
-        output = residuals.logits[0, position].float().softmax(-1)
-    rows.append(LayerPrediction("output", _top(output, tokenizer, top_k)))
-    return rows
+    input_ids = encode_prompt(tokenizer, prompt, model)
+    rows = [*(range(lens.n_layers) if layers is None else layers), lens.n_layers]
+    result = readout(model, {"lens": lens}, input_ids, rows=rows, positions=position, stats=(),
+                     top_k=top_k)["lens"]  # fmt: skip
+    predictions = []
+    for index, row in enumerate(rows):
+        ids, probs = result.top_ids[0, index, 0].tolist(), result.top_probs[0, index, 0].tolist()
+        top = [TokenProb(tokenizer.decode([i]), i, p) for i, p in zip(ids, probs, strict=True)]
+        predictions.append(LayerPrediction("output" if row == lens.n_layers else row, top))
+    return predictions

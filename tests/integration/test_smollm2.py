@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SHARED
+from paths import SHARED
 from tunedlens import LogitLens, TunedLens, load_model
 from tunedlens.arch import collect_residuals
 from tunedlens.predict import predict_layers

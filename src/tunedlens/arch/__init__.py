@@ -2,7 +2,7 @@
 
 from tunedlens.arch.registry import ARCHS, ArchSpec, register_arch
 from tunedlens.arch.residuals import Residuals, collect_residuals
-from tunedlens.arch.resolve import ResolvedArch, resolve_arch, verify_arch
+from tunedlens.arch.resolve import ResolvedArch, describe_structure, resolve_arch
 
 __all__ = [
     "ARCHS",
@@ -10,7 +10,7 @@ __all__ = [
     "Residuals",
     "ResolvedArch",
     "collect_residuals",
+    "describe_structure",
     "register_arch",
     "resolve_arch",
-    "verify_arch",
 ]

@@ -31,13 +31,15 @@ class Residuals:
         return len(self.hidden) - 1
 
 
-def _block_input(args, kwargs) -> torch.Tensor:
+def block_input(args, kwargs) -> torch.Tensor:
+    """The hidden states a decoder block was called with (positional or keyword)."""
     if args and isinstance(args[0], torch.Tensor):
         return args[0]
     return kwargs["hidden_states"]
 
 
-def _block_output(output) -> torch.Tensor:
+def block_output(output) -> torch.Tensor:
+    """The hidden states a decoder block returned (a tensor, or the first of a tuple)."""
     return output if isinstance(output, torch.Tensor) else output[0]
 
 
@@ -84,12 +86,12 @@ def collect_residuals(
 
     def save_input(index):
         def hook(_module, args, kwargs):
-            captured[index] = _select(_block_input(args, kwargs), positions)
+            captured[index] = _select(block_input(args, kwargs), positions)
 
         return hook
 
     def save_output(_module, _args, output):
-        captured[-1] = _select(_block_output(output), positions)
+        captured[-1] = _select(block_output(output), positions)
         if not with_logits:
             raise _StopForward
 

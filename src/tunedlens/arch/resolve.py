@@ -1,12 +1,12 @@
 """Turn a model plus an :class:`ArchSpec` into the concrete modules a lens needs.
 
 Order of resolution: an explicit ``spec=``, the registry (keyed by ``config.model_type``), then a
-structural guess that is accepted only after it reproduces the model's logits on one batch.
+structural guess (``source="guess"``). The head built on a guess verifies it: decoding the last
+block's output must reproduce the model's logits on one batch (:mod:`tunedlens.lenses.unembed`).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,7 +42,7 @@ def text_config(model: nn.Module):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def _get_path(model: nn.Module, path: str):
+def get_path(model: nn.Module, path: str):
     target = model
     for part in path.split("."):
         if not hasattr(target, part):
@@ -61,19 +61,19 @@ def _config_value(config, name: str | None) -> float | None:
 def _build(model: nn.Module, spec: ArchSpec, source) -> ResolvedArch:
     config = text_config(model)
     try:
-        layers = _get_path(model, spec.layers)
-        final_norm = _get_path(model, spec.final_norm) if spec.final_norm else None
-        pre = tuple(m for m in (_get_path(model, p) for p in spec.pre_unembed) if m is not None)
-        unembed = _get_path(model, spec.unembed) if spec.unembed else model.get_output_embeddings()
+        layers = get_path(model, spec.layers)
+        final_norm = get_path(model, spec.final_norm) if spec.final_norm else None
+        pre = tuple(m for m in (get_path(model, p) for p in spec.pre_unembed) if m is not None)
+        unembed = get_path(model, spec.unembed) if spec.unembed else model.get_output_embeddings()
     except AttributeError as error:
         raise ArchitectureNotFound(
             f"{spec} does not fit this model ({type(model).__name__}): it has no module at "
-            f"'{error.args[0]}'.\n" + _describe_structure(model)
+            f"'{error.args[0]}'.\n" + describe_structure(model)
         ) from None
     if not isinstance(layers, nn.ModuleList):
         raise ArchitectureNotFound(
             f"'{spec.layers}' is a {type(layers).__name__}, not the ModuleList of decoder blocks.\n"
-            + _describe_structure(model)
+            + describe_structure(model)
         )
     if unembed is None or not isinstance(getattr(unembed, "weight", None), torch.Tensor):
         raise ArchitectureNotFound(
@@ -107,8 +107,9 @@ def resolve_arch(model: nn.Module, spec: ArchSpec | None = None) -> ResolvedArch
         The resolved modules.
 
     Raises:
-        ArchitectureNotFound: if the model type is unknown and no structural guess reproduces the
-            model's logits. The message lists what was found and how to override.
+        ArchitectureNotFound: if the model type is unknown and its structure admits no guess.
+            The message lists what was found and how to override. A guess is verified by the
+            head that decodes with it (``Unembed``).
     """
     if spec is not None:
         return _build(model, spec, "explicit")
@@ -117,21 +118,9 @@ def resolve_arch(model: nn.Module, spec: ArchSpec | None = None) -> ResolvedArch
         return _build(model, ARCHS[model_type], "registry")
     guess = _guess_spec(model)
     if guess is not None:
-        resolved = _build(model, guess, "guess")
-        problem = verify_arch(model, resolved)
-        if problem is None:
-            warnings.warn(
-                f"model_type={model_type!r} is not registered; using the structural guess {guess}, "
-                "which reproduced the model's logits on a test batch. Register it with "
-                f"tunedlens.register_arch({model_type!r}, {guess}) to silence this warning.",
-                stacklevel=2,
-            )
-            return resolved
-        reason = f"  The structural guess {guess} was rejected: {problem}\n"
-    else:
-        reason = ""
+        return _build(model, guess, "guess")
     raise ArchitectureNotFound(
-        f"model_type={model_type!r} is not registered.\n{reason}{_describe_structure(model)}"
+        f"model_type={model_type!r} is not registered.\n{describe_structure(model)}"
     )
 
 
@@ -156,7 +145,7 @@ def _guess_spec(model: nn.Module) -> ArchSpec | None:
         return None
     layers = candidates[0]
     parent_path, _, leaf = layers.rpartition(".")
-    parent = _get_path(model, parent_path) if parent_path else model
+    parent = get_path(model, parent_path) if parent_path else model
     children = [name for name, _ in parent.named_children()]
     after = children[children.index(leaf) + 1 :]
     norms = [n for n in after if _is_norm(n, getattr(parent, n))]
@@ -166,7 +155,8 @@ def _guess_spec(model: nn.Module) -> ArchSpec | None:
     return ArchSpec(layers, final_norm)
 
 
-def _describe_structure(model: nn.Module) -> str:
+def describe_structure(model: nn.Module) -> str:
+    """What was found in ``model`` and the two ways to register it, one fact per line."""
     n_layers = _n_layers(model)
     model_type = getattr(model.config, "model_type", None)
     lists = _module_lists(model)
@@ -193,32 +183,3 @@ def _describe_structure(model: nn.Module) -> str:
         f'  or call tunedlens.register_arch("{model_type}", {example}).',
     ]
     return "\n".join(lines)
-
-
-def verify_arch(model: nn.Module, resolved: ResolvedArch) -> str | None:
-    """Check on one small batch that decoding the last block's output reproduces the logits.
-
-    Returns:
-        ``None`` when it does, else a sentence saying what differed.
-    """
-    from tunedlens.arch.residuals import collect_residuals
-    from tunedlens.lenses.unembed import Unembed
-
-    vocab = resolved.unembed.weight.shape[0]
-    device = resolved.unembed.weight.device
-    input_ids = (torch.arange(8, device=device).unsqueeze(0) * 7 + 3) % vocab
-    try:
-        residuals = collect_residuals(model, input_ids, arch=resolved)
-        decoded = Unembed(model, arch=resolved)(residuals.hidden[-1])
-    except Exception as error:  # a wrong guess can fail in many ways; report, don't crash
-        return f"running it failed with {type(error).__name__}: {error}"
-    expected = residuals.logits.float()
-    if decoded.shape != expected.shape:
-        return (
-            f"decoded logits have shape {tuple(decoded.shape)}, the model's {tuple(expected.shape)}"
-        )
-    error = (decoded - expected).abs().max().item()
-    scale = expected.abs().max().item() + 1e-6
-    if error > 1e-3 * scale + 1e-4:
-        return f"decoded logits differ from the model's by up to {error:.3g}"
-    return None

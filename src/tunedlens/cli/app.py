@@ -182,7 +182,7 @@ def lens_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Describe a lens: format, translator, dimensions, model, provenance, per-layer sizes."""
-    from tunedlens.hub import lens_dir
+    from tunedlens.lenses.locations import lens_dir
     from tunedlens.lenses.info import describe_lens
 
     info = describe_lens(lens_dir(path))

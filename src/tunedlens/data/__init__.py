@@ -1,6 +1,6 @@
 """Training and evaluation data: text sources and token packing."""
 
-from tunedlens.data.packing import TokenBlocks, pack_blocks
+from tunedlens.data.packing import TokenBlocks, pack_blocks, pack_texts
 from tunedlens.data.sources import DEFAULT_HF_DATASET, DataError, TextSource
 
-__all__ = ["DEFAULT_HF_DATASET", "DataError", "TextSource", "TokenBlocks", "pack_blocks"]
+__all__ = ["DEFAULT_HF_DATASET", "DataError", "TextSource", "TokenBlocks", "pack_blocks", "pack_texts"]

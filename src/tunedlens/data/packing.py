@@ -118,3 +118,26 @@ def pack_blocks(
     blocks = torch.from_numpy(buffer).view(n_sequences, seq_len)
     order = torch.randperm(n_sequences, generator=torch.Generator().manual_seed(seed))
     return TokenBlocks(blocks[order].clone(), source.spec)
+
+
+def pack_texts(texts, tokenizer, *, max_seq_len: int) -> TokenBlocks:
+    """Pack a list of texts, in order, EOS-joined, into blocks of up to ``max_seq_len`` tokens.
+
+    For small in-memory datasets (the notebook facade): blocks are as long as the texts allow,
+    ``min(max_seq_len, total tokens)``, and the tail that does not fill a block is dropped.
+
+    Raises:
+        DataError: no text, or fewer than 2 tokens.
+    """
+    texts = [text for text in texts if text]
+    if not texts:
+        raise DataError("the dataset holds no text; pass a list of non-empty strings")
+    eos = tokenizer.eos_token_id
+    ids = [token for tokens in _token_stream(texts, tokenizer, eos) for token in tokens]
+    if eos is None:  # no separator: the documents are simply concatenated
+        ids = [token for token in ids if token is not None]
+    seq_len = min(max_seq_len, len(ids))
+    if seq_len < 2:
+        raise DataError("the dataset holds fewer than 2 tokens; pass more text")
+    count = len(ids) // seq_len
+    return TokenBlocks(torch.tensor(ids[: count * seq_len]).view(count, seq_len), "texts")

@@ -25,19 +25,31 @@ class LayerAccumulator:
         self.ce_tokens = torch.zeros(shape, dtype=torch.float64)
         self.calibration = torch.zeros(n_rows, ECE_BINS, 3, dtype=torch.float64)
 
-    def add(self, row: int, sequence: torch.Tensor, stats: dict[str, torch.Tensor]) -> None:
-        """Add one chunk's ``(n,)`` statistics; ``sequence`` gives each position's sequence."""
-        has_next = stats["has_next"].double()
+    def add(
+        self, row: int, sequence: torch.Tensor, stats: dict[str, torch.Tensor], has_next: torch.Tensor
+    ) -> None:
+        """Add one batch's ``(n,)`` readout statistics (see ``EVAL_STATS``).
+
+        ``sequence`` gives each position's sequence, ``has_next`` whether it has a next token.
+        """
+        has_next = has_next.double()
+        rank = stats["model-rank"].double()
+        values = {
+            "kl": stats["kl"].double(),
+            "ce": stats["ce"].double().nan_to_num(0.0) * has_next,
+            "entropy": stats["entropy"].double(),
+            "rank": rank,
+            "top1": (rank == 1).double(),
+            "top5": (rank <= 5).double(),
+            "cos": stats["cos"].double(),
+        }
         for name in _SUMMED:
-            value = stats["rank"].le(5).double() if name == "top5" else stats[name].double()
-            if name == "ce":
-                value = value * has_next
-            self.sums[name][row].index_add_(0, sequence, value)
+            self.sums[name][row].index_add_(0, sequence, values[name])
         self.tokens[row].index_add_(0, sequence, torch.ones_like(has_next))
         self.ce_tokens[row].index_add_(0, sequence, has_next)
-        confidence = stats["confidence"].double()
+        confidence = stats["max-prob"].double()
         bins = (confidence * ECE_BINS).long().clamp_(0, ECE_BINS - 1)
-        cell = torch.stack([torch.ones_like(confidence), confidence, stats["top1"].double()], -1)
+        cell = torch.stack([torch.ones_like(confidence), confidence, values["top1"]], -1)
         self.calibration[row].index_add_(0, bins, cell)
 
     def mean(self, name: str) -> torch.Tensor:

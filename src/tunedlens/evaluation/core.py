@@ -9,12 +9,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tunedlens.arch.residuals import collect_residuals
-from tunedlens.errors import LensMismatch
 from tunedlens.evaluation.accumulate import LayerAccumulator, to_bits
-from tunedlens.evaluation.kernel import BlockedHead, head_input
 from tunedlens.lenses.lens import Lens, LogitLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
+from tunedlens.readout.engine import DEFAULT_BUDGET, name_lenses, readout
 
 BASELINE = "logit"
 """Name of the logit lens, always evaluated as the baseline."""
@@ -41,41 +39,16 @@ class EvalReport:
         return save_report(self, out, plots=plots)
 
 
-def name_lenses(lenses: Lens | Sequence[Lens] | Mapping[str, Lens] | None) -> dict[str, Lens]:
-    """Give every lens a unique name; the logit lens is added by :func:`evaluate`."""
-    if lenses is None:
-        return {}
-    if isinstance(lenses, Lens):
-        lenses = [lenses]
-    if not isinstance(lenses, Mapping):
-        lenses = {f"tuned-{index}" if index else "tuned": lens for index, lens in enumerate(lenses)}
-    if BASELINE in lenses:
-        raise ValueError(f"the lens name {BASELINE!r} is reserved for the logit-lens baseline")
-    return dict(lenses)
-
-
-def _check_lenses(model: nn.Module, lenses: dict[str, Lens]) -> None:
-    head = model.get_output_embeddings()
-    for name, lens in lenses.items():
-        if lens.unembed.unembedding is not head:
-            raise LensMismatch(
-                f"lens {name!r} decodes with another model's head; load it for this model "
-                "(TunedLens.load(path, model))."
-            )
+EVAL_STATS = ("kl", "ce", "entropy", "model-rank", "max-prob", "cos")
+"""What :func:`evaluate` asks the readout for, per lens, row and position."""
 
 
 def _row_plan(n_layers: int, layers: Sequence[int] | None) -> list[int]:
     rows = list(range(n_layers + 1)) if layers is None else sorted(set(layers))
     bad = [row for row in rows if not 0 <= row <= n_layers]
-    if bad:
-        raise IndexError(f"layers {bad} are outside 0..{n_layers}")
+    if bad or not rows:
+        raise IndexError(f"layers {bad or '(none)'} are outside 0..{n_layers} or select nothing")
     return rows
-
-
-def _chunk_rows(vocab: int, budget_bytes: int) -> int:
-    # About three (vocab x n) float32 tensors live per chunk: the model's probabilities, its
-    # logits while they are being reduced, and (non-linear heads) their centred copy.
-    return int(max(16, min(1024, budget_bytes // (3 * 4 * vocab))))
 
 
 def evaluate(
@@ -88,7 +61,7 @@ def evaluate(
     layers: Sequence[int] | None = None,
     transfer: bool = False,
     batch_size: int = 1,
-    memory_budget: int = 512 * 2**20,
+    memory_budget: int = DEFAULT_BUDGET,
     bootstrap: int = 1000,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
@@ -126,12 +99,14 @@ def evaluate(
             f"tokens must be (n_sequences >= 1, seq_len >= 2), got {tuple(tokens.shape)}"
         )
     named = name_lenses(lenses)
-    _check_lenses(model, named)
+    if BASELINE in named:
+        raise ValueError(f"the lens name {BASELINE!r} is reserved for the logit-lens baseline")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     baseline = LogitLens(model)
     all_lenses = {BASELINE: baseline, **named}
     n_layers = baseline.n_layers
     rows = _row_plan(n_layers, layers)
-    head = BlockedHead(baseline.unembed)
     n_sequences, seq_len = tokens.shape
     accumulators = {name: LayerAccumulator(len(rows), n_sequences) for name in all_lenses}
     model_acc = {k: torch.zeros(n_sequences, dtype=torch.float64) for k in ("ce", "entropy")}
@@ -140,19 +115,22 @@ def evaluate(
         for name, lens in named.items()
         if transfer and not isinstance(lens, LogitLens)
     }
-    chunk = _chunk_rows(head.vocab_size, memory_budget)
     started = time.perf_counter()
     for first in range(0, n_sequences, batch_size):
         ids = tokens[first : first + batch_size]
-        residuals = collect_residuals(
-            model, ids.to(head.weight.device), arch=baseline.unembed.arch, with_logits=False
-        )
-        hidden = [state.flatten(0, 1) for state in residuals.hidden]
-        next_ids = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1).flatten()
-        sequence = torch.arange(first, first + ids.shape[0]).repeat_interleave(seq_len)
-        for positions in torch.split(torch.arange(hidden[0].shape[0]), chunk):
-            _evaluate_chunk(head, all_lenses, rows, hidden, positions, next_ids[positions],
-                            sequence[positions], accumulators, model_acc, transfers)  # fmt: skip
+        sequence = torch.arange(first, first + ids.shape[0])[:, None].expand(ids.shape).flatten()
+        result = readout(model, all_lenses, ids, rows=rows, stats=EVAL_STATS, top_k=0,
+                         memory_budget=memory_budget)  # fmt: skip
+        has_next = result.targets.flatten() >= 0
+        model_acc["ce"].index_add_(0, sequence, result.model["ce"].flatten().nan_to_num(0.0).double())
+        model_acc["entropy"].index_add_(0, sequence, result.model["entropy"].flatten().double())
+        for name in all_lenses:
+            grids = result[name]
+            for index in range(len(rows)):
+                stats = {key: grids[key][:, index].flatten() for key in EVAL_STATS}
+                accumulators[name].add(index, sequence, stats, has_next)
+        for name, matrix in transfers.items():
+            _add_transfer(matrix, model, all_lenses[name], ids, memory_budget)
         if progress is not None:
             progress(min(first + batch_size, n_sequences) * seq_len, n_sequences * seq_len)
     metrics = _summarise(
@@ -168,30 +146,15 @@ def evaluate(
     return report
 
 
-def _evaluate_chunk(head, lenses, rows, hidden, positions, next_ids, where, accumulators,
-                    model_acc, transfers) -> None:  # fmt: skip
-    """Every lens at every row on one chunk of positions, against the model's own output."""
-    n_layers = len(hidden) - 1
-    final_inputs, _ = head_input(lenses[BASELINE], hidden[n_layers][positions], n_layers)
-    final = head.final(final_inputs, next_ids.to(head.weight.device))
-    model_acc["ce"].index_add_(0, where, final.cross_entropy.double().cpu())
-    model_acc["entropy"].index_add_(0, where, final.entropy.double().cpu())
-    for name, lens in lenses.items():
-        for index, row in enumerate(rows):
-            inputs, scale = head_input(lens, hidden[row][positions], row)
-            stats = {k: v.cpu() for k, v in head.stats(inputs, final, scale).items()}
-            accumulators[name].add(index, where, stats)
-        if name in transfers:
-            _add_transfer(transfers[name], lens, head, hidden, positions, final)
-
-
-def _add_transfer(matrix, lens, head, hidden, positions, final) -> None:
+def _add_transfer(matrix, model, lens, ids, memory_budget) -> None:
     """KL sums of translator ``i`` applied to layer ``j``'s states, into ``matrix[i, j]``."""
     n_layers = matrix.shape[0]
-    for source in range(n_layers):
-        for target in range(n_layers):
-            inputs, scale = head_input(lens, hidden[target][positions], source)
-            matrix[source, target] += head.stats(inputs, final, scale)["kl"].double().sum().cpu()
+    pairs = [(target, source) for source in range(n_layers) for target in range(n_layers)]
+    result = readout(model, {"lens": lens}, ids, rows=pairs, stats=("kl",), top_k=0,
+                     memory_budget=memory_budget)  # fmt: skip
+    sums = result["lens"]["kl"].double().sum((0, 2))
+    for (target, source), value in zip(pairs, sums.tolist(), strict=True):
+        matrix[source, target] += value
 
 
 def _bytes_per_sequence(tokens: torch.Tensor, tokenizer) -> torch.Tensor | None:

@@ -26,6 +26,10 @@ import torch
 from tunedlens.arch.residuals import collect_residuals
 from tunedlens.evaluation.prompts import PromptSuite, encode_suite, load_prompts
 from tunedlens.metrics.divergence import NATS_TO_BITS, kl_divergence
+from tunedlens.readout.engine import LensReadout, readout
+
+SUITE_STATS = ("kl", "entropy", "max-prob", "cos")
+"""What the prompt suite asks the readout for, besides the top token and the answer's rank."""
 
 PERCENTILES = (25, 50, 75)
 RANK_THRESHOLDS = (10, 5, 1)
@@ -74,63 +78,59 @@ def fit_temperature(target_logprobs: torch.Tensor, logits: torch.Tensor) -> tupl
     return math.exp(best), min(loss(best), loss(0.0))
 
 
-def _prompt_rows(lens_logits, model_logprobs, ids, answer_id) -> dict:
-    """Per-row statistics of one lens on one prompt: all positions and the answer position."""
-    logprobs = lens_logits.log_softmax(-1)  # (rows, seq, vocab)
-    probs = logprobs.exp()
-    kl = kl_divergence(model_logprobs.expand_as(logprobs), logprobs) * NATS_TO_BITS
-    entropy = -(probs * logprobs).sum(-1) * NATS_TO_BITS
-    top_prob, top_id = probs.max(-1)
-    answer_logit = lens_logits[..., answer_id]
-    answer_rank = 1 + (lens_logits > answer_logit[..., None]).sum(-1)
-    answer_prob = probs[..., answer_id].clone()  # a view would keep every probability alive
-    centred = lens_logits - lens_logits.mean(-1, keepdim=True)
-    final = model_logprobs[-1] - model_logprobs[-1].mean(-1, keepdim=True)
-    cos = torch.nn.functional.cosine_similarity(centred[:, -1], final[None], dim=-1)
+def _prompt_rows(lens: LensReadout, output_logprobs: torch.Tensor, ids: list[int]) -> dict:
+    """Per-row statistics of one lens on one prompt: all positions and the answer position.
+
+    ``lens`` is the prompt's readout (``SUITE_STATS``, top-1, the answer as its only token);
+    ``output_logprobs`` the lens's output row at the answer position.
+    """
+    top_id, top_prob = lens.top_ids[0, :, :, 0], lens.top_probs[0, :, :, 0]
     prompt_ids = set(ids)
     copy = [
         int(top_id[row, -1]) in prompt_ids and float(top_prob[row, -1]) > COPY_PROBABILITY
-        for row in range(lens_logits.shape[0])
+        for row in range(top_id.shape[0])
     ]
     return {
-        "kl": kl,
-        "entropy": entropy,
+        "kl": lens["kl"][0] * NATS_TO_BITS,
+        "entropy": lens["entropy"][0] * NATS_TO_BITS,
         "top_id": top_id,
         "top_prob": top_prob,
-        "answer_rank": answer_rank,
-        "answer_prob": answer_prob,
-        "cos": cos,
+        "answer_rank": lens.token_ranks[0, :, :, 0].long(),
+        "answer_prob": lens.token_probs[0, :, :, 0],
+        "cos": lens["cos"][0, :, -1],
         "copy": copy,
-        "output_logits": lens_logits[
-            -1, -1
-        ].clone(),  # not a view: frees the (rows, seq, vocab) logits
+        "output_logits": output_logprobs,
     }
 
 
 def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) -> None:
-    """Add prompt records, KPIs and gates to ``report`` (mutated in place)."""
+    """Add prompt records, KPIs and gates to ``report`` (mutated in place).
+
+    Each prompt runs once through the model; one readout gives every lens's rows and positions,
+    a second the output row's full distribution at the answer position (for the temperature).
+    """
     if tokenizer is None:
         raise ValueError("the prompt suite needs the model's tokenizer")
     suite = load_prompts(suite) if isinstance(suite, str) else suite
     max_length = getattr(model.config, "max_position_embeddings", None)
     encoded = encode_suite(suite, tokenizer, max_length)
-    n_layers = next(iter(lenses.values())).n_layers
+    first = next(iter(lenses.values()))
+    n_layers, arch, device = first.n_layers, first.unembed.arch, first.unembed.device
     per_lens: dict[str, list[dict]] = {name: [] for name in lenses}
     answer_logprobs = []
     for item in encoded.usable:
         ids = torch.tensor([item.input_ids])
-        residuals = collect_residuals(model, ids)
-        model_logprobs = residuals.logits[0].float().log_softmax(-1)
-        answer_logprobs.append(model_logprobs[-1].clone())
+        states = collect_residuals(model, ids.to(device), arch=arch, with_logits=False)
+        rows = readout(model, lenses, ids, states=states, stats=SUITE_STATS, top_k=1,
+                       tokens=[item.answer_id])  # fmt: skip
+        output = readout(model, lenses, ids, states=states, rows=[n_layers], positions=-1,
+                         stats=(), top_k=0, logprobs=True)  # fmt: skip
+        answer_logprobs.append(output[next(iter(lenses))].logprobs[0, 0, 0])
         tokens = [tokenizer.decode([token]) for token in item.input_ids]
-        for name, lens in lenses.items():
-            with torch.no_grad():
-                logits = torch.stack(
-                    [lens(residuals.hidden[row][0], row) for row in range(n_layers + 1)]
-                )
-            rows = _prompt_rows(logits, model_logprobs, item.input_ids, item.answer_id)
-            per_lens[name].append(rows)
-            _append_records(report, name, item, rows, tokens, tokenizer)
+        for name in lenses:
+            prompt_rows = _prompt_rows(rows[name], output[name].logprobs[0, 0, 0], item.input_ids)
+            per_lens[name].append(prompt_rows)
+            _append_records(report, name, item, prompt_rows, tokens, tokenizer)
     metrics = report.metrics
     metrics["prompts"] = {
         "source": suite.source,

@@ -2,11 +2,13 @@
 
 from tunedlens.lenses.files import LensFile, read_lens, write_lens
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
+from tunedlens.lenses.load import LOGIT, load_lens
 from tunedlens.lenses.translators import AffineTranslator, LowRankTranslator, default_rank
 from tunedlens.lenses.unembed import Unembed, unembed_hash
 
 __all__ = [
     "AffineTranslator",
+    "LOGIT",
     "Lens",
     "LensFile",
     "LogitLens",
@@ -14,6 +16,7 @@ __all__ = [
     "TunedLens",
     "Unembed",
     "default_rank",
+    "load_lens",
     "read_lens",
     "unembed_hash",
     "write_lens",

@@ -27,6 +27,13 @@ from tunedlens.errors import LensFileError
 from tunedlens.lenses.translators import AffineTranslator, LowRankTranslator
 
 LensFormat = Literal["native", "tuned-lens"]
+CONFIG_FILE = "config.json"
+NATIVE_WEIGHTS = "lens.safetensors"
+REFERENCE_WEIGHTS = "params.pt"
+PROVENANCE_FILE = "provenance.json"
+LENS_FILES = (CONFIG_FILE, REFERENCE_WEIGHTS, NATIVE_WEIGHTS, PROVENANCE_FILE)
+"""Every file a lens directory of either format may hold (the one place these names live)."""
+WEIGHT_FILES = (NATIVE_WEIGHTS, REFERENCE_WEIGHTS)
 NATIVE_FORMAT_VERSION = 1
 REFERENCE_KEYS = (
     "base_model_name_or_path",
@@ -67,9 +74,9 @@ def detect_format(path: Path) -> LensFormat:
             f"{str(path)!r} is a file; a lens is a directory holding config.json and "
             "lens.safetensors (native) or params.pt (tuned-lens). Pass the directory."
         )
-    if (path / "lens.safetensors").exists():
+    if (path / NATIVE_WEIGHTS).exists():
         return "native"
-    if (path / "params.pt").exists():
+    if (path / REFERENCE_WEIGHTS).exists():
         return "tuned-lens"
     found = sorted(p.name for p in path.iterdir()) or ["nothing"]
     raise LensFileError(
@@ -131,7 +138,7 @@ def _load_params_pt(path: Path) -> dict:
 
 
 def _reference_config(path: Path) -> dict:
-    config = _read_json(path / "config.json", "tuned-lens")
+    config = _read_json(path / CONFIG_FILE, "tuned-lens")
     if "unemebd_hash" in config:  # a typo in early releases of the reference
         config.setdefault("unembed_hash", config.pop("unemebd_hash"))
     unknown = sorted(set(config) - set(REFERENCE_KEYS))
@@ -152,20 +159,20 @@ def _reference_config(path: Path) -> dict:
 
 def _read_reference(path: Path) -> LensFile:
     config = _reference_config(path)
-    state = _load_params_pt(path / "params.pt")
+    state = _load_params_pt(path / REFERENCE_WEIGHTS)
     n_layers = config.get("num_hidden_layers")
     if n_layers is None:  # legacy files: count the translators
         n_layers = len({k.split(".")[0] for k in state})
         config["num_hidden_layers"] = n_layers
-    n_layers = _require_int(config, "num_hidden_layers", path / "config.json")
-    d_model = _require_int(config, "d_model", path / "config.json")
+    n_layers = _require_int(config, "num_hidden_layers", path / CONFIG_FILE)
+    d_model = _require_int(config, "d_model", path / CONFIG_FILE)
     use_bias = config.get("bias", "0.bias" in state)
     expected = {f"{i}.weight" for i in range(n_layers)}
     expected |= {f"{i}.bias" for i in range(n_layers)} if use_bias else set()
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise LensFileError(
-            f"{path / 'params.pt'} does not match its config.json (num_hidden_layers={n_layers}, "
+            f"{path / REFERENCE_WEIGHTS} does not match its config.json (num_hidden_layers={n_layers}, "
             f"bias={use_bias}): missing {missing[:4] or 'nothing'}, unexpected {extra[:4] or 'nothing'}."
         )
     translator = AffineTranslator(n_layers, d_model, use_bias=use_bias)
@@ -175,7 +182,7 @@ def _read_reference(path: Path) -> LensFile:
             if use_bias:
                 _copy_checked(translator.bias[i], state[f"{i}.bias"], f"{i}.bias", path)
     model_info = {key: config.get(key) for key in MODEL_INFO_KEYS}
-    provenance_path = path / "provenance.json"
+    provenance_path = path / PROVENANCE_FILE
     provenance = _read_json(provenance_path, "") if provenance_path.exists() else {}
     return LensFile(translator, model_info, provenance, "tuned-lens")
 
@@ -183,7 +190,7 @@ def _read_reference(path: Path) -> LensFile:
 def _copy_checked(target: torch.Tensor, source: torch.Tensor, name: str, path: Path) -> None:
     if source.shape != target.shape:
         raise LensFileError(
-            f"{path / 'params.pt'}: '{name}' has shape {tuple(source.shape)}, expected "
+            f"{path / REFERENCE_WEIGHTS}: '{name}' has shape {tuple(source.shape)}, expected "
             f"{tuple(target.shape)} from config.json (d_model={target.shape[-1]})."
         )
     target.copy_(source.float())
@@ -207,8 +214,8 @@ def _write_reference(lens: LensFile, path: Path) -> None:
         "unembed_hash": lens.model_info.get("unembed_hash"),
         "lens_type": "linear_tuned_lens",
     }
-    _atomic_write(path / "params.pt", lambda f: torch.save(state, f))
-    _atomic_write(path / "config.json", lambda f: f.write(json.dumps(config).encode()))
+    _atomic_write(path / REFERENCE_WEIGHTS, lambda f: torch.save(state, f))
+    _atomic_write(path / CONFIG_FILE, lambda f: f.write(json.dumps(config).encode()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,15 +226,15 @@ def _read_native(path: Path) -> LensFile:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    config = _read_json(path / "config.json", "native")
+    config = _read_json(path / CONFIG_FILE, "native")
     version = config.get("format_version")
     if config.get("format") != "tunedlens" or version != NATIVE_FORMAT_VERSION:
         raise LensFileError(
             f"{path / 'config.json'} is not a native tunedlens config (format={config.get('format')!r}, "
             f"format_version={version!r}; this tunedlens reads version {NATIVE_FORMAT_VERSION})."
         )
-    n_layers = _require_int(config, "num_hidden_layers", path / "config.json")
-    d_model = _require_int(config, "d_model", path / "config.json")
+    n_layers = _require_int(config, "num_hidden_layers", path / CONFIG_FILE)
+    d_model = _require_int(config, "d_model", path / CONFIG_FILE)
     kind = config.get("translator")
     if kind == "affine":
         translator = AffineTranslator(
@@ -237,7 +244,7 @@ def _read_native(path: Path) -> LensFile:
         translator = LowRankTranslator(
             n_layers,
             d_model,
-            rank=_require_int(config, "rank", path / "config.json"),
+            rank=_require_int(config, "rank", path / CONFIG_FILE),
             use_temperature=bool(config.get("use_temperature", False)),
         )
     else:
@@ -245,10 +252,10 @@ def _read_native(path: Path) -> LensFile:
             f"{path / 'config.json'}: translator={kind!r} is unknown; expected 'affine' or 'lowrank'."
         )
     try:
-        tensors = load_file(path / "lens.safetensors", device="cpu")
+        tensors = load_file(path / NATIVE_WEIGHTS, device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
         raise LensFileError(
-            f"{path / 'lens.safetensors'} is truncated or corrupt ({error}). Copy or download it again."
+            f"{path / NATIVE_WEIGHTS} is truncated or corrupt ({error}). Copy or download it again."
         ) from None
     expected = translator.state_dict()
     if set(tensors) != set(expected) or any(
@@ -257,12 +264,12 @@ def _read_native(path: Path) -> LensFile:
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         wanted = {k: tuple(v.shape) for k, v in expected.items()}
         raise LensFileError(
-            f"{path / 'lens.safetensors'} does not match config.json: it holds {found}, the config "
+            f"{path / NATIVE_WEIGHTS} does not match config.json: it holds {found}, the config "
             f"describes {wanted}."
         )
     translator.load_state_dict({k: v.float() for k, v in tensors.items()})
     model_info = {key: config.get(key) for key in MODEL_INFO_KEYS}
-    provenance_path = path / "provenance.json"
+    provenance_path = path / PROVENANCE_FILE
     provenance = _read_json(provenance_path, "") if provenance_path.exists() else {}
     return LensFile(translator, model_info, provenance, "native")
 
@@ -289,9 +296,9 @@ def _write_native(lens: LensFile, path: Path) -> None:
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in lens.translator.state_dict().items()}
-    _atomic_write(path / "lens.safetensors", lambda f: f.write(save(tensors)))
+    _atomic_write(path / NATIVE_WEIGHTS, lambda f: f.write(save(tensors)))
     config = json.dumps(native_config(lens), indent=2)
-    _atomic_write(path / "config.json", lambda f: f.write(config.encode()))
+    _atomic_write(path / CONFIG_FILE, lambda f: f.write(config.encode()))
 
 
 def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "native") -> Path:
@@ -308,7 +315,7 @@ def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "na
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise LensFileError(f"{str(path)!r} is a file; pass a directory to save the lens into.")
-    other = path / ("params.pt" if format == "native" else "lens.safetensors")
+    other = path / (REFERENCE_WEIGHTS if format == "native" else NATIVE_WEIGHTS)
     if other.exists():
         raise LensFileError(
             f"{str(path)!r} already holds a lens in the other format ({other.name}); writing a "
@@ -320,7 +327,7 @@ def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "na
     else:
         _write_reference(lens, path)
     provenance = json.dumps({**lens.provenance, "format": format}, indent=2, default=str)
-    _atomic_write(path / "provenance.json", lambda f: f.write(provenance.encode()))
+    _atomic_write(path / PROVENANCE_FILE, lambda f: f.write(provenance.encode()))
     return path
 
 

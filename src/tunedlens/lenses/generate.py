@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunedlens.arch.residuals import _block_input, _block_output
+from tunedlens.arch.residuals import block_input, block_output
 
 
 @torch.no_grad()
@@ -54,12 +54,12 @@ def generate(
     captured: list[torch.Tensor] = []
     if layer < lens.n_layers:
         handle = arch.layers[layer].register_forward_pre_hook(
-            lambda _m, args, kwargs: captured.append(_block_input(args, kwargs)[:, -1]),
+            lambda _m, args, kwargs: captured.append(block_input(args, kwargs)[:, -1]),
             with_kwargs=True,
         )
     else:
         handle = arch.layers[-1].register_forward_hook(
-            lambda _m, _a, output: captured.append(_block_output(output)[:, -1])
+            lambda _m, _a, output: captured.append(block_output(output)[:, -1])
         )
     generator = None if seed is None else torch.Generator(device=ids.device).manual_seed(seed)
     device = lens.unembed.device

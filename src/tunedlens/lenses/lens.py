@@ -23,6 +23,10 @@ class Lens(nn.Module):
     """Common interface: ``lens(hidden, layer) -> logits`` in float32."""
 
     unembed: Unembed
+    kind: str = "lens"
+    """What kind of lens this is (``logit``, ``tuned``, ...): the default name in readouts."""
+    source: str = ""
+    """Where the lens came from (its location string), for reports and the web explorer."""
 
     def __init__(self, unembed: Unembed):
         super().__init__()
@@ -93,6 +97,9 @@ class LogitLens(Lens):
         skip_norm: Decode without the final norm.
     """
 
+    kind = "logit"
+    source = "logit"
+
     def __init__(
         self,
         model: nn.Module,
@@ -121,6 +128,8 @@ class TunedLens(Lens):
     Build an untrained one with :meth:`from_model` (it equals the logit lens exactly), load one
     with :meth:`load`, and write it with :meth:`save`.
     """
+
+    kind = "tuned"
 
     def __init__(
         self,
@@ -194,7 +203,7 @@ class TunedLens(Lens):
         """Load a lens directory (native or reference format, local or from the hub) for ``model``.
 
         Args:
-            path: A local lens directory, or a hub location (see :func:`tunedlens.hub.lens_dir`).
+            path: A local lens directory, or a hub location (see :func:`tunedlens.lenses.locations.lens_dir`).
             model: The model the lens was trained for.
             strict: Raise when the lens's unembedding fingerprint differs from the model's
                 (``False``: warn and continue, e.g. for a quantised copy of the same model).
@@ -205,12 +214,14 @@ class TunedLens(Lens):
             LensFileError: the files are missing, corrupt or not a lens.
             LensMismatch: the lens does not fit ``model``.
         """
-        from tunedlens.hub import lens_dir
+        from tunedlens.lenses.locations import lens_dir
 
         stored = read_lens(lens_dir(path))
         unembed = Unembed(model, final_norm=final_norm, skip_norm=skip_norm)
         check_fits(stored, unembed, model, strict=strict, where=str(path))
-        return cls(unembed, stored.translator, stored.model_info, stored.provenance)
+        lens = cls(unembed, stored.translator, stored.model_info, stored.provenance)
+        lens.source = str(path)
+        return lens
 
     def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Apply translator ``layer`` (identity for ``layer == L``) in float32."""

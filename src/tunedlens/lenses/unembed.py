@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import warnings
+import weakref
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunedlens.arch.resolve import ResolvedArch, _get_path, resolve_arch
+from tunedlens.arch.residuals import collect_residuals
+from tunedlens.arch.resolve import ResolvedArch, describe_structure, get_path, resolve_arch
+from tunedlens.errors import ArchitectureNotFound
 
 # Rows of a low-precision unembedding cast to float32 at a time: bounds the transient copy
 # (16k x 4096 floats = 256 MiB at most) instead of materialising the whole matrix in float32.
@@ -73,9 +77,22 @@ class Unembed:
         final_norm: nn.Module | str | None = None,
         skip_norm: bool = False,
     ):
-        self.arch = arch or resolve_arch(model)
+        arch = arch or resolve_arch(model)
+        if arch.source == "guess":
+            _accept_guess(model, arch)
+        self._build(model, arch, final_norm, skip_norm)
+
+    @classmethod
+    def from_arch(cls, arch: ResolvedArch) -> Unembed:
+        """The model's own head (its final norm, no override) from already resolved modules."""
+        head = cls.__new__(cls)
+        head._build(None, arch, None, False)
+        return head
+
+    def _build(self, model, arch: ResolvedArch, final_norm, skip_norm: bool) -> None:
+        self.arch = arch
         if isinstance(final_norm, str):
-            final_norm = _get_path(model, final_norm)
+            final_norm = get_path(model, final_norm)
         norm = final_norm if final_norm is not None else self.arch.final_norm
         self.skip_norm = skip_norm
         self.final_norm = None if skip_norm or norm is None else _float32_module(norm)
@@ -135,3 +152,52 @@ class Unembed:
         if self._hash is None:
             self._hash = unembed_hash(self.unembedding.weight)
         return self._hash
+
+
+_VERIFIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _accept_guess(model: nn.Module, arch: ResolvedArch) -> None:
+    """Verify a structurally guessed architecture once per model, or raise with what was found."""
+    if _VERIFIED.get(model) == arch.spec:
+        return
+    problem = verify_head(model, arch)
+    model_type = getattr(model.config, "model_type", None)
+    if problem is not None:
+        raise ArchitectureNotFound(
+            f"model_type={model_type!r} is not registered.\n  The structural guess {arch.spec} "
+            f"was rejected: {problem}\n{describe_structure(model)}"
+        )
+    warnings.warn(
+        f"model_type={model_type!r} is not registered; using the structural guess {arch.spec}, "
+        "which reproduced the model's logits on a test batch. Register it with "
+        f"tunedlens.register_arch({model_type!r}, {arch.spec}) to silence this warning.",
+        stacklevel=4,
+    )
+    _VERIFIED[model] = arch.spec
+
+
+def verify_head(model: nn.Module, arch: ResolvedArch) -> str | None:
+    """Check on one small batch that decoding the last block's output reproduces the logits.
+
+    Returns:
+        ``None`` when it does, else a sentence saying what differed.
+    """
+    vocab = arch.unembed.weight.shape[0]
+    device = arch.unembed.weight.device
+    input_ids = (torch.arange(8, device=device).unsqueeze(0) * 7 + 3) % vocab
+    try:
+        residuals = collect_residuals(model, input_ids, arch=arch)
+        decoded = Unembed.from_arch(arch)(residuals.hidden[-1])
+    except Exception as error:  # a wrong guess can fail in many ways; report, don't crash
+        return f"running it failed with {type(error).__name__}: {error}"
+    expected = residuals.logits.float()
+    if decoded.shape != expected.shape:
+        return (
+            f"decoded logits have shape {tuple(decoded.shape)}, the model's {tuple(expected.shape)}"
+        )
+    error = (decoded - expected).abs().max().item()
+    scale = expected.abs().max().item() + 1e-6
+    if error > 1e-3 * scale + 1e-4:
+        return f"decoded logits differ from the model's by up to {error:.3g}"
+    return None

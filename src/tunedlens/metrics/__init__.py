@@ -1,6 +1,5 @@
-"""Pure tensor functions for comparing distributions, plus exact per-layer evaluation."""
+"""Pure tensor functions for comparing distributions (no model, no lens)."""
 
-from tunedlens.metrics.divergence import kl_divergence
-from tunedlens.metrics.layers import layer_kl
+from tunedlens.metrics.divergence import NATS_TO_BITS, kl_divergence
 
-__all__ = ["kl_divergence", "layer_kl"]
+__all__ = ["NATS_TO_BITS", "kl_divergence"]

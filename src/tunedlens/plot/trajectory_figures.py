@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from tunedlens.errors import require
-from tunedlens.view.trajectory import TrajectoryStat
+from tunedlens.readout.stats import TrajectoryStat
 
-COLOURS = {"bits": "Viridis", "probability": "Blues", "rank": "Viridis_r", "nats": "RdBu"}
+COLOURS = {"bits": "Viridis", "probability": "Blues", "rank": "Viridis_r", "nats": "RdBu", "cosine": "RdBu"}
 
 
 def _plotly():

@@ -19,7 +19,7 @@ from tunedlens.data.packing import TokenBlocks
 from tunedlens.errors import TunedLensError
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import kl_divergence
-from tunedlens.metrics.layers import layer_kl
+from tunedlens.readout.engine import layer_kl
 from tunedlens.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from tunedlens.train.config import Resolved, TrainConfig
 from tunedlens.train.distributed import World

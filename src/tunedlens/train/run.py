@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tunedlens.data import DEFAULT_HF_DATASET, DataError, TextSource, TokenBlocks, pack_blocks
 from tunedlens.errors import TunedLensError
+from tunedlens.lenses.files import LENS_FILES, WEIGHT_FILES
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
 from tunedlens.train.checkpoint import CHECKPOINT_NAME
@@ -75,7 +76,7 @@ def check_out_dir(out: Path, resume: bool) -> None:
     if not out.is_dir():
         raise TunedLensError(f"--out {str(out)!r} is a file; pass a directory.")
     has_checkpoint = (out / CHECKPOINT_NAME).exists()
-    has_lens = any((out / name).exists() for name in ("lens.safetensors", "params.pt"))
+    has_lens = any((out / name).exists() for name in WEIGHT_FILES)
     if has_checkpoint and not resume:
         raise TunedLensError(
             f"{out} holds the checkpoint of an earlier run. Pass --resume to continue it, or choose "
@@ -189,7 +190,7 @@ def run_training(
     if world.is_primary:
         record = provenance(result, plan, model_spec, lens)
         record["training"]["wall_time_this_process_s"] = time.perf_counter() - started
-        for name in ("lens.safetensors", "params.pt", "config.json", "provenance.json"):
+        for name in LENS_FILES:
             (out / name).unlink(missing_ok=True)  # a resumed run replaces its own earlier save
         lens.save(out, format=lens_format, provenance=record)
     return result

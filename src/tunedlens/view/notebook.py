@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
-from tunedlens.predict import encode_prompt
+from tunedlens.lenses.load import load_lens
+from tunedlens.readout.engine import readout
+from tunedlens.readout.inputs import encode_prompt
 from tunedlens.view.tokens import format_token
 from tunedlens.view.trajectory import PredictionTrajectory
 
@@ -89,31 +91,31 @@ class Lensed:
                    layers: Sequence[int] | None = None, top_k: int = 1,
                    position: int | None = None, plot: bool = False, final_norm=None,
                    skip_norm: bool = False) -> dict[int, list[list[Prediction]]]:  # fmt: skip
-        """Like :meth:`logit_lens`, through a tuned lens (an object or a path to load)."""
-        if not isinstance(lens, TunedLens):
-            lens = TunedLens.load(lens, self.model, final_norm=final_norm, skip_norm=skip_norm)
+        """Like :meth:`logit_lens`, through another lens (an object or any lens location)."""
+        if not isinstance(lens, Lens):
+            if final_norm is not None or skip_norm:
+                lens = TunedLens.load(lens, self.model, final_norm=final_norm, skip_norm=skip_norm)
+            else:
+                lens = load_lens(lens, self.model)
         return self._read(lens, prompt, layers, top_k, position, plot)
 
     def _read(self, lens: Lens, prompt, layers, top_k, position, plot):
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        trajectory = self.trajectory(prompt, lens, layers=layers)
-        probs = trajectory.logprobs[0].exp()  # (rows, seq, vocab)
-        columns = (
-            range(probs.shape[1])
-            if position is None
-            else [self._position(position, probs.shape[1])]
-        )
-        keys = [*trajectory.layers[:-1], lens.n_layers]
+        ids = encode_prompt(self.tokenizer, prompt, self.model)
+        if position is not None:
+            self._position(position, ids.shape[1])
+        rows = [*(range(lens.n_layers) if layers is None else layers), lens.n_layers]
+        result = readout(self.model, {"lens": lens}, ids, rows=rows, positions=position,
+                         stats=(), top_k=top_k)["lens"]  # fmt: skip
         out = {}
-        for row, key in enumerate(keys):
-            out[key] = []
-            for column in columns:
-                values, ids = probs[row, column].topk(top_k)
-                out[key].append([(int(i), float(p), self.tokenizer.decode([int(i)]))
-                                 for p, i in zip(values.tolist(), ids.tolist(), strict=True)])  # fmt: skip
+        for index, row in enumerate(rows):
+            cells = zip(result.top_ids[0, index].tolist(), result.top_probs[0, index].tolist(),
+                        strict=True)  # fmt: skip
+            out[row] = [[(i, p, self.tokenizer.decode([i])) for i, p in zip(top, probs, strict=True)]
+                        for top, probs in cells]  # fmt: skip
         if plot:
-            self.plot(trajectory)
+            self.plot(self.trajectory(prompt, lens, layers=layers))
         return out
 
     @staticmethod
@@ -127,7 +129,7 @@ class Lensed:
         """The prediction trajectory of ``prompt`` through ``lens`` (default: the logit lens)."""
         lens = lens or LogitLens(self.model)
         ids = encode_prompt(self.tokenizer, prompt, self.model)
-        name = "tuned lens" if isinstance(lens, TunedLens) else "logit lens"
+        name = f"{lens.kind} lens"
         return PredictionTrajectory.from_lens_and_model(
             lens, self.model, ids[0], tokenizer=self.tokenizer, layers=layers, name=name
         )
@@ -165,9 +167,9 @@ class Lensed:
         return Comparison(self._position(position, length), rows)
 
     # ------------------------------------------------------------------ tuned lenses
-    def load_tuned_lens(self, path: str | os.PathLike, *, strict: bool = True) -> TunedLens:
-        """Load a tuned lens (native or reference format, local or hub) for this model."""
-        return TunedLens.load(path, self.model, strict=strict)
+    def load_tuned_lens(self, path: str | os.PathLike, *, strict: bool = True) -> Lens:
+        """Load a lens (any kind and source :func:`tunedlens.load_lens` knows) for this model."""
+        return load_lens(path, self.model, strict=strict)
 
     def train_tuned_lens(self, dataset: Sequence[str] | str, num_steps: int = 250,
                          learning_rate: float = 1.0, momentum: float = 0.9, max_seq_len: int = 512,
@@ -185,7 +187,7 @@ class Lensed:
             max_seq_len: Tokens per sequence (shorter when the texts are short).
             gradient_clip: Gradient norm clip.
             save_path: Where to save the lens (native format), if given.
-            verbose: Print the loss every tenth of the run.
+            verbose: Show a progress bar with the loss.
             callback: Called with each step's :class:`~tunedlens.train.loop.StepStats`.
             batch_size: Sequences per step.
             seed: Seeds the data order.
@@ -204,36 +206,27 @@ class Lensed:
         config = recipe_config("paper", lr=learning_rate * (1 - momentum), momentum=momentum,
                                grad_clip=gradient_clip, seq_len=seq_len, batch_size=batch,
                                tokens_per_step=batch * seq_len, tokens=total * seq_len, seed=seed)  # fmt: skip
-        every = max(1, num_steps // 10)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_steps, desc="train", unit="step", disable=not verbose)
 
         def on_step(stats):
-            if verbose and (stats.step % every == 0 or stats.step == stats.steps):
-                print(f"step {stats.step}/{stats.steps}: loss {stats.loss:.4f} nats")
+            bar.update(stats.step - bar.n)
+            bar.set_postfix(loss=f"{stats.loss:.4f} nats")
             if callback is not None:
                 callback(stats)
 
         lens = TunedLens.from_model(self.model)
-        result = train_lens(lens, self.model, data, config, on_step=on_step)
+        with bar:
+            result = train_lens(lens, self.model, data, config, on_step=on_step)
         if save_path is not None:
             result.lens.save(save_path)
         return result.lens
 
     def _training_blocks(self, dataset, max_seq_len: int, seed: int) -> torch.Tensor:
-        if isinstance(dataset, str):
-            from tunedlens.data import pack_blocks
-            from tunedlens.data.sources import TextSource
+        from tunedlens.data import pack_blocks, pack_texts
 
-            return pack_blocks(TextSource(dataset), self.tokenizer, seq_len=max_seq_len,
-                               n_sequences=8, seed=seed).tokens  # fmt: skip
-        texts = [text for text in dataset if text]
-        if not texts:
-            raise ValueError("dataset holds no text; pass a list of non-empty strings")
-        eos = self.tokenizer.eos_token_id
-        ids: list[int] = []
-        for tokens in self.tokenizer(texts, add_special_tokens=False)["input_ids"]:
-            ids += [*tokens, *([eos] if eos is not None else [])]
-        seq_len = min(max_seq_len, len(ids))
-        if seq_len < 2:
-            raise ValueError("dataset holds fewer than 2 tokens; pass more text")
-        count = len(ids) // seq_len
-        return torch.tensor(ids[: count * seq_len]).view(count, seq_len)
+        if isinstance(dataset, str):
+            return pack_blocks(dataset, self.tokenizer, seq_len=max_seq_len, n_sequences=8,
+                               seed=seed).tokens  # fmt: skip
+        return pack_texts(dataset, self.tokenizer, max_seq_len=max_seq_len).tokens

@@ -87,19 +87,21 @@ def test_opt_without_final_norm(input_ids):
 def test_unknown_type_uses_a_verified_structural_guess(input_ids):
     model = tiny_model("llama")
     model.config.model_type = "brand_new_llm"
-    with pytest.warns(UserWarning, match="structural guess"):
-        arch = resolve_arch(model)
+    arch = resolve_arch(model)
     assert arch.source == "guess"
     assert arch.spec == ArchSpec("model.layers", "model.norm")
+    with pytest.warns(UserWarning, match="structural guess"):  # the head verifies the guess
+        head = Unembed(model, arch=arch)
     residuals = collect_residuals(model, input_ids, arch=arch)
-    torch.testing.assert_close(Unembed(model, arch=arch)(residuals.hidden[-1]), residuals.logits)
+    torch.testing.assert_close(head(residuals.hidden[-1]), residuals.logits)
 
 
 def test_unknown_type_whose_guess_fails_explains_how_to_fix():
     model = tiny_model("gemma2")  # the guess cannot know about the soft-cap
     model.config.model_type = "mystery"
+    assert resolve_arch(model).source == "guess"  # blocks are found; decoding is what fails
     with pytest.raises(ArchitectureNotFound) as caught:
-        resolve_arch(model)
+        LogitLens(model)
     message = str(caught.value)
     assert "model_type='mystery' is not registered" in message
     assert "rejected: decoded logits differ" in message

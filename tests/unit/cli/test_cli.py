@@ -5,7 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import DATA
+from paths import DATA
 from tiny_models import tiny_model
 from tunedlens.cli import main
 from tunedlens.cli.app import app

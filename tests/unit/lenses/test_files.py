@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import DATA
+from paths import DATA
 from tiny_models import tiny_model
 from tunedlens.errors import LensFileError, LensMismatch
 from tunedlens.lenses import TunedLens, read_lens

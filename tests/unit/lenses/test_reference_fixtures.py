@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import DATA
+from paths import DATA
 from tunedlens.arch import collect_residuals
 from tunedlens.lenses import LogitLens, TunedLens
 

@@ -3,7 +3,7 @@ import torch
 
 from tiny_models import tiny_model
 from tunedlens.lenses import LogitLens, TunedLens
-from tunedlens.metrics import layer_kl
+from tunedlens.readout import layer_kl
 from tunedlens.train import TrainConfig, TrainingDiverged, recipe_config, train_lens
 from tunedlens.train.checkpoint import CheckpointError
 from tunedlens.train.lstsq import lstsq_init

@@ -27,7 +27,9 @@ def test_logit_lens_returns_top_k_per_layer_and_position(lensed, tiny_tokenizer)
             assert [p[1] for p in predictions] == pytest.approx(values.tolist(), abs=1e-6)
             assert predictions[0][2] == tiny_tokenizer.decode([predictions[0][0]])
     last = lensed.logit_lens("w1 w2 w3 w4", position=-1)
-    assert all(len(v) == 1 and v[0] == result[k][-1][:1] for k, v in last.items())
+    for key, cells in last.items():  # one position: the same tokens, probabilities to 1e-6
+        assert len(cells) == 1 and [p[0] for p in cells[0]] == [result[key][-1][0][0]]
+        assert cells[0][0][1] == pytest.approx(result[key][-1][0][1], abs=1e-6)
 
 
 def test_tuned_lens_compare_and_load(lensed, tmp_path):

@@ -19,9 +19,11 @@ def test_cache_trajectory_equals_the_model_trajectory(tiny_model_dir):
     lens = random_lens(model)
     ids = tokenizer("w1 w2 w3 w4 w5", return_tensors="pt").input_ids
     logits, cache = bridge.run_with_cache(ids)
-    from_cache = PredictionTrajectory.from_lens_and_cache(lens, cache, ids, logits.detach())
-    direct = PredictionTrajectory.from_lens_and_model(lens, model, ids)
+    from_cache = PredictionTrajectory.from_lens_and_cache(lens, cache, ids, logits.detach(),
+                                                        keep_logprobs=True)
+    direct = PredictionTrajectory.from_lens_and_model(lens, model, ids, keep_logprobs=True)
     torch.testing.assert_close(from_cache.logprobs, direct.logprobs)
     mid = PredictionTrajectory.from_lens_and_cache(lens, cache, ids, logits.detach(),
-                                                   residual_component="resid_mid")  # fmt: skip
+                                                   residual_component="resid_mid",
+                                                   keep_logprobs=True)  # fmt: skip
     assert mid.logprobs.shape == direct.logprobs.shape

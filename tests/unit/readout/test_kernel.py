@@ -5,7 +5,7 @@ import torch
 
 from tiny_models import random_lens, tiny_model
 from tunedlens import LogitLens, collect_residuals
-from tunedlens.evaluation.kernel import BlockedHead, head_input
+from tunedlens.readout.kernel import BlockedHead, head_input
 
 # llama: plain head; phi: head with a bias; opt: projection before the head; cohere: logit scale;
 # gemma2: soft-capped (non-linear) head.
@@ -87,7 +87,8 @@ def test_final_matches_the_model(input_ids):
 
 @pytest.mark.parametrize("model_type", ["llama", "phi", "gemma2"])
 def test_layer_kl_uses_the_kernel_and_matches_a_direct_computation(model_type):
-    from tunedlens.metrics import kl_divergence, layer_kl
+    from tunedlens.metrics import kl_divergence
+    from tunedlens.readout import layer_kl
 
     model = tiny_model(model_type)
     lens = random_lens(model)
@@ -119,29 +120,3 @@ def test_worker_threads_and_both_matmul_libraries_match_a_direct_computation(mod
         final.probs.double(), model_logits.double().softmax(-1), atol=1e-6, rtol=1e-5
     )
     assert torch.get_num_threads() == threads  # the workers' single-threading is undone
-
-
-def test_matmul_choice_is_checked(monkeypatch):
-    from tunedlens.evaluation import kernel
-
-    with pytest.raises(ValueError, match="'auto', 'torch' or 'numpy'"):
-        kernel.choose_matmul("blas")
-    monkeypatch.setenv("TUNEDLENS_MATMUL", "torch")
-    assert kernel.choose_matmul() == "torch"
-    monkeypatch.setattr(kernel, "_blas_controller", lambda: None)
-    with pytest.raises(ValueError, match="pip install threadpoolctl"):
-        kernel.choose_matmul("numpy")
-    monkeypatch.setenv("TUNEDLENS_MATMUL", "auto")
-    assert kernel.choose_matmul() == "torch"  # without threadpoolctl, never numpy's BLAS
-
-
-def test_the_worker_pool_lasts_and_is_remade_in_a_forked_child(monkeypatch):
-    from tunedlens.evaluation import kernel
-
-    monkeypatch.setattr(kernel, "_pool", None)  # whatever earlier tests left
-    pool = kernel._worker_pool(1)
-    assert kernel._worker_pool(1) is pool
-    assert kernel._worker_pool(2) is not pool  # grown on demand
-    grown = kernel._worker_pool(1)
-    monkeypatch.setattr(kernel.os, "getpid", lambda: -1)  # as in a child after fork()
-    assert kernel._worker_pool(1) is not grown

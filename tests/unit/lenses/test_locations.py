@@ -5,9 +5,9 @@ import shutil
 import pytest
 from transformers import AutoModelForCausalLM
 
-from conftest import DATA
+from paths import DATA
 from tunedlens.errors import LensFileError
-from tunedlens.hub import REFERENCE_SPACE, lens_dir, parse_hub_spec
+from tunedlens.lenses.locations import REFERENCE_SPACE, lens_dir, parse_hub_spec
 from tunedlens.lenses import TunedLens
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -7,11 +7,8 @@ still in cache (its maximum, ``Σ exp(z − max)`` taken in base 2, whose ``exp2
 fast as ``exp`` on CPUs, ``Σ exp(z − max) z``, the count above the model's top token); the blocks'
 reductions are combined at the end, so the logits of all ``n`` positions never exist at once.
 
-Positions are independent, so on a CPU they are split among worker threads (one per thread that
-torch may use), each running the whole block loop on its share with single-threaded libraries:
-no thread pool is woken per block, and nothing spins between the product and the reductions.
-The product itself runs through numpy's OpenBLAS where that beats torch's MKL (AMD CPUs, on which
-MKL takes slower code paths): see :func:`choose_matmul`.
+Positions are independent, so on a CPU they are split among worker threads, and the product runs
+through numpy's OpenBLAS where that beats torch's MKL (:mod:`tunedlens.readout.threads`).
 
 Everything else is algebra on ``d_model``-sized vectors where the head is linear (``z = s (W u + b)``):
 
@@ -28,124 +25,24 @@ KL(p ‖ q) = ``lse − Σ p z − H(p)``; cross-entropy to token t = ``lse − 
 from __future__ import annotations
 
 import math
-import os
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Literal
 
 import numpy as np
 import torch
 
 from tunedlens.lenses.lens import Lens
 from tunedlens.lenses.unembed import Unembed
+from tunedlens.readout.threads import Matmul, argmax_rows, choose_matmul, per_worker
 
 _LOG2E = 1.0 / math.log(2.0)
 # 2^-115 ≈ 2e-35 (e^-80): terms further below the maximum cannot change a float32 sum, and
 # clamping them keeps exp2() off its slow path for results that would underflow.
 _EXP2_FLOOR = -115.0
-_TIE = 1e-6
+TIE = 1e-6
+"""Logits within this relative distance of a ranked token's count as ties, in its favour."""
 # Rows of the model's logits normalised at a time (a few MiB, so they stay in cache).
 _SOFTMAX_ROWS = 16
-# Fewest positions worth a worker thread of their own.
-_MIN_WORKER_COLUMNS = 32
-
-Matmul = Literal["auto", "torch", "numpy"]
-
-
-@lru_cache(maxsize=1)
-def _blas_controller():
-    """The BLAS libraries loaded now (numpy's), as a threadpoolctl controller; None without it."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController().select(user_api="blas")
-
-
-@lru_cache(maxsize=1)
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def choose_matmul(requested: Matmul | None = None) -> Literal["torch", "numpy"]:
-    """Which library multiplies float32 CPU blocks: ``"torch"`` or ``"numpy"``.
-
-    ``"auto"`` (the default, or the ``TUNEDLENS_MATMUL`` environment variable) takes numpy's
-    OpenBLAS on AMD CPUs, where it measured ~20 % faster than torch's MKL (benchmarks/results/
-    eval_speed.md), and only when ``threadpoolctl`` is installed to keep OpenBLAS to one thread
-    per worker; torch everywhere else. The two round differently in the last bit, so a machine's
-    choice is fixed by this rule, not by timing, and results repeat exactly.
-    """
-    requested = requested or os.environ.get("TUNEDLENS_MATMUL", "auto")  # type: ignore[assignment]
-    if requested not in ("auto", "torch", "numpy"):
-        raise ValueError(f"matmul must be 'auto', 'torch' or 'numpy', not {requested!r}")
-    controller = _blas_controller()
-    has_openblas = controller is not None and any(
-        lib.internal_api == "openblas" for lib in controller.lib_controllers
-    )
-    if requested == "numpy":
-        if controller is None or not controller.lib_controllers:
-            raise ValueError(
-                "matmul='numpy' needs threadpoolctl to keep numpy's BLAS single-threaded "
-                "in each worker: pip install threadpoolctl"
-            )
-        return "numpy"
-    if requested == "auto" and has_openblas and _cpu_vendor() == "AuthenticAMD":
-        return "numpy"
-    return "torch"
-
-
-def _argmax_rows(rows: torch.Tensor) -> torch.Tensor:
-    """``rows.argmax(-1)``; numpy's SIMD argmax on CPUs (torch's is ~15x slower there)."""
-    if rows.device.type != "cpu":
-        return rows.argmax(-1)
-    return torch.from_numpy(np.argmax(rows.numpy(), axis=-1))
-
-
-_POOL_LOCK = threading.Lock()
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, size, pool)
-
-
-def _worker_pool(size: int) -> ThreadPoolExecutor:
-    """A lasting pool of at least ``size`` worker threads for this process.
-
-    Lasting, because a new thread pays for its BLAS buffers and thread-local settings on first
-    use (measured ~3 % of a lens-layer). Its threads only ever run inside
-    :func:`_single_threaded`, so they initialise to, and keep, one torch thread each. A forked
-    child (whose copy has no threads) gets a pool of its own.
-    """
-    global _pool
-    with _POOL_LOCK:
-        if _pool is None or _pool[0] != os.getpid() or _pool[1] < size:
-            if _pool is not None and _pool[0] == os.getpid():
-                _pool[2].shutdown(wait=False)
-            pool = ThreadPoolExecutor(size, thread_name_prefix="tunedlens-kernel")
-            _pool = (os.getpid(), size, pool)
-        return _pool[2]
-
-
-@contextmanager
-def _single_threaded(limit_blas: bool) -> Iterator[None]:
-    """One thread each for torch (and numpy's BLAS) while the kernel's workers run."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    limits = _blas_controller().limit(limits=1) if limit_blas else nullcontext()
-    try:
-        with limits:
-            yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
@@ -178,29 +75,47 @@ class FinalChunk:
 
 @dataclass
 class _Blockwise:
-    """Reductions of each vocabulary block at ``n`` positions: ``(blocks, n)`` float32 each.
+    """Reductions of each vocabulary block at ``n`` positions, float32.
 
     Stored per block and combined once at the end (:meth:`combine`), rather than folded into
     running totals block by block: fewer small operations per block, which matters when several
     worker threads share Python's interpreter lock.
     """
 
-    max: torch.Tensor
-    total: torch.Tensor  # Σ 2^((z − block max)·log2 e) = Σ e^(z − block max)
-    weighted: torch.Tensor  # Σ e^(z − block max) z
-    above: torch.Tensor  # #{z > threshold}
+    max: torch.Tensor  # (blocks, n)
+    total: torch.Tensor  # (blocks, n) Σ 2^((z − block max)·log2 e) = Σ e^(z − block max)
+    weighted: torch.Tensor  # (blocks, n) Σ e^(z − block max) z
+    above: torch.Tensor  # (blocks, ranked, n) #{z > threshold of each ranked token}
 
     @classmethod
-    def empty(cls, blocks: int, n: int, device) -> _Blockwise:
-        return cls(*(torch.zeros(blocks, n, device=device) for _ in range(4)))
+    def empty(cls, blocks: int, ranked: int, n: int, device) -> _Blockwise:
+        sums = (torch.zeros(blocks, n, device=device) for _ in range(3))
+        return cls(*sums, torch.zeros(blocks, ranked, n, device=device))
 
     def combine(self) -> tuple[torch.Tensor, ...]:
-        """``(max, Σ e^(z − max), Σ e^(z − max) z, #above)`` over all blocks, float64 sums."""
+        """``(max, Σ e^(z − max), Σ e^(z − max) z, #above (ranked, n))``, float64 sums."""
         top = self.max.amax(0)
         factor = torch.exp(self.max - top).double()
         total = (self.total.double() * factor).sum(0)
         weighted = (self.weighted.double() * factor).sum(0)
         return top, total, weighted, self.above.double().sum(0)
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What :meth:`BlockedHead.stats` computes besides its fixed statistics.
+
+    Attributes:
+        tokens: ``(m, n)`` token ids per position whose probability and rank are wanted.
+        rank_target: Also count the rank of ``final.next_ids`` (an extra pass over most blocks).
+        top_k: Also return the ``top_k`` most likely tokens and their probabilities.
+        logprobs: A ``(n, vocab)`` float32 tensor to fill with the full log-probabilities.
+    """
+
+    tokens: torch.Tensor | None = None
+    rank_target: bool = False
+    top_k: int = 0
+    logprobs: torch.Tensor | None = None
 
 
 class BlockedHead:
@@ -269,17 +184,8 @@ class BlockedHead:
 
     def _per_worker(self, n: int, work: Callable[[slice], tuple]) -> list[tuple]:
         """``work`` on contiguous shares of ``n`` positions, one per worker thread, in order."""
-        workers = max(1, min(self.workers, n // _MIN_WORKER_COLUMNS))
-        bounds = [n * index // workers for index in range(workers + 1)]
-        shares = [slice(bounds[i], bounds[i + 1]) for i in range(workers)]
-        if self.weight.device.type != "cpu":
-            return [work(shares[0])]
-        with _single_threaded(self.numpy_matmul):
-            if workers == 1:
-                return [work(shares[0])]
-            futures = [_worker_pool(workers - 1).submit(work, share) for share in shares[1:]]
-            first = work(shares[0])
-            return [first] + [future.result() for future in futures]
+        return per_worker(n, work, workers=self.workers, on_cpu=self.weight.device.type == "cpu",
+                          limit_blas=self.numpy_matmul)  # fmt: skip
 
     def _product(self, left: torch.Tensor, right: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out = left @ right`` in float32 (either may be a low-precision weight slice)."""
@@ -394,7 +300,7 @@ class BlockedHead:
             group = slice(first, min(first + step, rows.stop))
             z, work = logits[group], scratch[: group.stop - group.start]
             top_logit = z.amax(-1, keepdim=True)
-            top = _argmax_rows(z)
+            top = argmax_rows(z)
             squares = torch.mul(z, z, out=work).sum(-1).double()
             next_logit = z.gather(-1, next_ids[group].clamp_min(0)[:, None])[:, 0].double()
             torch.sub(z, top_logit, out=work).mul_(_LOG2E).clamp_(min=_EXP2_FLOOR).exp2_()
@@ -423,27 +329,31 @@ class BlockedHead:
     # -- lens statistics -----------------------------------------------------------------------
 
     @torch.no_grad()
-    def stats(self, inputs: torch.Tensor, final: FinalChunk, scale: float = 1.0) -> dict:
+    def stats(
+        self, inputs: torch.Tensor, final: FinalChunk, scale: float = 1.0, extras: Extras = Extras()
+    ) -> dict:
         """Statistics of the logits of head inputs ``(n, d)`` against the model's distribution.
 
         Args:
             inputs: States after the final norm (and any projection before the unembedding).
             final: The model's distribution at the same positions.
             scale: Extra factor on the logits (a lens's learned inverse temperature).
+            extras: Token probabilities and ranks, top-k, full log-probabilities.
 
         Returns:
-            ``(n,)`` tensors: ``kl``, ``ce`` (0 where there is no next token), ``entropy`` (all
-            nats), ``rank`` (1-based rank of the model's top token), ``top1`` (1.0 where the
-            model's top token is the lens's), ``confidence`` (the lens's top probability),
-            ``cos`` (cosine of the lens's and the model's logits, both centred), ``has_next``.
+            ``(n,)`` tensors: ``kl``, ``ce`` (to ``final.next_ids``; 0 where there is none),
+            ``entropy`` (all nats), ``rank`` (1-based rank of the model's top token), ``top1``
+            (1.0 where the model's top token is the lens's), ``confidence`` (the lens's top
+            probability), ``cos`` (cosine of the lens's and the model's centred logits),
+            ``has_next``; with ``extras``: ``target_rank`` (of ``final.next_ids``),
+            ``token_logprob``/``token_rank`` ``(n, m)``, ``top_ids``/``top_probs`` ``(n, k)``.
         """
         parts = self._per_worker(
-            inputs.shape[0], lambda rows: self._fold(inputs, final, scale, rows)
+            inputs.shape[0], lambda rows: self._fold(inputs, final, scale, rows, extras)
         )
-        (top, total, weighted, above, dot_probs, dot_centred, sums, squares) = (
-            torch.cat(values) for values in zip(*(part[0] for part in parts), strict=True)
-        )
-        next_logit = torch.cat([part[1] for part in parts])
+        folded = [torch.cat(values, -1) for values in zip(*(part[0] for part in parts), strict=True)]
+        (top, total, weighted, above, dot_probs, dot_centred, sums, squares) = folded
+        gathered = torch.cat([part[1] for part in parts], -1)  # (2 + m, n)
         lse = top.double() + total.log()
         if self.linear:
             u, factor = inputs.double(), self.multiplier * scale
@@ -454,29 +364,49 @@ class BlockedHead:
         cos = dot_centred / (spread * final.centred_norm).clamp_min(1e-300)
         if not self.cosine:
             cos = torch.full_like(cos, torch.nan)
-        return {
+        out = {
             "kl": (lse - dot_probs - final.entropy).clamp_min(0.0).float(),
-            "ce": torch.where(final.next_ids >= 0, lse - next_logit.double(), 0.0).float(),
+            "ce": torch.where(final.next_ids >= 0, lse - gathered[1].double(), 0.0).float(),
             "entropy": (lse - weighted / total).clamp_min(0.0).float(),
-            "rank": 1 + above.float(),
-            "top1": (above == 0).float(),
+            "rank": 1 + above[0].float(),
+            "top1": (above[0] == 0).float(),
             "confidence": (top.double() - lse).exp().float(),
             "cos": cos.float(),
             "has_next": final.next_ids >= 0,
         }
+        if extras.rank_target:
+            out["target_rank"] = 1 + above[1].float()
+        if extras.tokens is not None:
+            out["token_logprob"] = (gathered[2:].double() - lse).float().T
+            out["token_rank"] = 1 + above[1 + extras.rank_target :].float().T
+        if extras.top_k:
+            values = torch.cat([part[2] for part in parts], -1)  # (k, n)
+            ids = torch.cat([part[3] for part in parts], -1)
+            out["top_probs"] = (values.double() - lse).exp().float().T
+            out["top_ids"] = ids.T
+        if extras.logprobs is not None:
+            extras.logprobs.sub_(lse.float()[:, None])
+        return out
 
-    def _fold(self, inputs: torch.Tensor, final: FinalChunk, scale: float, rows: slice):
+    def _fold(self, inputs, final: FinalChunk, scale: float, rows: slice, extras: Extras):
         """One worker's positions: every vocabulary block reduced, then the blocks combined."""
         inputs_t = inputs[rows].T.contiguous()
-        ids = torch.stack([final.top[rows], final.next_ids[rows].clamp_min(0)])
-        top_logit, next_logit = self._logits_at(inputs_t, ids, scale)
-        # Logits within float32 round-off of the model's top token's count as ties (in the
-        # lens's favour), not as above it, should two products round apart.
-        threshold = top_logit + _TIE * top_logit.abs().clamp_min(1.0)
+        ids = [final.top[rows], final.next_ids[rows].clamp_min(0)]
+        if extras.tokens is not None:
+            ids += list(extras.tokens[:, rows])
+        gathered = self._logits_at(inputs_t, torch.stack(ids), scale)
+        ranked = gathered if extras.rank_target else gathered[[0, *range(2, len(ids))]]
+        # Logits within float32 round-off of a ranked token's count as ties (in the token's
+        # favour), not as above it, should two products round apart.
+        thresholds = ranked + TIE * ranked.abs().clamp_min(1.0)
         n, device = inputs_t.shape[1], inputs.device
-        blocks = _Blockwise.empty(-(-self.vocab_size // self.block_rows), n, device)
+        n_blocks = -(-self.vocab_size // self.block_rows)
+        blocks = _Blockwise.empty(n_blocks, len(thresholds), n, device)
         extra = torch.zeros(4, n, dtype=torch.float64, device=device)  # non-linear heads
         scratch = torch.empty(self.block_rows, n, device=device)
+        k = min(extras.top_k, self.block_rows)
+        top_values = torch.empty(n_blocks, k, n, device=device)
+        top_ids = torch.empty(n_blocks, k, n, dtype=torch.long, device=device)
         for index, (start, block) in enumerate(self._blocks(inputs_t, scale)):
             stop = start + block.shape[0]
             work = scratch[: block.shape[0]]
@@ -487,8 +417,73 @@ class BlockedHead:
                     extra[1] += torch.mul(centred, block, out=work).sum(0)
                     extra[2] += block.sum(0)
                     extra[3] += torch.mul(block, block, out=work).sum(0)
-            fold_block(block, threshold, blocks, index, work)
-        return (*blocks.combine(), *extra), next_logit
+            if k:
+                kept = min(k, block.shape[0])
+                values, where = torch.topk(block, kept, dim=0)
+                top_values[index, :kept], top_ids[index, :kept] = values, where + start
+                top_values[index, kept:] = -torch.inf
+            if extras.logprobs is not None:
+                extras.logprobs[rows, start:stop] = block.T
+            fold_block(block, thresholds, blocks, index, work)
+        result = ((*blocks.combine(), *extra), gathered)
+        if not k:
+            return result
+        values, where = torch.topk(top_values.flatten(0, 1), extras.top_k, dim=0)
+        return (*result, values, top_ids.flatten(0, 1).gather(0, where))
+
+    @torch.no_grad()
+    def divergences(
+        self, inputs: torch.Tensor, scale: float, other: torch.Tensor, other_scale: float
+    ) -> dict:
+        """Pairwise divergences of two sets of head inputs ``(n, d)``, position by position.
+
+        Two passes over the vocabulary: the first finds each distribution's log-normaliser,
+        the second sums the divergences block by block (nats, float64 sums).
+
+        Returns:
+            ``(n,)`` float32 tensors: ``js`` (Jensen–Shannon, ``½KL(p‖m) + ½KL(q‖m)``),
+            ``kl`` (KL(p ‖ q)) and ``tv`` (total variation, ``½ Σ |p − q|``).
+        """
+        lse = [self._log_normaliser(inputs, scale), self._log_normaliser(other, other_scale)]
+
+        def share(rows: slice) -> tuple:
+            sums = torch.zeros(4, rows.stop - rows.start, dtype=torch.float64, device=inputs.device)
+            first = self._blocks(inputs[rows].T.contiguous(), scale)
+            second = self._blocks(other[rows].T.contiguous(), other_scale)
+            for (_, p_block), (_, q_block) in zip(first, second, strict=True):
+                log_p = p_block - lse[0][rows].float()
+                log_q = q_block - lse[1][rows].float()
+                p, q = log_p.exp(), log_q.exp()
+                log_m = torch.logaddexp(log_p, log_q) - math.log(2)
+                sums[0] += (p * (log_p - log_m)).sum(0).double()
+                sums[1] += (q * (log_q - log_m)).sum(0).double()
+                sums[2] += (p * (log_p - log_q)).sum(0).double()
+                sums[3] += (p - q).abs().sum(0).double()
+            return (sums,)
+
+        sums = torch.cat([part[0] for part in self._per_worker(inputs.shape[0], share)], -1)
+        return {
+            "js": (0.5 * (sums[0] + sums[1])).clamp_min(0).float(),
+            "kl": sums[2].clamp_min(0).float(),
+            "tv": (0.5 * sums[3]).float(),
+        }
+
+    def _log_normaliser(self, inputs: torch.Tensor, scale: float) -> torch.Tensor:
+        """``(n,)`` float64 log-sum-exp of the logits of head inputs ``(n, d)``."""
+        n_blocks = -(-self.vocab_size // self.block_rows)
+
+        def share(rows: slice) -> tuple:
+            inputs_t = inputs[rows].T.contiguous()
+            n = inputs_t.shape[1]
+            blocks = _Blockwise.empty(n_blocks, 0, n, inputs.device)
+            scratch = torch.empty(self.block_rows, n, device=inputs.device)
+            no_thresholds = torch.empty(0, n, device=inputs.device)
+            for index, (_, block) in enumerate(self._blocks(inputs_t, scale)):
+                fold_block(block, no_thresholds, blocks, index, scratch[: block.shape[0]])
+            top, total, _, _ = blocks.combine()
+            return (top.double() + total.log(),)
+
+        return torch.cat([part[0] for part in self._per_worker(inputs.shape[0], share)])
 
     def _logits_at(self, inputs_t: torch.Tensor, ids: torch.Tensor, scale: float) -> torch.Tensor:
         """Logits of the tokens ``ids`` ``(k, n)`` at each position: ``(k, n)``.
@@ -533,17 +528,19 @@ def head_input(lens: Lens, hidden: torch.Tensor, layer: int) -> tuple[torch.Tens
 
 
 def fold_block(
-    block: torch.Tensor, threshold: torch.Tensor, out: _Blockwise, index: int, scratch: torch.Tensor
+    block: torch.Tensor, thresholds: torch.Tensor, out: _Blockwise, index: int, scratch: torch.Tensor
 ) -> None:
     """Reduce one ``(rows, n)`` block of logits into row ``index`` of ``out``.
 
     ``exp(x) = 2^(x·log2 e)``: ``exp2`` runs about twice as fast as ``exp`` on CPUs. The count
-    of logits above the threshold is skipped for blocks whose maximum is below it (most blocks
-    once a lens agrees with the model).
+    of logits above each threshold ``(ranked, n)`` is skipped for blocks whose maximum is below
+    it (most blocks once a lens agrees with the model).
     """
     block_max = torch.amax(block, 0, out=out.max[index])
-    if block.device.type != "cpu" or bool((block_max > threshold).any()):
-        torch.sum(torch.gt(block, threshold, out=scratch), 0, out=out.above[index])
+    on_cpu = block.device.type == "cpu"
+    for which, threshold in enumerate(thresholds):
+        if not on_cpu or bool((block_max > threshold).any()):
+            torch.sum(torch.gt(block, threshold, out=scratch), 0, out=out.above[index, which])
     torch.sub(block, block_max, out=scratch).mul_(_LOG2E).clamp_(min=_EXP2_FLOOR).exp2_()
     torch.sum(scratch, 0, out=out.total[index])
     torch.sum(scratch.mul_(block), 0, out=out.weighted[index])

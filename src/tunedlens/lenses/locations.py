@@ -1,6 +1,8 @@
-"""Find lens directories on the Hugging Face hub (downloaded into the usual HF cache).
+"""Where a lens lives: a local directory, or a hub location downloaded into the usual HF cache.
 
-Lens locations:
+Lens locations (resolved by :func:`tunedlens.lenses.load_lens`):
+
+* ``logit``: the logit lens (no files);
 
 * a local directory: used as is;
 * ``hf:ORG/REPO[/SUBDIR][@REVISION]``: a lens stored in a hub model repository;
@@ -15,10 +17,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tunedlens.errors import LensFileError
+from tunedlens.errors import LensFileError, require
+from tunedlens.lenses.files import LENS_FILES
 
 REFERENCE_SPACE = "AlignmentResearch/tuned-lens"
-_LENS_FILES = ["config.json", "params.pt", "lens.safetensors", "provenance.json"]
+HUB_PREFIXES = ("hf:", "tuned-lens:")
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str, str | None, str]:
@@ -38,18 +41,18 @@ def parse_hub_spec(spec: str) -> tuple[str, str, str | None, str]:
 def lens_dir(spec: str | os.PathLike) -> Path:
     """The local directory of a lens location, downloading it from the hub if needed."""
     path = Path(spec)
-    if path.exists() or not isinstance(spec, str) or not spec.startswith(("hf:", "tuned-lens:")):
+    if path.exists() or not isinstance(spec, str) or not spec.startswith(HUB_PREFIXES):
         if not path.exists():
             raise LensFileError(
                 f"no lens directory at {str(spec)!r}. For a lens on the hub write "
                 "hf:ORG/REPO[/SUBDIR] or tuned-lens:MODEL_ID (the reference's published lenses)."
             )
         return path
-    from huggingface_hub import snapshot_download
+    snapshot_download = require("huggingface_hub", "hub").snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     repo_id, subfolder, revision, repo_type = parse_hub_spec(spec)
-    patterns = [f"{subfolder}/{name}" if subfolder else name for name in _LENS_FILES]
+    patterns = [f"{subfolder}/{name}" if subfolder else name for name in LENS_FILES]
     try:
         root = snapshot_download(
             repo_id, repo_type=repo_type, revision=revision, allow_patterns=patterns

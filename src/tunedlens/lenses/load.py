@@ -1,0 +1,70 @@
+"""``load_lens``: one resolver for every lens kind and source.
+
+``logit`` names the logit lens. Anything else is a lens location (a local directory, or
+``hf:ORG/REPO[/SUBDIR][@REV]``, ``tuned-lens:MODEL_ID[@REV]``; see
+:mod:`tunedlens.lenses.locations`) whose files say what kind of lens it holds. Every ``--lens``
+option and the notebook facade go through here, so a new lens kind is taught to all of them by
+registering its loader in :data:`LOADERS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from tunedlens.errors import LensFileError
+from tunedlens.lenses.files import detect_format
+from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
+from tunedlens.lenses.locations import lens_dir
+
+LOGIT = "logit"
+"""The location string of the logit lens."""
+
+Loader = Callable[..., Lens]
+LOADERS: dict[str, Loader] = {
+    "native": TunedLens.load,
+    "tuned-lens": TunedLens.load,
+}
+"""Lens-file format (as :func:`detect_format` names it) -> ``loader(path, model, strict=)``."""
+
+
+def load_lens(location: str | os.PathLike | Lens, model: nn.Module, *, strict: bool = True) -> Lens:
+    """The lens at ``location`` for ``model``: ``"logit"``, a directory or a hub location.
+
+    Args:
+        location: ``"logit"``, a local lens directory (any format), ``hf:...``,
+            ``tuned-lens:...``, or a :class:`Lens` (returned as is).
+        model: The model the lens is for.
+        strict: Refuse a lens whose unembedding fingerprint differs from the model's.
+
+    Raises:
+        LensFileError: nothing usable at ``location``.
+        LensMismatch: the lens belongs to another model.
+    """
+    if isinstance(location, Lens):
+        return location
+    if str(location) == LOGIT:
+        return LogitLens(model)
+    path = lens_dir(location)
+    kind = detect_format(Path(path))
+    loader = LOADERS.get(kind)
+    if loader is None:
+        raise LensFileError(f"{location}: lens files of kind {kind!r} have no loader")
+    lens = loader(path, model, strict=strict)
+    lens.source = str(location)
+    return lens
+
+
+def lens_name(location: str | os.PathLike, taken) -> str:
+    """A short unique name for a lens location (its last path part), e.g. for report columns."""
+    text = str(location)
+    if text == LOGIT:
+        name = LOGIT
+    else:
+        name = Path(text.split("@")[0].rstrip("/")).name or text
+    while name in taken:
+        name += "'"
+    return name
