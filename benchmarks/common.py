@@ -6,14 +6,18 @@ import gzip
 import json
 import platform
 import resource
+import sys
 from pathlib import Path
 
 import torch
 
 from tunedlens.metrics.divergence import NATS_TO_BITS
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from paths import CORPUS, PEER
+
 RESULTS = Path(__file__).parent / "results"
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus"
+__all__ = ["CORPUS", "PEER", "RESULTS"]
 
 
 def machine() -> dict:

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import first_documents, machine, save
+from common import PEER, first_documents, machine, save
 
-PEER = Path(__file__).resolve().parents[2] / "shared" / "peer"
 WORK = Path(os.environ.get("TUNEDLENS_BENCH_DIR", "/tmp/tunedlens-bench"))
 HERE = Path(__file__).resolve().parent
 

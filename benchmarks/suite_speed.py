@@ -12,8 +12,8 @@ import json
 import time
 
 import torch
-
 from common import RESULTS, machine, peak_rss_mib
+
 from tunedlens import TunedLens, evaluate, load_model, load_prompts
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
-    lines = ["| run | prompts | best of {} (s) | peak RSS (MiB) |".format(args.repeats),
+    lines = [f"| run | prompts | best of {args.repeats} (s) | peak RSS (MiB) |",
              "|---|---:|---:|---:|"]  # fmt: skip
     for label, entry in results.items():
         lines.append(f"| {label} | {entry['prompts']} | {entry['best_s']:.1f} | "

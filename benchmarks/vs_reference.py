@@ -19,14 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from common import CORPUS, RESULTS, bits, first_documents, machine, save
+from common import CORPUS, PEER, RESULTS, bits, first_documents, machine, save
 
 from tunedlens import LogitLens, TunedLens, load_model
 from tunedlens.data import pack_blocks
 from tunedlens.metrics import layer_kl
 from tunedlens.models import _gguf_cache_dir, demo_gguf_path
 
-PEER = Path(__file__).resolve().parents[2] / "shared" / "peer"
 WORK = Path(os.environ.get("TUNEDLENS_BENCH_DIR", "/tmp/tunedlens-bench"))
 
 

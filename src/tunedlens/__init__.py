@@ -25,6 +25,11 @@ _EXPORTS = {
     "predict_layers": "tunedlens.predict",
     "evaluate": "tunedlens.evaluation.core",
     "Lensed": "tunedlens.view.notebook",
+    "load_lens": "tunedlens.lenses.load",
+    "readout": "tunedlens.readout.engine",
+    "Readout": "tunedlens.readout.engine",
+    "divergences": "tunedlens.readout.engine",
+    "STATS": "tunedlens.readout.stats",
     "PredictionTrajectory": "tunedlens.view.trajectory",
     "invert_unembed": "tunedlens.lenses.inversion",
     "load_prompts": "tunedlens.evaluation.prompts",
@@ -52,9 +57,12 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from tunedlens.lenses.files import read_lens, write_lens
     from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
+    from tunedlens.lenses.load import load_lens
     from tunedlens.lenses.unembed import Unembed
     from tunedlens.models import load_model
     from tunedlens.predict import predict_layers
+    from tunedlens.readout.engine import Readout, divergences, readout
+    from tunedlens.readout.stats import STATS
 
 
 def __getattr__(name: str):

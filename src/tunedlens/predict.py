@@ -99,3 +99,59 @@ def predict_layers(
         top = [TokenProb(tokenizer.decode([i]), i, p) for i, p in zip(ids, probs, strict=True)]
         predictions.append(LayerPrediction("output" if row == lens.n_layers else row, top))
     return predictions
+
+
+@dataclass(frozen=True)
+class PredictRun:
+    """What ``tunedlens predict`` computed, ready to print as a table or JSON."""
+
+    model: str
+    prompt: str
+    lens: str
+    position: int
+    rows: list[LayerPrediction]
+    kind: str = "logit"
+
+    def to_dict(self) -> dict:
+        """``{"model", "prompt", "lens", "position", "layers": [...]}`` (the ``--json`` payload)."""
+        return {
+            "model": self.model,
+            "prompt": self.prompt,
+            "lens": self.lens,
+            "position": self.position,
+            "layers": [row.to_dict() for row in self.rows],
+        }
+
+    def table(self):
+        """A rich table: one row per layer, one column per rank."""
+        import json
+
+        from rich.table import Table
+
+        name = f"{self.kind} lens" + ("" if self.lens == self.kind else f" {self.lens}")
+        table = Table(title=f"{name} · {self.model} · position {self.position}")
+        table.add_column("layer", justify="right")
+        for rank in range(1, len(self.rows[0].top) + 1):
+            table.add_column(f"#{rank}")
+        for row in self.rows:
+            cells = [f"{json.dumps(t.token, ensure_ascii=False)} {t.prob:.2f}" for t in row.top]
+            table.add_row(str(row.layer), *cells, style="bold" if row.layer == "output" else None)
+        return table
+
+
+def run_predict(model_spec: str, prompt: str, *, lens: str = "logit", layers: str | None = None,
+                top_k: int = 5, position: int = -1, dtype: str = "float32", device: str | None = None,
+                tokenizer: str | None = None, strict: bool = True) -> PredictRun:  # fmt: skip
+    """Load the model and lens, then :func:`predict_layers` (what ``tunedlens predict`` does)."""
+    from tunedlens.lenses.load import load_lens
+    from tunedlens.models import load_model, need_tokenizer
+
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
+    need_tokenizer(loaded_tokenizer, model_spec)
+    chosen = load_lens(lens, loaded, strict=strict)
+    rows = predict_layers(loaded, loaded_tokenizer, prompt, chosen,
+                          layers=parse_layers(layers, chosen.n_layers), top_k=top_k,
+                          position=position)  # fmt: skip
+    return PredictRun(model_spec, prompt, lens, position, rows, chosen.kind)

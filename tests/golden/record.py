@@ -64,8 +64,8 @@ def _floats(values) -> list:
 def record(model_type: str, work: Path) -> dict:
     """Numbers from predict, trajectories, the notebook facade, evaluate and layer_kl."""
     from tunedlens import LogitLens, evaluate, load_prompts
-    from tunedlens.readout import layer_kl
     from tunedlens.predict import predict_layers
+    from tunedlens.readout import layer_kl
     from tunedlens.view.notebook import Lensed
 
     model, lens = setup(model_type)

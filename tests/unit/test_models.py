@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import tunedlens.models as models
+from tiny_models import tiny_model
 from tunedlens.errors import ModelLoadError
 from tunedlens.models import load_model
 
@@ -75,3 +76,27 @@ def test_hub_id_from_the_local_cache(tmp_path, monkeypatch, tiny_model_dir):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     model, tokenizer = load_model("someone/tiny-llama")
     assert model.config.num_hidden_layers == 2 and tokenizer("w3").input_ids[-1] == 7
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_a_weights_only_directory_loads_and_says_it_has_no_tokenizer(tmp_path, model_type):
+    from tunedlens.errors import ModelLoadError
+    from tunedlens.models import need_tokenizer
+
+    path = tmp_path / model_type
+    tiny_model(model_type).save_pretrained(path)  # config + safetensors, no tokenizer files
+    model, tokenizer = load_model(path)
+    assert model.config.model_type == model_type and tokenizer is None
+    with pytest.raises(ModelLoadError, match="no tokenizer files.*--tokenizer ID_OR_DIR"):
+        need_tokenizer(tokenizer, str(path))
+
+
+def test_a_tokenizer_can_be_given_separately(tmp_path, tiny_model_dir):
+    from tunedlens.errors import ModelLoadError
+
+    path = tmp_path / "weights"
+    tiny_model("llama").save_pretrained(path)
+    _, tokenizer = load_model(path, tokenizer=str(tiny_model_dir))
+    assert tokenizer("w1 w2").input_ids == [5, 6]
+    with pytest.raises(ModelLoadError, match="could not load the tokenizer"):
+        load_model(path, tokenizer=str(tmp_path / "nowhere"))

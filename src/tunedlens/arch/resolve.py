@@ -43,6 +43,7 @@ def text_config(model: nn.Module):
 
 
 def get_path(model: nn.Module, path: str):
+    """The submodule (or attribute) of ``model`` at the dotted ``path``; AttributeError if none."""
     target = model
     for part in path.split("."):
         if not hasattr(target, part):

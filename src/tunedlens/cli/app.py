@@ -1,4 +1,4 @@
-"""Typer application: ``tunedlens predict``, ``tunedlens lens info``, ``tunedlens lens convert``."""
+"""Typer application. Each command parses its options and calls one library function."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from tunedlens.cli.options import DtypeOption, ModelArg, PromptArg, StrictOption
+from tunedlens.cli.options import (
+    LENS_HELP,
+    STAT_HELP,
+    DeviceOption,
+    DtypeOption,
+    ModelArg,
+    PromptArg,
+    StrictOption,
+    TokenizerOption,
+)
+from tunedlens.train.config import field_help
 
 app = typer.Typer(
     name="tunedlens",
@@ -26,10 +36,7 @@ app.add_typer(lens_app, name="lens")
 def predict(
     model: ModelArg,
     prompt: PromptArg,
-    lens: Annotated[
-        Optional[str],
-        typer.Option(help="Tuned lens directory (native or tuned-lens); default: logit lens."),
-    ] = None,
+    lens: Annotated[str, typer.Option(help=LENS_HELP)] = "logit",
     layers: Annotated[
         Optional[str], typer.Option(help="Layers to show: 'all', '0,5,10', '4-8' or '0:30:5'.")
     ] = None,
@@ -37,47 +44,55 @@ def predict(
     position: Annotated[int, typer.Option(help="Token position; -1 = last.")] = -1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    tokenizer: TokenizerOption = None,
     strict: StrictOption = True,
 ):
     """Print each layer's top-k next tokens (and probabilities) at one position of PROMPT."""
-    from tunedlens.lenses.lens import LogitLens, TunedLens
-    from tunedlens.models import load_model
-    from tunedlens.predict import parse_layers, predict_layers
+    from tunedlens.predict import run_predict
 
-    loaded, tokenizer = load_model(model, dtype=dtype)
-    chosen = TunedLens.load(lens, loaded, strict=strict) if lens else LogitLens(loaded)
-    rows = predict_layers(
-        loaded,
-        tokenizer,
-        prompt,
-        chosen,
-        layers=parse_layers(layers, chosen.n_layers),
-        top_k=top_k,
-        position=position,
-    )
+    result = run_predict(model, prompt, lens=lens, layers=layers, top_k=top_k, position=position,
+                         dtype=dtype, device=device, tokenizer=tokenizer, strict=strict)  # fmt: skip
     if as_json:
-        payload = {
-            "model": model,
-            "prompt": prompt,
-            "lens": lens or "logit",
-            "position": position,
-            "layers": [row.to_dict() for row in rows],
-        }
-        typer.echo(json.dumps(payload, ensure_ascii=False))
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=False))
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(
-        title=f"{'tuned lens ' + lens if lens else 'logit lens'} · {model} · position {position}"
-    )
-    table.add_column("layer", justify="right")
-    for rank in range(1, len(rows[0].top) + 1):
-        table.add_column(f"#{rank}")
-    for row in rows:
-        cells = [f"{json.dumps(t.token, ensure_ascii=False)} {t.prob:.2f}" for t in row.top]
-        table.add_row(str(row.layer), *cells, style="bold" if row.layer == "output" else None)
-    Console().print(table)
+    Console().print(result.table())
+
+
+@app.command()
+def show(
+    model: ModelArg,
+    prompt: PromptArg,
+    lens: Annotated[
+        Optional[list[str]],
+        typer.Option(help=LENS_HELP + " Repeat to show several beside the logit lens."),
+    ] = None,
+    stat: Annotated[str, typer.Option(help=STAT_HELP)] = "entropy",
+    compare: Annotated[
+        Optional[str],
+        typer.Option(help="A second prompt of the same token length: show where they differ."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Figure file: .html (interactive) or .png.")] = Path(
+        "lens.html"
+    ),
+    stride: Annotated[int, typer.Option(help="Show every N-th layer (the last is kept).")] = 1,
+    last: Annotated[
+        Optional[int], typer.Option(help="Show only the last N positions of the prompt.")
+    ] = None,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    tokenizer: TokenizerOption = None,
+    strict: StrictOption = True,
+):
+    """Draw what each layer predicts at each position of PROMPT (logit lens beside each lens)."""
+    from tunedlens.view.show import run_show
+
+    path = run_show(model, prompt, lenses=lens or (), stat=stat, compare=compare, out=out,
+                    stride=stride, last=last, dtype=dtype, device=device, tokenizer=tokenizer,
+                    strict=strict)  # fmt: skip
+    typer.echo(f"wrote {path}")
 
 
 @app.command()
@@ -100,80 +115,105 @@ def train(
         str, typer.Option(help="Text column of .jsonl/.parquet/hub data.")
     ] = "text",
     recipe: Annotated[str, typer.Option(help="default, paper or lowrank.")] = "default",
-    tokens: Annotated[Optional[int], typer.Option(help="Training token budget.")] = None,
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 512,
-    translator: Annotated[
-        Optional[str], typer.Option(help="affine or lowrank (default: the recipe's).")
-    ] = None,
-    objective: Annotated[Optional[str], typer.Option(help="kl (default) or ce.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per forward pass.")] = None,
+    tokens: Annotated[Optional[int], typer.Option(help=field_help("tokens"))] = None,
+    seq_len: Annotated[int, typer.Option(help=field_help("seq_len"))] = 512,
+    translator: Annotated[Optional[str], typer.Option(help=field_help("translator"))] = None,
+    objective: Annotated[Optional[str], typer.Option(help=field_help("objective"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=field_help("batch_size"))] = None,
     tokens_per_step: Annotated[
-        Optional[int], typer.Option(help="Tokens per optimizer step.")
+        Optional[int], typer.Option(help=field_help("tokens_per_step"))
     ] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
-    val_tokens: Annotated[
-        Optional[int], typer.Option(help="Held-out tokens for validation.")
-    ] = None,
-    val_every: Annotated[
-        Optional[int], typer.Option(help="Validate every N optimizer steps.")
-    ] = None,
-    patience: Annotated[
-        Optional[int], typer.Option(help="Stop after N validations without improvement.")
-    ] = None,
-    seed: Annotated[
-        int, typer.Option(help="Seed for data order, sampling and initialisation.")
-    ] = 0,
+    lr: Annotated[Optional[float], typer.Option(help=field_help("lr"))] = None,
+    val_tokens: Annotated[Optional[int], typer.Option(help=field_help("val_tokens"))] = None,
+    val_every: Annotated[Optional[int], typer.Option(help=field_help("val_every"))] = None,
+    patience: Annotated[Optional[int], typer.Option(help=field_help("patience"))] = None,
+    seed: Annotated[int, typer.Option(help=field_help("seed"))] = 0,
     checkpoint_every: Annotated[
-        Optional[int], typer.Option(help="Checkpoint every N optimizer steps.")
+        Optional[int], typer.Option(help=field_help("checkpoint_every"))
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
-    dtype: Annotated[
-        str, typer.Option(help="Model dtype: float32, bfloat16, float16.")
-    ] = "float32",
+    fsdp: Annotated[
+        bool,
+        typer.Option(help="Shard the model's decoder blocks across torchrun processes (FSDP2)."),
+    ] = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    tokenizer: TokenizerOption = None,
     format: Annotated[
         str, typer.Option("--format", help="Lens format: native or tuned-lens.")
     ] = "native",
 ):
     """Train a tuned lens for MODEL and save it, with provenance, in --out."""
+    from tunedlens.cli.progress import TrainingProgress
     from tunedlens.train.config import recipe_config
     from tunedlens.train.distributed import init_world
     from tunedlens.train.run import run_training
 
     config = recipe_config(
-        recipe,
-        tokens=tokens,
-        seq_len=seq_len,
-        translator=translator,
-        objective=objective,
-        batch_size=batch_size,
-        tokens_per_step=tokens_per_step,
-        lr=lr,
-        val_tokens=val_tokens,
-        val_every=val_every,
-        patience=patience,
-        seed=seed,
-        checkpoint_every=checkpoint_every,
-    )
+        recipe, tokens=tokens, seq_len=seq_len, translator=translator, objective=objective,
+        batch_size=batch_size, tokens_per_step=tokens_per_step, lr=lr, val_tokens=val_tokens,
+        val_every=val_every, patience=patience, seed=seed, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
     world = init_world()
-    from tunedlens.cli.progress import TrainingProgress
-
     with TrainingProgress(enabled=world.is_primary) as progress:
         result = run_training(
-            model,
-            config,
-            out,
-            data=data,
-            val_data=val_data,
-            text_column=text_column,
-            resume=resume,
-            dtype=dtype,
-            lens_format=format,
-            on_step=progress.update,
-            on_status=progress.status,
-            world=world,
-        )
+            model, config, out, data=data, val_data=val_data, text_column=text_column,
+            resume=resume, dtype=dtype, device=device, tokenizer=tokenizer, lens_format=format,
+            fsdp=fsdp, on_step=progress.update, on_status=progress.status, world=world,
+        )  # fmt: skip
     if world.is_primary:
         progress.summary(result, out)
+
+
+@app.command("eval")
+def eval_command(
+    model: ModelArg,
+    lens: Annotated[
+        Optional[list[str]],
+        typer.Option(help=LENS_HELP + " Repeat to compare several (the logit lens is always in)."),
+    ] = None,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Text: .txt/.jsonl[.gz]/.parquet file or directory, hf:NAME[:CONFIG][@REV], or "
+            "'stdlib'."
+        ),
+    ] = "stdlib",
+    text_column: Annotated[str, typer.Option(help="Text column of .jsonl/.parquet data.")] = "text",
+    tokens: Annotated[int, typer.Option(help="Tokens to evaluate on.")] = 8192,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 512,
+    out: Annotated[Path, typer.Option(help="Directory for the reports.")] = Path("eval"),
+    prompts: Annotated[
+        Optional[str],
+        typer.Option(help="Prompt-suite JSONL for the KPIs and gates; 'none' to skip."),
+    ] = "default",
+    transfer: Annotated[
+        bool, typer.Option(help="Also measure translator i on layer j (L x L times the work).")
+    ] = False,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the 95% intervals.")
+    ] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed for the data order and bootstrap.")] = 0,
+    plots: Annotated[bool, typer.Option(help="Write PNG and HTML figures (extra 'plot').")] = True,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    tokenizer: TokenizerOption = None,
+    strict: StrictOption = True,
+):
+    """Evaluate lenses on MODEL layer by layer (the logit lens is always the baseline)."""
+    from tunedlens.cli.progress import EvalProgress
+    from tunedlens.evaluation.run import run_evaluation
+
+    with EvalProgress() as progress:
+        run = run_evaluation(
+            model, lens or (), data=data, text_column=text_column, tokens=tokens, seq_len=seq_len,
+            out=out, prompts=prompts, transfer=transfer, bootstrap=bootstrap,
+            batch_size=batch_size, seed=seed, plots=plots, dtype=dtype, device=device,
+            tokenizer=tokenizer, strict=strict, progress=progress.update, on_start=progress.start,
+        )  # fmt: skip
+    typer.echo((run.out / "summary.md").read_text())
+    typer.echo(f"wrote {len(run.written)} files to {run.out}")
 
 
 @lens_app.command("info")
@@ -182,30 +222,17 @@ def lens_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Describe a lens: format, translator, dimensions, model, provenance, per-layer sizes."""
-    from tunedlens.lenses.locations import lens_dir
-    from tunedlens.lenses.info import describe_lens
+    from tunedlens.lenses.info import describe_lens, info_tables
 
-    info = describe_lens(lens_dir(path))
+    info = describe_lens(path)
     if as_json:
         typer.echo(json.dumps(info, indent=2, default=str))
         return
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
-    summary = Table(show_header=False, title=f"lens {path}")
-    for key, value in info.items():
-        if key != "layers":
-            summary.add_row(
-                key, json.dumps(value, default=str) if isinstance(value, dict) else str(value)
-            )
-    console.print(summary)
-    layers = Table(title="translator size per layer (Frobenius norm of the learned update)")
-    for column in ("layer", "update_norm", "bias_norm"):
-        layers.add_column(column, justify="right")
-    for row in info["layers"]:
-        layers.add_row(str(row["layer"]), f"{row['update_norm']:.4g}", f"{row['bias_norm']:.4g}")
-    console.print(layers)
+    for table in info_tables(info):
+        console.print(table)
 
 
 @lens_app.command("convert")
@@ -215,21 +242,9 @@ def lens_convert(
     format: Annotated[str, typer.Option("--format", help="native or tuned-lens.")] = "native",
 ):
     """Convert a lens between the native format and the reference tuned-lens format."""
-    from tunedlens.lenses.files import read_lens, write_lens
+    from tunedlens.lenses.files import convert_lens
 
-    if format not in ("native", "tuned-lens"):
-        raise ValueError(f"--format must be 'native' or 'tuned-lens', got {format!r}")
-    if source.resolve() == target.resolve():
-        raise ValueError("SRC and DST are the same directory; write the converted lens elsewhere.")
-    write_lens(read_lens(source), target, format)  # type: ignore[arg-type]
-    typer.echo(f"wrote {format} lens to {target}")
-
-
-from tunedlens.cli.evaluate import eval_command  # noqa: E402
-from tunedlens.cli.show import show_command  # noqa: E402
-
-app.command("eval")(eval_command)
-app.command("show")(show_command)
+    typer.echo(f"wrote {format} lens to {convert_lens(source, target, format)}")  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -1,17 +1,31 @@
-"""Arguments and options shared by several commands."""
+"""Arguments and options shared by several commands (help written once, here or in TrainConfig)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
+
+from tunedlens.readout.stats import VIEW_STATS
 
 ModelArg = Annotated[
     str, typer.Argument(help="Hub id, local directory, .gguf file, or 'demo' (SmolLM2-135M).")
 ]
 PromptArg = Annotated[str, typer.Argument(help="The text to look at.")]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")]
+DeviceOption = Annotated[
+    Optional[str], typer.Option(help="Where to run the model: cpu, cuda, cuda:1, ... (default cpu).")
+]
+TokenizerOption = Annotated[
+    Optional[str],
+    typer.Option(help="Tokenizer hub id or directory, for models saved without tokenizer files."),
+]
 StrictOption = Annotated[
     bool,
     typer.Option(help="Refuse a lens whose unembedding fingerprint differs from the model's."),
 ]
+LENS_HELP = (
+    "Lens location: 'logit', a lens directory (native or tuned-lens), hf:ORG/REPO[/SUB][@REV] or "
+    "tuned-lens:MODEL_ID."
+)
+STAT_HELP = f"{', '.join(VIEW_STATS)}, or all (the first four)."

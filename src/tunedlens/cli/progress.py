@@ -70,3 +70,36 @@ class TrainingProgress:
         console.print(
             f"trained {result.steps_done} steps in {result.wall_time:.0f}s{stop}; lens saved to {out}"
         )
+
+
+class EvalProgress:
+    """Progress bar over the evaluated tokens, on stderr; shown once the data is packed.
+
+    Nothing is drawn before :meth:`start`, so an error raised while checking the arguments or
+    loading stays one line.
+    """
+
+    def __init__(self):
+        self.progress = Progress(
+            TextColumn("[bold]eval"), BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,} tokens"), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=Console(stderr=True),
+        )  # fmt: skip
+        self.task = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc) if self.task is not None else None
+
+    def start(self, total: int) -> None:
+        """Begin the bar once the number of tokens is known."""
+        self.progress.__enter__()
+        self.task = self.progress.add_task("eval", total=total)
+
+    def update(self, done: int, total: int) -> None:
+        """Advance after a batch."""
+        if self.task is None:
+            self.start(total)
+        self.progress.update(self.task, completed=done)

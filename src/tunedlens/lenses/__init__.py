@@ -7,8 +7,8 @@ from tunedlens.lenses.translators import AffineTranslator, LowRankTranslator, de
 from tunedlens.lenses.unembed import Unembed, unembed_hash
 
 __all__ = [
-    "AffineTranslator",
     "LOGIT",
+    "AffineTranslator",
     "Lens",
     "LensFile",
     "LogitLens",

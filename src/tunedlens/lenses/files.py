@@ -340,3 +340,14 @@ def _atomic_write(target: Path, write) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: LensFormat) -> Path:
+    """Read the lens directory ``source`` (either format) and write it to ``target`` as ``format``."""
+    if format not in ("native", "tuned-lens"):
+        raise ValueError(f"--format must be 'native' or 'tuned-lens', got {format!r}")
+    source, target = Path(source), Path(target)
+    if source.resolve() == target.resolve():
+        raise ValueError("SRC and DST are the same directory; write the converted lens elsewhere.")
+    write_lens(read_lens(source), target, format)
+    return target

@@ -29,8 +29,13 @@ def _update_norms(lens: LensFile) -> list[dict]:
 
 
 def describe_lens(path: str | Path) -> dict:
-    """Format, translator, dimensions, model, provenance and per-layer update sizes of a lens."""
-    lens = read_lens(path)
+    """Format, translator, dimensions, model, provenance and per-layer update sizes of a lens.
+
+    ``path`` is a lens directory or a hub location (:mod:`tunedlens.lenses.locations`).
+    """
+    from tunedlens.lenses.locations import lens_dir
+
+    lens = read_lens(lens_dir(path))
     translator = lens.translator
     return {
         "path": str(path),
@@ -46,3 +51,23 @@ def describe_lens(path: str | Path) -> dict:
         "provenance": lens.provenance,
         "layers": _update_norms(lens),
     }
+
+
+def info_tables(info: dict) -> list:
+    """``tunedlens lens info`` as rich tables: a summary, then the per-layer update sizes."""
+    import json
+
+    from rich.table import Table
+
+    summary = Table(show_header=False, title=f"lens {info['path']}")
+    for key, value in info.items():
+        if key != "layers":
+            summary.add_row(
+                key, json.dumps(value, default=str) if isinstance(value, dict) else str(value)
+            )
+    layers = Table(title="translator size per layer (Frobenius norm of the learned update)")
+    for column in ("layer", "update_norm", "bias_norm"):
+        layers.add_column(column, justify="right")
+    for row in info["layers"]:
+        layers.add_row(str(row["layer"]), f"{row['update_norm']:.4g}", f"{row['bias_norm']:.4g}")
+    return [summary, layers]

@@ -15,7 +15,6 @@ another (the transfer matrix of ``evaluate``).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -163,9 +162,6 @@ def name_lenses(lenses: Lens | Sequence[Lens] | Mapping[str, Lens] | None) -> di
     return named
 
 
-_HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def blocked_head(unembed: Unembed, *, cosine: bool) -> BlockedHead:
     """The blocked head of ``unembed``'s unembedding, built once per model and settings.
 
@@ -174,7 +170,8 @@ def blocked_head(unembed: Unembed, *, cosine: bool) -> BlockedHead:
     """
     head = BlockedHead(unembed, cosine=False)
     key = (cosine, head.numpy_matmul, head.workers, str(head.weight.device))
-    cache = _HEADS.setdefault(unembed.unembedding, {})
+    # Kept on the unembedding module itself, so it lives exactly as long as the model.
+    cache = unembed.unembedding.__dict__.setdefault("_tunedlens_blocked_heads", {})
     cached = cache.get(key)
     if cached is None or cached.weight.data_ptr() != head.weight.data_ptr():
         cached = cache[key] = BlockedHead(unembed, cosine=True) if cosine else head
@@ -274,17 +271,13 @@ def readout(
         model_stats["ce"][where[:, 0], where[:, 2]] = torch.where(
             targets_at >= 0, final.cross_entropy, torch.nan).float().cpu()  # fmt: skip
         extra_tokens = None if plan.tokens is None else plan.tokens[where[:, 0], where[:, 1]].T.to(device)
+        # Few positions (prompts): several rows share one pass over the unembedding, which is
+        # read once per pass; many positions (evaluation): one row at a time, as before.
+        group = max(1, chunk // len(part))
         for name, lens in named.items():
-            for index, row in enumerate(rows):
-                state_row, lens_row = row if isinstance(row, tuple) else (row, row)
-                inputs, scale = head_input(lens, states_at[state_row], lens_row)
-                buffer = (torch.empty(len(part), head.vocab_size, device=device)
-                          if logprobs else None)  # fmt: skip
-                extras = Extras(tokens=None if extra_tokens is None else extra_tokens.clamp_min(0),
-                                rank_target="rank" in stats, top_k=top_k,
-                                logprobs=buffer)  # fmt: skip
-                result = head.stats(inputs, final, scale, extras)
-                grids[name].write(index, where, result, final, inputs, scale, buffer, extra_tokens)
+            for first_row in range(0, len(rows), group):
+                _read_rows(head, lens, grids[name], rows[first_row : first_row + group], first_row,
+                           states_at, where, final, extra_tokens, stats, top_k, logprobs)  # fmt: skip
     return Readout(
         rows=rows,
         input_ids=plan.input_ids,
@@ -295,6 +288,34 @@ def readout(
         n_layers=n_layers,
         head=head,
     )
+
+
+def _read_rows(head: BlockedHead, lens: Lens, grids: _Grids, rows: list[Row], first_row: int,
+               states_at, where, final: FinalChunk, tokens, stats, top_k: int, logprobs: bool) -> None:  # fmt: skip
+    """One lens at several rows of one chunk of positions, in one pass of the kernel."""
+    inputs, scales = [], []
+    for row in rows:
+        state_row, lens_row = row if isinstance(row, tuple) else (row, row)
+        row_inputs, scale = head_input(lens, states_at[state_row], lens_row)
+        inputs.append(row_inputs)
+        scales.append(scale)
+    n, times = len(where), len(rows)
+    scale = 1.0
+    if any(value != 1.0 for value in scales):
+        scale = torch.tensor(scales, dtype=torch.float64, device=head.weight.device).repeat_interleave(n)
+    buffer = torch.empty(n * times, head.vocab_size, device=head.weight.device) if logprobs else None
+    extras = Extras(
+        tokens=None if tokens is None else tokens.clamp_min(0).repeat(1, times),
+        rank_target="rank" in stats, top_k=top_k, logprobs=buffer,
+    )  # fmt: skip
+    result = head.stats(torch.cat(inputs), final.repeat(times, with_probs=not head.linear), scale,
+                        extras)  # fmt: skip
+    has_target = final.next_ids.cpu() >= 0
+    for index in range(times):
+        part = slice(index * n, (index + 1) * n)
+        values = {key: value[part] for key, value in result.items()}
+        grids.write(first_row + index, where, values, has_target, inputs[index], scales[index],
+                    None if buffer is None else buffer[part], tokens)  # fmt: skip
 
 
 def _check_rows(rows, n_layers: int) -> list[Row]:
@@ -484,10 +505,9 @@ class _Grids:
             scales=[1.0] * n_rows,
         )
 
-    def write(self, row: int, where, result: dict, final: FinalChunk, inputs, scale, buffer,
+    def write(self, row: int, where, result: dict, has_target, inputs, scale, buffer,
               tokens) -> None:  # fmt: skip
         b, c = where[:, 0], where[:, 2]
-        has_target = final.next_ids.cpu() >= 0
         computed = {
             "entropy": result["entropy"],
             "kl": result["kl"],

@@ -35,6 +35,8 @@ from tunedlens.lenses.lens import Lens
 from tunedlens.lenses.unembed import Unembed
 from tunedlens.readout.threads import Matmul, argmax_rows, choose_matmul, per_worker
 
+Scale = float | torch.Tensor
+
 _LOG2E = 1.0 / math.log(2.0)
 # 2^-115 ≈ 2e-35 (e^-80): terms further below the maximum cannot change a float32 sum, and
 # clamping them keeps exp2() off its slow path for results that would underflow.
@@ -71,6 +73,28 @@ class FinalChunk:
     """``(n,)`` ``(z − z̄)·b``, float64 (linear heads with a bias)."""
     centred: torch.Tensor | None
     """``(vocab, n)`` centred logits (non-linear heads only)."""
+
+    def repeat(self, times: int, *, with_probs: bool) -> FinalChunk:
+        """The same positions ``times`` over (``(times · n, ...)``), to read several rows at once.
+
+        ``with_probs=False`` keeps ``probs`` as it is: linear heads never read it per position.
+        """
+        if times == 1:
+            return self
+
+        def tile(tensor, dim=0):
+            if tensor is None:
+                return None
+            return tensor.repeat(*[times if d == dim else 1 for d in range(tensor.dim())])
+
+        return FinalChunk(
+            probs=tile(self.probs) if with_probs else self.probs, top=tile(self.top),
+            next_ids=tile(self.next_ids), entropy=tile(self.entropy),
+            cross_entropy=tile(self.cross_entropy), centred_norm=tile(self.centred_norm),
+            probs_dot_weight=tile(self.probs_dot_weight), probs_dot_bias=tile(self.probs_dot_bias),
+            centred_dot_weight=tile(self.centred_dot_weight),
+            centred_dot_bias=tile(self.centred_dot_bias), centred=tile(self.centred, 1),
+        )  # fmt: skip
 
 
 @dataclass
@@ -195,13 +219,16 @@ class BlockedHead:
             torch.mm(left.float(), right.float(), out=out)
         return out
 
-    def _finish(self, logits: torch.Tensor, scale: float) -> None:
-        """The model's post-head transforms, then the lens's scale, in place."""
+    def _finish(self, logits: torch.Tensor, scale: Scale) -> None:
+        """The model's post-head transforms, then the lens's scale, in place.
+
+        A tensor ``scale`` holds one factor per position (column), broadcast over the rows.
+        """
         self.unembed.post_head(logits, inplace=True)
-        if scale != 1.0:
+        if isinstance(scale, torch.Tensor) or scale != 1.0:
             logits.mul_(scale)
 
-    def _blocks(self, inputs_t: torch.Tensor, scale: float):
+    def _blocks(self, inputs_t: torch.Tensor, scale: Scale):
         """Yield ``(start, logits)`` for vocabulary blocks: ``(rows, n)`` float32, post-head.
 
         ``inputs_t`` is ``(d, n)`` and contiguous; the block buffer is reused between yields.
@@ -219,7 +246,7 @@ class BlockedHead:
     # -- the model's distribution ----------------------------------------------------------------
 
     @torch.no_grad()
-    def logits(self, inputs: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    def logits(self, inputs: torch.Tensor, scale: Scale = 1.0) -> torch.Tensor:
         """Full ``(n, vocab)`` logits of head inputs ``(n, d)``."""
         out = torch.empty(inputs.shape[0], self.vocab_size, device=inputs.device)
 
@@ -330,14 +357,15 @@ class BlockedHead:
 
     @torch.no_grad()
     def stats(
-        self, inputs: torch.Tensor, final: FinalChunk, scale: float = 1.0, extras: Extras = Extras()
+        self, inputs: torch.Tensor, final: FinalChunk, scale: Scale = 1.0, extras: Extras = Extras()
     ) -> dict:
         """Statistics of the logits of head inputs ``(n, d)`` against the model's distribution.
 
         Args:
             inputs: States after the final norm (and any projection before the unembedding).
             final: The model's distribution at the same positions.
-            scale: Extra factor on the logits (a lens's learned inverse temperature).
+            scale: Extra factor on the logits (a lens's learned inverse temperature): one
+                number, or ``(n,)`` float64 factors, one per position.
             extras: Token probabilities and ranks, top-k, full log-probabilities.
 
         Returns:
@@ -388,9 +416,11 @@ class BlockedHead:
             extras.logprobs.sub_(lse.float()[:, None])
         return out
 
-    def _fold(self, inputs, final: FinalChunk, scale: float, rows: slice, extras: Extras):
+    def _fold(self, inputs, final: FinalChunk, scale: Scale, rows: slice, extras: Extras):
         """One worker's positions: every vocabulary block reduced, then the blocks combined."""
         inputs_t = inputs[rows].T.contiguous()
+        if isinstance(scale, torch.Tensor):
+            scale = scale[rows]
         ids = [final.top[rows], final.next_ids[rows].clamp_min(0)]
         if extras.tokens is not None:
             ids += list(extras.tokens[:, rows])
@@ -485,7 +515,7 @@ class BlockedHead:
 
         return torch.cat([part[0] for part in self._per_worker(inputs.shape[0], share)])
 
-    def _logits_at(self, inputs_t: torch.Tensor, ids: torch.Tensor, scale: float) -> torch.Tensor:
+    def _logits_at(self, inputs_t: torch.Tensor, ids: torch.Tensor, scale: Scale) -> torch.Tensor:
         """Logits of the tokens ``ids`` ``(k, n)`` at each position: ``(k, n)``.
 
         Computed as the diagonal of a small product, with the same library and operations as
@@ -502,7 +532,7 @@ class BlockedHead:
             rows.append(logits)
         return torch.stack(rows)
 
-    def _linear_moments(self, inputs: torch.Tensor, final: FinalChunk, scale: float):
+    def _linear_moments(self, inputs: torch.Tensor, final: FinalChunk, scale: Scale):
         """``Σ (z_f − z̄_f) z``, ``Σ z`` and ``Σ z²`` from float64 ``d``-sized algebra."""
         u = inputs.double()
         factor = self.multiplier * scale

@@ -34,17 +34,23 @@ class StatInfo:
 STATS: dict[str, StatInfo] = {
     "entropy": StatInfo("entropy", "bits", "entropy of the prediction", NATS_TO_BITS),
     "kl": StatInfo("KL to the model", "bits", "KL(model output ‖ lens)", NATS_TO_BITS),
-    "ce": StatInfo("cross-entropy", "bits", "cross-entropy to the target token (by default the "
-                   "next token)", NATS_TO_BITS),  # fmt: skip
-    "max-prob": StatInfo("max probability", "probability", "probability of the top token",
-                         vmin=0.0, vmax=1.0),  # fmt: skip
+    "ce": StatInfo(
+        "cross-entropy", "bits", "cross-entropy to the target token (default: the next token)",
+        NATS_TO_BITS,
+    ),
+    "max-prob": StatInfo(
+        "max probability", "probability", "probability of the top token", vmin=0.0, vmax=1.0
+    ),
     "rank": StatInfo("rank", "rank", "1-based rank of the target token (ties in its favour)"),
-    "prob": StatInfo("target probability", "probability", "probability of the target token",
-                     vmin=0.0, vmax=1.0),  # fmt: skip
-    "model-rank": StatInfo("rank of the model's top token", "rank",
-                           "1-based rank, under the lens, of the model's own top token"),  # fmt: skip
-    "cos": StatInfo("cosine to the model", "cosine", "cosine of the lens's and the model's "
-                    "centred logits", vmin=-1.0, vmax=1.0),  # fmt: skip
+    "prob": StatInfo(
+        "target probability", "probability", "probability of the target token", vmin=0.0, vmax=1.0
+    ),
+    "model-rank": StatInfo(
+        "rank of the model's top token", "rank", "1-based rank of the model's top token"
+    ),
+    "cos": StatInfo(
+        "cosine to the model", "cosine", "cosine of the centred logits", vmin=-1.0, vmax=1.0
+    ),
 }
 assert set(STATS) == set(STAT_NAMES)
 
@@ -52,8 +58,9 @@ VIEW_STATS: tuple[str, ...] = ("entropy", "kl", "ce", "max-prob", "rank")
 """What ``tunedlens show --stat`` offers; ``all`` means the first four."""
 ALL_VIEW_STATS: tuple[str, ...] = VIEW_STATS[:4]
 PAIR_STATS = {
-    "js": StatInfo("Jensen–Shannon divergence", "bits", "½KL(p‖m) + ½KL(q‖m), m = ½(p+q)",
-                   NATS_TO_BITS, 0.0, 1.0),  # fmt: skip
+    "js": StatInfo(
+        "Jensen–Shannon divergence", "bits", "½KL(p‖m) + ½KL(q‖m), m = ½(p+q)", NATS_TO_BITS, 0, 1
+    ),
     "kl": StatInfo("KL", "bits", "KL(p ‖ q)", NATS_TO_BITS),
     "tv": StatInfo("total variation", "probability", "½ Σ |p − q|", 1.0, 0.0, 1.0),
 }

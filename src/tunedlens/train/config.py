@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import itertools
+import textwrap
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 
@@ -213,3 +218,25 @@ def recipe_config(name: str, **overrides) -> TrainConfig:
         raise ValueError(f"recipe={name!r} is unknown; choose one of {sorted(RECIPES)}.")
     settings = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig(recipe=name, **settings)
+
+
+@lru_cache(maxsize=1)
+def field_docs() -> dict[str, str]:
+    """Each :class:`TrainConfig` field's docstring, whitespace folded: the CLI's option help."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(TrainConfig)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def field_help(name: str) -> str:
+    """The help text of the CLI option that sets :class:`TrainConfig` field ``name``."""
+    return field_docs()[name]

@@ -138,20 +138,27 @@ def run_training(
     text_column: str = "text",
     resume: bool = False,
     dtype: str = "float32",
+    device: str | None = None,
+    tokenizer: str | None = None,
     lens_format: str = "native",
     fsdp: bool = False,
     on_step: Callable[[StepStats], None] | None = None,
     on_status: Callable[[str], None] | None = None,
     world: World | None = None,
 ) -> TrainResult:
-    """Train a lens for ``model_spec`` and write it (with provenance and a JSONL log) to ``out``."""
-    from tunedlens.models import load_model
+    """Train a lens for ``model_spec`` and write it (with provenance and a JSONL log) to ``out``.
+
+    ``device`` places the model (and so the lens); ``tokenizer`` replaces the model's own
+    tokenizer files; ``fsdp`` shards the decoder blocks across torchrun processes.
+    """
+    from tunedlens.models import load_model, need_tokenizer
 
     status = on_status or (lambda message: None)
     world = world or init_world()
     out = Path(out)
     check_out_dir(out, resume)
-    model, tokenizer = load_model(model_spec, dtype=dtype)
+    model, tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
+    need_tokenizer(tokenizer, model_spec)
     if fsdp:
         from tunedlens.train.distributed import shard_blocks
 

@@ -13,13 +13,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 from torch import nn
 
 from tunedlens.lenses.lens import Lens
 from tunedlens.readout.engine import LensReadout, Readout, divergences, readout
-from tunedlens.readout.stats import PAIR_STATS, STATS, VIEW_STATS, StatInfo, TrajectoryStat, check_stats
+from tunedlens.readout.stats import (
+    PAIR_STATS,
+    STATS,
+    VIEW_STATS,
+    StatInfo,
+    TrajectoryStat,
+    check_stats,
+)
 from tunedlens.view.tokens import format_token
 
 RESIDUAL_COMPONENTS = ("resid_pre", "resid_mid", "resid_post")

@@ -28,7 +28,8 @@ def test_show_html_is_self_contained(tmp_path, tiny_model_dir, lens_dir):
     assert "Plotly.newPlot" in html and '<script src="http' not in html
     # Two lenses x four statistics, each panel a heatmap with its cell text and units.
     assert html.count('"hovertemplate":"layer %{y}') == 8
-    assert "tuned lens: entropy (bits)" in html and "logit lens: KL to the model (bits)" in html
+    assert f"tuned lens {lens_dir.name}: entropy (bits)" in html
+    assert "logit lens: KL to the model (bits)" in html
     assert "w2" in html
 
 
@@ -60,3 +61,17 @@ def test_show_bad_input(tiny_model_dir, tmp_path, monkeypatch, capsys, args, mes
         main()
     err = capsys.readouterr().err
     assert caught.value.code == 2 and message in err and err.startswith("error:")
+
+
+def test_show_takes_several_lenses_side_by_side(tmp_path, tiny_model_dir, lens_dir):
+    import shutil
+
+    other = tmp_path / "other-lens"
+    shutil.copytree(lens_dir, other)
+    out = tmp_path / "three.html"
+    result = runner.invoke(app, ["show", str(tiny_model_dir), "w1 w2 w3", "--lens", str(lens_dir),
+                                 "--lens", str(other), "--stat", "kl", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    assert html.count('"hovertemplate":"layer %{y}') == 3
+    assert f"tuned lens {other.name}: KL to the model (bits)" in html

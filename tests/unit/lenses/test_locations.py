@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM
 
 from paths import DATA
 from tunedlens.errors import LensFileError
-from tunedlens.lenses.locations import REFERENCE_SPACE, lens_dir, parse_hub_spec
 from tunedlens.lenses import TunedLens
+from tunedlens.lenses.locations import REFERENCE_SPACE, lens_dir, parse_hub_spec
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -1,0 +1,74 @@
+"""What ``tunedlens eval`` does, as a function: load, pack data, evaluate, write the reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunedlens.evaluation.core import BASELINE, EvalReport, evaluate
+from tunedlens.evaluation.prompts import load_prompts
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """A finished evaluation: the report and the files written."""
+
+    report: EvalReport
+    out: Path
+    written: list[Path]
+
+
+def run_evaluation(
+    model_spec: str,
+    lenses: Sequence[str] = (),
+    *,
+    data: str = "stdlib",
+    text_column: str = "text",
+    tokens: int = 8192,
+    seq_len: int = 512,
+    out: str | Path = "eval",
+    prompts: str | None = "default",
+    transfer: bool = False,
+    bootstrap: int = 1000,
+    batch_size: int = 1,
+    seed: int = 0,
+    plots: bool = True,
+    dtype: str = "float32",
+    device: str | None = None,
+    tokenizer: str | None = None,
+    strict: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> EvalRun:
+    """Evaluate lens locations on ``model_spec`` (the logit lens is always the baseline).
+
+    ``on_start`` is called with the number of tokens once the data is packed, ``progress`` after
+    every batch (see :func:`evaluate`). Arguments as for ``tunedlens eval``.
+    """
+    from tunedlens.data import TextSource, pack_blocks
+    from tunedlens.lenses.load import LOGIT, lens_name, load_lens
+    from tunedlens.models import load_model, need_tokenizer
+
+    if tokens < seq_len or seq_len < 2:
+        raise ValueError(
+            f"--tokens ({tokens}) must hold at least one sequence of --seq-len ({seq_len}) tokens"
+        )
+    suite = None if prompts in (None, "none") else load_prompts(prompts)
+    loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
+    need_tokenizer(loaded_tokenizer, model_spec)
+    named = {}
+    for location in lenses:
+        if str(location) != LOGIT:  # the logit lens is always there
+            named[lens_name(location, {**named, BASELINE: None})] = load_lens(location, loaded, strict=strict)
+    blocks = pack_blocks(TextSource(data, text_column=text_column), loaded_tokenizer,
+                         seq_len=seq_len, n_sequences=tokens // seq_len, seed=seed)  # fmt: skip
+    if on_start is not None:
+        on_start(blocks.n_tokens)
+    report = evaluate(loaded, named, blocks.tokens, tokenizer=loaded_tokenizer, prompts=suite,
+                      transfer=transfer, batch_size=batch_size, bootstrap=bootstrap, seed=seed,
+                      progress=progress, model_name=model_spec)  # fmt: skip
+    report.metrics["data"] = {"spec": data, "content_hash": blocks.content_hash()}
+    out = Path(out)
+    written = report.save(out, plots=plots)
+    return EvalRun(report, out, written)

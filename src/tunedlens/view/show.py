@@ -1,0 +1,73 @@
+"""What ``tunedlens show`` draws: trajectories of a prompt through several lenses, side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tunedlens.readout.stats import ALL_VIEW_STATS, VIEW_STATS, check_stats
+
+FIGURE_SUFFIXES = (".html", ".png")
+
+
+def run_show(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: str = "entropy",
+             compare: str | None = None, out: str | Path = "lens.html", stride: int = 1,
+             last: int | None = None, dtype: str = "float32", device: str | None = None,
+             tokenizer: str | None = None, strict: bool = True) -> Path:  # fmt: skip
+    """Draw PROMPT's trajectory through the logit lens and each of ``lenses`` into ``out``.
+
+    Args:
+        model_spec: Anything :func:`tunedlens.load_model` accepts.
+        prompt: The text.
+        lenses: Lens locations (:func:`tunedlens.load_lens`), shown beside the logit lens.
+        stat: A name from ``VIEW_STATS``, or ``all`` (the first four).
+        compare: A second prompt of the same token length: draw where the two differ.
+        out: ``.html`` (interactive, offline) or ``.png``.
+        stride: Every N-th layer (the last layer and the output row are kept).
+        last: Only the last N positions.
+        dtype: Model dtype.
+        device: Where to run the model.
+        tokenizer: A tokenizer to use instead of the model's own files.
+        strict: Refuse a lens whose unembedding fingerprint differs from the model's.
+
+    Returns:
+        The path written.
+    """
+    from tunedlens.lenses.load import LOGIT, lens_name, load_lens
+    from tunedlens.models import load_model, need_tokenizer
+    from tunedlens.plot.trajectory_figures import save
+    from tunedlens.view.notebook import Lensed
+
+    out = Path(out)
+    if out.suffix.lower() not in FIGURE_SUFFIXES:
+        raise ValueError(f"--out must end in .html or .png, got {out.name!r}")
+    names = ALL_VIEW_STATS if stat == "all" else check_stats(stat, VIEW_STATS)
+    if isinstance(stride, bool) or stride < 1:
+        raise ValueError(f"--stride must be an integer >= 1, got {stride!r}")
+    if last is not None and last < 1:
+        raise ValueError(f"--last must be an integer >= 1, got {last!r}")
+    loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
+    viewer = Lensed(loaded, need_tokenizer(loaded_tokenizer, model_spec))
+    chosen = {LOGIT: load_lens(LOGIT, loaded)}
+    for location in lenses:
+        if str(location) != LOGIT:
+            chosen[lens_name(location, chosen)] = load_lens(location, loaded, strict=strict)
+
+    def view(text: str, lens):
+        trajectory = viewer.trajectory(text, lens)
+        if last is not None:
+            trajectory = trajectory.slice_positions(slice(-last, None))
+        return trajectory.stride(stride)
+
+    trajectories = [view(prompt, lens) for lens in chosen.values()]
+    labels = [f"{lens.kind} lens" if name == lens.kind else f"{lens.kind} lens {name}"
+              for name, lens in chosen.items()]  # fmt: skip
+    if compare is None:
+        stats = [t.stat(name) for name in names for t in trajectories]
+        titles = [f"{label}: {s.name} ({s.units})"
+                  for s, label in zip(stats, [lb for _ in names for lb in labels], strict=True)]  # fmt: skip
+    else:
+        others = [view(compare, lens) for lens in chosen.values()]
+        stats = [first.difference(second) for first, second in zip(trajectories, others, strict=True)]
+        titles = [f"{label}: JS divergence between the two prompts (bits)" for label in labels]
+    return save(stats, out, titles, columns=len(chosen), title=f"{model_spec}: {prompt!r}")

@@ -1,0 +1,80 @@
+"""Every ``tunedlens`` command line the README shows is accepted by the CLI as written.
+
+The README's console blocks (``$ tunedlens ...``, ``torchrun ... -m tunedlens ...``) and its two
+set-up commands are parsed with the real click commands (no command runs): an option the CLI does
+not have, or a missing argument, fails here.
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import typer
+
+from tunedlens.cli.app import app
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def _invocations() -> list[str]:
+    text = README.read_text()
+    lines = []
+    for block in re.findall(r"```(?:console|bash)\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.strip().removeprefix("$ ")
+            for part in re.split(r"\s*&&\s*", line):
+                words = shlex.split(part, comments=True) if part else []
+                if "tunedlens" in words[:1] or (words[:1] == ["torchrun"] and "tunedlens" in words):
+                    lines.append(part)
+    return lines
+
+
+INVOCATIONS = _invocations()
+
+
+def _args(line: str) -> list[str]:
+    words = shlex.split(line, comments=True)
+    return words[words.index("tunedlens") + 1 :]
+
+
+def test_the_readme_shows_every_command():
+    shown = {tuple(_args(line)[:2]) if _args(line)[0] == "lens" else _args(line)[0]
+             for line in INVOCATIONS}  # fmt: skip
+    assert {"predict", "show", "train", "eval", ("lens", "info"), ("lens", "convert")} <= shown
+
+
+@pytest.mark.parametrize("line", INVOCATIONS)
+def test_readme_command_line_is_accepted(line):
+    command = typer.main.get_command(app)
+    args = _args(line)
+    context = command.make_context("tunedlens", list(args), resilient_parsing=False)
+    while hasattr(command, "resolve_command"):  # a group (typer ships its own click)
+        pending = [*getattr(context, "_protected_args", []), *context.args]
+        name, command, rest = command.resolve_command(context, pending)
+        context = command.make_context(name, rest, parent=context)
+    assert not context.args, f"unparsed arguments {context.args} in {line!r}"
+    assert context.command.name == args[-1 if len(args) == 1 else 0] or context.parent is not None
+
+
+def test_an_unknown_option_is_caught():
+    with pytest.raises(Exception, match="No such option: --bogus"):
+        test_readme_command_line_is_accepted("tunedlens predict demo hi --bogus")
+
+
+def test_train_options_take_their_help_from_the_config():
+    from tunedlens.train.config import TrainConfig, field_help
+
+    train = typer.main.get_command(app).commands["train"]
+    fields = set(TrainConfig.__dataclass_fields__)
+    mirrored = [p for p in train.params if p.name in fields and p.name != "recipe"]
+    assert len(mirrored) >= 12
+    for parameter in mirrored:
+        assert parameter.help == field_help(parameter.name), parameter.name
+    assert {"fsdp", "device", "tokenizer"} <= {p.name for p in train.params}
+
+
+@pytest.mark.parametrize("name", ["predict", "show", "train", "eval"])
+def test_model_commands_take_device_and_tokenizer(name):
+    command = typer.main.get_command(app).commands[name]
+    assert {"device", "tokenizer", "dtype"} <= {p.name for p in command.params}
