@@ -25,8 +25,10 @@ def test_facade_on_smollm2(lensed, tmp_path):
     with torch.no_grad():
         expected = lensed.model(ids).logits[0, -1].softmax(-1)
     token_id, prob, text = result[30][0][0]
+    # The readout's float32 head (blocked, possibly another BLAS) rounds the 576-term dot
+    # products apart from the model's own forward by ~1e-4 in the logit, so ~2e-5 here.
     assert token_id == int(expected.argmax()) and prob == pytest.approx(
-        float(expected.max()), abs=1e-5
+        float(expected.max()), abs=1e-4
     )
     assert text == lensed.tokenizer.decode([token_id])
     texts = [f"Line {i}: the capital of a country is its seat of government." for i in range(40)]
