@@ -90,6 +90,12 @@ def predict_layers(
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     input_ids = encode_prompt(tokenizer, prompt, model)
+    length = input_ids.shape[1]
+    if isinstance(position, bool) or not isinstance(position, int) or not -length <= position < length:
+        raise IndexError(
+            f"position {position!r} (--position) is outside the prompt's {length} tokens; use "
+            f"0..{length - 1}, or -{length}..-1 counting from the end."
+        )
     rows = [*(range(lens.n_layers) if layers is None else layers), lens.n_layers]
     result = readout(model, {"lens": lens}, input_ids, rows=rows, positions=position, stats=(),
                      top_k=top_k)["lens"]  # fmt: skip

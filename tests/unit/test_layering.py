@@ -18,10 +18,12 @@ FLOORS = {
     "errors": 0,
     "metrics": 0,
     "provenance": 0,
+    "serialize": 0,
     # 1: models, data and architecture knowledge
     "arch": 1,
     "data": 1,
     "models": 1,
+    "outputs": 1,
     # 2: lenses and their files
     "lenses": 2,
     # 3: the numerics floor: the one readout engine

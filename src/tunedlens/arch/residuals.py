@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tunedlens.arch.resolve import ResolvedArch, resolve_arch
+from tunedlens.errors import TunedLensError
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,33 @@ def _select(hidden: torch.Tensor, positions: torch.Tensor | None) -> torch.Tenso
     return hidden.gather(1, index)
 
 
+class NonFiniteActivations(TunedLensError, ValueError):
+    """The model itself produced NaN or Inf in its residual stream."""
+
+
+def check_input_ids(model: nn.Module, input_ids: torch.Tensor) -> None:
+    """Refuse token ids outside the vocabulary and sequences longer than the model's context."""
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids are empty ({tuple(input_ids.shape)}); pass at least one token")
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or (vocab is not None and high >= vocab):
+        raise ValueError(
+            f"input_ids hold token {low if low < 0 else high}, outside the model's vocabulary "
+            f"0..{vocab - 1 if vocab else '?'}; were they made by another tokenizer?"
+        )
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    context = getattr(config, "max_position_embeddings", None)
+    if context is not None and input_ids.shape[-1] > context:
+        raise ValueError(
+            f"the sequences are {input_ids.shape[-1]} tokens long, longer than the model's context "
+            f"of {context}; shorten them."
+        )
+
+
 def collect_residuals(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -81,6 +109,7 @@ def collect_residuals(
     arch = arch or resolve_arch(model)
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
+    check_input_ids(model, input_ids)
     captured: list[torch.Tensor | None] = [None] * (arch.n_layers + 1)
     handles = []
 
@@ -111,5 +140,13 @@ def collect_residuals(
         raise RuntimeError(
             f"decoder blocks {missing} did not run during the forward pass; the model skips "
             "layers, which tunedlens cannot lens."
+        )
+    first_bad = next((i for i, h in enumerate(captured) if not bool(torch.isfinite(h).all())), None)
+    if first_bad is not None:
+        raise NonFiniteActivations(
+            f"the model's residual stream holds NaN or Inf from layer {first_bad} on (row "
+            f"{first_bad} = {'the embeddings' if first_bad == 0 else f'the output of block {first_bad - 1}'}); "
+            f"in {next(iter(model.parameters())).dtype} this is usually an overflow: load the model "
+            "in float32 or bfloat16 (--dtype)."
         )
     return Residuals(hidden=tuple(captured), logits=None if output is None else output.logits)

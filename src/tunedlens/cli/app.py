@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,6 +19,7 @@ from tunedlens.cli.options import (
     StrictOption,
     TokenizerOption,
 )
+from tunedlens.serialize import dumps
 from tunedlens.train.config import field_help
 
 app = typer.Typer(
@@ -54,7 +55,7 @@ def predict(
     result = run_predict(model, prompt, lens=lens, layers=layers, top_k=top_k, position=position,
                          dtype=dtype, device=device, tokenizer=tokenizer, strict=strict)  # fmt: skip
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=False))
+        typer.echo(dumps(result.to_dict(), ensure_ascii=False))
         return
     from rich.console import Console
 
@@ -132,6 +133,9 @@ def train(
         Optional[int], typer.Option(help=field_help("checkpoint_every"))
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace the lens, checkpoint and log of another run in --out.")
+    ] = False,
     fsdp: Annotated[
         bool,
         typer.Option(help="Shard the model's decoder blocks across torchrun processes (FSDP2)."),
@@ -155,14 +159,32 @@ def train(
         val_every=val_every, patience=patience, seed=seed, checkpoint_every=checkpoint_every,
     )  # fmt: skip
     world = init_world()
-    with TrainingProgress(enabled=world.is_primary) as progress:
+    with TrainingProgress(enabled=world.is_primary) as progress, interrupted_training(out):
         result = run_training(
             model, config, out, data=data, val_data=val_data, text_column=text_column,
-            resume=resume, dtype=dtype, device=device, tokenizer=tokenizer, lens_format=format,
+            resume=resume, force=force, dtype=dtype, device=device, tokenizer=tokenizer, lens_format=format,
             fsdp=fsdp, on_step=progress.update, on_status=progress.status, world=world,
         )  # fmt: skip
     if world.is_primary:
         progress.summary(result, out)
+
+
+@contextmanager
+def interrupted_training(out: Path):
+    """On Ctrl-C, say what was kept and how to continue, and exit 130 without a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from tunedlens.train.checkpoint import CHECKPOINT_NAME
+
+        if (out / CHECKPOINT_NAME).exists():
+            message = (f"interrupted: the last checkpoint in {out} is kept; run the same command "
+                       "with --resume to continue from it.")  # fmt: skip
+        else:
+            message = ("interrupted before any checkpoint was written, so there is nothing to "
+                       "resume; pass --checkpoint-every N to make a run resumable.")  # fmt: skip
+        typer.echo(message, err=True)
+        raise SystemExit(130) from None
 
 
 @app.command("eval")
@@ -200,6 +222,7 @@ def eval_command(
     device: DeviceOption = None,
     tokenizer: TokenizerOption = None,
     strict: StrictOption = True,
+    force: Annotated[bool, typer.Option(help="Replace an existing report in --out.")] = False,
 ):
     """Evaluate lenses on MODEL layer by layer (the logit lens is always the baseline)."""
     from tunedlens.cli.progress import EvalProgress
@@ -210,7 +233,8 @@ def eval_command(
             model, lens or (), data=data, text_column=text_column, tokens=tokens, seq_len=seq_len,
             out=out, prompts=prompts, transfer=transfer, bootstrap=bootstrap,
             batch_size=batch_size, seed=seed, plots=plots, dtype=dtype, device=device,
-            tokenizer=tokenizer, strict=strict, progress=progress.update, on_start=progress.start,
+            tokenizer=tokenizer, strict=strict, force=force, progress=progress.update,
+            on_start=progress.start,
         )  # fmt: skip
     typer.echo((run.out / "summary.md").read_text())
     typer.echo(f"wrote {len(run.written)} files to {run.out}")
@@ -226,7 +250,7 @@ def lens_info(
 
     info = describe_lens(path)
     if as_json:
-        typer.echo(json.dumps(info, indent=2, default=str))
+        typer.echo(dumps(info, indent=2, default=str))
         return
     from rich.console import Console
 
@@ -240,11 +264,13 @@ def lens_convert(
     source: Annotated[Path, typer.Argument(help="Lens directory to read (either format).")],
     target: Annotated[Path, typer.Argument(help="Directory to write.")],
     format: Annotated[str, typer.Option("--format", help="native or tuned-lens.")] = "native",
+    force: Annotated[bool, typer.Option(help="Replace what DST already holds.")] = False,
 ):
     """Convert a lens between the native format and the reference tuned-lens format."""
     from tunedlens.lenses.files import convert_lens
 
-    typer.echo(f"wrote {format} lens to {convert_lens(source, target, format)}")  # type: ignore[arg-type]
+    written = convert_lens(source, target, format, force=force)  # type: ignore[arg-type]
+    typer.echo(f"wrote {format} lens to {written}")
 
 
 def main() -> None:

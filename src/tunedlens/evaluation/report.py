@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
+
+from tunedlens.serialize import dumps
 
 RECORD_COLUMNS = [
     "prompt_id", "lens", "layer", "position", "token", "top1_token", "top1_prob",
@@ -83,7 +84,7 @@ def save_report(report, out: str | os.PathLike, *, plots: bool = True) -> list[P
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json", out / "summary.md"]
-    written[0].write_text(json.dumps(report.metrics, indent=2, allow_nan=False) + "\n")
+    written[0].write_text(dumps(report.metrics, indent=2) + "\n")
     written[1].write_text(summary_markdown(report.metrics))
     if report.records or report.next_token:
         _write_csv(out / "records.csv", RECORD_COLUMNS, report.records)

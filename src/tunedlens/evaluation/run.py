@@ -38,21 +38,31 @@ def run_evaluation(
     device: str | None = None,
     tokenizer: str | None = None,
     strict: bool = True,
+    force: bool = False,
     progress: Callable[[int, int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> EvalRun:
     """Evaluate lens locations on ``model_spec`` (the logit lens is always the baseline).
 
     ``on_start`` is called with the number of tokens once the data is packed, ``progress`` after
-    every batch (see :func:`evaluate`). Arguments as for ``tunedlens eval``.
+    every batch (see :func:`evaluate`). Arguments as for ``tunedlens eval``. ``out`` is checked
+    before anything is loaded (an existing report is replaced only with ``force``); the report is
+    written under a temporary name and renamed once complete.
     """
     from tunedlens.data import TextSource, pack_blocks
     from tunedlens.lenses.load import LOGIT, lens_name, load_lens
     from tunedlens.models import load_model, need_tokenizer
+    from tunedlens.outputs import check_out_dir, publish_dir, staging_dir
 
     if tokens < seq_len or seq_len < 2:
         raise ValueError(
             f"--tokens ({tokens}) must hold at least one sequence of --seq-len ({seq_len}) tokens"
+        )
+    out = check_out_dir(out, force=force)
+    if seq_len < 2 or batch_size < 1 or bootstrap < 0:
+        raise ValueError(
+            f"need --seq-len >= 2, --batch-size >= 1 and --bootstrap >= 0, got {seq_len}, "
+            f"{batch_size}, {bootstrap}"
         )
     suite = None if prompts in (None, "none") else load_prompts(prompts)
     loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
@@ -69,6 +79,13 @@ def run_evaluation(
                       transfer=transfer, batch_size=batch_size, bootstrap=bootstrap, seed=seed,
                       progress=progress, model_name=model_spec)  # fmt: skip
     report.metrics["data"] = {"spec": data, "content_hash": blocks.content_hash()}
-    out = Path(out)
-    written = report.save(out, plots=plots)
-    return EvalRun(report, out, written)
+    staging = staging_dir(out)
+    try:
+        written = report.save(staging, plots=plots)
+        publish_dir(staging, out)
+    finally:
+        if staging.exists():
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    return EvalRun(report, out, [out / path.name for path in written])

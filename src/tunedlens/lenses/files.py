@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -104,6 +106,44 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
+def _check_model_info(config: dict, path: Path) -> None:
+    """The model fields of a lens config: strings, a positive vocabulary, a hex fingerprint."""
+    for key in ("base_model_name_or_path", "base_model_revision", "model_type"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise LensFileError(f"{path}: '{key}' must be a string or null, found {value!r}.")
+    vocab = config.get("vocab_size")
+    if vocab is not None and (not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0):
+        raise LensFileError(f"{path}: 'vocab_size' must be a positive integer, found {vocab!r}.")
+    fingerprint = config.get("unembed_hash")
+    if fingerprint is not None and not (
+        isinstance(fingerprint, str) and re.fullmatch(r"[0-9a-f]{64}", fingerprint)
+    ):
+        raise LensFileError(
+            f"{path}: 'unembed_hash' must be a sha256 hex digest (64 characters 0-9a-f) or null, "
+            f"found {fingerprint!r}."
+        )
+
+
+def _require_bool(config: dict, key: str, path: Path, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise LensFileError(f"{path}: '{key}' must be true or false, found {value!r}.")
+    return value
+
+
+def check_finite(translator, where: str) -> None:
+    """Raise :class:`LensFileError` naming the first tensor and layer holding NaN or Inf."""
+    for name, tensor in translator.state_dict().items():
+        finite = torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(-1) if tensor.dim() else torch.isfinite(tensor)
+        if not bool(finite.all()):
+            layer = int((~finite).nonzero()[0, 0]) if finite.dim() else 0
+            raise LensFileError(
+                f"{where}: '{name}' holds NaN or Inf values (first at layer {layer}); the lens is "
+                "broken. Retrain it, or restore the file from a good copy."
+            )
+
+
 def _require_int(config: dict, key: str, path: Path) -> int:
     value = config.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -166,7 +206,8 @@ def _read_reference(path: Path) -> LensFile:
         config["num_hidden_layers"] = n_layers
     n_layers = _require_int(config, "num_hidden_layers", path / CONFIG_FILE)
     d_model = _require_int(config, "d_model", path / CONFIG_FILE)
-    use_bias = config.get("bias", "0.bias" in state)
+    use_bias = _require_bool(config, "bias", path / CONFIG_FILE, "0.bias" in state)
+    _check_model_info(config, path / CONFIG_FILE)
     expected = {f"{i}.weight" for i in range(n_layers)}
     expected |= {f"{i}.bias" for i in range(n_layers)} if use_bias else set()
     if set(state) != expected:
@@ -181,6 +222,7 @@ def _read_reference(path: Path) -> LensFile:
             _copy_checked(translator.weight[i], state[f"{i}.weight"], f"{i}.weight", path)
             if use_bias:
                 _copy_checked(translator.bias[i], state[f"{i}.bias"], f"{i}.bias", path)
+    check_finite(translator, str(path / REFERENCE_WEIGHTS))
     model_info = {key: config.get(key) for key in MODEL_INFO_KEYS}
     provenance_path = path / PROVENANCE_FILE
     provenance = _read_json(provenance_path, "") if provenance_path.exists() else {}
@@ -236,16 +278,17 @@ def _read_native(path: Path) -> LensFile:
     n_layers = _require_int(config, "num_hidden_layers", path / CONFIG_FILE)
     d_model = _require_int(config, "d_model", path / CONFIG_FILE)
     kind = config.get("translator")
+    _check_model_info(config, path / CONFIG_FILE)
     if kind == "affine":
         translator = AffineTranslator(
-            n_layers, d_model, use_bias=bool(config.get("use_bias", True))
+            n_layers, d_model, use_bias=_require_bool(config, "use_bias", path / CONFIG_FILE, True)
         )
     elif kind == "lowrank":
         translator = LowRankTranslator(
             n_layers,
             d_model,
             rank=_require_int(config, "rank", path / CONFIG_FILE),
-            use_temperature=bool(config.get("use_temperature", False)),
+            use_temperature=_require_bool(config, "use_temperature", path / CONFIG_FILE, False),
         )
     else:
         raise LensFileError(
@@ -268,6 +311,7 @@ def _read_native(path: Path) -> LensFile:
             f"describes {wanted}."
         )
     translator.load_state_dict({k: v.float() for k, v in tensors.items()})
+    check_finite(translator, str(path / NATIVE_WEIGHTS))
     model_info = {key: config.get(key) for key in MODEL_INFO_KEYS}
     provenance_path = path / PROVENANCE_FILE
     provenance = _read_json(provenance_path, "") if provenance_path.exists() else {}
@@ -342,12 +386,32 @@ def _atomic_write(target: Path, write) -> None:
         raise
 
 
-def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: LensFormat) -> Path:
-    """Read the lens directory ``source`` (either format) and write it to ``target`` as ``format``."""
+def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: LensFormat, *,
+                 force: bool = False) -> Path:  # fmt: skip
+    """Read the lens directory ``source`` (either format) and write it to ``target`` as ``format``.
+
+    A ``target`` that already holds files is refused unless ``force`` (then it is replaced).
+    """
     if format not in ("native", "tuned-lens"):
         raise ValueError(f"--format must be 'native' or 'tuned-lens', got {format!r}")
     source, target = Path(source), Path(target)
     if source.resolve() == target.resolve():
         raise ValueError("SRC and DST are the same directory; write the converted lens elsewhere.")
-    write_lens(read_lens(source), target, format)
+    if target.exists() and not target.is_dir():
+        raise LensFileError(f"DST {str(target)!r} is a file; pass a directory.")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise LensFileError(
+            f"DST {str(target)!r} already holds files ({', '.join(sorted(p.name for p in target.iterdir())[:4])}); "
+            "choose another directory, or pass --force to replace it (nothing was overwritten)."
+        )
+    lens = read_lens(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        write_lens(lens, staging, format)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -57,6 +57,13 @@ class Lens(nn.Module):
 
     def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Decode ``(..., d_model)`` states of ``layer`` into float32 logits ``(..., vocab)``."""
+        if not isinstance(hidden, torch.Tensor):
+            raise TypeError(
+                f"hidden states must be a torch.Tensor of shape (..., {self.d_model}), got a "
+                f"{type(hidden).__name__}; convert it with torch.as_tensor(...)."
+            )
+        if hidden.dim() == 0:
+            raise ValueError(f"hidden states must have shape (..., {self.d_model}), got a scalar")
         self._check_width(hidden)
         return self.scale_logits(self.unembed(self.transform(hidden, layer)), layer)
 

@@ -31,7 +31,8 @@ LOADERS: dict[str, Loader] = {
 """Lens-file format (as :func:`detect_format` names it) -> ``loader(path, model, strict=)``."""
 
 
-def load_lens(location: str | os.PathLike | Lens, model: nn.Module, *, strict: bool = True) -> Lens:
+def load_lens(location: str | os.PathLike | Lens, model: nn.Module, *, strict: bool = True,
+              **options) -> Lens:  # fmt: skip
     """The lens at ``location`` for ``model``: ``"logit"``, a directory or a hub location.
 
     Args:
@@ -39,21 +40,25 @@ def load_lens(location: str | os.PathLike | Lens, model: nn.Module, *, strict: b
             ``tuned-lens:...``, or a :class:`Lens` (returned as is).
         model: The model the lens is for.
         strict: Refuse a lens whose unembedding fingerprint differs from the model's.
+        **options: Passed to the lens's constructor or loader, e.g. ``final_norm=`` or
+            ``skip_norm=True`` (decode with another norm, or none).
 
     Raises:
         LensFileError: nothing usable at ``location``.
         LensMismatch: the lens belongs to another model.
     """
     if isinstance(location, Lens):
+        if options:
+            raise ValueError(f"options {sorted(options)} apply when loading, not to a lens object")
         return location
     if str(location) == LOGIT:
-        return LogitLens(model)
+        return LogitLens(model, **options)
     path = lens_dir(location)
     kind = detect_format(Path(path))
     loader = LOADERS.get(kind)
     if loader is None:
         raise LensFileError(f"{location}: lens files of kind {kind!r} have no loader")
-    lens = loader(path, model, strict=strict)
+    lens = loader(path, model, strict=strict, **options)
     lens.source = str(location)
     return lens
 

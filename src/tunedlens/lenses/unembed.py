@@ -77,6 +77,10 @@ class Unembed:
         final_norm: nn.Module | str | None = None,
         skip_norm: bool = False,
     ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model must be the Hugging Face model the lens decodes for, got {type(model).__name__}"
+            )
         arch = arch or resolve_arch(model)
         if arch.source == "guess":
             _accept_guess(model, arch)

@@ -16,128 +16,22 @@ another (the transfer matrix of ``evaluate``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
-from tunedlens.arch.residuals import Residuals, collect_residuals
+from tunedlens.arch.residuals import Residuals
 from tunedlens.errors import LensMismatch
 from tunedlens.lenses.lens import Lens, LogitLens
 from tunedlens.lenses.unembed import Unembed
 from tunedlens.readout.kernel import BlockedHead, Extras, FinalChunk, head_input
+from tunedlens.readout.plan import check_rows, make_plan
+from tunedlens.readout.result import Grids, LensReadout, Readout, Row, row_label
 from tunedlens.readout.stats import PAIR_STATS, STAT_NAMES, Stat, check_stats
 
-Row = int | tuple[int, int]
 DEFAULT_STATS: tuple[Stat, ...] = ("entropy", "kl", "ce", "max-prob", "rank", "prob")
 DEFAULT_BUDGET = 512 * 2**20
 """Bytes for vocabulary-sized work tensors (sets the positions per chunk)."""
-
-
-@dataclass(frozen=True)
-class LensReadout:
-    """One lens's readout: grids ``(batch, rows, positions)``; NaN / ``-1`` in padding cells."""
-
-    name: str
-    kind: str
-    values: dict[str, torch.Tensor]
-    """Statistic name -> float32 grid. Information quantities are in nats (see ``STATS``)."""
-    top_ids: torch.Tensor | None = None
-    """``(batch, rows, positions, k)`` most likely tokens, most likely first."""
-    top_probs: torch.Tensor | None = None
-    token_logprobs: torch.Tensor | None = None
-    """``(batch, rows, positions, m)`` log-probability of each requested token."""
-    token_ranks: torch.Tensor | None = None
-    logprobs: torch.Tensor | None = None
-    """``(batch, rows, positions, vocab)`` full log-probabilities, when requested."""
-    inputs: torch.Tensor | None = None
-    """``(batch, rows, positions, d)`` what the lens fed the unembedding (``keep_inputs``)."""
-    scales: tuple[float, ...] = ()
-    """The lens's logit scale per row."""
-
-    @property
-    def token_probs(self) -> torch.Tensor | None:
-        """``(batch, rows, positions, m)`` probability of each requested token."""
-        return None if self.token_logprobs is None else self.token_logprobs.exp()
-
-    def __getitem__(self, stat: str) -> torch.Tensor:
-        if stat not in self.values:
-            raise KeyError(
-                f"statistic {stat!r} was not computed; pass stats=(..., {stat!r}) to readout"
-            )
-        return self.values[stat]
-
-    def take(self, rows=None, positions=None) -> LensReadout:
-        """A readout restricted to row indices and/or position indices (into this readout)."""
-
-        def pick(tensor):
-            if tensor is None:
-                return None
-            if rows is not None:
-                tensor = tensor[:, rows]
-            return tensor if positions is None else tensor[:, :, positions]
-
-        changes = {name: pick(getattr(self, name)) for name in _GRIDS}
-        scales = self.scales if rows is None else tuple(self.scales[i] for i in _indices(rows, len(self.scales)))
-        return replace(self, values={k: pick(v) for k, v in self.values.items()}, scales=scales,
-                       **changes)  # fmt: skip
-
-
-_GRIDS = ("top_ids", "top_probs", "token_logprobs", "token_ranks", "logprobs", "inputs")
-
-
-def _indices(selection, length: int) -> list[int]:
-    return list(range(length))[selection] if isinstance(selection, slice) else list(selection)
-
-
-@dataclass(frozen=True)
-class Readout:
-    """What :func:`readout` returns: per lens × row × position statistics, plus the model's own."""
-
-    rows: list[Row]
-    input_ids: torch.Tensor | None
-    """``(batch, seq)`` the ids the model ran on (``None`` when read from given states)."""
-    positions: torch.Tensor
-    """``(batch, positions)`` index of each column in its sequence; ``-1`` in padding cells."""
-    targets: torch.Tensor
-    """``(batch, positions)`` the token each cell's cross-entropy and rank refer to; ``-1``: none."""
-    model: dict[str, torch.Tensor]
-    """The model's own ``entropy`` and ``ce`` (nats) ``(batch, positions)``."""
-    lenses: dict[str, LensReadout]
-    n_layers: int
-    head: BlockedHead | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def valid(self) -> torch.Tensor:
-        """``(batch, positions)`` True where a cell holds a real token."""
-        return self.positions >= 0
-
-    @property
-    def row_labels(self) -> list[str]:
-        """``"0"``, ..., ``"output"`` for row ``L``; ``"i@j"`` for lens row i on the states of j."""
-        return [row_label(row, self.n_layers) for row in self.rows]
-
-    def __getitem__(self, name: str) -> LensReadout:
-        if name not in self.lenses:
-            raise KeyError(f"no lens named {name!r} in this readout; it has {', '.join(self.lenses)}")
-        return self.lenses[name]
-
-    def take(self, rows=None, positions=None) -> Readout:
-        """The readout restricted to some row and/or position indices (slices or lists)."""
-        pick = lambda t: t if positions is None else t[:, positions]  # noqa: E731
-        kept_rows = self.rows if rows is None else [self.rows[i] for i in _indices(rows, len(self.rows))]
-        return replace(
-            self, rows=kept_rows, positions=pick(self.positions), targets=pick(self.targets),
-            model={k: pick(v) for k, v in self.model.items()},
-            lenses={k: v.take(rows, positions) for k, v in self.lenses.items()},
-        )  # fmt: skip
-
-
-def row_label(row: Row, n_layers: int) -> str:
-    """How a row is shown: its layer index, ``output`` for ``L``, ``i@j`` for a transfer pair."""
-    if isinstance(row, tuple):
-        return f"{row[1]}@{row[0]}"
-    return "output" if row == n_layers else str(row)
 
 
 def name_lenses(lenses: Lens | Sequence[Lens] | Mapping[str, Lens] | None) -> dict[str, Lens]:
@@ -146,11 +40,18 @@ def name_lenses(lenses: Lens | Sequence[Lens] | Mapping[str, Lens] | None) -> di
         return {}
     if isinstance(lenses, Lens):
         lenses = [lenses]
+    if isinstance(lenses, (str, bytes)) or not isinstance(lenses, (Mapping, Sequence)):
+        raise TypeError(
+            f"lenses must be a Lens, a list of lenses or a name -> lens mapping, got "
+            f"{type(lenses).__name__} (load a lens location with load_lens(location, model))"
+        )
     if isinstance(lenses, Mapping):
         named = dict(lenses)
     else:
         named = {}
         for lens in lenses:
+            if not isinstance(lens, Lens):
+                raise TypeError(f"{lens!r} is a {type(lens).__name__}, not a tunedlens Lens")
             name, index = lens.kind, 0
             while name in named:
                 index += 1
@@ -248,14 +149,14 @@ def readout(
                 "(load_lens(location, model))."
             )
     n_layers = first.n_layers
-    rows = _check_rows(rows, n_layers)
+    rows = check_rows(rows, n_layers)
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
-    plan = _plan(model, first, input_ids, states, attention_mask, positions, targets, tokens)
+    plan = make_plan(model, first, input_ids, states, attention_mask, positions, targets, tokens)
     unembed = Unembed.from_arch(first.unembed.arch)
     head = blocked_head(unembed, cosine="cos" in stats)
     top_k = min(top_k, head.vocab_size)
-    grids = {name: _Grids.empty(plan, len(rows), stats, top_k, head, logprobs, keep_inputs)
+    grids = {name: Grids.empty(plan, len(rows), stats, top_k, head, logprobs, keep_inputs)
              for name in named}  # fmt: skip
     model_stats = {k: torch.full(plan.shape, torch.nan) for k in ("entropy", "ce")}
     cells = plan.cells()
@@ -290,7 +191,7 @@ def readout(
     )
 
 
-def _read_rows(head: BlockedHead, lens: Lens, grids: _Grids, rows: list[Row], first_row: int,
+def _read_rows(head: BlockedHead, lens: Lens, grids: Grids, rows: list[Row], first_row: int,
                states_at, where, final: FinalChunk, tokens, stats, top_k: int, logprobs: bool) -> None:  # fmt: skip
     """One lens at several rows of one chunk of positions, in one pass of the kernel."""
     inputs, scales = [], []
@@ -316,233 +217,6 @@ def _read_rows(head: BlockedHead, lens: Lens, grids: _Grids, rows: list[Row], fi
         values = {key: value[part] for key, value in result.items()}
         grids.write(first_row + index, where, values, has_target, inputs[index], scales[index],
                     None if buffer is None else buffer[part], tokens)  # fmt: skip
-
-
-def _check_rows(rows, n_layers: int) -> list[Row]:
-    if rows is None:
-        return list(range(n_layers + 1))
-    checked: list[Row] = []
-    for row in rows:
-        pair = row if isinstance(row, tuple) else (row,)
-        if not pair or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= n_layers
-                               for r in pair):  # fmt: skip
-            raise IndexError(
-                f"row {row!r} is outside 0..{n_layers} (0 = embeddings, {n_layers} = the output "
-                "row); pass layer indices of this model"
-            )
-        checked.append(tuple(pair) if isinstance(row, tuple) else row)
-    if not checked:
-        raise IndexError("no rows selected; pass at least one row in 0..{n_layers}")
-    return checked
-
-
-@dataclass
-class _Plan:
-    """Which cells to read, the states they come from, and their targets and tokens."""
-
-    input_ids: torch.Tensor | None
-    states: list[torch.Tensor]
-    """``L + 1`` tensors ``(batch, columns, d)`` indexed by :attr:`columns`."""
-    positions: torch.Tensor  # (batch, P) sequence index, -1 padding
-    columns: torch.Tensor  # (batch, P) index into the states' second dimension
-    targets: torch.Tensor  # (batch, columns) for the states' columns
-    targets_grid: torch.Tensor  # (batch, P)
-    tokens: torch.Tensor | None  # (batch, columns, m)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.positions.shape)  # type: ignore[return-value]
-
-    def cells(self) -> torch.Tensor:
-        """``(n, 3)`` rows of (sequence, state column, grid column) of every real cell."""
-        batch, column = torch.nonzero(self.positions >= 0, as_tuple=True)
-        return torch.stack([batch, self.columns[batch, column], column], -1)
-
-
-def _as_ids(input_ids, attention_mask):
-    if isinstance(input_ids, torch.Tensor):
-        ids = input_ids.long()
-        if ids.dim() == 1:
-            ids = ids.unsqueeze(0)
-    else:
-        sequences = [list(s) for s in input_ids] if input_ids and not isinstance(input_ids[0], int) else [list(input_ids)]
-        if attention_mask is not None:
-            raise ValueError("pass attention_mask only with a (batch, seq) tensor of ids")
-        length = max((len(s) for s in sequences), default=0)
-        ids = torch.zeros(len(sequences), length, dtype=torch.long)
-        attention_mask = torch.zeros(len(sequences), length, dtype=torch.long)
-        for index, sequence in enumerate(sequences):
-            ids[index, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-            attention_mask[index, : len(sequence)] = 1
-    if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be (batch, seq) and not empty, got {tuple(ids.shape)}")
-    if attention_mask is not None and tuple(attention_mask.shape) != tuple(ids.shape):
-        raise ValueError(
-            f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(ids.shape)}"
-        )
-    return ids, attention_mask
-
-
-def _plan(model, lens: Lens, input_ids, states, attention_mask, positions, targets, tokens) -> _Plan:
-    if input_ids is None and states is None:
-        raise ValueError("pass input_ids (token ids) or states (residuals) to read")
-    ids = None
-    if input_ids is not None:
-        ids, attention_mask = _as_ids(input_ids, attention_mask)
-        vocab = lens.unembed.vocab_size
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise ValueError(f"input_ids must lie in 0..{vocab - 1} (the model's vocabulary)")
-    if states is not None:
-        hidden = list(states.hidden if isinstance(states, Residuals) else states)
-        if len(hidden) != lens.n_layers + 1:
-            raise ValueError(f"states must hold {lens.n_layers + 1} tensors (rows 0..L), got {len(hidden)}")
-        hidden = [h if h.dim() == 3 else h.unsqueeze(0) for h in hidden]
-        batch, seq = hidden[0].shape[:2]
-        if ids is not None and tuple(ids.shape) != (batch, seq):
-            raise ValueError(f"input_ids {tuple(ids.shape)} do not match the states' {(batch, seq)}")
-    else:
-        batch, seq = ids.shape
-    mask = torch.ones(batch, seq, dtype=torch.bool) if attention_mask is None else attention_mask.bool().cpu()
-    lengths = mask.sum(1)
-    if int(lengths.min()) == 0:
-        raise ValueError("a sequence has no tokens (its attention mask is all zeros)")
-    index = [torch.nonzero(mask[b], as_tuple=True)[0] for b in range(batch)]  # real positions
-    grid = _grid_positions(positions, index)
-    if targets is None:
-        next_ids = torch.full((batch, seq), -1, dtype=torch.long)
-        if ids is not None:
-            for b, where in enumerate(index):
-                next_ids[b, where[:-1]] = ids[b, where[1:]]
-    else:
-        next_ids = torch.as_tensor(targets).long()
-        next_ids = next_ids.unsqueeze(0) if next_ids.dim() == 1 else next_ids
-        if tuple(next_ids.shape) != (batch, seq):
-            raise ValueError(f"targets {tuple(next_ids.shape)} must match input_ids {(batch, seq)}")
-    token_grid = _token_grid(tokens, batch, seq, lens.unembed.vocab_size)
-    if states is None:
-        # Only the requested positions' states are kept (gathered inside the hooks).
-        gather = grid.clamp_min(0)
-        residuals = collect_residuals(
-            model, ids.to(lens.unembed.device), attention_mask=None if attention_mask is None
-            else attention_mask.to(lens.unembed.device), arch=lens.unembed.arch,
-            positions=gather, with_logits=False,
-        )  # fmt: skip
-        hidden, columns = list(residuals.hidden), torch.arange(grid.shape[1]).expand_as(grid)
-        targets_cols = next_ids.gather(1, gather)
-        token_grid = None if token_grid is None else token_grid.gather(1, gather[..., None].expand(-1, -1, token_grid.shape[-1]))
-    else:
-        columns, targets_cols = grid.clamp_min(0), next_ids
-    targets_grid = torch.where(grid >= 0, next_ids.gather(1, grid.clamp_min(0)), -1)
-    return _Plan(ids, hidden, grid, columns, targets_cols, targets_grid, token_grid)
-
-
-def _grid_positions(positions, index: list[torch.Tensor]) -> torch.Tensor:
-    """``(batch, P)`` sequence positions of each column, ``-1`` where a sequence is shorter."""
-    if positions is None:
-        width = max(len(where) for where in index)
-        grid = torch.full((len(index), width), -1, dtype=torch.long)
-        for b, where in enumerate(index):
-            grid[b, : len(where)] = where
-        return grid
-    wanted = [positions] if isinstance(positions, int) else list(positions)
-    if not wanted:
-        raise IndexError("no positions selected; pass at least one position")
-    grid = torch.empty(len(index), len(wanted), dtype=torch.long)
-    for b, where in enumerate(index):
-        for column, position in enumerate(wanted):
-            if isinstance(position, bool) or not isinstance(position, int) or not -len(where) <= position < len(where):
-                raise IndexError(
-                    f"position {position!r} is outside the {len(where)} tokens of sequence {b}; "
-                    f"use 0..{len(where) - 1}, or -1 for the last token"
-                )
-            grid[b, column] = where[position]
-    return grid
-
-
-def _token_grid(tokens, batch: int, seq: int, vocab: int) -> torch.Tensor | None:
-    if tokens is None:
-        return None
-    grid = torch.as_tensor(tokens).long()
-    if grid.dim() == 1:
-        grid = grid.expand(batch, -1)
-    if grid.dim() == 2:
-        grid = grid[:, None, :].expand(batch, seq, grid.shape[-1])
-    if grid.dim() != 3 or tuple(grid.shape[:2]) != (batch, seq):
-        raise ValueError(f"tokens must be (m,), (batch, m) or (batch, seq, m), got {tuple(torch.as_tensor(tokens).shape)}")
-    if grid.numel() and (int(grid.min()) < -1 or int(grid.max()) >= vocab):
-        raise ValueError(f"tokens must lie in 0..{vocab - 1} (-1: none)")
-    return grid
-
-
-@dataclass
-class _Grids:
-    """Output tensors of one lens, filled chunk by chunk."""
-
-    values: dict[str, torch.Tensor]
-    top_ids: torch.Tensor | None
-    top_probs: torch.Tensor | None
-    token_logprobs: torch.Tensor | None
-    token_ranks: torch.Tensor | None
-    logprobs: torch.Tensor | None
-    inputs: torch.Tensor | None
-    scales: list[float]
-
-    @classmethod
-    def empty(cls, plan: _Plan, n_rows: int, stats, top_k, head, logprobs, keep_inputs) -> _Grids:
-        batch, width = plan.shape
-        shape = (batch, n_rows, width)
-        nan = lambda *extra: torch.full((*shape, *extra), torch.nan)  # noqa: E731
-        m = 0 if plan.tokens is None else plan.tokens.shape[-1]
-        d_model = plan.states[0].shape[-1]
-        return cls(
-            values={name: nan() for name in stats},
-            top_ids=torch.full((*shape, top_k), -1, dtype=torch.long) if top_k else None,
-            top_probs=nan(top_k) if top_k else None,
-            token_logprobs=nan(m) if m else None,
-            token_ranks=nan(m) if m else None,
-            logprobs=nan(head.vocab_size) if logprobs else None,
-            inputs=nan(d_model) if keep_inputs else None,
-            scales=[1.0] * n_rows,
-        )
-
-    def write(self, row: int, where, result: dict, has_target, inputs, scale, buffer,
-              tokens) -> None:  # fmt: skip
-        b, c = where[:, 0], where[:, 2]
-        computed = {
-            "entropy": result["entropy"],
-            "kl": result["kl"],
-            "ce": result["ce"],
-            "max-prob": result["confidence"],
-            "rank": result.get("target_rank"),
-            "prob": (-result["ce"].double()).exp().float(),
-            "model-rank": result["rank"],
-            "cos": result["cos"],
-        }
-        for name, grid in self.values.items():
-            value = computed[name].cpu()
-            if name in ("ce", "rank", "prob"):
-                value = torch.where(has_target, value, torch.nan)
-            grid[b, row, c] = value
-        if self.top_ids is not None:
-            self.top_ids[b, row, c] = result["top_ids"].cpu()
-            self.top_probs[b, row, c] = result["top_probs"].cpu()
-        if self.token_logprobs is not None:
-            missing = (tokens < 0).T.cpu()  # -1: no token asked for in this cell
-            self.token_logprobs[b, row, c] = result["token_logprob"].cpu().masked_fill(missing, torch.nan)
-            self.token_ranks[b, row, c] = result["token_rank"].cpu().masked_fill(missing, torch.nan)
-        if self.logprobs is not None:
-            self.logprobs[b, row, c] = buffer.cpu()
-        if self.inputs is not None:
-            self.inputs[b, row, c] = inputs.cpu()
-        self.scales[row] = scale
-
-    def finish(self, name: str, lens: Lens) -> LensReadout:
-        return LensReadout(
-            name=name, kind=lens.kind, values=self.values, top_ids=self.top_ids,
-            top_probs=self.top_probs, token_logprobs=self.token_logprobs, token_ranks=self.token_ranks,
-            logprobs=self.logprobs, inputs=self.inputs, scales=tuple(self.scales),
-        )  # fmt: skip
-
 
 def divergences(first: Readout, second: Readout, lens: str | None = None,
                 other_lens: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip

@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import math
 import textwrap
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -106,6 +107,13 @@ class TrainConfig:
             )
         if self.tokens < self.tokens_per_step:
             fail("tokens", f"at least tokens_per_step = {self.tokens_per_step}")
+        for name in ("lr", "momentum", "weight_decay", "warmup_fraction", "lstsq_budget_share",
+                     "l2_penalty", "smoothness_penalty", "grad_clip"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                fail(name, "a finite number")
+        if not all(math.isfinite(beta) and 0 <= beta < 1 for beta in self.betas):
+            fail("betas", "two numbers in [0, 1)")
         if self.lr <= 0:
             fail("lr", "a positive number")
         if not 0 < self.lstsq_budget_share <= 1:

@@ -16,7 +16,7 @@ from torch import nn
 
 from tunedlens.arch.residuals import collect_residuals
 from tunedlens.data.packing import TokenBlocks
-from tunedlens.errors import TunedLensError
+from tunedlens.errors import LensMismatch, TunedLensError
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import kl_divergence
 from tunedlens.readout.engine import layer_kl
@@ -192,13 +192,8 @@ class _Trainer:
         residuals = collect_residuals(
             self.model, ids, arch=lens.unembed.arch, positions=positions, with_logits=False
         )
+        # collect_residuals refuses non-finite activations, naming the first layer.
         hidden = [h.reshape(-1, h.shape[-1]) for h in residuals.hidden]
-        for layer, states in enumerate(hidden):
-            if not torch.isfinite(states).all():
-                raise TrainingDiverged(
-                    f"the model's activations at layer {layer} are NaN/inf at step {self.step + 1}; "
-                    "the model overflows in this dtype: load it in float32 (--dtype float32)."
-                )
         if config.objective == "ce":
             next_ids = ids.gather(1, positions.to(ids.device) + 1).reshape(-1)
         n_rows = hidden[0].shape[0]
@@ -382,6 +377,11 @@ def train_lens(
     world = world or World()
     data = _as_blocks(data)
     val = None if val_data is None else _as_blocks(val_data)
+    if model is not None and lens.unembed.unembedding is not model.get_output_embeddings():
+        raise LensMismatch(
+            "the lens was built for another model (it decodes with another head); build it with "
+            "TunedLens.from_model(model) for the model you train on."
+        )
     if lens.translator.kind != config.translator:
         raise ValueError(
             f"the lens has a {lens.translator.kind} translator, config.translator={config.translator!r}"

@@ -13,6 +13,7 @@ from tunedlens.errors import TunedLensError
 from tunedlens.lenses.files import LENS_FILES, WEIGHT_FILES
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
+from tunedlens.outputs import check_out_dir as check_writable_dir
 from tunedlens.train.checkpoint import CHECKPOINT_NAME
 from tunedlens.train.config import TrainConfig
 from tunedlens.train.distributed import World, init_world
@@ -69,22 +70,44 @@ def plan_data(
     return DataPlan(train, val, data, val_data)
 
 
-def check_out_dir(out: Path, resume: bool) -> None:
-    """Refuse to overwrite another run's results in ``out`` unless resuming it."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise TunedLensError(f"--out {str(out)!r} is a file; pass a directory.")
+RUN_FILES = (*LENS_FILES, CHECKPOINT_NAME, LOG_NAME)
+"""The files a training run writes into its ``--out``."""
+
+
+def check_out_dir(out: Path, resume: bool, *, force: bool = False,
+                  checkpoint_every: int | None = None) -> None:  # fmt: skip
+    """Refuse, before any work, an ``--out`` that cannot be written or holds another run.
+
+    ``resume`` needs a checkpoint there and ``checkpoint_every`` set; ``force`` replaces the
+    results of another run.
+    """
+    check_writable_dir(out, force=True)  # kind and permission; the run's files are checked here
+    if resume and force:
+        raise TunedLensError("--resume continues the run in --out and --force replaces it; pick one.")
     has_checkpoint = (out / CHECKPOINT_NAME).exists()
-    has_lens = any((out / name).exists() for name in WEIGHT_FILES)
-    if has_checkpoint and not resume:
+    if resume:
+        if not has_checkpoint:
+            raise TunedLensError(
+                f"--resume: {out} holds no checkpoint ({CHECKPOINT_NAME}) to continue. Start "
+                "without --resume, or pass the --out of a run made with --checkpoint-every."
+            )
+        if checkpoint_every is None:
+            raise TunedLensError(
+                "--resume needs --checkpoint-every N, as given to the run being resumed (its "
+                "checkpoint records the setting, and a different one is refused)."
+            )
+        return
+    if force or not out.exists():
+        return
+    if has_checkpoint:
         raise TunedLensError(
-            f"{out} holds the checkpoint of an earlier run. Pass --resume to continue it, or choose "
-            "another --out (nothing was overwritten)."
+            f"{out} holds the checkpoint of an earlier run. Pass --resume to continue it, --force to "
+            "replace it, or choose another --out (nothing was overwritten)."
         )
-    if has_lens and not has_checkpoint:
+    if any((out / name).exists() for name in WEIGHT_FILES):
         raise TunedLensError(
-            f"{out} already holds a lens; choose another --out (nothing was overwritten)."
+            f"{out} already holds a lens; choose another --out, or pass --force to replace it "
+            "(nothing was overwritten)."
         )
 
 
@@ -137,6 +160,7 @@ def run_training(
     val_data: str | None = None,
     text_column: str = "text",
     resume: bool = False,
+    force: bool = False,
     dtype: str = "float32",
     device: str | None = None,
     tokenizer: str | None = None,
@@ -156,7 +180,7 @@ def run_training(
     status = on_status or (lambda message: None)
     world = world or init_world()
     out = Path(out)
-    check_out_dir(out, resume)
+    check_out_dir(out, resume, force=force, checkpoint_every=config.checkpoint_every)
     model, tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     need_tokenizer(tokenizer, model_spec)
     if fsdp:
@@ -180,8 +204,9 @@ def run_training(
     )
     if world.is_primary:
         out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            (out / LOG_NAME).unlink(missing_ok=True)
+        if not resume:  # a new run (with --force: replacing the files of an earlier one)
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
     started = time.perf_counter()
     result = train_lens(
         lens,

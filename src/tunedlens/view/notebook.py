@@ -93,10 +93,8 @@ class Lensed:
                    skip_norm: bool = False) -> dict[int, list[list[Prediction]]]:  # fmt: skip
         """Like :meth:`logit_lens`, through another lens (an object or any lens location)."""
         if not isinstance(lens, Lens):
-            if final_norm is not None or skip_norm:
-                lens = TunedLens.load(lens, self.model, final_norm=final_norm, skip_norm=skip_norm)
-            else:
-                lens = load_lens(lens, self.model)
+            options = {"final_norm": final_norm, "skip_norm": skip_norm} if final_norm or skip_norm else {}
+            lens = load_lens(lens, self.model, **options)
         return self._read(lens, prompt, layers, top_k, position, plot)
 
     def _read(self, lens: Lens, prompt, layers, top_k, position, plot):

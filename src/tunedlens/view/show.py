@@ -35,13 +35,12 @@ def run_show(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: 
     """
     from tunedlens.lenses.load import LOGIT, lens_name, load_lens
     from tunedlens.models import load_model, need_tokenizer
+    from tunedlens.outputs import check_out_file
     from tunedlens.plot.trajectory_figures import save
     from tunedlens.view.notebook import Lensed
 
-    out = Path(out)
-    if out.suffix.lower() not in FIGURE_SUFFIXES:
-        raise ValueError(f"--out must end in .html or .png, got {out.name!r}")
-    names = ALL_VIEW_STATS if stat == "all" else check_stats(stat, VIEW_STATS)
+    out = check_out_file(out, FIGURE_SUFFIXES)
+    names = ALL_VIEW_STATS if stat == "all" else check_stats(stat, VIEW_STATS, "--stat")
     if isinstance(stride, bool) or stride < 1:
         raise ValueError(f"--stride must be an integer >= 1, got {stride!r}")
     if last is not None and last < 1:

@@ -48,7 +48,7 @@ def test_show_png_and_compare(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["w1", "--stat", "perplexity"], "unknown statistic 'perplexity'"),
+        (["w1", "--stat", "perplexity"], "unknown --stat 'perplexity'"),
         (["", "--out", "x.html"], "empty"),
         (["w1", "--out", "fig.svg"], ".html or .png"),
         (["w1 w2", "--compare", "w1"], "same token length"),

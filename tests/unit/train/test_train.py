@@ -202,7 +202,9 @@ def test_nan_activations_name_the_layer(data):
     broken = tiny_model("llama")
     with torch.no_grad():
         broken.model.layers[0].mlp.down_proj.weight.fill_(float("inf"))
-    with pytest.raises(TrainingDiverged, match="activations at layer 1"):
+    from tunedlens.arch.residuals import NonFiniteActivations
+
+    with pytest.raises(NonFiniteActivations, match="NaN or Inf from layer 1 on"):
         train_lens(TunedLens.from_model(broken), broken, data[:64], config(lstsq_init=False))
 
 

@@ -1,0 +1,153 @@
+"""Bad input on the command line: one line on stderr, exit code 2, no traceback, no file changed.
+
+One table for every command. Each case builds its inputs in a fresh folder (a tiny llama with a
+tokenizer, a random lens, text), runs ``tunedlens`` through its entry point, and checks the exit
+code, that the message names the offending thing, that no traceback was printed, and that every
+file in the folder is byte-for-byte what it was before.
+"""
+
+import hashlib
+import json
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tiny_models import random_lens, tiny_model
+from tunedlens.cli import main
+
+
+@pytest.fixture
+def world(tmp_path, tiny_tokenizer):
+    """model/ (tiny llama + tokenizer), weights/ (no tokenizer), lenses, text.txt, a report."""
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    model.save_pretrained(tmp_path / "weights")
+    random_lens(model).save(tmp_path / "lens")
+    random_lens(model).save(tmp_path / "other-lens")
+    random_lens(tiny_model("gpt2")).save(tmp_path / "gpt2-lens")
+    generator = torch.Generator().manual_seed(0)
+    words = torch.randint(4, 128, (3000,), generator=generator).tolist()
+    (tmp_path / "text.txt").write_text(" ".join(f"w{i}" for i in words))
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "metrics.json").write_text("{}")
+    (tmp_path / "fig.html").mkdir()  # a directory where a figure file is named
+    (tmp_path / "afile").write_text("not a directory")
+    return tmp_path
+
+
+def _broken_lens(root, name, change):
+    """A copy of lens/ with ``change(config, tensors)`` applied."""
+    import shutil
+
+    path = root / name
+    shutil.copytree(root / "lens", path)
+    config = json.loads((path / "config.json").read_text())
+    tensors = load_file(path / "lens.safetensors")
+    change(config, tensors)
+    (path / "config.json").write_text(json.dumps(config))
+    save_file(tensors, path / "lens.safetensors")
+    return path
+
+
+def _nan(config, tensors):
+    tensors["weight"][1, 3, 4] = float("nan")
+
+
+def _bias_yes(config, tensors):
+    config["use_bias"] = "yes"
+
+
+def _bad_hash(config, tensors):
+    config["unembed_hash"] = "not-a-hash"
+
+
+def _checkpoint(root):
+    (root / "run").mkdir()
+    (root / "run" / "checkpoint.pt").write_bytes(b"checkpoint of an earlier run")
+
+
+M, P = "{root}/model", "w1 w2 w3"
+TRAIN = ["--data", "{root}/text.txt", "--seq-len", "16", "--batch-size", "4",
+         "--tokens-per-step", "64", "--tokens", "128", "--val-tokens", "64"]  # fmt: skip
+CASES = {
+    # predict
+    "nan lens": (["predict", M, P, "--lens", "{root}/nan-lens"], "holds NaN or Inf", _nan),
+    "nan lens json": (["predict", M, P, "--lens", "{root}/nan-lens", "--json"], "layer 1", _nan),
+    "bias yes": (["predict", M, P, "--lens", "{root}/nan-lens"], "'use_bias' must be true or false", _bias_yes),
+    "hash not hex": (["predict", M, P, "--lens", "{root}/nan-lens"], "sha256 hex digest", _bad_hash),
+    "layers beyond": (["predict", M, P, "--layers", "99:200"], "selects no layer", None),
+    "layers reversed": (["predict", M, P, "--layers", "10:5"], "selects no layer", None),
+    "layers out of range": (["predict", M, P, "--layers", "7"], "out of range", None),
+    "position": (["predict", M, P, "--position", "1000"], "--position", None),
+    "top-k": (["predict", M, P, "--top-k", "0"], "--top-k", None),
+    "empty prompt": (["predict", M, ""], "prompt is empty", None),
+    "missing lens": (["predict", M, P, "--lens", "{root}/nowhere"], "no lens directory", None),
+    "lens of another model": (["predict", M, P, "--lens", "{root}/gpt2-lens"], "fingerprint", None),
+    "no tokenizer": (["predict", "{root}/weights", P], "--tokenizer", None),
+    "bad dtype": (["predict", M, P, "--dtype", "float8"], "dtype", None),
+    # show
+    "show suffix": (["show", M, P, "--out", "{root}/fig.pdf"], ".html or .png", None),
+    "show out is a directory": (["show", M, P, "--out", "{root}/fig.html"], "is a directory", None),
+    "show missing folder": (["show", M, P, "--out", "{root}/no/such/fig.png"], "does not exist", None),
+    "show stride": (["show", M, P, "--stride", "0", "--out", "{root}/new.png"], "--stride", None),
+    "show stat": (["show", M, P, "--stat", "perplexity", "--out", "{root}/new.png"], "perplexity", None),
+    "show compare length": (["show", M, P, "--compare", "w1 w2", "--out", "{root}/new.png"],
+                            "same token length", None),
+    # train
+    "train out is a file": (["train", M, "--out", "{root}/afile", *TRAIN], "is a file", None),
+    "train over a lens": (["train", M, "--out", "{root}/lens", *TRAIN], "already holds a lens", None),
+    "train resume nothing": (["train", M, "--out", "{root}/fresh", "--resume", *TRAIN],
+                             "holds no checkpoint", None),
+    "train resume no every": (["train", M, "--out", "{root}/run", "--resume", *TRAIN],
+                              "--checkpoint-every", _checkpoint),
+    "train over a checkpoint": (["train", M, "--out", "{root}/run", *TRAIN], "--resume",
+                                _checkpoint),
+    "train lr nan": (["train", M, "--out", "{root}/fresh", *TRAIN, "--lr", "nan"], "lr=nan", None),
+    "train no tokenizer": (["train", "{root}/weights", "--out", "{root}/fresh", *TRAIN],
+                           "--tokenizer", None),
+    "train too little data": (["train", M, "--out", "{root}/fresh", *TRAIN[:-6], "--tokens",
+                               "1000000"], "needed", None),
+    # eval
+    "eval over a report": (["eval", M, "--out", "{root}/report", "--data", "{root}/text.txt"],
+                           "already holds metrics.json", None),
+    "eval tokens": (["eval", M, "--out", "{root}/new", "--tokens", "8", "--seq-len", "16"],
+                    "--seq-len", None),
+    "eval nan lens": (["eval", M, "--out", "{root}/new", "--lens", "{root}/nan-lens"], "NaN", _nan),
+    # lens info / convert
+    "info nan": (["lens", "info", "{root}/nan-lens"], "holds NaN or Inf", _nan),
+    "info missing": (["lens", "info", "{root}/nowhere"], "no lens directory", None),
+    "convert over a lens": (["lens", "convert", "{root}/lens", "{root}/other-lens"],
+                            "already holds", None),
+    "convert nan": (["lens", "convert", "{root}/nan-lens", "{root}/converted"], "NaN", _nan),
+    "convert same": (["lens", "convert", "{root}/lens", "{root}/lens"], "same directory", None),
+}
+
+
+def _snapshot(root) -> dict:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*")) if path.is_file()
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(case, world, monkeypatch, capsys):
+    args, message, prepare = CASES[case]
+    if prepare is _checkpoint:
+        _checkpoint(world)
+    elif prepare is not None:
+        _broken_lens(world, "nan-lens", prepare)
+    before = _snapshot(world)
+    monkeypatch.setattr(sys, "argv", ["tunedlens", *(a.format(root=world) for a in args)])
+    with pytest.raises(SystemExit) as caught:
+        main()
+    out = capsys.readouterr()
+    assert caught.value.code == 2, out
+    assert "Traceback" not in out.err + out.out
+    assert message in out.err, out.err
+    error_lines = [line for line in out.err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, out.err
+    assert _snapshot(world) == before, "a file was changed or written"
