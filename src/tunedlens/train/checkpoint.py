@@ -52,10 +52,18 @@ def load_checkpoint(directory: Path) -> dict | None:
         raise CheckpointError(
             f"{path} cannot be read ({type(error).__name__}); it is damaged. Delete it to start over."
         ) from None
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path} has version {state.get('version')}, expected {CHECKPOINT_VERSION}."
-        )
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        version = state.get("version") if isinstance(state, dict) else None
+        raise CheckpointError(f"{path} has version {version}, expected {CHECKPOINT_VERSION}.")
+    for name, tensor in (state.get("translator") or {}).items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = ~torch.isfinite(tensor.reshape(tensor.shape[0], -1) if tensor.dim() else tensor)
+            if bool(bad.any()):
+                layer = int(bad.nonzero()[0, 0]) if tensor.dim() else 0
+                raise CheckpointError(
+                    f"{path}: translator '{name}' holds NaN or Inf (first at layer {layer}); the "
+                    "run had diverged when it was saved. Delete it and train again."
+                )
     return state
 
 

@@ -169,3 +169,18 @@ def test_sigkill_then_resume_is_bit_identical(tiny_model_dir, text_file, tmp_pat
         json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
     ]
     assert steps[-1] == 64
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tiny_model_dir, text_file, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen(_train_command(tiny_model_dir, text_file, out), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "the last checkpoint" in err and "--resume" in err and "Traceback" not in err
+    assert (out / "checkpoint.pt").exists() and not (out / "lens.safetensors").exists()

@@ -80,3 +80,10 @@ def test_bad_input_is_refused(model, tokens):
         evaluate(model, {"logit": TunedLens.from_model(model)}, tokens)
     with pytest.raises(IndexError, match="outside"):
         evaluate(model, None, tokens, layers=[7])
+
+
+def test_bad_api_input_says_what_to_pass(model, lens, input_ids):
+    with pytest.raises(TypeError, match="lenses must be a Lens, a list of lenses .* got str"):
+        evaluate(model, "path/to/lens", input_ids, bootstrap=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        evaluate(model, lens, input_ids, batch_size=0, bootstrap=0)

@@ -217,3 +217,15 @@ def test_bad_inputs(model, data):
         )
     with pytest.raises(ValueError, match="lowrank translator"):
         train_lens(TunedLens.from_model(model, translator="lowrank"), model, data, config())
+
+
+def test_a_lens_of_another_model_and_non_finite_settings_are_refused(model, data):
+    from tunedlens.errors import LensMismatch
+
+    other = tiny_model("llama", seed=3)
+    with pytest.raises(LensMismatch, match="built for another model"):
+        train_lens(TunedLens.from_model(other), model, data[:64], config(lstsq_init=False))
+    with pytest.raises(ValueError, match="lr=nan is invalid; expected a finite number"):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match="betas"):
+        TrainConfig(betas=(0.9, float("inf")))
