@@ -149,11 +149,12 @@ def run_predict(model_spec: str, prompt: str, *, lens: str = "logit", layers: st
                 top_k: int = 5, position: int = -1, dtype: str = "float32", device: str | None = None,
                 tokenizer: str | None = None, strict: bool = True) -> PredictRun:  # fmt: skip
     """Load the model and lens, then :func:`predict_layers` (what ``tunedlens predict`` does)."""
-    from tunedlens.lenses.load import load_lens
+    from tunedlens.lenses.load import check_location, load_lens
     from tunedlens.models import load_model, need_tokenizer
 
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    check_location(lens)
     loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     need_tokenizer(loaded_tokenizer, model_spec)
     chosen = load_lens(lens, loaded, strict=strict)

@@ -41,6 +41,16 @@ class TextSource:
         """Whether all documents can be listed up front (files, stdlib), unlike hub streams."""
         return not self.spec.startswith("hf:")
 
+    def check(self) -> None:
+        """Fail now, before any model is loaded, if the spec names nothing readable."""
+        if self.spec == "stdlib":
+            return
+        if self.spec.startswith("hf:"):
+            require("datasets", "data")
+            parse_hub_dataset(self.spec)
+            return
+        data_files(self.spec)
+
     def documents(self, *, seed: int = 0) -> Iterator[str]:
         """Yield the documents' texts. Hub streams are shuffled with ``seed`` in a buffer."""
         if self.spec == "stdlib":

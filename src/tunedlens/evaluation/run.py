@@ -50,7 +50,7 @@ def run_evaluation(
     written under a temporary name and renamed once complete.
     """
     from tunedlens.data import TextSource, pack_blocks
-    from tunedlens.lenses.load import LOGIT, lens_name, load_lens
+    from tunedlens.lenses.load import LOGIT, check_location, lens_name, load_lens
     from tunedlens.models import load_model, need_tokenizer
     from tunedlens.outputs import check_out_dir, publish_dir, staging_dir
 
@@ -65,13 +65,17 @@ def run_evaluation(
             f"{batch_size}, {bootstrap}"
         )
     suite = None if prompts in (None, "none") else load_prompts(prompts)
+    source = TextSource(data, text_column=text_column)
+    source.check()
+    for location in lenses:
+        check_location(location)
     loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     need_tokenizer(loaded_tokenizer, model_spec)
     named = {}
     for location in lenses:
         if str(location) != LOGIT:  # the logit lens is always there
             named[lens_name(location, {**named, BASELINE: None})] = load_lens(location, loaded, strict=strict)
-    blocks = pack_blocks(TextSource(data, text_column=text_column), loaded_tokenizer,
+    blocks = pack_blocks(source, loaded_tokenizer,
                          seq_len=seq_len, n_sequences=tokens // seq_len, seed=seed)  # fmt: skip
     if on_start is not None:
         on_start(blocks.n_tokens)

@@ -63,6 +63,12 @@ def load_lens(location: str | os.PathLike | Lens, model: nn.Module, *, strict: b
     return lens
 
 
+def check_location(location: str | os.PathLike) -> None:
+    """Fail now, before any model is loaded, if ``location`` holds no lens (files are read later)."""
+    if str(location) != LOGIT:
+        detect_format(Path(lens_dir(location)))
+
+
 def lens_name(location: str | os.PathLike, taken) -> str:
     """A short unique name for a lens location (its last path part), e.g. for report columns."""
     text = str(location)

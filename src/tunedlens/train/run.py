@@ -181,6 +181,10 @@ def run_training(
     world = world or init_world()
     out = Path(out)
     check_out_dir(out, resume, force=force, checkpoint_every=config.checkpoint_every)
+    spec = data or default_data_spec(model_spec)
+    TextSource(spec, text_column).check()
+    if val_data is not None:
+        TextSource(val_data, text_column).check()
     model, tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     need_tokenizer(tokenizer, model_spec)
     if fsdp:
@@ -192,7 +196,6 @@ def run_training(
         raise DataError(
             f"--seq-len {config.seq_len} is longer than the model's context of {context} tokens."
         )
-    spec = data or default_data_spec(model_spec)
     status(f"packing {config.tokens:,} training tokens from {spec}")
     plan = plan_data(tokenizer, config, data=spec, val_data=val_data, text_column=text_column)
     lens = TunedLens.from_model(

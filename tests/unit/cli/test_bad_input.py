@@ -116,6 +116,12 @@ CASES = {
     "eval tokens": (["eval", M, "--out", "{root}/new", "--tokens", "8", "--seq-len", "16"],
                     "--seq-len", None),
     "eval nan lens": (["eval", M, "--out", "{root}/new", "--lens", "{root}/nan-lens"], "NaN", _nan),
+    "eval missing data": (["eval", M, "--out", "{root}/new", "--data", "{root}/none.txt"],
+                          "does not exist", None),
+    "train missing data": (["train", M, "--out", "{root}/fresh", *TRAIN[2:], "--data",
+                            "{root}/none.jsonl"], "does not exist", None),
+    "show missing lens": (["show", M, P, "--lens", "{root}/nowhere", "--out", "{root}/new.png"],
+                          "no lens directory", None),
     # lens info / convert
     "info nan": (["lens", "info", "{root}/nan-lens"], "holds NaN or Inf", _nan),
     "info missing": (["lens", "info", "{root}/nowhere"], "no lens directory", None),

@@ -217,3 +217,23 @@ def test_saving_never_mixes_formats(model, tmp_path):
     with pytest.raises(LensFileError, match="other format"):
         lens.save(tmp_path / "lens", format="native")
     assert (tmp_path / "lens" / "params.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("bias", "yes", "'bias' must be true or false"),
+        ("unembed_hash", "xyz", "sha256 hex digest"),
+        ("vocab_size", -3, "'vocab_size' must be a positive integer"),
+        ("base_model_name_or_path", 7, "must be a string or null"),
+    ],
+)
+def test_reference_config_fields_are_checked(lens, tmp_path, key, value, message):
+    import json
+
+    lens.save(tmp_path / "ref", format="tuned-lens")
+    config = json.loads((tmp_path / "ref" / "config.json").read_text())
+    config[key] = value
+    (tmp_path / "ref" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LensFileError, match=message):
+        read_lens(tmp_path / "ref")
