@@ -52,7 +52,10 @@ def main() -> None:
     for label, entry in results.items():
         lines.append(f"| {label} | {entry['prompts']} | {entry['best_s']:.1f} | "
                      f"{entry['peak_rss_mib']:.0f} |")  # fmt: skip
-    table = "# Prompt suite time, SmolLM2-135M, logit + tuned lens, CPU float32\n\n"
+    table = ("# Prompt suite time, SmolLM2-135M, logit + tuned lens, CPU float32\n\n"
+             "48 prompts, every row and position of each, full vocabulary. `before`: commit "
+             "b43951c, which built (rows, seq, vocab) log-probabilities per prompt and lens; "
+             "`after`: the readout engine (blocked, several rows per pass).\n\n")  # fmt: skip
     (RESULTS / "suite_speed.md").write_text(table + "\n".join(lines) + "\n")
     print(table + "\n".join(lines))
 
