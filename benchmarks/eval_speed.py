@@ -179,7 +179,7 @@ def main() -> None:
 
 
 def matmul_library() -> str:
-    from tunedlens.readout.threads import choose_matmul
+    from tunedlens.engine.threads import choose_matmul
 
     return {"numpy": "numpy's OpenBLAS", "torch": "torch (MKL)"}[choose_matmul()]
 

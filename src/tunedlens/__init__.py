@@ -26,10 +26,10 @@ _EXPORTS = {
     "evaluate": "tunedlens.evaluation.core",
     "Lensed": "tunedlens.view.notebook",
     "load_lens": "tunedlens.lenses.load",
-    "readout": "tunedlens.readout.engine",
-    "Readout": "tunedlens.readout.engine",
-    "divergences": "tunedlens.readout.engine",
-    "STATS": "tunedlens.readout.stats",
+    "readout": "tunedlens.engine.core",
+    "Readout": "tunedlens.engine.core",
+    "divergences": "tunedlens.engine.core",
+    "STATS": "tunedlens.engine.stats",
     "PredictionTrajectory": "tunedlens.view.trajectory",
     "invert_unembed": "tunedlens.lenses.inversion",
     "load_prompts": "tunedlens.evaluation.prompts",
@@ -48,6 +48,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from tunedlens.arch.registry import ArchSpec, register_arch
     from tunedlens.arch.residuals import collect_residuals
     from tunedlens.arch.resolve import resolve_arch
+    from tunedlens.engine.core import Readout, divergences, readout
+    from tunedlens.engine.stats import STATS
     from tunedlens.errors import (
         ArchitectureNotFound,
         LensFileError,
@@ -61,8 +63,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from tunedlens.lenses.unembed import Unembed
     from tunedlens.models import load_model
     from tunedlens.predict import predict_layers
-    from tunedlens.readout.engine import Readout, divergences, readout
-    from tunedlens.readout.stats import STATS
 
 
 def __getattr__(name: str):

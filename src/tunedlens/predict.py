@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from tunedlens.engine.core import readout
+from tunedlens.engine.inputs import encode_prompt
 from tunedlens.lenses.lens import Lens, LogitLens
-from tunedlens.readout.engine import readout
-from tunedlens.readout.inputs import encode_prompt
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Record the golden numbers of every "what does layer ℓ predict" consumer.
 
 Run once before a change to the readout path (``python tests/golden/record.py``), commit the
-JSON, then ``tests/unit/readout/test_golden.py`` checks that the new code reproduces it (float32,
+JSON, then ``tests/unit/engine/test_golden.py`` checks that the new code reproduces it (float32,
 within 1e-5). The numbers come from tiny seeded models (llama; gemma2 for a soft-capped head),
 random tuned lenses and a word-level tokenizer, so they are the same on every machine.
 """
@@ -64,8 +64,8 @@ def _floats(values) -> list:
 def record(model_type: str, work: Path) -> dict:
     """Numbers from predict, trajectories, the notebook facade, evaluate and layer_kl."""
     from tunedlens import LogitLens, evaluate, load_prompts
+    from tunedlens.engine import layer_kl
     from tunedlens.predict import predict_layers
-    from tunedlens.readout import layer_kl
     from tunedlens.view.notebook import Lensed
 
     model, lens = setup(model_type)

@@ -10,7 +10,7 @@ import torch
 
 from tunedlens import LogitLens, TunedLens, load_model
 from tunedlens.data import pack_blocks
-from tunedlens.readout import layer_kl
+from tunedlens.engine import layer_kl
 
 pytestmark = pytest.mark.integration
 

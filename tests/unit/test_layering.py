@@ -27,7 +27,7 @@ FLOORS = {
     # 2: lenses and their files
     "lenses": 2,
     # 3: the numerics floor: the one readout engine
-    "readout": 3,
+    "engine": 3,
     # 4: figures (they draw grids the readout defines)
     "plot": 4,
     # 5: jobs built on the readout
@@ -36,8 +36,10 @@ FLOORS = {
     "predict": 5,
     # 6: looking through lenses (trajectories, the notebook facade, which can train)
     "view": 6,
-    # 7: the command line
-    "cli": 7,
+    # 7: front ends: the web explorer
+    "serve": 7,
+    # 8: the command line
+    "cli": 8,
 }
 TOP = {"__init__", "__main__"}  # the package's own entry points may import anything
 

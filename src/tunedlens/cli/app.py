@@ -240,6 +240,37 @@ def eval_command(
     typer.echo(f"wrote {len(run.written)} files to {run.out}")
 
 
+@app.command()
+def serve(
+    model: ModelArg,
+    lens: Annotated[
+        Optional[list[str]], typer.Option(help=LENS_HELP + " Repeat to load several.")
+    ] = None,
+    eval_dir: Annotated[
+        Optional[list[str]],
+        typer.Option("--eval", help="A tunedlens eval --out folder: KL curve and gates per lens."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    allow_remote: Annotated[
+        bool, typer.Option(help="Allow a --host other than loopback (no authentication!).")
+    ] = False,
+    max_tokens: Annotated[int, typer.Option(help="Longest prompt accepted, in tokens.")] = 512,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    tokenizer: TokenizerOption = None,
+    strict: StrictOption = True,
+):
+    """Explore MODEL's layers through lenses in a local web page (extra 'serve')."""
+    from tunedlens.serve.run import build_session, check_host, run_server
+
+    check_host(host, allow_remote)
+    session = build_session(model, lens or (), eval_dir or (), max_tokens=max_tokens, dtype=dtype,
+                            device=device, tokenizer=tokenizer, strict=strict)  # fmt: skip
+    typer.echo(f"tunedlens explorer for {model}: http://{host}:{port}/  (Ctrl-C stops it)")
+    run_server(session, host=host, port=port, allow_remote=allow_remote)
+
+
 @lens_app.command("info")
 def lens_info(
     path: Annotated[str, typer.Argument(help="Lens directory or hub location.")],

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tunedlens.readout.stats import VIEW_STATS
+from tunedlens.engine.stats import VIEW_STATS
 
 ModelArg = Annotated[
     str, typer.Argument(help="Hub id, local directory, .gguf file, or 'demo' (SmolLM2-135M).")

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from tunedlens.engine.core import DEFAULT_BUDGET, name_lenses, readout
 from tunedlens.evaluation.accumulate import LayerAccumulator, to_bits
 from tunedlens.lenses.lens import Lens, LogitLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
-from tunedlens.readout.engine import DEFAULT_BUDGET, name_lenses, readout
 
 BASELINE = "logit"
 """Name of the logit lens, always evaluated as the baseline."""

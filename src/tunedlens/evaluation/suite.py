@@ -24,9 +24,9 @@ import statistics
 import torch
 
 from tunedlens.arch.residuals import collect_residuals
+from tunedlens.engine.core import LensReadout, readout
 from tunedlens.evaluation.prompts import PromptSuite, encode_suite, load_prompts
 from tunedlens.metrics.divergence import NATS_TO_BITS, kl_divergence
-from tunedlens.readout.engine import LensReadout, readout
 
 SUITE_STATS = ("kl", "entropy", "max-prob", "cos")
 """What the prompt suite asks the readout for, besides the top token and the answer's rank."""

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tunedlens.engine.stats import TrajectoryStat
 from tunedlens.errors import require
-from tunedlens.readout.stats import TrajectoryStat
 
 COLOURS = {"bits": "Viridis", "probability": "Blues", "rank": "Viridis_r", "nats": "RdBu", "cosine": "RdBu"}
 

@@ -16,10 +16,10 @@ from torch import nn
 
 from tunedlens.arch.residuals import collect_residuals
 from tunedlens.data.packing import TokenBlocks
+from tunedlens.engine.core import layer_kl
 from tunedlens.errors import LensMismatch, TunedLensError
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import kl_divergence
-from tunedlens.readout.engine import layer_kl
 from tunedlens.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from tunedlens.train.config import Resolved, TrainConfig
 from tunedlens.train.distributed import World

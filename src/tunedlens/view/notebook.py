@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tunedlens.engine.core import readout
+from tunedlens.engine.inputs import encode_prompt
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
 from tunedlens.lenses.load import load_lens
-from tunedlens.readout.engine import readout
-from tunedlens.readout.inputs import encode_prompt
 from tunedlens.view.tokens import format_token
 from tunedlens.view.trajectory import PredictionTrajectory
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tunedlens.readout.stats import ALL_VIEW_STATS, VIEW_STATS, check_stats
+from tunedlens.engine.stats import ALL_VIEW_STATS, VIEW_STATS, check_stats
 
 FIGURE_SUFFIXES = (".html", ".png")
 

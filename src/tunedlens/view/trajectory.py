@@ -16,9 +16,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from tunedlens.lenses.lens import Lens
-from tunedlens.readout.engine import LensReadout, Readout, divergences, readout
-from tunedlens.readout.stats import (
+from tunedlens.engine.core import LensReadout, Readout, divergences, readout
+from tunedlens.engine.stats import (
     PAIR_STATS,
     STATS,
     VIEW_STATS,
@@ -26,6 +25,7 @@ from tunedlens.readout.stats import (
     TrajectoryStat,
     check_stats,
 )
+from tunedlens.lenses.lens import Lens
 from tunedlens.view.tokens import format_token
 
 RESIDUAL_COMPONENTS = ("resid_pre", "resid_mid", "resid_post")

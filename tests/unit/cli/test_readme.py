@@ -41,7 +41,7 @@ def _args(line: str) -> list[str]:
 def test_the_readme_shows_every_command():
     shown = {tuple(_args(line)[:2]) if _args(line)[0] == "lens" else _args(line)[0]
              for line in INVOCATIONS}  # fmt: skip
-    assert {"predict", "show", "train", "eval", ("lens", "info"), ("lens", "convert")} <= shown
+    assert {"predict", "show", "train", "eval", "serve", ("lens", "info"), ("lens", "convert")} <= shown
 
 
 @pytest.mark.parametrize("line", INVOCATIONS)
@@ -74,7 +74,7 @@ def test_train_options_take_their_help_from_the_config():
     assert {"fsdp", "device", "tokenizer"} <= {p.name for p in train.params}
 
 
-@pytest.mark.parametrize("name", ["predict", "show", "train", "eval"])
+@pytest.mark.parametrize("name", ["predict", "show", "train", "eval", "serve"])
 def test_model_commands_take_device_and_tokenizer(name):
     command = typer.main.get_command(app).commands[name]
     assert {"device", "tokenizer", "dtype"} <= {p.name for p in command.params}

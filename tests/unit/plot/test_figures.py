@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("plotly")
 pytest.importorskip("matplotlib")
 
+from tunedlens.engine.stats import TrajectoryStat
 from tunedlens.plot import trajectory_figures
-from tunedlens.readout.stats import TrajectoryStat
 
 
 def _stat(name="entropy", units="bits"):

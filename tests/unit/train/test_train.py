@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from tiny_models import tiny_model
+from tunedlens.engine import layer_kl
 from tunedlens.lenses import LogitLens, TunedLens
-from tunedlens.readout import layer_kl
 from tunedlens.train import TrainConfig, TrainingDiverged, recipe_config, train_lens
 from tunedlens.train.checkpoint import CheckpointError
 from tunedlens.train.lstsq import lstsq_init

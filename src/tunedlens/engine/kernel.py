@@ -8,7 +8,7 @@ fast as ``exp`` on CPUs, ``Σ exp(z − max) z``, the count above the model's to
 reductions are combined at the end, so the logits of all ``n`` positions never exist at once.
 
 Positions are independent, so on a CPU they are split among worker threads, and the product runs
-through numpy's OpenBLAS where that beats torch's MKL (:mod:`tunedlens.readout.threads`).
+through numpy's OpenBLAS where that beats torch's MKL (:mod:`tunedlens.engine.threads`).
 
 Everything else is algebra on ``d_model``-sized vectors where the head is linear (``z = s (W u + b)``):
 
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tunedlens.engine.threads import Matmul, argmax_rows, choose_matmul, per_worker
 from tunedlens.lenses.lens import Lens
 from tunedlens.lenses.unembed import Unembed
-from tunedlens.readout.threads import Matmul, argmax_rows, choose_matmul, per_worker
 
 Scale = float | torch.Tensor
 
@@ -51,8 +51,8 @@ _SOFTMAX_ROWS = 16
 class FinalChunk:
     """The model's own next-token distribution at ``n`` positions, in the forms the kernel needs."""
 
-    probs: torch.Tensor
-    """``(n, vocab)`` probabilities."""
+    probs: torch.Tensor | None
+    """``(n, vocab)`` probabilities (``None`` in a :meth:`light` stand-in)."""
     top: torch.Tensor
     """``(n,)`` the model's most likely token."""
     next_ids: torch.Tensor
@@ -73,6 +73,20 @@ class FinalChunk:
     """``(n,)`` ``(z − z̄)·b``, float64 (linear heads with a bias)."""
     centred: torch.Tensor | None
     """``(vocab, n)`` centred logits (non-linear heads only)."""
+
+    @classmethod
+    def light(cls, next_ids: torch.Tensor, d_model: int) -> FinalChunk:
+        """A stand-in when no statistic needs the model's distribution.
+
+        That is, no KL, cosine or model-rank: only the targets are real; ``probs`` is ``None``.
+        """
+        n, device = next_ids.shape[0], next_ids.device
+        zeros = torch.zeros(n, dtype=torch.float64, device=device)
+        return cls(probs=None, top=torch.zeros(n, dtype=torch.long, device=device),
+                   next_ids=next_ids, entropy=zeros, cross_entropy=zeros, centred_norm=zeros + 1,
+                   probs_dot_weight=torch.zeros(n, d_model, dtype=torch.float64, device=device),
+                   probs_dot_bias=zeros, centred_dot_weight=None, centred_dot_bias=None,
+                   centred=None)  # fmt: skip
 
     def repeat(self, times: int, *, with_probs: bool) -> FinalChunk:
         """The same positions ``times`` over (``(times · n, ...)``), to read several rows at once.
@@ -131,12 +145,16 @@ class Extras:
 
     Attributes:
         tokens: ``(m, n)`` token ids per position whose probability and rank are wanted.
+        rank_model: Count the rank of the model's top token (``rank``, ``top1``).
+        need_target: Compute the cross-entropy to ``final.next_ids`` (``ce``).
         rank_target: Also count the rank of ``final.next_ids`` (an extra pass over most blocks).
         top_k: Also return the ``top_k`` most likely tokens and their probabilities.
         logprobs: A ``(n, vocab)`` float32 tensor to fill with the full log-probabilities.
     """
 
     tokens: torch.Tensor | None = None
+    rank_model: bool = True
+    need_target: bool = True
     rank_target: bool = False
     top_k: int = 0
     logprobs: torch.Tensor | None = None
@@ -392,21 +410,25 @@ class BlockedHead:
         cos = dot_centred / (spread * final.centred_norm).clamp_min(1e-300)
         if not self.cosine:
             cos = torch.full_like(cos, torch.nan)
+        kl = (lse - dot_probs - final.entropy).clamp_min(0.0).float()
         out = {
-            "kl": (lse - dot_probs - final.entropy).clamp_min(0.0).float(),
-            "ce": torch.where(final.next_ids >= 0, lse - gathered[1].double(), 0.0).float(),
+            "kl": kl if final.probs is not None else torch.full_like(kl, torch.nan),
             "entropy": (lse - weighted / total).clamp_min(0.0).float(),
-            "rank": 1 + above[0].float(),
-            "top1": (above[0] == 0).float(),
             "confidence": (top.double() - lse).exp().float(),
             "cos": cos.float(),
             "has_next": final.next_ids >= 0,
         }
+        if extras.need_target:
+            out["ce"] = torch.where(final.next_ids >= 0, lse - gathered[1].double(), 0.0).float()
+        counted = iter(above)  # ranked tokens in order: the model's top, the target, the tokens
+        if extras.rank_model:
+            model_above = next(counted)
+            out["rank"], out["top1"] = 1 + model_above.float(), (model_above == 0).float()
         if extras.rank_target:
-            out["target_rank"] = 1 + above[1].float()
+            out["target_rank"] = 1 + next(counted).float()
         if extras.tokens is not None:
             out["token_logprob"] = (gathered[2:].double() - lse).float().T
-            out["token_rank"] = 1 + above[1 + extras.rank_target :].float().T
+            out["token_rank"] = 1 + torch.stack(list(counted)).float().T
         if extras.top_k:
             values = torch.cat([part[2] for part in parts], -1)  # (k, n)
             ids = torch.cat([part[3] for part in parts], -1)
@@ -424,8 +446,15 @@ class BlockedHead:
         ids = [final.top[rows], final.next_ids[rows].clamp_min(0)]
         if extras.tokens is not None:
             ids += list(extras.tokens[:, rows])
-        gathered = self._logits_at(inputs_t, torch.stack(ids), scale)
-        ranked = gathered if extras.rank_target else gathered[[0, *range(2, len(ids))]]
+        # Only the logits that a requested statistic uses (each costs an n x n product).
+        wanted = [extras.rank_model, extras.need_target or extras.rank_target]
+        wanted += [True] * (len(ids) - 2)
+        picked = [index for index, need in enumerate(wanted) if need]
+        gathered = torch.zeros(len(ids), inputs_t.shape[1], device=inputs.device)
+        if picked:
+            gathered[picked] = self._logits_at(inputs_t, torch.stack([ids[i] for i in picked]), scale)
+        which = [0] * extras.rank_model + [1] * extras.rank_target + list(range(2, len(ids)))
+        ranked = gathered[which]
         # Logits within float32 round-off of a ranked token's count as ties (in the token's
         # favour), not as above it, should two products round apart.
         thresholds = ranked + TIE * ranked.abs().clamp_min(1.0)
@@ -434,32 +463,26 @@ class BlockedHead:
         blocks = _Blockwise.empty(n_blocks, len(thresholds), n, device)
         extra = torch.zeros(4, n, dtype=torch.float64, device=device)  # non-linear heads
         scratch = torch.empty(self.block_rows, n, device=device)
-        k = min(extras.top_k, self.block_rows)
-        top_values = torch.empty(n_blocks, k, n, device=device)
-        top_ids = torch.empty(n_blocks, k, n, dtype=torch.long, device=device)
+        k = extras.top_k
+        top_values = torch.full((k, n), -torch.inf, device=device)  # running top-k, descending
+        top_ids = torch.zeros(k, n, dtype=torch.long, device=device)
         for index, (start, block) in enumerate(self._blocks(inputs_t, scale)):
             stop = start + block.shape[0]
             work = scratch[: block.shape[0]]
-            if not self.linear:
+            if not self.linear and final.probs is not None:
                 extra[0] += torch.mul(final.probs[rows, start:stop].T, block, out=work).sum(0)
                 if final.centred is not None:
                     centred = final.centred[start:stop, rows]
                     extra[1] += torch.mul(centred, block, out=work).sum(0)
                     extra[2] += block.sum(0)
                     extra[3] += torch.mul(block, block, out=work).sum(0)
-            if k:
-                kept = min(k, block.shape[0])
-                values, where = torch.topk(block, kept, dim=0)
-                top_values[index, :kept], top_ids[index, :kept] = values, where + start
-                top_values[index, kept:] = -torch.inf
             if extras.logprobs is not None:
                 extras.logprobs[rows, start:stop] = block.T
             fold_block(block, thresholds, blocks, index, work)
+            if k:
+                _merge_top(block, start, blocks.max[index], top_values, top_ids)
         result = ((*blocks.combine(), *extra), gathered)
-        if not k:
-            return result
-        values, where = torch.topk(top_values.flatten(0, 1), extras.top_k, dim=0)
-        return (*result, values, top_ids.flatten(0, 1).gather(0, where))
+        return (*result, top_values, top_ids) if k else result
 
     @torch.no_grad()
     def divergences(
@@ -555,6 +578,37 @@ def head_input(lens: Lens, hidden: torch.Tensor, layer: int) -> tuple[torch.Tens
     log_scale = lens.log_logit_scale(layer)
     inputs = lens.unembed.head_input(lens.transform(hidden, layer))
     return inputs, 1.0 if log_scale is None else float(torch.exp(log_scale))
+
+
+def _merge_top(block, start: int, block_max, top_values, top_ids) -> None:
+    """Fold one ``(rows, n)`` block into the running top-k ``(k, n)`` (values descending).
+
+    Only the positions whose block maximum beats their current k-th best are searched: after
+    the first blocks that is few of them, so top-k costs little more than the block's maximum.
+    """
+    k = top_values.shape[0]
+    columns = torch.nonzero(block_max > top_values[k - 1], as_tuple=True)[0]
+    if not columns.numel():
+        return
+    every = columns.numel() == block.shape[1]
+    candidates = block if every else block[:, columns]
+    if k == 1:  # a maximum, not a sort: the block's best already beats the running one
+        values, where = torch.max(candidates, 0)
+        if every:
+            top_values[0], top_ids[0] = values, where + start
+        else:
+            top_values[0, columns], top_ids[0, columns] = values, where + start
+        return
+    values, where = torch.topk(candidates, min(k, block.shape[0]), dim=0)
+    pool_values = torch.cat([top_values if every else top_values[:, columns], values])
+    pool_ids = torch.cat([top_ids if every else top_ids[:, columns], where + start])
+    best, pick = torch.topk(pool_values, k, dim=0)
+    if every:
+        top_values.copy_(best)
+        top_ids.copy_(pool_ids.gather(0, pick))
+    else:
+        top_values[:, columns] = best
+        top_ids[:, columns] = pool_ids.gather(0, pick)
 
 
 def fold_block(

@@ -7,8 +7,8 @@ import torch
 
 from tiny_models import random_lens, tiny_model
 from tunedlens import LogitLens, TunedLens, collect_residuals
+from tunedlens.engine import STAT_NAMES, divergences, readout
 from tunedlens.errors import LensMismatch
-from tunedlens.readout import STAT_NAMES, divergences, readout
 
 
 def _direct(lens, hidden, row):

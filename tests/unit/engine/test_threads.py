@@ -4,7 +4,7 @@ import pytest
 
 
 def test_matmul_choice_is_checked(monkeypatch):
-    from tunedlens.readout import threads
+    from tunedlens.engine import threads
 
     with pytest.raises(ValueError, match="'auto', 'torch' or 'numpy'"):
         threads.choose_matmul("blas")
@@ -18,7 +18,7 @@ def test_matmul_choice_is_checked(monkeypatch):
 
 
 def test_the_worker_pool_lasts_and_is_remade_in_a_forked_child(monkeypatch):
-    from tunedlens.readout import threads
+    from tunedlens.engine import threads
 
     monkeypatch.setattr(threads, "_pool", None)  # whatever earlier tests left
     pool = threads.worker_pool(1)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from tunedlens.arch.residuals import Residuals, collect_residuals
+from tunedlens.engine.result import Row
 from tunedlens.lenses.lens import Lens
-from tunedlens.readout.result import Row
 
 
 def check_rows(rows, n_layers: int) -> list[Row]:

@@ -21,13 +21,13 @@ import torch
 from torch import nn
 
 from tunedlens.arch.residuals import Residuals
+from tunedlens.engine.kernel import BlockedHead, Extras, FinalChunk, head_input
+from tunedlens.engine.plan import check_rows, make_plan
+from tunedlens.engine.result import Grids, LensReadout, Readout, Row, row_label
+from tunedlens.engine.stats import PAIR_STATS, STAT_NAMES, Stat, check_stats
 from tunedlens.errors import LensMismatch
 from tunedlens.lenses.lens import Lens, LogitLens
 from tunedlens.lenses.unembed import Unembed
-from tunedlens.readout.kernel import BlockedHead, Extras, FinalChunk, head_input
-from tunedlens.readout.plan import check_rows, make_plan
-from tunedlens.readout.result import Grids, LensReadout, Readout, Row, row_label
-from tunedlens.readout.stats import PAIR_STATS, STAT_NAMES, Stat, check_stats
 
 DEFAULT_STATS: tuple[Stat, ...] = ("entropy", "kl", "ce", "max-prob", "rank", "prob")
 DEFAULT_BUDGET = 512 * 2**20
@@ -117,7 +117,7 @@ def readout(
         rows: Rows ``0..L`` (``L`` = the output row) or ``(state_row, lens_row)`` pairs; default
             every row ``0..L``.
         positions: Token positions of each sequence (negative counts from its end); default all.
-        stats: Names from :data:`tunedlens.readout.stats.STATS`.
+        stats: Names from :data:`tunedlens.engine.stats.STATS`.
         top_k: Most likely tokens per cell (0: none).
         tokens: Tokens whose probability and rank are wanted in every cell: ``(m,)``, per
             sequence ``(batch, m)``, or per position ``(batch, seq, m)``.
@@ -155,6 +155,7 @@ def readout(
     plan = make_plan(model, first, input_ids, states, attention_mask, positions, targets, tokens)
     unembed = Unembed.from_arch(first.unembed.arch)
     head = blocked_head(unembed, cosine="cos" in stats)
+    needs_final = bool({"kl", "cos", "model-rank"} & set(stats))
     top_k = min(top_k, head.vocab_size)
     grids = {name: Grids.empty(plan, len(rows), stats, top_k, head, logprobs, keep_inputs)
              for name in named}  # fmt: skip
@@ -166,11 +167,16 @@ def readout(
         where = cells[part]
         states_at = [state[where[:, 0], where[:, 1]] for state in plan.states]
         targets_at = plan.targets[where[:, 0], where[:, 1]].to(device)
-        # The model's own distribution: its float32 head on the last block's output.
-        final = head.final(unembed.head_input(states_at[n_layers]), targets_at)
-        model_stats["entropy"][where[:, 0], where[:, 2]] = final.entropy.float().cpu()
-        model_stats["ce"][where[:, 0], where[:, 2]] = torch.where(
-            targets_at >= 0, final.cross_entropy, torch.nan).float().cpu()  # fmt: skip
+        # The model's own distribution: its float32 head on the last block's output (skipped
+        # when no requested statistic compares with it: then the model's own stats are NaN).
+        if needs_final:
+            final = head.final(unembed.head_input(states_at[n_layers]), targets_at)
+        else:
+            final = FinalChunk.light(targets_at, head.weight.shape[1])
+        if needs_final:
+            model_stats["entropy"][where[:, 0], where[:, 2]] = final.entropy.float().cpu()
+            model_stats["ce"][where[:, 0], where[:, 2]] = torch.where(
+                targets_at >= 0, final.cross_entropy, torch.nan).float().cpu()  # fmt: skip
         extra_tokens = None if plan.tokens is None else plan.tokens[where[:, 0], where[:, 1]].T.to(device)
         # Few positions (prompts): several rows share one pass over the unembedding, which is
         # read once per pass; many positions (evaluation): one row at a time, as before.
@@ -207,7 +213,9 @@ def _read_rows(head: BlockedHead, lens: Lens, grids: Grids, rows: list[Row], fir
     buffer = torch.empty(n * times, head.vocab_size, device=head.weight.device) if logprobs else None
     extras = Extras(
         tokens=None if tokens is None else tokens.clamp_min(0).repeat(1, times),
-        rank_target="rank" in stats, top_k=top_k, logprobs=buffer,
+        rank_model="model-rank" in stats, rank_target="rank" in stats, top_k=top_k,
+        need_target=bool({"ce", "prob"} & set(stats)),
+        logprobs=buffer,
     )  # fmt: skip
     result = head.stats(torch.cat(inputs), final.repeat(times, with_probs=not head.linear), scale,
                         extras)  # fmt: skip

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from tunedlens.engine.kernel import BlockedHead
 from tunedlens.lenses.lens import Lens
-from tunedlens.readout.kernel import BlockedHead
 
 Row = int | tuple[int, int]
 """A layer row ``0..L`` or a ``(state_row, lens_row)`` pair."""
@@ -81,7 +81,8 @@ class Readout:
     targets: torch.Tensor
     """``(batch, positions)`` the token each cell's cross-entropy and rank refer to; ``-1``: none."""
     model: dict[str, torch.Tensor]
-    """The model's own ``entropy`` and ``ce`` (nats) ``(batch, positions)``."""
+    """The model's own ``entropy`` and ``ce`` (nats) ``(batch, positions)``; NaN unless a
+    requested statistic compares with the model (``kl``, ``cos``, ``model-rank``)."""
     lenses: dict[str, LensReadout]
     n_layers: int
     head: BlockedHead | None = field(default=None, repr=False, compare=False)
@@ -158,11 +159,11 @@ class Grids:
         computed = {
             "entropy": result["entropy"],
             "kl": result["kl"],
-            "ce": result["ce"],
+            "ce": result.get("ce"),
             "max-prob": result["confidence"],
             "rank": result.get("target_rank"),
-            "prob": (-result["ce"].double()).exp().float(),
-            "model-rank": result["rank"],
+            "prob": None if "ce" not in result else (-result["ce"].double()).exp().float(),
+            "model-rank": result.get("rank"),
             "cos": result["cos"],
         }
         for name, grid in self.values.items():

@@ -1,11 +1,11 @@
-"""The readout engine: what every lens predicts at every layer row and position, exactly.
+"""The readout engine, whose function is ``tunedlens.readout``: exact per-cell lens statistics.
 
 One mechanism for every consumer (``predict``, ``show``, trajectories, the notebook facade, the
 prompt suite, ``evaluate``, training validation): :func:`readout`. It sits on the numerics floor:
 it imports the architecture, lens and metric packages only.
 """
 
-from tunedlens.readout.engine import (
+from tunedlens.engine.core import (
     DEFAULT_STATS,
     LensReadout,
     Readout,
@@ -15,8 +15,8 @@ from tunedlens.readout.engine import (
     readout,
     row_label,
 )
-from tunedlens.readout.inputs import encode_prompt
-from tunedlens.readout.stats import STAT_NAMES, STATS, VIEW_STATS, Stat, TrajectoryStat
+from tunedlens.engine.inputs import encode_prompt
+from tunedlens.engine.stats import STAT_NAMES, STATS, VIEW_STATS, Stat, TrajectoryStat
 
 __all__ = [
     "DEFAULT_STATS",

@@ -5,7 +5,7 @@ import torch
 
 from tiny_models import random_lens, tiny_model
 from tunedlens import LogitLens, collect_residuals
-from tunedlens.readout.kernel import BlockedHead, head_input
+from tunedlens.engine.kernel import BlockedHead, head_input
 
 # llama: plain head; phi: head with a bias; opt: projection before the head; cohere: logit scale;
 # gemma2: soft-capped (non-linear) head.
@@ -87,8 +87,8 @@ def test_final_matches_the_model(input_ids):
 
 @pytest.mark.parametrize("model_type", ["llama", "phi", "gemma2"])
 def test_layer_kl_uses_the_kernel_and_matches_a_direct_computation(model_type):
+    from tunedlens.engine import layer_kl
     from tunedlens.metrics import kl_divergence
-    from tunedlens.readout import layer_kl
 
     model = tiny_model(model_type)
     lens = random_lens(model)

@@ -1,0 +1,1 @@
+"""``tunedlens serve``: a local web explorer of lens readouts (extra ``serve``)."""

@@ -1,0 +1,165 @@
+"""The explorer's JSON API against the library's readout, its limits and its errors."""
+
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient
+
+from tiny_models import random_lens, tiny_model
+from tunedlens import LogitLens, readout
+from tunedlens.errors import LensMismatch
+from tunedlens.serve.app import create_app
+from tunedlens.serve.session import ServeSession
+from tunedlens.view.tokens import format_token
+
+PROMPT = "w5 w17 w3 w99 w42"
+
+
+@pytest.fixture
+def session(model, lens, tiny_tokenizer):
+    return ServeSession(model, tiny_tokenizer, {"logit": LogitLens(model), "tuned": lens},
+                        "tiny-llama", max_tokens=16)  # fmt: skip
+
+
+@pytest.fixture
+def client(session):
+    return TestClient(create_app(session))
+
+
+def test_health_lenses_and_the_page(client):
+    assert client.get("/api/health").json() == {"status": "ok", "model": "tiny-llama"}
+    info = client.get("/api/lenses").json()
+    assert [lens["name"] for lens in info["lenses"]] == ["logit", "tuned"]
+    assert info["lenses"][1]["kind"] == "tuned" and info["n_layers"] == 2
+    assert [s["name"] for s in info["stats"]] == ["entropy", "kl", "ce", "max-prob", "rank"]
+    page = client.get("/").text
+    assert "/static/app.js" in page and "http://" not in page and "https://" not in page
+    assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+    assert "/api/readout" in client.get("/openapi.json").json()["paths"]
+
+
+def test_readout_equals_the_library(client, model, lens, tiny_tokenizer):
+    view = client.post("/api/readout", json={"prompt": PROMPT, "lenses": ["tuned", "logit"],
+                                             "stat": "kl"}).json()  # fmt: skip
+    ids = tiny_tokenizer(PROMPT, return_tensors="pt").input_ids
+    expected = readout(model, {"tuned": lens}, ids, stats=("kl",), top_k=1)["tuned"]
+    assert view["rows"] == ["0", "1", "output"] and view["positions"] == list(range(5))
+    got = view["lenses"]["tuned"]
+    assert got["top1"] == [[format_token(tiny_tokenizer, int(i)) for i in row]
+                           for row in expected.top_ids[0, :, :, 0]]  # fmt: skip
+    torch.testing.assert_close(torch.tensor(got["values"], dtype=torch.float64), expected["kl"][0].double() / 0.6931471805599453,
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(torch.tensor(got["top1_prob"]), expected.top_probs[0, :, :, 0])
+    assert view["stat"]["units"] == "bits"
+
+
+def test_rank_of_a_chosen_token_a_cell_window_and_stride(client):
+    view = client.post("/api/readout", json={"prompt": PROMPT, "stat": "rank", "token": "w3",
+                                             "window": 2, "stride": 2}).json()  # fmt: skip
+    assert view["positions"] == [3, 4] and view["truncated"] and view["rows"] == ["0", "1", "output"]
+    assert view["token"]["text"] == "w3"
+    ranks = view["lenses"]["logit"]["values"]
+    assert all(1 <= r <= 128 for row in ranks for r in row)
+    cell = client.post("/api/cell", json={"prompt": PROMPT, "lens": "tuned", "row": "1",
+                                          "position": 4}).json()
+    assert len(cell["top"]) == 10 and cell["top"][0]["prob"] >= cell["top"][1]["prob"]
+    assert len(cell["probs"]) == 3 and all(0 <= p <= 1 for p in cell["probs"])
+    assert cell["probs"][1] == pytest.approx(cell["top"][0]["prob"], abs=1e-6)  # row 1 itself
+    bad = client.post("/api/cell", json={"prompt": PROMPT, "row": "9", "position": 0})
+    assert bad.status_code == 400 and "not a layer" in bad.json()["error"]
+
+
+def test_compare(client):
+    view = client.post("/api/compare", json={"prompt": PROMPT, "other": "w5 w17 w9 w99 w42"}).json()
+    assert len(view["values"]) == 3 and len(view["values"][0]) == 5
+    assert all(0 <= v <= 1 for row in view["values"] for v in row)
+    assert all(v < 1e-5 for v in (view["values"][0][0], view["values"][0][1]))  # same prefix
+    assert any("/" in label for row in view["labels"] for label in row)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/api/readout", {"prompt": ""}, 400, "empty"),
+        ("/api/readout", {"prompt": " ".join(["w1"] * 17)}, 400, "limit is 16"),
+        ("/api/readout", {"prompt": PROMPT, "stat": "perplexity"}, 400, "perplexity"),
+        ("/api/readout", {"prompt": PROMPT, "lenses": ["mine"]}, 400, "unknown lens 'mine'"),
+        ("/api/readout", {"prompt": PROMPT, "stride": 0}, 400, "stride"),
+        ("/api/readout", {"prompt": PROMPT, "token": "w1 w2"}, 400, "2 tokens"),
+        ("/api/readout", {"lenses": ["logit"]}, 422, "prompt"),
+        ("/api/compare", {"prompt": PROMPT, "other": "w1 w2"}, 400, "same number of tokens"),
+    ],
+)
+def test_bad_requests_are_json_errors(client, path, body, status, message):
+    response = client.post(path, json=body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_malformed_json_and_oversized_bodies(client):
+    response = client.post("/api/readout", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
+    response = client.post("/api/readout", content=b"x" * (65 * 1024),
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 413 and "larger than 64 KiB" in response.json()["error"]
+
+
+def test_requests_wait_in_line_and_a_full_line_is_refused(client, session):
+    session.queue = 1
+    release = threading.Event()
+    started = threading.Event()
+
+    def hold():
+        with session.turn():
+            started.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    started.wait(10)
+    assert client.get("/api/health").json()["status"] == "busy"
+    waiting = threading.Thread(target=lambda: client.post("/api/readout", json={"prompt": PROMPT}))
+    waiting.start()
+    for _ in range(200):  # until the second request is in line
+        if session._waiting == 2:
+            break
+        threading.Event().wait(0.01)
+    response = client.post("/api/readout", json={"prompt": PROMPT})
+    assert response.status_code == 429 and "busy" in response.json()["error"]
+    release.set()
+    holder.join()
+    waiting.join()
+    assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_start_up_refuses_a_lens_of_another_model(tiny_model_dir, tmp_path):
+    from tunedlens.serve.run import build_session, check_host
+
+    random_lens(tiny_model("gpt2")).save(tmp_path / "gpt2-lens")
+    with pytest.raises(LensMismatch, match="fingerprint"):
+        build_session(str(tiny_model_dir), [str(tmp_path / "gpt2-lens")])
+    with pytest.raises(Exception, match="--allow-remote"):
+        check_host("0.0.0.0", allow_remote=False)
+    with pytest.warns(UserWarning, match="anyone who can reach"):
+        check_host("0.0.0.0", allow_remote=True)
+
+
+def test_eval_reports_are_matched_by_lens_name(tiny_model_dir, tmp_path):
+    import json
+
+    from tunedlens.serve.run import build_session
+
+    random_lens(tiny_model("llama")).save(tmp_path / "mine")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps({
+        "layers": [0, 1, 2], "lenses": {"mine": {"kl_bits": [3.0, 1.0, 0.0]}, "other": {}},
+        "gates": {"mine": {"A": {"pass": True}}}}))  # fmt: skip
+    session = build_session(str(tiny_model_dir), [str(tmp_path / "mine")], [str(report)])
+    assert set(session.evals) == {"mine"}
+    assert session.describe()["lenses"][1]["eval"]["gates"] == {"A": {"pass": True}}
