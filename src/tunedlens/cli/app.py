@@ -262,13 +262,12 @@ def serve(
     strict: StrictOption = True,
 ):
     """Explore MODEL's layers through lenses in a local web page (extra 'serve')."""
-    from tunedlens.serve.run import build_session, check_host, run_server
+    from tunedlens.serve.run import serve_model
 
-    check_host(host, allow_remote)
-    session = build_session(model, lens or (), eval_dir or (), max_tokens=max_tokens, dtype=dtype,
-                            device=device, tokenizer=tokenizer, strict=strict)  # fmt: skip
-    typer.echo(f"tunedlens explorer for {model}: http://{host}:{port}/  (Ctrl-C stops it)")
-    run_server(session, host=host, port=port, allow_remote=allow_remote)
+    serve_model(model, lens or (), eval_dir or (), host=host, port=port, allow_remote=allow_remote,
+                max_tokens=max_tokens, dtype=dtype, device=device, tokenizer=tokenizer,
+                strict=strict, on_ready=lambda url: typer.echo(
+                    f"tunedlens explorer for {model}: {url}  (Ctrl-C stops it)"))  # fmt: skip
 
 
 @lens_app.command("info")

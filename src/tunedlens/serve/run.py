@@ -79,3 +79,17 @@ def run_server(session: ServeSession, *, host: str = "127.0.0.1", port: int = 80
     from tunedlens.serve.app import create_app
 
     uvicorn.run(create_app(session), host=host, port=port, log_level="warning")
+
+
+def serve_model(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[str] = (), *,
+                host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False,
+                on_ready=None, **options) -> None:  # fmt: skip
+    """What ``tunedlens serve`` does: check the host, load (see :func:`build_session`), serve.
+
+    ``on_ready`` is called with the page's URL once everything is loaded.
+    """
+    check_host(host, allow_remote)
+    session = build_session(model_spec, lenses, evals, **options)
+    if on_ready is not None:
+        on_ready(f"http://{host}:{port}/")
+    run_server(session, host=host, port=port, allow_remote=allow_remote)

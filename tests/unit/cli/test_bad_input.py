@@ -122,6 +122,11 @@ CASES = {
                             "{root}/none.jsonl"], "does not exist", None),
     "show missing lens": (["show", M, P, "--lens", "{root}/nowhere", "--out", "{root}/new.png"],
                           "no lens directory", None),
+    # serve (every check happens before the server starts)
+    "serve remote host": (["serve", M, "--host", "0.0.0.0"], "--allow-remote", None),
+    "serve lens of another model": (["serve", M, "--lens", "{root}/gpt2-lens"], "fingerprint", None),
+    "serve max tokens": (["serve", M, "--max-tokens", "0"], "--max-tokens", None),
+    "serve eval report": (["serve", M, "--eval", "{root}/nowhere"], "cannot read", None),
     # lens info / convert
     "info nan": (["lens", "info", "{root}/nan-lens"], "holds NaN or Inf", _nan),
     "info missing": (["lens", "info", "{root}/nowhere"], "no lens directory", None),
