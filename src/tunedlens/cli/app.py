@@ -187,6 +187,42 @@ def interrupted_training(out: Path):
         raise SystemExit(130) from None
 
 
+@app.command("fit-jlens")
+def fit_jlens(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option(help="Directory for the J-lens (native format).")],
+    data: Annotated[
+        Optional[str],
+        typer.Option(help="Text to fit on (as for train). Default: stdlib for demo, fineweb-edu otherwise."),
+    ] = None,
+    text_column: Annotated[str, typer.Option(help="Text column of .jsonl/.parquet data.")] = "text",
+    prompts: Annotated[int, typer.Option(help="Prompts (sequences) to average over.")] = 8,
+    seq_len: Annotated[int, typer.Option(help="Tokens per prompt.")] = 128,
+    skip_first: Annotated[
+        int, typer.Option(help="Leading positions left out of the average (attention sinks).")
+    ] = 16,
+    dim_batch: Annotated[
+        int, typer.Option(help="Output dimensions per batched backward pass (memory grows with it).")
+    ] = 32,
+    seed: Annotated[int, typer.Option(help="Seed for the data order.")] = 0,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    tokenizer: TokenizerOption = None,
+    force: Annotated[bool, typer.Option(help="Replace what --out already holds.")] = False,
+):
+    """Fit a Jacobian lens for MODEL (exact estimator: d backward passes per prompt)."""
+    from tunedlens.cli.progress import EvalProgress
+    from tunedlens.train.jacobian import run_fit_jlens
+
+    with EvalProgress("fit-jlens", "prompts") as progress:
+        lens = run_fit_jlens(model, out, data=data, text_column=text_column, prompts=prompts,
+                             seq_len=seq_len, skip_first=skip_first, dim_batch=dim_batch,
+                             seed=seed, dtype=dtype, device=device, tokenizer=tokenizer,
+                             force=force, progress=progress.update)  # fmt: skip
+    typer.echo(f"fitted rows {lens.rows[0]}..{lens.rows[-1]} on {lens.n_prompts} prompts; "
+               f"J-lens saved to {out}")  # fmt: skip
+
+
 @app.command("eval")
 def eval_command(
     model: ModelArg,

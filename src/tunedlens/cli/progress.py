@@ -73,16 +73,16 @@ class TrainingProgress:
 
 
 class EvalProgress:
-    """Progress bar over the evaluated tokens, on stderr; shown once the data is packed.
+    """Progress bar over a count (tokens evaluated, prompts fitted), on stderr, with ETA.
 
     Nothing is drawn before :meth:`start`, so an error raised while checking the arguments or
     loading stays one line.
     """
 
-    def __init__(self):
+    def __init__(self, label: str = "eval", unit: str = "tokens"):
         self.progress = Progress(
-            TextColumn("[bold]eval"), BarColumn(),
-            TextColumn("{task.completed:,}/{task.total:,} tokens"), TimeElapsedColumn(),
+            TextColumn(f"[bold]{label}"), BarColumn(),
+            TextColumn(f"{{task.completed:,}}/{{task.total:,}} {unit}"), TimeElapsedColumn(),
             TimeRemainingColumn(), console=Console(stderr=True),
         )  # fmt: skip
         self.task = None

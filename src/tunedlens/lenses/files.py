@@ -395,6 +395,14 @@ def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: L
     if format not in ("native", "tuned-lens"):
         raise ValueError(f"--format must be 'native' or 'tuned-lens', got {format!r}")
     source, target = Path(source), Path(target)
+    from tunedlens.lenses.jlens_files import jlens_file
+
+    if source.exists() and jlens_file(source) is not None:
+        raise LensFileError(
+            f"{source} is a Jacobian lens; converting one needs its model (to record the "
+            "unembedding fingerprint): JacobianLens.load(path, model).save(out, format='native' "
+            "or 'artifact')."
+        )
     if source.resolve() == target.resolve():
         raise ValueError("SRC and DST are the same directory; write the converted lens elsewhere.")
     if target.exists() and not target.is_dir():

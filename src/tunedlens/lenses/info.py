@@ -28,14 +28,47 @@ def _update_norms(lens: LensFile) -> list[dict]:
     return rows
 
 
+def describe_jlens(path: Path) -> dict:
+    """Format, rows with a matrix, dimensions, provenance and ``‖J − I‖`` per row of a J-lens."""
+    from tunedlens.lenses.jlens_files import jlens_file, read_artifact, read_native
+
+    found = jlens_file(path)
+    if found.is_dir():
+        matrices, n_prompts, metadata, config = read_native(found)
+        fmt, n_layers = "jlens-native", config.get("num_hidden_layers")
+    else:
+        (matrices, n_prompts, metadata), fmt, n_layers = read_artifact(found), "jlens-artifact", None
+    d_model = next(iter(matrices.values())).shape[0]
+    eye = torch.eye(d_model)
+    return {
+        "path": str(path),
+        "format": fmt,
+        "kind": "jacobian",
+        "n_layers": n_layers,
+        "d_model": d_model,
+        "rows_with_matrix": sorted(matrices),
+        "note": "rows without a matrix decode as the logit lens",
+        "n_prompts": n_prompts,
+        "dtype": str(next(iter(matrices.values())).dtype).removeprefix("torch."),
+        "provenance": metadata,
+        "layers": [{"layer": row, "update_norm": float((m.float() - eye).norm()), "bias_norm": 0.0}
+                   for row, m in sorted(matrices.items())],
+    }
+
+
 def describe_lens(path: str | Path) -> dict:
     """Format, translator, dimensions, model, provenance and per-layer update sizes of a lens.
 
-    ``path`` is a lens directory or a hub location (:mod:`tunedlens.lenses.locations`).
+    ``path`` is a lens directory (or a J-lens artifact) or a hub location
+    (:mod:`tunedlens.lenses.locations`).
     """
+    from tunedlens.lenses.jlens_files import jlens_file
     from tunedlens.lenses.locations import lens_dir
 
-    lens = read_lens(lens_dir(path))
+    local = lens_dir(path)
+    if jlens_file(Path(local)) is not None:
+        return describe_jlens(Path(local))
+    lens = read_lens(local)
     translator = lens.translator
     return {
         "path": str(path),
@@ -65,7 +98,8 @@ def info_tables(info: dict) -> list:
             summary.add_row(
                 key, json.dumps(value, default=str) if isinstance(value, dict) else str(value)
             )
-    layers = Table(title="translator size per layer (Frobenius norm of the learned update)")
+    what = "‖J − I‖ (Frobenius)" if info.get("kind") == "jacobian" else "the learned update"
+    layers = Table(title=f"size per layer (Frobenius norm of {what})")
     for column in ("layer", "update_norm", "bias_norm"):
         layers.add_column(column, justify="right")
     for row in info["layers"]:

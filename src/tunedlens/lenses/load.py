@@ -1,6 +1,7 @@
 """``load_lens``: one resolver for every lens kind and source.
 
-``logit`` names the logit lens. Anything else is a lens location (a local directory, or
+``logit`` names the logit lens. Anything else is a lens location (a local directory or J-lens
+``.pt`` artifact, or
 ``hf:ORG/REPO[/SUBDIR][@REV]``, ``tuned-lens:MODEL_ID[@REV]``; see
 :mod:`tunedlens.lenses.locations`) whose files say what kind of lens it holds. Every ``--lens``
 option and the notebook facade go through here, so a new lens kind is taught to all of them by
@@ -54,6 +55,12 @@ def load_lens(location: str | os.PathLike | Lens, model: nn.Module, *, strict: b
     if str(location) == LOGIT:
         return LogitLens(model, **options)
     path = lens_dir(location)
+    from tunedlens.lenses.jacobian import JacobianLens, jlens_file
+
+    if jlens_file(Path(path)) is not None:
+        lens = JacobianLens.load(path, model, strict=strict, **options)
+        lens.source = str(location)
+        return lens
     kind = detect_format(Path(path))
     loader = LOADERS.get(kind)
     if loader is None:
@@ -66,7 +73,11 @@ def load_lens(location: str | os.PathLike | Lens, model: nn.Module, *, strict: b
 def check_location(location: str | os.PathLike) -> None:
     """Fail now, before any model is loaded, if ``location`` holds no lens (files are read later)."""
     if str(location) != LOGIT:
-        detect_format(Path(lens_dir(location)))
+        from tunedlens.lenses.jlens_files import jlens_file
+
+        path = Path(lens_dir(location))
+        if jlens_file(path) is None:
+            detect_format(path)
 
 
 def lens_name(location: str | os.PathLike, taken) -> str:

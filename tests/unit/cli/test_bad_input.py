@@ -122,6 +122,13 @@ CASES = {
                             "{root}/none.jsonl"], "does not exist", None),
     "show missing lens": (["show", M, P, "--lens", "{root}/nowhere", "--out", "{root}/new.png"],
                           "no lens directory", None),
+    # fit-jlens
+    "fit-jlens seq-len": (["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt",
+                           "--seq-len", "10"], "--skip-first", None),
+    "fit-jlens over a lens": (["fit-jlens", M, "--out", "{root}/lens", "--data", "{root}/text.txt"],
+                              "already holds", None),
+    "fit-jlens missing data": (["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/none.txt"],
+                               "does not exist", None),
     # serve (every check happens before the server starts)
     "serve remote host": (["serve", M, "--host", "0.0.0.0"], "--allow-remote", None),
     "serve lens of another model": (["serve", M, "--lens", "{root}/gpt2-lens"], "fingerprint", None),

@@ -1,0 +1,132 @@
+"""J-lens files: the published artifact, the fit checkpoint, and our native directory.
+
+The artifact is a torch file (read with ``weights_only``); the checkpoint is the reference
+estimator's running sum; ours is a safetensors directory.
+
+Readers return matrices keyed by *our* row (published layer ``ℓ`` = row ``ℓ + 1``) and need no
+model; writers take a :class:`~tunedlens.lenses.jacobian.JacobianLens`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tunedlens.errors import LensFileError
+
+ARTIFACT_SUFFIX = ".pt"
+NATIVE_JLENS = "jlens.safetensors"
+JLENS_FORMAT = "tunedlens-jlens"
+
+
+def _finite(matrices: dict[int, torch.Tensor], where: str) -> None:
+    for row, matrix in matrices.items():
+        if not bool(torch.isfinite(matrix).all()):
+            raise LensFileError(f"{where}: the matrix of row {row} holds NaN or Inf; the J-lens is broken.")
+
+
+def read_artifact(path: Path) -> tuple[dict[int, torch.Tensor], int, dict]:
+    """Matrices by our row, prompt count and metadata from a published artifact or checkpoint."""
+    import pickle
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise LensFileError(
+            f"{path} holds Python objects other than tensors, so it was not loaded (unpickling it "
+            f"could run code). Detail: {str(error).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise LensFileError(f"{path} is truncated or corrupt ({type(error).__name__}); download it again.") from None
+    if not isinstance(payload, dict) or not ({"J", "jacobian_sum"} & set(payload)):
+        raise LensFileError(f"{path} is not a J-lens artifact (no 'J') or fit checkpoint (no 'jacobian_sum').")
+    if "J" in payload:
+        matrices, n_prompts = payload["J"], int(payload.get("n_prompts", 0))
+        declared = payload.get("source_layers")
+        if declared is not None and sorted(int(x) for x in declared) != sorted(int(x) for x in matrices):
+            raise LensFileError(
+                f"{path}: source_layers {sorted(declared)} do not match the layers of J "
+                f"{sorted(matrices)}; the file is inconsistent."
+            )
+        d_model = payload.get("d_model")
+    else:
+        n_prompts = int(payload.get("n_done", 0))
+        if n_prompts <= 0:
+            raise LensFileError(f"{path}: a fit checkpoint with n_done={n_prompts} holds no prompts.")
+        matrices = {layer: total / n_prompts for layer, total in payload["jacobian_sum"].items()}
+        d_model = None
+    if not isinstance(matrices, dict) or not matrices or not all(
+        isinstance(m, torch.Tensor) and m.dim() == 2 for m in matrices.values()
+    ):
+        raise LensFileError(f"{path}: 'J' must map layers to (d_model, d_model) tensors.")
+    shapes = {tuple(m.shape) for m in matrices.values()}
+    if len(shapes) != 1 or (d_model is not None and shapes != {(int(d_model), int(d_model))}):
+        raise LensFileError(f"{path}: the matrices have shapes {sorted(shapes)}, d_model={d_model}.")
+    by_row = {int(layer) + 1: matrix for layer, matrix in matrices.items()}  # block ℓ -> row ℓ+1
+    _finite(by_row, str(path))
+    metadata = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+    return by_row, n_prompts, metadata
+
+
+def write_artifact(lens, path: Path, dtype: torch.dtype = torch.float16) -> None:
+    """Write the published format: ``J`` {block layer: matrix} in fp16, and its other keys.
+
+    The other keys are ``n_prompts``, ``source_layers``, ``d_model`` and ``metadata``. Our row 0
+    (the embeddings) has no place in it and is left out.
+    """
+    layers = {row - 1: matrix.to(dtype).cpu() for row, matrix in lens.matrices.items() if row >= 1}
+    payload = {"J": layers, "n_prompts": lens.n_prompts, "source_layers": sorted(layers),
+               "d_model": lens.d_model, "metadata": _plain(lens.metadata)}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+
+
+def _plain(metadata: dict) -> dict:
+    return json.loads(json.dumps(metadata, default=str))
+
+
+def write_native(lens, path: Path) -> None:
+    """Our format: ``jlens.safetensors`` (one tensor per row) and ``config.json``."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({f"row.{row}": m.contiguous().cpu() for row, m in lens.matrices.items()},
+              path / NATIVE_JLENS)  # fmt: skip
+    config = {"format": JLENS_FORMAT, "format_version": 1, "d_model": lens.d_model,
+              "num_hidden_layers": lens.n_layers, "rows": lens.rows, "n_prompts": lens.n_prompts,
+              "base_model_name_or_path": lens.metadata.get("model"),
+              "vocab_size": lens.unembed.vocab_size, "unembed_hash": lens.unembed.hash(),
+              "metadata": _plain(lens.metadata)}  # fmt: skip
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def read_native(path: Path) -> tuple[dict[int, torch.Tensor], int, dict, dict]:
+    """Matrices by row, prompt count, metadata and model info from our native directory."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+        tensors = load_file(path / NATIVE_JLENS, device="cpu")
+    except (OSError, json.JSONDecodeError, SafetensorError) as error:
+        raise LensFileError(f"{path}: cannot read the J-lens ({error}).") from None
+    if config.get("format") != JLENS_FORMAT:
+        raise LensFileError(f"{path / 'config.json'} is not a tunedlens J-lens config.")
+    matrices = {int(name.split(".")[1]): tensor for name, tensor in tensors.items()}
+    _finite(matrices, str(path / NATIVE_JLENS))
+    return matrices, int(config.get("n_prompts", 0)), config.get("metadata", {}), config
+
+
+def jlens_file(path: Path) -> Path | None:
+    """The J-lens file or directory at ``path``, or None when it holds none."""
+    if path.is_file() and path.suffix == ARTIFACT_SUFFIX:
+        return path
+    if path.is_dir():
+        if (path / NATIVE_JLENS).exists():
+            return path
+        artifacts = sorted(path.glob(f"*{ARTIFACT_SUFFIX}"))
+        if len(artifacts) == 1 and artifacts[0].name != "params.pt":
+            return artifacts[0]
+    return None
