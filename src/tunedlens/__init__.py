@@ -25,6 +25,8 @@ _EXPORTS = {
     "predict_layers": "tunedlens.predict",
     "evaluate": "tunedlens.evaluation.core",
     "Lensed": "tunedlens.view.notebook",
+    "JacobianLens": "tunedlens.lenses.jacobian",
+    "fit_jacobian_lens": "tunedlens.train.jacobian",
     "load_lens": "tunedlens.lenses.load",
     "readout": "tunedlens.engine.core",
     "Readout": "tunedlens.engine.core",
@@ -58,11 +60,13 @@ if TYPE_CHECKING:  # pragma: no cover
         TunedLensError,
     )
     from tunedlens.lenses.files import read_lens, write_lens
+    from tunedlens.lenses.jacobian import JacobianLens
     from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
     from tunedlens.lenses.load import load_lens
     from tunedlens.lenses.unembed import Unembed
     from tunedlens.models import load_model
     from tunedlens.predict import predict_layers
+    from tunedlens.train.jacobian import fit_jacobian_lens
 
 
 def __getattr__(name: str):

@@ -169,11 +169,10 @@ def readout(
         targets_at = plan.targets[where[:, 0], where[:, 1]].to(device)
         # The model's own distribution: its float32 head on the last block's output (skipped
         # when no requested statistic compares with it: then the model's own stats are NaN).
-        if needs_final:
-            final = head.final(unembed.head_input(states_at[n_layers]), targets_at)
-        else:
+        if not needs_final:
             final = FinalChunk.light(targets_at, head.weight.shape[1])
-        if needs_final:
+        else:
+            final = head.final(unembed.head_input(states_at[n_layers]), targets_at)
             model_stats["entropy"][where[:, 0], where[:, 2]] = final.entropy.float().cpu()
             model_stats["ce"][where[:, 0], where[:, 2]] = torch.where(
                 targets_at >= 0, final.cross_entropy, torch.nan).float().cpu()  # fmt: skip
