@@ -211,10 +211,10 @@ def fit_jlens(
     force: Annotated[bool, typer.Option(help="Replace what --out already holds.")] = False,
 ):
     """Fit a Jacobian lens for MODEL (exact estimator: d backward passes per prompt)."""
-    from tunedlens.cli.progress import EvalProgress
+    from tunedlens.cli.progress import CountProgress
     from tunedlens.train.jacobian import run_fit_jlens
 
-    with EvalProgress("fit-jlens", "prompts") as progress:
+    with CountProgress("fit-jlens", "prompts") as progress:
         lens = run_fit_jlens(model, out, data=data, text_column=text_column, prompts=prompts,
                              seq_len=seq_len, skip_first=skip_first, dim_batch=dim_batch,
                              seed=seed, dtype=dtype, device=device, tokenizer=tokenizer,
@@ -261,10 +261,10 @@ def eval_command(
     force: Annotated[bool, typer.Option(help="Replace an existing report in --out.")] = False,
 ):
     """Evaluate lenses on MODEL layer by layer (the logit lens is always the baseline)."""
-    from tunedlens.cli.progress import EvalProgress
+    from tunedlens.cli.progress import CountProgress
     from tunedlens.evaluation.run import run_evaluation
 
-    with EvalProgress() as progress:
+    with CountProgress() as progress:
         run = run_evaluation(
             model, lens or (), data=data, text_column=text_column, tokens=tokens, seq_len=seq_len,
             out=out, prompts=prompts, transfer=transfer, bootstrap=bootstrap,

@@ -72,7 +72,7 @@ class TrainingProgress:
         )
 
 
-class EvalProgress:
+class CountProgress:
     """Progress bar over a count (tokens evaluated, prompts fitted), on stderr, with ETA.
 
     Nothing is drawn before :meth:`start`, so an error raised while checking the arguments or

@@ -216,7 +216,8 @@ def _read_rows(head: BlockedHead, lens: Lens, grids: Grids, rows: list[Row], fir
         need_target=bool({"ce", "prob"} & set(stats)),
         logprobs=buffer,
     )  # fmt: skip
-    result = head.stats(torch.cat(inputs), final.repeat(times, with_probs=not head.linear), scale,
+    joined = inputs[0] if times == 1 else torch.cat(inputs)
+    result = head.stats(joined, final.repeat(times, with_probs=not head.linear), scale,
                         extras)  # fmt: skip
     has_target = final.next_ids.cpu() >= 0
     for index in range(times):

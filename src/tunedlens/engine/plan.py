@@ -26,7 +26,7 @@ def check_rows(rows, n_layers: int) -> list[Row]:
             )
         checked.append(tuple(pair) if isinstance(row, tuple) else row)
     if not checked:
-        raise IndexError("no rows selected; pass at least one row in 0..{n_layers}")
+        raise IndexError(f"no rows selected; pass at least one row in 0..{n_layers}")
     return checked
 
 

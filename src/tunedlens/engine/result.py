@@ -62,6 +62,17 @@ class LensReadout:
                        **changes)  # fmt: skip
 
 
+_KERNEL_RESULT = {
+    "entropy": lambda r: r["entropy"],
+    "kl": lambda r: r["kl"],
+    "ce": lambda r: r["ce"],
+    "max-prob": lambda r: r["confidence"],
+    "rank": lambda r: r["target_rank"],
+    "prob": lambda r: (-r["ce"].double()).exp().float(),
+    "model-rank": lambda r: r["rank"],
+    "cos": lambda r: r["cos"],
+}
+"""How each statistic is read from :meth:`BlockedHead.stats`'s result (only requested ones are)."""
 _GRIDS = ("top_ids", "top_probs", "token_logprobs", "token_ranks", "logprobs", "inputs")
 
 
@@ -156,18 +167,8 @@ class Grids:
               tokens) -> None:  # fmt: skip
         """Write one row's kernel results for the cells ``where`` (sequence, state, column)."""
         b, c = where[:, 0], where[:, 2]
-        computed = {
-            "entropy": result["entropy"],
-            "kl": result["kl"],
-            "ce": result.get("ce"),
-            "max-prob": result["confidence"],
-            "rank": result.get("target_rank"),
-            "prob": None if "ce" not in result else (-result["ce"].double()).exp().float(),
-            "model-rank": result.get("rank"),
-            "cos": result["cos"],
-        }
         for name, grid in self.values.items():
-            value = computed[name].cpu()
+            value = _KERNEL_RESULT[name](result).cpu()
             if name in ("ce", "rank", "prob"):
                 value = torch.where(has_target, value, torch.nan)
             grid[b, row, c] = value

@@ -50,7 +50,7 @@ def run_evaluation(
     written under a temporary name and renamed once complete.
     """
     from tunedlens.data import TextSource, pack_blocks
-    from tunedlens.lenses.load import LOGIT, check_location, lens_name, load_lens
+    from tunedlens.lenses.load import check_location, load_lenses
     from tunedlens.models import load_model, need_tokenizer
     from tunedlens.outputs import check_out_dir, publish_dir, staging_dir
 
@@ -71,10 +71,7 @@ def run_evaluation(
         check_location(location)
     loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     need_tokenizer(loaded_tokenizer, model_spec)
-    named = {}
-    for location in lenses:
-        if str(location) != LOGIT:  # the logit lens is always there
-            named[lens_name(location, {**named, BASELINE: None})] = load_lens(location, loaded, strict=strict)
+    named = load_lenses(lenses, loaded, strict=strict, reserved=(BASELINE,))  # logit: always in
     blocks = pack_blocks(source, loaded_tokenizer,
                          seq_len=seq_len, n_sequences=tokens // seq_len, seed=seed)  # fmt: skip
     if on_start is not None:

@@ -27,6 +27,7 @@ import torch
 
 from tunedlens.errors import LensFileError
 from tunedlens.lenses.translators import AffineTranslator, LowRankTranslator
+from tunedlens.metrics.checks import first_nonfinite
 
 LensFormat = Literal["native", "tuned-lens"]
 CONFIG_FILE = "config.json"
@@ -135,9 +136,8 @@ def _require_bool(config: dict, key: str, path: Path, default: bool) -> bool:
 def check_finite(translator, where: str) -> None:
     """Raise :class:`LensFileError` naming the first tensor and layer holding NaN or Inf."""
     for name, tensor in translator.state_dict().items():
-        finite = torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(-1) if tensor.dim() else torch.isfinite(tensor)
-        if not bool(finite.all()):
-            layer = int((~finite).nonzero()[0, 0]) if finite.dim() else 0
+        layer = first_nonfinite(tensor)
+        if layer is not None:
             raise LensFileError(
                 f"{where}: '{name}' holds NaN or Inf values (first at layer {layer}); the lens is "
                 "broken. Retrain it, or restore the file from a good copy."

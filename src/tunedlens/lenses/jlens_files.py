@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from tunedlens.errors import LensFileError
+from tunedlens.metrics.checks import first_nonfinite
 
 ARTIFACT_SUFFIX = ".pt"
 NATIVE_JLENS = "jlens.safetensors"
@@ -23,7 +24,7 @@ JLENS_FORMAT = "tunedlens-jlens"
 
 def _finite(matrices: dict[int, torch.Tensor], where: str) -> None:
     for row, matrix in matrices.items():
-        if not bool(torch.isfinite(matrix).all()):
+        if first_nonfinite(matrix) is not None:
             raise LensFileError(f"{where}: the matrix of row {row} holds NaN or Inf; the J-lens is broken.")
 
 

@@ -80,6 +80,23 @@ def check_location(location: str | os.PathLike) -> None:
             detect_format(path)
 
 
+def load_lenses(locations, model: nn.Module, *, strict: bool = True,
+                reserved=(LOGIT,)) -> dict[str, Lens]:  # fmt: skip
+    """Each lens location (``logit`` skipped) loaded for ``model``, under a short unique name.
+
+    Names are the locations' last path parts (:func:`lens_name`), never one of ``reserved``.
+    Every location is resolved first, so a bad one fails before any lens file is read.
+    """
+    for location in locations:
+        check_location(location)
+    named: dict[str, Lens] = {}
+    for location in locations:
+        if str(location) != LOGIT:
+            taken = {*named, *reserved}
+            named[lens_name(location, taken)] = load_lens(location, model, strict=strict)
+    return named
+
+
 def lens_name(location: str | os.PathLike, taken) -> str:
     """A short unique name for a lens location (its last path part), e.g. for report columns."""
     text = str(location)

@@ -54,19 +54,16 @@ def build_session(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[s
                   max_tokens: int = 512, dtype: str = "float32", device: str | None = None,
                   tokenizer: str | None = None, strict: bool = True) -> ServeSession:  # fmt: skip
     """Load the model and every lens (a lens for another model is refused here, with why)."""
-    from tunedlens.lenses.load import LOGIT, check_location, lens_name, load_lens
+    from tunedlens.lenses.load import LOGIT, check_location, load_lens, load_lenses
     from tunedlens.models import load_model, need_tokenizer
 
     if max_tokens < 1:
         raise ValueError(f"--max-tokens must be a positive integer, got {max_tokens}")
-    for location in lenses:
+    for location in lenses:  # before the model loads
         check_location(location)
     loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     need_tokenizer(loaded_tokenizer, model_spec)
-    named = {LOGIT: load_lens(LOGIT, loaded)}
-    for location in lenses:
-        if str(location) != LOGIT:
-            named[lens_name(location, named)] = load_lens(location, loaded, strict=strict)
+    named = {LOGIT: load_lens(LOGIT, loaded), **load_lenses(lenses, loaded, strict=strict)}
     return ServeSession(loaded, loaded_tokenizer, named, model_spec,
                         evals=read_evals(evals, list(named)), max_tokens=max_tokens)  # fmt: skip
 

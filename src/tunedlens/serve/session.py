@@ -17,6 +17,7 @@ from torch import nn
 
 from tunedlens.arch.residuals import collect_residuals
 from tunedlens.engine.core import divergences, readout
+from tunedlens.engine.inputs import encode_prompt
 from tunedlens.engine.stats import PAIR_STATS, STATS, VIEW_STATS, check_stats
 from tunedlens.errors import TunedLensError
 from tunedlens.lenses.lens import Lens
@@ -102,9 +103,7 @@ class ServeSession:
         """Token ids ``(1, seq)`` of a prompt within the length limit, or :class:`BadRequest`."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise BadRequest(f"the {what} is empty; type some text to look at.")
-        ids = self.tokenizer(prompt, return_tensors="pt").input_ids
-        if ids.shape[1] == 0:
-            raise BadRequest(f"the {what} tokenises to no tokens; type some text.")
+        ids = encode_prompt(self.tokenizer, prompt, self.model)
         if ids.shape[1] > self.max_tokens:
             raise BadRequest(
                 f"the {what} is {ids.shape[1]} tokens long; the limit is {self.max_tokens} "

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from tunedlens.errors import TunedLensError
+from tunedlens.metrics.checks import first_nonfinite
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -56,14 +57,12 @@ def load_checkpoint(directory: Path) -> dict | None:
         version = state.get("version") if isinstance(state, dict) else None
         raise CheckpointError(f"{path} has version {version}, expected {CHECKPOINT_VERSION}.")
     for name, tensor in (state.get("translator") or {}).items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-            bad = ~torch.isfinite(tensor.reshape(tensor.shape[0], -1) if tensor.dim() else tensor)
-            if bool(bad.any()):
-                layer = int(bad.nonzero()[0, 0]) if tensor.dim() else 0
-                raise CheckpointError(
-                    f"{path}: translator '{name}' holds NaN or Inf (first at layer {layer}); the "
-                    "run had diverged when it was saved. Delete it and train again."
-                )
+        layer = first_nonfinite(tensor) if isinstance(tensor, torch.Tensor) else None
+        if layer is not None:
+            raise CheckpointError(
+                f"{path}: translator '{name}' holds NaN or Inf (first at layer {layer}); the "
+                "run had diverged when it was saved. Delete it and train again."
+            )
     return state
 
 

@@ -33,7 +33,7 @@ def run_show(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: 
     Returns:
         The path written.
     """
-    from tunedlens.lenses.load import LOGIT, check_location, lens_name, load_lens
+    from tunedlens.lenses.load import LOGIT, check_location, load_lens, load_lenses
     from tunedlens.models import load_model, need_tokenizer
     from tunedlens.outputs import check_out_file
     from tunedlens.plot.trajectory_figures import save
@@ -45,14 +45,11 @@ def run_show(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: 
         raise ValueError(f"--stride must be an integer >= 1, got {stride!r}")
     if last is not None and last < 1:
         raise ValueError(f"--last must be an integer >= 1, got {last!r}")
-    for location in lenses:
+    for location in lenses:  # before the model loads
         check_location(location)
     loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     viewer = Lensed(loaded, need_tokenizer(loaded_tokenizer, model_spec))
-    chosen = {LOGIT: load_lens(LOGIT, loaded)}
-    for location in lenses:
-        if str(location) != LOGIT:
-            chosen[lens_name(location, chosen)] = load_lens(location, loaded, strict=strict)
+    chosen = {LOGIT: load_lens(LOGIT, loaded), **load_lenses(lenses, loaded, strict=strict)}
 
     def view(text: str, lens):
         trajectory = viewer.trajectory(text, lens)
