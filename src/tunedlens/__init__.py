@@ -27,6 +27,7 @@ _EXPORTS = {
     "Lensed": "tunedlens.view.notebook",
     "JacobianLens": "tunedlens.lenses.jacobian",
     "fit_jacobian_lens": "tunedlens.train.jacobian",
+    "merge_jacobian_lenses": "tunedlens.train.jacobian",
     "load_lens": "tunedlens.lenses.load",
     "readout": "tunedlens.engine.core",
     "Readout": "tunedlens.engine.core",
@@ -66,7 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tunedlens.lenses.unembed import Unembed
     from tunedlens.models import load_model
     from tunedlens.predict import predict_layers
-    from tunedlens.train.jacobian import fit_jacobian_lens
+    from tunedlens.train.jacobian import fit_jacobian_lens, merge_jacobian_lenses
 
 
 def __getattr__(name: str):

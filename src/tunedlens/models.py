@@ -57,6 +57,11 @@ def demo_gguf_path() -> Path:
     return path
 
 
+def demo_model_dir() -> Path:
+    """The embedded default model as an ordinary model directory (dequantised on first use)."""
+    return _load_gguf(demo_gguf_path())
+
+
 def _gguf_cache_dir(path: Path) -> Path:
     import transformers
 

@@ -34,6 +34,7 @@ FLOORS = {
     "train": 5,
     "evaluation": 5,
     "predict": 5,
+    "hub": 5,
     # 6: looking through lenses (trajectories, the notebook facade, which can train)
     "view": 6,
     # 7: front ends: the web explorer

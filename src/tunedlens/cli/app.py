@@ -29,8 +29,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-lens_app = typer.Typer(help="Inspect and convert lens directories.", no_args_is_help=True)
+lens_app = typer.Typer(help="Inspect, convert and merge lenses.", no_args_is_help=True)
 app.add_typer(lens_app, name="lens")
+hub_app = typer.Typer(help="Lens collections on the hub: package, verify, upload, download.",
+                      no_args_is_help=True)  # fmt: skip
+app.add_typer(hub_app, name="hub")
 
 
 @app.command()
@@ -193,7 +196,9 @@ def fit_jlens(
     out: Annotated[Path, typer.Option(help="Directory for the J-lens (native format).")],
     data: Annotated[
         Optional[str],
-        typer.Option(help="Text to fit on (as for train). Default: stdlib for demo, fineweb-edu otherwise."),
+        typer.Option(
+            help="Text to fit on (as for train). Default: stdlib for demo, fineweb-edu otherwise."
+        ),
     ] = None,
     text_column: Annotated[str, typer.Option(help="Text column of .jsonl/.parquet data.")] = "text",
     prompts: Annotated[int, typer.Option(help="Prompts (sequences) to average over.")] = 8,
@@ -202,25 +207,71 @@ def fit_jlens(
         int, typer.Option(help="Leading positions left out of the average (attention sinks).")
     ] = 16,
     dim_batch: Annotated[
-        int, typer.Option(help="Output dimensions per batched backward pass (memory grows with it).")
+        int,
+        typer.Option(help="Output dimensions per batched backward pass (memory grows with it)."),
     ] = 32,
     seed: Annotated[int, typer.Option(help="Seed for the data order.")] = 0,
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
     tokenizer: TokenizerOption = None,
+    checkpoint_every: Annotated[
+        Optional[int],
+        typer.Option(help="Save the running sums in --out every this many prompts (resumable)."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue the fit whose checkpoint is in --out (bit-identical result)."),
+    ] = False,
+    part: Annotated[
+        Optional[str],
+        typer.Option(
+            help="I/N: fit only slice I (from 0) of N of the prompts; merge the parts "
+            "with 'tunedlens lens merge'."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace what --out already holds.")] = False,
 ):
-    """Fit a Jacobian lens for MODEL (exact estimator: d backward passes per prompt)."""
+    """Fit a Jacobian lens for MODEL (exact estimator: d backward passes per prompt).
+
+    Under torchrun (torchrun --nproc-per-node N -m tunedlens fit-jlens ...) the processes fit
+    contiguous slices of the prompts and add their sums at the end.
+    """
     from tunedlens.cli.progress import CountProgress
     from tunedlens.train.jacobian import run_fit_jlens
 
-    with CountProgress("fit-jlens", "prompts") as progress:
+    with CountProgress("fit-jlens", "prompts") as progress, interrupted_fit(out, checkpoint_every):
         lens = run_fit_jlens(model, out, data=data, text_column=text_column, prompts=prompts,
                              seq_len=seq_len, skip_first=skip_first, dim_batch=dim_batch,
                              seed=seed, dtype=dtype, device=device, tokenizer=tokenizer,
-                             force=force, progress=progress.update)  # fmt: skip
+                             checkpoint_every=checkpoint_every, resume=resume,
+                             part=parse_part(part), force=force, progress=progress.update)  # fmt: skip
     typer.echo(f"fitted rows {lens.rows[0]}..{lens.rows[-1]} on {lens.n_prompts} prompts; "
                f"J-lens saved to {out}")  # fmt: skip
+
+
+def parse_part(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> ``(I, N)``."""
+    if text is None:
+        return None
+    index, slash, count = text.partition("/")
+    if not (slash and index.strip().isdigit() and count.strip().isdigit()):
+        raise ValueError(f"--part must look like I/N (e.g. 0/4), got {text!r}")
+    return int(index), int(count)
+
+
+@contextmanager
+def interrupted_fit(out: Path, checkpoint_every: int | None):
+    """On Ctrl-C during fit-jlens, say what was kept and exit 130 without a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if checkpoint_every:
+            message = (f"interrupted: the running sums saved in {out} are kept; run the same "
+                       "command with --resume to continue.")  # fmt: skip
+        else:
+            message = "interrupted; pass --checkpoint-every N to make a fit resumable."
+        typer.echo(message, err=True)
+        raise SystemExit(130) from None
 
 
 @app.command("eval")
@@ -286,7 +337,9 @@ def serve(
         Optional[list[str]],
         typer.Option("--eval", help="A tunedlens eval --out folder: KL curve and gates per lens."),
     ] = None,
-    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (loopback by default).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     allow_remote: Annotated[
         bool, typer.Option(help="Allow a --host other than loopback (no authentication!).")
@@ -327,16 +380,100 @@ def lens_info(
 
 @lens_app.command("convert")
 def lens_convert(
-    source: Annotated[Path, typer.Argument(help="Lens directory to read (either format).")],
-    target: Annotated[Path, typer.Argument(help="Directory to write.")],
-    format: Annotated[str, typer.Option("--format", help="native or tuned-lens.")] = "native",
+    source: Annotated[
+        Path, typer.Argument(help="Lens to read: a directory (either format) or a J-lens file.")
+    ],
+    target: Annotated[
+        Path, typer.Argument(help="Directory to write (a .pt file for --format artifact).")
+    ],
+    format: Annotated[
+        str, typer.Option("--format", help="native or tuned-lens; for a J-lens native or artifact.")
+    ] = "native",
     force: Annotated[bool, typer.Option(help="Replace what DST already holds.")] = False,
 ):
-    """Convert a lens between the native format and the reference tuned-lens format."""
+    """Convert a lens (tuned: native <-> reference format; J-lens: native <-> published artifact)."""
     from tunedlens.lenses.files import convert_lens
 
     written = convert_lens(source, target, format, force=force)  # type: ignore[arg-type]
     typer.echo(f"wrote {format} lens to {written}")
+
+
+@lens_app.command("merge")
+def lens_merge(
+    model: ModelArg,
+    parts: Annotated[list[str], typer.Argument(help="J-lenses fitted on disjoint prompt slices.")],
+    out: Annotated[Path, typer.Option(help="Directory for the merged J-lens (native format).")],
+    force: Annotated[bool, typer.Option(help="Replace what --out already holds.")] = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+):
+    """Merge J-lenses of MODEL fitted on disjoint prompt slices (weighted by their prompts)."""
+    from tunedlens.train.jacobian import run_merge_jlens
+
+    lens = run_merge_jlens(model, parts, out, force=force, dtype=dtype, device=device)
+    typer.echo(f"merged {len(parts)} J-lenses ({lens.n_prompts} prompts) into {out}")
+
+
+@hub_app.command("package")
+def hub_package(
+    lenses: Annotated[list[Path], typer.Argument(help="Lens directories (or J-lens .pt files).")],
+    out: Annotated[Path, typer.Option(help="Root of the collection tree to write.")],
+    eval_reports: Annotated[
+        Optional[list[str]],
+        typer.Option("--eval", help="NAME=DIR: attach the evaluation report in DIR to lens NAME."),
+    ] = None,
+    update: Annotated[bool, typer.Option(help="Add to a collection tree made earlier.")] = False,
+    license: Annotated[str, typer.Option(help="Licence in the dataset card.")] = "apache-2.0",
+):
+    """Build a lens collection: lenses/<model>/<name>/, INDEX.json with checksums, a dataset card."""
+    from tunedlens.hub.collection import package_lenses
+
+    evals = {}
+    for item in eval_reports or ():
+        name, sep, folder = item.partition("=")
+        if not (sep and name and folder):
+            raise ValueError(f"--eval must be NAME=DIR, got {item!r}")
+        evals[name] = folder
+    tree = package_lenses(lenses, out, evals=evals, update=update, license=license)
+    typer.echo(f"packaged {len(lenses)} lens(es) into {tree}")
+
+
+@hub_app.command("verify")
+def hub_verify(
+    tree: Annotated[Path, typer.Argument(help="A collection tree (local, or a downloaded one).")],
+):
+    """Check every file of a collection against INDEX.json (missing, extra, size, sha256) and load each lens."""
+    from tunedlens.hub.collection import verify_collection
+
+    index = verify_collection(tree)
+    typer.echo(f"{tree}: {len(index['lenses'])} lens(es), every file matches {tree / 'INDEX.json'}")
+
+
+@hub_app.command("upload")
+def hub_upload(
+    tree: Annotated[Path, typer.Argument(help="A collection tree made by 'hub package'.")],
+    repo: Annotated[str, typer.Argument(help="Hub dataset repository ORG/NAME.")],
+    revision_tag: Annotated[str, typer.Option(help="Tag for this release, vYYYY.MM.DD.")],
+    private: Annotated[bool, typer.Option(help="Create the repository private.")] = False,
+):
+    """Verify, then upload a collection to a hub dataset repository in one commit, and tag it."""
+    from tunedlens.hub.publish import upload_collection
+
+    url = upload_collection(tree, repo, revision_tag=revision_tag, private=private)
+    typer.echo(f"uploaded {tree} to {repo} ({revision_tag}): {url}")
+
+
+@hub_app.command("download")
+def hub_download(
+    repo: Annotated[str, typer.Argument(help="Hub dataset repository ORG/NAME[@REVISION].")],
+    model: Annotated[Optional[str], typer.Option(help="Fetch only this model's lenses.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Copy the verified files here.")] = None,
+):
+    """Download a collection (or one model's lenses) into the HF cache and verify every file."""
+    from tunedlens.hub.publish import download_collection
+
+    where = download_collection(repo, model=model, out=out)
+    typer.echo(f"verified {repo}{f' ({model})' if model else ''}: {where}")
 
 
 def main() -> None:

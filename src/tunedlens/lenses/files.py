@@ -390,19 +390,18 @@ def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: L
                  force: bool = False) -> Path:  # fmt: skip
     """Read the lens directory ``source`` (either format) and write it to ``target`` as ``format``.
 
+    A J-lens (artifact, fit checkpoint or native directory) converts between ``native`` and
+    ``artifact`` (:func:`tunedlens.lenses.jlens_files.convert_jlens`).
+
     A ``target`` that already holds files is refused unless ``force`` (then it is replaced).
     """
-    if format not in ("native", "tuned-lens"):
-        raise ValueError(f"--format must be 'native' or 'tuned-lens', got {format!r}")
     source, target = Path(source), Path(target)
-    from tunedlens.lenses.jlens_files import jlens_file
+    from tunedlens.lenses.jlens_files import convert_jlens, jlens_file
 
     if source.exists() and jlens_file(source) is not None:
-        raise LensFileError(
-            f"{source} is a Jacobian lens; converting one needs its model (to record the "
-            "unembedding fingerprint): JacobianLens.load(path, model).save(out, format='native' "
-            "or 'artifact')."
-        )
+        return convert_jlens(source, target, format, force=force)
+    if format not in ("native", "tuned-lens"):
+        raise ValueError(f"--format must be 'native' or 'tuned-lens', got {format!r}")
     if source.resolve() == target.resolve():
         raise ValueError("SRC and DST are the same directory; write the converted lens elsewhere.")
     if target.exists() and not target.is_dir():

@@ -106,9 +106,17 @@ class JacobianLens(Lens):
         return vectors if matrix is None else vectors @ matrix
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: nn.Module, *, strict: bool = True) -> JacobianLens:
-        """A published artifact (``.pt``), a fit checkpoint, or our native directory."""
-        lens = read_jlens(Path(path), model, strict=strict)
+    def load(
+        cls, path: str | os.PathLike, model: nn.Module, *, strict: bool = True
+    ) -> JacobianLens:
+        """A published artifact (``.pt``), a fit checkpoint, our native directory, or a location.
+
+        ``path`` may be any lens location (``jlens:qwen3-8b``, ``hf:...``; see
+        :mod:`tunedlens.lenses.locations`).
+        """
+        from tunedlens.lenses.locations import lens_dir
+
+        lens = read_jlens(lens_dir(path), model, strict=strict)
         lens.source = str(path)
         return lens
 
@@ -149,7 +157,11 @@ def read_jlens(path: Path, model: nn.Module, *, strict: bool = True) -> Jacobian
 
         warnings.warn(message, stacklevel=3)
     if info.get("vocab_size") not in (None, unembed.vocab_size):
-        raise LensMismatch(f"{path} was fitted for a vocabulary of {info['vocab_size']}, not {unembed.vocab_size}.")
+        raise LensMismatch(
+            f"{path} was fitted for a vocabulary of {info['vocab_size']}, not {unembed.vocab_size}."
+        )
     if info.get("num_hidden_layers") not in (None, unembed.arch.n_layers):
-        raise LensMismatch(f"{path} was fitted for {info['num_hidden_layers']} layers, not {unembed.arch.n_layers}.")
+        raise LensMismatch(
+            f"{path} was fitted for {info['num_hidden_layers']} layers, not {unembed.arch.n_layers}."
+        )
     return JacobianLens(unembed, matrices, n_prompts=n_prompts, metadata=metadata)

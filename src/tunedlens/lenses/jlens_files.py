@@ -10,6 +10,7 @@ model; writers take a :class:`~tunedlens.lenses.jacobian.JacobianLens`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -25,7 +26,9 @@ JLENS_FORMAT = "tunedlens-jlens"
 def _finite(matrices: dict[int, torch.Tensor], where: str) -> None:
     for row, matrix in matrices.items():
         if first_nonfinite(matrix) is not None:
-            raise LensFileError(f"{where}: the matrix of row {row} holds NaN or Inf; the J-lens is broken.")
+            raise LensFileError(
+                f"{where}: the matrix of row {row} holds NaN or Inf; the J-lens is broken."
+            )
 
 
 def read_artifact(path: Path) -> tuple[dict[int, torch.Tensor], int, dict]:
@@ -40,13 +43,19 @@ def read_artifact(path: Path) -> tuple[dict[int, torch.Tensor], int, dict]:
             f"could run code). Detail: {str(error).splitlines()[0]}"
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise LensFileError(f"{path} is truncated or corrupt ({type(error).__name__}); download it again.") from None
+        raise LensFileError(
+            f"{path} is truncated or corrupt ({type(error).__name__}); download it again."
+        ) from None
     if not isinstance(payload, dict) or not ({"J", "jacobian_sum"} & set(payload)):
-        raise LensFileError(f"{path} is not a J-lens artifact (no 'J') or fit checkpoint (no 'jacobian_sum').")
+        raise LensFileError(
+            f"{path} is not a J-lens artifact (no 'J') or fit checkpoint (no 'jacobian_sum')."
+        )
     if "J" in payload:
         matrices, n_prompts = payload["J"], int(payload.get("n_prompts", 0))
         declared = payload.get("source_layers")
-        if declared is not None and sorted(int(x) for x in declared) != sorted(int(x) for x in matrices):
+        if declared is not None and sorted(int(x) for x in declared) != sorted(
+            int(x) for x in matrices
+        ):
             raise LensFileError(
                 f"{path}: source_layers {sorted(declared)} do not match the layers of J "
                 f"{sorted(matrices)}; the file is inconsistent."
@@ -55,16 +64,22 @@ def read_artifact(path: Path) -> tuple[dict[int, torch.Tensor], int, dict]:
     else:
         n_prompts = int(payload.get("n_done", 0))
         if n_prompts <= 0:
-            raise LensFileError(f"{path}: a fit checkpoint with n_done={n_prompts} holds no prompts.")
+            raise LensFileError(
+                f"{path}: a fit checkpoint with n_done={n_prompts} holds no prompts."
+            )
         matrices = {layer: total / n_prompts for layer, total in payload["jacobian_sum"].items()}
         d_model = None
-    if not isinstance(matrices, dict) or not matrices or not all(
-        isinstance(m, torch.Tensor) and m.dim() == 2 for m in matrices.values()
+    if (
+        not isinstance(matrices, dict)
+        or not matrices
+        or not all(isinstance(m, torch.Tensor) and m.dim() == 2 for m in matrices.values())
     ):
         raise LensFileError(f"{path}: 'J' must map layers to (d_model, d_model) tensors.")
     shapes = {tuple(m.shape) for m in matrices.values()}
     if len(shapes) != 1 or (d_model is not None and shapes != {(int(d_model), int(d_model))}):
-        raise LensFileError(f"{path}: the matrices have shapes {sorted(shapes)}, d_model={d_model}.")
+        raise LensFileError(
+            f"{path}: the matrices have shapes {sorted(shapes)}, d_model={d_model}."
+        )
     by_row = {int(layer) + 1: matrix for layer, matrix in matrices.items()}  # block ℓ -> row ℓ+1
     _finite(by_row, str(path))
     metadata = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
@@ -77,9 +92,15 @@ def write_artifact(lens, path: Path, dtype: torch.dtype = torch.float16) -> None
     The other keys are ``n_prompts``, ``source_layers``, ``d_model`` and ``metadata``. Our row 0
     (the embeddings) has no place in it and is left out.
     """
-    layers = {row - 1: matrix.to(dtype).cpu() for row, matrix in lens.matrices.items() if row >= 1}
-    payload = {"J": layers, "n_prompts": lens.n_prompts, "source_layers": sorted(layers),
-               "d_model": lens.d_model, "metadata": _plain(lens.metadata)}  # fmt: skip
+    _write_artifact(path, lens.matrices, lens.n_prompts, lens.metadata, dtype)
+
+
+def _write_artifact(path: Path, matrices: dict[int, torch.Tensor], n_prompts: int, metadata: dict,
+                    dtype: torch.dtype = torch.float16) -> None:  # fmt: skip
+    layers = {row - 1: matrix.to(dtype).cpu() for row, matrix in matrices.items() if row >= 1}
+    d_model = next(iter(matrices.values())).shape[0]
+    payload = {"J": layers, "n_prompts": n_prompts, "source_layers": sorted(layers),
+               "d_model": d_model, "metadata": _plain(metadata)}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
 
@@ -90,16 +111,21 @@ def _plain(metadata: dict) -> dict:
 
 def write_native(lens, path: Path) -> None:
     """Our format: ``jlens.safetensors`` (one tensor per row) and ``config.json``."""
+    model_info = {"num_hidden_layers": lens.n_layers, "base_model_name_or_path": lens.metadata.get("model"),
+                  "vocab_size": lens.unembed.vocab_size, "unembed_hash": lens.unembed.hash()}  # fmt: skip
+    _write_native(path, lens.matrices, lens.n_prompts, lens.metadata, model_info)
+
+
+def _write_native(path: Path, matrices: dict[int, torch.Tensor], n_prompts: int, metadata: dict,
+                  model_info: dict) -> None:  # fmt: skip
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
-    save_file({f"row.{row}": m.contiguous().cpu() for row, m in lens.matrices.items()},
+    save_file({f"row.{row}": m.contiguous().cpu() for row, m in matrices.items()},
               path / NATIVE_JLENS)  # fmt: skip
-    config = {"format": JLENS_FORMAT, "format_version": 1, "d_model": lens.d_model,
-              "num_hidden_layers": lens.n_layers, "rows": lens.rows, "n_prompts": lens.n_prompts,
-              "base_model_name_or_path": lens.metadata.get("model"),
-              "vocab_size": lens.unembed.vocab_size, "unembed_hash": lens.unembed.hash(),
-              "metadata": _plain(lens.metadata)}  # fmt: skip
+    config = {"format": JLENS_FORMAT, "format_version": 1,
+              "d_model": next(iter(matrices.values())).shape[0], "rows": sorted(matrices),
+              "n_prompts": n_prompts, **model_info, "metadata": _plain(metadata)}  # fmt: skip
     (path / "config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -131,3 +157,68 @@ def jlens_file(path: Path) -> Path | None:
         if len(artifacts) == 1 and artifacts[0].name != "params.pt":
             return artifacts[0]
     return None
+
+
+def convert_jlens(source: Path, target: Path, format: str, *, force: bool = False) -> Path:
+    """Rewrite the J-lens at ``source`` (artifact, fit checkpoint or native) as ``format``.
+
+    ``native`` writes a directory; ``artifact`` writes the published ``.pt`` file (row 0, the
+    embeddings, has no place there and is dropped, with a note in the metadata). Without the
+    model no unembedding fingerprint can be recorded: a native lens converted from an artifact
+    gets one when it is loaded with its model and saved (``JacobianLens.load(...).save(...)``).
+    ``target`` must not exist unless ``force``.
+    """
+    import shutil
+    import tempfile
+
+    found = jlens_file(source)
+    if found is None:
+        raise LensFileError(f"{source} holds no J-lens (a .pt artifact or {NATIVE_JLENS}).")
+    if format == "tuned-lens":
+        raise LensFileError(
+            "the reference tuned-lens format holds affine translators only, not a J-lens; convert "
+            "to 'native' (a directory) or 'artifact' (the published .pt file)."
+        )
+    if format not in ("native", "artifact"):
+        raise ValueError(f"--format for a J-lens must be 'native' or 'artifact', got {format!r}")
+    if format == "artifact" and target.suffix != ARTIFACT_SUFFIX:
+        raise ValueError(
+            f"an artifact is one {ARTIFACT_SUFFIX} file; name DST like lens{ARTIFACT_SUFFIX}, not {target.name!r}"
+        )
+    if target.resolve() == found.resolve():
+        raise ValueError("SRC and DST are the same; write the converted lens elsewhere.")
+    if target.exists() and not force:
+        raise LensFileError(
+            f"DST {str(target)!r} already exists; choose another, or pass --force to replace it."
+        )
+    if found.is_dir():
+        matrices, n_prompts, metadata, config = read_native(found)
+        model_info = {key: config.get(key) for key in
+                      ("num_hidden_layers", "base_model_name_or_path", "vocab_size", "unembed_hash")}  # fmt: skip
+    else:
+        matrices, n_prompts, metadata = read_artifact(found)
+        model_info = {
+            "base_model_name_or_path": metadata.get("model") or metadata.get("model_name")
+        }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        if format == "artifact":
+            if 0 in matrices:
+                metadata = {
+                    **metadata,
+                    "dropped": "row 0 (the embeddings): the artifact format has no place for it",
+                }
+            _write_artifact(staging / target.name, matrices, n_prompts, metadata)
+            written = staging / target.name
+        else:
+            _write_native(staging, matrices, n_prompts, metadata, model_info)
+            written = staging
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        os.replace(written, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

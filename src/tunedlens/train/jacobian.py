@@ -11,8 +11,11 @@ over targets ``t' ≥ t``. Rows are averaged over valid source positions (the fi
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,6 +23,14 @@ from torch import nn
 from tunedlens.arch.residuals import block_input, block_output, check_input_ids
 from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.lenses.unembed import Unembed
+from tunedlens.train.distributed import World
+from tunedlens.train.jlens_state import (
+    STATE_NAME,
+    FitState,
+    FitStateError,
+    prompts_hash,
+    state_file,
+)
 
 
 @contextmanager
@@ -41,7 +52,9 @@ def _prompts(input_ids) -> list[torch.Tensor]:
             return [input_ids]
         if input_ids.dim() == 2:
             return list(input_ids)
-        raise ValueError(f"input_ids must be 2-D or a list of 1-D tensors, got {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"input_ids must be 2-D or a list of 1-D tensors, got {tuple(input_ids.shape)}"
+        )
     prompts = [torch.as_tensor(ids, dtype=torch.long) for ids in input_ids]
     if any(ids.dim() != 1 for ids in prompts):
         raise ValueError("input_ids must be a 2-D tensor or a list of 1-D token-id tensors")
@@ -102,6 +115,10 @@ def fit_jacobian_lens(
     dim_batch: int = 32,
     progress: Callable[[int, int], None] | None = None,
     metadata: dict | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    world: World | None = None,
 ) -> JacobianLens:
     """Fit a J-lens on ``input_ids``, used exactly as given.
 
@@ -111,8 +128,14 @@ def fit_jacobian_lens(
         skip_first: Leading positions left out of the source average (attention sinks).
         rows: Our rows to fit (``0..L-1``; default all, the embeddings included).
         dim_batch: Output dimensions per batched backward pass (memory grows with it).
-        progress: Called with ``(prompts done, prompts)``.
+        progress: Called with ``(prompts done, prompts)`` (this process's share).
         metadata: Extra provenance for the lens.
+        checkpoint: Directory for running-sum checkpoints (none when ``None``).
+        checkpoint_every: Prompts between checkpoints.
+        resume: Continue from the checkpoint in ``checkpoint``; the result is bit-identical to
+            an uninterrupted fit. Other prompts or settings are refused.
+        world: Under ``torchrun`` (:func:`tunedlens.train.distributed.init_world`): each process
+            fits a contiguous slice of the prompts, and the sums are added with one all-reduce.
 
     Returns:
         The fitted :class:`JacobianLens` (``n_prompts`` counts the prompts used; prompts of
@@ -121,36 +144,123 @@ def fit_jacobian_lens(
 
     Raises:
         ValueError: bad arguments, or no prompt long enough.
+        FitStateError: ``resume`` with no checkpoint, or one of another fit.
     """
+    world = world or World()
     unembed = Unembed(model)
     n_layers = unembed.arch.n_layers
     rows = list(range(n_layers)) if rows is None else sorted(set(rows))
     if not rows or any(not 0 <= row < n_layers for row in rows):
         raise ValueError(f"rows must be a non-empty selection of 0..{n_layers - 1}, got {rows}")
-    if skip_first < 0 or dim_batch < 1:
-        raise ValueError(f"need skip_first >= 0 and dim_batch >= 1, got {skip_first}, {dim_batch}")
+    if skip_first < 0 or dim_batch < 1 or checkpoint_every < 1:
+        raise ValueError(
+            f"need skip_first >= 0, dim_batch >= 1 and checkpoint_every >= 1, got {skip_first}, "
+            f"{dim_batch}, {checkpoint_every}"
+        )
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs the checkpoint directory of the fit to continue.")
     prompts = _prompts(input_ids)
-    usable = [ids for ids in prompts if ids.shape[0] > skip_first + 1]
-    if not usable:
+    too_short = sum(ids.shape[0] <= skip_first + 1 for ids in prompts)
+    if too_short == len(prompts):
         raise ValueError(
             f"every prompt is {skip_first + 1} tokens or shorter, so none has a position after the "
             f"first {skip_first} (skip_first) and before the last; pass longer prompts."
         )
-    for ids in usable:
+    for ids in prompts:
         check_input_ids(model, ids[None])
-    totals = {row: torch.zeros(unembed.d_model, unembed.d_model, dtype=torch.float64) for row in rows}
+    mine = prompt_slice(len(prompts), world.rank, world.size)
+    prompts = prompts[mine]
+    settings = {"skip_first": skip_first, "rows": rows, "dim_batch": dim_batch,
+                "dtype": str(next(model.parameters()).dtype), "unembed_hash": unembed.hash(),
+                "prompts_hash": prompts_hash(prompts), "n_prompts": len(prompts),
+                "rank": world.rank, "world_size": world.size}  # fmt: skip
+    path = None if checkpoint is None else state_file(Path(checkpoint), world.rank, world.size)
+    if resume:
+        if not path.exists():
+            raise FitStateError(
+                f"resume: {path} does not exist; there is no fit to continue there."
+            )
+        state = FitState.load(path)
+        state.check_resumable(settings, path)
+    else:
+        state = FitState.empty(rows, unembed.d_model, settings)
     with _frozen(model):
-        for done, ids in enumerate(usable, 1):
-            for row, matrix in prompt_jacobians(model, unembed, ids, rows, skip_first=skip_first,
-                                                dim_batch=dim_batch).items():  # fmt: skip
-                totals[row] += matrix
+        for ids in prompts[state.next_index :]:
+            if ids.shape[0] <= skip_first + 1:
+                state.skip()
+            else:
+                state.add(prompt_jacobians(model, unembed, ids, rows, skip_first=skip_first,
+                                           dim_batch=dim_batch))  # fmt: skip
+            if path is not None and (state.next_index % checkpoint_every == 0
+                                     or state.next_index == len(prompts)):  # fmt: skip
+                state.save(path)
             if progress is not None:
-                progress(done, len(usable))
+                progress(state.next_index, len(prompts))
+    if world.size > 1:
+        state = _reduce(state, world)
     info = {"estimator": "jacobian", "skip_first": skip_first, "rows": rows,
-            "skipped_prompts": len(prompts) - len(usable),
+            "skipped_prompts": state.skipped,
             "model": getattr(model.config, "name_or_path", "") or None, **(metadata or {})}  # fmt: skip
-    matrices = {row: (total / len(usable)).float() for row, total in totals.items()}
-    return JacobianLens(unembed, matrices, n_prompts=len(usable), metadata=info)
+    return JacobianLens(unembed, state.means(), n_prompts=state.n_done, metadata=info)
+
+
+def prompt_slice(n_prompts: int, rank: int, size: int) -> slice:
+    """Process ``rank``'s contiguous share of ``n_prompts`` prompts (sizes differ by at most 1)."""
+    base, extra = divmod(n_prompts, size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+def _reduce(state: FitState, world: World) -> FitState:
+    """The sums and counts of every process, added with one all-reduce."""
+    rows = sorted(state.totals)
+    flat = torch.cat([state.totals[row].reshape(-1) for row in rows]
+                     + [torch.tensor([state.n_done, state.skipped], dtype=torch.float64)])  # fmt: skip
+    world.all_reduce_sum(flat)
+    size = state.totals[rows[0]].numel()
+    totals = {
+        row: flat[i * size : (i + 1) * size].view_as(state.totals[row])
+        for i, row in enumerate(rows)
+    }
+    n_done, skipped = (int(x) for x in flat[-2:].tolist())
+    return FitState(totals, state.settings, n_done, state.next_index, skipped)
+
+
+def merge_jacobian_lenses(lenses: Sequence[JacobianLens]) -> JacobianLens:
+    """One J-lens from lenses fitted on disjoint prompt slices: means weighted by ``n_prompts``.
+
+    The lenses must be for the same model (head), have the same rows and the same estimator
+    settings (``skip_first``); prompt counts add up. Sums are formed in float64.
+    """
+    if not lenses:
+        raise ValueError("nothing to merge: pass at least one J-lens")
+    first = lenses[0]
+    for index, lens in enumerate(lenses):
+        if not isinstance(lens, JacobianLens):
+            raise ValueError(f"lens {index} is a {lens.kind} lens; only J-lenses can be merged")
+        if lens.n_prompts <= 0:
+            raise ValueError(
+                f"lens {index} ({lens.source or 'unsaved'}) records no prompts, so it has no weight"
+            )
+        if lens.rows != first.rows:
+            raise ValueError(
+                f"lens {index} has rows {lens.rows}, lens 0 has {first.rows}; fit the same rows"
+            )
+        setting = lens.metadata.get("skip_first"), first.metadata.get("skip_first")
+        if setting[0] != setting[1]:
+            raise ValueError(
+                f"lens {index} was fitted with skip_first={setting[0]}, lens 0 with {setting[1]}"
+            )
+        if lens.unembed.hash() != first.unembed.hash():
+            raise ValueError(f"lens {index} is for another model than lens 0")
+    total = sum(lens.n_prompts for lens in lenses)
+    matrices = {
+        row: (sum(lens.matrices[row].double() * lens.n_prompts for lens in lenses) / total).float()
+        for row in first.rows
+    }
+    metadata = {**first.metadata, "merged_from": [lens.source for lens in lenses],
+                "skipped_prompts": sum(lens.metadata.get("skipped_prompts", 0) for lens in lenses)}  # fmt: skip
+    return JacobianLens(first.unembed, matrices, n_prompts=total, metadata=metadata)
 
 
 def run_fit_jlens(
@@ -167,44 +277,112 @@ def run_fit_jlens(
     dtype: str = "float32",
     device: str | None = None,
     tokenizer: str | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    part: tuple[int, int] | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> JacobianLens:
     """What ``tunedlens fit-jlens`` does: check, load, pack, fit, write.
 
     ``prompts`` sequences of ``seq_len`` tokens of ``data`` are fitted on; the lens is written to
-    ``out`` in the native format, with provenance.
+    ``out`` in the native format, with provenance. With ``checkpoint_every`` the running sums are
+    saved in ``out`` every that many prompts (and deleted when the lens is written); ``resume``
+    continues from them. ``part=(i, n)`` fits only the ``i``-th of ``n`` contiguous slices of the
+    prompts (merge the parts with ``tunedlens lens merge``); under ``torchrun`` the processes
+    split the prompts the same way and add their sums at the end.
     """
-    from pathlib import Path
-
     from tunedlens.data import TextSource, pack_blocks
     from tunedlens.models import load_model, need_tokenizer
     from tunedlens.outputs import check_out_dir, publish_dir, staging_dir
     from tunedlens.provenance import environment
+    from tunedlens.train.distributed import init_world
     from tunedlens.train.run import default_data_spec
 
-    out = check_out_dir(Path(out), force=force)
+    out = Path(out)
     if prompts < 1 or seq_len <= skip_first + 1:
         raise ValueError(
             f"need --prompts >= 1 and --seq-len > --skip-first + 1, got {prompts}, {seq_len}, "
             f"{skip_first}"
         )
+    if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1] and part[1] <= prompts):
+        raise ValueError(f"--part I/N needs 0 <= I < N <= --prompts, got {part[0]}/{part[1]}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
+    if resume and force:
+        raise ValueError("--resume continues the fit in --out and --force replaces it; pick one.")
+    if resume and checkpoint_every is None:
+        raise ValueError("--resume needs --checkpoint-every N, as given to the fit being resumed.")
+    kept = [p.name for p in out.glob(f"{STATE_NAME}*.safetensors")] if out.is_dir() else []
+    if resume and not kept:
+        raise FitStateError(
+            f"--resume: {out} holds no J-lens fit checkpoint ({STATE_NAME}.safetensors). Start "
+            "without --resume, or pass the --out of a fit made with --checkpoint-every."
+        )
+    if kept and not (resume or force):
+        raise FitStateError(
+            f"{out} holds the checkpoint of an unfinished fit ({kept[0]}). Pass --resume to continue "
+            "it, --force to start over (it is deleted), or choose another --out."
+        )
+    out = check_out_dir(out, force=force, allowed=kept if resume else ())
+    if resume:
+        for name in kept:  # damaged checkpoints fail now, before the model loads
+            FitState.load(out / name)
     spec = data or default_data_spec(model_spec)
     source = TextSource(spec, text_column)
     source.check()
-    model, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
+    model, loaded_tokenizer = load_model(
+        model_spec, dtype=dtype, device=device, tokenizer=tokenizer
+    )
     blocks = pack_blocks(source, need_tokenizer(loaded_tokenizer, model_spec), seq_len=seq_len,
                          n_sequences=prompts, seed=seed)  # fmt: skip
+    tokens = blocks.tokens
     metadata = {"model": model_spec, "data": spec, "data_content_hash": blocks.content_hash(),
                 "seq_len": seq_len, "seed": seed, "dim_batch": dim_batch, **environment()}  # fmt: skip
-    lens = fit_jacobian_lens(model, blocks.tokens, skip_first=skip_first, dim_batch=dim_batch,
-                             progress=progress, metadata=metadata)  # fmt: skip
+    if part is not None:
+        tokens = tokens[prompt_slice(len(tokens), *part)]
+        metadata["part"] = f"{part[0]}/{part[1]}"
+    if force and out.is_dir():
+        for name in kept:
+            (out / name).unlink()
+    world = init_world(device or "cpu")
+    lens = fit_jacobian_lens(model, tokens, skip_first=skip_first, dim_batch=dim_batch,
+                             progress=progress if world.is_primary else None, metadata=metadata,
+                             checkpoint=out if checkpoint_every else None,
+                             checkpoint_every=checkpoint_every or 1, resume=resume, world=world)  # fmt: skip
+    if world.is_primary:
+        staging = staging_dir(out)
+        try:
+            lens.save(staging)
+            publish_dir(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    world.barrier()
+    return lens
+
+
+def run_merge_jlens(model_spec: str, parts: Sequence[str], out, *, force: bool = False,
+                    dtype: str = "float32", device: str | None = None) -> JacobianLens:  # fmt: skip
+    """What ``tunedlens lens merge`` does: check, load the parts for the model, merge, write."""
+    from tunedlens.lenses.load import check_location
+    from tunedlens.models import load_model
+    from tunedlens.outputs import check_out_dir, publish_dir, staging_dir
+
+    out = check_out_dir(Path(out), force=force)
+    if len(parts) < 2:
+        raise ValueError(f"merging needs at least two J-lenses, got {len(parts)}")
+    for part in parts:
+        check_location(part)
+    model, _ = load_model(model_spec, dtype=dtype, device=device)
+    lenses = []
+    for part in parts:
+        lens = JacobianLens.load(part, model)
+        lenses.append(lens)
+    merged = merge_jacobian_lenses(lenses)
     staging = staging_dir(out)
     try:
-        lens.save(staging)
+        merged.save(staging)
         publish_dir(staging, out)
     finally:
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
-    return lens
+    return merged

@@ -69,6 +69,18 @@ def _checkpoint(root):
     (root / "run" / "checkpoint.pt").write_bytes(b"checkpoint of an earlier run")
 
 
+def _jlens_checkpoint(root):
+    (root / "jrun").mkdir()
+    (root / "jrun" / "jlens_fit_state.safetensors").write_bytes(b"running sums of an earlier fit")
+
+
+def _jlens(root):
+    from tunedlens.train.jacobian import fit_jacobian_lens
+
+    ids = torch.randint(4, 120, (2, 12), generator=torch.Generator().manual_seed(1))
+    fit_jacobian_lens(tiny_model("llama"), ids, skip_first=2).save(root / "jlens")
+
+
 M, P = "{root}/model", "w1 w2 w3"
 TRAIN = ["--data", "{root}/text.txt", "--seq-len", "16", "--batch-size", "4",
          "--tokens-per-step", "64", "--tokens", "128", "--val-tokens", "64"]  # fmt: skip
@@ -129,6 +141,32 @@ CASES = {
                               "already holds", None),
     "fit-jlens missing data": (["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/none.txt"],
                                "does not exist", None),
+    "fit-jlens part order": (["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt",
+                              "--part", "3/2"], "0 <= I < N", None),
+    "fit-jlens part form": (["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt",
+                             "--part", "half"], "I/N", None),
+    "fit-jlens resume nothing": (["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt",
+                                  "--resume", "--checkpoint-every", "1"], "no J-lens fit checkpoint",
+                                 None),
+    "fit-jlens resume no every": (["fit-jlens", M, "--out", "{root}/jrun", "--data",
+                                   "{root}/text.txt", "--resume"], "--checkpoint-every",
+                                  _jlens_checkpoint),
+    "fit-jlens over a checkpoint": (["fit-jlens", M, "--out", "{root}/jrun", "--data",
+                                     "{root}/text.txt"], "--resume", _jlens_checkpoint),
+    "fit-jlens damaged checkpoint": (["fit-jlens", M, "--out", "{root}/jrun", "--data",
+                                      "{root}/text.txt", "--resume", "--checkpoint-every", "1"],
+                                     "damaged", _jlens_checkpoint),
+    "unknown published jlens": (["predict", M, P, "--lens", "jlens:qwen9"], "no published J-lens",
+                                None),
+    # lens merge
+    "merge one part": (["lens", "merge", M, "{root}/jlens", "--out", "{root}/merged"],
+                       "at least two", _jlens),
+    "merge a tuned lens": (["lens", "merge", M, "{root}/jlens", "{root}/lens", "--out",
+                            "{root}/merged"], "holds no J-lens", _jlens),
+    "convert jlens to tuned-lens": (["lens", "convert", "{root}/jlens", "{root}/conv", "--format",
+                                     "tuned-lens"], "affine translators only", _jlens),
+    "convert jlens artifact name": (["lens", "convert", "{root}/jlens", "{root}/conv", "--format",
+                                     "artifact"], ".pt", _jlens),
     # serve (every check happens before the server starts)
     "serve remote host": (["serve", M, "--host", "0.0.0.0"], "--allow-remote", None),
     "serve lens of another model": (["serve", M, "--lens", "{root}/gpt2-lens"], "fingerprint", None),
@@ -154,8 +192,8 @@ def _snapshot(root) -> dict:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input(case, world, monkeypatch, capsys):
     args, message, prepare = CASES[case]
-    if prepare is _checkpoint:
-        _checkpoint(world)
+    if prepare in (_checkpoint, _jlens_checkpoint, _jlens):
+        prepare(world)
     elif prepare is not None:
         _broken_lens(world, "nan-lens", prepare)
     before = _snapshot(world)

@@ -41,3 +41,65 @@ def test_fit_then_use_everywhere(tiny_model_dir, tmp_path):
     again = runner.invoke(app, ["fit-jlens", str(tiny_model_dir), "--data", str(tmp_path / "text.txt"),
                                 "--prompts", "2", "--seq-len", "20", "--out", str(out)])  # fmt: skip
     assert again.exit_code != 0  # --out holds a lens: refused without --force
+
+
+def _fit(model_dir, text, out, *extra):
+    return runner.invoke(app, ["fit-jlens", str(model_dir), "--data", str(text), "--prompts", "4",
+                               "--seq-len", "20", "--skip-first", "4", "--dim-batch", "8",
+                               "--out", str(out), *extra])  # fmt: skip
+
+
+def _matrices(path):
+    from safetensors.torch import load_file
+
+    return load_file(path / "jlens.safetensors")
+
+
+def test_interrupt_resume_parts_merge_and_convert(tiny_model_dir, tmp_path, monkeypatch):
+    import tunedlens.train.jacobian as fitting
+
+    words = torch.randint(4, 128, (3000,), generator=torch.Generator().manual_seed(1)).tolist()
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"w{i}" for i in words))
+    assert _fit(tiny_model_dir, text, tmp_path / "whole").exit_code == 0
+    whole = _matrices(tmp_path / "whole")
+
+    original, calls = fitting.prompt_jacobians, []
+
+    def interrupt_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fitting, "prompt_jacobians", interrupt_on_third)
+    stopped = _fit(tiny_model_dir, text, tmp_path / "run", "--checkpoint-every", "1")
+    assert stopped.exit_code == 130 and "--resume" in stopped.output
+    assert (tmp_path / "run" / "jlens_fit_state.safetensors").exists()
+    monkeypatch.setattr(fitting, "prompt_jacobians", original)
+    resumed = _fit(tiny_model_dir, text, tmp_path / "run", "--checkpoint-every", "1", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert not (tmp_path / "run" / "jlens_fit_state.safetensors").exists()  # done: sums deleted
+    for name, matrix in _matrices(tmp_path / "run").items():
+        assert torch.equal(matrix, whole[name]), name
+
+    for part in ("0/2", "1/2"):
+        result = _fit(tiny_model_dir, text, tmp_path / f"part{part[0]}", "--part", part)
+        assert result.exit_code == 0 and "on 2 prompts" in result.output, result.output
+    merged = runner.invoke(app, ["lens", "merge", str(tiny_model_dir), str(tmp_path / "part0"),
+                                 str(tmp_path / "part1"), "--out", str(tmp_path / "merged")])  # fmt: skip
+    assert merged.exit_code == 0 and "(4 prompts)" in merged.output, merged.output
+    for name, matrix in _matrices(tmp_path / "merged").items():
+        torch.testing.assert_close(matrix, whole[name], rtol=1e-6, atol=1e-7)
+
+    artifact = tmp_path / "conv" / "lens.pt"
+    for args in (["lens", "convert", str(tmp_path / "whole"), str(artifact), "--format", "artifact"],
+                 ["lens", "convert", str(artifact), str(tmp_path / "back")]):  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    info = json.loads(runner.invoke(app, ["lens", "info", str(artifact), "--json"]).stdout)
+    assert info["kind"] == "jacobian" and info["rows_with_matrix"] == [1]
+    back = _matrices(tmp_path / "back")
+    assert set(back) == {"row.1"}  # the artifact has no place for row 0
+    assert back["row.1"].dtype == torch.float16  # kept as published, converted when used
+    torch.testing.assert_close(back["row.1"].float(), whole["row.1"], rtol=1e-3, atol=2e-3)

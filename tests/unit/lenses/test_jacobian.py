@@ -47,15 +47,24 @@ def test_the_fit_equals_autograd_on_one_prompt(model):
         assert _relative(lens.matrices[row], expected) < 1e-4, row
 
 
-def test_the_fit_equals_transformer_lens(tiny_model_dir):
+# Families TransformerLens 4.3's bridge boots from tiny random configs (its gpt2/neox adapters
+# reject them, and it tokenises the qwen2 tokenizer differently).
+PEER_FAMILIES = ["llama", "gemma2", "gemma3_text", "qwen3", "phi3", "olmo2"]
+
+
+@pytest.mark.parametrize("family", PEER_FAMILIES)
+def test_fit_and_readout_equal_transformer_lens(family, tiny_tokenizer, tmp_path):
+    """Same token ids: our fit equals its fit; our readout of its saved artifact equals its readout."""
     pytest.importorskip("transformer_lens")
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.tools.analysis import JacobianLens as PeerLens
 
     from tunedlens import load_model
 
-    model, tokenizer = load_model(tiny_model_dir)
-    bridge = TransformerBridge.boot_transformers(str(tiny_model_dir), hf_model=model,
+    tiny_model(family).save_pretrained(tmp_path / family)
+    tiny_tokenizer.save_pretrained(tmp_path / family)
+    model, tokenizer = load_model(tmp_path / family)
+    bridge = TransformerBridge.boot_transformers(str(tmp_path / family), hf_model=model,
                                                  tokenizer=tokenizer)  # fmt: skip
     peer = PeerLens.fit(bridge, PROMPTS, corpus="test", dim_batch=8, skip_first_positions=4,
                         show_progress=False)  # fmt: skip
@@ -63,6 +72,21 @@ def test_the_fit_equals_transformer_lens(tiny_model_dir):
     ours = fit_jacobian_lens(model, ids, skip_first=4, dim_batch=5)
     assert peer.source_layers == [0] and ours.n_prompts == peer.n_prompts == 2
     assert _relative(ours.matrices[1], peer.jacobians[0]) < 1e-4
+
+    peer.save(str(tmp_path / "peer.pt"))
+    lens = load_lens(tmp_path / "peer.pt", model)
+    tokens = ids[0][None]
+    saved = PeerLens.load(str(tmp_path / "peer.pt"))  # fp16 on disk, as published
+    theirs = saved.readout(bridge, tokens, top_k=5, return_full_logits=True)
+    result = readout(model, {"j": lens}, tokens, stats=("entropy",), top_k=5)["j"]
+    residuals = collect_residuals(model, tokens)
+    for layer in (0, 1):  # their layer ℓ is our row ℓ + 1; the last block's output is the model's
+        assert torch.equal(result.top_ids[0, layer + 1], theirs.lens_topk_indices[layer]), layer
+        probs = theirs.lens_logits[layer].float().softmax(-1)
+        torch.testing.assert_close(result.top_probs[0, layer + 1], probs.gather(-1, theirs.lens_topk_indices[layer]),
+                                   rtol=1e-4, atol=1e-6)  # fmt: skip
+        torch.testing.assert_close(lens(residuals.hidden[layer + 1][0], layer + 1), theirs.lens_logits[layer],
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
 def test_artifacts_round_trip_and_load_in_transformer_lens(model, tmp_path, input_ids):
@@ -85,7 +109,9 @@ def test_artifacts_round_trip_and_load_in_transformer_lens(model, tmp_path, inpu
     assert result["j"]["kl"].shape == (2, 3, 9)
     peer = pytest.importorskip("transformer_lens.tools.analysis")
     theirs = peer.JacobianLens.load(str(tmp_path / "lens.pt"))
-    torch.testing.assert_close(theirs.transport(residuals.hidden[1], 0), loaded.transform(residuals.hidden[1], 1))
+    torch.testing.assert_close(
+        theirs.transport(residuals.hidden[1], 0), loaded.transform(residuals.hidden[1], 1)
+    )
 
 
 def test_token_directions_give_the_readout_logit(model, input_ids):

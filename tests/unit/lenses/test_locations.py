@@ -3,11 +3,13 @@
 import shutil
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from paths import DATA
 from tunedlens.errors import LensFileError
-from tunedlens.lenses import TunedLens
+from tunedlens.lenses import TunedLens, load_lens
+from tunedlens.lenses.load import check_location
 from tunedlens.lenses.locations import REFERENCE_SPACE, lens_dir, parse_hub_spec
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -57,3 +59,33 @@ def test_lens_from_cached_model_repo_and_reference_space(hub_cache):
 def test_uncached_hub_lens_offline(hub_cache):
     with pytest.raises(LensFileError, match="not in the local Hugging Face cache"):
         lens_dir("hf:someone/missing")
+
+
+def test_published_jlens_by_short_name_or_model_id_from_the_cache(hub_cache, tmp_path):
+    from tunedlens.lenses.jacobian import JacobianLens
+    from tunedlens.lenses.locations import jlens_registry, published_jlens
+    from tunedlens.train.jacobian import fit_jacobian_lens
+
+    registry = jlens_registry()
+    assert len(registry["lenses"]) == 37 and len(registry["revision"]) == 40
+    assert published_jlens("Qwen/Qwen3-8B")[0] == published_jlens("qwen3-8b")[0] == "qwen3-8b"
+    model = AutoModelForCausalLM.from_pretrained(DATA / "reference" / "gpt2" / "model")
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    fit_jacobian_lens(model, ids, skip_first=2).save(tmp_path / "lens.pt", format="artifact")
+    entry = registry["lenses"]["gpt2-small"]
+    # The layout hf_hub_download leaves: snapshots/<the pinned commit>/<the file's path>.
+    folder = hub_cache / f"models--{registry['repo_id'].replace('/', '--')}"
+    target = folder / "snapshots" / registry["revision"] / entry["filename"]
+    target.parent.mkdir(parents=True)
+    shutil.copy(tmp_path / "lens.pt", target)
+    for spec in ("jlens:gpt2-small", "jlens:openai-community/gpt2", "jlens:GPT2"):
+        assert lens_dir(spec) == target
+    lens = load_lens("jlens:gpt2", model)
+    assert isinstance(lens, JacobianLens) and lens.rows == [1, 2] and lens.source == "jlens:gpt2"
+    assert JacobianLens.load("jlens:gpt2-small", model).n_prompts == 2
+    with pytest.raises(LensFileError, match="not in the local Hugging Face cache"):
+        lens_dir("jlens:qwen3-8b")
+    with pytest.raises(
+        LensFileError, match=r"no published J-lens is called 'qwen9'.*gemma-2-2b.*qwen3-8b"
+    ):
+        check_location("jlens:qwen9")

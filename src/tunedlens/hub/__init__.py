@@ -1,0 +1,1 @@
+"""Lens collections on the hub: package, verify, upload, download."""

@@ -1,0 +1,231 @@
+"""Lens collections: a hub dataset tree of lenses with an ``INDEX.json`` of checksums.
+
+Layout (what ``tunedlens hub package`` writes and ``hub verify`` checks)::
+
+    INDEX.json                      # every lens: where, what, for which model, file checksums
+    README.md                       # dataset card: YAML front matter, licence, models x lenses
+    lenses/<model id>/<lens name>/  # the lens files, provenance.json, eval/metrics.json, README.md
+
+Packaging is deterministic: files are copied byte for byte, JSON is written with sorted keys,
+and nothing records the time of packaging, so the same inputs give byte-identical trees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from tunedlens.errors import LensFileError
+from tunedlens.lenses.index import (
+    INDEX_NAME,
+    INDEX_SCHEMA,
+    LENSES_DIR,
+    CollectionError,
+    check_lens_files,
+    lens_path,
+    read_index,
+    sha256_file,
+)
+
+__all__ = ["CollectionError", "collection_lens", "package_lenses", "verify_collection"]
+
+CARD_NAME = "README.md"
+EVAL_FILE = "eval/metrics.json"
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def lens_record(path: Path) -> tuple[dict, list[Path]]:
+    """What the index says of the lens at ``path``, and the files that make it up.
+
+    Tuned lenses (either format) and J-lenses (native directory or published artifact) are
+    recognised from their files; a lens that records no model id is refused.
+    """
+    from tunedlens.lenses.files import CONFIG_FILE, LENS_FILES, read_lens
+    from tunedlens.lenses.jlens_files import jlens_file, read_artifact, read_native
+
+    found = jlens_file(path) if path.exists() else None
+    if found is not None and found.is_file():
+        _, n_prompts, metadata = read_artifact(found)
+        record = {"kind": "jacobian", "format": "artifact", "n_prompts": n_prompts,
+                  "model": metadata.get("model") or metadata.get("model_name"),
+                  "model_revision": metadata.get("model_revision"),
+                  "data": metadata.get("corpus") or metadata.get("data")}  # fmt: skip
+        return record, [found]
+    if found is not None:
+        _, n_prompts, metadata, config = read_native(found)
+        record = {"kind": "jacobian", "format": "native", "n_prompts": n_prompts,
+                  "model": config.get("base_model_name_or_path") or metadata.get("model"),
+                  "vocab_size": config.get("vocab_size"), "unembed_hash": config.get("unembed_hash"),
+                  "data": metadata.get("data"), "data_content_hash": metadata.get("data_content_hash"),
+                  "package_version": metadata.get("tunedlens_version")}  # fmt: skip
+        files = [found / CONFIG_FILE, found / "jlens.safetensors"]
+        return record, files
+    lens = read_lens(path)
+    training = lens.provenance.get("training", {})
+    record = {"kind": "tuned", "format": lens.format, "translator": lens.translator.kind,
+              "model": lens.model_info.get("base_model_name_or_path"),
+              "model_revision": lens.model_info.get("base_model_revision"),
+              "tokenizer_revision": training.get("tokenizer_revision"),
+              "vocab_size": lens.model_info.get("vocab_size"),
+              "unembed_hash": lens.model_info.get("unembed_hash"),
+              "data": training.get("data"), "data_content_hash": training.get("data_content_hash"),
+              "package_version": lens.provenance.get("tunedlens_version")}  # fmt: skip
+    files = [path / name for name in LENS_FILES if (path / name).exists()]
+    return record, files
+
+
+def _headline(metrics: dict, name: str) -> dict:
+    """Mean KL (bits) and gates A–D of lens ``name`` from an evaluation report."""
+    lenses = {key: value for key, value in metrics.get("lenses", {}).items() if key != "logit"}
+    key = name if name in lenses else (next(iter(lenses)) if len(lenses) == 1 else None)
+    if key is None:
+        raise CollectionError(
+            f"the evaluation attached to {name!r} reports lenses {sorted(lenses)}; none is called "
+            f"{name!r}. Attach a report of this lens (or one with a single lens)."
+        )
+    kl = [x for x in lenses[key].get("kl_bits", []) if x is not None]
+    gates = metrics.get("gates", {}).get(key, {})
+    return {"mean_kl_bits": sum(kl) / len(kl) if kl else None, "eval_tokens": metrics.get("tokens"),
+            "gates": {gate: bool(result.get("pass")) for gate, result in sorted(gates.items())}}  # fmt: skip
+
+
+def package_lenses(lens_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                   evals: dict[str, str | os.PathLike] | None = None, update: bool = False,
+                   license: str = "apache-2.0", title: str = "Lenses") -> Path:  # fmt: skip
+    """Build (or, with ``update``, extend) a lens collection tree at ``out``.
+
+    Args:
+        lens_dirs: Lens directories or J-lens files; each is filed under its model id and its
+            directory name (the lens name).
+        out: The tree's root: a new or empty directory, or one this function made (``update``).
+        evals: Lens name -> evaluation report directory (its ``metrics.json`` is attached).
+        update: Add to (or replace lenses of the same path in) an existing tree.
+        license: The dataset card's licence.
+        title: The dataset card's title.
+
+    Raises:
+        CollectionError: two lenses with the same path, a lens without a model id, an ``out``
+            that holds other files, an evaluation naming no packaged lens.
+    """
+    out, evals = Path(out), dict(evals or {})
+    index = {"schema": INDEX_SCHEMA, "lenses": {}}
+    if out.exists() and any(out.iterdir()):
+        if not update:
+            raise CollectionError(
+                f"--out {str(out)!r} already holds files; pass --update to add to a collection made "
+                "by 'tunedlens hub package', or choose a new directory (nothing was overwritten)."
+            )
+        index = read_index(out)
+    staged: dict[str, tuple[dict, list[Path], Path]] = {}
+    for lens_dir in map(Path, lens_dirs):
+        record, files = lens_record(lens_dir)
+        name = lens_dir.stem if lens_dir.is_file() else lens_dir.name
+        if not record.get("model"):
+            raise CollectionError(
+                f"{lens_dir} records no model id, so it cannot be filed under lenses/<model id>/; "
+                "save it with the model's hub id (base_model_name_or_path)."
+            )
+        rel = f"{LENSES_DIR}/{record['model']}/{name}"
+        if rel in staged:
+            raise CollectionError(f"two lenses would be packaged at {rel}: {staged[rel][2]} and {lens_dir}; rename one directory.")
+        staged[rel] = (record, files, lens_dir)
+    unknown = set(evals) - {Path(rel).name for rel in staged}
+    if unknown:
+        raise CollectionError(f"--eval names {sorted(unknown)}, which are not among the packaged lenses.")
+    for rel, (record, files, _source) in sorted(staged.items()):
+        target = out / rel
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for file in files:
+            shutil.copyfile(file, target / file.name)
+        name = Path(rel).name
+        if name in evals:
+            report = Path(evals[name]) / "metrics.json"
+            try:
+                metrics = json.loads(report.read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                raise CollectionError(f"cannot read the evaluation {report}: {error}") from None
+            record["metrics"] = _headline(metrics, name)
+            (target / "eval").mkdir()
+            shutil.copyfile(report, target / EVAL_FILE)
+        (target / "README.md").write_text(_lens_card(rel, record))
+        record["files"] = {
+            str(path.relative_to(target)): {"sha256": sha256_file(path), "size": path.stat().st_size}
+            for path in sorted(target.rglob("*")) if path.is_file()
+        }  # fmt: skip
+        index["lenses"][rel] = {key: value for key, value in sorted(record.items()) if value is not None}
+    (out / INDEX_NAME).write_text(_dumps(index))
+    (out / CARD_NAME).write_text(_dataset_card(index, license, title))
+    return out
+
+
+def _lens_card(rel: str, record: dict) -> str:
+    lines = [f"# {rel.split('/')[-1]}", "", f"A {record['kind']} lens for `{record['model']}`.", ""]
+    for key in ("format", "translator", "n_prompts", "data", "data_content_hash", "package_version"):
+        if record.get(key) is not None:
+            lines.append(f"- {key}: `{record[key]}`")
+    metrics = record.get("metrics")
+    if metrics:
+        lines.append(f"- mean KL to the model: {metrics['mean_kl_bits']:.3f} bits")
+    location = f"hf:datasets/ORG/REPO/{rel}"
+    lines += ["", f"Load it with `tunedlens predict MODEL PROMPT --lens {location}` (your repository).", ""]
+    return "\n".join(lines)
+
+
+def _dataset_card(index: dict, license: str, title: str) -> str:
+    models = sorted({entry["model"] for entry in index["lenses"].values()})
+    lines = ["---", f"license: {license}", "tags:", "- interpretability", "- tuned-lens",
+             "- jacobian-lens", "configs: []", "---", "", f"# {title}", "",
+             f"{len(index['lenses'])} lenses for {len(models)} model(s), packaged with tunedlens. "
+             f"`{INDEX_NAME}` lists every file with its sha256 and size; check a download with "
+             "`tunedlens hub verify`.", "",
+             "| model | lens | kind | mean KL (bits) | gates A–D |", "| --- | --- | --- | ---: | --- |"]  # fmt: skip
+    for rel, entry in sorted(index["lenses"].items()):
+        metrics = entry.get("metrics", {})
+        kl = metrics.get("mean_kl_bits")
+        gates = " ".join(f"{g}{'✓' if ok else '✗'}" for g, ok in metrics.get("gates", {}).items())
+        lines.append(f"| `{entry['model']}` | `{rel.split('/')[-1]}` | {entry['kind']} | "
+                     f"{'' if kl is None else f'{kl:.3f}'} | {gates} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def verify_collection(tree: str | os.PathLike, *, load: bool = True) -> dict:
+    """Check every file of ``tree`` against its ``INDEX.json``; return the index.
+
+    Missing files, files not in the index, wrong sizes and sha256 mismatches are refused with
+    the file named, as is a lens filed under another model's folder; with ``load`` every lens
+    is also read back (without a model).
+    """
+    tree = Path(tree)
+    index = read_index(tree)
+    listed = set()
+    for rel, entry in sorted(index["lenses"].items()):
+        listed |= check_lens_files(tree, rel, entry)
+        if load:
+            record, _ = lens_record(lens_path(tree / rel))
+            if record.get("model") != entry.get("model"):
+                raise CollectionError(
+                    f"{rel}: the lens files record model {record.get('model')!r}, the index "
+                    f"{entry.get('model')!r}."
+                )
+    present = {p.relative_to(tree).as_posix() for p in (tree / LENSES_DIR).rglob("*") if p.is_file()} if (tree / LENSES_DIR).exists() else set()
+    extra = sorted(present - listed)
+    if extra:
+        raise CollectionError(f"{extra[0]} is in the tree but not listed in {INDEX_NAME}{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''}.")
+    return index
+
+
+def collection_lens(tree: Path, rel: str) -> Path:
+    """The local path of lens ``rel`` (``lenses/<model>/<name>``) in a collection tree."""
+    index = read_index(tree)
+    if rel not in index["lenses"]:
+        known = ", ".join(sorted(index["lenses"])) or "none"
+        raise LensFileError(f"{rel} is not in the collection's {INDEX_NAME}; it holds: {known}.")
+    return lens_path(tree / rel)
