@@ -72,8 +72,22 @@ def staging_dir(target: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
 
 
+def usual_modes(path: Path) -> None:
+    """Give ``path`` (a file, or a directory and everything in it) the modes the umask allows.
+
+    Temporary files and directories (``mkstemp``, ``mkdtemp``) and safetensors' writer create
+    owner-only modes; published outputs should be as readable as any file the user writes.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def publish_dir(staging: Path, target: Path) -> None:
     """Move a completed ``staging`` directory to ``target``, replacing what was there."""
+    usual_modes(staging)
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)

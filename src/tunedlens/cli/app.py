@@ -398,6 +398,35 @@ def lens_convert(
     typer.echo(f"wrote {format} lens to {written}")
 
 
+@lens_app.command("list")
+def lens_list(
+    model: Annotated[Optional[str], typer.Argument(help="A hub model id (or J-lens short name).")] = None,
+    collection: Annotated[
+        Optional[list[Path]], typer.Option(help="A local lens collection (from 'hub package') to list too.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """List the lenses known for MODEL (all when omitted): published J-lenses and local collections."""
+    from tunedlens.hub.listing import known_lenses
+
+    rows = known_lenses(model, collection or ())
+    if as_json:
+        typer.echo(dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no known lens for {model!r}; fit one with 'tunedlens fit-jlens' or train one with 'tunedlens train'.")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"lenses for {model}" if model else "known lenses")
+    for column in ("model", "kind", "--lens location", "source"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["model"], row["kind"], row["location"], row["source"])
+    Console(width=160).print(table)
+
+
 @lens_app.command("merge")
 def lens_merge(
     model: ModelArg,

@@ -28,6 +28,7 @@ import torch
 from tunedlens.errors import LensFileError
 from tunedlens.lenses.translators import AffineTranslator, LowRankTranslator
 from tunedlens.metrics.checks import first_nonfinite
+from tunedlens.outputs import usual_modes
 
 LensFormat = Literal["native", "tuned-lens"]
 CONFIG_FILE = "config.json"
@@ -372,6 +373,7 @@ def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "na
         _write_reference(lens, path)
     provenance = json.dumps({**lens.provenance, "format": format}, indent=2, default=str)
     _atomic_write(path / PROVENANCE_FILE, lambda f: f.write(provenance.encode()))
+    usual_modes(path)
     return path
 
 

@@ -32,6 +32,7 @@ from tunedlens.lenses.jlens_files import (
 )
 from tunedlens.lenses.lens import Lens
 from tunedlens.lenses.unembed import Unembed
+from tunedlens.outputs import usual_modes
 
 __all__ = ["JacobianLens", "jlens_file", "read_jlens"]
 
@@ -129,6 +130,7 @@ class JacobianLens(Lens):
             write_native(self, path)
         else:
             raise ValueError(f"format must be 'native' or 'artifact', got {format!r}")
+        usual_modes(path)
         return path
 
 

@@ -16,6 +16,7 @@ import torch
 
 from tunedlens.errors import TunedLensError
 from tunedlens.metrics.checks import first_nonfinite
+from tunedlens.outputs import usual_modes
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -35,6 +36,7 @@ def save_checkpoint(directory: Path, state: dict) -> Path:
             torch.save({"version": CHECKPOINT_VERSION, **state}, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        usual_modes(Path(temporary))  # mkstemp makes it owner-only
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import torch
 
 from tunedlens.errors import TunedLensError
 from tunedlens.metrics.checks import first_nonfinite
+from tunedlens.outputs import usual_modes
 
 STATE_NAME = "jlens_fit_state"
 STATE_VERSION = 1
@@ -101,7 +102,7 @@ class FitState:
         try:
             save_file({f"row.{row}": total.contiguous() for row, total in self.totals.items()},
                       temporary, metadata={"state": json.dumps(header)})  # fmt: skip
-            os.chmod(temporary, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
+            usual_modes(Path(temporary))  # mkstemp makes it owner-only
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 """`tunedlens fit-jlens`, then the J-lens everywhere a lens goes: predict, show, eval, lens info."""
 
 import json
+import os
 
 import torch
 from typer.testing import CliRunner
@@ -19,6 +20,8 @@ def test_fit_then_use_everywhere(tiny_model_dir, tmp_path):
                                  "--dim-batch", "8", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (out / "jlens.safetensors").exists() and "fitted rows 0..1 on 2 prompts" in result.output
+    for path in (out, out / "jlens.safetensors", out / "config.json"):  # not owner-only (umask 022)
+        assert path.stat().st_mode & 0o044 == 0o044 or os.umask(os.umask(0)) & 0o044, path
     config = json.loads((out / "config.json").read_text())
     assert config["metadata"]["data_content_hash"] and config["n_prompts"] == 2
     info = json.loads(runner.invoke(app, ["lens", "info", str(out), "--json"]).stdout)

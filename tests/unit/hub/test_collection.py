@@ -3,6 +3,7 @@ from a hand-made HF cache (HF_HUB_OFFLINE); upload refuses without a token and m
 
 import json
 import shutil
+from typing import ClassVar
 
 import pytest
 import torch
@@ -141,7 +142,7 @@ def test_collection_locations_and_downloads_offline(lenses, tmp_path, hub_cache,
 
 
 class RecordingApi:
-    calls: list = []
+    calls: ClassVar[list] = []
 
     def __init__(self, token=None):
         self.calls.append(("token", token))

@@ -41,3 +41,21 @@ def test_package_verify_tamper_on_the_command_line(tmp_path, monkeypatch, capsys
 def test_upload_tag_is_checked_before_anything(tmp_path, monkeypatch, capsys, tag):
     code, out = _run(monkeypatch, capsys, "hub", "upload", tmp_path, "org/lenses", "--revision-tag", tag)
     assert code == 2 and "vYYYY.MM.DD" in out.err
+
+
+def test_lens_list_shows_published_jlenses_and_collections(tmp_path, monkeypatch, capsys):
+    import json
+
+    model = tiny_model("llama")
+    model.config.name_or_path = "org/tiny"
+    random_lens(model).save(tmp_path / "my-lens")
+    _run(monkeypatch, capsys, "hub", "package", tmp_path / "my-lens", "--out", tmp_path / "tree")
+    code, out = _run(monkeypatch, capsys, "lens", "list", "org/tiny", "--collection", tmp_path / "tree", "--json")
+    assert code == 0
+    assert json.loads(out.out) == [{"source": str(tmp_path / "tree"), "model": "org/tiny", "kind": "tuned",
+                                    "location": str(tmp_path / "tree" / "lenses" / "org" / "tiny" / "my-lens")}]
+    code, out = _run(monkeypatch, capsys, "lens", "list", "qwen/qwen3-8b", "--json")
+    assert [row["location"] for row in json.loads(out.out)] == ["jlens:qwen3-8b"]
+    code, out = _run(monkeypatch, capsys, "lens", "list", "--json")
+    rows = json.loads(out.out)
+    assert len({row["location"] for row in rows}) == 37 and {row["kind"] for row in rows} == {"jacobian"}

@@ -1,0 +1,32 @@
+"""``tunedlens lens list``: the lenses known for a model, with the location to pass to ``--lens``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from tunedlens.lenses.index import read_index
+from tunedlens.lenses.locations import jlens_registry
+
+
+def known_lenses(model: str | None = None, collections: Sequence[str | os.PathLike] = ()) -> list[dict]:
+    """Published J-lenses and the lenses of local collection trees, optionally for one model.
+
+    ``model`` matches a hub model id or a J-lens short name, case-insensitively. Each row has
+    ``source``, ``model``, ``kind`` and ``location`` (what ``--lens`` takes).
+    """
+    wanted = model.lower() if model else None
+    rows = []
+    for tree in map(Path, collections):
+        for rel, entry in sorted(read_index(tree)["lenses"].items()):
+            rows.append({"source": str(tree), "model": entry["model"], "kind": entry["kind"],
+                         "location": str(tree / rel)})  # fmt: skip
+    registry = jlens_registry()
+    for name, entry in sorted(registry["lenses"].items()):
+        for model_id in entry["models"] or [name]:
+            rows.append({"source": f"{registry['repo_id']}@{registry['revision'][:10]}", "model": model_id,
+                         "kind": "jacobian", "location": f"jlens:{name}", "short_name": name})  # fmt: skip
+    if wanted is None:
+        return rows
+    return [row for row in rows if wanted in (row["model"].lower(), row.get("short_name", "").lower())]
