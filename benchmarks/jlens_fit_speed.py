@@ -70,6 +70,7 @@ def child(args) -> None:
         lens = PeerLens.fit(bridge, prompts, corpus="corpus/train", dim_batch=args.dim_batch,
                             max_seq_len=args.seq_len, skip_first_positions=16, show_progress=False)  # fmt: skip
         report["fit_s"] = time.perf_counter() - start
+        lens.save(str(args.out.with_suffix(".pt")))  # the published artifact format (fp16)
         matrices = {
             f"row.{layer + 1}": m.float().contiguous() for layer, m in lens.jacobians.items()
         }
@@ -158,15 +159,42 @@ def main() -> None:
             report = run_child(who, args, WORK / f"{who}{round_}.json", *extra)
             runs.append({**report, "round": round_})
     errors = relative_errors(WORK / "ours0.safetensors", WORK / "theirs0.safetensors")
+    readout_check = compare_readouts(WORK / "theirs0.pt", texts(args.prompts + 1)[-1])
     ids = torch.load(WORK / "ids.pt", weights_only=True)
     torch.save(ids[:1].clone(), WORK / "ids.pt")
     memory = [run_child("ours", args, WORK / f"mem{b}.json", "--dim-batch", b)
               for b in args.memory_batches.split(",")]  # fmt: skip
-    table, payload = tabulate(runs, errors, memory, args)
+    table, payload = tabulate(runs, errors, memory, args, readout_check)
     save("jlens_fit_speed", payload, table)
 
 
-def tabulate(runs, errors, memory, args) -> tuple[str, dict]:
+def compare_readouts(artifact: Path, text: str) -> dict:
+    """Our readout of TransformerLens's saved artifact vs its own readout, on a held-out prompt."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.tools.analysis import JacobianLens as PeerLens
+
+    from tunedlens import collect_residuals, load_lens, load_model, readout
+    from tunedlens.models import demo_model_dir
+
+    model, tokenizer = load_model("demo")
+    bridge = TransformerBridge.boot_transformers(str(demo_model_dir()), hf_model=model, tokenizer=tokenizer)
+    tokens = bridge.to_tokens(text)[:, :64]
+    theirs = PeerLens.load(str(artifact)).readout(bridge, tokens, top_k=10, return_full_logits=True)
+    lens = load_lens(artifact, model)
+    ours = readout(model, {"j": lens}, tokens, stats=("entropy",), top_k=10)["j"]
+    hidden = collect_residuals(model, tokens).hidden
+    same_ids, worst = 0, 0.0
+    layers = sorted(theirs.lens_topk_indices)
+    for layer in layers:
+        same_ids += int(torch.equal(ours.top_ids[0, layer + 1], theirs.lens_topk_indices[layer]))
+        with torch.no_grad():
+            diff = (lens(hidden[layer + 1][0], layer + 1) - theirs.lens_logits[layer].float()).abs().max()
+        worst = max(worst, float(diff))
+    return {"layers": len(layers), "layers_with_identical_top10": same_ids, "max_abs_logit_diff": worst,
+            "positions": tokens.shape[1]}  # fmt: skip
+
+
+def tabulate(runs, errors, memory, args, readout_check) -> tuple[str, dict]:
     def median(who, key):
         values = sorted(r[key] for r in runs if r["who"] == who)
         return values[len(values) // 2]
@@ -191,7 +219,10 @@ def tabulate(runs, errors, memory, args) -> tuple[str, dict]:
         f"| **ratio ours/theirs** | **{ours_fit / theirs_fit:.2f}** | **{ours_proc / theirs_proc:.2f}** | |",
         "",
         f"**Agreement:** relative Frobenius error per layer, max {max(errors):.2e}, median "
-        f"{sorted(errors)[len(errors) // 2]:.2e} (target 1e-4).",
+        f"{sorted(errors)[len(errors) // 2]:.2e} (target 1e-4). Readout of TransformerLens's "
+        f"saved artifact (fp16) on a held-out prompt of {readout_check['positions']} tokens: top-10 "
+        f"ids identical at {readout_check['layers_with_identical_top10']} of {readout_check['layers']} "
+        f"layers, logits within {readout_check['max_abs_logit_diff']:.1e} (max abs).",
         "",
         f"**Floor:** one forward of one prompt {first['forward_s'] * 1e3:.0f} ms, one backward with "
         f"a single cotangent {first['backward_s'] * 1e3:.0f} ms; {d_model} backward passes per "
@@ -208,6 +239,7 @@ def tabulate(runs, errors, memory, args) -> tuple[str, dict]:
         "",
     ]
     payload = {"runs": runs, "relative_errors": errors, "memory": memory, "machine": machine(),
+               "readout_check": readout_check,
                "prompts": args.prompts, "seq_len": args.seq_len}  # fmt: skip
     return "\n".join(lines), payload
 

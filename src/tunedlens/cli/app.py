@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -245,8 +246,9 @@ def fit_jlens(
                              seed=seed, dtype=dtype, device=device, tokenizer=tokenizer,
                              checkpoint_every=checkpoint_every, resume=resume,
                              part=parse_part(part), force=force, progress=progress.update)  # fmt: skip
-    typer.echo(f"fitted rows {lens.rows[0]}..{lens.rows[-1]} on {lens.n_prompts} prompts; "
-               f"J-lens saved to {out}")  # fmt: skip
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
+        typer.echo(f"fitted rows {lens.rows[0]}..{lens.rows[-1]} on {lens.n_prompts} prompts; "
+                   f"J-lens saved to {out}")  # fmt: skip
 
 
 def parse_part(text: str | None) -> tuple[int, int] | None:

@@ -106,3 +106,28 @@ def test_interrupt_resume_parts_merge_and_convert(tiny_model_dir, tmp_path, monk
     assert set(back) == {"row.1"}  # the artifact has no place for row 0
     assert back["row.1"].dtype == torch.float16  # kept as published, converted when used
     torch.testing.assert_close(back["row.1"].float(), whole["row.1"], rtol=1e-3, atol=2e-3)
+
+
+def test_torchrun_fit_equals_one_process(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    words = torch.randint(4, 128, (3000,), generator=torch.Generator().manual_seed(2)).tolist()
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"w{i}" for i in words))
+    args = ["fit-jlens", str(tiny_model_dir), "--data", str(text), "--prompts", "5", "--seq-len", "20",
+            "--skip-first", "4", "--dim-batch", "8"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "-m", "tunedlens", *args, "--out", str(tmp_path / "multi")],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("fitted rows 0..1 on 5 prompts") == 1  # the first process speaks
+    assert _fit_once(args, tmp_path / "single").exit_code == 0
+    multi, single = _matrices(tmp_path / "multi"), _matrices(tmp_path / "single")
+    for name, matrix in single.items():
+        torch.testing.assert_close(multi[name], matrix, rtol=1e-6, atol=1e-7)
+
+
+def _fit_once(args, out):
+    return runner.invoke(app, [*args, "--out", str(out)])
