@@ -3,16 +3,24 @@
 from tunedlens.lenses.files import LensFile, read_lens, write_lens
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
 from tunedlens.lenses.load import LOGIT, load_lens
-from tunedlens.lenses.translators import AffineTranslator, LowRankTranslator, default_rank
+from tunedlens.lenses.translators import (
+    AffineTranslator,
+    DiagonalTranslator,
+    LowRankTranslator,
+    MLPTranslator,
+    default_rank,
+)
 from tunedlens.lenses.unembed import Unembed, unembed_hash
 
 __all__ = [
     "LOGIT",
     "AffineTranslator",
+    "DiagonalTranslator",
     "Lens",
     "LensFile",
     "LogitLens",
     "LowRankTranslator",
+    "MLPTranslator",
     "TunedLens",
     "Unembed",
     "default_rank",

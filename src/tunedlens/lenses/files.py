@@ -26,7 +26,12 @@ from typing import Literal
 import torch
 
 from tunedlens.errors import LensFileError
-from tunedlens.lenses.translators import AffineTranslator, LowRankTranslator
+from tunedlens.lenses.translators import (
+    AffineTranslator,
+    DiagonalTranslator,
+    LowRankTranslator,
+    MLPTranslator,
+)
 from tunedlens.metrics.checks import first_nonfinite
 from tunedlens.outputs import usual_modes
 
@@ -61,7 +66,7 @@ MODEL_INFO_KEYS = (
 class LensFile:
     """A lens as stored: its translator, the model it belongs to, and how it was made."""
 
-    translator: AffineTranslator | LowRankTranslator
+    translator: AffineTranslator | LowRankTranslator | DiagonalTranslator | MLPTranslator
     model_info: dict
     """``base_model_name_or_path``, ``base_model_revision``, ``model_type``, ``vocab_size``,
     ``unembed_hash``; values may be ``None`` when the file did not record them."""
@@ -241,7 +246,7 @@ def _copy_checked(target: torch.Tensor, source: torch.Tensor, name: str, path: P
 
 def _write_reference(lens: LensFile, path: Path) -> None:
     translator = lens.translator
-    if isinstance(translator, LowRankTranslator):
+    if isinstance(translator, (LowRankTranslator, DiagonalTranslator)):
         translator = translator.to_affine()
     state = {}
     for i in range(translator.n_layers):
@@ -291,9 +296,14 @@ def _read_native(path: Path) -> LensFile:
             rank=_require_int(config, "rank", path / CONFIG_FILE),
             use_temperature=_require_bool(config, "use_temperature", path / CONFIG_FILE, False),
         )
+    elif kind == "diagonal":
+        translator = DiagonalTranslator(n_layers, d_model)
+    elif kind == "mlp":
+        translator = MLPTranslator(n_layers, d_model, hidden=_require_int(config, "rank", path / CONFIG_FILE))
     else:
         raise LensFileError(
-            f"{path / 'config.json'}: translator={kind!r} is unknown; expected 'affine' or 'lowrank'."
+            f"{path / 'config.json'}: translator={kind!r} is unknown; expected 'affine', 'lowrank', "
+            "'diagonal' or 'mlp'."
         )
     try:
         tensors = load_file(path / NATIVE_WEIGHTS, device="cpu")
@@ -331,6 +341,8 @@ def native_config(lens: LensFile) -> dict:
     }
     if isinstance(translator, LowRankTranslator):
         config.update(rank=translator.rank, use_temperature=translator.use_temperature)
+    elif isinstance(translator, MLPTranslator):
+        config.update(rank=translator.hidden)
     else:
         config.update(use_bias=translator.use_bias)
     config.update({key: lens.model_info.get(key) for key in MODEL_INFO_KEYS})
@@ -365,6 +377,11 @@ def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "na
         raise LensFileError(
             f"{str(path)!r} already holds a lens in the other format ({other.name}); writing a "
             f"{format} lens beside it would make the directory ambiguous. Choose another directory."
+        )
+    if format == "tuned-lens" and isinstance(lens.translator, MLPTranslator):
+        raise LensFileError(
+            "the reference tuned-lens format holds affine translators only; an MLP translator is "
+            "not affine, so converting would change the lens. Keep it in the native format."
         )
     path.mkdir(parents=True, exist_ok=True)
     if format == "native":

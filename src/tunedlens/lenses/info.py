@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from tunedlens.lenses.files import LensFile, read_lens
-from tunedlens.lenses.translators import AffineTranslator
 
 
 def _update_norms(lens: LensFile) -> list[dict]:
@@ -15,12 +14,8 @@ def _update_norms(lens: LensFile) -> list[dict]:
     rows = []
     with torch.no_grad():
         for i in range(translator.n_layers):
-            if isinstance(translator, AffineTranslator):
-                update = translator.weight[i]
-            else:
-                update = translator.V[i] @ translator.U[i].T
             bias = translator.bias[i] if translator.bias is not None else torch.zeros(1)
-            row = {"layer": i, "update_norm": float(update.norm()), "bias_norm": float(bias.norm())}
+            row = {"layer": i, "update_norm": translator.update_norm(i), "bias_norm": float(bias.norm())}
             log_temperature = translator.log_temperature(i)
             if log_temperature is not None:
                 row["temperature"] = float(log_temperature.exp())

@@ -15,7 +15,14 @@ from torch import nn
 
 from tunedlens.errors import LensMismatch
 from tunedlens.lenses.files import LensFile, LensFormat, read_lens, write_lens
-from tunedlens.lenses.translators import AffineTranslator, LowRankTranslator, TranslatorKind
+from tunedlens.lenses.translators import (
+    TRANSLATOR_KINDS,
+    AffineTranslator,
+    DiagonalTranslator,
+    LowRankTranslator,
+    MLPTranslator,
+    TranslatorKind,
+)
 from tunedlens.lenses.unembed import Unembed
 
 
@@ -141,7 +148,7 @@ class TunedLens(Lens):
     def __init__(
         self,
         unembed: Unembed,
-        translator: AffineTranslator | LowRankTranslator,
+        translator: AffineTranslator | LowRankTranslator | DiagonalTranslator | MLPTranslator,
         model_info: dict,
         provenance: dict | None = None,
     ):
@@ -173,8 +180,9 @@ class TunedLens(Lens):
 
         Args:
             model: The causal LM.
-            translator: ``"affine"`` (``h + W h + b``) or ``"lowrank"`` (``h + (h U) Vᵀ + c``).
-            rank: Low-rank translator rank; default ``clip(d_model // 32, 64, 256)``.
+            translator: ``"affine"`` (``h + W h + b``), ``"lowrank"`` (``h + (h U) Vᵀ + c``),
+                ``"diagonal"`` (``h ⊙ (1 + s) + b``) or ``"mlp"`` (``h + W₂ gelu(W₁ h + c) + b``).
+            rank: Low-rank rank, or the MLP's hidden width; default ``clip(d_model // 32, 64, 256)``.
             use_temperature: Low-rank only: learn a per-layer temperature.
             use_bias: Affine only: learn a bias.
             seed: Seeds the random ``U`` of low-rank translators.
@@ -193,8 +201,16 @@ class TunedLens(Lens):
             module = LowRankTranslator(
                 n_layers, d_model, rank=rank, use_temperature=use_temperature, generator=generator
             )
+        elif translator in ("diagonal", "mlp"):
+            if use_temperature or not use_bias:
+                raise ValueError(f"use_temperature and use_bias=False do not apply to translator={translator!r}")
+            if translator == "diagonal":
+                module = DiagonalTranslator(n_layers, d_model)
+            else:
+                generator = torch.Generator().manual_seed(seed)
+                module = MLPTranslator(n_layers, d_model, hidden=rank, generator=generator)
         else:
-            raise ValueError(f"translator must be 'affine' or 'lowrank', got {translator!r}")
+            raise ValueError(f"translator must be one of {', '.join(TRANSLATOR_KINDS)}, got {translator!r}")
         return cls(unembed, module, model_info(model, unembed, revision))
 
     @classmethod

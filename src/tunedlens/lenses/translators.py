@@ -13,7 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-TranslatorKind = Literal["affine", "lowrank"]
+TranslatorKind = Literal["affine", "lowrank", "diagonal", "mlp"]
+TRANSLATOR_KINDS: tuple[str, ...] = ("affine", "lowrank", "diagonal", "mlp")
 
 
 def default_rank(d_model: int) -> int:
@@ -54,6 +55,10 @@ class AffineTranslator(nn.Module):
     def log_temperature(self, layer: int) -> torch.Tensor | None:
         """Affine translators have no temperature."""
         return None
+
+    def update_norm(self, layer: int) -> float:
+        """Frobenius norm of the learned linear update of ``layer``."""
+        return float(self.weight[layer].detach().norm())
 
 
 class LowRankTranslator(nn.Module):
@@ -105,6 +110,10 @@ class LowRankTranslator(nn.Module):
         """``log T`` of ``layer``, or ``None`` without temperatures."""
         return None if self.log_temp is None else self.log_temp[layer]
 
+    def update_norm(self, layer: int) -> float:
+        """Frobenius norm of the learned linear update ``V Uᵀ`` of ``layer``."""
+        return float((self.V[layer] @ self.U[layer].T).detach().norm())
+
     def to_affine(self) -> AffineTranslator:
         """The same map as an :class:`AffineTranslator` (``W = V Uᵀ``).
 
@@ -122,3 +131,93 @@ class LowRankTranslator(nn.Module):
             affine.weight.copy_(self.V @ self.U.transpose(1, 2))
             affine.bias.copy_(self.bias)
         return affine
+
+
+class DiagonalTranslator(nn.Module):
+    """``h ⊙ (1 + sᵢ) + bᵢ``: a per-dimension scale and a bias, both zero-initialised.
+
+    ``L · 2d`` parameters; exactly an affine translator with a diagonal ``W`` (so it converts to
+    the reference format without loss).
+
+    Args:
+        n_layers: Number of translators ``L``.
+        d_model: Residual width ``d``.
+    """
+
+    kind: TranslatorKind = "diagonal"
+    use_bias = True
+
+    def __init__(self, n_layers: int, d_model: int):
+        super().__init__()
+        self.n_layers, self.d_model = n_layers, d_model
+        self.scale = nn.Parameter(torch.zeros(n_layers, d_model))
+        self.bias = nn.Parameter(torch.zeros(n_layers, d_model))
+
+    def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Translate ``(..., d)`` float32 states of ``layer``."""
+        return hidden + hidden * self.scale[layer] + self.bias[layer]
+
+    def log_temperature(self, layer: int) -> torch.Tensor | None:
+        """Diagonal translators have no temperature."""
+        return None
+
+    def update_norm(self, layer: int) -> float:
+        """Frobenius norm of the learned linear update ``diag(s)`` of ``layer``."""
+        return float(self.scale[layer].detach().norm())
+
+    def to_affine(self) -> AffineTranslator:
+        """The same map as an :class:`AffineTranslator` (``W = diag(s)``)."""
+        affine = AffineTranslator(self.n_layers, self.d_model, use_bias=True)
+        with torch.no_grad():
+            affine.weight.copy_(torch.diag_embed(self.scale))
+            affine.bias.copy_(self.bias)
+        return affine
+
+
+class MLPTranslator(nn.Module):
+    """``h + W₂ᵢ gelu(W₁ᵢ h + cᵢ) + bᵢ``: one hidden layer, residual, zero-initialised output.
+
+    ``W₁`` starts random (scaled by ``1/sqrt(d)``), ``W₂`` and the biases at zero, so the
+    untrained translator is exactly the identity yet ``W₂`` gets a gradient at once. Not affine:
+    the reference format cannot hold it.
+
+    Args:
+        n_layers: Number of translators ``L``.
+        d_model: Residual width ``d``.
+        hidden: Hidden width; defaults to :func:`default_rank`.
+        generator: Random generator for ``W₁`` (seeded runs are reproducible).
+    """
+
+    kind: TranslatorKind = "mlp"
+    use_bias = True
+
+    def __init__(self, n_layers: int, d_model: int, *, hidden: int | None = None,
+                 generator: torch.Generator | None = None):  # fmt: skip
+        super().__init__()
+        hidden = default_rank(d_model) if hidden is None else hidden
+        if hidden < 1:
+            raise ValueError(f"the MLP's hidden width must be at least 1, got {hidden}")
+        self.n_layers, self.d_model, self.hidden = n_layers, d_model, hidden
+        w_in = torch.randn(n_layers, hidden, d_model, generator=generator) / math.sqrt(d_model)
+        self.w_in = nn.Parameter(w_in)
+        self.b_in = nn.Parameter(torch.zeros(n_layers, hidden))
+        self.w_out = nn.Parameter(torch.zeros(n_layers, d_model, hidden))
+        self.bias = nn.Parameter(torch.zeros(n_layers, d_model))
+
+    @property
+    def rank(self) -> int:
+        """The hidden width (stored as ``rank`` in lens files, like the low-rank rank)."""
+        return self.hidden
+
+    def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Translate ``(..., d)`` float32 states of ``layer``."""
+        inner = nn.functional.gelu(hidden @ self.w_in[layer].T + self.b_in[layer])
+        return hidden + inner @ self.w_out[layer].T + self.bias[layer]
+
+    def log_temperature(self, layer: int) -> torch.Tensor | None:
+        """MLP translators have no temperature."""
+        return None
+
+    def update_norm(self, layer: int) -> float:
+        """Frobenius norm of the output weight ``W₂`` of ``layer`` (zero when untrained)."""
+        return float(self.w_out[layer].detach().norm())

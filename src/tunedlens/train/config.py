@@ -19,10 +19,12 @@ class TrainConfig:
 
     recipe: str = "default"
     """Name of the recipe these settings came from (informational)."""
-    translator: Literal["affine", "lowrank"] = "affine"
-    """Translator kind: the paper's ``h + W h + b`` or identity-plus-low-rank."""
+    translator: Literal["affine", "lowrank", "diagonal", "mlp"] = "affine"
+    """Translator kind: the paper's ``h + W h + b``, identity-plus-low-rank, ``diagonal``
+    (per-dimension scale and bias) or ``mlp`` (one hidden layer, residual). Recipes start only
+    affine translators by least squares; the others start at the identity."""
     rank: int | None = None
-    """Low-rank translators: rank (default ``clip(d_model // 32, 64, 256)``)."""
+    """Low-rank rank, or the MLP's hidden width (default ``clip(d_model // 32, 64, 256)``)."""
     use_temperature: bool = False
     """Low-rank translators: learn a per-layer temperature."""
     objective: Literal["kl", "ce"] = "kl"
@@ -87,8 +89,8 @@ class TrainConfig:
         def fail(name, accepted):
             raise ValueError(f"{name}={getattr(self, name)!r} is invalid; expected {accepted}.")
 
-        if self.translator not in ("affine", "lowrank"):
-            fail("translator", "'affine' or 'lowrank'")
+        if self.translator not in ("affine", "lowrank", "diagonal", "mlp"):
+            fail("translator", "'affine', 'lowrank', 'diagonal' or 'mlp'")
         if self.objective not in ("kl", "ce"):
             fail("objective", "'kl' or 'ce'")
         if self.optimizer not in ("sgd", "adam"):
@@ -224,7 +226,10 @@ def recipe_config(name: str, **overrides) -> TrainConfig:
     """The :class:`TrainConfig` of a named recipe, with ``overrides`` applied."""
     if name not in RECIPES:
         raise ValueError(f"recipe={name!r} is unknown; choose one of {sorted(RECIPES)}.")
-    settings = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    settings = {**RECIPES[name], **given}
+    if settings.get("translator", "affine") != "affine" and "lstsq_init" not in given:
+        settings["lstsq_init"] = False  # the least-squares start fits affine translators only
     return TrainConfig(recipe=name, **settings)
 
 

@@ -79,8 +79,10 @@ def test_layer_out_of_range(layer):
 
 def test_bad_translator_options():
     model = tiny_model("llama")
-    with pytest.raises(ValueError, match="'affine' or 'lowrank'"):
-        TunedLens.from_model(model, translator="mlp")
+    with pytest.raises(ValueError, match="one of affine, lowrank, diagonal, mlp"):
+        TunedLens.from_model(model, translator="conv")
+    with pytest.raises(ValueError, match="do not apply to translator='diagonal'"):
+        TunedLens.from_model(model, translator="diagonal", use_bias=False)
     with pytest.raises(ValueError, match="use_temperature needs"):
         TunedLens.from_model(model, use_temperature=True)
     with pytest.raises(ValueError, match="rank must be in"):
