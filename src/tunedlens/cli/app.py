@@ -136,6 +136,10 @@ def train(
     checkpoint_every: Annotated[
         Optional[int], typer.Option(help=field_help("checkpoint_every"))
     ] = None,
+    time_budget: Annotated[
+        Optional[str],
+        typer.Option(help="E.g. 20m, 90s, 1.5h: " + field_help("time_budget_s") + " Replaces --tokens."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     force: Annotated[
         bool, typer.Option(help="Replace the lens, checkpoint and log of another run in --out.")
@@ -161,6 +165,7 @@ def train(
         recipe, tokens=tokens, seq_len=seq_len, translator=translator, objective=objective,
         batch_size=batch_size, tokens_per_step=tokens_per_step, lr=lr, val_tokens=val_tokens,
         val_every=val_every, patience=patience, seed=seed, checkpoint_every=checkpoint_every,
+        time_budget_s=parse_duration(time_budget, tokens),
     )  # fmt: skip
     world = init_world()
     with TrainingProgress(enabled=world.is_primary) as progress, interrupted_training(out):
@@ -249,6 +254,23 @@ def fit_jlens(
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
         typer.echo(f"fitted rows {lens.rows[0]}..{lens.rows[-1]} on {lens.n_prompts} prompts; "
                    f"J-lens saved to {out}")  # fmt: skip
+
+
+def parse_duration(text: str | None, tokens: int | None) -> float | None:
+    """``"20m"`` -> 1200.0 seconds (units s, m, h; plain numbers are seconds)."""
+    if text is None:
+        return None
+    if tokens is not None:
+        raise ValueError("--time-budget sizes the token budget itself; pass --tokens or --time-budget, not both")
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1:].lower() in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit.lower()]
+    except ValueError:
+        raise ValueError(f"--time-budget must look like 20m, 90s or 1.5h, got {text!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"--time-budget must be positive, got {text!r}")
+    return seconds
 
 
 def parse_part(text: str | None) -> tuple[int, int] | None:

@@ -80,6 +80,11 @@ class TrainConfig:
     """Stop after this many validations without improvement (``None``: never stop early)."""
     checkpoint_every: int | None = None
     """Write a resumable checkpoint every this many optimizer steps."""
+    time_budget_s: float | None = None
+    """Wall-time budget in seconds: one timed probe step sizes ``tokens`` (and so the schedule)
+    to fit it, and training stops at the budget with the best validated lens. The tokens used are
+    recorded in ``provenance.json`` (``tokens=N`` then reproduces the run); a resumed run keeps
+    the budget of the first."""
     loss_chunk_rows: int = 2048
     """Rows per chunk of the vocabulary-sized loss computation (bounds memory)."""
     seed: int = 0
@@ -122,6 +127,8 @@ class TrainConfig:
             fail("lstsq_budget_share", "a number in (0, 1]")
         if not 0 <= self.warmup_fraction < 1:
             fail("warmup_fraction", "a number in [0, 1)")
+        if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
+            fail("time_budget_s", "a positive number of seconds")
         if self.use_temperature and self.translator != "lowrank":
             fail("use_temperature", "False unless translator='lowrank'")
         if self.lstsq_init and self.translator != "affine":

@@ -69,6 +69,8 @@ class TrainResult:
     wall_time: float
     lstsq_tokens: int
     history: list[dict] = field(default_factory=list)
+    stopped_at_budget: bool = False
+    """Training stopped at ``config.time_budget_s`` before its planned steps."""
 
 
 def resolve(config: TrainConfig, lens: TunedLens, world: World) -> Resolved:
@@ -356,6 +358,7 @@ def train_lens(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     world: World | None = None,
+    deadline: float | None = None,
 ) -> TrainResult:
     """Train ``lens`` on ``model``'s own predictions over ``data``.
 
@@ -370,6 +373,8 @@ def train_lens(
         checkpoint_dir: Where ``checkpoint.pt`` goes (every ``config.checkpoint_every`` steps).
         resume: Continue from the checkpoint in ``checkpoint_dir`` if there is one.
         world: Process group description for data-parallel runs.
+        deadline: A ``time.monotonic()`` instant: stop after the first step that ends past it
+            (validating then, so the best validated lens is returned).
 
     Returns:
         A :class:`TrainResult`; its lens is the best validated one when validation ran.
@@ -421,10 +426,11 @@ def train_lens(
             all_reduce=world.all_reduce_sum if world.size > 1 else None,
         )
         trainer.elapsed += time.perf_counter() - started
-    stopped_early = False
+    stopped_early = at_budget = False
     while trainer.step < resolved.steps:
         stats = trainer.take_step()
-        last = trainer.step == resolved.steps
+        at_budget = deadline is not None and _past(deadline, world) and trainer.step < resolved.steps
+        last = trainer.step == resolved.steps or at_budget
         if val is not None and (
             last or (config.val_every and trainer.step % config.val_every == 0)
         ):
@@ -448,7 +454,7 @@ def train_lens(
         if directory is not None and checkpoint_due and world.is_primary:
             save_checkpoint(directory, trainer.state(lens.model_info, data_hash))
         world.barrier()
-        if stopped_early:
+        if stopped_early or at_budget:
             break
     if trainer.best_state is not None:
         lens.translator.load_state_dict(trainer.best_state)
@@ -467,4 +473,12 @@ def train_lens(
         wall_time=trainer.elapsed,
         lstsq_tokens=trainer.lstsq_tokens,
         history=trainer.history,
+        stopped_at_budget=at_budget,
     )
+
+
+def _past(deadline: float, world: World) -> bool:
+    """Whether ``deadline`` has passed on any process (so that all stop at the same step)."""
+    flag = torch.tensor([float(time.monotonic() > deadline)])
+    world.all_reduce_sum(flag)  # any process past the deadline stops them all
+    return bool(flag.item() > 0)

@@ -151,6 +151,52 @@ def provenance(result: TrainResult, plan: DataPlan, model_spec: str, lens: Tuned
     }
 
 
+def _fit_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bool, world: World,
+                status, *, begun: float, data: str, text_column: str) -> tuple[TrainConfig, dict]:  # fmt: skip
+    """Size ``config.tokens`` to ``config.time_budget_s`` from one timed probe step.
+
+    The time already spent in this process (loading) counts. The estimate reserves the least-
+    squares start (about a forward pass over its tokens) and the final validation. A resumed run
+    keeps the tokens of its checkpoint and gets what is left of the budget.
+    """
+    import dataclasses
+
+    import torch
+
+    from tunedlens.train.checkpoint import load_checkpoint
+
+    budget_s = float(config.time_budget_s)
+    if resume:
+        state = load_checkpoint(out)
+        if state is None:
+            raise TunedLensError(f"--resume: {out} holds no checkpoint.")
+        tokens = int(state["config"]["tokens"])
+        left = budget_s - float(state.get("elapsed", 0.0))
+        status(f"resuming within the time budget: {tokens:,} tokens, {max(left, 0):.0f} s left")
+        return dataclasses.replace(config, tokens=tokens), {
+            "budget_s": budget_s, "planned_tokens": tokens, "deadline": time.monotonic() + max(left, 0.0)}
+    status(f"timing one step of {config.tokens_per_step:,} tokens to fit the {budget_s:.0f} s budget")
+    probe = dataclasses.replace(config, tokens=config.tokens_per_step, lstsq_init=False,
+                                time_budget_s=None, checkpoint_every=None, val_tokens=0)  # fmt: skip
+    blocks = plan_data(tokenizer, probe, data=data, val_data=None, text_column=text_column).train
+    lens = TunedLens.from_model(model, translator=config.translator, rank=config.rank,
+                                use_temperature=config.use_temperature, seed=config.seed)  # fmt: skip
+    start = time.perf_counter()
+    train_lens(lens, model, blocks, probe, world=world)
+    per_token = torch.tensor([(time.perf_counter() - start) / config.tokens_per_step])
+    per_token = float(world.all_reduce_sum(per_token)) / world.size  # every process plans alike
+    forward_share = 0.75  # a forward pass costs about this share of a training token
+    reserve = min(10.0, 0.05 * budget_s) + config.val_tokens * per_token * forward_share
+    per_planned = per_token * (1 + (config.lstsq_budget_share * forward_share if config.lstsq_init else 0))
+    left = budget_s - (time.monotonic() - begun) - reserve
+    steps = max(1, int(left / per_planned) // config.tokens_per_step)
+    tokens = steps * config.tokens_per_step
+    status(f"{1 / per_token:,.0f} tokens/s: training on {tokens:,} tokens")
+    return dataclasses.replace(config, tokens=tokens), {
+        "budget_s": budget_s, "probe_tokens_per_s": 1 / per_token, "planned_tokens": tokens,
+        "deadline": begun + budget_s - reserve}  # fmt: skip
+
+
 def run_training(
     model_spec: str,
     config: TrainConfig,
@@ -177,6 +223,7 @@ def run_training(
     """
     from tunedlens.models import load_model, need_tokenizer
 
+    begun = time.monotonic()  # a time budget counts from here: loading and packing included
     status = on_status or (lambda message: None)
     world = world or init_world()
     out = Path(out)
@@ -196,6 +243,11 @@ def run_training(
         raise DataError(
             f"--seq-len {config.seq_len} is longer than the model's context of {context} tokens."
         )
+    started = time.perf_counter()
+    budget = None
+    if config.time_budget_s is not None:
+        config, budget = _fit_budget(model, tokenizer, config, out, resume, world, status,
+                                     begun=begun, data=spec, text_column=text_column)  # fmt: skip
     status(f"packing {config.tokens:,} training tokens from {spec}")
     plan = plan_data(tokenizer, config, data=spec, val_data=val_data, text_column=text_column)
     lens = TunedLens.from_model(
@@ -210,7 +262,6 @@ def run_training(
         if not resume:  # a new run (with --force: replacing the files of an earlier one)
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
-    started = time.perf_counter()
     result = train_lens(
         lens,
         model,
@@ -221,10 +272,15 @@ def run_training(
         resume=resume,
         checkpoint_dir=out if config.checkpoint_every else None,
         on_step=_log_writer(out, on_step) if world.is_primary else None,
+        deadline=None if budget is None else budget["deadline"],
     )
     if world.is_primary:
         record = provenance(result, plan, model_spec, lens)
         record["training"]["wall_time_this_process_s"] = time.perf_counter() - started
+        if budget is not None:
+            record["training"]["time_budget"] = {
+                key: value for key, value in budget.items() if key != "deadline"
+            } | {"stopped_at_budget": result.stopped_at_budget}
         for name in LENS_FILES:
             (out / name).unlink(missing_ok=True)  # a resumed run replaces its own earlier save
         lens.save(out, format=lens_format, provenance=record)

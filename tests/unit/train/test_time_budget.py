@@ -1,0 +1,62 @@
+"""Training within a time budget: the probe sizes the tokens, provenance records them, and
+``tokens=N`` reproduces the run; a passed deadline stops at once with a validated lens."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from tiny_models import tiny_model
+from tunedlens.lenses import TunedLens
+from tunedlens.train import recipe_config, train_lens
+from tunedlens.train.run import run_training
+
+SMALL = dict(seq_len=16, batch_size=4, tokens_per_step=64, val_tokens=64, lstsq_tokens=256)
+
+
+@pytest.fixture
+def text(tmp_path):
+    words = torch.randint(4, 128, (40000,), generator=torch.Generator().manual_seed(0)).tolist()
+    path = tmp_path / "text.txt"
+    path.write_text(" ".join(f"w{i}" for i in words))
+    return path
+
+
+def test_budget_sizes_tokens_and_tokens_reproduce_the_run(tiny_model_dir, text, tmp_path):
+    config = recipe_config("default", time_budget_s=6.0, **SMALL)
+    start = time.monotonic()
+    result = run_training(str(tiny_model_dir), config, tmp_path / "budget", data=str(text))
+    assert time.monotonic() - start < 6.0 + 5.0  # the whole run, loading included, plus slack
+    record = json.loads((tmp_path / "budget" / "provenance.json").read_text())["training"]
+    planned = record["time_budget"]["planned_tokens"]
+    assert record["config"]["tokens"] == planned and planned % 64 == 0 and planned >= 64
+    assert record["time_budget"]["probe_tokens_per_s"] > 0
+    if record["time_budget"]["stopped_at_budget"]:
+        pytest.skip("this machine was slower than its probe; the rerun would not be comparable")
+    assert record["train_tokens"] == planned
+    again = recipe_config("default", tokens=planned, **SMALL)
+    rerun = run_training(str(tiny_model_dir), again, tmp_path / "tokens", data=str(text))
+    for name, value in result.lens.translator.state_dict().items():
+        assert torch.equal(rerun.lens.translator.state_dict()[name], value), name
+
+
+def test_a_passed_deadline_stops_after_one_step_with_a_validated_lens():
+    model = tiny_model("llama")
+    data = torch.randint(3, 120, (72, 16), generator=torch.Generator().manual_seed(0))
+    config = recipe_config("default", tokens=16 * 64, lstsq_init=False, **{**SMALL, "tokens_per_step": 128})
+    lens = TunedLens.from_model(model)
+    result = train_lens(lens, model, data[:64], config, val_data=data[64:], deadline=time.monotonic())
+    assert result.stopped_at_budget and result.steps_done == 1 < result.resolved.steps
+    assert result.val_kl is not None and result.history[-1]["val_kl"] is not None
+
+
+@pytest.mark.parametrize("value", ["soon", "-5m", "0"])
+def test_bad_budgets(value):
+    from tunedlens.cli.app import parse_duration
+
+    with pytest.raises(ValueError, match="--time-budget"):
+        parse_duration(value, None)
+    with pytest.raises(ValueError, match="not both"):
+        parse_duration("5m", 1000)
+    assert parse_duration("1.5h", None) == 5400.0 and parse_duration("90", None) == 90.0
