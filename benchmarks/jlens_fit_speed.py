@@ -183,14 +183,21 @@ def compare_readouts(artifact: Path, text: str) -> dict:
     lens = load_lens(artifact, model)
     ours = readout(model, {"j": lens}, tokens, stats=("entropy",), top_k=10)["j"]
     hidden = collect_residuals(model, tokens).hidden
-    same_ids, worst = 0, 0.0
+    same_order = same_set = 0
+    worst, swap_gap = 0.0, 0.0
     layers = sorted(theirs.lens_topk_indices)
     for layer in layers:
-        same_ids += int(torch.equal(ours.top_ids[0, layer + 1], theirs.lens_topk_indices[layer]))
+        mine, their_ids = ours.top_ids[0, layer + 1], theirs.lens_topk_indices[layer]
+        same_order += int(torch.equal(mine, their_ids))
+        same_set += int(all(set(a.tolist()) == set(b.tolist()) for a, b in zip(mine, their_ids, strict=True)))
+        full = theirs.lens_logits[layer].float()
+        # Where the order differs, how far apart (in its logits) are the tokens that swapped?
+        swap_gap = max(swap_gap, float((full.gather(-1, mine) - full.gather(-1, their_ids)).abs().max()))
         with torch.no_grad():
-            diff = (lens(hidden[layer + 1][0], layer + 1) - theirs.lens_logits[layer].float()).abs().max()
+            diff = (lens(hidden[layer + 1][0], layer + 1) - full).abs().max()
         worst = max(worst, float(diff))
-    return {"layers": len(layers), "layers_with_identical_top10": same_ids, "max_abs_logit_diff": worst,
+    return {"layers": len(layers), "identical_top10_order": same_order, "identical_top10_set": same_set,
+            "max_abs_logit_diff": worst, "max_logit_gap_of_swapped_tokens": swap_gap,
             "positions": tokens.shape[1]}  # fmt: skip
 
 
@@ -220,9 +227,13 @@ def tabulate(runs, errors, memory, args, readout_check) -> tuple[str, dict]:
         "",
         f"**Agreement:** relative Frobenius error per layer, max {max(errors):.2e}, median "
         f"{sorted(errors)[len(errors) // 2]:.2e} (target 1e-4). Readout of TransformerLens's "
-        f"saved artifact (fp16) on a held-out prompt of {readout_check['positions']} tokens: top-10 "
-        f"ids identical at {readout_check['layers_with_identical_top10']} of {readout_check['layers']} "
-        f"layers, logits within {readout_check['max_abs_logit_diff']:.1e} (max abs).",
+        f"saved artifact (fp16) on a held-out prompt of {readout_check['positions']} tokens, "
+        f"{readout_check['layers']} layers: the lens logits differ by at most "
+        f"{readout_check['max_abs_logit_diff']:.1e}; top-10 ids in the same order at "
+        f"{readout_check['identical_top10_order']} layers and the same set at "
+        f"{readout_check['identical_top10_set']}; where the order differs, the swapped tokens' "
+        f"logits are within {readout_check['max_logit_gap_of_swapped_tokens']:.1e} of each other "
+        "(ties broken differently by the blocked head).",
         "",
         f"**Floor:** one forward of one prompt {first['forward_s'] * 1e3:.0f} ms, one backward with "
         f"a single cotangent {first['backward_s'] * 1e3:.0f} ms; {d_model} backward passes per "

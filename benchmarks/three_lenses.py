@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/three"))
     parser.add_argument("--tuned-tokens", type=int, default=262_144)
     parser.add_argument("--test-tokens", type=int, default=4096)
+    parser.add_argument("--tabulate-only", action="store_true", help="Redo the table from --work.")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,10 @@ def main() -> None:
     timings = (
         json.loads((work / "timings.json").read_text()) if (work / "timings.json").exists() else {}
     )
+    if args.tabulate_only:
+        locations = {"tuned lens": str(work / "tuned"), "J-lens, 2 prompts": str(work / "jpart0"),
+                     "J-lens, 4 prompts": str(work / "j4"), "J-lens, 8 prompts": str(work / "j8")}  # fmt: skip
+        return report(work / "eval", locations, timings, args)
 
     def timed(name: str, *command: str) -> None:
         timings[name] = tunedlens(*command, log=log)
@@ -83,11 +88,15 @@ def main() -> None:
             timed(f"merge {name}", "lens", "merge", "demo", *(str(work / f"jpart{p}") for p in parts),
                   "--out", str(out), "--force")  # fmt: skip
     locations["J-lens, 2 prompts"] = str(work / "jpart0")
-    report = work / "eval"
+    report_dir = work / "eval"
     timed("eval (all lenses)", "eval", "demo", *(x for loc in locations.values() for x in ("--lens", loc)),
           "--data", test, "--tokens", str(args.test_tokens), "--seq-len", "512", "--prompts", "none",
-          "--bootstrap", "0", "--no-plots", "--out", str(report), "--force")  # fmt: skip
-    metrics = json.loads((report / "metrics.json").read_text())
+          "--bootstrap", "0", "--no-plots", "--out", str(report_dir), "--force")  # fmt: skip
+    report(report_dir, locations, timings, args)
+
+
+def report(report_dir: Path, locations: dict, timings: dict, args) -> None:
+    metrics = json.loads((report_dir / "metrics.json").read_text())
     table, payload = tabulate(metrics, locations, timings, args)
     save("three_lenses", payload, table)
     figure(payload, RESULTS / "three_lenses.png")
@@ -110,7 +119,9 @@ def tabulate(metrics: dict, locations: dict, timings: dict, args) -> tuple[str, 
         "tokens, same exact kernel. KL(model ‖ lens) and cross-entropy in bits; top-1 = share of "
         "positions where the lens's top token is the model's.",
         "",
-        "Wall times (whole processes, this 2-core CPU): "
+        "Wall times (whole processes on this 2-core CPU, which was shared with other jobs for much "
+        "of the run, so these are not speed measurements; `jlens_fit_speed.md` and "
+        "`throughput.md` are): "
         + "; ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in timings.items())
         + ".",
         "",
