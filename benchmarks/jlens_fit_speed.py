@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import CORPUS, machine, peak_rss_mib, save
+from common import CORPUS, RESULTS, machine, peak_rss_mib, save
 
 WORK = Path("/tmp/jlens_speed")
 
@@ -132,6 +132,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--dim-batch", type=int, default=8)
     parser.add_argument("--memory-batches", default="8,32,96")
+    parser.add_argument("--add-to-previous", action="store_true",
+                        help="Add these rounds to the saved results (and keep their memory table).")
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -158,12 +160,21 @@ def main() -> None:
             )
             report = run_child(who, args, WORK / f"{who}{round_}.json", *extra)
             runs.append({**report, "round": round_})
+    previous = json.loads((RESULTS / "jlens_fit_speed.json").read_text()) if args.add_to_previous else None
+    if previous is not None:
+        start = 1 + max(r["round"] for r in previous["runs"])
+        runs = previous["runs"] + [{**r, "round": r["round"] + start} for r in runs]
+        args.rounds = 1 + max(r["round"] for r in runs)
     errors = relative_errors(WORK / "ours0.safetensors", WORK / "theirs0.safetensors")
     readout_check = compare_readouts(WORK / "theirs0.pt", texts(args.prompts + 1)[-1])
     ids = torch.load(WORK / "ids.pt", weights_only=True)
     torch.save(ids[:1].clone(), WORK / "ids.pt")
-    memory = [run_child("ours", args, WORK / f"mem{b}.json", "--dim-batch", b)
-              for b in args.memory_batches.split(",")]  # fmt: skip
+    if previous is not None:
+        memory = previous["memory"]
+    else:
+        memory = [run_child("ours", args, WORK / f"mem{b}.json", "--dim-batch", b)
+                  for b in args.memory_batches.split(",")]  # fmt: skip
+
     table, payload = tabulate(runs, errors, memory, args, readout_check)
     save("jlens_fit_speed", payload, table)
 
@@ -241,6 +252,11 @@ def tabulate(runs, errors, memory, args, readout_check) -> tuple[str, dict]:
         f"{args.prompts * d_model * first['backward_s']:.1f} s for the fit (unbatched). Measured: "
         f"{ours_fit / args.prompts:.1f} s per prompt (ours), {theirs_fit / args.prompts:.1f} s "
         "(TransformerLens).",
+        "",
+        "**Where the time goes.** Both estimators do one forward pass and d_model vector-Jacobian "
+        "products per prompt; the products are batched (ours: `is_grads_batched` over one forward "
+        "graph; TransformerLens: the prompt replicated dim_batch times). The exact estimator fixes "
+        "the number of products, so only batching efficiency can differ.",
         "",
         "## Memory and time against the cotangent batch (ours, one prompt)",
         "",
