@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -59,22 +60,29 @@ def published_jlens(name: str) -> tuple[str, dict]:
 def _jlens_path(spec: str) -> Path:
     """Download (or find in the HF cache) the artifact of ``jlens:NAME[@REV]``."""
     hf_hub_download = require("huggingface_hub", "hub").hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
     name, _, revision = spec.removeprefix("jlens:").partition("@")
     _, entry = published_jlens(name)
     registry = jlens_registry()
-    try:
+    with _hub_errors(f"{spec} ({entry['filename']})", "the local .pt file"):
         return Path(hf_hub_download(registry["repo_id"], entry["filename"],
                                     revision=revision or registry["revision"]))  # fmt: skip
+
+
+@contextmanager
+def _hub_errors(what: str, instead: str):
+    """Turn huggingface_hub's download errors into one clear :class:`LensFileError`."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        yield
     except LocalEntryNotFoundError:
         raise LensFileError(
-            f"{spec} ({entry['filename']}) is not in the local Hugging Face cache and the hub "
-            "cannot be reached (offline, or HF_HUB_OFFLINE=1). Download it once with network "
-            "access, or pass the local .pt file."
+            f"{what} is not in the local Hugging Face cache and the hub cannot be reached "
+            f"(offline, or HF_HUB_OFFLINE=1). Download it once with network access, or pass "
+            f"{instead}."
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as error:
-        raise LensFileError(f"could not fetch {spec} from the hub: {error}") from None
+        raise LensFileError(f"could not fetch {what} from the hub: {error}") from None
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str, str | None, str]:
@@ -113,24 +121,15 @@ def lens_dir(spec: str | os.PathLike) -> Path:
     if spec.startswith("jlens:"):
         return _jlens_path(spec)
     snapshot_download = require("huggingface_hub", "hub").snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     repo_id, subfolder, revision, repo_type = parse_hub_spec(spec)
     patterns = [f"{subfolder}/{name}" if subfolder else name for name in LENS_FILES]
     if repo_type == "dataset":  # a collection: the whole lens folder, and the index to check it
         patterns = [f"{subfolder}/*", f"{subfolder}/**", INDEX_NAME]
-    try:
+    with _hub_errors(spec, "a local lens directory"):
         root = snapshot_download(
             repo_id, repo_type=repo_type, revision=revision, allow_patterns=patterns
         )
-    except LocalEntryNotFoundError:
-        raise LensFileError(
-            f"{spec} is not in the local Hugging Face cache and the hub cannot be reached "
-            "(offline, or HF_HUB_OFFLINE=1). Download it once with network access, or pass a "
-            "local lens directory."
-        ) from None
-    except (HfHubHTTPError, OSError, ValueError) as error:
-        raise LensFileError(f"could not fetch {spec} from the hub: {error}") from None
     if repo_type == "dataset":
         index = read_index(Path(root))
         if subfolder not in index["lenses"]:

@@ -294,7 +294,7 @@ def run_fit_jlens(
     """
     from tunedlens.data import TextSource, pack_blocks
     from tunedlens.models import load_model, need_tokenizer
-    from tunedlens.outputs import check_out_dir, publish_dir, staging_dir
+    from tunedlens.outputs import check_out_dir
     from tunedlens.provenance import environment
     from tunedlens.train.distributed import init_world
     from tunedlens.train.run import default_data_spec
@@ -351,12 +351,7 @@ def run_fit_jlens(
                              checkpoint=out if checkpoint_every else None,
                              checkpoint_every=checkpoint_every or 1, resume=resume, world=world)  # fmt: skip
     if world.is_primary:
-        staging = staging_dir(out)
-        try:
-            lens.save(staging)
-            publish_dir(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        _publish(lens, out)
     world.barrier()
     return lens
 
@@ -366,7 +361,7 @@ def run_merge_jlens(model_spec: str, parts: Sequence[str], out, *, force: bool =
     """What ``tunedlens lens merge`` does: check, load the parts for the model, merge, write."""
     from tunedlens.lenses.load import check_location
     from tunedlens.models import load_model
-    from tunedlens.outputs import check_out_dir, publish_dir, staging_dir
+    from tunedlens.outputs import check_out_dir
 
     out = check_out_dir(Path(out), force=force)
     if len(parts) < 2:
@@ -374,15 +369,19 @@ def run_merge_jlens(model_spec: str, parts: Sequence[str], out, *, force: bool =
     for part in parts:
         check_location(part)
     model, _ = load_model(model_spec, dtype=dtype, device=device)
-    lenses = []
-    for part in parts:
-        lens = JacobianLens.load(part, model)
-        lenses.append(lens)
+    lenses = [JacobianLens.load(part, model) for part in parts]
     merged = merge_jacobian_lenses(lenses)
+    _publish(merged, out)
+    return merged
+
+
+def _publish(lens: JacobianLens, out: Path) -> None:
+    """Save ``lens`` natively beside ``out``, then rename it into place (never half-written)."""
+    from tunedlens.outputs import publish_dir, staging_dir
+
     staging = staging_dir(out)
     try:
-        merged.save(staging)
+        lens.save(staging)
         publish_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return merged

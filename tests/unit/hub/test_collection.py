@@ -100,17 +100,6 @@ def test_package_bad_input(lenses, tmp_path, model):
         package_lenses([tmp_path / "nameless"], tmp_path / "t4")
 
 
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 def _publish_to_cache(tree, cache, repo_id="someone/lenses"):
     folder = cache / f"datasets--{repo_id.replace('/', '--')}"
     (folder / "refs").mkdir(parents=True)

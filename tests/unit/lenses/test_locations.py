@@ -24,17 +24,6 @@ def _cache_repo(cache, repo_id, repo_type, subfolder):
     return target
 
 
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 def test_parse_hub_spec():
     assert parse_hub_spec("hf:org/repo/lenses/gpt2@v1") == (
         "org/repo",
