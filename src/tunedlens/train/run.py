@@ -155,8 +155,9 @@ def _fit_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bool, 
                 status, *, begun: float, data: str, text_column: str) -> tuple[TrainConfig, dict]:  # fmt: skip
     """Size ``config.tokens`` to ``config.time_budget_s`` from one timed probe step.
 
-    The time already spent in this process (loading) counts. The estimate reserves the least-
-    squares start (about a forward pass over its tokens) and the final validation. A resumed run
+    The time already spent in this process (loading) counts. The estimate includes packing the
+    tokens and reserves the least-squares start (about a forward pass over its tokens) and the
+    final validation. A resumed run
     keeps the tokens of its checkpoint and gets what is left of the budget.
     """
     import dataclasses
@@ -178,7 +179,9 @@ def _fit_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bool, 
     status(f"timing one step of {config.tokens_per_step:,} tokens to fit the {budget_s:.0f} s budget")
     probe = dataclasses.replace(config, tokens=config.tokens_per_step, lstsq_init=False,
                                 time_budget_s=None, checkpoint_every=None, val_tokens=0)  # fmt: skip
+    packing = time.perf_counter()
     blocks = plan_data(tokenizer, probe, data=data, val_data=None, text_column=text_column).train
+    pack_per_token = (time.perf_counter() - packing) / config.tokens_per_step  # packing is planned too
     lens = TunedLens.from_model(model, translator=config.translator, rank=config.rank,
                                 use_temperature=config.use_temperature, seed=config.seed)  # fmt: skip
     start = time.perf_counter()
@@ -188,6 +191,7 @@ def _fit_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bool, 
     forward_share = 0.75  # a forward pass costs about this share of a training token
     reserve = min(10.0, 0.05 * budget_s) + config.val_tokens * per_token * forward_share
     per_planned = per_token * (1 + (config.lstsq_budget_share * forward_share if config.lstsq_init else 0))
+    per_planned += pack_per_token
     left = budget_s - (time.monotonic() - begun) - reserve
     steps = max(1, int(left / per_planned) // config.tokens_per_step)
     tokens = steps * config.tokens_per_step

@@ -23,18 +23,20 @@ def text(tmp_path):
     return path
 
 
-def test_budget_sizes_tokens_and_tokens_reproduce_the_run(tiny_model_dir, text, tmp_path):
+def test_budget_sizes_tokens_and_tokens_reproduce_the_run(tiny_model_dir, text, tmp_path, monkeypatch):
+    import tunedlens.train.loop as loop
+
+    # The planned run must finish for the comparison; stopping at the deadline is tested below.
+    monkeypatch.setattr(loop, "_past", lambda deadline, world: False)
     config = recipe_config("default", time_budget_s=6.0, **SMALL)
     start = time.monotonic()
     result = run_training(str(tiny_model_dir), config, tmp_path / "budget", data=str(text))
-    assert time.monotonic() - start < 6.0 + 5.0  # the whole run, loading included, plus slack
+    assert time.monotonic() - start < 6.0 * 3  # the plan fits the budget (generous: CI is noisy)
     record = json.loads((tmp_path / "budget" / "provenance.json").read_text())["training"]
     planned = record["time_budget"]["planned_tokens"]
     assert record["config"]["tokens"] == planned and planned % 64 == 0 and planned >= 64
     assert record["time_budget"]["probe_tokens_per_s"] > 0
-    if record["time_budget"]["stopped_at_budget"]:
-        pytest.skip("this machine was slower than its probe; the rerun would not be comparable")
-    assert record["train_tokens"] == planned
+    assert not record["time_budget"]["stopped_at_budget"] and record["train_tokens"] == planned
     again = recipe_config("default", tokens=planned, **SMALL)
     rerun = run_training(str(tiny_model_dir), again, tmp_path / "tokens", data=str(text))
     for name, value in result.lens.translator.state_dict().items():
