@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from tunedlens.errors import TunedLensError
 
@@ -85,9 +86,32 @@ def usual_modes(path: Path) -> None:
         os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
+def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``target`` through ``write(handle)`` into a temporary file, then rename it.
+
+    A kill at any moment leaves the previous file or the new one, never half of one; the new
+    file gets the modes the umask allows (``mkstemp`` creates owner-only files).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        usual_modes(Path(temporary))
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
 def publish_dir(staging: Path, target: Path) -> None:
     """Move a completed ``staging`` directory to ``target``, replacing what was there."""
     usual_modes(staging)
-    if target.exists():
+    if target.is_dir():
         shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
     os.replace(staging, target)

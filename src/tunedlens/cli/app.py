@@ -157,6 +157,7 @@ def train(
 ):
     """Train a tuned lens for MODEL and save it, with provenance, in --out."""
     from tunedlens.cli.progress import TrainingProgress
+    from tunedlens.train.checkpoint import CHECKPOINT_NAME
     from tunedlens.train.config import recipe_config
     from tunedlens.train.distributed import init_world
     from tunedlens.train.run import run_training
@@ -168,7 +169,7 @@ def train(
         time_budget_s=parse_duration(time_budget, tokens),
     )  # fmt: skip
     world = init_world()
-    with TrainingProgress(enabled=world.is_primary) as progress, interrupted_training(out):
+    with TrainingProgress(enabled=world.is_primary) as progress, interrupted(out, CHECKPOINT_NAME):
         result = run_training(
             model, config, out, data=data, val_data=val_data, text_column=text_column,
             resume=resume, force=force, dtype=dtype, device=device, tokenizer=tokenizer, lens_format=format,
@@ -179,19 +180,17 @@ def train(
 
 
 @contextmanager
-def interrupted_training(out: Path):
-    """On Ctrl-C, say what was kept and how to continue, and exit 130 without a traceback."""
+def interrupted(out: Path, checkpoints: str):
+    """On Ctrl-C, say whether a checkpoint (``out/<checkpoints glob>``) is kept, exit 130."""
     try:
         yield
     except KeyboardInterrupt:
-        from tunedlens.train.checkpoint import CHECKPOINT_NAME
-
-        if (out / CHECKPOINT_NAME).exists():
+        if any(out.glob(checkpoints)):
             message = (f"interrupted: the last checkpoint in {out} is kept; run the same command "
                        "with --resume to continue from it.")  # fmt: skip
         else:
             message = ("interrupted before any checkpoint was written, so there is nothing to "
-                       "resume; pass --checkpoint-every N to make a run resumable.")  # fmt: skip
+                       "resume; pass --checkpoint-every N to make the run resumable.")  # fmt: skip
         typer.echo(message, err=True)
         raise SystemExit(130) from None
 
@@ -244,8 +243,9 @@ def fit_jlens(
     """
     from tunedlens.cli.progress import CountProgress
     from tunedlens.train.jacobian import run_fit_jlens
+    from tunedlens.train.jlens_state import STATE_NAME
 
-    with CountProgress("fit-jlens", "prompts") as progress, interrupted_fit(out, checkpoint_every):
+    with CountProgress("fit-jlens", "prompts") as progress, interrupted(out, f"{STATE_NAME}*"):
         lens = run_fit_jlens(model, out, data=data, text_column=text_column, prompts=prompts,
                              seq_len=seq_len, skip_first=skip_first, dim_batch=dim_batch,
                              seed=seed, dtype=dtype, device=device, tokenizer=tokenizer,
@@ -281,21 +281,6 @@ def parse_part(text: str | None) -> tuple[int, int] | None:
     if not (slash and index.strip().isdigit() and count.strip().isdigit()):
         raise ValueError(f"--part must look like I/N (e.g. 0/4), got {text!r}")
     return int(index), int(count)
-
-
-@contextmanager
-def interrupted_fit(out: Path, checkpoint_every: int | None):
-    """On Ctrl-C during fit-jlens, say what was kept and exit 130 without a traceback."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        if checkpoint_every:
-            message = (f"interrupted: the running sums saved in {out} are kept; run the same "
-                       "command with --resume to continue.")  # fmt: skip
-        else:
-            message = "interrupted; pass --checkpoint-every N to make a fit resumable."
-        typer.echo(message, err=True)
-        raise SystemExit(130) from None
 
 
 @app.command("eval")

@@ -18,19 +18,17 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from tunedlens.errors import LensFileError
 from tunedlens.lenses.index import (
     INDEX_NAME,
     INDEX_SCHEMA,
     LENSES_DIR,
     CollectionError,
     check_lens_files,
-    lens_path,
     read_index,
     sha256_file,
 )
 
-__all__ = ["CollectionError", "collection_lens", "package_lenses", "verify_collection"]
+__all__ = ["CollectionError", "package_lenses", "verify_collection"]
 
 CARD_NAME = "README.md"
 EVAL_FILE = "eval/metrics.json"
@@ -47,7 +45,7 @@ def lens_record(path: Path) -> tuple[dict, list[Path]]:
     recognised from their files; a lens that records no model id is refused.
     """
     from tunedlens.lenses.files import CONFIG_FILE, LENS_FILES, read_lens
-    from tunedlens.lenses.jlens_files import jlens_file, read_artifact, read_native
+    from tunedlens.lenses.jlens_files import NATIVE_JLENS, jlens_file, read_artifact, read_native
 
     found = jlens_file(path) if path.exists() else None
     if found is not None and found.is_file():
@@ -64,7 +62,7 @@ def lens_record(path: Path) -> tuple[dict, list[Path]]:
                   "vocab_size": config.get("vocab_size"), "unembed_hash": config.get("unembed_hash"),
                   "data": metadata.get("data"), "data_content_hash": metadata.get("data_content_hash"),
                   "package_version": metadata.get("tunedlens_version")}  # fmt: skip
-        files = [found / CONFIG_FILE, found / "jlens.safetensors"]
+        files = [found / CONFIG_FILE, found / NATIVE_JLENS]
         return record, files
     lens = read_lens(path)
     training = lens.provenance.get("training", {})
@@ -209,7 +207,7 @@ def verify_collection(tree: str | os.PathLike, *, load: bool = True) -> dict:
     for rel, entry in sorted(index["lenses"].items()):
         listed |= check_lens_files(tree, rel, entry)
         if load:
-            record, _ = lens_record(lens_path(tree / rel))
+            record, _ = lens_record(tree / rel)
             if record.get("model") != entry.get("model"):
                 raise CollectionError(
                     f"{rel}: the lens files record model {record.get('model')!r}, the index "
@@ -220,12 +218,3 @@ def verify_collection(tree: str | os.PathLike, *, load: bool = True) -> dict:
     if extra:
         raise CollectionError(f"{extra[0]} is in the tree but not listed in {INDEX_NAME}{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''}.")
     return index
-
-
-def collection_lens(tree: Path, rel: str) -> Path:
-    """The local path of lens ``rel`` (``lenses/<model>/<name>``) in a collection tree."""
-    index = read_index(tree)
-    if rel not in index["lenses"]:
-        known = ", ".join(sorted(index["lenses"])) or "none"
-        raise LensFileError(f"{rel} is not in the collection's {INDEX_NAME}; it holds: {known}.")
-    return lens_path(tree / rel)

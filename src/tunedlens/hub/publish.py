@@ -21,6 +21,7 @@ from tunedlens.lenses.index import (
     check_lens_files,
     read_index,
 )
+from tunedlens.lenses.locations import hub_errors
 
 TAG = re.compile(r"^v\d{4}\.\d{2}\.\d{2}$")
 
@@ -60,22 +61,13 @@ def download_collection(spec: str, *, model: str | None = None,
     there; ``out`` must not hold files).
     """
     hub = require("huggingface_hub", "hub")
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
     repo_id, _, revision = spec.partition("@")
     if out is not None and Path(out).exists() and any(Path(out).iterdir()):
         raise CollectionError(f"--out {str(out)!r} already holds files; choose a new directory.")
     patterns = [INDEX_NAME, CARD_NAME] + ([f"{LENSES_DIR}/{model}/**"] if model else [f"{LENSES_DIR}/**"])
-    try:
+    with hub_errors(spec, "", error=CollectionError):
         root = Path(hub.snapshot_download(repo_id, repo_type="dataset", revision=revision or None,
                                           allow_patterns=patterns))  # fmt: skip
-    except LocalEntryNotFoundError:
-        raise CollectionError(
-            f"{spec} is not in the local Hugging Face cache and the hub cannot be reached (offline, "
-            "or HF_HUB_OFFLINE=1). Download it once with network access."
-        ) from None
-    except (HfHubHTTPError, OSError, ValueError) as error:
-        raise CollectionError(f"could not fetch {spec} from the hub: {error}") from None
     index = read_index(root)
     chosen = {rel: entry for rel, entry in index["lenses"].items() if model in (None, entry.get("model"))}
     if not chosen:

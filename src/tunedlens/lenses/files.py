@@ -16,7 +16,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from tunedlens.lenses.translators import (
     MLPTranslator,
 )
 from tunedlens.metrics.checks import first_nonfinite
-from tunedlens.outputs import usual_modes
+from tunedlens.outputs import atomic_write, publish_dir, staging_dir
 
 LensFormat = Literal["native", "tuned-lens"]
 CONFIG_FILE = "config.json"
@@ -262,8 +261,8 @@ def _write_reference(lens: LensFile, path: Path) -> None:
         "unembed_hash": lens.model_info.get("unembed_hash"),
         "lens_type": "linear_tuned_lens",
     }
-    _atomic_write(path / REFERENCE_WEIGHTS, lambda f: torch.save(state, f))
-    _atomic_write(path / CONFIG_FILE, lambda f: f.write(json.dumps(config).encode()))
+    atomic_write(path / REFERENCE_WEIGHTS, lambda f: torch.save(state, f))
+    atomic_write(path / CONFIG_FILE, lambda f: f.write(json.dumps(config).encode()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,9 +352,9 @@ def _write_native(lens: LensFile, path: Path) -> None:
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in lens.translator.state_dict().items()}
-    _atomic_write(path / NATIVE_WEIGHTS, lambda f: f.write(save(tensors)))
+    atomic_write(path / NATIVE_WEIGHTS, lambda f: f.write(save(tensors)))
     config = json.dumps(native_config(lens), indent=2)
-    _atomic_write(path / CONFIG_FILE, lambda f: f.write(config.encode()))
+    atomic_write(path / CONFIG_FILE, lambda f: f.write(config.encode()))
 
 
 def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "native") -> Path:
@@ -389,20 +388,8 @@ def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "na
     else:
         _write_reference(lens, path)
     provenance = json.dumps({**lens.provenance, "format": format}, indent=2, default=str)
-    _atomic_write(path / PROVENANCE_FILE, lambda f: f.write(provenance.encode()))
-    usual_modes(path)
+    atomic_write(path / PROVENANCE_FILE, lambda f: f.write(provenance.encode()))
     return path
-
-
-def _atomic_write(target: Path, write) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: LensFormat, *,
@@ -431,13 +418,10 @@ def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: L
             "choose another directory, or pass --force to replace it (nothing was overwritten)."
         )
     lens = read_lens(source)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    staging = staging_dir(target)
     try:
         write_lens(lens, staging, format)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        publish_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -63,11 +63,3 @@ def check_lens_files(tree: Path, rel: str, entry: dict) -> set[str]:
         if sha256_file(path) != expected["sha256"]:
             raise CollectionError(f"{rel}/{name} does not match its sha256 in {INDEX_NAME}: it was changed or corrupted.")
     return checked
-
-
-def lens_path(folder: Path) -> Path:
-    """A packaged lens folder, or the one J-lens artifact file inside it."""
-    artifacts = sorted(Path(folder).glob("*.pt"))
-    if len(artifacts) == 1 and artifacts[0].name != "params.pt":
-        return artifacts[0]
-    return Path(folder)

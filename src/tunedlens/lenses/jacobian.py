@@ -32,7 +32,6 @@ from tunedlens.lenses.jlens_files import (
 )
 from tunedlens.lenses.lens import Lens
 from tunedlens.lenses.unembed import Unembed
-from tunedlens.outputs import usual_modes
 
 __all__ = ["JacobianLens", "jlens_file", "read_jlens"]
 
@@ -130,7 +129,6 @@ class JacobianLens(Lens):
             write_native(self, path)
         else:
             raise ValueError(f"format must be 'native' or 'artifact', got {format!r}")
-        usual_modes(path)
         return path
 
 

@@ -10,13 +10,14 @@ model; writers take a :class:`~tunedlens.lenses.jacobian.JacobianLens`.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from tunedlens.errors import LensFileError
 from tunedlens.metrics.checks import first_nonfinite
+from tunedlens.outputs import atomic_write, publish_dir, staging_dir
 
 ARTIFACT_SUFFIX = ".pt"
 NATIVE_JLENS = "jlens.safetensors"
@@ -101,8 +102,7 @@ def _write_artifact(path: Path, matrices: dict[int, torch.Tensor], n_prompts: in
     d_model = next(iter(matrices.values())).shape[0]
     payload = {"J": layers, "n_prompts": n_prompts, "source_layers": sorted(layers),
                "d_model": d_model, "metadata": _plain(metadata)}  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def _plain(metadata: dict) -> dict:
@@ -118,15 +118,14 @@ def write_native(lens, path: Path) -> None:
 
 def _write_native(path: Path, matrices: dict[int, torch.Tensor], n_prompts: int, metadata: dict,
                   model_info: dict) -> None:  # fmt: skip
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({f"row.{row}": m.contiguous().cpu() for row, m in matrices.items()},
-              path / NATIVE_JLENS)  # fmt: skip
+    weights = save({f"row.{row}": m.contiguous().cpu() for row, m in matrices.items()})
+    atomic_write(path / NATIVE_JLENS, lambda handle: handle.write(weights))
     config = {"format": JLENS_FORMAT, "format_version": 1,
               "d_model": next(iter(matrices.values())).shape[0], "rows": sorted(matrices),
               "n_prompts": n_prompts, **model_info, "metadata": _plain(metadata)}  # fmt: skip
-    (path / "config.json").write_text(json.dumps(config, indent=2))
+    atomic_write(path / "config.json", lambda handle: handle.write(json.dumps(config, indent=2).encode()))
 
 
 def read_native(path: Path) -> tuple[dict[int, torch.Tensor], int, dict, dict]:
@@ -168,9 +167,6 @@ def convert_jlens(source: Path, target: Path, format: str, *, force: bool = Fals
     gets one when it is loaded with its model and saved (``JacobianLens.load(...).save(...)``).
     ``target`` must not exist unless ``force``.
     """
-    import shutil
-    import tempfile
-
     found = jlens_file(source)
     if found is None:
         raise LensFileError(f"{source} holds no J-lens (a .pt artifact or {NATIVE_JLENS}).")
@@ -200,25 +196,15 @@ def convert_jlens(source: Path, target: Path, format: str, *, force: bool = Fals
         model_info = {
             "base_model_name_or_path": metadata.get("model") or metadata.get("model_name")
         }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    if format == "artifact":
+        if 0 in matrices:
+            metadata = {**metadata, "dropped": "row 0 (the embeddings): the artifact format has no place for it"}
+        _write_artifact(target, matrices, n_prompts, metadata)
+        return target
+    staging = staging_dir(target)
     try:
-        if format == "artifact":
-            if 0 in matrices:
-                metadata = {
-                    **metadata,
-                    "dropped": "row 0 (the embeddings): the artifact format has no place for it",
-                }
-            _write_artifact(staging / target.name, matrices, n_prompts, metadata)
-            written = staging / target.name
-        else:
-            _write_native(staging, matrices, n_prompts, metadata, model_info)
-            written = staging
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        os.replace(written, target)
+        _write_native(staging, matrices, n_prompts, metadata, model_info)
+        publish_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tunedlens.errors import LensFileError, require
 from tunedlens.lenses.files import LENS_FILES
-from tunedlens.lenses.index import INDEX_NAME, check_lens_files, lens_path, read_index
+from tunedlens.lenses.index import INDEX_NAME, check_lens_files, read_index
 
 REFERENCE_SPACE = "AlignmentResearch/tuned-lens"
 HUB_PREFIXES = ("hf:", "tuned-lens:", "jlens:")
@@ -63,26 +63,25 @@ def _jlens_path(spec: str) -> Path:
     name, _, revision = spec.removeprefix("jlens:").partition("@")
     _, entry = published_jlens(name)
     registry = jlens_registry()
-    with _hub_errors(f"{spec} ({entry['filename']})", "the local .pt file"):
+    with hub_errors(f"{spec} ({entry['filename']})", ", or pass the local .pt file"):
         return Path(hf_hub_download(registry["repo_id"], entry["filename"],
                                     revision=revision or registry["revision"]))  # fmt: skip
 
 
 @contextmanager
-def _hub_errors(what: str, instead: str):
-    """Turn huggingface_hub's download errors into one clear :class:`LensFileError`."""
+def hub_errors(what: str, instead: str, error: type[LensFileError] = LensFileError):
+    """Turn huggingface_hub's download errors into one clear ``error`` naming ``what``."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         yield
     except LocalEntryNotFoundError:
-        raise LensFileError(
+        raise error(
             f"{what} is not in the local Hugging Face cache and the hub cannot be reached "
-            f"(offline, or HF_HUB_OFFLINE=1). Download it once with network access, or pass "
-            f"{instead}."
+            f"(offline, or HF_HUB_OFFLINE=1). Download it once with network access{instead}."
         ) from None
-    except (HfHubHTTPError, OSError, ValueError) as error:
-        raise LensFileError(f"could not fetch {what} from the hub: {error}") from None
+    except (HfHubHTTPError, OSError, ValueError) as failure:
+        raise error(f"could not fetch {what} from the hub: {failure}") from None
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str, str | None, str]:
@@ -126,7 +125,7 @@ def lens_dir(spec: str | os.PathLike) -> Path:
     patterns = [f"{subfolder}/{name}" if subfolder else name for name in LENS_FILES]
     if repo_type == "dataset":  # a collection: the whole lens folder, and the index to check it
         patterns = [f"{subfolder}/*", f"{subfolder}/**", INDEX_NAME]
-    with _hub_errors(spec, "a local lens directory"):
+    with hub_errors(spec, ", or pass a local lens directory"):
         root = snapshot_download(
             repo_id, repo_type=repo_type, revision=revision, allow_patterns=patterns
         )
@@ -136,5 +135,5 @@ def lens_dir(spec: str | os.PathLike) -> Path:
             known = ", ".join(sorted(index["lenses"])) or "none"
             raise LensFileError(f"{spec}: {subfolder} is not in the collection's {INDEX_NAME}; it holds {known}.")
         check_lens_files(Path(root), subfolder, index["lenses"][subfolder])
-        return lens_path(Path(root) / subfolder)
+        return Path(root) / subfolder
     return Path(root) / subfolder if subfolder else Path(root)

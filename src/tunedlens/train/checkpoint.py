@@ -7,16 +7,14 @@ leaves either the previous checkpoint or the new one.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
 from tunedlens.errors import TunedLensError
 from tunedlens.metrics.checks import first_nonfinite
-from tunedlens.outputs import usual_modes
+from tunedlens.outputs import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -28,20 +26,8 @@ class CheckpointError(TunedLensError):
 
 def save_checkpoint(directory: Path, state: dict) -> Path:
     """Atomically write ``state`` to ``directory/checkpoint.pt``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / CHECKPOINT_NAME
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{CHECKPOINT_NAME}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save({"version": CHECKPOINT_VERSION, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        usual_modes(Path(temporary))  # mkstemp makes it owner-only
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(directory / CHECKPOINT_NAME,
+                        lambda handle: torch.save({"version": CHECKPOINT_VERSION, **state}, handle))  # fmt: skip
 
 
 def load_checkpoint(directory: Path) -> dict | None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import torch
 
 from tunedlens.errors import TunedLensError
 from tunedlens.metrics.checks import first_nonfinite
-from tunedlens.outputs import usual_modes
+from tunedlens.outputs import atomic_write
 
 STATE_NAME = "jlens_fit_state"
 STATE_VERSION = 1
@@ -92,22 +90,13 @@ class FitState:
 
     def save(self, path: Path) -> Path:
         """Atomically write the state to ``path`` (a ``.safetensors`` file)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {"version": STATE_VERSION, "settings": self.settings, "n_done": self.n_done,
                   "next_index": self.next_index, "skipped": self.skipped}  # fmt: skip
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(descriptor)
-        try:
-            save_file({f"row.{row}": total.contiguous() for row, total in self.totals.items()},
-                      temporary, metadata={"state": json.dumps(header)})  # fmt: skip
-            usual_modes(Path(temporary))  # mkstemp makes it owner-only
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        tensors = {f"row.{row}": total.contiguous() for row, total in self.totals.items()}
+        payload = save(tensors, metadata={"state": json.dumps(header)})
+        return atomic_write(path, lambda handle: handle.write(payload))
 
     @classmethod
     def load(cls, path: Path) -> FitState:

@@ -157,8 +157,8 @@ def _fit_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bool, 
 
     The time already spent in this process (loading) counts. The estimate includes packing the
     tokens and reserves the least-squares start (about a forward pass over its tokens) and the
-    final validation. A resumed run
-    keeps the tokens of its checkpoint and gets what is left of the budget.
+    final validation. A resumed run keeps the tokens of its checkpoint and gets what is left of
+    the budget.
     """
     import dataclasses
 
