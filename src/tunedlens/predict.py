@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from tunedlens.arch.points import block_rows, check_points
 from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
 from tunedlens.lenses.lens import Lens, LogitLens
@@ -23,7 +24,7 @@ class TokenProb:
 
 @dataclass(frozen=True)
 class LayerPrediction:
-    """The top tokens decoded from one layer; ``layer == "output"`` is the model's own output."""
+    """The top tokens decoded from one layer (``"3.mid"``: a mid point; ``"output"``: the model)."""
 
     layer: int | str
     top: list[TokenProb]
@@ -82,7 +83,8 @@ def predict_layers(
         tokenizer: Its tokenizer.
         prompt: The text.
         lens: A lens for ``model``; default: the logit lens.
-        layers: Layers ``0..L-1`` to decode; default: all.
+        layers: Layers ``0..L-1`` to decode; default: all. A lens on mid points reads ``ℓ.mid``
+            for layer ``ℓ`` (both points: ``ℓ`` and ``ℓ.mid``).
         top_k: Tokens per layer.
         position: Token position (negative counts from the end).
     """
@@ -96,14 +98,16 @@ def predict_layers(
             f"position {position!r} (--position) is outside the prompt's {length} tokens; use "
             f"0..{length - 1}, or -{length}..-1 counting from the end."
         )
-    rows = [*(range(lens.n_layers) if layers is None else layers), lens.n_layers]
+    chosen = range(lens.n_layers) if layers is None else block_rows(lens.points, layers)
+    rows = [*chosen, lens.n_layers]
     result = readout(model, {"lens": lens}, input_ids, rows=rows, positions=position, stats=(),
                      top_k=top_k)["lens"]  # fmt: skip
     predictions = []
     for index, row in enumerate(rows):
         ids, probs = result.top_ids[0, index, 0].tolist(), result.top_probs[0, index, 0].tolist()
         top = [TokenProb(tokenizer.decode([i]), i, p) for i, p in zip(ids, probs, strict=True)]
-        predictions.append(LayerPrediction("output" if row == lens.n_layers else row, top))
+        label = row if lens.points == "block" and row < lens.n_layers else lens.row_label(row)
+        predictions.append(LayerPrediction(label, top))
     return predictions
 
 
@@ -147,9 +151,13 @@ class PredictRun:
 
 def run_predict(model_spec: str, prompt: str, *, lens: str = "logit", layers: str | None = None,
                 top_k: int = 5, position: int = -1, dtype: str = "float32", device: str | None = None,
-                tokenizer: str | None = None, strict: bool = True) -> PredictRun:  # fmt: skip
-    """Load the model and lens, then :func:`predict_layers` (what ``tunedlens predict`` does)."""
-    from tunedlens.lenses.load import check_location, load_lens
+                tokenizer: str | None = None, strict: bool = True, points: str | None = None) -> PredictRun:  # fmt: skip
+    """Load the model and lens, then :func:`predict_layers` (what ``tunedlens predict`` does).
+
+    ``points`` (``block``, ``mid``, ``both``) makes the logit lens read sub-layer points; a
+    trained lens reads the points it was trained on.
+    """
+    from tunedlens.lenses.load import align_points, check_location, load_lens
     from tunedlens.models import load_model, need_tokenizer
 
     if top_k < 1:
@@ -157,8 +165,11 @@ def run_predict(model_spec: str, prompt: str, *, lens: str = "logit", layers: st
     check_location(lens)
     loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     need_tokenizer(loaded_tokenizer, model_spec)
+    if points is not None:
+        check_points(points)
     chosen = load_lens(lens, loaded, strict=strict)
+    chosen = align_points({"lens": chosen}, loaded, points)["lens"]
     rows = predict_layers(loaded, loaded_tokenizer, prompt, chosen,
-                          layers=parse_layers(layers, chosen.n_layers), top_k=top_k,
+                          layers=parse_layers(layers, chosen.n_blocks), top_k=top_k,
                           position=position)  # fmt: skip
     return PredictRun(model_spec, prompt, lens, position, rows, chosen.kind)

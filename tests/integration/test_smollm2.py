@@ -101,3 +101,37 @@ def test_cli_predict_json_end_to_end():
     payload = json.loads(result.stdout)
     assert [row["layer"] for row in payload["layers"]] == [0, 29, "output"]
     assert payload["layers"][-1]["top"][0]["token"] == " Paris"
+
+
+def test_mid_points_on_smollm2(demo):
+    """The mid point of every block is its input plus its attention output; a mid-point lens trains."""
+    from tunedlens.arch import resolve_arch
+    from tunedlens.data import pack_blocks
+    from tunedlens.engine import layer_kl
+    from tunedlens.train import recipe_config, train_lens
+
+    model, tokenizer = demo
+    input_ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    attention = []
+    handles = [block.self_attn.register_forward_hook(lambda _m, _a, out: attention.append(out[0]))
+               for block in resolve_arch(model).layers]  # fmt: skip
+    try:
+        both = collect_residuals(model, input_ids, points="both")
+    finally:
+        for handle in handles:
+            handle.remove()
+    block = collect_residuals(model, input_ids)
+    assert len(both.hidden) == 61 and torch.equal(both.logits, block.logits)
+    for layer in range(30):
+        assert torch.equal(both.hidden[2 * layer], block.hidden[layer])
+        torch.testing.assert_close(both.hidden[2 * layer + 1], block.hidden[layer] + attention[layer])
+
+    data = pack_blocks("stdlib", tokenizer, seq_len=64, n_sequences=40, seed=5).tokens
+    config = recipe_config("default", points="mid", tokens=2048, tokens_per_step=512, seq_len=64,
+                           batch_size=8, lstsq_tokens=1024, lstsq_budget_share=0.5)  # fmt: skip
+    lens = TunedLens.from_model(model, points="mid")
+    trained = train_lens(lens, model, data[:32], config).lens
+    logit = layer_kl(LogitLens(model, points="mid"), model, data[32:])
+    tuned = layer_kl(trained, model, data[32:])
+    assert tuned.shape == (30,) and tuned.mean() < 0.5 * logit.mean()
+    assert (tuned[:25] < logit[:25]).all()

@@ -3,7 +3,9 @@
 Layer convention (the same as the reference ``tuned-lens``): residual ``i`` for ``i < L`` is the
 input of block ``i`` (``0`` = embeddings), equal to ``hidden_states[i]`` of Hugging Face models.
 Residual ``L`` is the output of the last block *before* the final norm; decoding it with the
-model's own head gives the model's logits (the "output" row).
+model's own head gives the model's logits (the "output" row). With ``points="mid"`` or ``"both"``
+the states are those of :mod:`tunedlens.arch.points` (the mid point of block ``i`` is the input of
+the module that starts its MLP half, e.g. Llama's ``post_attention_layernorm``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tunedlens.arch.points import Points, check_points, mid_modules, n_rows, point_label
 from tunedlens.arch.resolve import ResolvedArch, resolve_arch
 from tunedlens.errors import TunedLensError
 
@@ -22,13 +25,16 @@ class Residuals:
     """The residual stream of one forward pass."""
 
     hidden: tuple[torch.Tensor, ...]
-    """``L + 1`` tensors of shape ``(batch, seq, d_model)`` in the model's dtype."""
+    """One tensor ``(batch, seq, d_model)`` per row (``L + 1`` for block points), in the model's
+    dtype; the last is the output row."""
     logits: torch.Tensor | None
     """The model's logits, ``(batch, seq, vocab)``; ``None`` when not computed."""
+    points: Points = "block"
+    """Which points of each block the rows hold (see :mod:`tunedlens.arch.points`)."""
 
     @property
     def n_layers(self) -> int:
-        """Number of decoder blocks ``L``."""
+        """Rows before the output row (the number of decoder blocks ``L`` for block points)."""
         return len(self.hidden) - 1
 
 
@@ -90,6 +96,7 @@ def collect_residuals(
     arch: ResolvedArch | None = None,
     positions: torch.Tensor | None = None,
     with_logits: bool = True,
+    points: Points = "block",
 ) -> Residuals:
     """Run ``model`` once and return every residual-stream state plus its logits.
 
@@ -102,20 +109,32 @@ def collect_residuals(
             ``(batch, n, d_model)``, gathered inside the hooks so full states are never stored.
         with_logits: Compute the model's logits. ``False`` stops the forward pass after the last
             block (no final norm, no unembedding over every position) and returns ``logits=None``.
+        points: ``"block"`` (block inputs), ``"mid"`` (after attention, before the MLP) or
+            ``"both"`` (interleaved); see :mod:`tunedlens.arch.points`.
 
     Returns:
-        The residuals (``L + 1`` states) and logits. Gradients are not tracked.
+        The residuals (one state per row, then the output row) and logits. Gradients are not
+        tracked.
+
+    Raises:
+        NoMidPoint: mid points asked of a family whose blocks have none (parallel blocks).
     """
     arch = arch or resolve_arch(model)
+    check_points(points)
+    mids = mid_modules(arch, model) if points != "block" else []
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
     check_input_ids(model, input_ids)
-    captured: list[torch.Tensor | None] = [None] * (arch.n_layers + 1)
+    captured: list[torch.Tensor | None] = [None] * (n_rows(points, arch.n_layers) + 1)
     handles = []
+    step = 2 if points == "both" else 1
 
     def save_input(index):
         def hook(_module, args, kwargs):
-            captured[index] = _select(block_input(args, kwargs), positions)
+            state = block_input(args, kwargs)
+            if state.dim() == 2:  # OPT flattens (batch, seq) before its MLP half
+                state = state.view(*input_ids.shape, state.shape[-1])
+            captured[index] = _select(state, positions)
 
         return hook
 
@@ -125,8 +144,12 @@ def collect_residuals(
             raise _StopForward
 
     try:
-        for index, block in enumerate(arch.layers):
-            handles.append(block.register_forward_pre_hook(save_input(index), with_kwargs=True))
+        if points != "mid":
+            for index, block in enumerate(arch.layers):
+                handles.append(block.register_forward_pre_hook(save_input(step * index), with_kwargs=True))
+        for index, module in enumerate(mids):
+            row = 2 * index + 1 if points == "both" else index
+            handles.append(module.register_forward_pre_hook(save_input(row), with_kwargs=True))
         handles.append(arch.layers[-1].register_forward_hook(save_output))
         with torch.no_grad():
             output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -138,15 +161,20 @@ def collect_residuals(
     missing = [i for i, h in enumerate(captured) if h is None]
     if missing:
         raise RuntimeError(
-            f"decoder blocks {missing} did not run during the forward pass; the model skips "
-            "layers, which tunedlens cannot lens."
+            f"rows {missing} ({points} points) were not reached during the forward pass; the model "
+            "skips layers or modules, which tunedlens cannot lens."
         )
     first_bad = next((i for i, h in enumerate(captured) if not bool(torch.isfinite(h).all())), None)
     if first_bad is not None:
+        if points == "block":
+            where = f"layer {first_bad} on (row {first_bad} = " + (
+                "the embeddings)" if first_bad == 0 else f"the output of block {first_bad - 1})")
+        else:
+            where = f"row {point_label(points, first_bad, arch.n_layers)} on"
         raise NonFiniteActivations(
-            f"the model's residual stream holds NaN or Inf from layer {first_bad} on (row "
-            f"{first_bad} = {'the embeddings' if first_bad == 0 else f'the output of block {first_bad - 1}'}); "
+            f"the model's residual stream holds NaN or Inf from {where}; "
             f"in {next(iter(model.parameters())).dtype} this is usually an overflow: load the model "
             "in float32 or bfloat16 (--dtype)."
         )
-    return Residuals(hidden=tuple(captured), logits=None if output is None else output.logits)
+    return Residuals(hidden=tuple(captured), logits=None if output is None else output.logits,
+                     points=points)  # fmt: skip

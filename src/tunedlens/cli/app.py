@@ -16,6 +16,7 @@ from tunedlens.cli.options import (
     DeviceOption,
     DtypeOption,
     ModelArg,
+    PointsOption,
     PromptArg,
     StrictOption,
     TokenizerOption,
@@ -48,6 +49,7 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Tokens per layer.")] = 5,
     position: Annotated[int, typer.Option(help="Token position; -1 = last.")] = -1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    points: PointsOption = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
     tokenizer: TokenizerOption = None,
@@ -57,7 +59,8 @@ def predict(
     from tunedlens.predict import run_predict
 
     result = run_predict(model, prompt, lens=lens, layers=layers, top_k=top_k, position=position,
-                         dtype=dtype, device=device, tokenizer=tokenizer, strict=strict)  # fmt: skip
+                         dtype=dtype, device=device, tokenizer=tokenizer, strict=strict,
+                         points=points)  # fmt: skip
     if as_json:
         typer.echo(dumps(result.to_dict(), ensure_ascii=False))
         return
@@ -86,6 +89,7 @@ def show(
     last: Annotated[
         Optional[int], typer.Option(help="Show only the last N positions of the prompt.")
     ] = None,
+    points: PointsOption = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
     tokenizer: TokenizerOption = None,
@@ -96,7 +100,7 @@ def show(
 
     path = run_show(model, prompt, lenses=lens or (), stat=stat, compare=compare, out=out,
                     stride=stride, last=last, dtype=dtype, device=device, tokenizer=tokenizer,
-                    strict=strict)  # fmt: skip
+                    strict=strict, points=points)  # fmt: skip
     typer.echo(f"wrote {path}")
 
 
@@ -123,6 +127,7 @@ def train(
     tokens: Annotated[Optional[int], typer.Option(help=field_help("tokens"))] = None,
     seq_len: Annotated[int, typer.Option(help=field_help("seq_len"))] = 512,
     translator: Annotated[Optional[str], typer.Option(help=field_help("translator"))] = None,
+    points: Annotated[Optional[str], typer.Option(help=field_help("points"))] = None,
     objective: Annotated[Optional[str], typer.Option(help=field_help("objective"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=field_help("batch_size"))] = None,
     tokens_per_step: Annotated[
@@ -163,7 +168,7 @@ def train(
     from tunedlens.train.run import run_training
 
     config = recipe_config(
-        recipe, tokens=tokens, seq_len=seq_len, translator=translator, objective=objective,
+        recipe, tokens=tokens, seq_len=seq_len, translator=translator, points=points, objective=objective,
         batch_size=batch_size, tokens_per_step=tokens_per_step, lr=lr, val_tokens=val_tokens,
         val_every=val_every, patience=patience, seed=seed, checkpoint_every=checkpoint_every,
         time_budget_s=parse_duration(time_budget, tokens),
@@ -415,7 +420,10 @@ def lens_list(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
-    """List the lenses known for MODEL (all when omitted): published J-lenses and local collections."""
+    """List the lenses known for MODEL (all when omitted), with the --lens location of each.
+
+    Local collections, the reference's published tuned lenses and the published J-lenses.
+    """
     from tunedlens.hub.listing import known_lenses
 
     rows = known_lenses(model, collection or ())

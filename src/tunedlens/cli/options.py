@@ -29,3 +29,11 @@ LENS_HELP = (
     "tuned-lens:MODEL_ID."
 )
 STAT_HELP = f"{', '.join(VIEW_STATS)}, or all (the first four)."
+PointsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Where the logit lens reads: block (block inputs), mid (after attention, before the "
+        "MLP: rows 3.mid) or both, interleaved. Default: the points the other lenses were "
+        "trained on (block)."
+    ),
+]

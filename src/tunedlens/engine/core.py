@@ -148,6 +148,14 @@ def readout(
                 f"lens {name!r} decodes with another model's head; load it for this model "
                 "(load_lens(location, model))."
             )
+    points = {lens.points for lens in named.values()}
+    if len(points) > 1:
+        raise ValueError(
+            "the lenses read different points of the blocks ("
+            + ", ".join(f"{name}: {lens.points}" for name, lens in named.items())
+            + "); read lenses of one kind of point together (a logit lens reads any: "
+            "LogitLens(model, points=...))."
+        )
     n_layers = first.n_layers
     rows = check_rows(rows, n_layers)
     if top_k < 0:
@@ -193,6 +201,7 @@ def readout(
         lenses={name: grids[name].finish(name, lens) for name, lens in named.items()},
         n_layers=n_layers,
         head=head,
+        points=first.points,
     )
 
 

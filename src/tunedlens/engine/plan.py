@@ -12,7 +12,7 @@ from tunedlens.lenses.lens import Lens
 
 
 def check_rows(rows, n_layers: int) -> list[Row]:
-    """Rows as given (default ``0..L``), each checked to lie in ``0..L``."""
+    """Rows as given (default ``0..L``), each checked to lie in ``0..L`` (``L`` = the output row)."""
     if rows is None:
         return list(range(n_layers + 1))
     checked: list[Row] = []
@@ -91,7 +91,12 @@ def make_plan(model, lens: Lens, input_ids, states, attention_mask, positions, t
     if states is not None:
         hidden = list(states.hidden if isinstance(states, Residuals) else states)
         if len(hidden) != lens.n_layers + 1:
-            raise ValueError(f"states must hold {lens.n_layers + 1} tensors (rows 0..L), got {len(hidden)}")
+            raise ValueError(
+                f"states must hold {lens.n_layers + 1} tensors (rows 0..{lens.n_layers}, "
+                f"{lens.points} points), got {len(hidden)}"
+            )
+        if isinstance(states, Residuals) and states.points != lens.points:
+            raise ValueError(f"the states hold {states.points} points, the lens reads {lens.points} points")
         hidden = [h if h.dim() == 3 else h.unsqueeze(0) for h in hidden]
         batch, seq = hidden[0].shape[:2]
         if ids is not None and tuple(ids.shape) != (batch, seq):
@@ -121,7 +126,7 @@ def make_plan(model, lens: Lens, input_ids, states, attention_mask, positions, t
         residuals = collect_residuals(
             model, ids.to(lens.unembed.device), attention_mask=None if attention_mask is None
             else attention_mask.to(lens.unembed.device), arch=lens.unembed.arch,
-            positions=gather, with_logits=False,
+            positions=gather, with_logits=False, points=lens.points,
         )  # fmt: skip
         hidden, columns = list(residuals.hidden), torch.arange(grid.shape[1]).expand_as(grid)
         targets_cols = next_ids.gather(1, gather)

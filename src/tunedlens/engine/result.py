@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from tunedlens.arch.points import Points, point_label
 from tunedlens.engine.kernel import BlockedHead
 from tunedlens.lenses.lens import Lens
 
@@ -96,7 +97,10 @@ class Readout:
     requested statistic compares with the model (``kl``, ``cos``, ``model-rank``)."""
     lenses: dict[str, LensReadout]
     n_layers: int
+    """The index of the output row (``L``; ``2L`` for lenses reading both points)."""
     head: BlockedHead | None = field(default=None, repr=False, compare=False)
+    points: Points = "block"
+    """Which points of each block the rows read (see :mod:`tunedlens.arch.points`)."""
 
     @property
     def valid(self) -> torch.Tensor:
@@ -105,8 +109,8 @@ class Readout:
 
     @property
     def row_labels(self) -> list[str]:
-        """``"0"``, ..., ``"output"`` for row ``L``; ``"i@j"`` for lens row i on the states of j."""
-        return [row_label(row, self.n_layers) for row in self.rows]
+        """``"0"``, ..., ``"output"`` for row ``L`` (``"3.mid"``: mid points); ``"i@j"``: transfer."""
+        return [row_label(row, self.n_layers, self.points) for row in self.rows]
 
     def __getitem__(self, name: str) -> LensReadout:
         if name not in self.lenses:
@@ -124,11 +128,14 @@ class Readout:
         )  # fmt: skip
 
 
-def row_label(row: Row, n_layers: int) -> str:
-    """How a row is shown: its layer index, ``output`` for ``L``, ``i@j`` for a transfer pair."""
+def row_label(row: Row, n_layers: int, points: Points = "block") -> str:
+    """How a row is shown: ``3`` (``3.mid`` for a mid point), ``output``, ``i@j`` for a transfer."""
     if isinstance(row, tuple):
-        return f"{row[1]}@{row[0]}"
-    return "output" if row == n_layers else str(row)
+        if points == "block":
+            return f"{row[1]}@{row[0]}"
+        return f"{row_label(row[1], n_layers, points)}@{row_label(row[0], n_layers, points)}"
+    n_blocks = n_layers // 2 if points == "both" else n_layers
+    return point_label(points, row, n_blocks)
 
 
 @dataclass

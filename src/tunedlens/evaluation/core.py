@@ -12,6 +12,7 @@ from torch import nn
 from tunedlens.engine.core import DEFAULT_BUDGET, name_lenses, readout
 from tunedlens.evaluation.accumulate import LayerAccumulator, to_bits
 from tunedlens.lenses.lens import Lens, LogitLens
+from tunedlens.lenses.load import align_points
 from tunedlens.metrics.divergence import NATS_TO_BITS
 
 BASELINE = "logit"
@@ -103,8 +104,8 @@ def evaluate(
         raise ValueError(f"the lens name {BASELINE!r} is reserved for the logit-lens baseline")
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    baseline = LogitLens(model)
-    all_lenses = {BASELINE: baseline, **named}
+    all_lenses = align_points({BASELINE: LogitLens(model), **named}, model)  # mid lenses: mid baseline
+    baseline = all_lenses[BASELINE]
     n_layers = baseline.n_layers
     rows = _row_plan(n_layers, layers)
     n_sequences, seq_len = tokens.shape
@@ -209,6 +210,8 @@ def _summarise(model, lenses, rows, accumulators, model_acc, transfers, tokens, 
         "seq_len": int(seq_len),
         "layers": rows,
         "output_row": lenses[BASELINE].n_layers,
+        "points": lenses[BASELINE].points,
+        "row_labels": [lenses[BASELINE].row_label(row) for row in rows],
         "lenses": {},
         "baseline": baseline,
         "bootstrap_resamples": bootstrap,

@@ -120,7 +120,7 @@ def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) 
     answer_logprobs = []
     for item in encoded.usable:
         ids = torch.tensor([item.input_ids])
-        states = collect_residuals(model, ids.to(device), arch=arch, with_logits=False)
+        states = collect_residuals(model, ids.to(device), arch=arch, with_logits=False, points=first.points)
         rows = readout(model, lenses, ids, states=states, stats=SUITE_STATS, top_k=1,
                        tokens=[item.answer_id])  # fmt: skip
         output = readout(model, lenses, ids, states=states, rows=[n_layers], positions=-1,

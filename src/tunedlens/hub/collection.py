@@ -66,7 +66,7 @@ def lens_record(path: Path) -> tuple[dict, list[Path]]:
         return record, files
     lens = read_lens(path)
     training = lens.provenance.get("training", {})
-    record = {"kind": "tuned", "format": lens.format, "translator": lens.translator.kind,
+    record = {"kind": "tuned", "format": lens.format, "translator": lens.translator.kind, "points": lens.points,
               "model": lens.model_info.get("base_model_name_or_path"),
               "model_revision": lens.model_info.get("base_model_revision"),
               "tokenizer_revision": training.get("tokenizer_revision"),

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tunedlens.lenses.index import read_index
-from tunedlens.lenses.locations import jlens_registry
+from tunedlens.lenses.locations import jlens_registry, tuned_lens_registry
 
 
 def known_lenses(model: str | None = None, collections: Sequence[str | os.PathLike] = ()) -> list[dict]:
-    """Published J-lenses and the lenses of local collection trees, optionally for one model.
+    """Local collections, the reference's published tuned lenses and the published J-lenses.
 
     ``model`` matches a hub model id or a J-lens short name, case-insensitively. Each row has
     ``source``, ``model``, ``kind`` and ``location`` (what ``--lens`` takes).
@@ -22,6 +22,10 @@ def known_lenses(model: str | None = None, collections: Sequence[str | os.PathLi
         for rel, entry in sorted(read_index(tree)["lenses"].items()):
             rows.append({"source": str(tree), "model": entry["model"], "kind": entry["kind"],
                          "location": str(tree / rel)})  # fmt: skip
+    reference = tuned_lens_registry()
+    for model_id in reference["lenses"]:
+        rows.append({"source": f"{reference['repo_id']} (space, {reference['revision'] or 'unpinned'})",
+                     "model": model_id, "kind": "tuned", "location": f"tuned-lens:{model_id}"})  # fmt: skip
     registry = jlens_registry()
     for name, entry in sorted(registry["lenses"].items()):
         for model_id in entry["models"] or [name]:

@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from tunedlens.arch.points import POINTS, Points
 from tunedlens.errors import LensFileError
 from tunedlens.lenses.translators import (
     AffineTranslator,
@@ -71,6 +72,8 @@ class LensFile:
     ``unembed_hash``; values may be ``None`` when the file did not record them."""
     provenance: dict = field(default_factory=dict)
     format: LensFormat = "native"
+    points: Points = "block"
+    """Which points of each block the translators read (see :mod:`tunedlens.arch.points`)."""
 
 
 def detect_format(path: Path) -> LensFormat:
@@ -325,7 +328,13 @@ def _read_native(path: Path) -> LensFile:
     model_info = {key: config.get(key) for key in MODEL_INFO_KEYS}
     provenance_path = path / PROVENANCE_FILE
     provenance = _read_json(provenance_path, "") if provenance_path.exists() else {}
-    return LensFile(translator, model_info, provenance, "native")
+    points = config.get("points", "block")
+    if points not in POINTS or (points == "both" and n_layers % 2):
+        raise LensFileError(
+            f"{path / CONFIG_FILE}: 'points' must be one of {', '.join(POINTS)} (with an even "
+            f"number of translators for 'both'), found {points!r} with {n_layers}."
+        )
+    return LensFile(translator, model_info, provenance, "native", points)
 
 
 def native_config(lens: LensFile) -> dict:
@@ -345,6 +354,8 @@ def native_config(lens: LensFile) -> dict:
     else:
         config.update(use_bias=translator.use_bias)
     config.update({key: lens.model_info.get(key) for key in MODEL_INFO_KEYS})
+    if lens.points != "block":  # block lenses keep the files they always had
+        config["points"] = lens.points
     return config
 
 
@@ -381,6 +392,12 @@ def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "na
         raise LensFileError(
             "the reference tuned-lens format holds affine translators only; an MLP translator is "
             "not affine, so converting would change the lens. Keep it in the native format."
+        )
+    if format == "tuned-lens" and lens.points != "block":
+        raise LensFileError(
+            f"the reference tuned-lens format has one translator per block input; this lens reads "
+            f"{lens.points!r} points (after attention, before the MLP), which the reference would "
+            "apply at the wrong places. Keep it in the native format."
         )
     path.mkdir(parents=True, exist_ok=True)
     if format == "native":

@@ -6,16 +6,19 @@ from pathlib import Path
 
 import torch
 
+from tunedlens.arch.points import point_label
 from tunedlens.lenses.files import LensFile, read_lens
 
 
 def _update_norms(lens: LensFile) -> list[dict]:
     translator = lens.translator
+    n_blocks = translator.n_layers // 2 if lens.points == "both" else translator.n_layers
     rows = []
     with torch.no_grad():
         for i in range(translator.n_layers):
             bias = translator.bias[i] if translator.bias is not None else torch.zeros(1)
-            row = {"layer": i, "update_norm": translator.update_norm(i), "bias_norm": float(bias.norm())}
+            layer = i if lens.points == "block" else point_label(lens.points, i, n_blocks)
+            row = {"layer": layer, "update_norm": translator.update_norm(i), "bias_norm": float(bias.norm())}
             log_temperature = translator.log_temperature(i)
             if log_temperature is not None:
                 row["temperature"] = float(log_temperature.exp())
@@ -69,6 +72,7 @@ def describe_lens(path: str | Path) -> dict:
         "path": str(path),
         "format": lens.format,
         "translator": translator.kind,
+        "points": lens.points,
         "n_layers": translator.n_layers,
         "d_model": translator.d_model,
         "rank": getattr(translator, "rank", None),

@@ -3,16 +3,22 @@
 Layer convention: ``layer`` in ``0..L-1`` is ``hidden_states[i]`` (the input of block ``i``,
 ``0`` = embeddings); ``layer == L`` is the last block's output before the final norm, which every
 lens decodes with the bare model head (the "output" row: equal to the model's logits).
+
+A lens reading sub-layer points (``points="mid"`` or ``"both"``, see :mod:`tunedlens.arch.points`)
+numbers its rows the same way over those points: ``n_layers`` is then the index of its output
+row (``2L`` for ``both``), and :meth:`Lens.row_label` names each row (``"3.mid"``).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 
 import torch
 from torch import nn
 
+from tunedlens.arch.points import Points, check_points, mid_modules, n_rows, point_label
 from tunedlens.errors import LensMismatch
 from tunedlens.lenses.files import LensFile, LensFormat, read_lens, write_lens
 from tunedlens.lenses.translators import (
@@ -34,15 +40,30 @@ class Lens(nn.Module):
     """What kind of lens this is (``logit``, ``tuned``, ...): the default name in readouts."""
     source: str = ""
     """Where the lens came from (its location string), for reports and the web explorer."""
+    points: Points = "block"
+    """Which points of each block its rows read (see :mod:`tunedlens.arch.points`)."""
 
-    def __init__(self, unembed: Unembed):
+    def __init__(self, unembed: Unembed, points: Points = "block"):
         super().__init__()
         self.unembed = unembed
+        self.points = check_points(points)
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of decoder blocks ``L`` of the model."""
+        return self.unembed.arch.n_layers
 
     @property
     def n_layers(self) -> int:
-        """Number of decoder blocks ``L`` of the model."""
-        return self.unembed.arch.n_layers
+        """The index of the output row: ``L`` (blocks) for block or mid points, ``2L`` for both.
+
+        Rows ``0..n_layers-1`` are the points the lens reads.
+        """
+        return n_rows(self.points, self.unembed.arch.n_layers)
+
+    def row_label(self, row: int) -> str:
+        """How row ``row`` is shown: ``"3"``, ``"3.mid"`` or ``"output"``."""
+        return point_label(self.points, row, self.n_blocks)
 
     @property
     def d_model(self) -> int:
@@ -51,8 +72,9 @@ class Lens(nn.Module):
 
     def _check_layer(self, layer: int) -> int:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= self.n_layers:
+            what = "0 = embeddings" if self.points == "block" else f"rows of {self.points} points"
             raise IndexError(
-                f"layer must be an int in 0..{self.n_layers} (0 = embeddings, {self.n_layers} = "
+                f"layer must be an int in 0..{self.n_layers} ({what}, {self.n_layers} = "
                 f"output of the last block), got {layer!r}"
             )
         return layer
@@ -109,6 +131,8 @@ class LogitLens(Lens):
         model: The causal LM.
         final_norm: Override the final norm (a module or dotted path into ``model``).
         skip_norm: Decode without the final norm.
+        points: Read block inputs (``"block"``), the states after attention and before the MLP
+            (``"mid"``) or both, interleaved (see :mod:`tunedlens.arch.points`).
     """
 
     kind = "logit"
@@ -120,8 +144,22 @@ class LogitLens(Lens):
         *,
         final_norm: nn.Module | str | None = None,
         skip_norm: bool = False,
+        points: Points = "block",
     ):
-        super().__init__(Unembed(model, final_norm=final_norm, skip_norm=skip_norm))
+        unembed = Unembed(model, final_norm=final_norm, skip_norm=skip_norm)
+        if points != "block":
+            mid_modules(unembed.arch, model)  # NoMidPoint now, not at the first readout
+        super().__init__(unembed, points)
+
+    def at_points(self, points: Points, model: nn.Module) -> LogitLens:
+        """This logit lens (same head and norm) reading ``points`` of ``model``'s blocks."""
+        if points == self.points:
+            return self
+        if check_points(points) != "block":
+            mid_modules(self.unembed.arch, model)
+        lens = copy.copy(self)
+        lens.points = points
+        return lens
 
 
 def model_info(model: nn.Module, unembed: Unembed, revision: str | None = None) -> dict:
@@ -151,12 +189,13 @@ class TunedLens(Lens):
         translator: AffineTranslator | LowRankTranslator | DiagonalTranslator | MLPTranslator,
         model_info: dict,
         provenance: dict | None = None,
+        points: Points = "block",
     ):
-        super().__init__(unembed)
-        if translator.n_layers != unembed.arch.n_layers or translator.d_model != unembed.d_model:
+        super().__init__(unembed, points)
+        if translator.n_layers != self.n_layers or translator.d_model != unembed.d_model:
             raise LensMismatch(
                 f"translator has {translator.n_layers} layers of width {translator.d_model}; the "
-                f"model has {unembed.arch.n_layers} of width {unembed.d_model}."
+                f"model has {self.n_layers} {points} points of width {unembed.d_model}."
             )
         self.translator = translator.to(unembed.device)
         self.model_info = dict(model_info)
@@ -175,6 +214,7 @@ class TunedLens(Lens):
         revision: str | None = None,
         final_norm: nn.Module | str | None = None,
         skip_norm: bool = False,
+        points: Points = "block",
     ) -> TunedLens:
         """An untrained lens for ``model`` (identity translators: equal to the logit lens).
 
@@ -189,9 +229,11 @@ class TunedLens(Lens):
             revision: Model revision to record in the lens file.
             final_norm: Override the final norm.
             skip_norm: Decode without the final norm.
+            points: Train a translator per block input (``"block"``), per mid point (``"mid"``:
+                after attention, before the MLP) or per both (see :mod:`tunedlens.arch.points`).
         """
-        unembed = Unembed(model, final_norm=final_norm, skip_norm=skip_norm)
-        n_layers, d_model = unembed.arch.n_layers, unembed.d_model
+        unembed = LogitLens(model, final_norm=final_norm, skip_norm=skip_norm, points=points).unembed
+        n_layers, d_model = n_rows(points, unembed.arch.n_layers), unembed.d_model
         if translator == "affine":
             if use_temperature:
                 raise ValueError("use_temperature needs translator='lowrank'")
@@ -211,7 +253,7 @@ class TunedLens(Lens):
                 module = MLPTranslator(n_layers, d_model, hidden=rank, generator=generator)
         else:
             raise ValueError(f"translator must be one of {', '.join(TRANSLATOR_KINDS)}, got {translator!r}")
-        return cls(unembed, module, model_info(model, unembed, revision))
+        return cls(unembed, module, model_info(model, unembed, revision), points=points)
 
     @classmethod
     def load(
@@ -242,7 +284,7 @@ class TunedLens(Lens):
         stored = read_lens(lens_dir(path))
         unembed = Unembed(model, final_norm=final_norm, skip_norm=skip_norm)
         check_fits(stored, unembed, model, strict=strict, where=str(path))
-        lens = cls(unembed, stored.translator, stored.model_info, stored.provenance)
+        lens = cls(unembed, stored.translator, stored.model_info, stored.provenance, stored.points)
         lens.source = str(path)
         return lens
 
@@ -260,7 +302,7 @@ class TunedLens(Lens):
 
     def to_file(self) -> LensFile:
         """The lens as a :class:`LensFile` (shares the translator's tensors)."""
-        return LensFile(self.translator, self.model_info, self.provenance)
+        return LensFile(self.translator, self.model_info, self.provenance, points=self.points)
 
     def save(
         self,
@@ -286,6 +328,7 @@ class TunedLens(Lens):
             "translator": {
                 "kind": self.translator.kind,
                 "n_layers": self.n_layers,
+                "points": self.points,
                 "d_model": self.d_model,
                 "rank": getattr(self.translator, "rank", None),
                 "use_temperature": getattr(self.translator, "use_temperature", False),
@@ -310,8 +353,10 @@ def check_fits(
     problems = []
     if translator.d_model != unembed.d_model:
         problems.append(f"d_model {translator.d_model} vs the model's {unembed.d_model}")
-    if translator.n_layers != unembed.arch.n_layers:
-        problems.append(f"{translator.n_layers} layers vs the model's {unembed.arch.n_layers}")
+    expected_rows = n_rows(stored.points, unembed.arch.n_layers)
+    if translator.n_layers != expected_rows:
+        what = "layers" if stored.points == "block" else f"{stored.points} points"
+        problems.append(f"{translator.n_layers} {what} vs the model's {expected_rows}")
     if info.get("vocab_size") not in (None, unembed.vocab_size):
         problems.append(f"vocabulary {info['vocab_size']} vs the model's {unembed.vocab_size}")
     if problems:

@@ -97,6 +97,27 @@ def load_lenses(locations, model: nn.Module, *, strict: bool = True,
     return named
 
 
+def align_points(lenses: dict[str, Lens], model: nn.Module, points: str | None = None) -> dict[str, Lens]:
+    """The lenses with every logit lens reading the points the others read (or ``points``).
+
+    A lens trained on mid points is shown beside the logit lens at those same points; two
+    trained lenses reading different points, or ``points`` that a trained lens does not read,
+    are refused (their rows would not line up).
+    """
+    trained = {name: lens.points for name, lens in lenses.items() if not isinstance(lens, LogitLens)}
+    wanted = set(trained.values()) | ({points} if points else set())
+    if len(wanted) > 1:
+        listed = ", ".join(f"{name} reads {p!r}" for name, p in trained.items())
+        asked = f"; --points asks for {points!r}" if points else ""
+        raise ValueError(
+            f"the lenses read different points of the blocks ({listed}{asked}); show lenses of one "
+            "kind of point together."
+        )
+    target = next(iter(wanted), "block")
+    return {name: lens.at_points(target, model) if isinstance(lens, LogitLens) else lens
+            for name, lens in lenses.items()}  # fmt: skip
+
+
 def lens_name(location: str | os.PathLike, taken) -> str:
     """A short unique name for a lens location (its last path part), e.g. for report columns."""
     text = str(location)

@@ -43,6 +43,18 @@ def jlens_registry() -> dict:
     )
 
 
+@functools.cache
+def tuned_lens_registry() -> dict:
+    """The reference's published tuned lenses known offline.
+
+    ``{"repo_id", "revision", "note", "lenses": {model id: {"evidence"}}}``; ``revision`` is
+    ``None``: the space's tree could not be verified (see ``note``).
+    """
+    return json.loads(
+        resources.files("tunedlens.lenses").joinpath("tuned_lens_registry.json").read_text()
+    )
+
+
 def published_jlens(name: str) -> tuple[str, dict]:
     """The registry entry ``(short name, entry)`` for a short name or model id (any case)."""
     lenses = jlens_registry()["lenses"]

@@ -54,7 +54,7 @@ def build_session(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[s
                   max_tokens: int = 512, dtype: str = "float32", device: str | None = None,
                   tokenizer: str | None = None, strict: bool = True) -> ServeSession:  # fmt: skip
     """Load the model and every lens (a lens for another model is refused here, with why)."""
-    from tunedlens.lenses.load import LOGIT, check_location, load_lens, load_lenses
+    from tunedlens.lenses.load import LOGIT, align_points, check_location, load_lens, load_lenses
     from tunedlens.models import load_model, need_tokenizer
 
     if max_tokens < 1:
@@ -64,6 +64,7 @@ def build_session(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[s
     loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     need_tokenizer(loaded_tokenizer, model_spec)
     named = {LOGIT: load_lens(LOGIT, loaded), **load_lenses(lenses, loaded, strict=strict)}
+    named = align_points(named, loaded)  # a mid-point lens is shown beside a mid-point logit lens
     return ServeSession(loaded, loaded_tokenizer, named, model_spec,
                         evals=read_evals(evals, list(named)), max_tokens=max_tokens)  # fmt: skip
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from tunedlens.arch.points import block_rows
 from tunedlens.arch.residuals import collect_residuals
 from tunedlens.engine.core import divergences, readout
 from tunedlens.engine.inputs import encode_prompt
@@ -87,6 +88,7 @@ class ServeSession:
         return {
             "model": self.model_name,
             "n_layers": first.n_layers,
+            "points": first.points,
             "max_tokens": self.max_tokens,
             "default_window": DEFAULT_WINDOW,
             "lenses": [
@@ -123,11 +125,11 @@ class ServeSession:
         return {name: self.lenses[name] for name in names}
 
     def _rows(self, stride: int) -> list[int]:
-        n_layers = next(iter(self.lenses.values())).n_layers
+        lens = next(iter(self.lenses.values()))
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise BadRequest(f"the layer stride must be an integer >= 1, got {stride!r}")
-        rows = sorted(set(range(0, n_layers, stride)) | {n_layers - 1})
-        return [*rows, n_layers]
+        blocks = sorted(set(range(0, lens.n_blocks, stride)) | {lens.n_blocks - 1})
+        return [*block_rows(lens.points, blocks), lens.n_layers]
 
     def _positions(self, ids: torch.Tensor, window: int | None) -> list[int]:
         length = ids.shape[1]
@@ -205,13 +207,14 @@ class ServeSession:
         if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < ids.shape[1]:
             raise BadRequest(f"position {position!r} is outside the prompt's {ids.shape[1]} tokens")
         n_layers = chosen[lens].n_layers
-        labels = [str(r) for r in range(n_layers)] + ["output"]
+        labels = [chosen[lens].row_label(r) for r in range(n_layers + 1)]
         if row not in labels:
-            raise BadRequest(f"row {row!r} is not a layer of this model (0..{n_layers - 1} or output)")
+            raise BadRequest(f"row {row!r} is not a layer of this model ({labels[0]}..{labels[-2]} or output)")
         index = labels.index(row)
         with self.turn():
             states = collect_residuals(self.model, ids.to(chosen[lens].unembed.device),
-                                       arch=chosen[lens].unembed.arch, with_logits=False)  # fmt: skip
+                                       arch=chosen[lens].unembed.arch, with_logits=False,
+                                       points=chosen[lens].points)  # fmt: skip
             top = readout(None, chosen, ids, states=states, rows=[index], positions=[position],
                           stats=(), top_k=TOP_K)[lens]  # fmt: skip
             token_id = int(top.top_ids[0, 0, 0, 0])

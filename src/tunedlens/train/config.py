@@ -25,6 +25,9 @@ class TrainConfig:
     affine translators by least squares; the others start at the identity."""
     rank: int | None = None
     """Low-rank rank, or the MLP's hidden width (default ``clip(d_model // 32, 64, 256)``)."""
+    points: Literal["block", "mid", "both"] = "block"
+    """Where translators read: ``block`` (block inputs), ``mid`` (after attention, before the
+    MLP; rows labelled ``3.mid``) or ``both``, interleaved. Parallel-block families have no mid."""
     use_temperature: bool = False
     """Low-rank translators: learn a per-layer temperature."""
     objective: Literal["kl", "ce"] = "kl"
@@ -96,6 +99,8 @@ class TrainConfig:
 
         if self.translator not in ("affine", "lowrank", "diagonal", "mlp"):
             fail("translator", "'affine', 'lowrank', 'diagonal' or 'mlp'")
+        if self.points not in ("block", "mid", "both"):
+            fail("points", "'block', 'mid' or 'both'")
         if self.objective not in ("kl", "ce"):
             fail("objective", "'kl' or 'ce'")
         if self.optimizer not in ("sgd", "adam"):

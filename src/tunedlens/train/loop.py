@@ -192,7 +192,8 @@ class _Trainer:
     def _backward(self, ids, positions, layers) -> torch.Tensor:
         config, lens, n_layers = self.config, self.lens, self.lens.n_layers
         residuals = collect_residuals(
-            self.model, ids, arch=lens.unembed.arch, positions=positions, with_logits=False
+            self.model, ids, arch=lens.unembed.arch, positions=positions, with_logits=False,
+            points=lens.points,
         )
         # collect_residuals refuses non-finite activations, naming the first layer.
         hidden = [h.reshape(-1, h.shape[-1]) for h in residuals.hidden]

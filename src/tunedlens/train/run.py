@@ -183,7 +183,8 @@ def _fit_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bool, 
     blocks = plan_data(tokenizer, probe, data=data, val_data=None, text_column=text_column).train
     pack_per_token = (time.perf_counter() - packing) / config.tokens_per_step  # packing is planned too
     lens = TunedLens.from_model(model, translator=config.translator, rank=config.rank,
-                                use_temperature=config.use_temperature, seed=config.seed)  # fmt: skip
+                                use_temperature=config.use_temperature, seed=config.seed,
+                                points=config.points)  # fmt: skip
     start = time.perf_counter()
     train_lens(lens, model, blocks, probe, world=world)
     per_token = torch.tensor([(time.perf_counter() - start) / config.tokens_per_step])
@@ -231,6 +232,11 @@ def run_training(
     status = on_status or (lambda message: None)
     world = world or init_world()
     out = Path(out)
+    if lens_format == "tuned-lens" and config.points != "block":
+        raise TunedLensError(
+            f"--format tuned-lens holds one translator per block input; a lens on {config.points!r} "
+            "points can only be written in the native format (drop --format)."
+        )
     check_out_dir(out, resume, force=force, checkpoint_every=config.checkpoint_every)
     spec = data or default_data_spec(model_spec)
     TextSource(spec, text_column).check()
@@ -248,19 +254,16 @@ def run_training(
             f"--seq-len {config.seq_len} is longer than the model's context of {context} tokens."
         )
     started = time.perf_counter()
+    # Built first: mid points of a parallel-block family are refused before any data is packed.
+    lens = TunedLens.from_model(model, translator=config.translator, rank=config.rank,
+                                use_temperature=config.use_temperature, seed=config.seed,
+                                points=config.points)  # fmt: skip
     budget = None
     if config.time_budget_s is not None:
         config, budget = _fit_budget(model, tokenizer, config, out, resume, world, status,
                                      begun=begun, data=spec, text_column=text_column)  # fmt: skip
     status(f"packing {config.tokens:,} training tokens from {spec}")
     plan = plan_data(tokenizer, config, data=spec, val_data=val_data, text_column=text_column)
-    lens = TunedLens.from_model(
-        model,
-        translator=config.translator,
-        rank=config.rank,
-        use_temperature=config.use_temperature,
-        seed=config.seed,
-    )
     if world.is_primary:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:  # a new run (with --force: replacing the files of an earlier one)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tunedlens.arch.points import block_rows
 from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
@@ -78,13 +79,15 @@ class Lensed:
     # ------------------------------------------------------------------ reading layers
     def logit_lens(self, prompt: str, layers: Sequence[int] | None = None, top_k: int = 1,
                    position: int | None = None, plot: bool = False, final_norm=None,
-                   skip_norm: bool = False) -> dict[int, list[list[Prediction]]]:  # fmt: skip
+                   skip_norm: bool = False, points: str = "block") -> dict[int, list[list[Prediction]]]:  # fmt: skip
         """Top-k predictions of the logit lens per layer and position.
 
         Returns ``{layer: [[(token_id, prob, token_str), ... top_k] per position]}``; layer
         ``L`` is the model's own output. ``position`` (e.g. ``-1``) keeps one position.
+        ``points="mid"`` reads each block after attention, before the MLP (keys ``"3.mid"``);
+        ``"both"`` interleaves the two (``layers`` then select blocks).
         """
-        lens = LogitLens(self.model, final_norm=final_norm, skip_norm=skip_norm)
+        lens = LogitLens(self.model, final_norm=final_norm, skip_norm=skip_norm, points=points)
         return self._read(lens, prompt, layers, top_k, position, plot)
 
     def tuned_lens(self, prompt: str, lens: TunedLens | str | os.PathLike,
@@ -103,17 +106,18 @@ class Lensed:
         ids = encode_prompt(self.tokenizer, prompt, self.model)
         if position is not None:
             self._position(position, ids.shape[1])
-        rows = [*(range(lens.n_layers) if layers is None else layers), lens.n_layers]
+        rows = [*(range(lens.n_layers) if layers is None else block_rows(lens.points, layers)), lens.n_layers]
         result = readout(self.model, {"lens": lens}, ids, rows=rows, positions=position,
                          stats=(), top_k=top_k)["lens"]  # fmt: skip
         out = {}
         for index, row in enumerate(rows):
+            key = row if lens.points == "block" else lens.row_label(row)
             cells = zip(result.top_ids[0, index].tolist(), result.top_probs[0, index].tolist(),
                         strict=True)  # fmt: skip
-            out[row] = [[(i, p, self.tokenizer.decode([i])) for i, p in zip(top, probs, strict=True)]
+            out[key] = [[(i, p, self.tokenizer.decode([i])) for i, p in zip(top, probs, strict=True)]
                         for top, probs in cells]  # fmt: skip
         if plot:
-            self.plot(self.trajectory(prompt, lens, layers=layers))
+            self.plot(self.trajectory(prompt, lens, layers=None if layers is None else block_rows(lens.points, layers)))
         return out
 
     @staticmethod

@@ -13,7 +13,7 @@ FIGURE_SUFFIXES = (".html", ".png")
 def run_show(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: str = "entropy",
              compare: str | None = None, out: str | Path = "lens.html", stride: int = 1,
              last: int | None = None, dtype: str = "float32", device: str | None = None,
-             tokenizer: str | None = None, strict: bool = True) -> Path:  # fmt: skip
+             tokenizer: str | None = None, strict: bool = True, points: str | None = None) -> Path:  # fmt: skip
     """Draw PROMPT's trajectory through the logit lens and each of ``lenses`` into ``out``.
 
     Args:
@@ -29,11 +29,14 @@ def run_show(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: 
         device: Where to run the model.
         tokenizer: A tokenizer to use instead of the model's own files.
         strict: Refuse a lens whose unembedding fingerprint differs from the model's.
+        points: Where the logit lens reads (``block``, ``mid``, ``both``); default: the points
+            of the other lenses. Rows are interleaved (``3``, ``3.mid``) for ``both``.
 
     Returns:
         The path written.
     """
-    from tunedlens.lenses.load import LOGIT, check_location, load_lens, load_lenses
+    from tunedlens.arch.points import check_points
+    from tunedlens.lenses.load import LOGIT, align_points, check_location, load_lens, load_lenses
     from tunedlens.models import load_model, need_tokenizer
     from tunedlens.outputs import check_out_file
     from tunedlens.plot.trajectory_figures import save
@@ -45,11 +48,14 @@ def run_show(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: 
         raise ValueError(f"--stride must be an integer >= 1, got {stride!r}")
     if last is not None and last < 1:
         raise ValueError(f"--last must be an integer >= 1, got {last!r}")
+    if points is not None:
+        check_points(points)
     for location in lenses:  # before the model loads
         check_location(location)
     loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     viewer = Lensed(loaded, need_tokenizer(loaded_tokenizer, model_spec))
     chosen = {LOGIT: load_lens(LOGIT, loaded), **load_lenses(lenses, loaded, strict=strict)}
+    chosen = align_points(chosen, loaded, points)
 
     def view(text: str, lens):
         trajectory = viewer.trajectory(text, lens)

@@ -42,7 +42,7 @@ class PredictionTrajectory:
     input_ids: torch.Tensor
     """``(batch, seq)``."""
     layers: list[int | str]
-    """Row labels: layer indices, then ``"output"``."""
+    """Row labels: layer indices (``"3.mid"`` for mid points), then ``"output"``."""
     tokenizer: object = None
     anti_targets: torch.Tensor | None = None
     name: str = "lens"
@@ -71,6 +71,7 @@ class PredictionTrajectory:
             targets: Tokens to score (default: the next input token; none at the last position).
             anti_targets: Tokens to contrast with ``targets`` in :meth:`log_prob_diff`.
             layers: Layer rows to keep (default all ``0..L-1``); the output row is always kept.
+                For a lens on mid or both points these are its rows (``0..2L-1`` for both).
             name: Label for figures.
             keep_logprobs: Also keep the full ``(batch, rows, seq, vocab)`` log-probabilities.
         """
@@ -78,7 +79,8 @@ class PredictionTrajectory:
         rows = list(range(lens.n_layers)) if layers is None else list(layers)
         if any(isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < lens.n_layers for r in rows):
             raise IndexError(f"layers must be in 0..{lens.n_layers - 1}, got {rows}")
-        return cls._build(lens, model, ids, None, [*rows, lens.n_layers], [*rows, "output"],
+        labels = rows if lens.points == "block" else [lens.row_label(row) for row in rows]
+        return cls._build(lens, model, ids, None, [*rows, lens.n_layers], [*labels, "output"],
                           tokenizer, targets, anti_targets, name, keep_logprobs)  # fmt: skip
 
     @classmethod
@@ -102,7 +104,8 @@ class PredictionTrajectory:
         ``resid_pre`` of block ``i`` is ``hidden_states[i]`` (translator ``i``); ``resid_post``
         of block ``i`` is ``hidden_states[i + 1]`` (translator ``i + 1``; the last block's is
         decoded as the output row is); ``resid_mid`` of block ``i`` is read with translator
-        ``i``, which was trained on ``resid_pre`` (an approximation). The output row decodes the
+        ``i``, which was trained on ``resid_pre`` (an approximation), unless the lens was trained
+        on mid points (``points="mid"``: exact). The output row decodes the
         last block's ``resid_post`` with the model's float32 head.
 
         Args:
@@ -124,6 +127,11 @@ class PredictionTrajectory:
             raise ValueError(
                 f"residual_component must be one of {RESIDUAL_COMPONENTS}, got {residual_component!r}"
             )
+        if lens.points == "both" or (lens.points == "mid" and residual_component != "resid_mid"):
+            raise ValueError(
+                f"this lens reads {lens.points!r} points; read a cache's resid_mid with a lens "
+                "trained on mid points and its resid_pre/resid_post with a block lens"
+            )
         ids = _as_batch(input_ids, "input_ids")
         n_layers = lens.n_layers
 
@@ -138,7 +146,8 @@ class PredictionTrajectory:
         states.append(state(n_layers - 1, "resid_post"))
         shift = 1 if residual_component == "resid_post" else 0
         rows = [(block, block + shift) for block in range(n_layers)] + [n_layers]
-        labels = [block + shift for block in range(n_layers)] + ["output"]
+        labels = [block + shift if lens.points == "block" else lens.row_label(block)
+                  for block in range(n_layers)] + ["output"]  # fmt: skip
         trajectory = cls._build(lens, model, ids, states, rows, labels, tokenizer, targets,
                                 anti_targets, name, keep_logprobs)  # fmt: skip
         if model_logits is not None:
@@ -201,11 +210,13 @@ class PredictionTrajectory:
                        anti_targets=pick(self.anti_targets))  # fmt: skip
 
     def stride(self, step: int) -> PredictionTrajectory:
-        """Every ``step``-th layer row, always keeping the last layer and the output row."""
+        """Every ``step``-th layer (with its mid point), always keeping the last and the output."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
             raise ValueError(f"the layer stride must be an integer >= 1, got {step!r}")
-        keep = sorted(set(range(0, self.n_rows - 1, step)) | {self.n_rows - 2, self.n_rows - 1})
-        keep = [row for row in keep if row >= 0]
+        blocks = [int(str(label).split(".")[0]) for label in self.layers[:-1]]
+        last = blocks[-1] if blocks else None
+        keep = [row for row, block in enumerate(blocks) if block % step == 0 or block == last]
+        keep.append(self.n_rows - 1)
         return replace(self, result=self.result.take(rows=keep), layers=[self.layers[i] for i in keep])
 
     # ------------------------------------------------------------------------ statistics

@@ -58,4 +58,11 @@ def test_lens_list_shows_published_jlenses_and_collections(tmp_path, monkeypatch
     assert [row["location"] for row in json.loads(out.out)] == ["jlens:qwen3-8b"]
     code, out = _run(monkeypatch, capsys, "lens", "list", "--json")
     rows = json.loads(out.out)
-    assert len({row["location"] for row in rows}) == 37 and {row["kind"] for row in rows} == {"jacobian"}
+    jlenses = {row["location"] for row in rows if row["kind"] == "jacobian"}
+    tuned = {row["location"] for row in rows if row["kind"] == "tuned"}
+    assert len(jlenses) == 37 and all(location.startswith("jlens:") for location in jlenses)
+    assert "tuned-lens:EleutherAI/pythia-160m-deduped" in tuned and len(tuned) == 15
+    code, out = _run(monkeypatch, capsys, "lens", "list", "GPT2-XL", "--json")  # any case
+    (row,) = json.loads(out.out)
+    assert row == {"source": "AlignmentResearch/tuned-lens (space, unpinned)", "model": "gpt2-xl",
+                   "kind": "tuned", "location": "tuned-lens:gpt2-xl"}

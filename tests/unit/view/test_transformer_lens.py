@@ -27,3 +27,17 @@ def test_cache_trajectory_equals_the_model_trajectory(tiny_model_dir):
                                                    residual_component="resid_mid",
                                                    keep_logprobs=True)  # fmt: skip
     assert mid.logprobs.shape == direct.logprobs.shape
+    # TransformerLens's own resid_mid is our mid point: a mid-point lens reads both alike.
+    from tunedlens import TunedLens
+
+    mid_lens = TunedLens.from_model(model, points="mid")
+    with torch.no_grad():
+        mid_lens.translator.weight.add_(torch.randn_like(mid_lens.translator.weight) * 0.1)
+    from_tl = PredictionTrajectory.from_lens_and_cache(mid_lens, cache, ids, logits.detach(),
+                                                       residual_component="resid_mid",
+                                                       keep_logprobs=True)  # fmt: skip
+    ours = PredictionTrajectory.from_lens_and_model(mid_lens, model, ids, keep_logprobs=True)
+    assert from_tl.layers == ours.layers == ["0.mid", "1.mid", "output"]
+    torch.testing.assert_close(from_tl.logprobs, ours.logprobs)
+    with pytest.raises(ValueError, match="reads 'mid' points"):
+        PredictionTrajectory.from_lens_and_cache(mid_lens, cache, ids)
