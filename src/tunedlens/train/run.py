@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from tunedlens.outputs import check_out_dir as check_writable_dir
 from tunedlens.train.checkpoint import CHECKPOINT_NAME
 from tunedlens.train.config import TrainConfig
 from tunedlens.train.distributed import World, init_world
+from tunedlens.train.loggers import check_log_targets, make_loggers
 from tunedlens.train.loop import StepStats, TrainResult, train_lens
 
 LOG_NAME = "train_log.jsonl"
@@ -111,14 +112,17 @@ def check_out_dir(out: Path, resume: bool, *, force: bool = False,
         )
 
 
-def _log_writer(out: Path, extra: Callable[[StepStats], None] | None):
+def _log_writer(out: Path, extra: Callable[[StepStats], None] | None, loggers=()):
     def on_step(stats: StepStats) -> None:
         record = {key: value for key, value in stats.__dict__.items()}
         record["loss_bits"] = stats.loss * NATS_TO_BITS
+        record["tokens_per_s"] = stats.tokens_per_s
         if stats.val_kl is not None:
             record["val_kl_bits"] = [v * NATS_TO_BITS for v in stats.val_kl]
         with open(out / LOG_NAME, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        for logger in loggers:
+            logger(stats)
         if extra is not None:
             extra(stats)
 
@@ -220,11 +224,14 @@ def run_training(
     on_step: Callable[[StepStats], None] | None = None,
     on_status: Callable[[str], None] | None = None,
     world: World | None = None,
+    log_to: Sequence[str] = (),
 ) -> TrainResult:
     """Train a lens for ``model_spec`` and write it (with provenance and a JSONL log) to ``out``.
 
     ``device`` places the model (and so the lens); ``tokenizer`` replaces the model's own
-    tokenizer files; ``fsdp`` shards the decoder blocks across torchrun processes.
+    tokenizer files; ``fsdp`` shards the decoder blocks across torchrun processes; ``log_to``
+    mirrors every step to ``tensorboard`` and/or ``wandb`` (offline unless ``WANDB_MODE`` says
+    otherwise), besides ``train_log.jsonl``.
     """
     from tunedlens.models import load_model, need_tokenizer
 
@@ -232,6 +239,7 @@ def run_training(
     status = on_status or (lambda message: None)
     world = world or init_world()
     out = Path(out)
+    check_log_targets(log_to)
     if lens_format == "tuned-lens" and config.points != "block":
         raise TunedLensError(
             f"--format tuned-lens holds one translator per block input; a lens on {config.points!r} "
@@ -269,18 +277,26 @@ def run_training(
         if not resume:  # a new run (with --force: replacing the files of an earlier one)
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
-    result = train_lens(
-        lens,
-        model,
-        plan.train,
-        config,
-        val_data=plan.val,
-        world=world,
-        resume=resume,
-        checkpoint_dir=out if config.checkpoint_every else None,
-        on_step=_log_writer(out, on_step) if world.is_primary else None,
-        deadline=None if budget is None else budget["deadline"],
-    )
+    loggers = []
+    if world.is_primary and log_to:
+        labels = [lens.row_label(row) for row in range(lens.n_layers)]
+        loggers = make_loggers(log_to, out, {**config.to_dict(), "model": model_spec}, labels)
+    try:
+        result = train_lens(
+            lens,
+            model,
+            plan.train,
+            config,
+            val_data=plan.val,
+            world=world,
+            resume=resume,
+            checkpoint_dir=out if config.checkpoint_every else None,
+            on_step=_log_writer(out, on_step, loggers) if world.is_primary else None,
+            deadline=None if budget is None else budget["deadline"],
+        )
+    finally:
+        for logger in loggers:
+            logger.close()
     if world.is_primary:
         record = provenance(result, plan, model_spec, lens)
         record["training"]["wall_time_this_process_s"] = time.perf_counter() - started

@@ -1,0 +1,120 @@
+"""Training candidates at equal wall time on SmolLM2-135M (issue #14, items 3 and 7).
+
+Each candidate is one whole process: ``run_training("demo", config)`` with ``time_budget_s``
+(load, least squares, training and the final validation all inside the budget), trained on
+``corpus/train`` and validated on 8 x 512 tokens of ``corpus/test`` (exact KL, every layer). The
+candidates are the default recipe with one change each, so the table says what each change buys:
+
+- ``default``: least squares on 1/16 of the budget, then AdamW on the KL at 16 positions;
+- ``muon``: the same with Muon on every layer's matrix (AdamW on biases; update size matched to
+  AdamW's, same learning rate);
+- ``lstsq-quarter``: least squares on up to 1/4 of the budget (2^18 tokens), then AdamW;
+- ``diagonal`` and ``mlp``: the other translator kinds (no least-squares start), KL per parameter.
+
+Writes ``benchmarks/results/candidates.{md,json}``. Runs one after another (never concurrently:
+the machine has 2 cores); ``--only NAME`` runs some, ``--tabulate-only`` redoes the table.
+
+    python benchmarks/candidates.py --work /tmp/candidates --budget 8m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import CORPUS, first_documents, machine, save
+
+CANDIDATES: dict[str, dict] = {
+    "default": {},
+    "muon": {"optimizer": "muon"},
+    "lstsq-quarter": {"lstsq_budget_share": 0.25, "lstsq_tokens": 2**18},
+    "diagonal": {"translator": "diagonal"},
+    "mlp": {"translator": "mlp"},
+}
+
+
+def run_one(name: str, out: Path, budget_s: float, train: Path, test: Path) -> None:
+    """One candidate in this process (called by the parent through a fresh interpreter)."""
+    from tunedlens.train import recipe_config
+    from tunedlens.train.run import run_training
+
+    config = recipe_config("default", time_budget_s=budget_s, val_tokens=4096, seq_len=512,
+                           **CANDIDATES[name])  # fmt: skip
+    run_training("demo", config, out, data=str(train), val_data=str(test), force=True,
+                 on_status=lambda message: print(message, flush=True))  # fmt: skip
+
+
+def parse_budget(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/candidates"))
+    parser.add_argument("--budget", default="8m")
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--tabulate-only", action="store_true")
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # child process: one candidate
+    args = parser.parse_args()
+    work, budget_s = args.work, parse_budget(args.budget)
+    train, test = work / "train.jsonl", work / "test.jsonl"
+    if args.run:
+        return run_one(args.run, work / args.run, budget_s, train, test)
+    work.mkdir(parents=True, exist_ok=True)
+    if not train.exists():
+        first_documents("train", 6000, work).rename(train)
+        first_documents("test", 400, work).rename(test)
+    wall = json.loads((work / "wall.json").read_text()) if (work / "wall.json").exists() else {}
+    for name in ([] if args.tabulate_only else args.only or list(CANDIDATES)):
+        start = time.perf_counter()
+        with open(work / f"{name}.log", "w") as handle:
+            subprocess.run([sys.executable, __file__, "--work", str(work), "--budget", args.budget, "--run", name],
+                           check=True, stdout=handle, stderr=subprocess.STDOUT,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+        wall[name] = time.perf_counter() - start
+        (work / "wall.json").write_text(json.dumps(wall, indent=2))
+    report(work, wall, args.budget)
+
+
+def report(work: Path, wall: dict, budget: str) -> None:
+    rows, payload = [], {"machine": machine(), "budget": budget, "corpus": str(CORPUS), "candidates": {}}
+    for name in CANDIDATES:
+        record = work / name / "provenance.json"
+        if not record.exists():
+            continue
+        provenance = json.loads(record.read_text())
+        training = provenance["training"]
+        kl = training["val_kl_bits"]
+        translator = provenance["translator"]
+        d, n = translator["d_model"], translator["n_layers"]
+        parameters = {"affine": n * (d * d + d), "diagonal": 2 * n * d,
+                      "mlp": n * (2 * d * (translator["rank"] or 0) + (translator["rank"] or 0) + d)}.get(translator["kind"])  # fmt: skip
+        entry = {"val_kl_bits": kl, "mean_kl_bits": sum(kl) / len(kl), "train_tokens": training["train_tokens"],
+                 "lstsq_tokens": training["lstsq_tokens"], "wall_s": wall.get(name),
+                 "training_wall_s": training.get("wall_time_s"), "parameters": parameters,
+                 "config": training["config"]}  # fmt: skip
+        payload["candidates"][name] = entry
+        rows.append(f"| {name} | {entry['mean_kl_bits']:.3f} | {kl[0]:.2f} | {kl[len(kl) // 2]:.2f} | {kl[-1]:.2f} | "
+                    f"{entry['train_tokens']:,} | {entry['lstsq_tokens']:,} | {parameters:,} | "
+                    f"{(wall.get(name) or float('nan')):.0f} |")  # fmt: skip
+    table = "\n".join([
+        f"# Training candidates at equal wall time ({budget}, whole processes): SmolLM2-135M, CPU float32",
+        "",
+        "Trained on corpus/train; exact KL(model ‖ lens) in bits on 8 x 512 tokens of corpus/test (every layer).",
+        "",
+        "| candidate | mean KL | layer 0 | layer 15 | layer 29 | training tokens | least-squares tokens | parameters | process s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+    ])  # fmt: skip
+    save("candidates", payload, table)
+
+
+if __name__ == "__main__":
+    main()
