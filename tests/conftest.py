@@ -58,6 +58,15 @@ def tiny_tokenizer(tmp_path_factory):
 
 
 @pytest.fixture
+def text_file(tmp_path):
+    """6,000 random words of the tiny vocabulary (``w4 w17 ...``) as a training text file."""
+    ids = torch.randint(4, 128, (6000,), generator=torch.Generator().manual_seed(0)).tolist()
+    path = tmp_path / "train.txt"
+    path.write_text(" ".join(f"w{i}" for i in ids))
+    return path
+
+
+@pytest.fixture
 def tiny_model_dir(tmp_path, tiny_tokenizer):
     """A tiny llama saved with save_pretrained, with a tokenizer, as a user's local model."""
     from tiny_models import tiny_model

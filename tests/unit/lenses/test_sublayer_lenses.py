@@ -96,10 +96,8 @@ def test_sublayer_lenses_train_and_lower_held_out_kl(model_type, points):
     assert after.mean() < before.mean() and (after >= 0).all()
 
 
-def test_cli_train_both_then_predict_show_and_eval(tiny_model_dir, tmp_path):
-    text = tmp_path / "train.txt"
-    ids = torch.randint(4, 128, (6000,), generator=torch.Generator().manual_seed(0)).tolist()
-    text.write_text(" ".join(f"w{i}" for i in ids))
+def test_cli_train_both_then_predict_show_and_eval(tiny_model_dir, text_file, tmp_path):
+    text = text_file
     out = tmp_path / "lens"
     result = runner.invoke(app, ["train", str(tiny_model_dir), "--data", str(text), "--out", str(out),
                                  "--tokens", "256", "--points", "both", *ARGS])  # fmt: skip

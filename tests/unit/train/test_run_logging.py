@@ -4,7 +4,6 @@ it, and ``tunedlens lens curves`` drawing it."""
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from tunedlens.cli.app import app
@@ -13,14 +12,6 @@ from tunedlens.train.curves import read_train_log, run_curves
 
 runner = CliRunner()
 ARGS = ["--seq-len", "16", "--batch-size", "4", "--tokens-per-step", "64", "--val-tokens", "64"]
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    ids = torch.randint(4, 128, (6000,), generator=torch.Generator().manual_seed(0)).tolist()
-    path = tmp_path / "train.txt"
-    path.write_text(" ".join(f"w{i}" for i in ids))
-    return path
 
 
 @pytest.fixture

@@ -99,8 +99,10 @@ def test_ce_objective(model, data):
     assert losses[-1] < losses[0]
 
 
-def test_same_seed_same_lens_and_resume_equals_uninterrupted(model, data, tmp_path):
-    cfg = config(positions_per_sequence=4, layers_per_step=1, val_every=2, checkpoint_every=1)
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_same_seed_same_lens_and_resume_equals_uninterrupted(model, data, tmp_path, optimizer):
+    cfg = config(positions_per_sequence=4, layers_per_step=1, val_every=2, checkpoint_every=1,
+                 optimizer=optimizer)  # fmt: skip
     first = trained(model, data, cfg, val_data=data[64:]).lens.translator.state_dict()
     second = trained(model, data, cfg, val_data=data[64:]).lens.translator.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
