@@ -9,7 +9,9 @@ candidates are the default recipe with one change each, so the table says what e
 - ``muon``: the same with Muon on every layer's matrix (AdamW on biases; update size matched to
   AdamW's, same learning rate);
 - ``lstsq-quarter``: least squares on up to 1/4 of the budget (2^18 tokens), then AdamW;
-- ``diagonal`` and ``mlp``: the other translator kinds (no least-squares start), KL per parameter.
+- ``diagonal`` and ``mlp``: the other translator kinds (no least-squares start), KL per parameter;
+- ``positions-ramp``: positions per sequence from 4 at the first step to 28 at the last (16 on
+  average, as the default).
 
 Writes ``benchmarks/results/candidates.{md,json}``. Runs one after another (never concurrently:
 the machine has 2 cores); ``--only NAME`` runs some, ``--tabulate-only`` redoes the table.
@@ -35,6 +37,8 @@ CANDIDATES: dict[str, dict] = {
     "lstsq-quarter": {"lstsq_budget_share": 0.25, "lstsq_tokens": 2**18},
     "diagonal": {"translator": "diagonal"},
     "mlp": {"translator": "mlp"},
+    # The same 16 positions per sequence on average as the default, few early and many late.
+    "positions-ramp": {"positions_per_sequence": 4, "positions_per_sequence_end": 28},
 }
 
 

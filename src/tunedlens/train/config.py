@@ -61,6 +61,9 @@ class TrainConfig:
     """Train this many randomly chosen layers per micro-batch (``None``: all)."""
     positions_per_sequence: int | None = None
     """Sample this many positions per sequence for the loss (``None``: every position)."""
+    positions_per_sequence_end: int | None = None
+    """Position schedule: change the sampled positions per sequence linearly from
+    ``positions_per_sequence`` at the first step to this at the last (``None``: constant)."""
     position_range: tuple[int, int] | None = None
     """Sample positions from ``[start, stop)`` of each sequence (``None``: the whole sequence)."""
     lstsq_init: bool = False
@@ -149,6 +152,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 fail(name, "None or a positive integer")
+        if self.positions_per_sequence_end is not None and self.positions_per_sequence is None:
+            fail("positions_per_sequence_end", "None unless positions_per_sequence is set")
+        if self.positions_per_sequence_end is not None and self.positions_per_sequence_end < 1:
+            fail("positions_per_sequence_end", "None or a positive integer")
         if self.position_range is not None:
             start, stop = self.position_range
             if not 0 <= start < stop <= self.seq_len:

@@ -153,9 +153,8 @@ class _Trainer:
         self.lens, self.model, self.data, self.config = lens, model, data, config
         self.resolved, self.world = resolved, world
         self.parameters = [p for p in lens.translator.parameters()]
-        self.views = None
         if config.optimizer == "muon":
-            self.optimizers, self.views = muon_optimizers(
+            self.optimizers = muon_optimizers(
                 self.parameters, lr=config.lr, momentum=config.momentum,
                 weight_decay=config.weight_decay, betas=config.betas,
             )  # fmt: skip
@@ -180,6 +179,9 @@ class _Trainer:
         if config.objective == "ce":
             stop = min(stop, seq_len - 1)  # the last position has no next token
         count = config.positions_per_sequence
+        if count is not None and config.positions_per_sequence_end is not None:
+            progress = self.step / max(1, self.resolved.steps - 1)
+            count = round(count + (config.positions_per_sequence_end - count) * progress)
         if count is None:
             if config.objective == "kl" and (start, stop) == (0, seq_len):
                 return None
@@ -286,13 +288,9 @@ class _Trainer:
         clip = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, clip))
         lr = self.optimizers[0].param_groups[0]["lr"]
-        if self.views is not None:
-            self.views.pass_gradients()
         for optimizer in self.optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        for parameter in self.parameters:
-            parameter.grad = None
         for scheduler in self.schedulers:
             scheduler.step()
         self.step += 1

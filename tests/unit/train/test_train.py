@@ -231,3 +231,23 @@ def test_a_lens_of_another_model_and_non_finite_settings_are_refused(model, data
         TrainConfig(lr=float("nan"))
     with pytest.raises(ValueError, match="betas"):
         TrainConfig(betas=(0.9, float("inf")))
+
+
+def test_position_schedule_ramps_the_sampled_positions(model, data, monkeypatch):
+    import tunedlens.train.loop as loop
+
+    seen = []
+    real = loop.collect_residuals
+
+    def recording(*args, positions=None, **kwargs):
+        seen.append(positions.shape[1])
+        return real(*args, positions=positions, **kwargs)
+
+    monkeypatch.setattr(loop, "collect_residuals", recording)
+    cfg = config(positions_per_sequence=2, positions_per_sequence_end=10, lstsq_init=False)
+    result = trained(model, data, cfg)
+    per_step = len(seen) // result.steps_done
+    counts = seen[::per_step]
+    assert counts[0] == 2 and counts[-1] == 10 and counts == sorted(counts)
+    with pytest.raises(ValueError, match="positions_per_sequence_end"):
+        TrainConfig(positions_per_sequence=None, positions_per_sequence_end=4)
