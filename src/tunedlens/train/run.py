@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunedlens.data import DEFAULT_HF_DATASET, DataError, TextSource, TokenBlocks, pack_blocks
+from tunedlens.engine.core import layer_kl
 from tunedlens.errors import TunedLensError
 from tunedlens.lenses.files import LENS_FILES, WEIGHT_FILES
 from tunedlens.lenses.lens import TunedLens
@@ -153,6 +154,8 @@ def provenance(result: TrainResult, plan: DataPlan, model_spec: str, lens: Tuned
             "data": plan.train_spec,
             "data_content_hash": plan.train.content_hash(),
             "train_tokens": result.resolved.steps * result.config.tokens_per_step,
+            # Fewer than train_tokens when the run stopped at its time budget.
+            "trained_tokens": result.steps_done * result.config.tokens_per_step,
             "val_data": plan.val_spec,
             "val_content_hash": plan.val.content_hash() if plan.val is not None else None,
             "val_tokens": plan.val.n_tokens if plan.val is not None else 0,
@@ -176,7 +179,8 @@ def _fit_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bool, 
 
     The time already spent in this process (loading) counts. The estimate includes packing the
     tokens and reserves the least-squares start (about a forward pass over its tokens) and the
-    final validation. A resumed run keeps the tokens of its checkpoint and gets what is left of
+    validations (exact KL at every layer, timed on one probe sequence: far dearer per token than
+    training, which samples 16 positions). A resumed run keeps the tokens of its checkpoint and gets what is left of
     the budget.
     """
     import dataclasses
@@ -196,8 +200,13 @@ def _fit_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bool, 
         return dataclasses.replace(config, tokens=tokens), {
             "budget_s": budget_s, "planned_tokens": tokens, "deadline": time.monotonic() + max(left, 0.0)}
     status(f"timing one step of {config.tokens_per_step:,} tokens to fit the {budget_s:.0f} s budget")
+    # A position schedule is probed at its mean number of positions (its mean cost per step).
+    positions = config.positions_per_sequence
+    if config.positions_per_sequence_end is not None:
+        positions = round((positions + config.positions_per_sequence_end) / 2)
     probe = dataclasses.replace(config, tokens=config.tokens_per_step, lstsq_init=False,
-                                time_budget_s=None, checkpoint_every=None, val_tokens=0)  # fmt: skip
+                                time_budget_s=None, checkpoint_every=None, val_tokens=0,
+                                positions_per_sequence=positions, positions_per_sequence_end=None)  # fmt: skip
     packing = time.perf_counter()
     blocks = plan_data(tokenizer, probe, data=data, val_data=None, text_column=text_column).train
     pack_per_token = (time.perf_counter() - packing) / config.tokens_per_step  # packing is planned too
@@ -206,18 +215,25 @@ def _fit_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bool, 
                                 points=config.points)  # fmt: skip
     start = time.perf_counter()
     train_lens(lens, model, blocks, probe, world=world)
-    per_token = torch.tensor([(time.perf_counter() - start) / config.tokens_per_step])
-    per_token = float(world.all_reduce_sum(per_token)) / world.size  # every process plans alike
+    per_token = time.perf_counter() - start
+    # Validation is exact KL at every layer over the whole vocabulary: timed, not guessed.
+    start = time.perf_counter()
+    layer_kl(lens, model, blocks.tokens[:1].to(lens.unembed.device))
+    timings = torch.tensor([per_token / config.tokens_per_step, time.perf_counter() - start])
+    per_token, per_val_sequence = (world.all_reduce_sum(timings) / world.size).tolist()  # all plan alike
     forward_share = 0.75  # a forward pass costs about this share of a training token
-    reserve = min(10.0, 0.05 * budget_s) + config.val_tokens * per_token * forward_share
+    validation = per_val_sequence * max(1, config.val_tokens // config.seq_len) if config.val_tokens else 0.0
+    reserve = min(10.0, 0.05 * budget_s) + validation  # the final validation
     per_planned = per_token * (1 + (config.lstsq_budget_share * forward_share if config.lstsq_init else 0))
     per_planned += pack_per_token
+    per_step = per_planned * config.tokens_per_step + (validation / config.val_every if config.val_every else 0)
     left = budget_s - (time.monotonic() - begun) - reserve
-    steps = max(1, int(left / per_planned) // config.tokens_per_step)
+    steps = max(1, int(left / per_step))
     tokens = steps * config.tokens_per_step
     status(f"{1 / per_token:,.0f} tokens/s: training on {tokens:,} tokens")
     return dataclasses.replace(config, tokens=tokens), {
         "budget_s": budget_s, "probe_tokens_per_s": 1 / per_token, "planned_tokens": tokens,
+        "validation_s_each": validation,
         "deadline": begun + budget_s - reserve}  # fmt: skip
 
 

@@ -37,6 +37,7 @@ def test_budget_sizes_tokens_and_tokens_reproduce_the_run(tiny_model_dir, text, 
     assert record["config"]["tokens"] == planned and planned % 64 == 0 and planned >= 64
     assert record["time_budget"]["probe_tokens_per_s"] > 0
     assert not record["time_budget"]["stopped_at_budget"] and record["train_tokens"] == planned
+    assert record["trained_tokens"] == planned and record["time_budget"]["validation_s_each"] > 0
     again = recipe_config("default", tokens=planned, **SMALL)
     rerun = run_training(str(tiny_model_dir), again, tmp_path / "tokens", data=str(text))
     for name, value in result.lens.translator.state_dict().items():
