@@ -119,7 +119,9 @@ def report(work: Path, wall: dict, budget: str) -> None:
         d, n = translator["d_model"], translator["n_layers"]
         parameters = {"affine": n * (d * d + d), "diagonal": 2 * n * d,
                       "mlp": n * (2 * d * (translator["rank"] or 0) + (translator["rank"] or 0) + d)}.get(translator["kind"])  # fmt: skip
-        entry = {"val_kl_bits": kl, "mean_kl_bits": sum(kl) / len(kl), "train_tokens": training["train_tokens"],
+        last_step = json.loads((work / name / "train_log.jsonl").read_text().splitlines()[-1])
+        entry = {"val_kl_bits": kl, "mean_kl_bits": sum(kl) / len(kl), "train_tokens": last_step["tokens"],
+                 "planned_tokens": training["train_tokens"],
                  "lstsq_tokens": training["lstsq_tokens"], "wall_s": wall.get(name),
                  "training_wall_s": training.get("wall_time_s"), "parameters": parameters,
                  "config": training["config"]}  # fmt: skip
@@ -171,7 +173,7 @@ def report(work: Path, wall: dict, budget: str) -> None:
         "",
         "Trained on corpus/train; exact KL(model ‖ lens) in bits on 8 x 512 tokens of corpus/test (every layer).",
         "",
-        "| candidate | mean KL | layer 0 | layer 15 | layer 29 | training tokens | least-squares tokens | parameters | process s |",
+        "| candidate | mean KL | layer 0 | layer 15 | layer 29 | tokens trained | least-squares tokens | parameters | process s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",

@@ -102,16 +102,16 @@ def python_prose(source: str) -> str:
             if docstring:
                 parts.append((node.body[0].lineno, docstring))
     last = -2
-    for token in tokens:  # a run of comment lines is one paragraph
+    for token in tokens:  # a run of whole-line comments is one paragraph
         text = token.string.lstrip("#").strip()
         if token.type != tokenize.COMMENT or not text or text.startswith(("!", "-*-", "noqa", "type:")):
             continue
-        line = token.start[0]
-        if line == last + 1 and parts and parts[-1][0] < 0:
+        line, own_line = token.start[0], token.line.lstrip().startswith("#")
+        if own_line and line == last + 1 and parts and parts[-1][0] < 0:
             parts[-1] = (parts[-1][0], f"{parts[-1][1]} {text}")
         else:
-            parts.append((-line, text))  # negative: a comment paragraph still open
-        last = line
+            parts.append((-line, text))  # negative: a comment
+        last = line if own_line else -2
     return "\n\n".join(text for _, text in sorted(parts, key=lambda part: abs(part[0])))
 
 
