@@ -60,10 +60,9 @@ def tiny_tokenizer(tmp_path_factory):
 @pytest.fixture
 def text_file(tmp_path):
     """6,000 random words of the tiny vocabulary (``w4 w17 ...``) as a training text file."""
-    ids = torch.randint(4, 128, (6000,), generator=torch.Generator().manual_seed(0)).tolist()
-    path = tmp_path / "train.txt"
-    path.write_text(" ".join(f"w{i}" for i in ids))
-    return path
+    from tiny_models import word_text
+
+    return word_text(tmp_path / "train.txt")
 
 
 @pytest.fixture

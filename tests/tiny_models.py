@@ -125,3 +125,12 @@ def random_lens(model, scale: float = 0.2):
         for parameter in lens.translator.parameters():
             parameter.normal_(0, scale)
     return lens
+
+
+def word_text(path, count: int = 6000):
+    """``count`` seeded random words of the tiny vocabulary (``w4 w17 ...``) written to ``path``."""
+    import torch
+
+    ids = torch.randint(4, 128, (count,), generator=torch.Generator().manual_seed(0)).tolist()
+    path.write_text(" ".join(f"w{i}" for i in ids))
+    return path

@@ -56,6 +56,12 @@ def block_rows(points: Points, blocks) -> list[int]:
     return list(blocks)
 
 
+def row_label(points: Points, row: int, n_rows_before_output: int) -> str:
+    """:func:`point_label` given the number of rows before the output row (``n_layers`` of a lens)."""
+    n_blocks = n_rows_before_output // 2 if points == "both" else n_rows_before_output
+    return point_label(points, row, n_blocks)
+
+
 def point_label(points: Points, row: int, n_blocks: int) -> str:
     """``"3"``, ``"3.mid"`` or ``"output"`` for a row of a lens reading ``points``."""
     if row == n_rows(points, n_blocks):
@@ -115,4 +121,4 @@ def mid_modules(arch: ResolvedArch, model: nn.Module) -> list[nn.Module]:
 
 
 __all__ = ["POINTS", "NoMidPoint", "Points", "block_rows", "check_points", "mid_modules", "n_rows",
-           "parse_point", "point_label", "row_point"]  # fmt: skip
+           "parse_point", "point_label", "row_label", "row_point"]  # fmt: skip

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from tunedlens.arch.points import Points, point_label
+from tunedlens.arch.points import Points
+from tunedlens.arch.points import row_label as point_row_label
 from tunedlens.engine.kernel import BlockedHead
 from tunedlens.lenses.lens import Lens
 
@@ -134,8 +135,7 @@ def row_label(row: Row, n_layers: int, points: Points = "block") -> str:
         if points == "block":
             return f"{row[1]}@{row[0]}"
         return f"{row_label(row[1], n_layers, points)}@{row_label(row[0], n_layers, points)}"
-    n_blocks = n_layers // 2 if points == "both" else n_layers
-    return point_label(points, row, n_blocks)
+    return point_row_label(points, row, n_layers)
 
 
 @dataclass

@@ -6,18 +6,17 @@ from pathlib import Path
 
 import torch
 
-from tunedlens.arch.points import point_label
+from tunedlens.arch.points import row_label
 from tunedlens.lenses.files import LensFile, read_lens
 
 
 def _update_norms(lens: LensFile) -> list[dict]:
     translator = lens.translator
-    n_blocks = translator.n_layers // 2 if lens.points == "both" else translator.n_layers
     rows = []
     with torch.no_grad():
         for i in range(translator.n_layers):
             bias = translator.bias[i] if translator.bias is not None else torch.zeros(1)
-            layer = i if lens.points == "block" else point_label(lens.points, i, n_blocks)
+            layer = i if lens.points == "block" else row_label(lens.points, i, translator.n_layers)
             row = {"layer": layer, "update_norm": translator.update_norm(i), "bias_norm": float(bias.norm())}
             log_temperature = translator.log_temperature(i)
             if log_temperature is not None:

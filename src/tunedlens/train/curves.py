@@ -47,13 +47,12 @@ def run_curves(run: str | Path, out: str | Path | None = None) -> Path:
     records = read_train_log(run)
     labels = None
     if (run / "config.json").exists():
-        from tunedlens.arch.points import point_label
+        from tunedlens.arch.points import row_label
         from tunedlens.lenses.files import read_lens
 
         stored = read_lens(run)
         count = stored.translator.n_layers
-        blocks = count // 2 if stored.points == "both" else count
-        labels = [point_label(stored.points, row, blocks) for row in range(count)]
+        labels = [row_label(stored.points, row, count) for row in range(count)]
     return save_training_curves(records, target, title=f"training: {run.name}", row_labels=labels)
 
 

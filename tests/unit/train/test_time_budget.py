@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from tiny_models import tiny_model
+from tiny_models import tiny_model, word_text
 from tunedlens.lenses import TunedLens
 from tunedlens.train import recipe_config, train_lens
 from tunedlens.train.run import run_training
@@ -17,10 +17,7 @@ SMALL = dict(seq_len=16, batch_size=4, tokens_per_step=64, val_tokens=64, lstsq_
 
 @pytest.fixture
 def text(tmp_path):
-    words = torch.randint(4, 128, (40000,), generator=torch.Generator().manual_seed(0)).tolist()
-    path = tmp_path / "text.txt"
-    path.write_text(" ".join(f"w{i}" for i in words))
-    return path
+    return word_text(tmp_path / "text.txt", 40000)
 
 
 def test_budget_sizes_tokens_and_tokens_reproduce_the_run(tiny_model_dir, text, tmp_path, monkeypatch):
