@@ -14,7 +14,7 @@ from common import CORPUS, bits, machine, save
 
 from tunedlens import TunedLens, load_model
 from tunedlens.data import pack_blocks
-from tunedlens.metrics import layer_kl
+from tunedlens.engine import layer_kl
 from tunedlens.train import recipe_config, train_lens
 from tunedlens.train.lstsq import lstsq_init
 

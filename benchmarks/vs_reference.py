@@ -23,7 +23,7 @@ from common import CORPUS, PEER, RESULTS, bits, first_documents, machine, save
 
 from tunedlens import LogitLens, TunedLens, load_model
 from tunedlens.data import pack_blocks
-from tunedlens.metrics import layer_kl
+from tunedlens.engine import layer_kl
 from tunedlens.models import _gguf_cache_dir, demo_gguf_path
 
 WORK = Path(os.environ.get("TUNEDLENS_BENCH_DIR", "/tmp/tunedlens-bench"))

@@ -27,3 +27,29 @@ def pytest_approx(value):
     import pytest
 
     return pytest.approx(value, rel=1e-6)
+
+
+def test_the_fused_training_kl_equals_kl_divergence_and_its_gradient():
+    """kl_to_target (the training loss) against autograd through kl_divergence: values and
+    gradients, several lenses broadcast against one target, and a target with zero probabilities."""
+    from tunedlens.metrics.divergence import KLTarget, kl_to_target
+
+    generator = torch.Generator().manual_seed(0)
+    target = torch.randn(6, 40, generator=generator).mul(4)
+    target[0, :5] = -1e4  # probabilities that underflow to exactly 0
+    target = target.log_softmax(-1)
+    assert (target.exp()[0, :5] == 0).all()
+    logits = torch.randn(3, 6, 40, generator=generator).mul(3).requires_grad_()
+    weights = torch.tensor([[1.0], [2.0], [-0.5]])
+
+    expected = kl_divergence(target, logits.log_softmax(-1))
+    (expected * weights).sum().backward()
+    expected_grad, logits.grad = logits.grad.clone(), None
+    got = kl_to_target(KLTarget(target), logits)
+    (got * weights).sum().backward()
+
+    assert got.shape == (3, 6)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits.grad, expected_grad, rtol=1e-5, atol=1e-6)
+    same = kl_to_target(KLTarget(target), target.unsqueeze(0) + 7.0)  # shifted logits: same distribution
+    assert same.abs().max() < 1e-4
