@@ -196,12 +196,15 @@ def summary(kl: list[float]) -> dict:
 
 
 def time_to(points: list[dict], threshold: float) -> float | None:
-    """First time the mean KL is at or below ``threshold`` (linear between points), or None."""
+    """First time the mean KL is at or below ``threshold`` (linear between points), or None.
+
+    Negative when the first point is already below: reached by then, at most that time.
+    """
     previous = None
     for point in points:
         if point["mean"] <= threshold:
             if previous is None:
-                return point["time_s"]
+                return -point["time_s"]
             t0, k0, t1, k1 = previous["time_s"], previous["mean"], point["time_s"], point["mean"]
             return t0 + (t1 - t0) * (k0 - threshold) / (k0 - k1)
         previous = point
@@ -255,7 +258,9 @@ def report(work: Path, args) -> None:
         provenance = json.loads((work / name / "provenance.json").read_text())["training"]
         # Its final validation, on the same test tokens (the curves' saved lenses show the two agree).
         kl = provenance["val_kl_bits"]
-        payload["short"][name] = {"wall_s": wall.get(name), **summary(kl), "kl_bits": kl,
+        validation = (provenance.get("time_budget") or {}).get("validation_s_each", 0.0)
+        payload["short"][name] = {"wall_s": wall.get(name), "time_s": (wall.get(name) or 0.0) - validation,
+                                  **summary(kl), "kl_bits": kl,
                                   "trained_tokens": provenance["trained_tokens"],
                                   "lstsq_tokens": provenance["lstsq_tokens"]}  # fmt: skip
     for curve in payload["curves"].values():
@@ -265,7 +270,10 @@ def report(work: Path, args) -> None:
 
 
 def minutes(seconds: float | None) -> str:
-    return "—" if seconds is None else f"{seconds / 60:.1f}"
+    """Minutes; "≤ m" for a negative time (reached before the first point), "—" for never."""
+    if seconds is None:
+        return "—"
+    return f"≤ {-seconds / 60:.1f}" if seconds < 0 else f"{seconds / 60:.1f}"
 
 
 def table(payload: dict) -> str:
@@ -280,7 +288,8 @@ def table(payload: dict) -> str:
         for point in curve["points"]:
             lines.append(f"| {name} | {minutes(point['time_s'])} | {point['tokens']:,} | {point['mean']:.3f} | "
                          f"{point['layer_0']:.2f} | {point['layer_15']:.2f} | {point['layer_29']:.2f} |")  # fmt: skip
-    lines += ["", "## Time to reach a mean KL (minutes, linear between points)", "",
+    lines += ["", "## Time to reach a mean KL (minutes, linear between points; ≤: already there at the first "
+              "point; —: not reached)", "",
               "| run | " + " | ".join(f"{t} bits" for t in THRESHOLDS) + " |",
               "| --- | " + " | ".join("---:" for _ in THRESHOLDS) + " |"]  # fmt: skip
     for name, curve in payload["curves"].items():
@@ -321,6 +330,11 @@ def targets(payload: dict) -> list[str]:
                      f"min): {default['saved_lens']['mean']:.3f} bits, scored again from its files (its last validation "
                      f"said {default['points'][-1]['mean']:.3f}).")  # fmt: skip
     short = payload["short"].get("default")
+    if short and default and short["time_s"] < default["points"][0]["time_s"]:
+        reached = [str(t) for t in THRESHOLDS if short["mean"] <= t]
+        notes.append(f"- Before the curve's first point: the {payload['short_budget']} run of the default is at "
+                     f"{short['mean']:.3f} bits after {minutes(short['time_s'])} min (its validation excluded), so it "
+                     f"reaches {', '.join(reached) or 'none of'} bits within that time.")  # fmt: skip
     if short:
         notes.append(f"- At {payload['short_budget']}: the default reaches {short['mean']:.3f} bits (target ≤ 2.6: "
                      f"{verdict(short['mean'], 2.6)}).")  # fmt: skip
@@ -336,11 +350,13 @@ def figure(payload: dict, path: Path) -> None:
     panels = [("mean", "mean over layers"), ("layer_0", "layer 0"), ("layer_15", "layer 15"), ("layer_29", "layer 29")]
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.5))
     for axis, (key, title) in zip(axes, panels, strict=True):
+        colours = {name: f"C{index}" for index, name in enumerate([*payload["curves"], *payload["short"]])}
         for name, curve in payload["curves"].items():
             xs = [p["time_s"] / 60 for p in curve["points"]]
-            axis.plot(xs, [p[key] for p in curve["points"]], marker="o", label=name)
+            axis.plot(xs, [p[key] for p in curve["points"]], marker="o", label=name, color=colours[name])
         for name, entry in payload["short"].items():
-            axis.scatter([(entry["wall_s"] or 0) / 60], [entry[key]], marker="x", label=f"{name} ({payload['short_budget']})")
+            axis.scatter([entry["time_s"] / 60], [entry[key]], marker="x", color=colours[name],
+                         label=f"{name} ({payload['short_budget']})")  # fmt: skip
         axis.axhline(payload["logit_lens"][key], color="grey", linestyle=":", label="logit lens")
         axis.set_yscale("log")
         axis.set_xlabel("minutes (validation excluded)")

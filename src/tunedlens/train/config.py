@@ -93,7 +93,8 @@ class TrainConfig:
     recorded in ``provenance.json`` (``tokens=N`` then reproduces the run); a resumed run keeps
     the budget of the first."""
     loss_chunk_rows: int = 2048
-    """Rows per chunk of the vocabulary-sized loss computation (bounds memory)."""
+    """Rows per chunk of the vocabulary-sized loss computation (bounds memory); within a chunk,
+    layers are decoded together in products of at most this many rows (and 2^26 logits)."""
     seed: int = 0
     """Seeds data order, position/layer sampling and low-rank initialisation."""
 

@@ -5,10 +5,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from tiny_models import word_text
 from tunedlens.cli.app import app
 from tunedlens.lenses import read_lens
 
@@ -110,7 +112,7 @@ def _train_command(model_dir, data, out, *extra):
         "--out",
         str(out),
         "--tokens",
-        "4096",
+        "16384",
         "--checkpoint-every",
         "1",
         *ARGS,
@@ -118,7 +120,14 @@ def _train_command(model_dir, data, out, *extra):
     ]
 
 
-def test_sigkill_then_resume_is_bit_identical(tiny_model_dir, text_file, tmp_path):
+@pytest.fixture
+def long_text(tmp_path):
+    """Enough words for 256 steps with a checkpoint after each: the kill lands mid-run."""
+    return word_text(tmp_path / "long.txt", 24000)
+
+
+def test_sigkill_then_resume_is_bit_identical(tiny_model_dir, long_text, tmp_path):
+    text_file = long_text
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     reference = tmp_path / "uninterrupted"
     subprocess.run(
@@ -158,10 +167,11 @@ def test_sigkill_then_resume_is_bit_identical(tiny_model_dir, text_file, tmp_pat
     steps = [
         json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
     ]
-    assert steps[-1] == 64
+    assert steps[-1] == 256
 
 
-def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tiny_model_dir, text_file, tmp_path):
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tiny_model_dir, long_text, tmp_path):
+    text_file = long_text
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "interrupted"
     process = subprocess.Popen(_train_command(tiny_model_dir, text_file, out), env=env,

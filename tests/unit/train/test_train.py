@@ -179,6 +179,18 @@ def test_positions_layers_and_frozen_last_layer(model, data):
     assert all(loss is None or loss >= 0 for h in result.history for loss in [h["loss"]])
 
 
+@pytest.mark.parametrize("recipe", ["default", "lowrank"])
+def test_decoding_layers_together_equals_one_layer_at_a_time(model, data, recipe):
+    """The loss decodes several layers in one product of the head (with per-layer temperatures
+    for lowrank): the same training as one product per layer (64 rows per micro-batch)."""
+    together = trained(model, data, config(recipe, loss_chunk_rows=2048))
+    apart = trained(model, data, config(recipe, loss_chunk_rows=64))
+    for one, other in zip(together.history, apart.history, strict=True):
+        assert one["loss"] == pytest.approx(other["loss"], rel=1e-5)
+    for name, value in together.lens.translator.state_dict().items():
+        torch.testing.assert_close(value, apart.lens.translator.state_dict()[name], rtol=1e-4, atol=1e-5)
+
+
 def test_lstsq_init_fits_the_final_residual(model, data):
     from tunedlens.arch import collect_residuals
 
