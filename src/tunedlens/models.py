@@ -171,7 +171,7 @@ def load_model(
             model's own files).
 
     Returns:
-        ``(model, tokenizer)``, the model in eval mode; ``tokenizer`` is ``None`` when the model
+        ``(model, tokenizer)``, the model in eval mode with frozen weights; ``tokenizer`` is ``None`` when the model
         has no tokenizer files and none was given.
     """
     from transformers import AutoModelForCausalLM
@@ -207,4 +207,7 @@ def load_model(
         model.config.name_or_path = name
     if device is not None:
         model.to(device)
+    # Lenses read the model and never train it: frozen weights keep every readout, on any
+    # thread, free of autograd (and of the memory a graph through the weights would hold).
+    model.requires_grad_(False)
     return model.eval(), tokenizer

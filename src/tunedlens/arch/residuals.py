@@ -65,10 +65,32 @@ class NonFiniteActivations(TunedLensError, ValueError):
     """The model itself produced NaN or Inf in its residual stream."""
 
 
+def token_ids(values, what: str = "input_ids") -> torch.Tensor:
+    """``values`` (a tensor, array or nested list of ints) as a ``torch.long`` tensor.
+
+    The one check of every public entry point that takes token ids: floats and booleans are
+    refused, never truncated (``3.9`` is not token 3, and ``-0.9`` not token 0).
+
+    Raises:
+        TypeError: ``values`` are not integers.
+    """
+    tensor = values if isinstance(values, torch.Tensor) else None
+    if tensor is None:
+        try:
+            tensor = torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"{what} must be integer token ids: {error}") from None
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(
+            f"{what} must be integer token ids, got {tensor.dtype} values; pass the ids a "
+            "tokenizer returns (e.g. tokenizer(text, return_tensors='pt').input_ids)."
+        )
+    return tensor.long()
+
+
 def check_input_ids(model: nn.Module, input_ids: torch.Tensor) -> None:
     """Refuse token ids outside the vocabulary and sequences longer than the model's context."""
-    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+    token_ids(input_ids)
     if input_ids.numel() == 0:
         raise ValueError(f"input_ids are empty ({tuple(input_ids.shape)}); pass at least one token")
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -122,6 +144,7 @@ def collect_residuals(
     arch = arch or resolve_arch(model)
     check_points(points)
     mids = mid_modules(arch, model) if points != "block" else []
+    input_ids = token_ids(input_ids)
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
     check_input_ids(model, input_ids)

@@ -24,17 +24,47 @@ from tunedlens.cli.options import (
 from tunedlens.serialize import dumps
 from tunedlens.train.config import field_help
 
+
+def escape_markup(command) -> None:
+    """Escape rich markup in the help of ``command``, its options and its subcommands.
+
+    Help texts are plain text: ``hf:ORG/REPO[/SUB][@REV]`` must print as written, while rich
+    would read ``[/SUB]`` as a closing tag (an error) and ``[@REV]`` as a tag (dropped).
+    """
+    from rich.markup import escape
+
+    for attribute in ("help", "short_help", "epilog"):
+        if getattr(command, attribute, None):
+            setattr(command, attribute, escape(getattr(command, attribute)))
+    for parameter in command.params:
+        if getattr(parameter, "help", None):
+            parameter.help = escape(parameter.help)
+    for subcommand in getattr(command, "commands", {}).values():
+        escape_markup(subcommand)
+
+
+class PlainHelpGroup(typer.core.TyperGroup):
+    """The root command group; its help, and that of every command under it, is plain text."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        escape_markup(self)
+
+
 app = typer.Typer(
     name="tunedlens",
     help="Look inside causal LMs with the logit lens and the tuned lens.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=PlainHelpGroup,
+    rich_markup_mode="rich",
 )
-lens_app = typer.Typer(help="Inspect, convert and merge lenses.", no_args_is_help=True)
+lens_app = typer.Typer(help="Inspect, convert and merge lenses.", no_args_is_help=True,
+                       rich_markup_mode="rich")
 app.add_typer(lens_app, name="lens")
 hub_app = typer.Typer(help="Lens collections on the hub: package, verify, upload, download.",
-                      no_args_is_help=True)  # fmt: skip
+                      no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(hub_app, name="hub")
 
 
@@ -270,6 +300,10 @@ def fit_jlens(
                    f"J-lens saved to {out}")  # fmt: skip
 
 
+MAX_TIME_BUDGET_S = 30 * 24 * 3600
+"""Longest --time-budget accepted: beyond it a typo (1e9h) is likelier than a plan."""
+
+
 def parse_duration(text: str | None, tokens: int | None) -> float | None:
     """``"20m"`` -> 1200.0 seconds (units s, m, h; plain numbers are seconds)."""
     if text is None:
@@ -284,6 +318,11 @@ def parse_duration(text: str | None, tokens: int | None) -> float | None:
         raise ValueError(f"--time-budget must look like 20m, 90s or 1.5h, got {text!r}") from None
     if not seconds > 0:
         raise ValueError(f"--time-budget must be positive, got {text!r}")
+    if seconds > MAX_TIME_BUDGET_S:
+        raise ValueError(
+            f"--time-budget {text} is longer than 30 days; for a run that long pass --tokens "
+            "(with --checkpoint-every to make it resumable)."
+        )
     return seconds
 
 

@@ -25,8 +25,11 @@ StrictOption = Annotated[
     typer.Option(help="Refuse a lens whose unembedding fingerprint differs from the model's."),
 ]
 LENS_HELP = (
-    "Lens location: 'logit', a lens directory (native or tuned-lens), hf:ORG/REPO[/SUB][@REV] or "
-    "tuned-lens:MODEL_ID."
+    "Lens location: 'logit'; a lens directory (tuned lens, native or tuned-lens format, or native "
+    "J-lens) or a J-lens file (.pt); hf:ORG/REPO[/SUB][@REV] (a hub repository); "
+    "hf:datasets/ORG/REPO/lenses/MODEL/NAME[@REV] (a lens collection); tuned-lens:MODEL_ID[@REV] "
+    "(the reference's published tuned lenses); jlens:NAME[@REV] (a published J-lens, see "
+    "'tunedlens lens list')."
 )
 STAT_HELP = f"{', '.join(VIEW_STATS)}, or all (the first four)."
 PointsOption = Annotated[

@@ -96,13 +96,14 @@ def pack_blocks(
             "the tokenizer has no EOS token to join documents with; set tokenizer.eos_token."
         )
     needed = seq_len * n_sequences
-    buffer = np.empty(needed, dtype=np.int64)
-    filled = documents = 0
+    # Grown as the text is read, not allocated up front: a budget larger than the data is
+    # reported as such, not as a failed allocation of the budget's size.
+    chunks: list[np.ndarray] = []
+    filled = 0
     for ids in _token_stream(_ordered_documents(source, seed), tokenizer, eos):
         take = min(len(ids), needed - filled)
-        buffer[filled : filled + take] = ids[:take]
+        chunks.append(np.asarray(ids[:take], dtype=np.int64))
         filled += take
-        documents += 1
         if filled == needed:
             break
     if filled < needed:
@@ -115,7 +116,7 @@ def pack_blocks(
             f"data {source.spec!r} holds {what}, but {needed:,} tokens ({n_sequences} sequences of "
             f"{seq_len}) are needed. Lower --tokens (or --val-tokens), or add data."
         )
-    blocks = torch.from_numpy(buffer).view(n_sequences, seq_len)
+    blocks = torch.from_numpy(np.concatenate(chunks)).view(n_sequences, seq_len)
     order = torch.randperm(n_sequences, generator=torch.Generator().manual_seed(seed))
     return TokenBlocks(blocks[order].clone(), source.spec)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunedlens.arch.residuals import Residuals, collect_residuals
+from tunedlens.arch.residuals import Residuals, collect_residuals, token_ids
 from tunedlens.engine.result import Row
 from tunedlens.lenses.lens import Lens
 
@@ -55,19 +55,20 @@ class Plan:
 
 
 def _as_ids(input_ids, attention_mask):
-    if isinstance(input_ids, torch.Tensor):
-        ids = input_ids.long()
+    if not isinstance(input_ids, (list, tuple)):
+        ids = token_ids(input_ids)
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
     else:
-        sequences = [list(s) for s in input_ids] if input_ids and not isinstance(input_ids[0], int) else [list(input_ids)]
+        nested = bool(input_ids) and isinstance(input_ids[0], (list, tuple, torch.Tensor))
+        sequences = [list(s) for s in input_ids] if nested else [list(input_ids)]
         if attention_mask is not None:
             raise ValueError("pass attention_mask only with a (batch, seq) tensor of ids")
         length = max((len(s) for s in sequences), default=0)
         ids = torch.zeros(len(sequences), length, dtype=torch.long)
         attention_mask = torch.zeros(len(sequences), length, dtype=torch.long)
         for index, sequence in enumerate(sequences):
-            ids[index, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+            ids[index, : len(sequence)] = token_ids(sequence)
             attention_mask[index, : len(sequence)] = 1
     if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
         raise ValueError(f"input_ids must be (batch, seq) and not empty, got {tuple(ids.shape)}")
@@ -98,6 +99,13 @@ def make_plan(model, lens: Lens, input_ids, states, attention_mask, positions, t
         if isinstance(states, Residuals) and states.points != lens.points:
             raise ValueError(f"the states hold {states.points} points, the lens reads {lens.points} points")
         hidden = [h if h.dim() == 3 else h.unsqueeze(0) for h in hidden]
+        d_model = lens.unembed.d_model
+        for row, state in enumerate(hidden):
+            if state.dim() != 3 or state.shape[-1] != d_model or state.shape[:2] != hidden[0].shape[:2]:
+                raise ValueError(
+                    f"states[{row}] has shape {tuple(state.shape)}; every state must be "
+                    f"(batch, seq, {d_model}) (the model's width) with the same batch and seq"
+                )
         batch, seq = hidden[0].shape[:2]
         if ids is not None and tuple(ids.shape) != (batch, seq):
             raise ValueError(f"input_ids {tuple(ids.shape)} do not match the states' {(batch, seq)}")
@@ -115,7 +123,7 @@ def make_plan(model, lens: Lens, input_ids, states, attention_mask, positions, t
             for b, where in enumerate(index):
                 next_ids[b, where[:-1]] = ids[b, where[1:]]
     else:
-        next_ids = torch.as_tensor(targets).long()
+        next_ids = token_ids(targets, "targets")
         next_ids = next_ids.unsqueeze(0) if next_ids.dim() == 1 else next_ids
         if tuple(next_ids.shape) != (batch, seq):
             raise ValueError(f"targets {tuple(next_ids.shape)} must match input_ids {(batch, seq)}")
@@ -163,7 +171,7 @@ def _grid_positions(positions, index: list[torch.Tensor]) -> torch.Tensor:
 def _token_grid(tokens, batch: int, seq: int, vocab: int) -> torch.Tensor | None:
     if tokens is None:
         return None
-    grid = torch.as_tensor(tokens).long()
+    grid = token_ids(tokens, "tokens")
     if grid.dim() == 1:
         grid = grid.expand(batch, -1)
     if grid.dim() == 2:

@@ -128,10 +128,22 @@ def per_worker(
     bounds = [n * index // workers for index in range(workers + 1)]
     shares = [slice(bounds[i], bounds[i + 1]) for i in range(workers)]
     if not on_cpu:
-        return [work(slice(0, n))]
+        return [_without_grad(work, slice(0, n))]
     with single_threaded(limit_blas):
         if workers == 1:
-            return [work(shares[0])]
-        futures = [worker_pool(workers - 1).submit(work, share) for share in shares[1:]]
-        first = work(shares[0])
+            return [_without_grad(work, shares[0])]
+        pool = worker_pool(workers - 1)
+        futures = [pool.submit(_without_grad, work, share) for share in shares[1:]]
+        first = _without_grad(work, shares[0])
         return [first] + [future.result() for future in futures]
+
+
+def _without_grad(work: Callable[[slice], tuple], share: slice) -> tuple:
+    """``work(share)`` with autograd off on whichever thread runs it.
+
+    Grad mode is thread-local: a caller's ``torch.no_grad()`` does not reach the pool's threads,
+    where it is on by default, and the kernel's ``out=`` products refuse inputs that require
+    grad (a model's norm weights, unless frozen).
+    """
+    with torch.no_grad():
+        return work(share)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from tunedlens.arch.residuals import token_ids
 from tunedlens.engine.core import DEFAULT_BUDGET, name_lenses, readout
 from tunedlens.evaluation.accumulate import LayerAccumulator, to_bits
 from tunedlens.lenses.lens import Lens, LogitLens
@@ -95,6 +96,7 @@ def evaluate(
         LensMismatch: a lens belongs to another model.
         ValueError: fewer than one sequence of two tokens.
     """
+    tokens = token_ids(tokens, "tokens")
     if tokens.dim() != 2 or tokens.shape[1] < 2 or tokens.shape[0] < 1:
         raise ValueError(
             f"tokens must be (n_sequences >= 1, seq_len >= 2), got {tuple(tokens.shape)}"

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunedlens.arch.residuals import token_ids
 from tunedlens.errors import LensFileError, LensMismatch
 from tunedlens.lenses.jlens_files import (
     NATIVE_JLENS,
@@ -95,7 +96,7 @@ class JacobianLens(Lens):
         RMSNorm models — the building block of the paper's steering experiments.
         """
         self._check_layer(row)
-        ids = torch.as_tensor(tokens, dtype=torch.long, device=self.unembed.device).reshape(-1)
+        ids = token_ids(tokens, "tokens").to(self.unembed.device).reshape(-1)
         vectors = self.unembed.unembedding.weight[ids].float()
         norm = self.unembed.final_norm
         gain = getattr(norm, "weight", None) if norm is not None else None

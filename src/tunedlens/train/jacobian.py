@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tunedlens.arch.residuals import block_input, block_output, check_input_ids
+from tunedlens.arch.residuals import block_input, block_output, check_input_ids, token_ids
 from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.lenses.unembed import Unembed
 from tunedlens.train.distributed import World
@@ -48,6 +48,7 @@ def _frozen(model: nn.Module):
 
 def _prompts(input_ids) -> list[torch.Tensor]:
     if isinstance(input_ids, torch.Tensor):
+        input_ids = token_ids(input_ids)
         if input_ids.dim() == 1:
             return [input_ids]
         if input_ids.dim() == 2:
@@ -55,7 +56,7 @@ def _prompts(input_ids) -> list[torch.Tensor]:
         raise ValueError(
             f"input_ids must be 2-D or a list of 1-D tensors, got {tuple(input_ids.shape)}"
         )
-    prompts = [torch.as_tensor(ids, dtype=torch.long) for ids in input_ids]
+    prompts = [token_ids(ids) for ids in input_ids]
     if any(ids.dim() != 1 for ids in prompts):
         raise ValueError("input_ids must be a 2-D tensor or a list of 1-D token-id tensors")
     return prompts

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunedlens.arch.residuals import collect_residuals
+from tunedlens.arch.residuals import collect_residuals, token_ids
 from tunedlens.data.packing import TokenBlocks
 from tunedlens.engine.core import layer_kl
 from tunedlens.errors import LensMismatch, TunedLensError
@@ -394,8 +394,8 @@ def _as_blocks(data) -> TokenBlocks:
     if isinstance(data, TokenBlocks):
         return data
     if isinstance(data, (list, tuple)):
-        data = torch.stack([torch.as_tensor(x) for x in data])
-    return TokenBlocks(torch.as_tensor(data), "tensor")
+        data = torch.stack([token_ids(x, "token_ids") for x in data])
+    return TokenBlocks(token_ids(data, "token_ids"), "tensor")
 
 
 def train_lens(

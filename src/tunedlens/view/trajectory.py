@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from tunedlens.arch.residuals import token_ids
 from tunedlens.engine.core import LensReadout, Readout, divergences, readout
 from tunedlens.engine.stats import (
     PAIR_STATS,
@@ -361,7 +362,7 @@ def _check_output_row(trajectory, lens: Lens, last_state: torch.Tensor, logits: 
 
 
 def _as_batch(ids, what: str) -> torch.Tensor:
-    ids = torch.as_tensor(ids)
+    ids = token_ids(ids, what)
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
     if ids.dim() != 2 or ids.shape[1] == 0:

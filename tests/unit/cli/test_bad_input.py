@@ -122,6 +122,8 @@ CASES = {
                            "--tokenizer", None),
     "train too little data": (["train", M, "--out", "{root}/fresh", *TRAIN[:-6], "--tokens",
                                "1000000"], "needed", None),
+    "train time budget huge": (["train", M, "--out", "{root}/fresh", *TRAIN[:-4], "--time-budget",
+                                "1e9h"], "longer than 30 days", None),
     # eval
     "eval over a report": (["eval", M, "--out", "{root}/report", "--data", "{root}/text.txt"],
                            "already holds metrics.json", None),

@@ -143,3 +143,13 @@ def test_bad_input_is_refused_before_any_work(model, lens, input_ids):
         readout(other, lens, input_ids)
     with pytest.raises(TypeError, match="not a tunedlens Lens"):
         readout(model, {"x": "lens-dir"}, input_ids)
+
+
+def test_states_of_the_wrong_width_are_refused(model, lens, input_ids):
+    states = [torch.zeros(2, 9, 32) for _ in range(3)]
+    states[1] = torch.zeros(2, 9, 31)
+    with pytest.raises(ValueError, match=r"states\[1\] has shape \(2, 9, 31\).*\(batch, seq, 32\)"):
+        readout(None, lens, states=states)
+    states[1] = torch.zeros(2, 8, 32)
+    with pytest.raises(ValueError, match=r"states\[1\] has shape \(2, 8, 32\)"):
+        readout(None, lens, states=states)

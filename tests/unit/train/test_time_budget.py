@@ -51,7 +51,7 @@ def test_a_passed_deadline_stops_after_one_step_with_a_validated_lens():
     assert result.val_kl is not None and result.history[-1]["val_kl"] is not None
 
 
-@pytest.mark.parametrize("value", ["soon", "-5m", "0"])
+@pytest.mark.parametrize("value", ["soon", "-5m", "0", "1e9h", "inf", "nan"])
 def test_bad_budgets(value):
     from tunedlens.cli.app import parse_duration
 

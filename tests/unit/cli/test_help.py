@@ -1,0 +1,59 @@
+"""Every ``--help`` renders, through the real typer/rich path, at narrow and wide terminals.
+
+Parsing a command line never renders help, so a help text that rich reads as markup
+(``[/SUB]``) crashed ``--help`` while every other test passed. Here each command and group of
+the real application prints its help as a user's terminal would, and every option is named.
+"""
+
+import re
+import sys
+
+import click
+import pytest
+import typer
+
+from tunedlens.cli import main
+from tunedlens.cli.app import app
+
+
+def _commands(command: click.Command, path=()):
+    yield path, command
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from _commands(sub, (*path, name))
+
+
+COMMANDS = {" ".join(path) or "tunedlens": (path, command)
+            for path, command in _commands(typer.main.get_command(app))}  # fmt: skip
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.mark.parametrize("columns", [60, 200])
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_renders(name, columns, monkeypatch, capsys):
+    path, command = COMMANDS[name]
+    monkeypatch.setenv("COLUMNS", str(columns))
+    monkeypatch.setattr(sys, "argv", ["tunedlens", *path, "--help"])
+    with pytest.raises(SystemExit) as caught:
+        main()
+    out = capsys.readouterr()
+    assert caught.value.code == 0, out.err
+    text = ANSI.sub("", out.out)
+    assert "Usage:" in text
+    flat = re.sub(r"[\s│]+", " ", text)
+    for parameter in command.params:
+        if isinstance(parameter, click.Option):
+            assert parameter.opts[0] in flat, f"{parameter.opts[0]} missing from {name} --help"
+    for sub in getattr(command, "commands", {}):
+        assert sub in flat
+    if columns == 200:
+        assert max(len(line) for line in text.splitlines()) <= columns
+
+
+def test_brackets_in_help_print_as_written(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setattr(sys, "argv", ["tunedlens", "predict", "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    text = ANSI.sub("", capsys.readouterr().out)
+    assert "hf:ORG/REPO[/SUB][@REV]" in text
+    assert "jlens:NAME[@REV]" in text and ".pt" in text
