@@ -35,8 +35,10 @@ FLOORS = {
     "evaluation": 5,
     "predict": 5,
     "hub": 5,
-    # 6: looking through lenses (trajectories, the notebook facade, which can train)
+    # 6: looking through lenses (trajectories, the notebook facade, which can train), and
+    # using them (early exit, pruning, anomaly detection)
     "view": 6,
+    "analyze": 6,
     # 7: front ends: the web explorer
     "serve": 7,
     # 8: the command line

@@ -1,0 +1,33 @@
+"""Uses of lenses: early exit, which blocks can go, and anomalous inputs.
+
+Each analysis is one function that takes objects (a model, lenses, token ids) and returns a
+report with ``to_dict()`` and ``save(out)`` (JSON, CSV sidecars, PNG and offline HTML figures),
+as :func:`tunedlens.evaluate` does:
+
+- :func:`early_exit` -> :class:`EarlyExitReport` (``tunedlens analyze early-exit``);
+- :func:`prune` -> :class:`PruneReport` (``tunedlens analyze prune``);
+- :func:`detect` -> :class:`DetectReport` (``tunedlens analyze detect``).
+
+Importing the package does no work: names load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "early_exit": "tunedlens.analyze.early_exit",
+    "EarlyExitReport": "tunedlens.analyze.early_exit",
+    "prune": "tunedlens.analyze.prune",
+    "PruneReport": "tunedlens.analyze.prune",
+    "detect": "tunedlens.analyze.detect",
+    "DetectReport": "tunedlens.analyze.detect",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'tunedlens.analyze' has no attribute {name!r}")
