@@ -64,19 +64,12 @@ def name_lenses(lenses: Lens | Sequence[Lens] | Mapping[str, Lens] | None) -> di
 
 
 def blocked_head(unembed: Unembed, *, cosine: bool) -> BlockedHead:
-    """The blocked head of ``unembed``'s unembedding, built once per model and settings.
+    """The blocked head of ``unembed``'s unembedding.
 
-    Its float64 moments (for the cosine) cost a pass over the unembedding; caching them makes
-    repeated readouts of one model (a notebook, a server) pay it once.
+    Its float64 moments (for the cosine) are computed once per model: see
+    :func:`~tunedlens.engine.kernel.weight_moments`.
     """
-    head = BlockedHead(unembed, cosine=False)
-    key = (cosine, head.numpy_matmul, head.workers, str(head.weight.device))
-    # Kept on the unembedding module itself, so it lives exactly as long as the model.
-    cache = unembed.unembedding.__dict__.setdefault("_tunedlens_blocked_heads", {})
-    cached = cache.get(key)
-    if cached is None or cached.weight.data_ptr() != head.weight.data_ptr():
-        cached = cache[key] = BlockedHead(unembed, cosine=True) if cosine else head
-    return cached
+    return BlockedHead(unembed, cosine=cosine)
 
 
 def chunk_positions(vocab: int, budget_bytes: int) -> int:

@@ -25,6 +25,7 @@ KL(p ‖ q) = ``lse − Σ p z − H(p)``; cross-entropy to token t = ``lse − 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -160,6 +161,41 @@ class Extras:
     logprobs: torch.Tensor | None = None
 
 
+_MOMENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per unembedding module, its weight's float64 moments; an entry lives as long as the module
+(keyed by the module, whose equality is identity: tensors compare elementwise)."""
+
+
+def weight_moments(linear: torch.nn.Module) -> tuple:
+    """``(WᵀW, Wᵀ1, Wᵀb, Σb, Σb²)`` of an unembedding in float64 (``Wᵀb``: ``None`` without bias).
+
+    They are accumulated over row chunks. They cost a pass over the unembedding, so they are
+    computed once per model (a notebook or a server reads one model many times) and recomputed
+    if the weight's storage changes.
+    """
+    weight, bias = linear.weight, getattr(linear, "bias", None)
+    cached = _MOMENTS.get(linear)
+    if cached is not None and cached[0] == weight.data_ptr():
+        return cached[1]
+    d_model = weight.shape[1]
+    gram = torch.zeros(d_model, d_model, dtype=torch.float64, device=weight.device)
+    column_sums = torch.zeros(d_model, dtype=torch.float64, device=weight.device)
+    bias64 = None if bias is None else bias.detach().double()
+    weight_dot_bias = None if bias64 is None else torch.zeros_like(column_sums)
+    with torch.no_grad():
+        for start in range(0, weight.shape[0], 16384):
+            rows = weight[start : start + 16384].double()
+            gram += rows.T @ rows
+            column_sums += rows.sum(0)
+            if bias64 is not None:
+                weight_dot_bias += rows.T @ bias64[start : start + 16384]
+    bias_sum = 0.0 if bias64 is None else float(bias64.sum())
+    bias_square = 0.0 if bias64 is None else float(bias64.square().sum())
+    moments = (gram, column_sums, weight_dot_bias, bias_sum, bias_square)
+    _MOMENTS[linear] = (weight.data_ptr(), moments)
+    return moments
+
+
 class BlockedHead:
     """The model's unembedding, applied in vocabulary blocks with fused reductions.
 
@@ -199,23 +235,9 @@ class BlockedHead:
         if not on_cpu:
             self.workers = 1
         if self.linear and cosine:  # float64 moments of W: Σz, Σz² of any logits by d-sized algebra
-            self._weight_moments()
-
-    def _weight_moments(self) -> None:
-        """``WᵀW``, ``Wᵀ1`` and the bias terms in float64, accumulated over row chunks."""
-        d_model = self.weight.shape[1]
-        self.gram = torch.zeros(d_model, d_model, dtype=torch.float64, device=self.weight.device)
-        self.column_sums = torch.zeros(d_model, dtype=torch.float64, device=self.weight.device)
-        bias = None if self.bias is None else self.bias.double()
-        self.weight_dot_bias = None if bias is None else torch.zeros_like(self.column_sums)
-        for start in range(0, self.vocab_size, 16384):
-            rows = self.weight[start : start + 16384].double()
-            self.gram += rows.T @ rows
-            self.column_sums += rows.sum(0)
-            if bias is not None:
-                self.weight_dot_bias += rows.T @ bias[start : start + 16384]
-        self.bias_sum = 0.0 if bias is None else float(bias.sum())
-        self.bias_square = 0.0 if bias is None else float(bias.square().sum())
+            moments = weight_moments(linear)
+            self.gram, self.column_sums, self.weight_dot_bias = moments[:3]
+            self.bias_sum, self.bias_square = moments[3:]
 
     @property
     def vocab_size(self) -> int:

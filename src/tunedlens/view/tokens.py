@@ -8,6 +8,7 @@ text on their own (``<0xE2>``, a lone byte of a byte-level BPE) are shown as ``\
 from __future__ import annotations
 
 import re
+import weakref
 from functools import lru_cache
 
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
@@ -32,18 +33,22 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
 
 
+_BYTE_LEVEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per tokenizer, whether its vocabulary is GPT-2 byte-level (reading the vocabulary is slow)."""
+
+
 def _is_byte_level(tokenizer) -> bool:
-    cached = getattr(tokenizer, "_tunedlens_byte_level", None)
-    if cached is None:
-        vocab = tokenizer.get_vocab()
-        cached = (
-            "Ġ" in vocab or "Ċ" in vocab or any(key.startswith("Ġ") for key in list(vocab)[:5000])
-        )
-        try:
-            tokenizer._tunedlens_byte_level = cached
-        except AttributeError:  # tokenizers that refuse new attributes are simply not cached
-            pass
-    return cached
+    try:
+        return _BYTE_LEVEL[tokenizer]
+    except (KeyError, TypeError):  # TypeError: a tokenizer that cannot be weakly referenced
+        pass
+    vocab = tokenizer.get_vocab()
+    byte_level = "Ġ" in vocab or "Ċ" in vocab or any(key.startswith("Ġ") for key in list(vocab)[:5000])
+    try:
+        _BYTE_LEVEL[tokenizer] = byte_level
+    except TypeError:
+        pass
+    return byte_level
 
 
 def token_text(tokenizer, token_id: int) -> str:

@@ -120,3 +120,21 @@ def test_worker_threads_and_both_matmul_libraries_match_a_direct_computation(mod
         final.probs.double(), model_logits.double().softmax(-1), atol=1e-6, rtol=1e-5
     )
     assert torch.get_num_threads() == threads  # the workers' single-threading is undone
+
+
+def test_weight_moments_are_computed_once_per_model_and_die_with_it():
+    import gc
+
+    from tunedlens.engine import kernel
+
+    model = tiny_model("llama")
+    linear = LogitLens(model).unembed.unembedding
+    first = kernel.weight_moments(linear)
+    assert kernel.weight_moments(linear) is first  # cached
+    gram = linear.weight.detach().double().T @ linear.weight.detach().double()
+    torch.testing.assert_close(first[0], gram)
+    assert not any(name.startswith("_tunedlens") for name in vars(linear))  # nothing stuck on it
+    count = len(kernel._MOMENTS)
+    del model, linear
+    gc.collect()
+    assert len(kernel._MOMENTS) == count - 1

@@ -31,9 +31,9 @@ def _calls(model, lens):
     return {
         "readout": lambda ids: readout(model, lens, ids, stats=("kl",)),
         "readout targets": lambda ids: readout(model, lens, torch.ones(2, 9, dtype=torch.long),
-                                               targets=ids, stats=("ce",)),  # fmt: skip
+                                               targets=ids, stats=("ce",)),
         "readout tokens": lambda ids: readout(model, lens, torch.ones(2, 9, dtype=torch.long),
-                                              tokens=ids, stats=("prob",)),  # fmt: skip
+                                              tokens=ids, stats=("prob",)),
         "collect_residuals": lambda ids: collect_residuals(model, ids),
         "evaluate": lambda ids: evaluate(model, lens, ids, bootstrap=0),
         "fit_jacobian_lens": lambda ids: fit_jacobian_lens(model, ids, skip_first=1),
@@ -41,7 +41,7 @@ def _calls(model, lens):
         "trajectory": lambda ids: PredictionTrajectory.from_lens_and_model(lens, model, ids),
         "token_directions": lambda ids: fit_jacobian_lens(
             model, torch.randint(3, 120, (1, 6)), skip_first=1).token_directions(1, ids),
-    }  # fmt: skip
+    }
 
 
 def test_every_entry_point_refuses_float_ids(model, input_ids):
