@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from tunedlens.cli.config_options import with_parameters
 from tunedlens.cli.options import (
     LENS_HELP,
     STAT_HELP,
@@ -22,7 +24,7 @@ from tunedlens.cli.options import (
     TokenizerOption,
 )
 from tunedlens.serialize import dumps
-from tunedlens.train.config import field_help
+from tunedlens.train.config import RECIPES
 
 
 def escape_markup(command) -> None:
@@ -66,6 +68,7 @@ app.add_typer(lens_app, name="lens")
 hub_app = typer.Typer(help="Lens collections on the hub: package, verify, upload, download.",
                       no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(hub_app, name="hub")
+RECIPE_HELP = f"Named settings to start from: {', '.join(sorted(RECIPES))} (see TrainConfig)."
 
 
 @app.command()
@@ -134,8 +137,8 @@ def show(
     typer.echo(f"wrote {path}")
 
 
-@app.command()
 def train(
+    ctx: typer.Context,
     model: ModelArg,
     out: Annotated[
         Path, typer.Option(help="Directory for the lens, checkpoints and train_log.jsonl.")
@@ -154,29 +157,7 @@ def train(
     text_column: Annotated[
         str, typer.Option(help="Text column of .jsonl/.parquet/hub data.")
     ] = "text",
-    recipe: Annotated[str, typer.Option(help="default, paper or lowrank.")] = "default",
-    tokens: Annotated[Optional[int], typer.Option(help=field_help("tokens"))] = None,
-    seq_len: Annotated[int, typer.Option(help=field_help("seq_len"))] = 512,
-    translator: Annotated[Optional[str], typer.Option(help=field_help("translator"))] = None,
-    points: Annotated[Optional[str], typer.Option(help=field_help("points"))] = None,
-    objective: Annotated[Optional[str], typer.Option(help=field_help("objective"))] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=field_help("batch_size"))] = None,
-    tokens_per_step: Annotated[
-        Optional[int], typer.Option(help=field_help("tokens_per_step"))
-    ] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help=field_help("optimizer"))] = None,
-    lr: Annotated[Optional[float], typer.Option(help=field_help("lr"))] = None,
-    val_tokens: Annotated[Optional[int], typer.Option(help=field_help("val_tokens"))] = None,
-    val_every: Annotated[Optional[int], typer.Option(help=field_help("val_every"))] = None,
-    patience: Annotated[Optional[int], typer.Option(help=field_help("patience"))] = None,
-    seed: Annotated[int, typer.Option(help=field_help("seed"))] = 0,
-    checkpoint_every: Annotated[
-        Optional[int], typer.Option(help=field_help("checkpoint_every"))
-    ] = None,
-    time_budget: Annotated[
-        Optional[str],
-        typer.Option(help="E.g. 20m, 90s, 1.5h: " + field_help("time_budget_s") + " Replaces --tokens."),
-    ] = None,
+    recipe: Annotated[str, typer.Option(help=RECIPE_HELP)] = "default",
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     force: Annotated[
         bool, typer.Option(help="Replace the lens, checkpoint and log of another run in --out.")
@@ -196,20 +177,23 @@ def train(
         typer.Option(help="Also log every step to tensorboard (OUT/tensorboard) or wandb (OUT/wandb, offline "
                      "unless WANDB_MODE is set); repeatable. train_log.jsonl is always written."),
     ] = None,
+    **settings,
 ):
-    """Train a tuned lens for MODEL and save it, with provenance, in --out."""
+    """Train a tuned lens for MODEL and save it, with provenance, in --out.
+
+    Every training setting (TrainConfig) is an option; those not given take the recipe's value.
+    """
+    from tunedlens.cli.config_options import explicit_options, given
     from tunedlens.cli.progress import TrainingProgress
     from tunedlens.train.checkpoint import CHECKPOINT_NAME
     from tunedlens.train.config import recipe_config
     from tunedlens.train.distributed import init_world
     from tunedlens.train.run import run_training
 
-    config = recipe_config(
-        recipe, tokens=tokens, seq_len=seq_len, translator=translator, points=points, objective=objective,
-        batch_size=batch_size, tokens_per_step=tokens_per_step, optimizer=optimizer, lr=lr, val_tokens=val_tokens,
-        val_every=val_every, patience=patience, seed=seed, checkpoint_every=checkpoint_every,
-        time_budget_s=parse_duration(time_budget, tokens),
-    )  # fmt: skip
+    chosen = given(settings, explicit_options(ctx))
+    if chosen.get("time_budget_s") is not None and "tokens" in chosen:
+        raise ValueError("--time-budget sizes the token budget itself; pass --tokens or --time-budget, not both")
+    config = recipe_config(recipe, explicit=chosen)
     world = init_world()
     with TrainingProgress(enabled=world.is_primary) as progress, interrupted(out, CHECKPOINT_NAME):
         result = run_training(
@@ -217,9 +201,34 @@ def train(
             resume=resume, force=force, dtype=dtype, device=device, tokenizer=tokenizer, lens_format=format,
             fsdp=fsdp, on_step=progress.update, on_status=progress.status, world=world,
             log_to=log_to or (),
-        )  # fmt: skip
+        )
     if world.is_primary:
         progress.summary(result, out)
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as terminal text: ````x```` -> ``x``, ````None```` -> ``none`` (the option's word)."""
+    return re.sub(r"``([^`]+)``", lambda match: "none" if match[1] == "None" else match[1], doc)
+
+
+def _recipe_note(field: str) -> str:
+    from tunedlens.train.config import recipe_value
+
+    value = recipe_value("default", field)
+    if field == "time_budget_s":
+        return "E.g. 20m, 90s, 1.5h; replaces --tokens."
+    return f"[default recipe: {'none' if value is None else value}]"
+
+
+def _train_settings() -> list:
+    from tunedlens.cli.config_options import config_parameters
+    from tunedlens.train.config import TrainConfig, field_docs
+
+    docs = {name: plain_text(doc) for name, doc in field_docs().items()}
+    return config_parameters(TrainConfig, docs=docs, skip=("recipe",),
+                             names={"time_budget_s": "--time-budget", "positions_per_sequence_end": "--positions-at-end"},
+                             parsers={"time_budget_s": parse_duration},
+                             defaults_note=_recipe_note)
 
 
 @contextmanager
@@ -304,23 +313,19 @@ MAX_TIME_BUDGET_S = 30 * 24 * 3600
 """Longest --time-budget accepted: beyond it a typo (1e9h) is likelier than a plan."""
 
 
-def parse_duration(text: str | None, tokens: int | None) -> float | None:
+def parse_duration(text: str) -> float:
     """``"20m"`` -> 1200.0 seconds (units s, m, h; plain numbers are seconds)."""
-    if text is None:
-        return None
-    if tokens is not None:
-        raise ValueError("--time-budget sizes the token budget itself; pass --tokens or --time-budget, not both")
     units = {"s": 1, "m": 60, "h": 3600}
     number, unit = (text[:-1], text[-1]) if text[-1:].lower() in units else (text, "s")
     try:
         seconds = float(number) * units[unit.lower()]
     except ValueError:
-        raise ValueError(f"--time-budget must look like 20m, 90s or 1.5h, got {text!r}") from None
+        raise ValueError(f"must look like 20m, 90s or 1.5h, got {text!r}") from None
     if not seconds > 0:
-        raise ValueError(f"--time-budget must be positive, got {text!r}")
+        raise ValueError(f"must be positive, got {text!r}")
     if seconds > MAX_TIME_BUDGET_S:
         raise ValueError(
-            f"--time-budget {text} is longer than 30 days; for a run that long pass --tokens "
+            f"{text} is longer than 30 days; for a run that long pass --tokens "
             "(with --checkpoint-every to make it resumable)."
         )
     return seconds
@@ -581,6 +586,9 @@ def hub_download(
 
     where = download_collection(repo, model=model, out=out)
     typer.echo(f"verified {repo}{f' ({model})' if model else ''}: {where}")
+
+
+app.command("train")(with_parameters(train, _train_settings()))
 
 
 def main() -> None:

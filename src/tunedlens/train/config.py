@@ -247,15 +247,32 @@ RECIPES["default"] = dict(
 )
 
 
-def recipe_config(name: str, **overrides) -> TrainConfig:
-    """The :class:`TrainConfig` of a named recipe, with ``overrides`` applied."""
+def recipe_config(name: str, *, explicit: dict | None = None, **overrides) -> TrainConfig:
+    """The :class:`TrainConfig` of a named recipe, with changes applied.
+
+    Args:
+        name: A key of :data:`RECIPES`.
+        explicit: Field values to set as given, ``None`` included (``grad_clip=None``: no
+            clipping), as the command line's options.
+        **overrides: Field values to set; ``None`` here means "the recipe's value".
+    """
     if name not in RECIPES:
         raise ValueError(f"recipe={name!r} is unknown; choose one of {sorted(RECIPES)}.")
-    given = {k: v for k, v in overrides.items() if v is not None}
+    given = {k: v for k, v in overrides.items() if v is not None} | dict(explicit or {})
+    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not a TrainConfig field")
     settings = {**RECIPES[name], **given}
     if settings.get("translator", "affine") != "affine" and "lstsq_init" not in given:
         settings["lstsq_init"] = False  # the least-squares start fits affine translators only
     return TrainConfig(recipe=name, **settings)
+
+
+def recipe_value(name: str, field: str):
+    """The value a recipe gives ``field`` (the dataclass default where the recipe is silent)."""
+    if field in RECIPES[name]:
+        return RECIPES[name][field]
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == field)
 
 
 @lru_cache(maxsize=1)

@@ -62,18 +62,6 @@ def test_an_unknown_option_is_caught():
         test_readme_command_line_is_accepted("tunedlens predict demo hi --bogus")
 
 
-def test_train_options_take_their_help_from_the_config():
-    from tunedlens.train.config import TrainConfig, field_help
-
-    train = typer.main.get_command(app).commands["train"]
-    fields = set(TrainConfig.__dataclass_fields__)
-    mirrored = [p for p in train.params if p.name in fields and p.name != "recipe"]
-    assert len(mirrored) >= 12
-    for parameter in mirrored:
-        assert parameter.help == field_help(parameter.name), parameter.name
-    assert {"fsdp", "device", "tokenizer"} <= {p.name for p in train.params}
-
-
 @pytest.mark.parametrize("name", ["predict", "show", "train", "eval", "serve"])
 def test_model_commands_take_device_and_tokenizer(name):
     command = typer.main.get_command(app).commands[name]

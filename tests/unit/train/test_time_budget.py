@@ -52,11 +52,28 @@ def test_a_passed_deadline_stops_after_one_step_with_a_validated_lens():
 
 
 @pytest.mark.parametrize("value", ["soon", "-5m", "0", "1e9h", "inf", "nan"])
-def test_bad_budgets(value):
+def test_bad_budgets(value, monkeypatch, capsys):
+    import sys
+
+    from tunedlens.cli import main
     from tunedlens.cli.app import parse_duration
 
-    with pytest.raises(ValueError, match="--time-budget"):
-        parse_duration(value, None)
-    with pytest.raises(ValueError, match="not both"):
-        parse_duration("5m", 1000)
-    assert parse_duration("1.5h", None) == 5400.0 and parse_duration("90", None) == 90.0
+    with pytest.raises(ValueError, match="must|longer than 30 days"):
+        parse_duration(value)
+    monkeypatch.setattr(sys, "argv", ["tunedlens", "train", "demo", "--out", "x", "--time-budget", value])
+    with pytest.raises(SystemExit) as caught:
+        main()
+    assert caught.value.code == 2 and "error: --time-budget: " in capsys.readouterr().err
+    assert parse_duration("1.5h") == 5400.0 and parse_duration("90") == 90.0
+
+
+def test_time_budget_and_tokens_exclude_each_other(monkeypatch, capsys):
+    import sys
+
+    from tunedlens.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["tunedlens", "train", "demo", "--out", "x", "--time-budget", "5m",
+                                      "--tokens", "1000"])
+    with pytest.raises(SystemExit) as caught:
+        main()
+    assert caught.value.code == 2 and "not both" in capsys.readouterr().err
