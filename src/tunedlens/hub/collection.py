@@ -199,10 +199,12 @@ def verify_collection(tree: str | os.PathLike, *, load: bool = True) -> dict:
 
     Missing files, files not in the index, wrong sizes and sha256 mismatches are refused with
     the file named, as is a lens filed under another model's folder; with ``load`` every lens
-    is also read back (without a model).
+    is also read back (without a model). Folder links are followed (their files must be listed
+    too); a link that leads out of the collection, or back into its own folder, is refused.
     """
     tree = Path(tree)
     index = read_index(tree)
+    present = set(_tree_files(tree, LENSES_DIR))  # first: a link out of the tree is not read
     listed = set()
     for rel, entry in sorted(index["lenses"].items()):
         listed |= check_lens_files(tree, rel, entry)
@@ -213,8 +215,48 @@ def verify_collection(tree: str | os.PathLike, *, load: bool = True) -> dict:
                     f"{rel}: the lens files record model {record.get('model')!r}, the index "
                     f"{entry.get('model')!r}."
                 )
-    present = {p.relative_to(tree).as_posix() for p in (tree / LENSES_DIR).rglob("*") if p.is_file()} if (tree / LENSES_DIR).exists() else set()
     extra = sorted(present - listed)
     if extra:
         raise CollectionError(f"{extra[0]} is in the tree but not listed in {INDEX_NAME}{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''}.")
     return index
+
+
+def _tree_files(tree: Path, top: str) -> list[str]:
+    """Every file under ``tree/top`` as a tree-relative path, following links.
+
+    ``Path.rglob`` does not descend into linked folders, so an unlisted file behind a folder link
+    would pass unseen. A link whose target lies outside the collection is refused (it would be
+    checked, and uploaded, as part of a collection it does not belong to), except that a tree
+    in the Hugging Face cache (``<repo>/snapshots/<commit>``) links its files to ``<repo>/blobs``.
+    """
+    root = tree.resolve()
+    blobs = root.parent.parent / "blobs" if root.parent.name == "snapshots" else None
+    found: list[str] = []
+
+    def visit(path: Path, rel: str, ancestors: frozenset[Path]) -> None:
+        if path.is_symlink():
+            try:
+                target = path.resolve()
+            except (RuntimeError, OSError):  # Python < 3.13 raises RuntimeError on a link loop
+                raise CollectionError(f"{rel} is a link that leads back to itself; remove it.") from None
+            if not target.exists():
+                raise CollectionError(f"{rel} is a broken link (to {target}); remove it or copy the file in.")
+            inside = target == root or target.is_relative_to(root)
+            cached = blobs is not None and target.is_file() and target.is_relative_to(blobs)
+            if not (inside or cached):
+                raise CollectionError(
+                    f"{rel} is a link to {target}, outside the collection {tree}; copy the files "
+                    "into the collection instead of linking to them."
+                )
+        if not path.is_dir():
+            found.append(rel)
+            return
+        real = path.resolve()
+        if real in ancestors:
+            raise CollectionError(f"{rel} is a link back to its own folder {real} (a loop); remove the link.")
+        for child in sorted(path.iterdir()):
+            visit(child, f"{rel}/{child.name}", ancestors | {real})
+
+    if (tree / top).exists() or (tree / top).is_symlink():
+        visit(tree / top, top, frozenset())
+    return found

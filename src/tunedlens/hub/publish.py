@@ -62,6 +62,8 @@ def download_collection(spec: str, *, model: str | None = None,
     """
     hub = require("huggingface_hub", "hub")
     repo_id, _, revision = spec.partition("@")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise CollectionError(f"--out {str(out)!r} is a file, not a directory; choose a new directory.")
     if out is not None and Path(out).exists() and any(Path(out).iterdir()):
         raise CollectionError(f"--out {str(out)!r} already holds files; choose a new directory.")
     patterns = [INDEX_NAME, CARD_NAME] + ([f"{LENSES_DIR}/{model}/**"] if model else [f"{LENSES_DIR}/**"])

@@ -15,6 +15,7 @@ from tunedlens.errors import LensFileError
 INDEX_NAME = "INDEX.json"
 INDEX_SCHEMA = "tunedlens-collection/1"
 LENSES_DIR = "lenses"
+HEX = frozenset("0123456789abcdef")
 
 
 class CollectionError(LensFileError):
@@ -38,7 +39,52 @@ def read_index(tree: Path) -> dict:
         raise CollectionError(f"{tree} is not a lens collection: cannot read {INDEX_NAME} ({error}).") from None
     if not isinstance(index, dict) or index.get("schema") != INDEX_SCHEMA or not isinstance(index.get("lenses"), dict):
         raise CollectionError(f"{Path(tree) / INDEX_NAME} is not a tunedlens collection index ({INDEX_SCHEMA}).")
+    for rel, entry in index["lenses"].items():
+        _check_entry(Path(tree) / INDEX_NAME, rel, entry)
     return index
+
+
+def _check_entry(path: Path, rel: str, entry) -> None:
+    """Refuse an index entry whose fields have the wrong type, naming the entry and the field.
+
+    Everything that reads an index (verify, download, ``lens list``, hub locations) relies on
+    these types; a damaged or hand-edited index fails here instead of deep inside a comparison.
+    """
+
+    def malformed(field: str, want: str, value) -> CollectionError:
+        return CollectionError(
+            f"{path}: entry {rel!r}: {field} must be {want}, got {value!r} ({type(value).__name__}); "
+            "the index is damaged: package the collection again or download it again."
+        )
+
+    if not isinstance(entry, dict):
+        raise malformed("the entry", "an object with model, kind and files", entry)
+    for field in ("model", "kind"):
+        if not isinstance(entry.get(field), str) or not entry[field]:
+            raise malformed(f"field {field!r}", "a non-empty string", entry.get(field))
+    files = entry.get("files")
+    if not isinstance(files, dict):
+        raise malformed("field 'files'", "an object of file name -> {sha256, size}", files)
+    for name, spec in files.items():
+        parts = name.replace("\\", "/").split("/")
+        if not name or name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise malformed(f"file name {name!r} in 'files'", "a relative path inside the lens folder", name)
+        if not isinstance(spec, dict):
+            raise malformed(f"files[{name!r}]", "an object with sha256 and size", spec)
+        digest, size = spec.get("sha256"), spec.get("size")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in HEX for c in digest)):
+            raise malformed(f"files[{name!r}].sha256", "a sha256 hex digest (64 characters 0-9a-f)", digest)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise malformed(f"files[{name!r}].size", "a whole number of bytes", size)
+    metrics = entry.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            raise malformed("field 'metrics'", "an object", metrics)
+        kl = metrics.get("mean_kl_bits")
+        if kl is not None and (isinstance(kl, bool) or not isinstance(kl, (int, float))):
+            raise malformed("metrics.mean_kl_bits", "a number of bits", kl)
+        if not isinstance(metrics.get("gates", {}), dict):
+            raise malformed("metrics.gates", "an object of gate -> pass", metrics.get("gates"))
 
 
 def check_lens_files(tree: Path, rel: str, entry: dict) -> set[str]:

@@ -118,8 +118,34 @@ def parse_hub_spec(spec: str) -> tuple[str, str, str | None, str]:
     return "/".join(parts[:2]), "/".join(parts[2:]), revision or None, repo_type
 
 
+LOCATION_FORMS = ("'logit', a lens directory, hf:ORG/REPO[/SUBDIR][@REV], "
+                  "tuned-lens:MODEL_ID[@REV] or jlens:NAME[@REV]")
+"""What a lens location looks like, for error messages."""
+_PREFIX_NAMES = {
+    "hf:": ("repository", "hf:ORG/REPO[/SUBDIR][@REV]"),
+    "tuned-lens:": ("model id", "tuned-lens:MODEL_ID[@REV], e.g. tuned-lens:gpt2"),
+    "jlens:": ("J-lens", "jlens:NAME[@REV], e.g. jlens:qwen3-8b ('tunedlens lens list' shows them)"),
+}
+
+
+def check_location_text(spec) -> None:
+    """Refuse a location that cannot name a lens at all: not text, empty, or a bare prefix."""
+    if not isinstance(spec, (str, os.PathLike)):
+        raise LensFileError(
+            f"a lens location must be a string or a path, got {type(spec).__name__} {spec!r}; "
+            f"pass {LOCATION_FORMS}."
+        )
+    if isinstance(spec, str) and not spec.strip():
+        raise LensFileError(f"the lens location is empty; pass {LOCATION_FORMS}.")
+    for prefix, (what, form) in _PREFIX_NAMES.items():
+        if isinstance(spec, str) and spec.startswith(prefix) and not Path(spec).exists():
+            if not spec.removeprefix(prefix).partition("@")[0].strip(" /"):
+                raise LensFileError(f"{spec!r} has no {what} after {prefix!r}; write {form}.")
+
+
 def lens_dir(spec: str | os.PathLike) -> Path:
     """The local directory (or J-lens file) of a lens location, downloading it if needed."""
+    check_location_text(spec)
     path = Path(spec)
     if path.exists() or not isinstance(spec, str) or not spec.startswith(HUB_PREFIXES):
         if not path.exists():

@@ -23,7 +23,7 @@ STATIC = files("tunedlens.serve") / "static"
 def create_app(session: ServeSession):
     """The FastAPI application serving ``session``."""
     fastapi = require("fastapi", "serve")
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from pydantic import BaseModel, Field
@@ -55,12 +55,8 @@ def create_app(session: ServeSession):
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > BODY_LIMIT):
-            return error(413, f"the request body is larger than {BODY_LIMIT // 1024} KiB")
-        return await call_next(request)
+    too_large = f"the request body is larger than {BODY_LIMIT // 1024} KiB"
+    app.add_middleware(BodyLimit, refuse=lambda: error(413, too_large))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):
@@ -131,6 +127,44 @@ def create_app(session: ServeSession):
 
     del fastapi
     return app
+
+
+class BodyLimit:
+    """ASGI middleware: read each request's body up to ``limit`` bytes, answer ``refuse()`` beyond.
+
+    A ``Content-Length`` over the limit is refused unread; a body without one (chunked transfer)
+    is counted as it arrives and refused as soon as it passes the limit, so an oversized body is
+    never held in memory whole nor handed on to be parsed and tokenised. The body read is then
+    replayed to the application.
+    """
+
+    def __init__(self, app, refuse, limit: int = BODY_LIMIT):
+        self.app, self.refuse, self.limit = app, refuse, limit
+
+    async def __call__(self, scope, receive, send):
+        """Handle one ASGI connection (HTTP ones are limited; others pass through)."""
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self.refuse()(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away mid-body
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self.refuse()(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _version() -> str:

@@ -14,9 +14,18 @@ CURVE_SUFFIXES = (".html", ".png")
 
 def read_train_log(run: str | Path) -> list[dict]:
     """The records of ``RUN/train_log.jsonl`` (one per optimizer step), checked."""
-    path = Path(run) / LOG_NAME if Path(run).is_dir() else Path(run)
+    run = Path(run)
+    path = run / LOG_NAME if run.is_dir() else run
+    if not run.exists():
+        raise TunedLensError(
+            f"the run folder {str(run)!r} does not exist; pass the folder a 'tunedlens train' run "
+            f"wrote (its --out), which holds {LOG_NAME}."
+        )
     if not path.exists():
-        raise TunedLensError(f"{path} does not exist; pass the --out directory of a 'tunedlens train' run.")
+        raise TunedLensError(
+            f"the run folder {str(run)!r} holds no {LOG_NAME}; pass the folder a 'tunedlens train' "
+            "run wrote (its --out), after its first optimizer step."
+        )
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -43,8 +52,8 @@ def run_curves(run: str | Path, out: str | Path | None = None) -> Path:
     from tunedlens.plot.training_figures import save_training_curves
 
     run = Path(run)
+    records = read_train_log(run)  # first: a wrong RUN is the likelier mistake than a wrong --out
     target = check_out_file(out if out is not None else run / "curves.html", CURVE_SUFFIXES)
-    records = read_train_log(run)
     labels = None
     if (run / "config.json").exists():
         from tunedlens.arch.points import row_label

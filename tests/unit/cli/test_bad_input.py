@@ -8,6 +8,7 @@ file in the folder is byte-for-byte what it was before.
 
 import hashlib
 import json
+import socket
 import sys
 
 import pytest
@@ -72,6 +73,54 @@ def _checkpoint(root):
 def _jlens_checkpoint(root):
     (root / "jrun").mkdir()
     (root / "jrun" / "jlens_fit_state.safetensors").write_bytes(b"running sums of an earlier fit")
+
+
+def _busy_port(root):
+    """A socket listening on a free port, as another program serving there would."""
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    return other
+
+
+def _collection(root):
+    """tree/: a lens collection of one tuned lens, lenses/org/tiny/named-lens."""
+    from tunedlens.hub.collection import package_lenses
+
+    model = tiny_model("llama")
+    model.config.name_or_path = "org/tiny"
+    random_lens(model).save(root / "named-lens")
+    package_lenses([root / "named-lens"], root / "tree")
+    return root / "tree"
+
+
+def _edit_index(root, change):
+    index = json.loads((_collection(root) / "INDEX.json").read_text())
+    change(index["lenses"])
+    (root / "tree" / "INDEX.json").write_text(json.dumps(index))
+
+
+def _index_entry_list(root):
+    _edit_index(root, lambda lenses: lenses.update({"lenses/org/tiny/named-lens": ["config.json"]}))
+
+
+def _index_size_text(root):
+    def change(lenses):
+        spec = lenses["lenses/org/tiny/named-lens"]["files"]["config.json"]
+        spec["size"] = str(spec["size"])
+
+    _edit_index(root, change)
+
+
+def _linked_folder(root):
+    tree = _collection(root)
+    (tree / "attic").mkdir()
+    (tree / "attic" / "notes.txt").write_text("not listed")
+    (tree / "lenses/org/tiny/named-lens/attic").symlink_to("../../../../attic", target_is_directory=True)
+
+
+def _link_out(root):
+    (_collection(root) / "lenses/org/tiny/named-lens/outside").symlink_to(root / "report")
 
 
 def _jlens(root):
@@ -174,6 +223,13 @@ CASES = {
     "serve lens of another model": (["serve", M, "--lens", "{root}/gpt2-lens"], "fingerprint", None),
     "serve max tokens": (["serve", M, "--max-tokens", "0"], "--max-tokens", None),
     "serve eval report": (["serve", M, "--eval", "{root}/nowhere"], "cannot read", None),
+    "serve port too large": (["serve", M, "--port", "70000"], "--port must be a whole number from 1 to 65535",
+                             None),
+    "serve port zero": (["serve", M, "--port", "0"], "--port must be a whole number", None),
+    "serve port negative": (["serve", M, "--port", "-1"], "--port must be a whole number", None),
+    "serve port in use": (["serve", M, "--port", "{port}"], "is in use; pass --port", _busy_port),
+    "serve eval folder without a report": (["serve", M, "--eval", "{root}/lens"], "holds no metrics.json",
+                                           None),
     # lens info / convert
     "info nan": (["lens", "info", "{root}/nan-lens"], "holds NaN or Inf", _nan),
     "info missing": (["lens", "info", "{root}/nowhere"], "no lens directory", None),
@@ -181,6 +237,25 @@ CASES = {
                             "already holds", None),
     "convert nan": (["lens", "convert", "{root}/nan-lens", "{root}/converted"], "NaN", _nan),
     "convert same": (["lens", "convert", "{root}/lens", "{root}/lens"], "same directory", None),
+    # hub / lens list / lens curves / lens locations
+    "verify entry not an object": (["hub", "verify", "{root}/tree"], "the entry must be an object",
+                                   _index_entry_list),
+    "list entry not an object": (["lens", "list", "--collection", "{root}/tree"],
+                                 "the entry must be an object", _index_entry_list),
+    "verify size as text": (["hub", "verify", "{root}/tree"], ".size must be a whole number of bytes",
+                            _index_size_text),
+    "verify file behind a folder link": (["hub", "verify", "{root}/tree"],
+                                         "named-lens/attic/notes.txt is in the tree but not listed",
+                                         _linked_folder),
+    "verify link out of the tree": (["hub", "verify", "{root}/tree"], "outside the collection",
+                                    _link_out),
+    "download out is a file": (["hub", "download", "org/lenses", "--out", "{root}/afile"],
+                               "is a file, not a directory", None),
+    "curves missing run": (["lens", "curves", "{root}/nosuch-run"], "run folder", None),
+    "curves run without a log": (["lens", "curves", "{root}/lens"], "holds no train_log.jsonl", None),
+    "empty tuned-lens location": (["predict", M, P, "--lens", "tuned-lens:"], "has no model id", None),
+    "empty jlens location": (["predict", M, P, "--lens", "jlens:"], "has no J-lens", None),
+    "empty hf location": (["predict", M, P, "--lens", "hf:"], "has no repository", None),
 }
 
 
@@ -192,14 +267,20 @@ def _snapshot(root) -> dict:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input(case, world, monkeypatch, capsys):
+def test_bad_input(case, world, monkeypatch, capsys, request):
     args, message, prepare = CASES[case]
-    if prepare in (_checkpoint, _jlens_checkpoint, _jlens):
+    keys = {"root": world}
+    if prepare is _busy_port:
+        other = prepare(world)
+        request.addfinalizer(other.close)
+        keys["port"] = other.getsockname()[1]
+    elif prepare in (_checkpoint, _jlens_checkpoint, _jlens, _index_entry_list, _index_size_text,
+                     _linked_folder, _link_out):
         prepare(world)
     elif prepare is not None:
         _broken_lens(world, "nan-lens", prepare)
     before = _snapshot(world)
-    monkeypatch.setattr(sys, "argv", ["tunedlens", *(a.format(root=world) for a in args)])
+    monkeypatch.setattr(sys, "argv", ["tunedlens", *(a.format(**keys) for a in args)])
     with pytest.raises(SystemExit) as caught:
         main()
     out = capsys.readouterr()

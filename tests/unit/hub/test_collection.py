@@ -168,3 +168,114 @@ def test_upload_needs_a_token_and_makes_one_tagged_commit(lenses, tmp_path, monk
     assert url.endswith("c0ffee")
     assert [c[0] for c in RecordingApi.calls] == ["token", "create_repo", "upload_folder", "create_tag"]
     assert RecordingApi.calls[-1] == ("create_tag", "v2026.11.28", "c0ffee")
+
+
+def test_verify_follows_folder_links(lenses, tmp_path):
+    dirs, evals = lenses
+    tree = package_lenses(dirs[:1], tmp_path / "tree", evals=evals)
+    lens = tree / "lenses" / MODEL_ID / "tuned"
+    # A linked folder whose files are listed verifies like a real one ...
+    (tree / "store").mkdir()
+    (lens / "eval").rename(tree / "store" / "eval")
+    (lens / "eval").symlink_to("../../../../store/eval", target_is_directory=True)
+    verify_collection(tree)
+    # ... and an unlisted file behind a folder link is found (Path.rglob would not look there).
+    (tree / "attic").mkdir()
+    (tree / "attic" / "notes.txt").write_text("unlisted")
+    (lens / "attic").symlink_to("../../../../attic", target_is_directory=True)
+    with pytest.raises(CollectionError, match="tuned/attic/notes.txt is in the tree but not listed"):
+        verify_collection(tree)
+
+
+@pytest.mark.parametrize("link", ["folder out", "file out", "loop", "broken"])
+def test_verify_refuses_links_out_of_the_tree_and_loops(lenses, tmp_path, link):
+    dirs, _ = lenses
+    tree = package_lenses(dirs[:1], tmp_path / "tree")
+    lens = tree / "lenses" / MODEL_ID / "tuned"
+    rel = f"lenses/{MODEL_ID}/tuned"
+    if link == "folder out":
+        (lens / "outside").symlink_to(tmp_path / "in", target_is_directory=True)
+        message = f"{rel}/outside is a link to {tmp_path / 'in'}, outside the collection"
+    elif link == "file out":  # the very bytes that were packaged: only the link gives it away
+        (lens / "lens.safetensors").unlink()
+        (lens / "lens.safetensors").symlink_to(dirs[0] / "lens.safetensors")
+        message = f"{rel}/lens.safetensors is a link to .*, outside the collection"
+    elif link == "loop":
+        (lens / "loop").symlink_to("..", target_is_directory=True)
+        message = f"{rel}/loop is a link back to its own folder"
+    else:
+        (lens / "gone").symlink_to(tmp_path / "nowhere")
+        message = f"{rel}/gone is a broken link"
+    with pytest.raises(CollectionError, match=message):
+        verify_collection(tree)
+
+
+def test_a_cached_tree_may_link_its_files_to_the_cache_blobs(lenses, tmp_path, hub_cache, model):
+    """The HF cache keeps a snapshot's files in ``blobs/`` and links them from ``snapshots/``."""
+    dirs, _ = lenses
+    tree = package_lenses(dirs, tmp_path / "tree")
+    cached = _publish_to_cache(tree, hub_cache)
+    blobs = cached.parent.parent / "blobs"
+    blobs.mkdir()
+    for number, path in enumerate(sorted(p for p in cached.rglob("*") if p.is_file())):
+        path.rename(blobs / str(number))
+        path.symlink_to(blobs / str(number))
+    assert verify_collection(cached)["lenses"].keys() == verify_collection(tree)["lenses"].keys()
+    assert download_collection("someone/lenses") == cached
+    assert load_lens(f"hf:datasets/someone/lenses/lenses/{MODEL_ID}/tuned", model).kind == "tuned"
+    # Only the repository's own blobs: a link elsewhere from a snapshot is still refused.
+    weights = cached / "lenses" / MODEL_ID / "tuned" / "lens.safetensors"
+    weights.unlink()
+    weights.symlink_to(dirs[0] / "lens.safetensors")
+    with pytest.raises(CollectionError, match="outside the collection"):
+        verify_collection(cached)
+
+
+def _entry(index):
+    return index["lenses"][f"lenses/{MODEL_ID}/tuned"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda index: index["lenses"].update({f"lenses/{MODEL_ID}/tuned": ["config.json"]}),
+         "entry 'lenses/org/tiny-llama/tuned': the entry must be an object .* got \\['config.json'\\] \\(list\\)"),
+        (lambda index: _entry(index)["files"]["config.json"].update(size="1397"),
+         "files\\['config.json'\\].size must be a whole number of bytes, got '1397' \\(str\\)"),
+        (lambda index: _entry(index)["files"]["config.json"].update(size=True),
+         "files\\['config.json'\\].size must be a whole number"),
+        (lambda index: _entry(index)["files"]["config.json"].update(sha256="ABC"),
+         "files\\['config.json'\\].sha256 must be a sha256 hex digest"),
+        (lambda index: _entry(index)["files"]["config.json"].update(sha256=None),
+         "sha256 must be a sha256 hex digest .*got None"),
+        (lambda index: _entry(index).update(files=["config.json"]), "field 'files' must be an object"),
+        (lambda index: _entry(index)["files"].update({"../../../INDEX.json": {"sha256": "0" * 64, "size": 1}}),
+         "file name '../../../INDEX.json' in 'files' must be a relative path inside the lens folder"),
+        (lambda index: _entry(index).update(model=7), "field 'model' must be a non-empty string, got 7"),
+        (lambda index: _entry(index).pop("kind"), "field 'kind' must be a non-empty string, got None"),
+        (lambda index: _entry(index).update(metrics={"mean_kl_bits": "0.75"}),
+         "metrics.mean_kl_bits must be a number"),
+    ],
+    ids=["entry a list", "size a string", "size a bool", "sha256 not hex", "sha256 missing",
+         "files a list", "file name leaves the lens", "model a number", "kind missing",
+         "mean KL a string"],
+)
+def test_malformed_index_fields_are_named(lenses, tmp_path, damage, message):
+    from tunedlens.hub.listing import known_lenses
+
+    dirs, _ = lenses
+    tree = package_lenses(dirs[:1], tmp_path / "tree")
+    index = json.loads((tree / "INDEX.json").read_text())
+    damage(index)
+    (tree / "INDEX.json").write_text(json.dumps(index))
+    with pytest.raises(CollectionError, match=message):
+        verify_collection(tree)
+    with pytest.raises(CollectionError, match=message):
+        known_lenses(collections=[tree])
+
+
+def test_download_refuses_a_file_as_out(tmp_path, hub_cache):
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(CollectionError, match="--out '.*afile' is a file, not a directory"):
+        download_collection("someone/lenses", out=tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "mine"

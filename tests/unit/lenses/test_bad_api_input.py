@@ -1,4 +1,6 @@
-"""Bad input to the lens API: a TypeError or ValueError that says what to pass instead."""
+"""Bad input to the lens API: a TypeError, ValueError or TunedLensError that says what to pass instead."""
+
+import re
 
 import numpy as np
 import pytest
@@ -22,3 +24,30 @@ def test_a_lens_needs_its_model(lens, tmp_path):
         TunedLens.load(tmp_path / "lens", None)
     with pytest.raises(TypeError, match="got str"):
         LogitLens("demo")
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        (None, "a lens location must be a string or a path, got NoneType None; pass 'logit', a lens "
+               "directory, hf:ORG/REPO"),
+        (3, "got int 3"),
+        ("", "the lens location is empty; pass 'logit'"),
+        ("  ", "the lens location is empty"),
+        ("tuned-lens:", "'tuned-lens:' has no model id after 'tuned-lens:'; write tuned-lens:MODEL_ID"),
+        ("tuned-lens:@main", "has no model id after 'tuned-lens:'"),
+        ("jlens:", "'jlens:' has no J-lens after 'jlens:'; write jlens:NAME"),
+        ("jlens:@0123abc", "has no J-lens after 'jlens:'"),
+        ("hf:", "'hf:' has no repository after 'hf:'; write hf:ORG/REPO"),
+        ("hf:/@main", "has no repository after 'hf:'"),
+    ],
+)
+def test_a_lens_location_that_names_nothing(model, location, message):
+    from tunedlens.errors import LensFileError
+    from tunedlens.lenses import load_lens
+    from tunedlens.lenses.load import check_location
+
+    with pytest.raises(LensFileError, match=re.escape(message)):
+        load_lens(location, model)
+    with pytest.raises(LensFileError, match=re.escape(message)):
+        check_location(location)

@@ -1,5 +1,6 @@
 """The explorer's JSON API against the library's readout, its limits and its errors."""
 
+import json
 import threading
 
 import pytest
@@ -107,6 +108,57 @@ def test_malformed_json_and_oversized_bodies(client):
     response = client.post("/api/readout", content=b"x" * (65 * 1024),
                            headers={"content-type": "application/json"})  # fmt: skip
     assert response.status_code == 413 and "larger than 64 KiB" in response.json()["error"]
+
+
+def test_a_chunked_body_is_limited_too(client, session, monkeypatch):
+    calls = []
+    monkeypatch.setattr(session, "read", lambda *args: calls.append(args))
+
+    def oversized():  # 20 MiB with no Content-Length: httpx sends it chunked
+        for _ in range(320):
+            yield b"x" * 65536
+
+    response = client.post("/api/readout", content=oversized(), headers={"content-type": "application/json"})
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413 and "larger than 64 KiB" in response.json()["error"]
+    assert calls == []  # never parsed nor tokenised
+
+    def small():
+        yield b'{"prompt": '
+        yield json.dumps(PROMPT).encode()
+        yield b"}"
+
+    monkeypatch.undo()
+    response = client.post("/api/readout", content=small(), headers={"content-type": "application/json"})
+    assert response.status_code == 200 and response.json()["positions"] == list(range(5))
+
+
+def test_the_body_limit_stops_reading_at_the_limit():
+    """Driven as ASGI with an endless body: reading stops just past the limit."""
+    import asyncio
+
+    from starlette.responses import JSONResponse
+
+    from tunedlens.serve.app import BODY_LIMIT, BodyLimit
+
+    reads, sent = [], []
+
+    async def receive():
+        reads.append(4096)
+        return {"type": "http.request", "body": b"x" * 4096, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):
+        raise AssertionError("an oversized body was handed on")
+
+    limited = BodyLimit(app, refuse=lambda: JSONResponse({"error": "too large"}, status_code=413))
+    scope = {"type": "http", "method": "POST", "path": "/api/readout", "headers": []}
+    asyncio.run(limited(scope, receive, send))
+    assert sum(reads) == BODY_LIMIT + 4096
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
 
 
 def test_requests_wait_in_line_and_a_full_line_is_refused(client, session):

@@ -68,7 +68,9 @@ def test_lens_curves_draws_the_log(logged_run, tmp_path):
 
 
 def test_bad_logs_and_targets_are_refused(tmp_path, tiny_model_dir, text_file):
-    with pytest.raises(TunedLensError, match="does not exist"):
+    with pytest.raises(TunedLensError, match="run folder '.*nosuch-run' does not exist"):
+        run_curves(tmp_path / "nosuch-run")
+    with pytest.raises(TunedLensError, match="holds no train_log.jsonl"):
         read_train_log(tmp_path)
     (tmp_path / "train_log.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(TunedLensError, match="lacks tokens, loss_bits, lr"):
