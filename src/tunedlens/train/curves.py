@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunedlens.errors import TunedLensError
 from tunedlens.outputs import check_out_file
-from tunedlens.train.run import LOG_NAME
+from tunedlens.train.run import CURVES_NAME, LOG_NAME
 
 CURVE_SUFFIXES = (".html", ".png")
 
@@ -43,7 +43,7 @@ def run_curves(run: str | Path, out: str | Path | None = None) -> Path:
     from tunedlens.plot.training_figures import save_training_curves
 
     run = Path(run)
-    target = check_out_file(out if out is not None else run / "curves.html", CURVE_SUFFIXES)
+    target = check_out_file(out if out is not None else run / CURVES_NAME, CURVE_SUFFIXES)
     records = read_train_log(run)
     labels = None
     if (run / "config.json").exists():
