@@ -157,7 +157,7 @@ def package_lenses(lens_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
     kinds = {rel: _packaged(index, rel) for rel in staged}
     for rel, (_record, _files, source) in staged.items():
         target = out / rel
-        check_out_place(target, what=f"{rel}, the lens folder to replace,")
+        check_out_place(target, what="the lens folder to replace")
         if target.exists() and not target.is_dir():
             raise CollectionError(f"{target} is a file where the lens {rel} goes; move it away.")
         foreign = kinds[rel].foreign(target) if target.is_dir() else []
@@ -167,7 +167,9 @@ def package_lenses(lens_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
                 "move them away before packaging this lens again (nothing was overwritten)."
             )
         name = Path(rel).name
-        inside = source.resolve() == target.resolve() or target.resolve() in source.resolve().parents
+        inside = (
+            source.resolve() == target.resolve() or target.resolve() in source.resolve().parents
+        )
         if inside and name not in evals and (target / EVAL_FILE).is_file():
             evals[name] = target / Path(EVAL_FILE).parent  # re-packaged in place: keep its report
     # Every lens is copied before any folder is replaced: a source may lie in the tree itself.
@@ -176,7 +178,9 @@ def package_lenses(lens_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
         for rel, (record, files, _source) in sorted(staged.items()):
             stagings[rel] = staging = staging_dir(out / rel)
             _stage_lens(staging, rel, record, files, evals)
-            index["lenses"][rel] = {key: value for key, value in sorted(record.items()) if value is not None}
+            index["lenses"][rel] = {
+                key: value for key, value in sorted(record.items()) if value is not None
+            }
         for rel, staging in sorted(stagings.items()):
             publish_dir(staging, out / rel, kinds[rel])
     finally:
@@ -212,7 +216,10 @@ def _stage_lens(staging: Path, rel: str, record: dict, files: list[Path], evals:
         shutil.copyfile(report, staging / EVAL_FILE)
     (staging / CARD_NAME).write_text(_lens_card(rel, record))
     record["files"] = {
-        path.relative_to(staging).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size}
+        path.relative_to(staging).as_posix(): {
+            "sha256": sha256_file(path),
+            "size": path.stat().st_size,
+        }
         for path in sorted(staging.rglob("*"))
         if path.is_file()
     }

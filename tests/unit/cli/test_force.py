@@ -375,6 +375,7 @@ def test_a_failed_write_leaves_the_earlier_output(world, monkeypatch):
     import tunedlens.evaluation.report as report_module
     import tunedlens.lenses.files as files
     import tunedlens.train.run as run
+    from tunedlens.lenses.jacobian import JacobianLens
 
     home = world / "home"
     monkeypatch.chdir(home)
@@ -382,6 +383,7 @@ def test_a_failed_write_leaves_the_earlier_output(world, monkeypatch):
     report_args = ("--prompts", "none", "--bootstrap", "0", "--out", "report")
     _invoke(*_command(world, EVAL, *report_args))
     _invoke(*_command(world, TRAIN, "--tokens", "128", "--out", "run"))
+    _invoke(*_command(world, FIT, "--prompts", "2", "--out", "fit"))
     before = _snapshot(home)
 
     def half_written(lens, path, format="native"):
@@ -389,18 +391,8 @@ def test_a_failed_write_leaves_the_earlier_output(world, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(files, "write_lens", half_written)
-    failed = runner.invoke(
-        app,
-        [
-            "lens",
-            "convert",
-            str(world / "in" / "lens"),
-            "converted",
-            "--format",
-            "tuned-lens",
-            "--force",
-        ],
-    )
+    convert = f"lens convert {world}/in/lens converted --format tuned-lens --force"
+    failed = runner.invoke(app, convert.split())
     assert isinstance(failed.exception, OSError)
 
     def report_then_fail(report, out, *, plots=True):
@@ -419,6 +411,15 @@ def test_a_failed_write_leaves_the_earlier_output(world, monkeypatch):
         app, _command(world, TRAIN, "--tokens", "128", "--out", "run", force=True)
     )
     assert failed.exit_code == 130 and "run is as it was" in failed.output
+
+    def saved_in_part(lens, path, format="native"):
+        (path / "jlens.safetensors").write_bytes(b"the first bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(JacobianLens, "save", saved_in_part)
+    fit = _command(world, FIT, "--prompts", "3", "--out", "fit", "--checkpoint-every", "1")
+    failed = runner.invoke(app, [*fit, "--force"])
+    assert isinstance(failed.exception, OSError)
     assert _snapshot(home) == before
 
 
