@@ -242,10 +242,16 @@ def publish_dir(staging: Path, target: Path, kind: OutputKind) -> None:
     if not target.is_dir():
         raise OutputError(f"{str(target)!r} is a file; the output was not written there.")
     foreign = kind.foreign(target)
-    if foreign:
+    if foreign:  # appeared while the command ran: keep its work where the user can find it
+        kept = target.with_name(f"{target.name}.new")
+        number = 1
+        while kept.exists():
+            number += 1
+            kept = target.with_name(f"{target.name}.new{number}")
+        os.replace(staging, kept)
         raise OutputError(
             f"{str(target)!r} now holds {_listing(foreign)}, which tunedlens did not write as "
-            f"{kind.what}; the new output was not moved there (nothing was overwritten)."
+            f"{kind.what}, so the new output was left in {str(kept)!r} (nothing was overwritten)."
         )
     aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
     os.replace(target, aside)

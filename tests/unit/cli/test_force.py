@@ -448,6 +448,15 @@ def test_publish_puts_the_earlier_output_back_when_the_rename_fails(tmp_path, mo
     outputs.publish_dir(staging, target, kind)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert [p.name for p in target.iterdir()] == ["b.txt"]
+    # Files that appear in the output while the command runs stop it from being replaced; the
+    # new output is kept beside it.
+    staging.mkdir()
+    (staging / "a.txt").write_text("newer")
+    (target / "notes.txt").write_text("written meanwhile")
+    with pytest.raises(outputs.OutputError, match="notes.txt"):
+        outputs.publish_dir(staging, target, kind)
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt", "notes.txt"]
+    assert (tmp_path / "out.new" / "a.txt").read_text() == "newer"
 
 
 def test_what_counts_as_an_earlier_output(tmp_path):
