@@ -40,21 +40,11 @@ def input_ids():
 
 
 @pytest.fixture
-def tiny_tokenizer(tmp_path_factory):
+def tiny_tokenizer():
     """A word-level tokenizer over the tiny vocabulary (128 tokens), saved like a real one."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tiny_models import tiny_tokenizer
 
-    words = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"w{i}" for i in range(124)]
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-    )
+    return tiny_tokenizer()
 
 
 @pytest.fixture

@@ -127,6 +127,23 @@ def random_lens(model, scale: float = 0.2):
     return lens
 
 
+def tiny_tokenizer():
+    """A word-level tokenizer over the tiny vocabulary (128 tokens), saved like a real one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"w{i}" for i in range(124)]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )
+
+
 def word_text(path, count: int = 6000):
     """``count`` seeded random words of the tiny vocabulary (``w4 w17 ...``) written to ``path``."""
     import torch

@@ -195,7 +195,10 @@ def train(
         raise ValueError("--time-budget sizes the token budget itself; pass --tokens or --time-budget, not both")
     config = recipe_config(recipe, explicit=chosen)
     world = init_world()
-    with TrainingProgress(enabled=world.is_primary) as progress, interrupted(out, CHECKPOINT_NAME):
+    with (
+        TrainingProgress(enabled=world.is_primary) as progress,
+        interrupted(out, CHECKPOINT_NAME, force=force),
+    ):
         result = run_training(
             model, config, out, data=data, val_data=val_data, text_column=text_column,
             resume=resume, force=force, dtype=dtype, device=device, tokenizer=tokenizer, lens_format=format,
@@ -232,12 +235,18 @@ def _train_settings() -> list:
 
 
 @contextmanager
-def interrupted(out: Path, checkpoints: str):
+def interrupted(out: Path, checkpoints: str, *, force: bool = False):
     """On Ctrl-C, say whether a checkpoint (``out/<checkpoints glob>``) is kept, exit 130."""
+    replacing = force and out.is_dir() and any(out.iterdir())  # --force works beside --out
     try:
         yield
     except KeyboardInterrupt:
-        if any(out.glob(checkpoints)):
+        if replacing:
+            message = (
+                f"interrupted: {out} is as it was; --force replaces it only once the new run is "
+                "done, so this run cannot be resumed."
+            )
+        elif any(out.glob(checkpoints)):
             message = (f"interrupted: the last checkpoint in {out} is kept; run the same command "
                        "with --resume to continue from it.")  # fmt: skip
         else:
@@ -298,7 +307,10 @@ def fit_jlens(
     from tunedlens.train.jacobian import run_fit_jlens
     from tunedlens.train.jlens_state import STATE_NAME
 
-    with CountProgress("fit-jlens", "prompts") as progress, interrupted(out, f"{STATE_NAME}*"):
+    with (
+        CountProgress("fit-jlens", "prompts") as progress,
+        interrupted(out, f"{STATE_NAME}*", force=force),
+    ):
         lens = run_fit_jlens(model, out, data=data, text_column=text_column, prompts=prompts,
                              seq_len=seq_len, skip_first=skip_first, dim_batch=dim_batch,
                              seed=seed, dtype=dtype, device=device, tokenizer=tokenizer,

@@ -6,8 +6,21 @@ import csv
 import os
 from pathlib import Path
 
+from tunedlens.outputs import OutputKind
+from tunedlens.plot.eval_figures import FIGURES
 from tunedlens.serialize import dumps
 
+REPORT_OUTPUT = OutputKind(
+    "an evaluation report",
+    (
+        "metrics.json",
+        "summary.md",
+        "records.csv",
+        "pure-next-token.csv",
+        *(f"{stem}.{suffix}" for stem in FIGURES for suffix in ("html", "png")),
+    ),
+)
+"""Every file :func:`save_report` may write: what ``eval --force`` may replace."""
 RECORD_COLUMNS = [
     "prompt_id", "lens", "layer", "position", "token", "top1_token", "top1_prob",
     "answer_rank", "answer_prob", "kl_bits", "entropy_bits",

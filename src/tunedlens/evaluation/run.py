@@ -46,19 +46,21 @@ def run_evaluation(
 
     ``on_start`` is called with the number of tokens once the data is packed, ``progress`` after
     every batch (see :func:`evaluate`). Arguments as for ``tunedlens eval``. ``out`` is checked
-    before anything is loaded (an existing report is replaced only with ``force``); the report is
-    written under a temporary name and renamed once complete.
+    before anything is loaded (an earlier report is replaced only with ``force``, and nothing
+    else ever is); the report is written beside it and renamed into place once complete.
     """
     from tunedlens.data import TextSource, pack_blocks
+    from tunedlens.evaluation.report import REPORT_OUTPUT
     from tunedlens.lenses.load import check_location, load_lenses
     from tunedlens.models import load_model, need_tokenizer
-    from tunedlens.outputs import check_out_dir, publish_dir, staging_dir
+    from tunedlens.outputs import check_out_dir, local_inputs, publish_dir, staging_dir
 
     if tokens < seq_len or seq_len < 2:
         raise ValueError(
             f"--tokens ({tokens}) must hold at least one sequence of --seq-len ({seq_len}) tokens"
         )
-    out = check_out_dir(out, force=force)
+    inputs = local_inputs(model_spec, *lenses, data, prompts, tokenizer)
+    out = check_out_dir(out, REPORT_OUTPUT, force=force, sources=inputs)
     if seq_len < 2 or batch_size < 1 or bootstrap < 0:
         raise ValueError(
             f"need --seq-len >= 2, --batch-size >= 1 and --bootstrap >= 0, got {seq_len}, "
@@ -83,7 +85,7 @@ def run_evaluation(
     staging = staging_dir(out)
     try:
         written = report.save(staging, plots=plots)
-        publish_dir(staging, out)
+        publish_dir(staging, out, REPORT_OUTPUT)
     finally:
         if staging.exists():
             import shutil

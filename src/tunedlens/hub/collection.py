@@ -12,6 +12,7 @@ and nothing records the time of packaging, so the same inputs give byte-identica
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from tunedlens.lenses.index import (
     read_index,
     sha256_file,
 )
+from tunedlens.outputs import OutputKind, atomic_write, check_out_place, publish_dir, staging_dir
 
 __all__ = ["CollectionError", "package_lenses", "verify_collection"]
 
@@ -98,6 +100,10 @@ def package_lenses(lens_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
                    license: str = "apache-2.0", title: str = "Lenses") -> Path:  # fmt: skip
     """Build (or, with ``update``, extend) a lens collection tree at ``out``.
 
+    Every lens is staged beside its folder before any folder is replaced, so a lens may be
+    packaged again from its own place in the tree (its attached evaluation is kept unless
+    ``evals`` names another).
+
     Args:
         lens_dirs: Lens directories or J-lens files; each is filed under its model id and its
             directory name (the lens name).
@@ -109,11 +115,23 @@ def package_lenses(lens_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
 
     Raises:
         CollectionError: two lenses with the same path, a lens without a model id, an ``out``
-            that holds other files, an evaluation naming no packaged lens.
+            that holds other files, an evaluation naming no packaged lens, a lens folder to
+            replace that holds files the index does not list for it.
+        OutputError: a lens folder to replace that is (or holds) the current folder.
     """
     out, evals = Path(out), dict(evals or {})
     index = {"schema": INDEX_SCHEMA, "lenses": {}}
+    if out.exists() and not out.is_dir():
+        raise CollectionError(f"--out {str(out)!r} is a file; pass the collection's directory.")
     if out.exists() and any(out.iterdir()):
+        if not (out / INDEX_NAME).is_file():
+            present = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+            raise CollectionError(
+                f"--out {str(out)!r} already holds {', '.join(present[:4])}"
+                f"{' ...' if len(present) > 4 else ''} and is not a lens collection (no "
+                f"{INDEX_NAME}); choose a new or empty directory (--update adds only to a tree "
+                "made by 'tunedlens hub package'; nothing was overwritten)."
+            )
         if not update:
             raise CollectionError(
                 f"--out {str(out)!r} already holds files; pass --update to add to a collection made "
@@ -136,32 +154,75 @@ def package_lenses(lens_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
     unknown = set(evals) - {Path(rel).name for rel in staged}
     if unknown:
         raise CollectionError(f"--eval names {sorted(unknown)}, which are not among the packaged lenses.")
-    for rel, (record, files, _source) in sorted(staged.items()):
+    kinds = {rel: _packaged(index, rel) for rel in staged}
+    for rel, (_record, _files, source) in staged.items():
         target = out / rel
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        for file in files:
-            shutil.copyfile(file, target / file.name)
+        check_out_place(target, what="the lens folder to replace")
+        if target.exists() and not target.is_dir():
+            raise CollectionError(f"{target} is a file where the lens {rel} goes; move it away.")
+        foreign = kinds[rel].foreign(target) if target.is_dir() else []
+        if foreign:
+            raise CollectionError(
+                f"{target} holds {', '.join(foreign)}, which {INDEX_NAME} does not list for {rel}; "
+                "move them away before packaging this lens again (nothing was overwritten)."
+            )
         name = Path(rel).name
-        if name in evals:
-            report = Path(evals[name]) / "metrics.json"
-            try:
-                metrics = json.loads(report.read_text())
-            except (OSError, json.JSONDecodeError) as error:
-                raise CollectionError(f"cannot read the evaluation {report}: {error}") from None
-            record["metrics"] = _headline(metrics, name)
-            (target / "eval").mkdir()
-            shutil.copyfile(report, target / EVAL_FILE)
-        (target / "README.md").write_text(_lens_card(rel, record))
-        record["files"] = {
-            str(path.relative_to(target)): {"sha256": sha256_file(path), "size": path.stat().st_size}
-            for path in sorted(target.rglob("*")) if path.is_file()
-        }  # fmt: skip
-        index["lenses"][rel] = {key: value for key, value in sorted(record.items()) if value is not None}
-    (out / INDEX_NAME).write_text(_dumps(index))
-    (out / CARD_NAME).write_text(_dataset_card(index, license, title))
+        inside = (
+            source.resolve() == target.resolve() or target.resolve() in source.resolve().parents
+        )
+        if inside and name not in evals and (target / EVAL_FILE).is_file():
+            evals[name] = target / Path(EVAL_FILE).parent  # re-packaged in place: keep its report
+    # Every lens is copied before any folder is replaced: a source may lie in the tree itself.
+    stagings: dict[str, Path] = {}
+    try:
+        for rel, (record, files, _source) in sorted(staged.items()):
+            stagings[rel] = staging = staging_dir(out / rel)
+            _stage_lens(staging, rel, record, files, evals)
+            index["lenses"][rel] = {
+                key: value for key, value in sorted(record.items()) if value is not None
+            }
+        for rel, staging in sorted(stagings.items()):
+            publish_dir(staging, out / rel, kinds[rel])
+    finally:
+        for staging in stagings.values():
+            shutil.rmtree(staging, ignore_errors=True)
+    atomic_write(out / INDEX_NAME, lambda handle: handle.write(_dumps(index).encode()))
+    card = _dataset_card(index, license, title)
+    atomic_write(out / CARD_NAME, lambda handle: handle.write(card.encode()))
     return out
+
+
+def _packaged(index: dict, rel: str) -> OutputKind:
+    """The files the index lists for lens ``rel``: what packaging it again may replace."""
+    listed = [Path(name).parts for name in index["lenses"].get(rel, {}).get("files", {})]
+    files = tuple(sorted({glob.escape(parts[0]) for parts in listed if len(parts) == 1}))
+    folders = tuple(sorted({parts[0] for parts in listed if len(parts) > 1}))
+    return OutputKind(f"the lens {rel} packaged earlier", files, folders=folders)
+
+
+def _stage_lens(staging: Path, rel: str, record: dict, files: list[Path], evals: dict) -> None:
+    """Fill ``staging`` with lens ``rel``: its files, its evaluation, its card; list them."""
+    for file in files:
+        shutil.copyfile(file, staging / file.name)
+    name = Path(rel).name
+    if name in evals:
+        report = Path(evals[name]) / "metrics.json"
+        try:
+            metrics = json.loads(report.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise CollectionError(f"cannot read the evaluation {report}: {error}") from None
+        record["metrics"] = _headline(metrics, name)
+        (staging / "eval").mkdir()
+        shutil.copyfile(report, staging / EVAL_FILE)
+    (staging / CARD_NAME).write_text(_lens_card(rel, record))
+    record["files"] = {
+        path.relative_to(staging).as_posix(): {
+            "sha256": sha256_file(path),
+            "size": path.stat().st_size,
+        }
+        for path in sorted(staging.rglob("*"))
+        if path.is_file()
+    }
 
 
 def _lens_card(rel: str, record: dict) -> str:

@@ -33,7 +33,7 @@ from tunedlens.lenses.translators import (
     MLPTranslator,
 )
 from tunedlens.metrics.checks import first_nonfinite
-from tunedlens.outputs import atomic_write, publish_dir, staging_dir
+from tunedlens.outputs import OutputKind, atomic_write, check_out_dir, publish_dir, staging_dir
 
 LensFormat = Literal["native", "tuned-lens"]
 CONFIG_FILE = "config.json"
@@ -43,6 +43,8 @@ PROVENANCE_FILE = "provenance.json"
 LENS_FILES = (CONFIG_FILE, REFERENCE_WEIGHTS, NATIVE_WEIGHTS, PROVENANCE_FILE)
 """Every file a lens directory of either format may hold (the one place these names live)."""
 WEIGHT_FILES = (NATIVE_WEIGHTS, REFERENCE_WEIGHTS)
+LENS_OUTPUT = OutputKind("a tuned lens", LENS_FILES)
+"""What ``lens convert`` may replace with ``--force``: a tuned lens directory and nothing else."""
 NATIVE_FORMAT_VERSION = 1
 REFERENCE_KEYS = (
     "base_model_name_or_path",
@@ -416,7 +418,9 @@ def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: L
     A J-lens (artifact, fit checkpoint or native directory) converts between ``native`` and
     ``artifact`` (:func:`tunedlens.lenses.jlens_files.convert_jlens`).
 
-    A ``target`` that already holds files is refused unless ``force`` (then it is replaced).
+    A ``target`` that holds a tuned lens is refused unless ``force`` (then it is replaced once
+    the new one is written); one that is or holds ``source``, the current folder, or files of
+    anything else is always refused (:func:`tunedlens.outputs.check_out_dir`).
     """
     source, target = Path(source), Path(target)
     from tunedlens.lenses.jlens_files import convert_jlens, jlens_file
@@ -427,18 +431,12 @@ def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: L
         raise ValueError(f"--format must be 'native' or 'tuned-lens', got {format!r}")
     if source.resolve() == target.resolve():
         raise ValueError("SRC and DST are the same directory; write the converted lens elsewhere.")
-    if target.exists() and not target.is_dir():
-        raise LensFileError(f"DST {str(target)!r} is a file; pass a directory.")
-    if target.is_dir() and any(target.iterdir()) and not force:
-        raise LensFileError(
-            f"DST {str(target)!r} already holds files ({', '.join(sorted(p.name for p in target.iterdir())[:4])}); "
-            "choose another directory, or pass --force to replace it (nothing was overwritten)."
-        )
+    check_out_dir(target, LENS_OUTPUT, force=force, what="DST", sources=[source])
     lens = read_lens(source)
     staging = staging_dir(target)
     try:
         write_lens(lens, staging, format)
-        publish_dir(staging, target)
+        publish_dir(staging, target, LENS_OUTPUT)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -17,11 +17,20 @@ import torch
 
 from tunedlens.errors import LensFileError
 from tunedlens.metrics.checks import first_nonfinite
-from tunedlens.outputs import atomic_write, publish_dir, staging_dir
+from tunedlens.outputs import (
+    OutputError,
+    OutputKind,
+    atomic_write,
+    check_out_dir,
+    publish_dir,
+    staging_dir,
+)
 
 ARTIFACT_SUFFIX = ".pt"
 NATIVE_JLENS = "jlens.safetensors"
 JLENS_FORMAT = "tunedlens-jlens"
+JLENS_OUTPUT = OutputKind("a J-lens", (NATIVE_JLENS, "config.json"))
+"""A native J-lens directory: what ``--force`` may replace with a J-lens."""
 
 
 def _finite(matrices: dict[int, torch.Tensor], where: str) -> None:
@@ -158,6 +167,28 @@ def jlens_file(path: Path) -> Path | None:
     return None
 
 
+def _check_artifact_target(target: Path, *, force: bool) -> None:
+    """An artifact file to write: new, or (``force``) a J-lens artifact that may be replaced."""
+    if target.is_dir():
+        raise OutputError(
+            f"DST {str(target)!r} is a directory; name the {ARTIFACT_SUFFIX} file to write."
+        )
+    if not target.exists():
+        return
+    try:
+        read_artifact(target)
+    except LensFileError:
+        raise OutputError(
+            f"DST {str(target)!r} already exists and is not a J-lens artifact (--force replaces "
+            "only a J-lens); choose another file name (nothing was overwritten)."
+        ) from None
+    if not force:
+        raise OutputError(
+            f"DST {str(target)!r} already exists; choose another, or pass --force to replace it "
+            "(nothing was overwritten)."
+        )
+
+
 def convert_jlens(source: Path, target: Path, format: str, *, force: bool = False) -> Path:
     """Rewrite the J-lens at ``source`` (artifact, fit checkpoint or native) as ``format``.
 
@@ -165,7 +196,8 @@ def convert_jlens(source: Path, target: Path, format: str, *, force: bool = Fals
     embeddings, has no place there and is dropped, with a note in the metadata). Without the
     model no unembedding fingerprint can be recorded: a native lens converted from an artifact
     gets one when it is loaded with its model and saved (``JacobianLens.load(...).save(...)``).
-    ``target`` must not exist unless ``force``.
+    ``target`` must not exist unless ``force``, and then hold a J-lens of the same format:
+    ``--force`` replaces a J-lens, nothing else.
     """
     found = jlens_file(source)
     if found is None:
@@ -181,12 +213,12 @@ def convert_jlens(source: Path, target: Path, format: str, *, force: bool = Fals
         raise ValueError(
             f"an artifact is one {ARTIFACT_SUFFIX} file; name DST like lens{ARTIFACT_SUFFIX}, not {target.name!r}"
         )
-    if target.resolve() == found.resolve():
+    if target.resolve() in (found.resolve(), source.resolve()):
         raise ValueError("SRC and DST are the same; write the converted lens elsewhere.")
-    if target.exists() and not force:
-        raise LensFileError(
-            f"DST {str(target)!r} already exists; choose another, or pass --force to replace it."
-        )
+    if format == "artifact":
+        _check_artifact_target(target, force=force)
+    else:
+        check_out_dir(target, JLENS_OUTPUT, force=force, what="DST", sources=[source, found])
     if found.is_dir():
         matrices, n_prompts, metadata, config = read_native(found)
         model_info = {key: config.get(key) for key in
@@ -204,7 +236,7 @@ def convert_jlens(source: Path, target: Path, format: str, *, force: bool = Fals
     staging = staging_dir(target)
     try:
         _write_native(staging, matrices, n_prompts, metadata, model_info)
-        publish_dir(staging, target)
+        publish_dir(staging, target, JLENS_OUTPUT)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

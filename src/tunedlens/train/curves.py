@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunedlens.errors import TunedLensError
 from tunedlens.outputs import check_out_file
-from tunedlens.train.run import LOG_NAME
+from tunedlens.train.run import CURVES_NAME, LOG_NAME
 
 CURVE_SUFFIXES = (".html", ".png")
 
@@ -53,7 +53,7 @@ def run_curves(run: str | Path, out: str | Path | None = None) -> Path:
 
     run = Path(run)
     records = read_train_log(run)  # first: a wrong RUN is the likelier mistake than a wrong --out
-    target = check_out_file(out if out is not None else run / "curves.html", CURVE_SUFFIXES)
+    target = check_out_file(out if out is not None else run / CURVES_NAME, CURVE_SUFFIXES)
     labels = None
     if (run / "config.json").exists():
         from tunedlens.arch.points import row_label

@@ -22,7 +22,9 @@ from torch import nn
 
 from tunedlens.arch.residuals import block_input, block_output, check_input_ids, token_ids
 from tunedlens.lenses.jacobian import JacobianLens
+from tunedlens.lenses.jlens_files import JLENS_OUTPUT
 from tunedlens.lenses.unembed import Unembed
+from tunedlens.outputs import OutputKind, publish_dir, staging_dir
 from tunedlens.train.distributed import World
 from tunedlens.train.jlens_state import (
     STATE_NAME,
@@ -31,6 +33,10 @@ from tunedlens.train.jlens_state import (
     prompts_hash,
     state_file,
 )
+
+FIT_OUTPUT = OutputKind("a J-lens fit", (*JLENS_OUTPUT.files, f"{STATE_NAME}*.safetensors"))
+"""A fit's ``--out``: the J-lens, or the checkpoints of an unfinished fit (``--force`` replaces
+either)."""
 
 
 @contextmanager
@@ -295,7 +301,7 @@ def run_fit_jlens(
     """
     from tunedlens.data import TextSource, pack_blocks
     from tunedlens.models import load_model, need_tokenizer
-    from tunedlens.outputs import check_out_dir
+    from tunedlens.outputs import check_out_dir, check_out_target, local_inputs
     from tunedlens.provenance import environment
     from tunedlens.train.distributed import init_world
     from tunedlens.train.run import default_data_spec
@@ -314,6 +320,8 @@ def run_fit_jlens(
         raise ValueError("--resume continues the fit in --out and --force replaces it; pick one.")
     if resume and checkpoint_every is None:
         raise ValueError("--resume needs --checkpoint-every N, as given to the fit being resumed.")
+    inputs = local_inputs(model_spec, data, tokenizer)
+    check_out_target(out, FIT_OUTPUT, sources=inputs)
     kept = [p.name for p in out.glob(f"{STATE_NAME}*.safetensors")] if out.is_dir() else []
     if resume and not kept:
         raise FitStateError(
@@ -323,9 +331,12 @@ def run_fit_jlens(
     if kept and not (resume or force):
         raise FitStateError(
             f"{out} holds the checkpoint of an unfinished fit ({kept[0]}). Pass --resume to continue "
-            "it, --force to start over (it is deleted), or choose another --out."
+            "it, --force to start over (it is replaced once the new fit is done), or choose "
+            "another --out."
         )
-    out = check_out_dir(out, force=force, allowed=kept if resume else ())
+    if not resume:
+        check_out_dir(out, FIT_OUTPUT, force=force, sources=inputs)
+    replacing = not resume and out.is_dir() and any(out.iterdir())
     if resume:
         for name in kept:  # damaged checkpoints fail now, before the model loads
             FitState.load(out / name)
@@ -343,16 +354,33 @@ def run_fit_jlens(
     if part is not None:
         tokens = tokens[prompt_slice(len(tokens), *part)]
         metadata["part"] = f"{part[0]}/{part[1]}"
-    if force and out.is_dir():
-        for name in kept:
-            (out / name).unlink()
     world = init_world(device or "cpu")
-    lens = fit_jacobian_lens(model, tokens, skip_first=skip_first, dim_batch=dim_batch,
-                             progress=progress if world.is_primary else None, metadata=metadata,
-                             checkpoint=out if checkpoint_every else None,
-                             checkpoint_every=checkpoint_every or 1, resume=resume, world=world)  # fmt: skip
-    if world.is_primary:
-        _publish(lens, out)
+    # The checkpoints of a fit replacing an earlier one go beside --out and cannot be resumed
+    # (the earlier fit stays in --out until the new one is done), so only the first process,
+    # which alone knows that folder, writes them.
+    work = None
+    if checkpoint_every and not replacing:
+        work = out
+    elif checkpoint_every and world.is_primary:
+        work = staging_dir(out)
+    try:
+        lens = fit_jacobian_lens(
+            model,
+            tokens,
+            skip_first=skip_first,
+            dim_batch=dim_batch,
+            progress=progress if world.is_primary else None,
+            metadata=metadata,
+            checkpoint=work,
+            checkpoint_every=checkpoint_every or 1,
+            resume=resume,
+            world=world,
+        )
+        if world.is_primary:
+            _publish(lens, out, FIT_OUTPUT)
+    finally:
+        if work is not None and work != out:
+            shutil.rmtree(work, ignore_errors=True)
     world.barrier()
     return lens
 
@@ -362,27 +390,26 @@ def run_merge_jlens(model_spec: str, parts: Sequence[str], out, *, force: bool =
     """What ``tunedlens lens merge`` does: check, load the parts for the model, merge, write."""
     from tunedlens.lenses.load import check_location
     from tunedlens.models import load_model
-    from tunedlens.outputs import check_out_dir
+    from tunedlens.outputs import check_out_dir, local_inputs
 
-    out = check_out_dir(Path(out), force=force)
     if len(parts) < 2:
         raise ValueError(f"merging needs at least two J-lenses, got {len(parts)}")
     for part in parts:
         check_location(part)
+    inputs = local_inputs(model_spec, *parts)
+    out = check_out_dir(Path(out), JLENS_OUTPUT, force=force, sources=inputs)
     model, _ = load_model(model_spec, dtype=dtype, device=device)
     lenses = [JacobianLens.load(part, model) for part in parts]
     merged = merge_jacobian_lenses(lenses)
-    _publish(merged, out)
+    _publish(merged, out, JLENS_OUTPUT)
     return merged
 
 
-def _publish(lens: JacobianLens, out: Path) -> None:
+def _publish(lens: JacobianLens, out: Path, kind: OutputKind) -> None:
     """Save ``lens`` natively beside ``out``, then rename it into place (never half-written)."""
-    from tunedlens.outputs import publish_dir, staging_dir
-
     staging = staging_dir(out)
     try:
         lens.save(staging)
-        publish_dir(staging, out)
+        publish_dir(staging, out, kind)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

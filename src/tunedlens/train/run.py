@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,14 +15,16 @@ from tunedlens.errors import TunedLensError
 from tunedlens.lenses.files import LENS_FILES, WEIGHT_FILES
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
-from tunedlens.outputs import check_out_dir as check_writable_dir
+from tunedlens.outputs import OutputKind, check_out_target, local_inputs, publish_dir, staging_dir
 from tunedlens.train.checkpoint import CHECKPOINT_NAME
 from tunedlens.train.config import TrainConfig
 from tunedlens.train.distributed import World, init_world
-from tunedlens.train.loggers import check_log_targets, make_loggers
+from tunedlens.train.loggers import LOG_TARGETS, check_log_targets, make_loggers
 from tunedlens.train.loop import StepStats, TrainResult, train_lens
 
 LOG_NAME = "train_log.jsonl"
+CURVES_NAME = "curves.html"
+"""Where ``tunedlens lens curves RUN`` draws the curves by default."""
 
 
 @dataclass(frozen=True)
@@ -89,18 +92,28 @@ def plan_data(
 
 RUN_FILES = (*LENS_FILES, CHECKPOINT_NAME, LOG_NAME)
 """The files a training run writes into its ``--out``."""
+RUN_OUTPUT = OutputKind("a training run's output", (*RUN_FILES, CURVES_NAME), folders=LOG_TARGETS)
+"""A run's ``--out``: its files, the curves drawn from it, and the logs of ``--log-to`` (each
+target writes a folder named after it); what ``--force`` may replace."""
 
 
-def check_out_dir(out: Path, resume: bool, *, force: bool = False,
-                  checkpoint_every: int | None = None) -> None:  # fmt: skip
+def check_out_dir(
+    out: Path,
+    resume: bool,
+    *,
+    force: bool = False,
+    checkpoint_every: int | None = None,
+    sources: Sequence[Path] = (),
+) -> None:
     """Refuse, before any work, an ``--out`` that cannot be written or holds another run.
 
     ``resume`` needs a checkpoint there and ``checkpoint_every`` set; ``force`` replaces the
-    results of another run.
+    results of another run (and nothing else: see :func:`tunedlens.outputs.check_out_target`;
+    ``sources`` are the inputs on this machine).
     """
-    check_writable_dir(out, force=True)  # kind and permission; the run's files are checked here
     if resume and force:
         raise TunedLensError("--resume continues the run in --out and --force replaces it; pick one.")
+    check_out_target(out, RUN_OUTPUT, sources=sources)
     has_checkpoint = (out / CHECKPOINT_NAME).exists()
     if resume:
         if not has_checkpoint:
@@ -114,7 +127,8 @@ def check_out_dir(out: Path, resume: bool, *, force: bool = False,
                 "checkpoint records the setting, and a different one is refused)."
             )
         return
-    if force or not out.exists():
+    present = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+    if force or not present:
         return
     if has_checkpoint:
         raise TunedLensError(
@@ -126,6 +140,10 @@ def check_out_dir(out: Path, resume: bool, *, force: bool = False,
             f"{out} already holds a lens; choose another --out, or pass --force to replace it "
             "(nothing was overwritten)."
         )
+    raise TunedLensError(
+        f"{out} already holds {', '.join(present)} of an earlier run; choose another --out, or "
+        "pass --force to replace it (nothing was overwritten)."
+    )
 
 
 def _log_writer(out: Path, extra: Callable[[StepStats], None] | None, loggers=()):
@@ -276,7 +294,10 @@ def run_training(
             f"--format tuned-lens holds one translator per block input; a lens on {config.points!r} "
             "points can only be written in the native format (drop --format)."
         )
-    check_out_dir(out, resume, force=force, checkpoint_every=config.checkpoint_every)
+    inputs = local_inputs(model_spec, data, val_data, tokenizer)
+    check_out_dir(
+        out, resume, force=force, checkpoint_every=config.checkpoint_every, sources=inputs
+    )
     spec = data or default_data_spec(model_spec, status)
     TextSource(spec, text_column).check()
     if val_data is not None:
@@ -303,39 +324,46 @@ def run_training(
                                      begun=begun, data=spec, text_column=text_column)  # fmt: skip
     status(f"packing {config.tokens:,} training tokens from {spec}")
     plan = plan_data(tokenizer, config, data=spec, val_data=val_data, text_column=text_column)
-    if world.is_primary:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:  # a new run (with --force: replacing the files of an earlier one)
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
+    # A run replacing an earlier one (--force) works beside it and takes its place once done,
+    # so a failure or a kill leaves the earlier run as it was; other runs work in --out itself.
+    replacing = world.is_primary and out.is_dir() and any(out.iterdir()) and not resume
+    work = staging_dir(out) if replacing else out
     loggers = []
-    if world.is_primary and log_to:
-        labels = [lens.row_label(row) for row in range(lens.n_layers)]
-        loggers = make_loggers(log_to, out, {**config.to_dict(), "model": model_spec}, labels)
     try:
-        result = train_lens(
-            lens,
-            model,
-            plan.train,
-            config,
-            val_data=plan.val,
-            world=world,
-            resume=resume,
-            checkpoint_dir=out if config.checkpoint_every else None,
-            on_step=_log_writer(out, on_step, loggers) if world.is_primary else None,
-            deadline=None if budget is None else budget["deadline"],
-        )
+        if world.is_primary:
+            work.mkdir(parents=True, exist_ok=True)
+        if world.is_primary and log_to:
+            labels = [lens.row_label(row) for row in range(lens.n_layers)]
+            loggers = make_loggers(log_to, work, {**config.to_dict(), "model": model_spec}, labels)
+        try:
+            result = train_lens(
+                lens,
+                model,
+                plan.train,
+                config,
+                val_data=plan.val,
+                world=world,
+                resume=resume,
+                checkpoint_dir=work if config.checkpoint_every else None,
+                on_step=_log_writer(work, on_step, loggers) if world.is_primary else None,
+                deadline=None if budget is None else budget["deadline"],
+            )
+        finally:
+            for logger in loggers:
+                logger.close()
+        if world.is_primary:
+            record = provenance(result, plan, model_spec, lens)
+            record["training"]["wall_time_this_process_s"] = time.perf_counter() - started
+            if budget is not None:
+                record["training"]["time_budget"] = {
+                    key: value for key, value in budget.items() if key != "deadline"
+                } | {"stopped_at_budget": result.stopped_at_budget}
+            for name in LENS_FILES:
+                (work / name).unlink(missing_ok=True)  # a resumed run replaces its own earlier save
+            lens.save(work, format=lens_format, provenance=record)
+        if replacing:
+            publish_dir(work, out, RUN_OUTPUT)
     finally:
-        for logger in loggers:
-            logger.close()
-    if world.is_primary:
-        record = provenance(result, plan, model_spec, lens)
-        record["training"]["wall_time_this_process_s"] = time.perf_counter() - started
-        if budget is not None:
-            record["training"]["time_budget"] = {
-                key: value for key, value in budget.items() if key != "deadline"
-            } | {"stopped_at_budget": result.stopped_at_budget}
-        for name in LENS_FILES:
-            (out / name).unlink(missing_ok=True)  # a resumed run replaces its own earlier save
-        lens.save(out, format=lens_format, provenance=record)
+        if replacing:
+            shutil.rmtree(work, ignore_errors=True)
     return result
