@@ -161,5 +161,5 @@ def bind_jlens(stored: StoredJLens, model: nn.Module, *, strict: bool = True) ->
         raise LensMismatch(
             f"{path} was fitted for {info['num_hidden_layers']} layers, not {unembed.arch.n_layers}."
         )
-    return JacobianLens(unembed, stored.matrices, n_prompts=stored.n_prompts,
-                        metadata=stored.metadata)  # fmt: skip
+    metadata = stored.metadata
+    return JacobianLens(unembed, stored.matrices, n_prompts=stored.n_prompts, metadata=metadata)
