@@ -161,7 +161,7 @@ def read_native(path: Path) -> tuple[dict[int, torch.Tensor], int, dict, dict]:
     from safetensors.torch import load_file
 
     where = path / "config.json"
-    config = read_json(where, "J-lens")
+    config = read_json(where, "Jacobian")
     if config.get("format") != JLENS_FORMAT or config.get("format_version") != JLENS_VERSION:
         raise LensFileError(
             f"{where} is not a tunedlens J-lens config (format={config.get('format')!r}, "
