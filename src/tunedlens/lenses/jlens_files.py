@@ -101,7 +101,8 @@ def read_artifact(path: Path) -> tuple[dict[int, torch.Tensor], int, dict]:
                 f"{sorted(matrices)}; the file is inconsistent."
             )
     shapes = {tuple(m.shape) for m in matrices.values()}
-    if len(shapes) != 1 or (d_model is not None and shapes != {(d_model, d_model)}):
+    square = len(shapes) == 1 and len(set(next(iter(shapes)))) == 1
+    if not square or (d_model is not None and shapes != {(d_model, d_model)}):
         raise LensFileError(
             f"{path}: the matrices have shapes {sorted(shapes)}, d_model={d_model}."
         )

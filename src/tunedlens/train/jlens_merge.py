@@ -105,12 +105,13 @@ def check_mergeable(parts: Sequence[MergePart]) -> None:
             )
         if tuple(next(iter(part.matrices.values())).shape) != shape:
             raise MergeError(f"{part.label} and {first.label} are J-lenses of different widths.")
-    fingerprints = {part.unembed_hash for part in parts} - {None}
-    if len(fingerprints) > 1:
-        other = next(part for part in parts if part.unembed_hash not in (None, first.unembed_hash))
-        raise MergeError(
-            f"{other.label} is for another model than {first.label} (their unembeddings differ)."
-        )
+    recorded = [part for part in parts if part.unembed_hash is not None]
+    for part in recorded[1:]:
+        if part.unembed_hash != recorded[0].unembed_hash:
+            raise MergeError(
+                f"{part.label} is for another model than {recorded[0].label} (their "
+                "unembeddings differ)."
+            )
     _check_settings(parts)
     _check_duplicates(parts)
     _check_slices(parts)
