@@ -338,8 +338,7 @@ def run_fit_jlens(
     out = check_out_dir(out, force=force, allowed=kept if resume else ())
     spec = data or default_data_spec(model_spec)
     if resume:  # damaged checkpoints, or ones of other settings, fail now, before the model loads
-        early = {"data": spec, "seq_len": seq_len, "seed": seed}
-        early.update(skip_first=skip_first, dim_batch=dim_batch)
+        early = {"seq_len": seq_len, "seed": seed, "skip_first": skip_first, "dim_batch": dim_batch}
         for name in kept:
             FitState.load(out / name).check_resumable(early, out / name)
     source = TextSource(spec, text_column)

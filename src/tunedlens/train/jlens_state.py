@@ -29,7 +29,9 @@ SOURCE_SETTINGS = {"data": "--data", "seq_len": "--seq-len", "seed": "--seed"}
 """Where the prompts came from (key -> fit-jlens option), when the fit was given them.
 
 They fix the prompts, so ``prompts_hash`` differs whenever one does; a resume names them instead.
-Checkpoints written before they were recorded are compared on the prompts alone.
+``data`` alone refuses nothing: the same text may be named by another path (a resume from
+another folder), so it is named only beside other prompts. Checkpoints written before these
+were recorded are compared on the prompts alone.
 """
 
 
@@ -146,6 +148,8 @@ class FitState:
             and (key in self.settings or key in RESULT_SETTINGS)
             and self.settings.get(key) != settings[key]
         ]
+        if "data" in changed and "prompts_hash" not in changed:
+            changed.remove("data")  # the same prompts: the text is only named another way
         if "prompts_hash" in changed and {*SOURCE_SETTINGS, "n_prompts"} & set(changed):
             changed.remove("prompts_hash")  # other prompts follow from the setting named
         if changed:

@@ -81,6 +81,8 @@ def test_resume_names_the_prompt_settings_that_changed(model, tmp_path):
         with pytest.raises(FitStateError, match=rf"\({key} \({option}\): ") as caught:
             fit_jacobian_lens(model, other, **fit, resume=True, metadata={**source, key: value})
         assert "prompts_hash" not in str(caught.value)  # other prompts follow from the setting
+    elsewhere = {**source, "data": "./a.txt"}  # the same text and prompts, named another way
+    assert fit_jacobian_lens(model, prompts, **fit, resume=True, metadata=elsewhere).n_prompts == 2
     path = state_file(tmp_path)  # a checkpoint written before these were recorded
     state = FitState.load(path)
     state.settings = {key: v for key, v in state.settings.items() if key not in source}
