@@ -35,6 +35,52 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     return _DTYPES[dtype]
 
 
+def _device_counts() -> dict[str, int]:
+    """Accelerators this machine offers, by torch device type (CPU always works)."""
+    xpu = getattr(torch, "xpu", None)
+    return {
+        "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "mps": int(torch.backends.mps.is_available()),
+        "xpu": xpu.device_count() if xpu is not None and xpu.is_available() else 0,
+    }
+
+
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """The device ``device`` names, checked before anything is loaded onto it (``None`` stays).
+
+    Raises:
+        ValueError: ``device`` is not a device string torch knows (``gpu``, ``cuda:-1``), or a
+            kind tunedlens does not run models on (``meta``).
+        ModelLoadError: no such device on this machine (``cuda`` without a GPU, ``cuda:3`` of 2).
+    """
+    if device is None:
+        return None
+    usage = "use cpu, cuda, cuda:N (N counted from 0) or mps"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {str(device)!r} is not a device; {usage}.") from None
+    if parsed.type == "cpu":
+        return parsed
+    counts = _device_counts()
+    if parsed.type not in counts:
+        raise ValueError(
+            f"--device {str(device)!r}: models do not run on {parsed.type!r}; {usage}."
+        )
+    count = counts[parsed.type]
+    if count == 0:
+        raise ModelLoadError(
+            f"--device {str(device)!r}: this machine has no {parsed.type} device that torch "
+            f"{torch.__version__} can use; pass --device cpu (or leave it out)."
+        )
+    if parsed.index is not None and parsed.index >= count:
+        raise ModelLoadError(
+            f"--device {str(device)!r}: this machine has {count} {parsed.type} device(s), "
+            f"numbered 0..{count - 1}."
+        )
+    return parsed
+
+
 def cache_root() -> Path:
     """Where converted models are cached: ``$TUNEDLENS_CACHE`` or ``~/.cache/tunedlens``."""
     return Path(os.environ.get("TUNEDLENS_CACHE", Path.home() / ".cache" / "tunedlens"))
@@ -165,7 +211,7 @@ def load_model(
             (dequantised by transformers, cached as safetensors under :func:`cache_root`), a
             local model directory, or a Hugging Face hub id.
         dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"``, ``"auto"`` or a torch dtype.
-        device: Where to put the model (default: CPU).
+        device: Where to put the model (default: CPU); checked by :func:`check_device` first.
         revision: Hub revision (branch, tag or commit).
         tokenizer: A tokenizer object, or a hub id / directory to load it from (default: the
             model's own files).
@@ -177,6 +223,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype)
+    check_device(device)
     name = str(spec)
     if name == "demo":
         source = _load_gguf(demo_gguf_path())

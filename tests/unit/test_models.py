@@ -100,3 +100,34 @@ def test_a_tokenizer_can_be_given_separately(tmp_path, tiny_model_dir):
     assert tokenizer("w1 w2").input_ids == [5, 6]
     with pytest.raises(ModelLoadError, match="could not load the tokenizer"):
         load_model(path, tokenizer=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("counts", [{"cuda": 0, "mps": 0, "xpu": 0}, {"cuda": 2, "mps": 1, "xpu": 0}])
+def test_check_device_on_machines_with_and_without_accelerators(counts, monkeypatch):
+    monkeypatch.setattr(models, "_device_counts", lambda: counts)
+    assert models.check_device(None) is None and models.check_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "", "cuda:-1", "CPU"):
+        with pytest.raises(ValueError, match=rf"--device '{bad}' is not a device; use cpu, cuda"):
+            models.check_device(bad)
+    with pytest.raises(ValueError, match="models do not run on 'meta'"):
+        models.check_device("meta")
+    for kind in ("cuda", "cuda:1", "mps"):
+        if counts[kind.partition(":")[0]]:
+            assert models.check_device(kind) == torch.device(kind)
+        else:
+            with pytest.raises(ModelLoadError, match=f"no {kind.partition(':')[0]} device"):
+                models.check_device(kind)
+    if counts["cuda"]:
+        with pytest.raises(ModelLoadError, match=r"has 2 cuda device\(s\), numbered 0..1"):
+            models.check_device("cuda:2")
+
+
+def test_load_model_checks_the_device_before_loading(monkeypatch):
+    import transformers
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_loading)
+    with pytest.raises(ValueError, match="--device 'gpu' is not a device"):
+        load_model("anything", device="gpu")

@@ -77,11 +77,14 @@ def pack_blocks(
     seq_len: int,
     n_sequences: int,
     seed: int = 0,
+    size_options: str = "--tokens (or --val-tokens)",
 ) -> TokenBlocks:
     """Pack ``n_sequences`` blocks of ``seq_len`` tokens from ``source``, shuffled by ``seed``.
 
     Documents are taken in a seeded random order (hub streams: a seeded shuffle buffer),
     tokenised without special tokens, joined with the tokenizer's EOS and cut into blocks.
+    ``size_options`` names the command-line options that set the amount, for the error raised
+    when the source is too small.
 
     Raises:
         DataError: if the source holds fewer tokens than ``n_sequences * seq_len`` (said up front,
@@ -114,7 +117,7 @@ def pack_blocks(
         )
         raise DataError(
             f"data {source.spec!r} holds {what}, but {needed:,} tokens ({n_sequences} sequences of "
-            f"{seq_len}) are needed. Lower --tokens (or --val-tokens), or add data."
+            f"{seq_len}) are needed. Lower {size_options}, or add data."
         )
     blocks = torch.from_numpy(np.concatenate(chunks)).view(n_sequences, seq_len)
     order = torch.randperm(n_sequences, generator=torch.Generator().manual_seed(seed))

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import re
 import shutil
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,6 +23,13 @@ import torch
 
 from tunedlens.arch.points import POINTS, Points
 from tunedlens.errors import LensFileError
+from tunedlens.lenses.file_checks import (
+    check_model_info,
+    load_torch_file,
+    read_json,
+    require_bool,
+    require_int,
+)
 from tunedlens.lenses.translators import (
     AffineTranslator,
     DiagonalTranslator,
@@ -105,44 +109,6 @@ def read_lens(path: str | os.PathLike) -> LensFile:
     return _read_native(path) if fmt == "native" else _read_reference(path)
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.exists():
-        raise LensFileError(f"{path} is missing; a {what} lens directory needs it.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise LensFileError(f"{path} is not valid JSON ({error}); the file is corrupt.") from None
-    if not isinstance(data, dict):
-        raise LensFileError(f"{path} must hold a JSON object, found {type(data).__name__}.")
-    return data
-
-
-def _check_model_info(config: dict, path: Path) -> None:
-    """The model fields of a lens config: strings, a positive vocabulary, a hex fingerprint."""
-    for key in ("base_model_name_or_path", "base_model_revision", "model_type"):
-        value = config.get(key)
-        if value is not None and not isinstance(value, str):
-            raise LensFileError(f"{path}: '{key}' must be a string or null, found {value!r}.")
-    vocab = config.get("vocab_size")
-    if vocab is not None and (not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0):
-        raise LensFileError(f"{path}: 'vocab_size' must be a positive integer, found {vocab!r}.")
-    fingerprint = config.get("unembed_hash")
-    if fingerprint is not None and not (
-        isinstance(fingerprint, str) and re.fullmatch(r"[0-9a-f]{64}", fingerprint)
-    ):
-        raise LensFileError(
-            f"{path}: 'unembed_hash' must be a sha256 hex digest (64 characters 0-9a-f) or null, "
-            f"found {fingerprint!r}."
-        )
-
-
-def _require_bool(config: dict, key: str, path: Path, default: bool) -> bool:
-    value = config.get(key, default)
-    if not isinstance(value, bool):
-        raise LensFileError(f"{path}: '{key}' must be true or false, found {value!r}.")
-    return value
-
-
 def check_finite(translator, where: str) -> None:
     """Raise :class:`LensFileError` naming the first tensor and layer holding NaN or Inf."""
     for name, tensor in translator.state_dict().items():
@@ -154,13 +120,6 @@ def check_finite(translator, where: str) -> None:
             )
 
 
-def _require_int(config: dict, key: str, path: Path) -> int:
-    value = config.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise LensFileError(f"{path}: '{key}' must be a positive integer, found {value!r}.")
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 # reference format
 
@@ -168,19 +127,8 @@ def _require_int(config: dict, key: str, path: Path) -> int:
 def _load_params_pt(path: Path) -> dict:
     if not path.exists():
         raise LensFileError(f"{path} is missing; a tuned-lens lens directory needs params.pt.")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        raise LensFileError(
-            f"{path} holds Python objects other than tensors, so it was not loaded (unpickling "
-            f"it could run code). Re-save the lens as a plain state dict of tensors. Detail: "
-            f"{str(error).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        raise LensFileError(
-            f"{path} is truncated or corrupt and cannot be read ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no detail'}). Download or copy it again."
-        ) from None
+    fix = " Re-save the lens as a plain state dict of tensors."
+    state = load_torch_file(path, "a tuned-lens params.pt", fix)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LensFileError(f"{path} is not a state dict of tensors; it is not a tuned-lens lens.")
     # Some early lenses were saved from the whole module ("layer_translators.0.weight").
@@ -188,7 +136,7 @@ def _load_params_pt(path: Path) -> dict:
 
 
 def _reference_config(path: Path) -> dict:
-    config = _read_json(path / CONFIG_FILE, "tuned-lens")
+    config = read_json(path / CONFIG_FILE, "tuned-lens")
     if "unemebd_hash" in config:  # a typo in early releases of the reference
         config.setdefault("unembed_hash", config.pop("unemebd_hash"))
     unknown = sorted(set(config) - set(REFERENCE_KEYS))
@@ -214,10 +162,10 @@ def _read_reference(path: Path) -> LensFile:
     if n_layers is None:  # legacy files: count the translators
         n_layers = len({k.split(".")[0] for k in state})
         config["num_hidden_layers"] = n_layers
-    n_layers = _require_int(config, "num_hidden_layers", path / CONFIG_FILE)
-    d_model = _require_int(config, "d_model", path / CONFIG_FILE)
-    use_bias = _require_bool(config, "bias", path / CONFIG_FILE, "0.bias" in state)
-    _check_model_info(config, path / CONFIG_FILE)
+    n_layers = require_int(config, "num_hidden_layers", path / CONFIG_FILE)
+    d_model = require_int(config, "d_model", path / CONFIG_FILE)
+    use_bias = require_bool(config, "bias", path / CONFIG_FILE, "0.bias" in state)
+    check_model_info(config, path / CONFIG_FILE)
     expected = {f"{i}.weight" for i in range(n_layers)}
     expected |= {f"{i}.bias" for i in range(n_layers)} if use_bias else set()
     if set(state) != expected:
@@ -235,7 +183,7 @@ def _read_reference(path: Path) -> LensFile:
     check_finite(translator, str(path / REFERENCE_WEIGHTS))
     model_info = {key: config.get(key) for key in MODEL_INFO_KEYS}
     provenance_path = path / PROVENANCE_FILE
-    provenance = _read_json(provenance_path, "") if provenance_path.exists() else {}
+    provenance = read_json(provenance_path, "") if provenance_path.exists() else {}
     return LensFile(translator, model_info, provenance, "tuned-lens")
 
 
@@ -278,32 +226,32 @@ def _read_native(path: Path) -> LensFile:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    config = _read_json(path / CONFIG_FILE, "native")
+    config = read_json(path / CONFIG_FILE, "native")
     version = config.get("format_version")
     if config.get("format") != "tunedlens" or version != NATIVE_FORMAT_VERSION:
         raise LensFileError(
             f"{path / 'config.json'} is not a native tunedlens config (format={config.get('format')!r}, "
             f"format_version={version!r}; this tunedlens reads version {NATIVE_FORMAT_VERSION})."
         )
-    n_layers = _require_int(config, "num_hidden_layers", path / CONFIG_FILE)
-    d_model = _require_int(config, "d_model", path / CONFIG_FILE)
+    n_layers = require_int(config, "num_hidden_layers", path / CONFIG_FILE)
+    d_model = require_int(config, "d_model", path / CONFIG_FILE)
     kind = config.get("translator")
-    _check_model_info(config, path / CONFIG_FILE)
+    check_model_info(config, path / CONFIG_FILE)
     if kind == "affine":
         translator = AffineTranslator(
-            n_layers, d_model, use_bias=_require_bool(config, "use_bias", path / CONFIG_FILE, True)
+            n_layers, d_model, use_bias=require_bool(config, "use_bias", path / CONFIG_FILE, True)
         )
     elif kind == "lowrank":
         translator = LowRankTranslator(
             n_layers,
             d_model,
-            rank=_require_int(config, "rank", path / CONFIG_FILE),
-            use_temperature=_require_bool(config, "use_temperature", path / CONFIG_FILE, False),
+            rank=require_int(config, "rank", path / CONFIG_FILE),
+            use_temperature=require_bool(config, "use_temperature", path / CONFIG_FILE, False),
         )
     elif kind == "diagonal":
         translator = DiagonalTranslator(n_layers, d_model)
     elif kind == "mlp":
-        translator = MLPTranslator(n_layers, d_model, hidden=_require_int(config, "rank", path / CONFIG_FILE))
+        translator = MLPTranslator(n_layers, d_model, hidden=require_int(config, "rank", path / CONFIG_FILE))
     else:
         raise LensFileError(
             f"{path / 'config.json'}: translator={kind!r} is unknown; expected 'affine', 'lowrank', "
@@ -329,7 +277,7 @@ def _read_native(path: Path) -> LensFile:
     check_finite(translator, str(path / NATIVE_WEIGHTS))
     model_info = {key: config.get(key) for key in MODEL_INFO_KEYS}
     provenance_path = path / PROVENANCE_FILE
-    provenance = _read_json(provenance_path, "") if provenance_path.exists() else {}
+    provenance = read_json(provenance_path, "") if provenance_path.exists() else {}
     points = config.get("points", "block")
     if points not in POINTS or (points == "both" and n_layers % 2):
         raise LensFileError(

@@ -27,14 +27,11 @@ def _update_norms(lens: LensFile) -> list[dict]:
 
 def describe_jlens(path: Path) -> dict:
     """Format, rows with a matrix, dimensions, provenance and ``‖J − I‖`` per row of a J-lens."""
-    from tunedlens.lenses.jlens_files import jlens_file, read_artifact, read_native
+    from tunedlens.lenses.jlens_files import read_stored_jlens
 
-    found = jlens_file(path)
-    if found.is_dir():
-        matrices, n_prompts, metadata, config = read_native(found)
-        fmt, n_layers = "jlens-native", config.get("num_hidden_layers")
-    else:
-        (matrices, n_prompts, metadata), fmt, n_layers = read_artifact(found), "jlens-artifact", None
+    stored = read_stored_jlens(path)
+    matrices, n_prompts, metadata = stored.matrices, stored.n_prompts, stored.metadata
+    fmt, n_layers = stored.format, stored.model_info["num_hidden_layers"]
     d_model = next(iter(matrices.values())).shape[0]
     eye = torch.eye(d_model)
     return {

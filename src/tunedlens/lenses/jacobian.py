@@ -22,19 +22,18 @@ import torch
 from torch import nn
 
 from tunedlens.arch.residuals import token_ids
-from tunedlens.errors import LensFileError, LensMismatch
+from tunedlens.errors import LensMismatch
 from tunedlens.lenses.jlens_files import (
-    NATIVE_JLENS,
+    StoredJLens,
     jlens_file,
-    read_artifact,
-    read_native,
+    read_stored_jlens,
     write_artifact,
     write_native,
 )
 from tunedlens.lenses.lens import Lens
 from tunedlens.lenses.unembed import Unembed
 
-__all__ = ["JacobianLens", "jlens_file", "read_jlens"]
+__all__ = ["JacobianLens", "bind_jlens", "jlens_file", "read_jlens"]
 
 
 class JacobianLens(Lens):
@@ -139,15 +138,13 @@ def read_jlens(path: Path, model: nn.Module, *, strict: bool = True) -> Jacobian
     Width and depth must fit; a recorded unembedding fingerprint that differs is refused
     (``strict``) or warned about.
     """
-    found = jlens_file(path)
-    if found is None:
-        raise LensFileError(f"{path} holds no J-lens (a .pt artifact or {NATIVE_JLENS}).")
+    return bind_jlens(read_stored_jlens(path), model, strict=strict)
+
+
+def bind_jlens(stored: StoredJLens, model: nn.Module, *, strict: bool = True) -> JacobianLens:
+    """The J-lens ``stored`` (read without a model) for ``model``, checked as :func:`read_jlens`."""
     unembed = Unembed(model)
-    info = {}
-    if found.is_dir():
-        matrices, n_prompts, metadata, info = read_native(found)
-    else:
-        matrices, n_prompts, metadata = read_artifact(found)
+    info, path = stored.model_info, stored.path
     expected = info.get("unembed_hash")
     if expected and expected != unembed.hash():
         message = (f"{path} was fitted for {info.get('base_model_name_or_path') or 'another model'}, "
@@ -165,4 +162,5 @@ def read_jlens(path: Path, model: nn.Module, *, strict: bool = True) -> Jacobian
         raise LensMismatch(
             f"{path} was fitted for {info['num_hidden_layers']} layers, not {unembed.arch.n_layers}."
         )
-    return JacobianLens(unembed, matrices, n_prompts=n_prompts, metadata=metadata)
+    metadata = stored.metadata
+    return JacobianLens(unembed, stored.matrices, n_prompts=stored.n_prompts, metadata=metadata)

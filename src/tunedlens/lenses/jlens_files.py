@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tunedlens.errors import LensFileError
+from tunedlens.lenses.file_checks import (
+    check_model_info,
+    load_torch_file,
+    read_json,
+    require_int,
+    require_type,
+)
 from tunedlens.metrics.checks import first_nonfinite
 from tunedlens.outputs import (
     OutputError,
@@ -31,6 +39,7 @@ NATIVE_JLENS = "jlens.safetensors"
 JLENS_FORMAT = "tunedlens-jlens"
 JLENS_OUTPUT = OutputKind("a J-lens", (NATIVE_JLENS, "config.json"))
 """A native J-lens directory: what ``--force`` may replace with a J-lens."""
+JLENS_VERSION = 1
 
 
 def _finite(matrices: dict[int, torch.Tensor], where: str) -> None:
@@ -41,58 +50,74 @@ def _finite(matrices: dict[int, torch.Tensor], where: str) -> None:
             )
 
 
+def _integers(payload: dict, keys: tuple[str, ...]) -> dict:
+    """``payload`` with the 0-d integer tensors under ``keys`` made plain ints."""
+    plain = dict(payload)
+    for key in keys:
+        value = plain.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+            plain[key] = int(value)
+    return plain
+
+
+def _layer_index(layer, path: Path, key: str) -> int:
+    if isinstance(layer, torch.Tensor) and layer.dim() == 0 and not layer.is_floating_point():
+        layer = int(layer)
+    if isinstance(layer, str) and layer.isdigit():
+        layer = int(layer)
+    if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+        raise LensFileError(
+            f"{path}: the keys of '{key}' must be block indices (integers >= 0), found {layer!r}."
+        )
+    return layer
+
+
 def read_artifact(path: Path) -> tuple[dict[int, torch.Tensor], int, dict]:
     """Matrices by our row, prompt count and metadata from a published artifact or checkpoint."""
-    import pickle
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise LensFileError(
-            f"{path} holds Python objects other than tensors, so it was not loaded (unpickling it "
-            f"could run code). Detail: {str(error).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise LensFileError(
-            f"{path} is truncated or corrupt ({type(error).__name__}); download it again."
-        ) from None
+    payload = load_torch_file(path, "a J-lens artifact")
     if not isinstance(payload, dict) or not ({"J", "jacobian_sum"} & set(payload)):
         raise LensFileError(
             f"{path} is not a J-lens artifact (no 'J') or fit checkpoint (no 'jacobian_sum')."
         )
+    payload = _integers(payload, ("n_prompts", "n_done", "d_model"))
     if "J" in payload:
-        matrices, n_prompts = payload["J"], int(payload.get("n_prompts", 0))
-        declared = payload.get("source_layers")
-        if declared is not None and sorted(int(x) for x in declared) != sorted(
-            int(x) for x in matrices
-        ):
-            raise LensFileError(
-                f"{path}: source_layers {sorted(declared)} do not match the layers of J "
-                f"{sorted(matrices)}; the file is inconsistent."
-            )
-        d_model = payload.get("d_model")
+        key, matrices = "J", payload["J"]
+        n_prompts = require_int(payload, "n_prompts", path, minimum=0, optional=True) or 0
+        d_model = require_int(payload, "d_model", path, optional=True)
     else:
-        n_prompts = int(payload.get("n_done", 0))
-        if n_prompts <= 0:
-            raise LensFileError(
-                f"{path}: a fit checkpoint with n_done={n_prompts} holds no prompts."
-            )
-        matrices = {layer: total / n_prompts for layer, total in payload["jacobian_sum"].items()}
+        key, matrices = "jacobian_sum", payload["jacobian_sum"]
+        n_prompts = require_int(payload, "n_done", path, minimum=1)
         d_model = None
     if (
         not isinstance(matrices, dict)
         or not matrices
         or not all(isinstance(m, torch.Tensor) and m.dim() == 2 for m in matrices.values())
     ):
-        raise LensFileError(f"{path}: 'J' must map layers to (d_model, d_model) tensors.")
+        raise LensFileError(f"{path}: '{key}' must map layers to (d_model, d_model) tensors.")
+    matrices = {_layer_index(layer, path, key): matrix for layer, matrix in matrices.items()}
+    if key == "jacobian_sum":
+        matrices = {layer: total / n_prompts for layer, total in matrices.items()}
+    declared = payload.get("source_layers")
+    if declared is not None:
+        if not isinstance(declared, (list, tuple)):
+            raise LensFileError(
+                f"{path}: 'source_layers' must be a list of block indices, found {declared!r}."
+            )
+        declared = sorted(_layer_index(layer, path, "source_layers") for layer in declared)
+        if declared != sorted(matrices):
+            raise LensFileError(
+                f"{path}: source_layers {declared} do not match the layers of J "
+                f"{sorted(matrices)}; the file is inconsistent."
+            )
     shapes = {tuple(m.shape) for m in matrices.values()}
-    if len(shapes) != 1 or (d_model is not None and shapes != {(int(d_model), int(d_model))}):
+    square = len(shapes) == 1 and len(set(next(iter(shapes)))) == 1
+    if not square or (d_model is not None and shapes != {(d_model, d_model)}):
         raise LensFileError(
             f"{path}: the matrices have shapes {sorted(shapes)}, d_model={d_model}."
         )
-    by_row = {int(layer) + 1: matrix for layer, matrix in matrices.items()}  # block ℓ -> row ℓ+1
+    by_row = {layer + 1: matrix for layer, matrix in matrices.items()}  # block ℓ -> row ℓ+1
     _finite(by_row, str(path))
-    metadata = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+    metadata = require_type(payload, "metadata", path, dict, "a dict") or {}
     return by_row, n_prompts, metadata
 
 
@@ -131,27 +156,106 @@ def _write_native(path: Path, matrices: dict[int, torch.Tensor], n_prompts: int,
 
     weights = save({f"row.{row}": m.contiguous().cpu() for row, m in matrices.items()})
     atomic_write(path / NATIVE_JLENS, lambda handle: handle.write(weights))
-    config = {"format": JLENS_FORMAT, "format_version": 1,
+    config = {"format": JLENS_FORMAT, "format_version": JLENS_VERSION,
               "d_model": next(iter(matrices.values())).shape[0], "rows": sorted(matrices),
               "n_prompts": n_prompts, **model_info, "metadata": _plain(metadata)}  # fmt: skip
     atomic_write(path / "config.json", lambda handle: handle.write(json.dumps(config, indent=2).encode()))
 
 
 def read_native(path: Path) -> tuple[dict[int, torch.Tensor], int, dict, dict]:
-    """Matrices by row, prompt count, metadata and model info from our native directory."""
+    """Matrices by row, prompt count, metadata and config from our native directory.
+
+    Every field of ``config.json`` is type-checked (with the tuned-lens reader's checks).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    where = path / "config.json"
+    config = read_json(where, "Jacobian")
+    if config.get("format") != JLENS_FORMAT or config.get("format_version") != JLENS_VERSION:
+        raise LensFileError(
+            f"{where} is not a tunedlens J-lens config (format={config.get('format')!r}, "
+            f"format_version={config.get('format_version')!r}; this tunedlens reads "
+            f"{JLENS_FORMAT!r} version {JLENS_VERSION})."
+        )
+    d_model = require_int(config, "d_model", where)
+    n_prompts = require_int(config, "n_prompts", where, minimum=0, optional=True) or 0
+    require_int(config, "num_hidden_layers", where, optional=True)
+    check_model_info(config, where)
+    metadata = require_type(config, "metadata", where, dict, "a JSON object") or {}
+    rows = config.get("rows")
+    if rows is not None and not (
+        isinstance(rows, list)
+        and all(isinstance(row, int) and not isinstance(row, bool) and row >= 0 for row in rows)
+    ):
+        raise LensFileError(f"{where}: 'rows' must be a list of row numbers >= 0, found {rows!r}.")
     try:
-        config = json.loads((path / "config.json").read_text())
         tensors = load_file(path / NATIVE_JLENS, device="cpu")
-    except (OSError, json.JSONDecodeError, SafetensorError) as error:
-        raise LensFileError(f"{path}: cannot read the J-lens ({error}).") from None
-    if config.get("format") != JLENS_FORMAT:
-        raise LensFileError(f"{path / 'config.json'} is not a tunedlens J-lens config.")
-    matrices = {int(name.split(".")[1]): tensor for name, tensor in tensors.items()}
+    except (OSError, SafetensorError, ValueError) as error:
+        raise LensFileError(
+            f"{path / NATIVE_JLENS} is truncated or corrupt ({error}). Copy or download it again."
+        ) from None
+    matrices = {}
+    for name, tensor in tensors.items():
+        prefix, _, row = name.partition(".")
+        if prefix != "row" or not row.isdigit():
+            raise LensFileError(
+                f"{path / NATIVE_JLENS} holds {name!r}; a J-lens holds tensors 'row.N' only."
+            )
+        if tuple(tensor.shape) != (d_model, d_model):
+            raise LensFileError(
+                f"{path / NATIVE_JLENS}: {name!r} has shape {tuple(tensor.shape)}, config.json "
+                f"says d_model={d_model}."
+            )
+        matrices[int(row)] = tensor
+    if not matrices or (rows is not None and sorted(rows) != sorted(matrices)):
+        raise LensFileError(
+            f"{path / NATIVE_JLENS} holds rows {sorted(matrices)}, config.json lists {rows}; the "
+            "J-lens is inconsistent."
+        )
     _finite(matrices, str(path / NATIVE_JLENS))
-    return matrices, int(config.get("n_prompts", 0)), config.get("metadata", {}), config
+    return matrices, n_prompts, metadata, config
+
+
+@dataclass
+class StoredJLens:
+    """A J-lens as stored, read without the model.
+
+    Attributes:
+        path: The artifact file or native directory.
+        format: ``"jlens-native"`` or ``"jlens-artifact"`` (a published file or fit checkpoint).
+        matrices: Our row -> ``(d_model, d_model)`` matrix, in the stored dtype.
+        n_prompts: Prompts averaged into the fit (0 when not recorded).
+        metadata: Provenance (fit settings, data, parts).
+        model_info: :data:`MODEL_KEYS` (``None`` where the file does not record them).
+    """
+
+    path: Path
+    format: str
+    matrices: dict[int, torch.Tensor]
+    n_prompts: int
+    metadata: dict
+    model_info: dict
+
+
+MODEL_KEYS = ("num_hidden_layers", "base_model_name_or_path", "vocab_size", "unembed_hash")
+"""The model a native J-lens records (``config.json``)."""
+
+
+def read_stored_jlens(path: Path) -> StoredJLens:
+    """The J-lens at ``path`` (an artifact, a fit checkpoint or a native directory)."""
+    found = jlens_file(path)
+    if found is None:
+        raise LensFileError(f"{path} holds no J-lens (a .pt artifact or {NATIVE_JLENS}).")
+    if found.is_dir():
+        matrices, n_prompts, metadata, config = read_native(found)
+        info = {key: config.get(key) for key in MODEL_KEYS}
+        return StoredJLens(found, "jlens-native", matrices, n_prompts, metadata, info)
+    matrices, n_prompts, metadata = read_artifact(found)
+    name = metadata.get("model") or metadata.get("model_name")
+    info = {key: None for key in MODEL_KEYS}
+    info["base_model_name_or_path"] = name if isinstance(name, str) else None
+    return StoredJLens(found, "jlens-artifact", matrices, n_prompts, metadata, info)
 
 
 def jlens_file(path: Path) -> Path | None:

@@ -26,7 +26,15 @@ from tunedlens.lenses.jlens_files import JLENS_OUTPUT
 from tunedlens.lenses.unembed import Unembed
 from tunedlens.outputs import OutputKind, publish_dir, staging_dir
 from tunedlens.train.distributed import World
+from tunedlens.train.jlens_merge import (
+    MergePart,
+    check_mergeable,
+    merged_metadata,
+    part_for_model,
+    read_parts,
+)
 from tunedlens.train.jlens_state import (
+    SOURCE_SETTINGS,
     STATE_NAME,
     FitState,
     FitStateError,
@@ -136,7 +144,8 @@ def fit_jacobian_lens(
         rows: Our rows to fit (``0..L-1``; default all, the embeddings included).
         dim_batch: Output dimensions per batched backward pass (memory grows with it).
         progress: Called with ``(prompts done, prompts)`` (this process's share).
-        metadata: Extra provenance for the lens.
+        metadata: Extra provenance for the lens. Its ``data``, ``seq_len`` and ``seed``, where
+            given, are recorded in the checkpoint too, and a resume with others names them.
         checkpoint: Directory for running-sum checkpoints (none when ``None``).
         checkpoint_every: Prompts between checkpoints.
         resume: Continue from the checkpoint in ``checkpoint``; the result is bit-identical to
@@ -147,7 +156,8 @@ def fit_jacobian_lens(
     Returns:
         The fitted :class:`JacobianLens` (``n_prompts`` counts the prompts used; prompts of
         ``skip_first + 1`` tokens or fewer have no valid position, are skipped and counted in
-        ``metadata["skipped_prompts"]``).
+        ``metadata["skipped_prompts"]``). Its metadata records the settings, the model's dtype
+        and ``prompts_hash``, the hash of every prompt given (what a merge tells parts apart by).
 
     Raises:
         ValueError: bad arguments, or no prompt long enough.
@@ -159,14 +169,23 @@ def fit_jacobian_lens(
     rows = list(range(n_layers)) if rows is None else sorted(set(rows))
     if not rows or any(not 0 <= row < n_layers for row in rows):
         raise ValueError(f"rows must be a non-empty selection of 0..{n_layers - 1}, got {rows}")
-    if skip_first < 0 or dim_batch < 1 or checkpoint_every < 1:
+    if skip_first < 0:
         raise ValueError(
-            f"need skip_first >= 0, dim_batch >= 1 and checkpoint_every >= 1, got {skip_first}, "
-            f"{dim_batch}, {checkpoint_every}"
+            f"skip_first (positions left out at the start) must be >= 0, got {skip_first}"
+        )
+    if dim_batch < 1:
+        raise ValueError(
+            f"dim_batch (output dimensions per backward pass) must be >= 1, got {dim_batch}"
+        )
+    if checkpoint_every < 1:
+        raise ValueError(
+            f"checkpoint_every (prompts between checkpoints) must be >= 1, got {checkpoint_every}"
         )
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint directory of the fit to continue.")
     prompts = _prompts(input_ids)
+    if not prompts:
+        raise ValueError("no prompts were given; pass at least one prompt (1-D token ids).")
     too_short = sum(ids.shape[0] <= skip_first + 1 for ids in prompts)
     if too_short == len(prompts):
         raise ValueError(
@@ -175,12 +194,17 @@ def fit_jacobian_lens(
         )
     for ids in prompts:
         check_input_ids(model, ids[None])
+    all_prompts_hash = prompts_hash(prompts)
     mine = prompt_slice(len(prompts), world.rank, world.size)
     prompts = prompts[mine]
+    dtype = str(next(model.parameters()).dtype)
     settings = {"skip_first": skip_first, "rows": rows, "dim_batch": dim_batch,
-                "dtype": str(next(model.parameters()).dtype), "unembed_hash": unembed.hash(),
+                "dtype": dtype, "unembed_hash": unembed.hash(),
                 "prompts_hash": prompts_hash(prompts), "n_prompts": len(prompts),
                 "rank": world.rank, "world_size": world.size}  # fmt: skip
+    settings.update(
+        {key: value for key, value in (metadata or {}).items() if key in SOURCE_SETTINGS}
+    )
     path = None if checkpoint is None else state_file(Path(checkpoint), world.rank, world.size)
     if resume:
         if not path.exists():
@@ -205,8 +229,8 @@ def fit_jacobian_lens(
                 progress(state.next_index, len(prompts))
     if world.size > 1:
         state = _reduce(state, world)
-    info = {"estimator": "jacobian", "skip_first": skip_first, "rows": rows,
-            "skipped_prompts": state.skipped,
+    info = {"estimator": "jacobian", "skip_first": skip_first, "rows": rows, "dtype": dtype,
+            "prompts_hash": all_prompts_hash, "skipped_prompts": state.skipped,
             "model": getattr(model.config, "name_or_path", "") or None, **(metadata or {})}  # fmt: skip
     return JacobianLens(unembed, state.means(), n_prompts=state.n_done, metadata=info)
 
@@ -236,38 +260,28 @@ def _reduce(state: FitState, world: World) -> FitState:
 def merge_jacobian_lenses(lenses: Sequence[JacobianLens]) -> JacobianLens:
     """One J-lens from lenses fitted on disjoint prompt slices: means weighted by ``n_prompts``.
 
-    The lenses must be for the same model (head), have the same rows and the same estimator
-    settings (``skip_first``); prompt counts add up. Sums are formed in float64.
+    The lenses must be parts of one fit (:func:`tunedlens.train.jlens_merge.check_mergeable`):
+    the same model (head), rows and settings, each prompt in one part only. Sums are formed in
+    float64. The merged metadata lists the parts
+    (:func:`~tunedlens.train.jlens_merge.merged_metadata`).
+
+    Raises:
+        MergeError: (a ``ValueError``) parts that must not be merged, and why.
     """
     if not lenses:
         raise ValueError("nothing to merge: pass at least one J-lens")
-    first = lenses[0]
     for index, lens in enumerate(lenses):
         if not isinstance(lens, JacobianLens):
             raise ValueError(f"lens {index} is a {lens.kind} lens; only J-lenses can be merged")
-        if lens.n_prompts <= 0:
-            raise ValueError(
-                f"lens {index} ({lens.source or 'unsaved'}) records no prompts, so it has no weight"
-            )
-        if lens.rows != first.rows:
-            raise ValueError(
-                f"lens {index} has rows {lens.rows}, lens 0 has {first.rows}; fit the same rows"
-            )
-        setting = lens.metadata.get("skip_first"), first.metadata.get("skip_first")
-        if setting[0] != setting[1]:
-            raise ValueError(
-                f"lens {index} was fitted with skip_first={setting[0]}, lens 0 with {setting[1]}"
-            )
-        if lens.unembed.hash() != first.unembed.hash():
-            raise ValueError(f"lens {index} is for another model than lens 0")
+    parts = [MergePart.of_lens(lens, index) for index, lens in enumerate(lenses)]
+    check_mergeable(parts)
+    first = lenses[0]
     total = sum(lens.n_prompts for lens in lenses)
     matrices = {
         row: (sum(lens.matrices[row].double() * lens.n_prompts for lens in lenses) / total).float()
         for row in first.rows
     }
-    metadata = {**first.metadata, "merged_from": [lens.source for lens in lenses],
-                "skipped_prompts": sum(lens.metadata.get("skipped_prompts", 0) for lens in lenses)}  # fmt: skip
-    return JacobianLens(first.unembed, matrices, n_prompts=total, metadata=metadata)
+    return JacobianLens(first.unembed, matrices, n_prompts=total, metadata=merged_metadata(parts))
 
 
 def run_fit_jlens(
@@ -300,18 +314,15 @@ def run_fit_jlens(
     split the prompts the same way and add their sums at the end.
     """
     from tunedlens.data import TextSource, pack_blocks
-    from tunedlens.models import load_model, need_tokenizer
+    from tunedlens.models import check_device, load_model, need_tokenizer
     from tunedlens.outputs import check_out_dir, check_out_target, local_inputs
     from tunedlens.provenance import environment
     from tunedlens.train.distributed import init_world
     from tunedlens.train.run import default_data_spec
 
     out = Path(out)
-    if prompts < 1 or seq_len <= skip_first + 1:
-        raise ValueError(
-            f"need --prompts >= 1 and --seq-len > --skip-first + 1, got {prompts}, {seq_len}, "
-            f"{skip_first}"
-        )
+    _check_fit_options(prompts, seq_len, skip_first, dim_batch)
+    check_device(device)
     if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1] and part[1] <= prompts):
         raise ValueError(f"--part I/N needs 0 <= I < N <= --prompts, got {part[0]}/{part[1]}")
     if checkpoint_every is not None and checkpoint_every < 1:
@@ -341,19 +352,25 @@ def run_fit_jlens(
         for name in kept:  # damaged checkpoints fail now, before the model loads
             FitState.load(out / name)
     spec = data or default_data_spec(model_spec)
+    if resume:  # damaged checkpoints, or ones of other settings, fail now, before the model loads
+        early = {"seq_len": seq_len, "seed": seed, "skip_first": skip_first, "dim_batch": dim_batch}
+        for name in kept:
+            FitState.load(out / name).check_resumable(early, out / name)
     source = TextSource(spec, text_column)
     source.check()
     model, loaded_tokenizer = load_model(
         model_spec, dtype=dtype, device=device, tokenizer=tokenizer
     )
     blocks = pack_blocks(source, need_tokenizer(loaded_tokenizer, model_spec), seq_len=seq_len,
-                         n_sequences=prompts, seed=seed)  # fmt: skip
+                         n_sequences=prompts, seed=seed, size_options="--prompts or --seq-len")  # fmt: skip
     tokens = blocks.tokens
     metadata = {"model": model_spec, "data": spec, "data_content_hash": blocks.content_hash(),
-                "seq_len": seq_len, "seed": seed, "dim_batch": dim_batch, **environment()}  # fmt: skip
+                "seq_len": seq_len, "seed": seed, "packed_prompts": prompts,
+                "prompt_range": [0, prompts], "dim_batch": dim_batch, **environment()}  # fmt: skip
     if part is not None:
-        tokens = tokens[prompt_slice(len(tokens), *part)]
-        metadata["part"] = f"{part[0]}/{part[1]}"
+        mine = prompt_slice(len(tokens), *part)
+        tokens = tokens[mine]
+        metadata.update(part=f"{part[0]}/{part[1]}", prompt_range=[mine.start, mine.stop])
     world = init_world(device or "cpu")
     # The checkpoints of a fit replacing an earlier one go beside --out and cannot be resumed
     # (the earlier fit stays in --out until the new one is done), so only the first process,
@@ -385,21 +402,48 @@ def run_fit_jlens(
     return lens
 
 
+def _check_fit_options(prompts: int, seq_len: int, skip_first: int, dim_batch: int) -> None:
+    """fit-jlens's numbers, each refused with the option that holds it."""
+    if prompts < 1:
+        raise ValueError(f"--prompts must be at least 1, got {prompts}")
+    if skip_first < 0:
+        raise ValueError(
+            f"--skip-first (positions left out at the start) must be >= 0, got {skip_first}"
+        )
+    if seq_len <= skip_first + 1:
+        raise ValueError(
+            f"--seq-len {seq_len} leaves no position to average over: it must exceed --skip-first "
+            f"+ 1 = {skip_first + 1} (the first --skip-first positions and the last are left out)"
+        )
+    if dim_batch < 1:
+        raise ValueError(
+            f"--dim-batch (output dimensions per backward pass) must be at least 1, got {dim_batch}"
+        )
+
+
 def run_merge_jlens(model_spec: str, parts: Sequence[str], out, *, force: bool = False,
                     dtype: str = "float32", device: str | None = None) -> JacobianLens:  # fmt: skip
-    """What ``tunedlens lens merge`` does: check, load the parts for the model, merge, write."""
+    """What ``tunedlens lens merge`` does: check, load the parts for the model, merge, write.
+
+    The parts are read and checked against each other before the model loads.
+    """
     from tunedlens.lenses.load import check_location
-    from tunedlens.models import load_model
+    from tunedlens.models import check_device, load_model
     from tunedlens.outputs import check_out_dir, local_inputs
 
     if len(parts) < 2:
         raise ValueError(f"merging needs at least two J-lenses, got {len(parts)}")
     for part in parts:
         check_location(part)
+    check_device(device)
     inputs = local_inputs(model_spec, *parts)
     out = check_out_dir(Path(out), JLENS_OUTPUT, force=force, sources=inputs)
+    stored = read_parts(parts)
     model, _ = load_model(model_spec, dtype=dtype, device=device)
-    lenses = [JacobianLens.load(part, model) for part in parts]
+    lenses = [
+        part_for_model(part, one, model, model_spec)
+        for part, one in zip(parts, stored, strict=True)
+    ]
     merged = merge_jacobian_lenses(lenses)
     _publish(merged, out, JLENS_OUTPUT)
     return merged

@@ -25,6 +25,14 @@ STATE_VERSION = 1
 RESULT_SETTINGS = ("skip_first", "rows", "dim_batch", "dtype", "unembed_hash", "prompts_hash",
                    "n_prompts", "rank", "world_size")  # fmt: skip
 """Settings a resumed fit must share with its checkpoint (all change what is computed)."""
+SOURCE_SETTINGS = {"data": "--data", "seq_len": "--seq-len", "seed": "--seed"}
+"""Where the prompts came from (key -> fit-jlens option), when the fit was given them.
+
+They fix the prompts, so ``prompts_hash`` differs whenever one does; a resume names them instead.
+``data`` alone refuses nothing: the same text may be named by another path (a resume from
+another folder), so it is named only beside other prompts. Checkpoints written before these
+were recorded are compared on the prompts alone.
+"""
 
 
 class FitStateError(TunedLensError):
@@ -127,11 +135,27 @@ class FitState:
                    int(header["skipped"]))  # fmt: skip
 
     def check_resumable(self, settings: dict, path: Path) -> None:
-        """Raise :class:`FitStateError` unless this state belongs to a fit with ``settings``."""
-        changed = [key for key in RESULT_SETTINGS if self.settings.get(key) != settings.get(key)]
+        """Raise :class:`FitStateError` unless this state belongs to a fit with ``settings``.
+
+        Only the keys in ``settings`` are compared (a command checks what its arguments show
+        before the model loads, the rest after); :data:`SOURCE_SETTINGS` only where the
+        checkpoint records them (older ones do not).
+        """
+        changed = [
+            key
+            for key in (*SOURCE_SETTINGS, *RESULT_SETTINGS)
+            if key in settings
+            and (key in self.settings or key in RESULT_SETTINGS)
+            and self.settings.get(key) != settings[key]
+        ]
+        if "data" in changed and "prompts_hash" not in changed:
+            changed.remove("data")  # the same prompts: the text is only named another way
+        if "prompts_hash" in changed and {*SOURCE_SETTINGS, "n_prompts"} & set(changed):
+            changed.remove("prompts_hash")  # other prompts follow from the setting named
         if changed:
             details = "; ".join(
-                f"{key}: {_short(self.settings.get(key))} -> {_short(settings.get(key))}"
+                f"{key}{f' ({SOURCE_SETTINGS[key]})' if key in SOURCE_SETTINGS else ''}: "
+                f"{_short(self.settings.get(key))} -> {_short(settings.get(key))}"
                 for key in changed
             )
             raise FitStateError(

@@ -130,6 +130,89 @@ def _jlens(root):
     fit_jacobian_lens(tiny_model("llama"), ids, skip_first=2).save(root / "jlens")
 
 
+def _fit_part(root, name, part, seq_len=16, **options):
+    """A J-lens part fitted as ``fit-jlens`` fits it (on text.txt, 4 prompts)."""
+    from tunedlens.train.jacobian import run_fit_jlens
+
+    text = str(root / "text.txt")
+    options.update(prompts=4, seq_len=seq_len, skip_first=2, part=part)
+    return run_fit_jlens(str(root / "model"), root / name, data=text, **options)
+
+
+def _jlens_copy(root):
+    import shutil
+
+    _jlens(root)
+    shutil.copytree(root / "jlens", root / "jlens-copy")
+
+
+def _parts_same(root):
+    _fit_part(root, "p0", (0, 2))
+    _fit_part(root, "p0-again", (0, 2))
+
+
+def _parts_overlap(root):
+    _fit_part(root, "p0", (0, 2))
+    _fit_part(root, "p1of4", (1, 4))
+
+
+def _parts_seq_len(root):
+    _fit_part(root, "p0", (0, 2))
+    _fit_part(root, "p1", (1, 2), seq_len=20)
+
+
+def _parts_other_model(root):
+    from tunedlens.train.jacobian import fit_jacobian_lens
+
+    ids = torch.randint(4, 120, (4, 12), generator=torch.Generator().manual_seed(1))
+    other = tiny_model("llama", seed=9)
+    for i in range(2):
+        fit_jacobian_lens(other, ids[2 * i : 2 * i + 2], skip_first=2).save(root / f"q{i}")
+
+
+def _random_file(root):
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 256, (2000,), generator=generator, dtype=torch.uint8)
+    (root / "random.pt").write_bytes(data.numpy().tobytes())
+
+
+def _jlens_config(**changes):
+    def prepare(root):
+        _jlens(root)
+        config = json.loads((root / "jlens" / "config.json").read_text())
+        (root / "jlens" / "config.json").write_text(json.dumps({**config, **changes}))
+
+    return prepare
+
+
+_layers_thirty = _jlens_config(num_hidden_layers="thirty")
+_prompts_many = _jlens_config(n_prompts="many")
+_numeric_hash = _jlens_config(unembed_hash=12345)
+
+
+def _stopped_fit(root):
+    """An interrupted fit-jlens in jstop/ (--seq-len 16, checkpoint every prompt), other.txt."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        _fit_part(root, "jstop", None, checkpoint_every=1, progress=stop)
+    (root / "other.txt").write_text((root / "text.txt").read_text()[::-1])
+
+
+PREPARED = (
+    *(_checkpoint, _jlens_checkpoint, _jlens, _jlens_copy, _parts_same, _parts_overlap),
+    *(_parts_seq_len, _parts_other_model, _random_file, _layers_thirty, _prompts_many),
+    *(_numeric_hash, _stopped_fit),
+    *(_index_entry_list, _index_size_text, _linked_folder, _link_out),
+)
+"""Prepare functions that build their own inputs (the others change a copy of lens/)."""
+
+
 M, P = "{root}/model", "w1 w2 w3"
 TRAIN = ["--data", "{root}/text.txt", "--seq-len", "16", "--batch-size", "4",
          "--tokens-per-step", "64", "--tokens", "128", "--val-tokens", "64"]  # fmt: skip
@@ -209,6 +292,23 @@ CASES = {
                                      "damaged", _jlens_checkpoint),
     "unknown published jlens": (["predict", M, P, "--lens", "jlens:qwen9"], "no published J-lens",
                                 None),
+    "fit-jlens skip-first": (["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt",
+                              "--skip-first", "-1"], "--skip-first (positions left out", None),
+    "fit-jlens dim-batch": (["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt",
+                             "--dim-batch", "0"], "--dim-batch (output dimensions", None),
+    "fit-jlens prompts": (["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt",
+                           "--prompts", "0"], "--prompts must be at least 1", None),
+    "fit-jlens device": (["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt",
+                          "--device", "gpu"], "--device 'gpu' is not a device", None),
+    "fit-jlens too little data": (["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt",
+                                   "--prompts", "100000"], "Lower --prompts or --seq-len", None),
+    "fit-jlens resume seq-len": (["fit-jlens", M, "--out", "{root}/jstop", "--data",
+                                  "{root}/text.txt", "--prompts", "4", "--skip-first", "2",
+                                  "--checkpoint-every", "1", "--resume", "--seq-len", "20"],
+                                 "seq_len (--seq-len): 16 -> 20", _stopped_fit),
+    "fit-jlens resume data": (["fit-jlens", M, "--out", "{root}/jstop", "--data", "{root}/other.txt",
+                               "--prompts", "4", "--skip-first", "2", "--checkpoint-every", "1",
+                               "--resume", "--seq-len", "16"], "data (--data)", _stopped_fit),
     # lens merge
     "merge one part": (["lens", "merge", M, "{root}/jlens", "--out", "{root}/merged"],
                        "at least two", _jlens),
@@ -218,6 +318,29 @@ CASES = {
                                      "tuned-lens"], "affine translators only", _jlens),
     "convert jlens artifact name": (["lens", "convert", "{root}/jlens", "{root}/conv", "--format",
                                      "artifact"], ".pt", _jlens),
+    "merge the same part twice": (["lens", "merge", M, "{root}/jlens", "{root}/jlens", "--out",
+                                   "{root}/merged"], "jlens is given twice", _jlens),
+    "merge a copy of a part": (["lens", "merge", M, "{root}/jlens", "{root}/jlens-copy", "--out",
+                                "{root}/merged"], "fitted on the same prompts", _jlens_copy),
+    "merge a part fitted twice": (["lens", "merge", M, "{root}/p0", "{root}/p0-again", "--out",
+                                   "{root}/merged"], "fitted on the same prompts", _parts_same),
+    "merge overlapping parts": (["lens", "merge", M, "{root}/p0", "{root}/p1of4", "--out",
+                                 "{root}/merged"], "share prompt 1 of the fit", _parts_overlap),
+    "merge other settings": (["lens", "merge", M, "{root}/p0", "{root}/p1", "--out",
+                              "{root}/merged"], "seq_len=16", _parts_seq_len),
+    "merge parts of another model": (["lens", "merge", M, "{root}/q0", "{root}/q1", "--out",
+                                      "{root}/merged"], "pass as MODEL the model the parts",
+                                     _parts_other_model),
+    "merge device": (["lens", "merge", M, "{root}/jlens", "{root}/jlens-copy", "--out",
+                      "{root}/merged", "--device", "gpu"], "--device 'gpu'", _jlens_copy),
+    "info random bytes": (["lens", "info", "{root}/random.pt"], "is not a torch file",
+                          _random_file),
+    "jlens layers not a number": (["lens", "info", "{root}/jlens"],
+                                  "'num_hidden_layers' must be a positive integer", _layers_thirty),
+    "jlens prompts not a number": (["lens", "info", "{root}/jlens"],
+                                   "'n_prompts' must be an integer >= 0", _prompts_many),
+    "jlens numeric fingerprint": (["predict", M, P, "--lens", "{root}/jlens"],
+                                  "'unembed_hash' must be a sha256 hex digest", _numeric_hash),
     # serve (every check happens before the server starts)
     "serve remote host": (["serve", M, "--host", "0.0.0.0"], "--allow-remote", None),
     "serve lens of another model": (["serve", M, "--lens", "{root}/gpt2-lens"], "fingerprint", None),
@@ -274,8 +397,7 @@ def test_bad_input(case, world, monkeypatch, capsys, request):
         other = prepare(world)
         request.addfinalizer(other.close)
         keys["port"] = other.getsockname()[1]
-    elif prepare in (_checkpoint, _jlens_checkpoint, _jlens, _index_entry_list, _index_size_text,
-                     _linked_folder, _link_out):
+    elif prepare in PREPARED:
         prepare(world)
     elif prepare is not None:
         _broken_lens(world, "nan-lens", prepare)

@@ -71,6 +71,37 @@ def test_resume_refuses_other_settings_prompts_or_damage(model, tmp_path):
         )
 
 
+def test_resume_names_the_prompt_settings_that_changed(model, tmp_path):
+    source = {"data": "a.txt", "seq_len": 12, "seed": 0}
+    prompts, other = _prompts()[:2], _prompts()[1:3]
+    fit = {"skip_first": 2, "dim_batch": 5, "checkpoint": tmp_path}
+    fit_jacobian_lens(model, prompts, **fit, metadata=source)
+    changes = (("seq_len", 9, "--seq-len"), ("data", "b.txt", "--data"), ("seed", 1, "--seed"))
+    for key, value, option in changes:
+        with pytest.raises(FitStateError, match=rf"\({key} \({option}\): ") as caught:
+            fit_jacobian_lens(model, other, **fit, resume=True, metadata={**source, key: value})
+        assert "prompts_hash" not in str(caught.value)  # other prompts follow from the setting
+    elsewhere = {**source, "data": "./a.txt"}  # the same text and prompts, named another way
+    assert fit_jacobian_lens(model, prompts, **fit, resume=True, metadata=elsewhere).n_prompts == 2
+    path = state_file(tmp_path)  # a checkpoint written before these were recorded
+    state = FitState.load(path)
+    state.settings = {key: v for key, v in state.settings.items() if key not in source}
+    state.save(path)
+    assert fit_jacobian_lens(model, prompts, **fit, resume=True, metadata=source).n_prompts == 2
+    with pytest.raises(FitStateError, match="prompts_hash"):  # its prompts are still checked
+        fit_jacobian_lens(model, other, **fit, resume=True, metadata={**source, "seq_len": 9})
+
+
+def test_bad_arguments_are_named_one_by_one(model):
+    for prompts in ([], torch.zeros(0, 8, dtype=torch.long)):
+        with pytest.raises(ValueError, match="no prompts were given"):
+            fit_jacobian_lens(model, prompts)
+    for setting in ({"skip_first": -1}, {"dim_batch": 0}, {"checkpoint_every": 0}):
+        (name, value), = setting.items()
+        with pytest.raises(ValueError, match=rf"^{name} \(.*\) must be >= .*, got {value}$"):
+            fit_jacobian_lens(model, _prompts(), **setting)
+
+
 def test_slices_merge_to_the_whole_fit(model):
     prompts = _prompts()
     whole = fit_jacobian_lens(model, prompts, skip_first=2, dim_batch=5)
