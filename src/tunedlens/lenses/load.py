@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -32,13 +33,51 @@ LOADERS: dict[str, Loader] = {
 """Lens-file format (as :func:`detect_format` names it) -> ``loader(path, model, strict=)``."""
 
 
-def load_lens(location: str | os.PathLike | Lens, model: nn.Module, *, strict: bool = True,
-              **options) -> Lens:  # fmt: skip
+@dataclass(frozen=True)
+class LensLocation:
+    """A lens location resolved to local files (downloaded if needed): what :func:`load_lens` reads.
+
+    Resolving is the one step that touches the hub; a command resolves each ``--lens`` once,
+    before the model loads, and hands the result to the loaders.
+    """
+
+    text: str
+    """The location as written (``"logit"``, a path, ``hf:...``, ``tuned-lens:...``, ``jlens:...``)."""
+    path: Path | None
+    """The local lens directory or J-lens file; ``None`` for the logit lens."""
+
+    @property
+    def is_logit(self) -> bool:
+        """Whether this is the logit lens (no files)."""
+        return self.path is None
+
+
+def resolve_location(location: str | os.PathLike | LensLocation) -> LensLocation:
+    """Resolve ``location`` to local files and check that they hold a lens (not read yet).
+
+    Raises:
+        LensFileError: no lens at ``location`` (with what a location looks like).
+    """
+    if isinstance(location, LensLocation):
+        return location
+    if isinstance(location, (str, os.PathLike)) and str(location) == LOGIT:
+        return LensLocation(LOGIT, None)
+    path = Path(lens_dir(location))
+    from tunedlens.lenses.jlens_files import jlens_file
+
+    if jlens_file(path) is None:
+        detect_format(path)
+    return LensLocation(str(location), path)
+
+
+def load_lens(location: str | os.PathLike | LensLocation | Lens, model: nn.Module, *,
+              strict: bool = True, **options) -> Lens:  # fmt: skip
     """The lens at ``location`` for ``model``: ``"logit"``, a directory or a hub location.
 
     Args:
-        location: ``"logit"``, a local lens directory (any format), ``hf:...``,
-            ``tuned-lens:...``, or a :class:`Lens` (returned as is).
+        location: ``"logit"``, a local lens directory (any format) or J-lens file, ``hf:...``,
+            ``tuned-lens:...``, ``jlens:...``, a :class:`LensLocation` already resolved, or a
+            :class:`Lens` (returned as is).
         model: The model the lens is for.
         strict: Refuse a lens whose unembedding fingerprint differs from the model's.
         **options: Passed to the lens's constructor or loader, e.g. ``final_norm=`` or
@@ -52,32 +91,28 @@ def load_lens(location: str | os.PathLike | Lens, model: nn.Module, *, strict: b
         if options:
             raise ValueError(f"options {sorted(options)} apply when loading, not to a lens object")
         return location
-    if str(location) == LOGIT:
+    resolved = resolve_location(location)
+    if resolved.is_logit:
         return LogitLens(model, **options)
-    path = lens_dir(location)
+    path = resolved.path
     from tunedlens.lenses.jacobian import JacobianLens, jlens_file
 
-    if jlens_file(Path(path)) is not None:
+    if jlens_file(path) is not None:
         lens = JacobianLens.load(path, model, strict=strict, **options)
-        lens.source = str(location)
+        lens.source = resolved.text
         return lens
-    kind = detect_format(Path(path))
+    kind = detect_format(path)
     loader = LOADERS.get(kind)
     if loader is None:
-        raise LensFileError(f"{location}: lens files of kind {kind!r} have no loader")
+        raise LensFileError(f"{resolved.text}: lens files of kind {kind!r} have no loader")
     lens = loader(path, model, strict=strict, **options)
-    lens.source = str(location)
+    lens.source = resolved.text
     return lens
 
 
-def check_location(location: str | os.PathLike) -> None:
-    """Fail now, before any model is loaded, if ``location`` holds no lens (files are read later)."""
-    if str(location) != LOGIT:
-        from tunedlens.lenses.jlens_files import jlens_file
-
-        path = Path(lens_dir(location))
-        if jlens_file(path) is None:
-            detect_format(path)
+def check_location(location: str | os.PathLike) -> LensLocation:
+    """Fail now, before any model is loaded, if ``location`` holds no lens; return it resolved."""
+    return resolve_location(location)
 
 
 def load_lenses(locations, model: nn.Module, *, strict: bool = True,
@@ -87,13 +122,12 @@ def load_lenses(locations, model: nn.Module, *, strict: bool = True,
     Names are the locations' last path parts (:func:`lens_name`), never one of ``reserved``.
     Every location is resolved first, so a bad one fails before any lens file is read.
     """
-    for location in locations:
-        check_location(location)
+    resolved = [resolve_location(location) for location in locations]
     named: dict[str, Lens] = {}
-    for location in locations:
-        if str(location) != LOGIT:
+    for location in resolved:
+        if not location.is_logit:
             taken = {*named, *reserved}
-            named[lens_name(location, taken)] = load_lens(location, model, strict=strict)
+            named[lens_name(location.text, taken)] = load_lens(location, model, strict=strict)
     return named
 
 
@@ -118,9 +152,9 @@ def align_points(lenses: dict[str, Lens], model: nn.Module, points: str | None =
             for name, lens in lenses.items()}  # fmt: skip
 
 
-def lens_name(location: str | os.PathLike, taken) -> str:
+def lens_name(location: str | os.PathLike | LensLocation, taken) -> str:
     """A short unique name for a lens location (its last path part), e.g. for report columns."""
-    text = str(location)
+    text = location.text if isinstance(location, LensLocation) else str(location)
     if text == LOGIT:
         name = LOGIT
     else:
