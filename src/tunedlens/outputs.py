@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -267,3 +268,19 @@ def publish_dir(staging: Path, target: Path, kind: OutputKind) -> None:
             f"the new output is in {str(target)!r}, but the earlier one, moved to {str(aside)!r}, "
             f"could not be deleted ({error}); delete it by hand."
         ) from None
+
+
+@contextmanager
+def staged_output(out: Path, kind: OutputKind):
+    """Write a directory output through a staging folder beside ``out``, renamed into place.
+
+    ``with staged_output(out, kind) as staging: ...`` writes into ``staging``; on success it
+    replaces ``out`` (see :func:`publish_dir`), on failure nothing is changed. The staging folder
+    is always removed.
+    """
+    staging = staging_dir(out)
+    try:
+        yield staging
+        publish_dir(staging, out, kind)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -41,8 +41,10 @@ FLOORS = {
     "analyze": 6,
     # 7: front ends: the web explorer
     "serve": 7,
-    # 8: the command line
-    "cli": 8,
+    # 8: one room per command: argument checks, shared start-up, library calls
+    "commands": 8,
+    # 9: the command line: maps commands to functions, prints and renders
+    "cli": 9,
 }
 TOP = {"__init__", "__main__"}  # the package's own entry points may import anything
 

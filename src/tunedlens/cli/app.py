@@ -304,14 +304,14 @@ def fit_jlens(
     contiguous slices of the prompts and add their sums at the end.
     """
     from tunedlens.cli.progress import CountProgress
-    from tunedlens.train.jacobian import run_fit_jlens
+    from tunedlens.commands import fit_jlens as command
     from tunedlens.train.jlens_state import STATE_NAME
 
     with (
         CountProgress("fit-jlens", "prompts") as progress,
         interrupted(out, f"{STATE_NAME}*", force=force),
     ):
-        lens = run_fit_jlens(model, out, data=data, text_column=text_column, prompts=prompts,
+        lens = command.run(model, out, data=data, text_column=text_column, prompts=prompts,
                              seq_len=seq_len, skip_first=skip_first, dim_batch=dim_batch,
                              seed=seed, dtype=dtype, device=device, tokenizer=tokenizer,
                              checkpoint_every=checkpoint_every, resume=resume,
@@ -444,7 +444,8 @@ def lens_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Describe a lens: format, translator, dimensions, model, provenance, per-layer sizes."""
-    from tunedlens.lenses.info import describe_lens, info_tables
+    from tunedlens.cli.tables import info_tables
+    from tunedlens.lenses.info import describe_lens
 
     info = describe_lens(path)
     if as_json:
@@ -532,9 +533,9 @@ def lens_merge(
     device: DeviceOption = None,
 ):
     """Merge J-lenses of MODEL fitted on disjoint prompt slices (weighted by their prompts)."""
-    from tunedlens.train.jacobian import run_merge_jlens
+    from tunedlens.commands import merge as command
 
-    lens = run_merge_jlens(model, parts, out, force=force, dtype=dtype, device=device)
+    lens = command.run(model, parts, out, force=force, dtype=dtype, device=device)
     typer.echo(f"merged {len(parts)} J-lenses ({lens.n_prompts} prompts) into {out}")
 
 

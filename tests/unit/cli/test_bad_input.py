@@ -132,7 +132,7 @@ def _jlens(root):
 
 def _fit_part(root, name, part, seq_len=16, **options):
     """A J-lens part fitted as ``fit-jlens`` fits it (on text.txt, 4 prompts)."""
-    from tunedlens.train.jacobian import run_fit_jlens
+    from tunedlens.commands.fit_jlens import run as run_fit_jlens
 
     text = str(root / "text.txt")
     options.update(prompts=4, seq_len=seq_len, skip_first=2, part=part)

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from tiny_models import tiny_model, word_text
+from tunedlens.commands.fit_jlens import run as run_fit_jlens
+from tunedlens.commands.merge import run as run_merge_jlens
 from tunedlens.errors import LensMismatch
 from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.train.jacobian import (
     fit_jacobian_lens,
     merge_jacobian_lenses,
     prompt_slice,
-    run_fit_jlens,
-    run_merge_jlens,
 )
 from tunedlens.train.jlens_merge import MergeError
 

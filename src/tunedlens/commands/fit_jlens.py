@@ -1,0 +1,157 @@
+"""``tunedlens fit-jlens``: fit a Jacobian lens on packed text, resumable, by parts or under torchrun."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from tunedlens.lenses.jacobian import JacobianLens
+from tunedlens.lenses.jlens_files import JLENS_OUTPUT
+from tunedlens.outputs import OutputKind, staged_output, staging_dir
+from tunedlens.train.jacobian import fit_jacobian_lens, prompt_slice
+from tunedlens.train.jlens_state import STATE_NAME, FitState, FitStateError
+
+FIT_OUTPUT = OutputKind("a J-lens fit", (*JLENS_OUTPUT.files, f"{STATE_NAME}*.safetensors"))
+"""A fit's ``--out``: the J-lens, or the checkpoints of an unfinished fit (``--force`` replaces
+either)."""
+
+
+def run(
+    model_spec: str,
+    out,
+    *,
+    data: str | None = None,
+    text_column: str = "text",
+    prompts: int = 8,
+    seq_len: int = 128,
+    skip_first: int = 16,
+    dim_batch: int = 32,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str | None = None,
+    tokenizer: str | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    part: tuple[int, int] | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> JacobianLens:
+    """What ``tunedlens fit-jlens`` does: check, load, pack, fit, write.
+
+    ``prompts`` sequences of ``seq_len`` tokens of ``data`` are fitted on; the lens is written to
+    ``out`` in the native format, with provenance. With ``checkpoint_every`` the running sums are
+    saved in ``out`` every that many prompts (and deleted when the lens is written); ``resume``
+    continues from them. ``part=(i, n)`` fits only the ``i``-th of ``n`` contiguous slices of the
+    prompts (merge the parts with ``tunedlens lens merge``); under ``torchrun`` the processes
+    split the prompts the same way and add their sums at the end.
+    """
+    from tunedlens.data import TextSource, pack_blocks
+    from tunedlens.models import check_device, load_model, need_tokenizer
+    from tunedlens.outputs import check_out_dir, check_out_target, local_inputs
+    from tunedlens.provenance import environment
+    from tunedlens.train.distributed import init_world
+    from tunedlens.train.run import default_data_spec
+
+    out = Path(out)
+    _check_fit_options(prompts, seq_len, skip_first, dim_batch)
+    check_device(device)
+    if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1] and part[1] <= prompts):
+        raise ValueError(f"--part I/N needs 0 <= I < N <= --prompts, got {part[0]}/{part[1]}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
+    if resume and force:
+        raise ValueError("--resume continues the fit in --out and --force replaces it; pick one.")
+    if resume and checkpoint_every is None:
+        raise ValueError("--resume needs --checkpoint-every N, as given to the fit being resumed.")
+    inputs = local_inputs(model_spec, data, tokenizer)
+    check_out_target(out, FIT_OUTPUT, sources=inputs)
+    kept = [p.name for p in out.glob(f"{STATE_NAME}*.safetensors")] if out.is_dir() else []
+    if resume and not kept:
+        raise FitStateError(
+            f"--resume: {out} holds no J-lens fit checkpoint ({STATE_NAME}.safetensors). Start "
+            "without --resume, or pass the --out of a fit made with --checkpoint-every."
+        )
+    if kept and not (resume or force):
+        raise FitStateError(
+            f"{out} holds the checkpoint of an unfinished fit ({kept[0]}). Pass --resume to continue "
+            "it, --force to start over (it is replaced once the new fit is done), or choose "
+            "another --out."
+        )
+    if not resume:
+        check_out_dir(out, FIT_OUTPUT, force=force, sources=inputs)
+    replacing = not resume and out.is_dir() and any(out.iterdir())
+    if resume:
+        for name in kept:  # damaged checkpoints fail now, before the model loads
+            FitState.load(out / name)
+    spec = data or default_data_spec(model_spec)
+    if resume:  # damaged checkpoints, or ones of other settings, fail now, before the model loads
+        early = {"seq_len": seq_len, "seed": seed, "skip_first": skip_first, "dim_batch": dim_batch}
+        for name in kept:
+            FitState.load(out / name).check_resumable(early, out / name)
+    source = TextSource(spec, text_column)
+    source.check()
+    model, loaded_tokenizer = load_model(
+        model_spec, dtype=dtype, device=device, tokenizer=tokenizer
+    )
+    blocks = pack_blocks(source, need_tokenizer(loaded_tokenizer, model_spec), seq_len=seq_len,
+                         n_sequences=prompts, seed=seed, size_options="--prompts or --seq-len")  # fmt: skip
+    tokens = blocks.tokens
+    metadata = {"model": model_spec, "data": spec, "data_content_hash": blocks.content_hash(),
+                "seq_len": seq_len, "seed": seed, "packed_prompts": prompts,
+                "prompt_range": [0, prompts], "dim_batch": dim_batch, **environment()}  # fmt: skip
+    if part is not None:
+        mine = prompt_slice(len(tokens), *part)
+        tokens = tokens[mine]
+        metadata.update(part=f"{part[0]}/{part[1]}", prompt_range=[mine.start, mine.stop])
+    world = init_world(device or "cpu")
+    # The checkpoints of a fit replacing an earlier one go beside --out and cannot be resumed
+    # (the earlier fit stays in --out until the new one is done), so only the first process,
+    # which alone knows that folder, writes them.
+    work = None
+    if checkpoint_every and not replacing:
+        work = out
+    elif checkpoint_every and world.is_primary:
+        work = staging_dir(out)
+    try:
+        lens = fit_jacobian_lens(
+            model,
+            tokens,
+            skip_first=skip_first,
+            dim_batch=dim_batch,
+            progress=progress if world.is_primary else None,
+            metadata=metadata,
+            checkpoint=work,
+            checkpoint_every=checkpoint_every or 1,
+            resume=resume,
+            world=world,
+        )
+        if world.is_primary:
+            with staged_output(out, FIT_OUTPUT) as staging:
+                lens.save(staging)
+    finally:
+        if work is not None and work != out:
+            shutil.rmtree(work, ignore_errors=True)
+    world.barrier()
+    return lens
+
+
+def _check_fit_options(prompts: int, seq_len: int, skip_first: int, dim_batch: int) -> None:
+    """fit-jlens's numbers, each refused with the option that holds it."""
+    if prompts < 1:
+        raise ValueError(f"--prompts must be at least 1, got {prompts}")
+    if skip_first < 0:
+        raise ValueError(
+            f"--skip-first (positions left out at the start) must be >= 0, got {skip_first}"
+        )
+    if seq_len <= skip_first + 1:
+        raise ValueError(
+            f"--seq-len {seq_len} leaves no position to average over: it must exceed --skip-first "
+            f"+ 1 = {skip_first + 1} (the first --skip-first positions and the last are left out)"
+        )
+    if dim_batch < 1:
+        raise ValueError(
+            f"--dim-batch (output dimensions per backward pass) must be at least 1, got {dim_batch}"
+        )
+
+
