@@ -47,8 +47,8 @@ CANDIDATES: dict[str, dict] = {
 
 def run_one(name: str, out: Path, budget_s: float, train: Path, test: Path) -> None:
     """One candidate in this process (called by the parent through a fresh interpreter)."""
+    from tunedlens.commands.train import run as run_training
     from tunedlens.train import recipe_config
-    from tunedlens.train.run import run_training
 
     config = recipe_config("default", time_budget_s=budget_s, val_tokens=4096, seq_len=512,
                            **{**BASE, **CANDIDATES[name]})  # fmt: skip

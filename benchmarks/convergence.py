@@ -57,8 +57,8 @@ def parse_budget(text: str) -> float:
 def run_ours(name: str, work: Path, budget_s: float, curve: bool, validation_s: float) -> None:
     """One run of ours in this process: ``run_training`` as the CLI calls it."""
     begun = time.monotonic()
+    from tunedlens.commands.train import run as run_training
     from tunedlens.train import recipe_config
-    from tunedlens.train.run import run_training
 
     change = dict(RUNS[name])
     recipe = change.pop("recipe", "default")

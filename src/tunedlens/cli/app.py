@@ -185,10 +185,10 @@ def train(
     """
     from tunedlens.cli.config_options import explicit_options, given
     from tunedlens.cli.progress import TrainingProgress
+    from tunedlens.commands import train as command
     from tunedlens.train.checkpoint import CHECKPOINT_NAME
     from tunedlens.train.config import recipe_config
     from tunedlens.train.distributed import init_world
-    from tunedlens.train.run import run_training
 
     chosen = given(settings, explicit_options(ctx))
     if chosen.get("time_budget_s") is not None and "tokens" in chosen:
@@ -199,7 +199,7 @@ def train(
         TrainingProgress(enabled=world.is_primary) as progress,
         interrupted(out, CHECKPOINT_NAME, force=force),
     ):
-        result = run_training(
+        result = command.run(
             model, config, out, data=data, val_data=val_data, text_column=text_column,
             resume=resume, force=force, dtype=dtype, device=device, tokenizer=tokenizer, lens_format=format,
             fsdp=fsdp, on_step=progress.update, on_status=progress.status, world=world,
@@ -518,9 +518,9 @@ def lens_curves(
     ] = None,
 ):
     """Draw a training run's curves from its train_log.jsonl: loss, learning rate, per-layer KL."""
-    from tunedlens.train.curves import run_curves
+    from tunedlens.commands import curves as command
 
-    typer.echo(f"wrote {run_curves(run, out)}")
+    typer.echo(f"wrote {command.run(run, out)}")
 
 
 @lens_app.command("merge")

@@ -1,4 +1,4 @@
-"""``tunedlens lens curves OUT``: draw a training run's curves from its ``train_log.jsonl``."""
+"""A training run's log, ``train_log.jsonl``: its name and how it is read back."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from tunedlens.errors import TunedLensError
-from tunedlens.outputs import check_out_file
-from tunedlens.train.run import CURVES_NAME, LOG_NAME
 
-CURVE_SUFFIXES = (".html", ".png")
+LOG_NAME = "train_log.jsonl"
+"""One JSON record per optimizer step, written by ``tunedlens train`` into its ``--out``."""
+CURVES_NAME = "curves.html"
+"""Where ``tunedlens lens curves RUN`` draws the curves by default."""
 
 
 def read_train_log(run: str | Path) -> list[dict]:
@@ -43,26 +44,4 @@ def read_train_log(run: str | Path) -> list[dict]:
     return records
 
 
-def run_curves(run: str | Path, out: str | Path | None = None) -> Path:
-    """Draw ``run``'s loss, learning rate and per-layer validation KL into ``out``.
-
-    ``out`` defaults to ``RUN/curves.html``; rows are labelled by the lens's points once the lens
-    is saved.
-    """
-    from tunedlens.plot.training_figures import save_training_curves
-
-    run = Path(run)
-    records = read_train_log(run)  # first: a wrong RUN is the likelier mistake than a wrong --out
-    target = check_out_file(out if out is not None else run / CURVES_NAME, CURVE_SUFFIXES)
-    labels = None
-    if (run / "config.json").exists():
-        from tunedlens.arch.points import row_label
-        from tunedlens.lenses.files import read_lens
-
-        stored = read_lens(run)
-        count = stored.translator.n_layers
-        labels = [row_label(stored.points, row, count) for row in range(count)]
-    return save_training_curves(records, target, title=f"training: {run.name}", row_labels=labels)
-
-
-__all__ = ["read_train_log", "run_curves"]
+__all__ = ["CURVES_NAME", "LOG_NAME", "read_train_log"]

@@ -80,7 +80,7 @@ def test_the_command_line_reaches_the_config(monkeypatch, tmp_path):
         seen["config"] = config
         raise SystemExit(0)
 
-    monkeypatch.setattr("tunedlens.train.run.run_training", fake_run_training)
+    monkeypatch.setattr("tunedlens.commands.train.run", fake_run_training)
     monkeypatch.setattr(sys, "argv", ["tunedlens", "train", "demo", "--out", str(tmp_path / "o"),
                                       "--grad-clip", "none", "--betas", "0.8,0.9", "--lstsq-init", "false",
                                       "--schedule", "constant"])

@@ -7,8 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tunedlens.cli.app import app
+from tunedlens.commands.curves import run as run_curves
 from tunedlens.errors import TunedLensError
-from tunedlens.train.curves import read_train_log, run_curves
+from tunedlens.train.curves import read_train_log
 
 runner = CliRunner()
 ARGS = ["--seq-len", "16", "--batch-size", "4", "--tokens-per-step", "64", "--val-tokens", "64"]

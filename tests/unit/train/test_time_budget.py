@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tiny_models import tiny_model, word_text
+from tunedlens.commands.train import run as run_training
 from tunedlens.lenses import TunedLens
 from tunedlens.train import recipe_config, train_lens
-from tunedlens.train.run import run_training
 
 SMALL = dict(seq_len=16, batch_size=4, tokens_per_step=64, val_tokens=64, lstsq_tokens=256)
 

@@ -1,0 +1,177 @@
+"""``tunedlens train``: train a tuned lens for a model and save it, with provenance and a log."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tunedlens.commands.common import check_resume
+from tunedlens.data import DataError, TextSource
+from tunedlens.errors import TunedLensError
+from tunedlens.lenses.files import LENS_FILES, WEIGHT_FILES
+from tunedlens.lenses.lens import TunedLens
+from tunedlens.metrics.divergence import NATS_TO_BITS
+from tunedlens.models import load_model, need_tokenizer
+from tunedlens.outputs import (
+    OutputKind,
+    check_out_target,
+    local_inputs,
+    publish_dir,
+    staging_dir,
+)
+from tunedlens.train.checkpoint import CHECKPOINT_NAME
+from tunedlens.train.config import TrainConfig
+from tunedlens.train.curves import CURVES_NAME, LOG_NAME
+from tunedlens.train.distributed import World, init_world
+from tunedlens.train.loggers import LOG_TARGETS, check_log_targets, make_loggers
+from tunedlens.train.loop import StepStats, TrainResult, train_lens
+from tunedlens.train.run import default_data_spec, fit_time_budget, plan_data, provenance
+
+RUN_FILES = (*LENS_FILES, CHECKPOINT_NAME, LOG_NAME)
+"""The files a training run writes into its ``--out``."""
+RUN_OUTPUT = OutputKind("a training run's output", (*RUN_FILES, CURVES_NAME), folders=LOG_TARGETS)
+"""A run's ``--out``: its files, the curves drawn from it, and the logs of ``--log-to`` (each
+target writes a folder named after it); what ``--force`` may replace."""
+
+
+def check_out(out: Path, resume: bool, *, force: bool = False, checkpoint_every: int | None = None,
+              sources: Sequence[Path] = ()) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be written or holds another run."""
+    check_out_target(out, RUN_OUTPUT, sources=sources)  # files of others: refused first
+    if not (resume or force) and any((out / name).exists() for name in WEIGHT_FILES):
+        raise TunedLensError(
+            f"{out} already holds a lens; choose another --out, or pass --force to replace it "
+            "(nothing was overwritten)."
+        )
+    check_resume(out, RUN_OUTPUT, checkpoints=CHECKPOINT_NAME, resume=resume, force=force,
+                 checkpoint_every=checkpoint_every, sources=sources)
+
+
+def _log_writer(out: Path, extra: Callable[[StepStats], None] | None, loggers=()):
+    def on_step(stats: StepStats) -> None:
+        record = {key: value for key, value in stats.__dict__.items()}
+        record["loss_bits"] = stats.loss * NATS_TO_BITS
+        record["tokens_per_s"] = stats.tokens_per_s
+        if stats.val_kl is not None:
+            record["val_kl_bits"] = [v * NATS_TO_BITS for v in stats.val_kl]
+        with open(out / LOG_NAME, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for logger in loggers:
+            logger(stats)
+        if extra is not None:
+            extra(stats)
+
+    return on_step
+
+
+def run(
+    model_spec: str,
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    val_data: str | None = None,
+    text_column: str = "text",
+    resume: bool = False,
+    force: bool = False,
+    dtype: str = "float32",
+    device: str | None = None,
+    tokenizer: str | None = None,
+    lens_format: str = "native",
+    fsdp: bool = False,
+    on_step: Callable[[StepStats], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
+    world: World | None = None,
+    log_to: Sequence[str] = (),
+) -> TrainResult:
+    """Train a lens for ``model_spec`` and write it (with provenance and a JSONL log) to ``out``.
+
+    ``device`` places the model (and so the lens); ``tokenizer`` replaces the model's own
+    tokenizer files; ``fsdp`` shards the decoder blocks across torchrun processes; ``log_to``
+    mirrors every step to ``tensorboard`` and/or ``wandb`` (offline unless ``WANDB_MODE`` says
+    otherwise), besides ``train_log.jsonl``.
+    """
+    begun = time.monotonic()  # a time budget counts from here: loading and packing included
+    status = on_status or (lambda message: None)
+    world = world or init_world()
+    out = Path(out)
+    check_log_targets(log_to)
+    if lens_format == "tuned-lens" and config.points != "block":
+        raise TunedLensError(
+            f"--format tuned-lens holds one translator per block input; a lens on {config.points!r} "
+            "points can only be written in the native format (drop --format)."
+        )
+    inputs = local_inputs(model_spec, data, val_data, tokenizer)
+    check_out(out, resume, force=force, checkpoint_every=config.checkpoint_every, sources=inputs)
+    spec = data or default_data_spec(model_spec, status)
+    TextSource(spec, text_column).check()
+    if val_data is not None:
+        TextSource(val_data, text_column).check()
+    model, tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
+    need_tokenizer(tokenizer, model_spec)
+    if fsdp:
+        from tunedlens.train.distributed import shard_blocks
+
+        shard_blocks(model, world)
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if context is not None and config.seq_len > context:
+        raise DataError(
+            f"--seq-len {config.seq_len} is longer than the model's context of {context} tokens."
+        )
+    started = time.perf_counter()
+    # Built first: mid points of a parallel-block family are refused before any data is packed.
+    lens = TunedLens.from_model(model, translator=config.translator, rank=config.rank,
+                                use_temperature=config.use_temperature, seed=config.seed,
+                                points=config.points)  # fmt: skip
+    budget = None
+    if config.time_budget_s is not None:
+        config, budget = fit_time_budget(model, tokenizer, config, out, resume, world, status,
+                                     begun=begun, data=spec, text_column=text_column)  # fmt: skip
+    status(f"packing {config.tokens:,} training tokens from {spec}")
+    plan = plan_data(tokenizer, config, data=spec, val_data=val_data, text_column=text_column)
+    # A run replacing an earlier one (--force) works beside it and takes its place once done,
+    # so a failure or a kill leaves the earlier run as it was; other runs work in --out itself.
+    replacing = world.is_primary and out.is_dir() and any(out.iterdir()) and not resume
+    work = staging_dir(out) if replacing else out
+    loggers = []
+    try:
+        if world.is_primary:
+            work.mkdir(parents=True, exist_ok=True)
+        if world.is_primary and log_to:
+            labels = [lens.row_label(row) for row in range(lens.n_layers)]
+            loggers = make_loggers(log_to, work, {**config.to_dict(), "model": model_spec}, labels)
+        try:
+            result = train_lens(
+                lens,
+                model,
+                plan.train,
+                config,
+                val_data=plan.val,
+                world=world,
+                resume=resume,
+                checkpoint_dir=work if config.checkpoint_every else None,
+                on_step=_log_writer(work, on_step, loggers) if world.is_primary else None,
+                deadline=None if budget is None else budget["deadline"],
+            )
+        finally:
+            for logger in loggers:
+                logger.close()
+        if world.is_primary:
+            record = provenance(result, plan, model_spec, lens)
+            record["training"]["wall_time_this_process_s"] = time.perf_counter() - started
+            if budget is not None:
+                record["training"]["time_budget"] = {
+                    key: value for key, value in budget.items() if key != "deadline"
+                } | {"stopped_at_budget": result.stopped_at_budget}
+            for name in LENS_FILES:
+                (work / name).unlink(missing_ok=True)  # a resumed run replaces its own earlier save
+            lens.save(work, format=lens_format, provenance=record)
+        if replacing:
+            publish_dir(work, out, RUN_OUTPUT)
+    finally:
+        if replacing:
+            shutil.rmtree(work, ignore_errors=True)
+    return result
