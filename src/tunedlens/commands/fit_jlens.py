@@ -6,11 +6,12 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from tunedlens.commands.common import check_resume
 from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.lenses.jlens_files import JLENS_OUTPUT
 from tunedlens.outputs import OutputKind, staged_output, staging_dir
 from tunedlens.train.jacobian import fit_jacobian_lens, prompt_slice
-from tunedlens.train.jlens_state import STATE_NAME, FitState, FitStateError
+from tunedlens.train.jlens_state import STATE_NAME, FitState
 
 FIT_OUTPUT = OutputKind("a J-lens fit", (*JLENS_OUTPUT.files, f"{STATE_NAME}*.safetensors"))
 """A fit's ``--out``: the J-lens, or the checkpoints of an unfinished fit (``--force`` replaces
@@ -48,7 +49,7 @@ def run(
     """
     from tunedlens.data import TextSource, pack_blocks
     from tunedlens.models import check_device, load_model, need_tokenizer
-    from tunedlens.outputs import check_out_dir, check_out_target, local_inputs
+    from tunedlens.outputs import local_inputs
     from tunedlens.provenance import environment
     from tunedlens.train.distributed import init_world
     from tunedlens.train.run import default_data_spec
@@ -60,30 +61,11 @@ def run(
         raise ValueError(f"--part I/N needs 0 <= I < N <= --prompts, got {part[0]}/{part[1]}")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
-    if resume and force:
-        raise ValueError("--resume continues the fit in --out and --force replaces it; pick one.")
-    if resume and checkpoint_every is None:
-        raise ValueError("--resume needs --checkpoint-every N, as given to the fit being resumed.")
     inputs = local_inputs(model_spec, data, tokenizer)
-    check_out_target(out, FIT_OUTPUT, sources=inputs)
-    kept = [p.name for p in out.glob(f"{STATE_NAME}*.safetensors")] if out.is_dir() else []
-    if resume and not kept:
-        raise FitStateError(
-            f"--resume: {out} holds no J-lens fit checkpoint ({STATE_NAME}.safetensors). Start "
-            "without --resume, or pass the --out of a fit made with --checkpoint-every."
-        )
-    if kept and not (resume or force):
-        raise FitStateError(
-            f"{out} holds the checkpoint of an unfinished fit ({kept[0]}). Pass --resume to continue "
-            "it, --force to start over (it is replaced once the new fit is done), or choose "
-            "another --out."
-        )
-    if not resume:
-        check_out_dir(out, FIT_OUTPUT, force=force, sources=inputs)
+    kept = check_resume(out, FIT_OUTPUT, checkpoints=f"{STATE_NAME}*.safetensors", resume=resume,
+                        force=force, checkpoint_every=checkpoint_every, sources=inputs, what="fit",
+                        checkpoint_name="J-lens fit checkpoint")
     replacing = not resume and out.is_dir() and any(out.iterdir())
-    if resume:
-        for name in kept:  # damaged checkpoints fail now, before the model loads
-            FitState.load(out / name)
     spec = data or default_data_spec(model_spec)
     if resume:  # damaged checkpoints, or ones of other settings, fail now, before the model loads
         early = {"seq_len": seq_len, "seed": seed, "skip_first": skip_first, "dim_batch": dim_batch}
