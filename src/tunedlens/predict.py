@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from tunedlens.arch.points import block_rows, check_points
+from tunedlens.arch.points import block_rows
 from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
 from tunedlens.lenses.lens import Lens, LogitLens
@@ -66,6 +66,13 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
+def check_top_k(top_k: int, what: str = "top_k") -> int:
+    """``top_k`` itself if it is a whole number >= 1 (``what`` names it in the error)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"{what} must be at least 1, got {top_k!r}")
+    return top_k
+
+
 def predict_layers(
     model: nn.Module,
     tokenizer,
@@ -89,8 +96,7 @@ def predict_layers(
         position: Token position (negative counts from the end).
     """
     lens = lens or LogitLens(model)
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    check_top_k(top_k)
     input_ids = encode_prompt(tokenizer, prompt, model)
     length = input_ids.shape[1]
     if isinstance(position, bool) or not isinstance(position, int) or not -length <= position < length:
@@ -109,67 +115,3 @@ def predict_layers(
         label = row if lens.points == "block" and row < lens.n_layers else lens.row_label(row)
         predictions.append(LayerPrediction(label, top))
     return predictions
-
-
-@dataclass(frozen=True)
-class PredictRun:
-    """What ``tunedlens predict`` computed, ready to print as a table or JSON."""
-
-    model: str
-    prompt: str
-    lens: str
-    position: int
-    rows: list[LayerPrediction]
-    kind: str = "logit"
-
-    def to_dict(self) -> dict:
-        """``{"model", "prompt", "lens", "position", "layers": [...]}`` (the ``--json`` payload)."""
-        return {
-            "model": self.model,
-            "prompt": self.prompt,
-            "lens": self.lens,
-            "position": self.position,
-            "layers": [row.to_dict() for row in self.rows],
-        }
-
-    def table(self):
-        """A rich table: one row per layer, one column per rank."""
-        import json
-
-        from rich.table import Table
-
-        name = f"{self.kind} lens" + ("" if self.lens == self.kind else f" {self.lens}")
-        table = Table(title=f"{name} · {self.model} · position {self.position}")
-        table.add_column("layer", justify="right")
-        for rank in range(1, len(self.rows[0].top) + 1):
-            table.add_column(f"#{rank}")
-        for row in self.rows:
-            cells = [f"{json.dumps(t.token, ensure_ascii=False)} {t.prob:.2f}" for t in row.top]
-            table.add_row(str(row.layer), *cells, style="bold" if row.layer == "output" else None)
-        return table
-
-
-def run_predict(model_spec: str, prompt: str, *, lens: str = "logit", layers: str | None = None,
-                top_k: int = 5, position: int = -1, dtype: str = "float32", device: str | None = None,
-                tokenizer: str | None = None, strict: bool = True, points: str | None = None) -> PredictRun:  # fmt: skip
-    """Load the model and lens, then :func:`predict_layers` (what ``tunedlens predict`` does).
-
-    ``points`` (``block``, ``mid``, ``both``) makes the logit lens read sub-layer points; a
-    trained lens reads the points it was trained on.
-    """
-    from tunedlens.lenses.load import align_points, check_location, load_lens
-    from tunedlens.models import load_model, need_tokenizer
-
-    if top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {top_k}")
-    check_location(lens)
-    loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
-    need_tokenizer(loaded_tokenizer, model_spec)
-    if points is not None:
-        check_points(points)
-    chosen = load_lens(lens, loaded, strict=strict)
-    chosen = align_points({"lens": chosen}, loaded, points)["lens"]
-    rows = predict_layers(loaded, loaded_tokenizer, prompt, chosen,
-                          layers=parse_layers(layers, chosen.n_blocks), top_k=top_k,
-                          position=position)  # fmt: skip
-    return PredictRun(model_spec, prompt, lens, position, rows, chosen.kind)

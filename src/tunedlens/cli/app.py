@@ -89,17 +89,19 @@ def predict(
     strict: StrictOption = True,
 ):
     """Print each layer's top-k next tokens (and probabilities) at one position of PROMPT."""
-    from tunedlens.predict import run_predict
+    from tunedlens.commands import predict as command
 
-    result = run_predict(model, prompt, lens=lens, layers=layers, top_k=top_k, position=position,
+    result = command.run(model, prompt, lens=lens, layers=layers, top_k=top_k, position=position,
                          dtype=dtype, device=device, tokenizer=tokenizer, strict=strict,
-                         points=points)  # fmt: skip
+                         points=points)
     if as_json:
         typer.echo(dumps(result.to_dict(), ensure_ascii=False))
         return
     from rich.console import Console
 
-    Console().print(result.table())
+    from tunedlens.cli.tables import predict_table
+
+    Console().print(predict_table(result))
 
 
 @app.command()
@@ -129,9 +131,9 @@ def show(
     strict: StrictOption = True,
 ):
     """Draw what each layer predicts at each position of PROMPT (logit lens beside each lens)."""
-    from tunedlens.view.show import run_show
+    from tunedlens.commands import show as command
 
-    path = run_show(model, prompt, lenses=lens or (), stat=stat, compare=compare, out=out,
+    path = command.run(model, prompt, lenses=lens or (), stat=stat, compare=compare, out=out,
                     stride=stride, last=last, dtype=dtype, device=device, tokenizer=tokenizer,
                     strict=strict, points=points)  # fmt: skip
     typer.echo(f"wrote {path}")
@@ -392,10 +394,10 @@ def eval_command(
 ):
     """Evaluate lenses on MODEL layer by layer (the logit lens is always the baseline)."""
     from tunedlens.cli.progress import CountProgress
-    from tunedlens.evaluation.run import run_evaluation
+    from tunedlens.commands import eval as command
 
     with CountProgress() as progress:
-        run = run_evaluation(
+        run = command.run(
             model, lens or (), data=data, text_column=text_column, tokens=tokens, seq_len=seq_len,
             out=out, prompts=prompts, transfer=transfer, bootstrap=bootstrap,
             batch_size=batch_size, seed=seed, plots=plots, dtype=dtype, device=device,
@@ -430,9 +432,9 @@ def serve(
     strict: StrictOption = True,
 ):
     """Explore MODEL's layers through lenses in a local web page (extra 'serve')."""
-    from tunedlens.serve.run import serve_model
+    from tunedlens.commands import serve as command
 
-    serve_model(model, lens or (), eval_dir or (), host=host, port=port, allow_remote=allow_remote,
+    command.run(model, lens or (), eval_dir or (), host=host, port=port, allow_remote=allow_remote,
                 max_tokens=max_tokens, dtype=dtype, device=device, tokenizer=tokenizer,
                 strict=strict, on_ready=lambda url: typer.echo(
                     f"tunedlens explorer for {model}: {url}  (Ctrl-C stops it)"))  # fmt: skip

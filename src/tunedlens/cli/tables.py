@@ -22,3 +22,20 @@ def info_tables(info: dict) -> list:
     for row in info["layers"]:
         layers.add_row(str(row["layer"]), f"{row['update_norm']:.4g}", f"{row['bias_norm']:.4g}")
     return [summary, layers]
+
+
+def predict_table(run):
+    """``tunedlens predict`` as a rich table: one row per layer, one column per rank."""
+    import json
+
+    from rich.table import Table
+
+    name = f"{run.kind} lens" + ("" if run.lens == run.kind else f" {run.lens}")
+    table = Table(title=f"{name} · {run.model} · position {run.position}")
+    table.add_column("layer", justify="right")
+    for rank in range(1, len(run.rows[0].top) + 1):
+        table.add_column(f"#{rank}")
+    for row in run.rows:
+        cells = [f"{json.dumps(t.token, ensure_ascii=False)} {t.prob:.2f}" for t in row.top]
+        table.add_row(str(row.layer), *cells, style="bold" if row.layer == "output" else None)
+    return table

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from torch import nn
 
+import tunedlens.models as models
 from tunedlens.arch.points import check_points
 from tunedlens.errors import TunedLensError
 from tunedlens.lenses.lens import Lens, LogitLens
 from tunedlens.lenses.load import LOGIT, LensLocation, align_points, load_lenses, resolve_location
-from tunedlens.models import load_model, need_tokenizer
 from tunedlens.outputs import OutputKind, check_out_dir, check_out_target
 
 
@@ -73,9 +73,9 @@ def open_model_and_lenses(
     if points is not None:
         check_points(points)
     resolved = resolve_locations(locations)
-    model, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
+    model, loaded_tokenizer = models.load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     if needs_tokenizer:
-        need_tokenizer(loaded_tokenizer, model_spec)
+        models.need_tokenizer(loaded_tokenizer, model_spec)
     named: dict[str, Lens] = {LOGIT: LogitLens(model)} if with_logit else {}
     named.update(load_lenses(resolved, model, strict=strict, reserved=reserved))
     return Opened(model, loaded_tokenizer, align_points(named, model, points))

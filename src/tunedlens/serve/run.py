@@ -1,4 +1,4 @@
-"""What ``tunedlens serve`` does, as a function: load, check, then serve on a local port."""
+"""Serving a session: host and port checks, the listening socket, eval reports, the server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from tunedlens.errors import TunedLensError, require
@@ -105,33 +105,6 @@ def evals_for(reports: Sequence[tuple[str, dict]], names: Sequence[str]) -> dict
     return evals
 
 
-def build_session(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[str] = (), *,
-                  max_tokens: int = 512, dtype: str = "float32", device: str | None = None,
-                  tokenizer: str | None = None, strict: bool = True,
-                  on_checked: Callable[[], None] | None = None) -> ServeSession:  # fmt: skip
-    """Load the model and every lens (a lens for another model is refused here, with why).
-
-    The options, lens locations and ``--eval`` reports are checked first; ``on_checked`` is
-    then called, before the model loads.
-    """
-    from tunedlens.lenses.load import LOGIT, align_points, check_location, load_lens, load_lenses
-    from tunedlens.models import load_model, need_tokenizer
-
-    if max_tokens < 1:
-        raise ValueError(f"--max-tokens must be a positive integer, got {max_tokens}")
-    for location in lenses:  # before the model loads
-        check_location(location)
-    reports = read_reports(evals)
-    if on_checked is not None:
-        on_checked()
-    loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
-    need_tokenizer(loaded_tokenizer, model_spec)
-    named = {LOGIT: load_lens(LOGIT, loaded), **load_lenses(lenses, loaded, strict=strict)}
-    named = align_points(named, loaded)  # a mid-point lens is shown beside a mid-point logit lens
-    return ServeSession(loaded, loaded_tokenizer, named, model_spec,
-                        evals=evals_for(reports, list(named)), max_tokens=max_tokens)  # fmt: skip
-
-
 def run_server(
     session: ServeSession,
     *,
@@ -149,26 +122,3 @@ def run_server(
     config = uvicorn.Config(create_app(session), host=host, port=port, log_level="warning")
     with listener:
         uvicorn.Server(config).run(sockets=[listener])
-
-
-def serve_model(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[str] = (), *,
-                host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False,
-                on_ready=None, **options) -> None:  # fmt: skip
-    """What ``tunedlens serve`` does: check the host and port, load (see :func:`build_session`), serve.
-
-    The port is bound once the arguments are checked and before the model loads, so a busy port
-    fails at once; ``on_ready`` is called with the page's URL once everything is loaded.
-    """
-    check_host(host, allow_remote)
-    check_port(port)
-    bound: list[socket.socket] = []
-    try:
-        session = build_session(
-            model_spec, lenses, evals, on_checked=lambda: bound.append(bind_port(host, port)), **options
-        )
-        if on_ready is not None:
-            on_ready(f"http://{f'[{host}]' if ':' in host else host}:{port}/")
-        run_server(session, host=host, port=port, allow_remote=allow_remote, listener=bound[0])
-    finally:
-        for listener in bound:
-            listener.close()

@@ -372,9 +372,9 @@ def test_hub_update_repackages_a_lens_from_its_own_folder(world, monkeypatch, ca
 
 
 def test_a_failed_write_leaves_the_earlier_output(world, monkeypatch):
+    import tunedlens.commands.train as run
     import tunedlens.evaluation.report as report_module
     import tunedlens.lenses.files as files
-    import tunedlens.commands.train as run
     from tunedlens.lenses.jacobian import JacobianLens
 
     home = world / "home"

@@ -190,7 +190,8 @@ def test_requests_wait_in_line_and_a_full_line_is_refused(client, session):
 
 
 def test_start_up_refuses_a_lens_of_another_model(tiny_model_dir, tmp_path):
-    from tunedlens.serve.run import build_session, check_host
+    from tunedlens.commands.serve import build_session
+    from tunedlens.serve.run import check_host
 
     random_lens(tiny_model("gpt2")).save(tmp_path / "gpt2-lens")
     with pytest.raises(LensMismatch, match="fingerprint"):
@@ -204,7 +205,7 @@ def test_start_up_refuses_a_lens_of_another_model(tiny_model_dir, tmp_path):
 def test_eval_reports_are_matched_by_lens_name(tiny_model_dir, tmp_path):
     import json
 
-    from tunedlens.serve.run import build_session
+    from tunedlens.commands.serve import build_session
 
     random_lens(tiny_model("llama")).save(tmp_path / "mine")
     report = tmp_path / "report"

@@ -13,8 +13,8 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+from tunedlens.commands.serve import run as serve_model  # noqa: E402
 from tunedlens.errors import TunedLensError  # noqa: E402
-from tunedlens.serve.run import serve_model  # noqa: E402
 
 
 def _free_port() -> int:

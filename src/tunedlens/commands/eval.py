@@ -1,4 +1,4 @@
-"""What ``tunedlens eval`` does, as a function: load, pack data, evaluate, write the reports."""
+"""``tunedlens eval``: load, pack data, evaluate every lens layer by layer, write the report."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunedlens.commands.common import open_model_and_lenses
+from tunedlens.data import TextSource, pack_blocks
 from tunedlens.evaluation.core import BASELINE, EvalReport, evaluate
 from tunedlens.evaluation.prompts import load_prompts
+from tunedlens.evaluation.report import REPORT_OUTPUT
+from tunedlens.outputs import check_out_dir, local_inputs, staged_output
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,7 @@ class EvalRun:
     written: list[Path]
 
 
-def run_evaluation(
+def run(
     model_spec: str,
     lenses: Sequence[str] = (),
     *,
@@ -49,12 +53,6 @@ def run_evaluation(
     before anything is loaded (an earlier report is replaced only with ``force``, and nothing
     else ever is); the report is written beside it and renamed into place once complete.
     """
-    from tunedlens.data import TextSource, pack_blocks
-    from tunedlens.evaluation.report import REPORT_OUTPUT
-    from tunedlens.lenses.load import check_location, load_lenses
-    from tunedlens.models import load_model, need_tokenizer
-    from tunedlens.outputs import check_out_dir, local_inputs, publish_dir, staging_dir
-
     if tokens < seq_len or seq_len < 2:
         raise ValueError(
             f"--tokens ({tokens}) must hold at least one sequence of --seq-len ({seq_len}) tokens"
@@ -69,11 +67,10 @@ def run_evaluation(
     suite = None if prompts in (None, "none") else load_prompts(prompts)
     source = TextSource(data, text_column=text_column)
     source.check()
-    for location in lenses:
-        check_location(location)
-    loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
-    need_tokenizer(loaded_tokenizer, model_spec)
-    named = load_lenses(lenses, loaded, strict=strict, reserved=(BASELINE,))  # logit: always in
+    opened = open_model_and_lenses(model_spec, lenses, dtype=dtype, device=device,
+                                   tokenizer=tokenizer, strict=strict, with_logit=False,
+                                   reserved=(BASELINE,))  # evaluate adds the logit lens
+    loaded, loaded_tokenizer, named = opened.model, opened.tokenizer, opened.lenses
     blocks = pack_blocks(source, loaded_tokenizer,
                          seq_len=seq_len, n_sequences=tokens // seq_len, seed=seed)  # fmt: skip
     if on_start is not None:
@@ -82,13 +79,6 @@ def run_evaluation(
                       transfer=transfer, batch_size=batch_size, bootstrap=bootstrap, seed=seed,
                       progress=progress, model_name=model_spec)  # fmt: skip
     report.metrics["data"] = {"spec": data, "content_hash": blocks.content_hash()}
-    staging = staging_dir(out)
-    try:
+    with staged_output(out, REPORT_OUTPUT) as staging:
         written = report.save(staging, plots=plots)
-        publish_dir(staging, out, REPORT_OUTPUT)
-    finally:
-        if staging.exists():
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)
     return EvalRun(report, out, [out / path.name for path in written])

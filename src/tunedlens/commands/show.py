@@ -1,16 +1,20 @@
-"""What ``tunedlens show`` draws: trajectories of a prompt through several lenses, side by side."""
+"""``tunedlens show``: a prompt's trajectories through several lenses, drawn side by side."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from tunedlens.commands.common import open_model_and_lenses
 from tunedlens.engine.stats import ALL_VIEW_STATS, VIEW_STATS, check_stats
+from tunedlens.outputs import check_out_file
+from tunedlens.plot.trajectory_figures import save
+from tunedlens.view.notebook import Lensed
 
 FIGURE_SUFFIXES = (".html", ".png")
 
 
-def run_show(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: str = "entropy",
+def run(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: str = "entropy",
              compare: str | None = None, out: str | Path = "lens.html", stride: int = 1,
              last: int | None = None, dtype: str = "float32", device: str | None = None,
              tokenizer: str | None = None, strict: bool = True, points: str | None = None) -> Path:  # fmt: skip
@@ -35,27 +39,16 @@ def run_show(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: 
     Returns:
         The path written.
     """
-    from tunedlens.arch.points import check_points
-    from tunedlens.lenses.load import LOGIT, align_points, check_location, load_lens, load_lenses
-    from tunedlens.models import load_model, need_tokenizer
-    from tunedlens.outputs import check_out_file
-    from tunedlens.plot.trajectory_figures import save
-    from tunedlens.view.notebook import Lensed
-
     out = check_out_file(out, FIGURE_SUFFIXES)
     names = ALL_VIEW_STATS if stat == "all" else check_stats(stat, VIEW_STATS, "--stat")
     if isinstance(stride, bool) or stride < 1:
         raise ValueError(f"--stride must be an integer >= 1, got {stride!r}")
     if last is not None and last < 1:
         raise ValueError(f"--last must be an integer >= 1, got {last!r}")
-    if points is not None:
-        check_points(points)
-    for location in lenses:  # before the model loads
-        check_location(location)
-    loaded, loaded_tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
-    viewer = Lensed(loaded, need_tokenizer(loaded_tokenizer, model_spec))
-    chosen = {LOGIT: load_lens(LOGIT, loaded), **load_lenses(lenses, loaded, strict=strict)}
-    chosen = align_points(chosen, loaded, points)
+    opened = open_model_and_lenses(model_spec, lenses, dtype=dtype, device=device,
+                                   tokenizer=tokenizer, strict=strict, points=points)
+    viewer = Lensed(opened.model, opened.tokenizer)
+    chosen = opened.lenses
 
     def view(text: str, lens):
         trajectory = viewer.trajectory(text, lens)
