@@ -317,7 +317,7 @@ def fit_jlens(
                              seq_len=seq_len, skip_first=skip_first, dim_batch=dim_batch,
                              seed=seed, dtype=dtype, device=device, tokenizer=tokenizer,
                              checkpoint_every=checkpoint_every, resume=resume,
-                             part=parse_part(part), force=force, progress=progress.update)  # fmt: skip
+                             part=part, force=force, progress=progress.update)  # fmt: skip
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
         typer.echo(f"fitted rows {lens.rows[0]}..{lens.rows[-1]} on {lens.n_prompts} prompts; "
                    f"J-lens saved to {out}")  # fmt: skip
@@ -343,16 +343,6 @@ def parse_duration(text: str) -> float:
             "(with --checkpoint-every to make it resumable)."
         )
     return seconds
-
-
-def parse_part(text: str | None) -> tuple[int, int] | None:
-    """``"I/N"`` -> ``(I, N)``."""
-    if text is None:
-        return None
-    index, slash, count = text.partition("/")
-    if not (slash and index.strip().isdigit() and count.strip().isdigit()):
-        raise ValueError(f"--part must look like I/N (e.g. 0/4), got {text!r}")
-    return int(index), int(count)
 
 
 @app.command("eval")
@@ -447,9 +437,9 @@ def lens_info(
 ):
     """Describe a lens: format, translator, dimensions, model, provenance, per-layer sizes."""
     from tunedlens.cli.tables import info_tables
-    from tunedlens.lenses.info import describe_lens
+    from tunedlens.commands import lens_info as command
 
-    info = describe_lens(path)
+    info = command.run(path)
     if as_json:
         typer.echo(dumps(info, indent=2, default=str))
         return
@@ -474,9 +464,9 @@ def lens_convert(
     force: Annotated[bool, typer.Option(help="Replace what DST already holds.")] = False,
 ):
     """Convert a lens (tuned: native <-> reference format; J-lens: native <-> published artifact)."""
-    from tunedlens.lenses.files import convert_lens
+    from tunedlens.commands import lens_convert as command
 
-    written = convert_lens(source, target, format, force=force)  # type: ignore[arg-type]
+    written = command.run(source, target, format, force=force)
     typer.echo(f"wrote {format} lens to {written}")
 
 
@@ -492,9 +482,9 @@ def lens_list(
 
     Local collections, the reference's published tuned lenses and the published J-lenses.
     """
-    from tunedlens.hub.listing import known_lenses
+    from tunedlens.commands import lens_list as command
 
-    rows = known_lenses(model, collection or ())
+    rows = command.run(model, collection or ())
     if as_json:
         typer.echo(dumps(rows, indent=2))
         return
@@ -502,14 +492,10 @@ def lens_list(
         typer.echo(f"no known lens for {model!r}; fit one with 'tunedlens fit-jlens' or train one with 'tunedlens train'.")
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"lenses for {model}" if model else "known lenses")
-    for column in ("model", "kind", "--lens location", "source"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row["model"], row["kind"], row["location"], row["source"])
-    Console(width=160).print(table)
+    from tunedlens.cli.tables import lens_list_table
+
+    Console(width=160).print(lens_list_table(rows, model))
 
 
 @lens_app.command("curves")
@@ -553,15 +539,9 @@ def hub_package(
     license: Annotated[str, typer.Option(help="Licence in the dataset card.")] = "apache-2.0",
 ):
     """Build a lens collection: lenses/<model>/<name>/, INDEX.json with checksums, a dataset card."""
-    from tunedlens.hub.collection import package_lenses
+    from tunedlens.commands import hub_package as command
 
-    evals = {}
-    for item in eval_reports or ():
-        name, sep, folder = item.partition("=")
-        if not (sep and name and folder):
-            raise ValueError(f"--eval must be NAME=DIR, got {item!r}")
-        evals[name] = folder
-    tree = package_lenses(lenses, out, evals=evals, update=update, license=license)
+    tree = command.run(lenses, out, evals=eval_reports or (), update=update, license=license)
     typer.echo(f"packaged {len(lenses)} lens(es) into {tree}")
 
 
@@ -570,9 +550,9 @@ def hub_verify(
     tree: Annotated[Path, typer.Argument(help="A collection tree (local, or a downloaded one).")],
 ):
     """Check every file of a collection against INDEX.json (missing, extra, size, sha256) and load each lens."""
-    from tunedlens.hub.collection import verify_collection
+    from tunedlens.commands import hub_verify as command
 
-    index = verify_collection(tree)
+    index = command.run(tree)
     typer.echo(f"{tree}: {len(index['lenses'])} lens(es), every file matches {tree / 'INDEX.json'}")
 
 
@@ -584,9 +564,9 @@ def hub_upload(
     private: Annotated[bool, typer.Option(help="Create the repository private.")] = False,
 ):
     """Verify, then upload a collection to a hub dataset repository in one commit, and tag it."""
-    from tunedlens.hub.publish import upload_collection
+    from tunedlens.commands import hub_upload as command
 
-    url = upload_collection(tree, repo, revision_tag=revision_tag, private=private)
+    url = command.run(tree, repo, revision_tag=revision_tag, private=private)
     typer.echo(f"uploaded {tree} to {repo} ({revision_tag}): {url}")
 
 
@@ -597,9 +577,9 @@ def hub_download(
     out: Annotated[Optional[Path], typer.Option(help="Copy the verified files here.")] = None,
 ):
     """Download a collection (or one model's lenses) into the HF cache and verify every file."""
-    from tunedlens.hub.publish import download_collection
+    from tunedlens.commands import hub_download as command
 
-    where = download_collection(repo, model=model, out=out)
+    where = command.run(repo, model=model, out=out)
     typer.echo(f"verified {repo}{f' ({model})' if model else ''}: {where}")
 
 

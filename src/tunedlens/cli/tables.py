@@ -39,3 +39,15 @@ def predict_table(run):
         cells = [f"{json.dumps(t.token, ensure_ascii=False)} {t.prob:.2f}" for t in row.top]
         table.add_row(str(row.layer), *cells, style="bold" if row.layer == "output" else None)
     return table
+
+
+def lens_list_table(rows: list[dict], model: str | None):
+    """``tunedlens lens list`` as a rich table."""
+    from rich.table import Table
+
+    table = Table(title=f"lenses for {model}" if model else "known lenses")
+    for column in ("model", "kind", "--lens location", "source"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["model"], row["kind"], row["location"], row["source"])
+    return table

@@ -34,7 +34,7 @@ def run(
     tokenizer: str | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
-    part: tuple[int, int] | None = None,
+    part: str | tuple[int, int] | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> JacobianLens:
@@ -55,6 +55,7 @@ def run(
     from tunedlens.train.run import default_data_spec
 
     out = Path(out)
+    part = parse_part(part) if isinstance(part, str) else part
     _check_fit_options(prompts, seq_len, skip_first, dim_batch)
     check_device(device)
     if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1] and part[1] <= prompts):
@@ -137,3 +138,11 @@ def _check_fit_options(prompts: int, seq_len: int, skip_first: int, dim_batch: i
         )
 
 
+def parse_part(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> ``(I, N)``."""
+    if text is None:
+        return None
+    index, slash, count = text.partition("/")
+    if not (slash and index.strip().isdigit() and count.strip().isdigit()):
+        raise ValueError(f"--part must look like I/N (e.g. 0/4), got {text!r}")
+    return int(index), int(count)
