@@ -26,8 +26,8 @@ _EXPORTS = {
     "evaluate": "tunedlens.evaluation.core",
     "Lensed": "tunedlens.view.notebook",
     "JacobianLens": "tunedlens.lenses.jacobian",
-    "fit_jacobian_lens": "tunedlens.train.jacobian",
-    "merge_jacobian_lenses": "tunedlens.train.jacobian",
+    "fit_jacobian_lens": "tunedlens.jacobian.fit",
+    "merge_jacobian_lenses": "tunedlens.jacobian.fit",
     "load_lens": "tunedlens.lenses.load",
     "readout": "tunedlens.engine.core",
     "Readout": "tunedlens.engine.core",
@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
         ModelLoadError,
         TunedLensError,
     )
+    from tunedlens.jacobian.fit import fit_jacobian_lens, merge_jacobian_lenses
     from tunedlens.lenses.files import read_lens, write_lens
     from tunedlens.lenses.jacobian import JacobianLens
     from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
@@ -67,7 +68,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from tunedlens.lenses.unembed import Unembed
     from tunedlens.models import load_model
     from tunedlens.predict import predict_layers
-    from tunedlens.train.jacobian import fit_jacobian_lens, merge_jacobian_lenses
 
 
 def __getattr__(name: str):

@@ -185,9 +185,9 @@ def train(
     """
     from tunedlens.cli.config_options import explicit_options, given
     from tunedlens.cli.progress import TrainingProgress
+    from tunedlens.distributed import init_world
     from tunedlens.train.checkpoint import CHECKPOINT_NAME
     from tunedlens.train.config import recipe_config
-    from tunedlens.train.distributed import init_world
     from tunedlens.train.run import run_training
 
     chosen = given(settings, explicit_options(ctx))
@@ -305,7 +305,7 @@ def fit_jlens(
     """
     from tunedlens.cli.progress import CountProgress
     from tunedlens.commands import fit_jlens as command
-    from tunedlens.train.jlens_state import STATE_NAME
+    from tunedlens.jacobian.state import STATE_NAME
 
     with (
         CountProgress("fit-jlens", "prompts") as progress,

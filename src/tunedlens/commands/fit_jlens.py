@@ -6,11 +6,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from tunedlens.jacobian.fit import fit_jacobian_lens, prompt_slice
+from tunedlens.jacobian.state import STATE_NAME, FitState, FitStateError
 from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.lenses.jlens_files import JLENS_OUTPUT
 from tunedlens.outputs import OutputKind, staged_output, staging_dir
-from tunedlens.train.jacobian import fit_jacobian_lens, prompt_slice
-from tunedlens.train.jlens_state import STATE_NAME, FitState, FitStateError
 
 FIT_OUTPUT = OutputKind("a J-lens fit", (*JLENS_OUTPUT.files, f"{STATE_NAME}*.safetensors"))
 """A fit's ``--out``: the J-lens, or the checkpoints of an unfinished fit (``--force`` replaces
@@ -46,12 +46,11 @@ def run(
     prompts (merge the parts with ``tunedlens lens merge``); under ``torchrun`` the processes
     split the prompts the same way and add their sums at the end.
     """
-    from tunedlens.data import TextSource, pack_blocks
+    from tunedlens.data import TextSource, default_data_spec, pack_blocks
+    from tunedlens.distributed import init_world
     from tunedlens.models import check_device, load_model, need_tokenizer
     from tunedlens.outputs import check_out_dir, check_out_target, local_inputs
     from tunedlens.provenance import environment
-    from tunedlens.train.distributed import init_world
-    from tunedlens.train.run import default_data_spec
 
     out = Path(out)
     _check_fit_options(prompts, seq_len, skip_first, dim_batch)

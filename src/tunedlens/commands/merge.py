@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from tunedlens.jacobian.fit import merge_jacobian_lenses
+from tunedlens.jacobian.merge import part_for_model, read_parts
 from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.lenses.jlens_files import JLENS_OUTPUT
 from tunedlens.outputs import staged_output
-from tunedlens.train.jacobian import merge_jacobian_lenses
-from tunedlens.train.jlens_merge import part_for_model, read_parts
 
 
 def run(model_spec: str, parts: Sequence[str], out, *, force: bool = False,

@@ -23,9 +23,9 @@ from tiny_models import random_lens, tiny_model, tiny_tokenizer, word_text
 from tunedlens.cli import main
 from tunedlens.cli.app import app
 from tunedlens.hub.collection import package_lenses, verify_collection
+from tunedlens.jacobian.fit import fit_jacobian_lens
 from tunedlens.lenses import read_lens
 from tunedlens.lenses.jlens_files import read_artifact, read_native
-from tunedlens.train.jacobian import fit_jacobian_lens
 
 runner = CliRunner()
 HUB_MODEL = "org/tiny"

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunedlens.errors import LensFileError
+from tunedlens.jacobian.fit import fit_jacobian_lens
 from tunedlens.lenses.info import describe_lens
 from tunedlens.lenses.jlens_files import read_stored_jlens
-from tunedlens.train.jacobian import fit_jacobian_lens
 
 
 @pytest.fixture

@@ -51,9 +51,9 @@ def test_uncached_hub_lens_offline(hub_cache):
 
 
 def test_published_jlens_by_short_name_or_model_id_from_the_cache(hub_cache, tmp_path):
+    from tunedlens.jacobian.fit import fit_jacobian_lens
     from tunedlens.lenses.jacobian import JacobianLens
     from tunedlens.lenses.locations import jlens_registry, published_jlens
-    from tunedlens.train.jacobian import fit_jacobian_lens
 
     registry = jlens_registry()
     assert len(registry["lenses"]) == 37 and len(registry["revision"]) == 40

@@ -9,13 +9,13 @@ from tiny_models import tiny_model, word_text
 from tunedlens.commands.fit_jlens import run as run_fit_jlens
 from tunedlens.commands.merge import run as run_merge_jlens
 from tunedlens.errors import LensMismatch
-from tunedlens.lenses.jacobian import JacobianLens
-from tunedlens.train.jacobian import (
+from tunedlens.jacobian.fit import (
     fit_jacobian_lens,
     merge_jacobian_lenses,
     prompt_slice,
 )
-from tunedlens.train.jlens_merge import MergeError
+from tunedlens.jacobian.merge import MergeError
+from tunedlens.lenses.jacobian import JacobianLens
 
 
 def _prompts(count=6):
