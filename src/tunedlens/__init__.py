@@ -28,7 +28,7 @@ _EXPORTS = {
     "JacobianLens": "tunedlens.lenses.jacobian",
     "fit_jacobian_lens": "tunedlens.jacobian.fit",
     "merge_jacobian_lenses": "tunedlens.jacobian.fit",
-    "load_lens": "tunedlens.lenses.load",
+    "load_lens": "tunedlens.lenses.io.load",
     "readout": "tunedlens.engine.core",
     "Readout": "tunedlens.engine.core",
     "divergences": "tunedlens.engine.core",
@@ -36,8 +36,8 @@ _EXPORTS = {
     "PredictionTrajectory": "tunedlens.view.trajectory",
     "invert_unembed": "tunedlens.lenses.inversion",
     "load_prompts": "tunedlens.evaluation.prompts",
-    "read_lens": "tunedlens.lenses.files",
-    "write_lens": "tunedlens.lenses.files",
+    "read_lens": "tunedlens.lenses.io.files",
+    "write_lens": "tunedlens.lenses.io.files",
     "TunedLensError": "tunedlens.errors",
     "ArchitectureNotFound": "tunedlens.errors",
     "LensFileError": "tunedlens.errors",
@@ -61,10 +61,10 @@ if TYPE_CHECKING:  # pragma: no cover
         TunedLensError,
     )
     from tunedlens.jacobian.fit import fit_jacobian_lens, merge_jacobian_lenses
-    from tunedlens.lenses.files import read_lens, write_lens
+    from tunedlens.lenses.io.files import read_lens, write_lens
+    from tunedlens.lenses.io.load import load_lens
     from tunedlens.lenses.jacobian import JacobianLens
     from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
-    from tunedlens.lenses.load import load_lens
     from tunedlens.lenses.unembed import Unembed
     from tunedlens.models import load_model
     from tunedlens.predict import predict_layers

@@ -157,7 +157,7 @@ def run_predict(model_spec: str, prompt: str, *, lens: str = "logit", layers: st
     ``points`` (``block``, ``mid``, ``both``) makes the logit lens read sub-layer points; a
     trained lens reads the points it was trained on.
     """
-    from tunedlens.lenses.load import align_points, check_location, load_lens
+    from tunedlens.lenses.io.load import align_points, check_location, load_lens
     from tunedlens.models import load_model, need_tokenizer
 
     if top_k < 1:

@@ -445,7 +445,7 @@ def lens_info(
 ):
     """Describe a lens: format, translator, dimensions, model, provenance, per-layer sizes."""
     from tunedlens.cli.tables import info_tables
-    from tunedlens.lenses.info import describe_lens
+    from tunedlens.lenses.io.info import describe_lens
 
     info = describe_lens(path)
     if as_json:
@@ -472,7 +472,7 @@ def lens_convert(
     force: Annotated[bool, typer.Option(help="Replace what DST already holds.")] = False,
 ):
     """Convert a lens (tuned: native <-> reference format; J-lens: native <-> published artifact)."""
-    from tunedlens.lenses.files import convert_lens
+    from tunedlens.lenses.io.files import convert_lens
 
     written = convert_lens(source, target, format, force=force)  # type: ignore[arg-type]
     typer.echo(f"wrote {format} lens to {written}")

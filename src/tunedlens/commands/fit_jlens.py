@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tunedlens.jacobian.fit import fit_jacobian_lens, prompt_slice
 from tunedlens.jacobian.state import STATE_NAME, FitState, FitStateError
+from tunedlens.lenses.io.jlens_files import JLENS_OUTPUT
 from tunedlens.lenses.jacobian import JacobianLens
-from tunedlens.lenses.jlens_files import JLENS_OUTPUT
 from tunedlens.outputs import OutputKind, staged_output, staging_dir
 
 FIT_OUTPUT = OutputKind("a J-lens fit", (*JLENS_OUTPUT.files, f"{STATE_NAME}*.safetensors"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tunedlens.jacobian.fit import merge_jacobian_lenses
 from tunedlens.jacobian.merge import part_for_model, read_parts
+from tunedlens.lenses.io.jlens_files import JLENS_OUTPUT
 from tunedlens.lenses.jacobian import JacobianLens
-from tunedlens.lenses.jlens_files import JLENS_OUTPUT
 from tunedlens.outputs import staged_output
 
 
@@ -18,7 +18,7 @@ def run(model_spec: str, parts: Sequence[str], out, *, force: bool = False,
 
     The parts are read and checked against each other before the model loads.
     """
-    from tunedlens.lenses.load import check_location
+    from tunedlens.lenses.io.load import check_location
     from tunedlens.models import check_device, load_model
     from tunedlens.outputs import check_out_dir, local_inputs
 

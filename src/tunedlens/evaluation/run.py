@@ -51,7 +51,7 @@ def run_evaluation(
     """
     from tunedlens.data import TextSource, pack_blocks
     from tunedlens.evaluation.report import REPORT_OUTPUT
-    from tunedlens.lenses.load import check_location, load_lenses
+    from tunedlens.lenses.io.load import check_location, load_lenses
     from tunedlens.models import load_model, need_tokenizer
     from tunedlens.outputs import check_out_dir, local_inputs, publish_dir, staging_dir
 

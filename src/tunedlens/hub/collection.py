@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from tunedlens.lenses.index import (
+from tunedlens.lenses.io.index import (
     INDEX_NAME,
     INDEX_SCHEMA,
     LENSES_DIR,
@@ -46,8 +46,8 @@ def lens_record(path: Path) -> tuple[dict, list[Path]]:
     Tuned lenses (either format) and J-lenses (native directory or published artifact) are
     recognised from their files; a lens that records no model id is refused.
     """
-    from tunedlens.lenses.files import CONFIG_FILE, LENS_FILES, read_lens
-    from tunedlens.lenses.jlens_files import NATIVE_JLENS, jlens_file, read_artifact, read_native
+    from tunedlens.lenses.io.files import CONFIG_FILE, LENS_FILES, read_lens
+    from tunedlens.lenses.io.jlens_files import NATIVE_JLENS, jlens_file, read_artifact, read_native
 
     found = jlens_file(path) if path.exists() else None
     if found is not None and found.is_file():

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from tunedlens.errors import LensMismatch
+from tunedlens.lenses.io.jlens_files import StoredJLens, read_stored_jlens
 from tunedlens.lenses.jacobian import JacobianLens, bind_jlens
-from tunedlens.lenses.jlens_files import StoredJLens, read_stored_jlens
 from tunedlens.lenses.unembed import Unembed
 
 FIT_SETTINGS = {
@@ -292,7 +292,7 @@ def _union(ranges: list[tuple[int, int]]) -> list[list[int]]:
 
 def read_parts(parts: Sequence[str]) -> list[StoredJLens]:
     """The parts' files, read without the model and checked to be parts of one fit."""
-    from tunedlens.lenses.locations import lens_dir
+    from tunedlens.lenses.io.locations import lens_dir
 
     stored = [read_stored_jlens(Path(lens_dir(part))) for part in parts]
     check_mergeable(

@@ -1,8 +1,8 @@
 """Lenses: the model's head (:class:`Unembed`), the logit lens, the tuned lens, lens files."""
 
-from tunedlens.lenses.files import LensFile, read_lens, write_lens
+from tunedlens.lenses.io.files import LensFile, read_lens, write_lens
+from tunedlens.lenses.io.load import LOGIT, load_lens
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
-from tunedlens.lenses.load import LOGIT, load_lens
 from tunedlens.lenses.translators import (
     AffineTranslator,
     DiagonalTranslator,

@@ -23,7 +23,7 @@ from torch import nn
 
 from tunedlens.arch.residuals import token_ids
 from tunedlens.errors import LensMismatch
-from tunedlens.lenses.jlens_files import (
+from tunedlens.lenses.io.jlens_files import (
     StoredJLens,
     jlens_file,
     read_stored_jlens,
@@ -112,9 +112,9 @@ class JacobianLens(Lens):
         """A published artifact (``.pt``), a fit checkpoint, our native directory, or a location.
 
         ``path`` may be any lens location (``jlens:qwen3-8b``, ``hf:...``; see
-        :mod:`tunedlens.lenses.locations`).
+        :mod:`tunedlens.lenses.io.locations`).
         """
-        from tunedlens.lenses.locations import lens_dir
+        from tunedlens.lenses.io.locations import lens_dir
 
         lens = read_jlens(lens_dir(path), model, strict=strict)
         lens.source = str(path)

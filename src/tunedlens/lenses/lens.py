@@ -20,7 +20,7 @@ from torch import nn
 
 from tunedlens.arch.points import Points, check_points, mid_modules, n_rows, point_label
 from tunedlens.errors import LensMismatch
-from tunedlens.lenses.files import LensFile, LensFormat, read_lens, write_lens
+from tunedlens.lenses.io.files import LensFile, LensFormat, read_lens, write_lens
 from tunedlens.lenses.translators import (
     TRANSLATOR_KINDS,
     AffineTranslator,
@@ -268,7 +268,7 @@ class TunedLens(Lens):
         """Load a lens directory (native or reference format, local or from the hub) for ``model``.
 
         Args:
-            path: A local lens directory, or a hub location (see :func:`tunedlens.lenses.locations.lens_dir`).
+            path: A local lens directory, or a hub location (see :func:`tunedlens.lenses.io.locations.lens_dir`).
             model: The model the lens was trained for.
             strict: Raise when the lens's unembedding fingerprint differs from the model's
                 (``False``: warn and continue, e.g. for a quantised copy of the same model).
@@ -279,7 +279,7 @@ class TunedLens(Lens):
             LensFileError: the files are missing, corrupt or not a lens.
             LensMismatch: the lens does not fit ``model``.
         """
-        from tunedlens.lenses.locations import lens_dir
+        from tunedlens.lenses.io.locations import lens_dir
 
         stored = read_lens(lens_dir(path))
         unembed = Unembed(model, final_norm=final_norm, skip_norm=skip_norm)

@@ -114,7 +114,7 @@ def build_session(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[s
     The options, lens locations and ``--eval`` reports are checked first; ``on_checked`` is
     then called, before the model loads.
     """
-    from tunedlens.lenses.load import LOGIT, align_points, check_location, load_lens, load_lenses
+    from tunedlens.lenses.io.load import LOGIT, align_points, check_location, load_lens, load_lenses
     from tunedlens.models import load_model, need_tokenizer
 
     if max_tokens < 1:

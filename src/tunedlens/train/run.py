@@ -13,7 +13,7 @@ from tunedlens.data import DataError, TextSource, TokenBlocks, default_data_spec
 from tunedlens.distributed import World, init_world
 from tunedlens.engine.core import layer_kl
 from tunedlens.errors import TunedLensError
-from tunedlens.lenses.files import LENS_FILES, WEIGHT_FILES
+from tunedlens.lenses.io.files import LENS_FILES, WEIGHT_FILES
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
 from tunedlens.outputs import OutputKind, check_out_target, local_inputs, publish_dir, staging_dir

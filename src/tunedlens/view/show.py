@@ -36,7 +36,7 @@ def run_show(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: 
         The path written.
     """
     from tunedlens.arch.points import check_points
-    from tunedlens.lenses.load import LOGIT, align_points, check_location, load_lens, load_lenses
+    from tunedlens.lenses.io.load import LOGIT, align_points, check_location, load_lens, load_lenses
     from tunedlens.models import load_model, need_tokenizer
     from tunedlens.outputs import check_out_file
     from tunedlens.plot.trajectory_figures import save

@@ -45,7 +45,7 @@ def test_a_lens_needs_its_model(lens, tmp_path):
 def test_a_lens_location_that_names_nothing(model, location, message):
     from tunedlens.errors import LensFileError
     from tunedlens.lenses import load_lens
-    from tunedlens.lenses.load import check_location
+    from tunedlens.lenses.io.load import check_location
 
     with pytest.raises(LensFileError, match=re.escape(message)):
         load_lens(location, model)

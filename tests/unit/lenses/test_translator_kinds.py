@@ -9,7 +9,7 @@ from tunedlens.arch import collect_residuals
 from tunedlens.engine import layer_kl
 from tunedlens.errors import LensFileError
 from tunedlens.lenses import DiagonalTranslator, LogitLens, MLPTranslator, TunedLens
-from tunedlens.lenses.info import describe_lens
+from tunedlens.lenses.io.info import describe_lens
 from tunedlens.train import recipe_config, train_lens
 
 KINDS = ["diagonal", "mlp"]

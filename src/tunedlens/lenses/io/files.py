@@ -23,7 +23,7 @@ import torch
 
 from tunedlens.arch.points import POINTS, Points
 from tunedlens.errors import LensFileError
-from tunedlens.lenses.file_checks import (
+from tunedlens.lenses.io.file_checks import (
     check_model_info,
     load_torch_file,
     read_json,
@@ -364,14 +364,14 @@ def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: L
     """Read the lens directory ``source`` (either format) and write it to ``target`` as ``format``.
 
     A J-lens (artifact, fit checkpoint or native directory) converts between ``native`` and
-    ``artifact`` (:func:`tunedlens.lenses.jlens_files.convert_jlens`).
+    ``artifact`` (:func:`tunedlens.lenses.io.jlens_files.convert_jlens`).
 
     A ``target`` that holds a tuned lens is refused unless ``force`` (then it is replaced once
     the new one is written); one that is or holds ``source``, the current folder, or files of
     anything else is always refused (:func:`tunedlens.outputs.check_out_dir`).
     """
     source, target = Path(source), Path(target)
-    from tunedlens.lenses.jlens_files import convert_jlens, jlens_file
+    from tunedlens.lenses.io.jlens_files import convert_jlens, jlens_file
 
     if source.exists() and jlens_file(source) is not None:
         return convert_jlens(source, target, format, force=force)

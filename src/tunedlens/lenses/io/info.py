@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from tunedlens.arch.points import row_label
-from tunedlens.lenses.files import LensFile, read_lens
+from tunedlens.lenses.io.files import LensFile, read_lens
 
 
 def _update_norms(lens: LensFile) -> list[dict]:
@@ -27,7 +27,7 @@ def _update_norms(lens: LensFile) -> list[dict]:
 
 def describe_jlens(path: Path) -> dict:
     """Format, rows with a matrix, dimensions, provenance and ``‖J − I‖`` per row of a J-lens."""
-    from tunedlens.lenses.jlens_files import read_stored_jlens
+    from tunedlens.lenses.io.jlens_files import read_stored_jlens
 
     stored = read_stored_jlens(path)
     matrices, n_prompts, metadata = stored.matrices, stored.n_prompts, stored.metadata
@@ -54,10 +54,10 @@ def describe_lens(path: str | Path) -> dict:
     """Format, translator, dimensions, model, provenance and per-layer update sizes of a lens.
 
     ``path`` is a lens directory (or a J-lens artifact) or a hub location
-    (:mod:`tunedlens.lenses.locations`).
+    (:mod:`tunedlens.lenses.io.locations`).
     """
-    from tunedlens.lenses.jlens_files import jlens_file
-    from tunedlens.lenses.locations import lens_dir
+    from tunedlens.lenses.io.jlens_files import jlens_file
+    from tunedlens.lenses.io.locations import lens_dir
 
     local = lens_dir(path)
     if jlens_file(Path(local)) is not None:

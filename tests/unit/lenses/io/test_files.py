@@ -10,7 +10,7 @@ from paths import DATA
 from tiny_models import tiny_model
 from tunedlens.errors import LensFileError, LensMismatch
 from tunedlens.lenses import TunedLens, read_lens
-from tunedlens.lenses.files import REFERENCE_KEYS
+from tunedlens.lenses.io.files import REFERENCE_KEYS
 
 
 def _randomised(lens):

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM
 from paths import DATA
 from tunedlens.errors import LensFileError
 from tunedlens.lenses import TunedLens, load_lens
-from tunedlens.lenses.load import check_location
-from tunedlens.lenses.locations import REFERENCE_SPACE, lens_dir, parse_hub_spec
+from tunedlens.lenses.io.load import check_location
+from tunedlens.lenses.io.locations import REFERENCE_SPACE, lens_dir, parse_hub_spec
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -52,8 +52,8 @@ def test_uncached_hub_lens_offline(hub_cache):
 
 def test_published_jlens_by_short_name_or_model_id_from_the_cache(hub_cache, tmp_path):
     from tunedlens.jacobian.fit import fit_jacobian_lens
+    from tunedlens.lenses.io.locations import jlens_registry, published_jlens
     from tunedlens.lenses.jacobian import JacobianLens
-    from tunedlens.lenses.locations import jlens_registry, published_jlens
 
     registry = jlens_registry()
     assert len(registry["lenses"]) == 37 and len(registry["revision"]) == 40

@@ -3,7 +3,7 @@
 ``logit`` names the logit lens. Anything else is a lens location (a local directory or J-lens
 ``.pt`` artifact, or
 ``hf:ORG/REPO[/SUBDIR][@REV]``, ``tuned-lens:MODEL_ID[@REV]``; see
-:mod:`tunedlens.lenses.locations`) whose files say what kind of lens it holds. Every ``--lens``
+:mod:`tunedlens.lenses.io.locations`) whose files say what kind of lens it holds. Every ``--lens``
 option and the notebook facade go through here, so a new lens kind is taught to all of them by
 registering its loader in :data:`LOADERS`.
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 from torch import nn
 
 from tunedlens.errors import LensFileError
-from tunedlens.lenses.files import detect_format
+from tunedlens.lenses.io.files import detect_format
+from tunedlens.lenses.io.locations import lens_dir
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
-from tunedlens.lenses.locations import lens_dir
 
 LOGIT = "logit"
 """The location string of the logit lens."""
@@ -63,7 +63,7 @@ def resolve_location(location: str | os.PathLike | LensLocation) -> LensLocation
     if isinstance(location, (str, os.PathLike)) and str(location) == LOGIT:
         return LensLocation(LOGIT, None)
     path = Path(lens_dir(location))
-    from tunedlens.lenses.jlens_files import jlens_file
+    from tunedlens.lenses.io.jlens_files import jlens_file
 
     if jlens_file(path) is None:
         detect_format(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tunedlens.errors import LensFileError
-from tunedlens.lenses.file_checks import (
+from tunedlens.lenses.io.file_checks import (
     check_model_info,
     load_torch_file,
     read_json,
