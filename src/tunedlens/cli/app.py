@@ -472,7 +472,7 @@ def lens_convert(
     force: Annotated[bool, typer.Option(help="Replace what DST already holds.")] = False,
 ):
     """Convert a lens (tuned: native <-> reference format; J-lens: native <-> published artifact)."""
-    from tunedlens.lenses.io.files import convert_lens
+    from tunedlens.lenses.io.formats import convert_lens
 
     written = convert_lens(source, target, format, force=force)  # type: ignore[arg-type]
     typer.echo(f"wrote {format} lens to {written}")

@@ -20,7 +20,7 @@ from torch import nn
 
 from tunedlens.arch.points import Points, check_points, mid_modules, n_rows, point_label
 from tunedlens.errors import LensMismatch
-from tunedlens.lenses.io.files import LensFile, LensFormat, read_lens, write_lens
+from tunedlens.lenses.io.files import LensFile, LensFormat, write_lens
 from tunedlens.lenses.translators import (
     TRANSLATOR_KINDS,
     AffineTranslator,
@@ -178,7 +178,7 @@ class TunedLens(Lens):
     """A tuned lens: a learned per-layer translator followed by the model's own head.
 
     Build an untrained one with :meth:`from_model` (it equals the logit lens exactly), load one
-    with :meth:`load`, and write it with :meth:`save`.
+    with :func:`~tunedlens.lenses.io.load.load_lens`, and write it with :meth:`save`.
     """
 
     kind = "tuned"
@@ -254,39 +254,6 @@ class TunedLens(Lens):
         else:
             raise ValueError(f"translator must be one of {', '.join(TRANSLATOR_KINDS)}, got {translator!r}")
         return cls(unembed, module, model_info(model, unembed, revision), points=points)
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike,
-        model: nn.Module,
-        *,
-        strict: bool = True,
-        final_norm: nn.Module | str | None = None,
-        skip_norm: bool = False,
-    ) -> TunedLens:
-        """Load a lens directory (native or reference format, local or from the hub) for ``model``.
-
-        Args:
-            path: A local lens directory, or a hub location (see :func:`tunedlens.lenses.io.locations.lens_dir`).
-            model: The model the lens was trained for.
-            strict: Raise when the lens's unembedding fingerprint differs from the model's
-                (``False``: warn and continue, e.g. for a quantised copy of the same model).
-            final_norm: Override the final norm.
-            skip_norm: Decode without the final norm.
-
-        Raises:
-            LensFileError: the files are missing, corrupt or not a lens.
-            LensMismatch: the lens does not fit ``model``.
-        """
-        from tunedlens.lenses.io.locations import lens_dir
-
-        stored = read_lens(lens_dir(path))
-        unembed = Unembed(model, final_norm=final_norm, skip_norm=skip_norm)
-        check_fits(stored, unembed, model, strict=strict, where=str(path))
-        lens = cls(unembed, stored.translator, stored.model_info, stored.provenance, stored.points)
-        lens.source = str(path)
-        return lens
 
     def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Apply translator ``layer`` (identity for ``layer == L``) in float32."""
