@@ -34,7 +34,7 @@ _EXPORTS = {
     "divergences": "tunedlens.engine.core",
     "STATS": "tunedlens.engine.stats",
     "PredictionTrajectory": "tunedlens.view.trajectory",
-    "invert_unembed": "tunedlens.lenses.inversion",
+    "invert_unembed": "tunedlens.analyze.inversion",
     "load_prompts": "tunedlens.evaluation.prompts",
     "read_lens": "tunedlens.lenses.io.files",
     "write_lens": "tunedlens.lenses.io.files",

@@ -93,7 +93,7 @@ class JacobianLens(Lens):
         ``⟨direction, h⟩ / rms(J h)`` is the readout logit of ``v`` (before any soft-cap) for
         RMSNorm models — the building block of the paper's steering experiments.
         """
-        self._check_layer(row)
+        self.check_row(row)
         ids = token_ids(tokens, "tokens").to(self.unembed.device).reshape(-1)
         vectors = self.unembed.unembedding.weight[ids].float()
         norm = self.unembed.final_norm

@@ -70,18 +70,19 @@ class Lens(nn.Module):
         """Residual width of the model."""
         return self.unembed.d_model
 
-    def _check_layer(self, layer: int) -> int:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= self.n_layers:
+    def check_row(self, row: int) -> int:
+        """``row`` when it is one of the lens's rows ``0..n_layers``; an IndexError saying which if not."""
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row <= self.n_layers:
             what = "0 = embeddings" if self.points == "block" else f"rows of {self.points} points"
             raise IndexError(
                 f"layer must be an int in 0..{self.n_layers} ({what}, {self.n_layers} = "
-                f"output of the last block), got {layer!r}"
+                f"output of the last block), got {row!r}"
             )
-        return layer
+        return row
 
     def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Map layer states into the final layer's basis (float32, before the final norm)."""
-        self._check_layer(layer)
+        self.check_row(layer)
         return hidden.to(self.unembed.device, torch.float32)
 
     def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
@@ -104,17 +105,6 @@ class Lens(nn.Module):
     def log_logit_scale(self, layer: int) -> torch.Tensor | None:
         """Log of a factor the lens applies to the head's logits (``None``: no factor)."""
         return None
-
-    def generate(self, model: nn.Module, layer: int, input_ids: torch.Tensor,
-                 max_new_tokens: int = 20, **options) -> torch.Tensor:  # fmt: skip
-        """Continue ``input_ids`` with tokens read at ``layer``, KV-cached.
-
-        See :func:`tunedlens.lenses.generate.generate` for ``options`` (``do_sample``,
-        ``temperature``, ``eos_token_id``, ``seed``).
-        """
-        from tunedlens.lenses.generate import generate
-
-        return generate(self, model, layer, input_ids, max_new_tokens, **options)
 
     def _check_width(self, hidden: torch.Tensor) -> None:
         if hidden.shape[-1] != self.d_model:
