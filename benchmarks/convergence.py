@@ -173,7 +173,7 @@ def test_tokens(work: Path):
 
 def score_lenses(work: Path, paths: dict[str, Path]) -> dict[str, list[float]]:
     """Exact KL per layer in bits of each lens directory (and ``logit``), cached in WORK."""
-    from tunedlens import LogitLens, TunedLens, load_model
+    from tunedlens import LogitLens, load_lens, load_model
     from tunedlens.engine import layer_kl
 
     cache_path = work / "scores.json"
@@ -183,7 +183,7 @@ def score_lenses(work: Path, paths: dict[str, Path]) -> dict[str, list[float]]:
         model, _ = load_model("demo")
         tokens = test_tokens(work)
         for name, path in missing.items():
-            lens = LogitLens(model) if path is None else TunedLens.load(path, model)
+            lens = LogitLens(model) if path is None else load_lens(path, model)
             cache[name] = bits(layer_kl(lens, model, tokens))
             cache_path.write_text(json.dumps(cache, indent=2))
     return {name: cache[name] for name in paths}

@@ -75,14 +75,14 @@ def main() -> None:
         wall[corpus] = time.perf_counter() - start
         (work / "wall.json").write_text(json.dumps(wall, indent=2))
 
-    from tunedlens import LogitLens, TunedLens, load_model
+    from tunedlens import LogitLens, load_lens, load_model
     from tunedlens.data import pack_blocks
     from tunedlens.engine import layer_kl
     from tunedlens.predict import predict_layers
 
     model, tokenizer = load_model("demo")
     files = held_out_files(work)
-    lenses = {"logit lens": LogitLens(model), **{c: TunedLens.load(work / c, model) for c in CORPORA}}
+    lenses = {"logit lens": LogitLens(model), **{c: load_lens(work / c, model) for c in CORPORA}}
     results: dict = {name: {} for name in lenses}
     for held_out, path in files.items():
         tokens = pack_blocks(str(path), tokenizer, seq_len=512, n_sequences=args.sequences, seed=0).tokens

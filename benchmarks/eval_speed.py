@@ -33,13 +33,13 @@ def ours(args) -> None:
     """Child process: load, pack, evaluate; print a JSON line."""
     import transformers  # noqa: F401  (imported before the clock starts, as the reference's is)
 
-    from tunedlens import TunedLens, evaluate, load_model
+    from tunedlens import evaluate, load_lens, load_model
     from tunedlens.data import pack_blocks
 
     started = time.perf_counter()
 
     model, tokenizer = load_model(args.model)
-    lens = TunedLens.load(args.lens, model)
+    lens = load_lens(args.lens, model)
     blocks = pack_blocks(args.data, tokenizer, seq_len=512, n_sequences=args.tokens // 512)
     layers = range(args.layers)
     loop_started = time.perf_counter()

@@ -75,7 +75,7 @@ def child(args) -> None:
             f"row.{layer + 1}": m.float().contiguous() for layer, m in lens.jacobians.items()
         }
     else:
-        from tunedlens.train.jacobian import fit_jacobian_lens
+        from tunedlens.jacobian.fit import fit_jacobian_lens
 
         report["load_s"] = time.perf_counter() - start
         if args.floor:

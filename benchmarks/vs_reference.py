@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import CORPUS, PEER, RESULTS, bits, first_documents, machine, save
 
-from tunedlens import LogitLens, TunedLens, load_model
+from tunedlens import LogitLens, load_lens, load_model
 from tunedlens.data import pack_blocks
 from tunedlens.engine import layer_kl
 from tunedlens.models import _gguf_cache_dir, demo_gguf_path
@@ -145,8 +145,8 @@ def main() -> None:
     )
     lenses = {
         "logit lens": LogitLens(model),
-        "reference (tuned-lens 0.2.0)": TunedLens.load(ref_out, model),
-        "ours (default recipe)": TunedLens.load(ours_out, model),
+        "reference (tuned-lens 0.2.0)": load_lens(ref_out, model),
+        "ours (default recipe)": load_lens(ours_out, model),
     }
     kl = {name: bits(layer_kl(lens, model, test.tokens)) for name, lens in lenses.items()}
     ours, ref = kl["ours (default recipe)"], kl["reference (tuned-lens 0.2.0)"]

@@ -26,18 +26,18 @@ _EXPORTS = {
     "evaluate": "tunedlens.evaluation.core",
     "Lensed": "tunedlens.view.notebook",
     "JacobianLens": "tunedlens.lenses.jacobian",
-    "fit_jacobian_lens": "tunedlens.train.jacobian",
-    "merge_jacobian_lenses": "tunedlens.train.jacobian",
-    "load_lens": "tunedlens.lenses.load",
+    "fit_jacobian_lens": "tunedlens.jacobian.fit",
+    "merge_jacobian_lenses": "tunedlens.jacobian.fit",
+    "load_lens": "tunedlens.lenses.io.load",
     "readout": "tunedlens.engine.core",
     "Readout": "tunedlens.engine.core",
     "divergences": "tunedlens.engine.core",
     "STATS": "tunedlens.engine.stats",
     "PredictionTrajectory": "tunedlens.view.trajectory",
-    "invert_unembed": "tunedlens.lenses.inversion",
+    "invert_unembed": "tunedlens.analyze.inversion",
     "load_prompts": "tunedlens.evaluation.prompts",
-    "read_lens": "tunedlens.lenses.files",
-    "write_lens": "tunedlens.lenses.files",
+    "read_lens": "tunedlens.lenses.io.files",
+    "write_lens": "tunedlens.lenses.io.files",
     "TunedLensError": "tunedlens.errors",
     "ArchitectureNotFound": "tunedlens.errors",
     "LensFileError": "tunedlens.errors",
@@ -60,14 +60,14 @@ if TYPE_CHECKING:  # pragma: no cover
         ModelLoadError,
         TunedLensError,
     )
-    from tunedlens.lenses.files import read_lens, write_lens
+    from tunedlens.jacobian.fit import fit_jacobian_lens, merge_jacobian_lenses
+    from tunedlens.lenses.io.files import read_lens, write_lens
+    from tunedlens.lenses.io.load import load_lens
     from tunedlens.lenses.jacobian import JacobianLens
     from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
-    from tunedlens.lenses.load import load_lens
     from tunedlens.lenses.unembed import Unembed
     from tunedlens.models import load_model
     from tunedlens.predict import predict_layers
-    from tunedlens.train.jacobian import fit_jacobian_lens, merge_jacobian_lenses
 
 
 def __getattr__(name: str):

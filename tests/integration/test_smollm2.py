@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from paths import SHARED
-from tunedlens import LogitLens, TunedLens, load_model
+from tunedlens import LogitLens, TunedLens, load_lens, load_model
 from tunedlens.arch import collect_residuals
 from tunedlens.predict import predict_layers
 
@@ -67,7 +67,7 @@ def test_reference_smollm2_lens_is_reproduced(demo):
     config = AutoConfig.from_pretrained(cached)
     config.rope_parameters = {"rope_theta": 10000.0, "rope_type": "default"}
     as_in_fixture = AutoModelForCausalLM.from_pretrained(cached, config=config).eval()
-    lens = TunedLens.load(REFERENCE_LENS / "lens", as_in_fixture)  # strict: hash matches
+    lens = load_lens(REFERENCE_LENS / "lens", as_in_fixture)  # strict: hash matches
     expected = load_file(REFERENCE_LENS / "expected.safetensors")
     for k in range(3):
         residuals = collect_residuals(as_in_fixture, expected[f"input_ids_{k}"])

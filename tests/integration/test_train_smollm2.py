@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tunedlens import LogitLens, TunedLens, load_model
+from tunedlens import LogitLens, load_lens, load_model
 from tunedlens.data import pack_blocks
 from tunedlens.engine import layer_kl
 
@@ -54,7 +54,7 @@ def test_train_demo_beats_the_logit_lens(tmp_path):
 
     model, tokenizer = load_model("demo")
     held_out = pack_blocks("stdlib-prose", tokenizer, seq_len=128, n_sequences=4, seed=99)  # other English
-    tuned = layer_kl(TunedLens.load(out, model), model, held_out.tokens)
+    tuned = layer_kl(load_lens(out, model), model, held_out.tokens)
     logit = layer_kl(LogitLens(model), model, held_out.tokens)
     assert tuned.mean() < 0.5 * logit.mean()
     assert (tuned[:25] < logit[:25]).all()

@@ -42,9 +42,10 @@ def test_facade_on_smollm2(lensed, tmp_path):
 def test_greedy_generation_from_the_output_row(lensed):
     ids = lensed.tokenizer(PROMPT, return_tensors="pt").input_ids
     from tunedlens import LogitLens
+    from tunedlens.analyze.generate import generate
 
     lens = LogitLens(lensed.model)
-    ours = lens.generate(lensed.model, lens.n_layers, ids, max_new_tokens=6)
+    ours = generate(lens, lensed.model, lens.n_layers, ids, max_new_tokens=6)
     theirs = lensed.model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert torch.equal(ours, theirs)
 

@@ -19,19 +19,21 @@ FLOORS = {
     "metrics": 0,
     "provenance": 0,
     "serialize": 0,
-    # 1: models, data and architecture knowledge
+    # 1: models, data, architecture knowledge, outputs and the processes of a job
     "arch": 1,
     "data": 1,
     "models": 1,
     "outputs": 1,
+    "distributed": 1,
     # 2: lenses and their files
     "lenses": 2,
     # 3: the numerics floor: the one readout engine
     "engine": 3,
     # 4: figures (they draw grids the readout defines)
     "plot": 4,
-    # 5: jobs built on the readout
+    # 5: jobs built on the readout: training tuned lenses, fitting J-lenses, evaluating, ...
     "train": 5,
+    "jacobian": 5,
     "evaluation": 5,
     "predict": 5,
     "hub": 5,

@@ -188,9 +188,9 @@ def train(
     from tunedlens.cli.config_options import explicit_options, given
     from tunedlens.cli.progress import TrainingProgress
     from tunedlens.commands import train as command
+    from tunedlens.distributed import init_world
     from tunedlens.train.checkpoint import CHECKPOINT_NAME
     from tunedlens.train.config import recipe_config
-    from tunedlens.train.distributed import init_world
 
     chosen = given(settings, explicit_options(ctx))
     if chosen.get("time_budget_s") is not None and "tokens" in chosen:
@@ -307,7 +307,7 @@ def fit_jlens(
     """
     from tunedlens.cli.progress import CountProgress
     from tunedlens.commands import fit_jlens as command
-    from tunedlens.train.jlens_state import STATE_NAME
+    from tunedlens.jacobian.state import STATE_NAME
 
     with (
         CountProgress("fit-jlens", "prompts") as progress,

@@ -19,8 +19,14 @@ from torch import nn
 import tunedlens.models as models
 from tunedlens.arch.points import check_points
 from tunedlens.errors import TunedLensError
+from tunedlens.lenses.io.load import (
+    LOGIT,
+    LensLocation,
+    align_points,
+    load_lenses,
+    resolve_location,
+)
 from tunedlens.lenses.lens import Lens, LogitLens
-from tunedlens.lenses.load import LOGIT, LensLocation, align_points, load_lenses, resolve_location
 from tunedlens.outputs import OutputKind, check_out_dir, check_out_target
 
 

@@ -24,7 +24,7 @@ def run(run: str | Path, out: str | Path | None = None) -> Path:
     labels = None
     if (run / "config.json").exists():
         from tunedlens.arch.points import row_label
-        from tunedlens.lenses.files import read_lens
+        from tunedlens.lenses.io.files import read_lens
 
         stored = read_lens(run)
         count = stored.translator.n_layers

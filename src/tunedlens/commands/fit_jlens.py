@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunedlens.commands.common import check_resume
+from tunedlens.jacobian.fit import fit_jacobian_lens, prompt_slice
+from tunedlens.jacobian.state import STATE_NAME, FitState
+from tunedlens.lenses.io.jlens_files import JLENS_OUTPUT
 from tunedlens.lenses.jacobian import JacobianLens
-from tunedlens.lenses.jlens_files import JLENS_OUTPUT
 from tunedlens.outputs import OutputKind, staged_output, staging_dir
-from tunedlens.train.jacobian import fit_jacobian_lens, prompt_slice
-from tunedlens.train.jlens_state import STATE_NAME, FitState
 
 FIT_OUTPUT = OutputKind("a J-lens fit", (*JLENS_OUTPUT.files, f"{STATE_NAME}*.safetensors"))
 """A fit's ``--out``: the J-lens, or the checkpoints of an unfinished fit (``--force`` replaces
@@ -47,12 +47,11 @@ def run(
     prompts (merge the parts with ``tunedlens lens merge``); under ``torchrun`` the processes
     split the prompts the same way and add their sums at the end.
     """
-    from tunedlens.data import TextSource, pack_blocks
+    from tunedlens.data import TextSource, default_data_spec, pack_blocks
+    from tunedlens.distributed import init_world
     from tunedlens.models import check_device, load_model, need_tokenizer
     from tunedlens.outputs import local_inputs
     from tunedlens.provenance import environment
-    from tunedlens.train.distributed import init_world
-    from tunedlens.train.run import default_data_spec
 
     out = Path(out)
     part = parse_part(part) if isinstance(part, str) else part

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tunedlens.lenses.files import convert_lens
+from tunedlens.lenses.io.formats import convert_lens
 
 
 def run(source: str | os.PathLike, target: str | os.PathLike, format: str = "native", *,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunedlens.lenses.info import describe_lens
+from tunedlens.lenses.io.info import describe_lens
 
 
 def run(location: str) -> dict:

@@ -5,31 +5,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from tunedlens.commands.common import resolve_locations
+from tunedlens.jacobian.fit import merge_jacobian_lenses
+from tunedlens.jacobian.merge import part_for_model, read_parts
+from tunedlens.lenses.io.jlens_files import JLENS_OUTPUT
 from tunedlens.lenses.jacobian import JacobianLens
-from tunedlens.lenses.jlens_files import JLENS_OUTPUT
 from tunedlens.outputs import staged_output
-from tunedlens.train.jacobian import merge_jacobian_lenses
-from tunedlens.train.jlens_merge import part_for_model, read_parts
 
 
 def run(model_spec: str, parts: Sequence[str], out, *, force: bool = False,
-                    dtype: str = "float32", device: str | None = None) -> JacobianLens:  # fmt: skip
+        dtype: str = "float32", device: str | None = None) -> JacobianLens:
     """What ``tunedlens lens merge`` does: check, load the parts for the model, merge, write.
 
     The parts are read and checked against each other before the model loads.
     """
-    from tunedlens.lenses.load import check_location
     from tunedlens.models import check_device, load_model
     from tunedlens.outputs import check_out_dir, local_inputs
 
     if len(parts) < 2:
         raise ValueError(f"merging needs at least two J-lenses, got {len(parts)}")
-    for part in parts:
-        check_location(part)
+    resolved = resolve_locations(parts)
     check_device(device)
     inputs = local_inputs(model_spec, *parts)
     out = check_out_dir(Path(out), JLENS_OUTPUT, force=force, sources=inputs)
-    stored = read_parts(parts)
+    stored = read_parts(resolved)
     model, _ = load_model(model_spec, dtype=dtype, device=device)
     lenses = [
         part_for_model(part, one, model, model_spec)

@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tunedlens.commands.common import check_resume
-from tunedlens.data import DataError, TextSource
+from tunedlens.data import DataError, TextSource, default_data_spec
+from tunedlens.distributed import World, init_world
 from tunedlens.errors import TunedLensError
-from tunedlens.lenses.files import LENS_FILES, WEIGHT_FILES
+from tunedlens.lenses.io.files import LENS_FILES, WEIGHT_FILES
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
 from tunedlens.models import load_model, need_tokenizer
@@ -25,10 +26,9 @@ from tunedlens.outputs import (
 from tunedlens.train.checkpoint import CHECKPOINT_NAME
 from tunedlens.train.config import TrainConfig
 from tunedlens.train.curves import CURVES_NAME, LOG_NAME
-from tunedlens.train.distributed import World, init_world
 from tunedlens.train.loggers import LOG_TARGETS, check_log_targets, make_loggers
 from tunedlens.train.loop import StepStats, TrainResult, train_lens
-from tunedlens.train.run import default_data_spec, fit_time_budget, plan_data, provenance
+from tunedlens.train.run import fit_time_budget, plan_data, provenance
 
 RUN_FILES = (*LENS_FILES, CHECKPOINT_NAME, LOG_NAME)
 """The files a training run writes into its ``--out``."""

@@ -1,6 +1,14 @@
 """Training and evaluation data: text sources and token packing."""
 
 from tunedlens.data.packing import TokenBlocks, pack_blocks, pack_texts
-from tunedlens.data.sources import DEFAULT_HF_DATASET, DataError, TextSource
+from tunedlens.data.sources import DEFAULT_HF_DATASET, DataError, TextSource, default_data_spec
 
-__all__ = ["DEFAULT_HF_DATASET", "DataError", "TextSource", "TokenBlocks", "pack_blocks", "pack_texts"]
+__all__ = [
+    "DEFAULT_HF_DATASET",
+    "DataError",
+    "TextSource",
+    "TokenBlocks",
+    "default_data_spec",
+    "pack_blocks",
+    "pack_texts",
+]

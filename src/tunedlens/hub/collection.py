@@ -19,7 +19,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from tunedlens.lenses.index import (
+from tunedlens.lenses.io.formats import PACKAGERS, detect_format
+from tunedlens.lenses.io.index import (
     INDEX_NAME,
     INDEX_SCHEMA,
     LENSES_DIR,
@@ -43,41 +44,10 @@ def _dumps(value) -> str:
 def lens_record(path: Path) -> tuple[dict, list[Path]]:
     """What the index says of the lens at ``path``, and the files that make it up.
 
-    Tuned lenses (either format) and J-lenses (native directory or published artifact) are
-    recognised from their files; a lens that records no model id is refused.
+    Every lens format is recognised from its files (:data:`~tunedlens.lenses.io.formats.PACKAGERS`);
+    a lens that records no model id is refused by :func:`package_lenses`.
     """
-    from tunedlens.lenses.files import CONFIG_FILE, LENS_FILES, read_lens
-    from tunedlens.lenses.jlens_files import NATIVE_JLENS, jlens_file, read_artifact, read_native
-
-    found = jlens_file(path) if path.exists() else None
-    if found is not None and found.is_file():
-        _, n_prompts, metadata = read_artifact(found)
-        record = {"kind": "jacobian", "format": "artifact", "n_prompts": n_prompts,
-                  "model": metadata.get("model") or metadata.get("model_name"),
-                  "model_revision": metadata.get("model_revision"),
-                  "data": metadata.get("corpus") or metadata.get("data")}  # fmt: skip
-        return record, [found]
-    if found is not None:
-        _, n_prompts, metadata, config = read_native(found)
-        record = {"kind": "jacobian", "format": "native", "n_prompts": n_prompts,
-                  "model": config.get("base_model_name_or_path") or metadata.get("model"),
-                  "vocab_size": config.get("vocab_size"), "unembed_hash": config.get("unembed_hash"),
-                  "data": metadata.get("data"), "data_content_hash": metadata.get("data_content_hash"),
-                  "package_version": metadata.get("tunedlens_version")}  # fmt: skip
-        files = [found / CONFIG_FILE, found / NATIVE_JLENS]
-        return record, files
-    lens = read_lens(path)
-    training = lens.provenance.get("training", {})
-    record = {"kind": "tuned", "format": lens.format, "translator": lens.translator.kind, "points": lens.points,
-              "model": lens.model_info.get("base_model_name_or_path"),
-              "model_revision": lens.model_info.get("base_model_revision"),
-              "tokenizer_revision": training.get("tokenizer_revision"),
-              "vocab_size": lens.model_info.get("vocab_size"),
-              "unembed_hash": lens.model_info.get("unembed_hash"),
-              "data": training.get("data"), "data_content_hash": training.get("data_content_hash"),
-              "package_version": lens.provenance.get("tunedlens_version")}  # fmt: skip
-    files = [path / name for name in LENS_FILES if (path / name).exists()]
-    return record, files
+    return PACKAGERS[detect_format(path)](path)
 
 
 def _headline(metrics: dict, name: str) -> dict:

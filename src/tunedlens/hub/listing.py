@@ -6,8 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from tunedlens.lenses.index import read_index
-from tunedlens.lenses.locations import jlens_registry, tuned_lens_registry
+from tunedlens.lenses.io.index import read_index
+from tunedlens.lenses.io.locations import jlens_registry, tuned_lens_registry
 
 
 def known_lenses(model: str | None = None, collections: Sequence[str | os.PathLike] = ()) -> list[dict]:

@@ -14,14 +14,14 @@ from pathlib import Path
 
 from tunedlens.errors import require
 from tunedlens.hub.collection import CARD_NAME, verify_collection
-from tunedlens.lenses.index import (
+from tunedlens.lenses.io.index import (
     INDEX_NAME,
     LENSES_DIR,
     CollectionError,
     check_lens_files,
     read_index,
 )
-from tunedlens.lenses.locations import hub_errors
+from tunedlens.lenses.io.locations import hub_errors
 
 TAG = re.compile(r"^v\d{4}\.\d{2}\.\d{2}$")
 

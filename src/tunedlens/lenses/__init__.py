@@ -1,8 +1,13 @@
-"""Lenses: the model's head (:class:`Unembed`), the logit lens, the tuned lens, lens files."""
+"""Lenses: the model's head (:class:`Unembed`), the logit, tuned and Jacobian lenses.
 
-from tunedlens.lenses.files import LensFile, read_lens, write_lens
+The lens model lives here; lens files, locations and the one loader (:func:`load_lens`) in
+:mod:`tunedlens.lenses.io`.
+"""
+
+from tunedlens.lenses.io.files import LensFile, read_lens, write_lens
+from tunedlens.lenses.io.load import LOGIT, load_lens
+from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
-from tunedlens.lenses.load import LOGIT, load_lens
 from tunedlens.lenses.translators import (
     AffineTranslator,
     DiagonalTranslator,
@@ -16,6 +21,7 @@ __all__ = [
     "LOGIT",
     "AffineTranslator",
     "DiagonalTranslator",
+    "JacobianLens",
     "Lens",
     "LensFile",
     "LogitLens",

@@ -23,9 +23,8 @@ from torch import nn
 
 from tunedlens.arch.residuals import token_ids
 from tunedlens.errors import LensMismatch
-from tunedlens.lenses.jlens_files import (
+from tunedlens.lenses.io.jlens_files import (
     StoredJLens,
-    jlens_file,
     read_stored_jlens,
     write_artifact,
     write_native,
@@ -33,7 +32,7 @@ from tunedlens.lenses.jlens_files import (
 from tunedlens.lenses.lens import Lens
 from tunedlens.lenses.unembed import Unembed
 
-__all__ = ["JacobianLens", "bind_jlens", "jlens_file", "read_jlens"]
+__all__ = ["JacobianLens", "bind_jlens", "read_jlens"]
 
 
 class JacobianLens(Lens):
@@ -94,7 +93,7 @@ class JacobianLens(Lens):
         ``⟨direction, h⟩ / rms(J h)`` is the readout logit of ``v`` (before any soft-cap) for
         RMSNorm models — the building block of the paper's steering experiments.
         """
-        self._check_layer(row)
+        self.check_row(row)
         ids = token_ids(tokens, "tokens").to(self.unembed.device).reshape(-1)
         vectors = self.unembed.unembedding.weight[ids].float()
         norm = self.unembed.final_norm
@@ -104,21 +103,6 @@ class JacobianLens(Lens):
             vectors = vectors * (gain.float() + offset)
         matrix = self.matrix(row)
         return vectors if matrix is None else vectors @ matrix
-
-    @classmethod
-    def load(
-        cls, path: str | os.PathLike, model: nn.Module, *, strict: bool = True
-    ) -> JacobianLens:
-        """A published artifact (``.pt``), a fit checkpoint, our native directory, or a location.
-
-        ``path`` may be any lens location (``jlens:qwen3-8b``, ``hf:...``; see
-        :mod:`tunedlens.lenses.locations`).
-        """
-        from tunedlens.lenses.locations import lens_dir
-
-        lens = read_jlens(lens_dir(path), model, strict=strict)
-        lens.source = str(path)
-        return lens
 
     def save(self, path: str | os.PathLike, format: str = "native") -> Path:
         """Write ``native`` (directory: safetensors + config) or ``artifact`` (a ``.pt`` file)."""
@@ -133,7 +117,10 @@ class JacobianLens(Lens):
 
 
 def read_jlens(path: Path, model: nn.Module, *, strict: bool = True) -> JacobianLens:
-    """A J-lens for ``model`` from an artifact, a checkpoint or a native directory.
+    """A J-lens for ``model`` from a local artifact, checkpoint or native directory.
+
+    The loader of the J-lens formats (:data:`tunedlens.lenses.io.formats.LOADERS`); load a
+    lens from any location with :func:`~tunedlens.lenses.io.load.load_lens`.
 
     Width and depth must fit; a recorded unembedding fingerprint that differs is refused
     (``strict``) or warned about.

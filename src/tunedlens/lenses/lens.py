@@ -20,7 +20,7 @@ from torch import nn
 
 from tunedlens.arch.points import Points, check_points, mid_modules, n_rows, point_label
 from tunedlens.errors import LensMismatch
-from tunedlens.lenses.files import LensFile, LensFormat, read_lens, write_lens
+from tunedlens.lenses.io.files import LensFile, LensFormat, write_lens
 from tunedlens.lenses.translators import (
     TRANSLATOR_KINDS,
     AffineTranslator,
@@ -70,18 +70,19 @@ class Lens(nn.Module):
         """Residual width of the model."""
         return self.unembed.d_model
 
-    def _check_layer(self, layer: int) -> int:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= self.n_layers:
+    def check_row(self, row: int) -> int:
+        """``row`` when it is one of the lens's rows ``0..n_layers``; an IndexError saying which if not."""
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row <= self.n_layers:
             what = "0 = embeddings" if self.points == "block" else f"rows of {self.points} points"
             raise IndexError(
                 f"layer must be an int in 0..{self.n_layers} ({what}, {self.n_layers} = "
-                f"output of the last block), got {layer!r}"
+                f"output of the last block), got {row!r}"
             )
-        return layer
+        return row
 
     def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Map layer states into the final layer's basis (float32, before the final norm)."""
-        self._check_layer(layer)
+        self.check_row(layer)
         return hidden.to(self.unembed.device, torch.float32)
 
     def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
@@ -104,17 +105,6 @@ class Lens(nn.Module):
     def log_logit_scale(self, layer: int) -> torch.Tensor | None:
         """Log of a factor the lens applies to the head's logits (``None``: no factor)."""
         return None
-
-    def generate(self, model: nn.Module, layer: int, input_ids: torch.Tensor,
-                 max_new_tokens: int = 20, **options) -> torch.Tensor:  # fmt: skip
-        """Continue ``input_ids`` with tokens read at ``layer``, KV-cached.
-
-        See :func:`tunedlens.lenses.generate.generate` for ``options`` (``do_sample``,
-        ``temperature``, ``eos_token_id``, ``seed``).
-        """
-        from tunedlens.lenses.generate import generate
-
-        return generate(self, model, layer, input_ids, max_new_tokens, **options)
 
     def _check_width(self, hidden: torch.Tensor) -> None:
         if hidden.shape[-1] != self.d_model:
@@ -178,7 +168,7 @@ class TunedLens(Lens):
     """A tuned lens: a learned per-layer translator followed by the model's own head.
 
     Build an untrained one with :meth:`from_model` (it equals the logit lens exactly), load one
-    with :meth:`load`, and write it with :meth:`save`.
+    with :func:`~tunedlens.lenses.io.load.load_lens`, and write it with :meth:`save`.
     """
 
     kind = "tuned"
@@ -254,39 +244,6 @@ class TunedLens(Lens):
         else:
             raise ValueError(f"translator must be one of {', '.join(TRANSLATOR_KINDS)}, got {translator!r}")
         return cls(unembed, module, model_info(model, unembed, revision), points=points)
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike,
-        model: nn.Module,
-        *,
-        strict: bool = True,
-        final_norm: nn.Module | str | None = None,
-        skip_norm: bool = False,
-    ) -> TunedLens:
-        """Load a lens directory (native or reference format, local or from the hub) for ``model``.
-
-        Args:
-            path: A local lens directory, or a hub location (see :func:`tunedlens.lenses.locations.lens_dir`).
-            model: The model the lens was trained for.
-            strict: Raise when the lens's unembedding fingerprint differs from the model's
-                (``False``: warn and continue, e.g. for a quantised copy of the same model).
-            final_norm: Override the final norm.
-            skip_norm: Decode without the final norm.
-
-        Raises:
-            LensFileError: the files are missing, corrupt or not a lens.
-            LensMismatch: the lens does not fit ``model``.
-        """
-        from tunedlens.lenses.locations import lens_dir
-
-        stored = read_lens(lens_dir(path))
-        unembed = Unembed(model, final_norm=final_norm, skip_norm=skip_norm)
-        check_fits(stored, unembed, model, strict=strict, where=str(path))
-        lens = cls(unembed, stored.translator, stored.model_info, stored.provenance, stored.points)
-        lens.source = str(path)
-        return lens
 
     def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Apply translator ``layer`` (identity for ``layer == L``) in float32."""

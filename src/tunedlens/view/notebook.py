@@ -16,8 +16,8 @@ import torch
 from tunedlens.arch.points import block_rows
 from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
+from tunedlens.lenses.io.load import load_lens
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
-from tunedlens.lenses.load import load_lens
 from tunedlens.view.tokens import format_token
 from tunedlens.view.trajectory import PredictionTrajectory
 

@@ -124,7 +124,7 @@ def _link_out(root):
 
 
 def _jlens(root):
-    from tunedlens.train.jacobian import fit_jacobian_lens
+    from tunedlens.jacobian.fit import fit_jacobian_lens
 
     ids = torch.randint(4, 120, (2, 12), generator=torch.Generator().manual_seed(1))
     fit_jacobian_lens(tiny_model("llama"), ids, skip_first=2).save(root / "jlens")
@@ -162,7 +162,7 @@ def _parts_seq_len(root):
 
 
 def _parts_other_model(root):
-    from tunedlens.train.jacobian import fit_jacobian_lens
+    from tunedlens.jacobian.fit import fit_jacobian_lens
 
     ids = torch.randint(4, 120, (4, 12), generator=torch.Generator().manual_seed(1))
     other = tiny_model("llama", seed=9)

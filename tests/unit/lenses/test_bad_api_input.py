@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunedlens import LogitLens, TunedLens
+from tunedlens import LogitLens, load_lens
 
 
 def test_hidden_states_must_be_tensors_with_a_width(model, lens):
@@ -21,7 +21,7 @@ def test_hidden_states_must_be_tensors_with_a_width(model, lens):
 def test_a_lens_needs_its_model(lens, tmp_path):
     lens.save(tmp_path / "lens")
     with pytest.raises(TypeError, match="model must be the Hugging Face model .* got NoneType"):
-        TunedLens.load(tmp_path / "lens", None)
+        load_lens(tmp_path / "lens", None)
     with pytest.raises(TypeError, match="got str"):
         LogitLens("demo")
 
@@ -45,7 +45,7 @@ def test_a_lens_needs_its_model(lens, tmp_path):
 def test_a_lens_location_that_names_nothing(model, location, message):
     from tunedlens.errors import LensFileError
     from tunedlens.lenses import load_lens
-    from tunedlens.lenses.load import check_location
+    from tunedlens.lenses.io.load import resolve_location as check_location
 
     with pytest.raises(LensFileError, match=re.escape(message)):
         load_lens(location, model)

@@ -8,9 +8,9 @@ import torch
 from tiny_models import tiny_model
 from tunedlens import LogitLens, collect_residuals, load_lens, readout
 from tunedlens.errors import LensFileError, LensMismatch
+from tunedlens.jacobian.fit import fit_jacobian_lens
 from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.lenses.unembed import Unembed
-from tunedlens.train.jacobian import fit_jacobian_lens
 
 PROMPTS = ["w5 w17 w3 w99 w42 w8 w61 w2 w33 w70 w71 w9", "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11"]
 

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from paths import DATA
 from tunedlens.arch import collect_residuals
-from tunedlens.lenses import LogitLens, TunedLens
+from tunedlens.lenses import LogitLens, load_lens
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama"])
@@ -15,7 +15,7 @@ def test_reference_fixture_is_reproduced(family):
     root = DATA / "reference" / family
     expected = load_file(root / "expected.safetensors")
     model = AutoModelForCausalLM.from_pretrained(root / "model").eval()
-    tuned = TunedLens.load(root / "lens", model)  # strict: the unembedding hash must match
+    tuned = load_lens(root / "lens", model)  # strict: the unembedding hash must match
     logit = LogitLens(model)
     residuals = collect_residuals(model, expected["input_ids"])
     torch.testing.assert_close(residuals.logits, expected["model_logits"], rtol=0, atol=1e-4)

@@ -13,7 +13,7 @@ from tunedlens.cli.app import app
 from tunedlens.engine import layer_kl, readout
 from tunedlens.errors import LensFileError, LensMismatch
 from tunedlens.lenses import LogitLens, TunedLens, read_lens
-from tunedlens.lenses.load import align_points, load_lens
+from tunedlens.lenses.io.load import align_points, load_lens
 from tunedlens.train import recipe_config, train_lens
 
 runner = CliRunner()

@@ -8,8 +8,8 @@ from tiny_models import tiny_model
 from tunedlens.arch import collect_residuals
 from tunedlens.engine import layer_kl
 from tunedlens.errors import LensFileError
-from tunedlens.lenses import DiagonalTranslator, LogitLens, MLPTranslator, TunedLens
-from tunedlens.lenses.info import describe_lens
+from tunedlens.lenses import DiagonalTranslator, LogitLens, MLPTranslator, TunedLens, load_lens
+from tunedlens.lenses.io.info import describe_lens
 from tunedlens.train import recipe_config, train_lens
 
 KINDS = ["diagonal", "mlp"]
@@ -37,7 +37,7 @@ def test_untrained_equals_logit_lens(model_type, kind, input_ids):
 def test_round_trip_and_info(kind, model, tmp_path, input_ids):
     lens = _perturbed(model, kind)
     lens.save(tmp_path / "lens")
-    loaded = TunedLens.load(tmp_path / "lens", model)
+    loaded = load_lens(tmp_path / "lens", model)
     assert loaded.translator.kind == kind
     hidden = collect_residuals(model, input_ids).hidden[1]
     assert torch.equal(loaded(hidden, 1), lens(hidden, 1))
@@ -53,7 +53,7 @@ def test_diagonal_is_an_affine_map_and_converts_to_the_reference_format(model, t
     affine = lens.translator.to_affine()
     torch.testing.assert_close(affine(hidden, 1), lens.translator(hidden, 1))
     lens.save(tmp_path / "ref", format="tuned-lens")
-    converted = TunedLens.load(tmp_path / "ref", model)
+    converted = load_lens(tmp_path / "ref", model)
     torch.testing.assert_close(converted(hidden, 1), lens(hidden, 1))
 
 

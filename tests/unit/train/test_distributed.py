@@ -8,9 +8,10 @@ import torch
 import torch.multiprocessing as mp
 
 from tiny_models import tiny_model
+from tunedlens.distributed import init_world
 from tunedlens.lenses import TunedLens
 from tunedlens.train import recipe_config, train_lens
-from tunedlens.train.distributed import init_world, shard_blocks
+from tunedlens.train.distributed import shard_blocks
 
 
 def _config(batch_size):

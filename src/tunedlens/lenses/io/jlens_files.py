@@ -1,7 +1,8 @@
 """J-lens files: the published artifact, the fit checkpoint, and our native directory.
 
-The artifact is a torch file (read with ``weights_only``); the checkpoint is the reference
-estimator's running sum; ours is a safetensors directory.
+Three formats (:data:`JLENS_FORMATS`, as :func:`jlens_format` names them): ``jlens-artifact``,
+the published torch file (read with ``weights_only``); ``jlens-checkpoint``, the reference
+estimator's running sums (a torch file too); ``jlens-native``, ours, a safetensors directory.
 
 Readers return matrices keyed by *our* row (published layer ``ℓ`` = row ``ℓ + 1``) and need no
 model; writers take a :class:`~tunedlens.lenses.jacobian.JacobianLens`.
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tunedlens.errors import LensFileError
-from tunedlens.lenses.file_checks import (
+from tunedlens.lenses.io.file_checks import (
     check_model_info,
     load_torch_file,
     read_json,
@@ -40,6 +41,8 @@ JLENS_FORMAT = "tunedlens-jlens"
 JLENS_OUTPUT = OutputKind("a J-lens", (NATIVE_JLENS, "config.json"))
 """A native J-lens directory: what ``--force`` may replace with a J-lens."""
 JLENS_VERSION = 1
+JLENS_FORMATS = ("jlens-native", "jlens-artifact", "jlens-checkpoint")
+"""The J-lens formats :func:`jlens_format` tells apart (see the module's docstring)."""
 
 
 def _finite(matrices: dict[int, torch.Tensor], where: str) -> None:
@@ -72,15 +75,27 @@ def _layer_index(layer, path: Path, key: str) -> int:
     return layer
 
 
-def read_artifact(path: Path) -> tuple[dict[int, torch.Tensor], int, dict]:
-    """Matrices by our row, prompt count and metadata from a published artifact or checkpoint."""
-    payload = load_torch_file(path, "a J-lens artifact")
+def _payload_format(payload, path: Path) -> str:
+    """``jlens-artifact`` (a payload with ``J``) or ``jlens-checkpoint`` (``jacobian_sum``)."""
     if not isinstance(payload, dict) or not ({"J", "jacobian_sum"} & set(payload)):
         raise LensFileError(
             f"{path} is not a J-lens artifact (no 'J') or fit checkpoint (no 'jacobian_sum')."
         )
+    return "jlens-artifact" if "J" in payload else "jlens-checkpoint"
+
+
+def read_artifact(path: Path) -> tuple[dict[int, torch.Tensor], int, dict]:
+    """Matrices by our row, prompt count and metadata from a published artifact or checkpoint."""
+    matrices, n_prompts, metadata, _ = _read_torch_jlens(path)
+    return matrices, n_prompts, metadata
+
+
+def _read_torch_jlens(path: Path) -> tuple[dict[int, torch.Tensor], int, dict, str]:
+    """:func:`read_artifact`, and which of the two formats the file holds."""
+    payload = load_torch_file(path, "a J-lens artifact")
+    fmt = _payload_format(payload, path)
     payload = _integers(payload, ("n_prompts", "n_done", "d_model"))
-    if "J" in payload:
+    if fmt == "jlens-artifact":
         key, matrices = "J", payload["J"]
         n_prompts = require_int(payload, "n_prompts", path, minimum=0, optional=True) or 0
         d_model = require_int(payload, "d_model", path, optional=True)
@@ -118,7 +133,7 @@ def read_artifact(path: Path) -> tuple[dict[int, torch.Tensor], int, dict]:
     by_row = {layer + 1: matrix for layer, matrix in matrices.items()}  # block ℓ -> row ℓ+1
     _finite(by_row, str(path))
     metadata = require_type(payload, "metadata", path, dict, "a dict") or {}
-    return by_row, n_prompts, metadata
+    return by_row, n_prompts, metadata, fmt
 
 
 def write_artifact(lens, path: Path, dtype: torch.dtype = torch.float16) -> None:
@@ -223,7 +238,8 @@ class StoredJLens:
 
     Attributes:
         path: The artifact file or native directory.
-        format: ``"jlens-native"`` or ``"jlens-artifact"`` (a published file or fit checkpoint).
+        format: ``"jlens-native"``, ``"jlens-artifact"`` (a published file) or
+            ``"jlens-checkpoint"`` (the reference estimator's running sums).
         matrices: Our row -> ``(d_model, d_model)`` matrix, in the stored dtype.
         n_prompts: Prompts averaged into the fit (0 when not recorded).
         metadata: Provenance (fit settings, data, parts).
@@ -251,11 +267,11 @@ def read_stored_jlens(path: Path) -> StoredJLens:
         matrices, n_prompts, metadata, config = read_native(found)
         info = {key: config.get(key) for key in MODEL_KEYS}
         return StoredJLens(found, "jlens-native", matrices, n_prompts, metadata, info)
-    matrices, n_prompts, metadata = read_artifact(found)
+    matrices, n_prompts, metadata, fmt = _read_torch_jlens(found)
     name = metadata.get("model") or metadata.get("model_name")
     info = {key: None for key in MODEL_KEYS}
     info["base_model_name_or_path"] = name if isinstance(name, str) else None
-    return StoredJLens(found, "jlens-artifact", matrices, n_prompts, metadata, info)
+    return StoredJLens(found, fmt, matrices, n_prompts, metadata, info)
 
 
 def jlens_file(path: Path) -> Path | None:
@@ -269,6 +285,79 @@ def jlens_file(path: Path) -> Path | None:
         if len(artifacts) == 1 and artifacts[0].name != "params.pt":
             return artifacts[0]
     return None
+
+
+def jlens_format(path: Path) -> str | None:
+    """Which J-lens format ``path`` holds (one of :data:`JLENS_FORMATS`), or None when none.
+
+    A torch file is opened memory-mapped, so telling an artifact from a checkpoint reads no
+    matrix; one that is neither (or no torch file of tensors) is refused here, as loading would.
+    """
+    found = jlens_file(path)
+    if found is None:
+        return None
+    if found.is_dir():
+        return "jlens-native"
+    return _payload_format(load_torch_file(found, "a J-lens artifact", mmap=True), found)
+
+
+def describe_jlens(path: Path) -> dict:
+    """Format, rows with a matrix, dimensions, provenance and ``‖J − I‖`` per row of a J-lens."""
+    stored = read_stored_jlens(path)
+    matrices, n_prompts, metadata = stored.matrices, stored.n_prompts, stored.metadata
+    n_layers = stored.model_info["num_hidden_layers"]
+    d_model = next(iter(matrices.values())).shape[0]
+    eye = torch.eye(d_model)
+    return {
+        "path": str(path),
+        "format": stored.format,
+        "kind": "jacobian",
+        "n_layers": n_layers,
+        "d_model": d_model,
+        "rows_with_matrix": sorted(matrices),
+        "note": "rows without a matrix decode as the logit lens",
+        "n_prompts": n_prompts,
+        "dtype": str(next(iter(matrices.values())).dtype).removeprefix("torch."),
+        "provenance": metadata,
+        "layers": [
+            {"layer": row, "update_norm": float((m.float() - eye).norm()), "bias_norm": 0.0}
+            for row, m in sorted(matrices.items())
+        ],
+    }
+
+
+def package_jlens(path: Path) -> tuple[dict, list[Path]]:
+    """What a lens collection's index records of the J-lens at ``path``, and its files.
+
+    A checkpoint is filed as it is, under the artifact's format name (loading reads either).
+    """
+    found = jlens_file(path)
+    if found is None:
+        raise LensFileError(f"{path} holds no J-lens (a .pt artifact or {NATIVE_JLENS}).")
+    if found.is_file():
+        _, n_prompts, metadata = read_artifact(found)
+        record = {
+            "kind": "jacobian",
+            "format": "artifact",
+            "n_prompts": n_prompts,
+            "model": metadata.get("model") or metadata.get("model_name"),
+            "model_revision": metadata.get("model_revision"),
+            "data": metadata.get("corpus") or metadata.get("data"),
+        }
+        return record, [found]
+    _, n_prompts, metadata, config = read_native(found)
+    record = {
+        "kind": "jacobian",
+        "format": "native",
+        "n_prompts": n_prompts,
+        "model": config.get("base_model_name_or_path") or metadata.get("model"),
+        "vocab_size": config.get("vocab_size"),
+        "unembed_hash": config.get("unembed_hash"),
+        "data": metadata.get("data"),
+        "data_content_hash": metadata.get("data_content_hash"),
+        "package_version": metadata.get("tunedlens_version"),
+    }
+    return record, [found / "config.json", found / NATIVE_JLENS]
 
 
 def _check_artifact_target(target: Path, *, force: bool) -> None:
@@ -299,7 +388,7 @@ def convert_jlens(source: Path, target: Path, format: str, *, force: bool = Fals
     ``native`` writes a directory; ``artifact`` writes the published ``.pt`` file (row 0, the
     embeddings, has no place there and is dropped, with a note in the metadata). Without the
     model no unembedding fingerprint can be recorded: a native lens converted from an artifact
-    gets one when it is loaded with its model and saved (``JacobianLens.load(...).save(...)``).
+    gets one when it is loaded with its model and saved (``load_lens(...).save(...)``).
     ``target`` must not exist unless ``force``, and then hold a J-lens of the same format:
     ``--force`` replaces a J-lens, nothing else.
     """

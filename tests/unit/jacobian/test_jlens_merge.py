@@ -9,13 +9,13 @@ from tiny_models import tiny_model, word_text
 from tunedlens.commands.fit_jlens import run as run_fit_jlens
 from tunedlens.commands.merge import run as run_merge_jlens
 from tunedlens.errors import LensMismatch
-from tunedlens.lenses.jacobian import JacobianLens
-from tunedlens.train.jacobian import (
+from tunedlens.jacobian.fit import (
     fit_jacobian_lens,
     merge_jacobian_lenses,
     prompt_slice,
 )
-from tunedlens.train.jlens_merge import MergeError
+from tunedlens.jacobian.merge import MergeError
+from tunedlens.lenses.jacobian import JacobianLens
 
 
 def _prompts(count=6):
@@ -208,3 +208,24 @@ def test_run_merge_of_parts_of_another_model_names_the_fix(fitted_parts, tmp_pat
             tmp_path / "merged",
         )
     assert "--no-strict" not in str(caught.value)
+
+
+def test_read_parts_reads_resolved_parts_without_resolving_them_again(model, tmp_path, monkeypatch):
+    import sys
+
+    from tunedlens.jacobian.merge import read_parts
+    from tunedlens.lenses.io import locations
+    from tunedlens.lenses.io.load import resolve_location
+
+    for index in range(2):
+        _part(model, index, 2).save(tmp_path / f"p{index}")
+    parts = [str(tmp_path / f"p{index}") for index in range(2)]
+    resolved = [resolve_location(part) for part in parts]
+    original, calls = locations.lens_dir, []
+    for module in list(sys.modules.values()):
+        if getattr(module, "lens_dir", None) is original:
+            monkeypatch.setattr(module, "lens_dir", lambda spec: calls.append(spec) or original(spec))
+    stored = read_parts(resolved)
+    assert calls == [] and [one.n_prompts for one in stored] == [3, 3]
+    read_parts(parts)  # locations as written are resolved, once each
+    assert calls == parts

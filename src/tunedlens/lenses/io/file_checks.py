@@ -90,15 +90,19 @@ def _is_pickle(path: Path) -> bool:
     return False
 
 
-def load_torch_file(path: Path, what: str, fix: str = "") -> object:
+def load_torch_file(path: Path, what: str, fix: str = "", *, mmap: bool = False) -> object:
     """``torch.load(path, weights_only=True)`` on CPU, each failure one :class:`LensFileError`.
 
     ``what`` names what the file should be (``"a J-lens artifact"``) and ``fix`` is appended to
     the refusal of a file holding Python objects. Torch's own advice to retry with
     ``weights_only=False`` is never repeated: that would run whatever code the file holds.
+    ``mmap`` maps the tensors of a ``torch.save`` archive instead of reading them (to look at
+    the keys of a large file); other files are read whole.
     """
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        return torch.load(
+            path, weights_only=True, map_location="cpu", mmap=mmap and _is_archive(path)
+        )
     except pickle.UnpicklingError as error:
         found = re.search(r"GLOBAL (\S+)", str(error))
         if found or _is_archive(path):

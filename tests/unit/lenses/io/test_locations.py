@@ -8,9 +8,9 @@ from transformers import AutoModelForCausalLM
 
 from paths import DATA
 from tunedlens.errors import LensFileError
-from tunedlens.lenses import TunedLens, load_lens
-from tunedlens.lenses.load import check_location
-from tunedlens.lenses.locations import REFERENCE_SPACE, lens_dir, parse_hub_spec
+from tunedlens.lenses import load_lens
+from tunedlens.lenses.io.load import resolve_location as check_location
+from tunedlens.lenses.io.locations import REFERENCE_SPACE, lens_dir, parse_hub_spec
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -42,7 +42,7 @@ def test_lens_from_cached_model_repo_and_reference_space(hub_cache):
     model = AutoModelForCausalLM.from_pretrained(DATA / "reference" / "gpt2" / "model")
     for spec in ("hf:someone/lenses/gpt2-tiny", "tuned-lens:tiny-gpt2"):
         assert (lens_dir(spec) / "params.pt").exists()
-        assert TunedLens.load(spec, model).n_layers == 3
+        assert load_lens(spec, model).n_layers == 3
 
 
 def test_uncached_hub_lens_offline(hub_cache):
@@ -51,9 +51,9 @@ def test_uncached_hub_lens_offline(hub_cache):
 
 
 def test_published_jlens_by_short_name_or_model_id_from_the_cache(hub_cache, tmp_path):
+    from tunedlens.jacobian.fit import fit_jacobian_lens
+    from tunedlens.lenses.io.locations import jlens_registry, published_jlens
     from tunedlens.lenses.jacobian import JacobianLens
-    from tunedlens.lenses.locations import jlens_registry, published_jlens
-    from tunedlens.train.jacobian import fit_jacobian_lens
 
     registry = jlens_registry()
     assert len(registry["lenses"]) == 37 and len(registry["revision"]) == 40
@@ -71,7 +71,7 @@ def test_published_jlens_by_short_name_or_model_id_from_the_cache(hub_cache, tmp
         assert lens_dir(spec) == target
     lens = load_lens("jlens:gpt2", model)
     assert isinstance(lens, JacobianLens) and lens.rows == [1, 2] and lens.source == "jlens:gpt2"
-    assert JacobianLens.load("jlens:gpt2-small", model).n_prompts == 2
+    assert load_lens("jlens:gpt2-small", model).n_prompts == 2
     with pytest.raises(LensFileError, match="not in the local Hugging Face cache"):
         lens_dir("jlens:qwen3-8b")
     with pytest.raises(

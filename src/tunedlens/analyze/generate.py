@@ -43,7 +43,7 @@ def generate(
     Returns:
         ``(batch, seq + new)`` token ids (a 1-D prompt gives a 1-D result).
     """
-    lens._check_layer(layer)
+    lens.check_row(layer)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     squeeze = input_ids.dim() == 1

@@ -17,13 +17,13 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
-from tunedlens.arch.points import POINTS, Points
+from tunedlens.arch.points import POINTS, Points, row_label
 from tunedlens.errors import LensFileError
-from tunedlens.lenses.file_checks import (
+from tunedlens.lenses.io.file_checks import (
     check_model_info,
     load_torch_file,
     read_json,
@@ -40,6 +40,7 @@ from tunedlens.metrics.checks import first_nonfinite
 from tunedlens.outputs import OutputKind, atomic_write, check_out_dir, publish_dir, staging_dir
 
 LensFormat = Literal["native", "tuned-lens"]
+TUNED_FORMATS: tuple[LensFormat, ...] = get_args(LensFormat)
 CONFIG_FILE = "config.json"
 NATIVE_WEIGHTS = "lens.safetensors"
 REFERENCE_WEIGHTS = "params.pt"
@@ -82,8 +83,11 @@ class LensFile:
     """Which points of each block the translators read (see :mod:`tunedlens.arch.points`)."""
 
 
-def detect_format(path: Path) -> LensFormat:
-    """Which format the lens directory ``path`` holds."""
+def tuned_format(path: Path) -> LensFormat:
+    """Which tuned-lens format the lens directory ``path`` holds (refused when neither).
+
+    :func:`tunedlens.lenses.io.formats.detect_format` tells every kind of lens apart.
+    """
     if not path.exists():
         raise LensFileError(f"lens directory {str(path)!r} does not exist; check the path.")
     if not path.is_dir():
@@ -105,7 +109,7 @@ def detect_format(path: Path) -> LensFormat:
 def read_lens(path: str | os.PathLike) -> LensFile:
     """Read a lens directory of either format (no model needed)."""
     path = Path(path)
-    fmt = detect_format(path)
+    fmt = tuned_format(path)
     return _read_native(path) if fmt == "native" else _read_reference(path)
 
 
@@ -327,7 +331,7 @@ def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "na
     Returns:
         The directory written.
     """
-    if format not in ("native", "tuned-lens"):
+    if format not in TUNED_FORMATS:
         raise ValueError(f"format must be 'native' or 'tuned-lens', got {format!r}")
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -359,23 +363,15 @@ def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "na
     return path
 
 
-def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: LensFormat, *,
-                 force: bool = False) -> Path:  # fmt: skip
-    """Read the lens directory ``source`` (either format) and write it to ``target`` as ``format``.
-
-    A J-lens (artifact, fit checkpoint or native directory) converts between ``native`` and
-    ``artifact`` (:func:`tunedlens.lenses.jlens_files.convert_jlens`).
+def convert_tuned(source: Path, target: Path, format: str, *, force: bool = False) -> Path:
+    """Read the tuned lens directory ``source`` (either format) and write it to ``target`` as ``format``.
 
     A ``target`` that holds a tuned lens is refused unless ``force`` (then it is replaced once
     the new one is written); one that is or holds ``source``, the current folder, or files of
     anything else is always refused (:func:`tunedlens.outputs.check_out_dir`).
     """
     source, target = Path(source), Path(target)
-    from tunedlens.lenses.jlens_files import convert_jlens, jlens_file
-
-    if source.exists() and jlens_file(source) is not None:
-        return convert_jlens(source, target, format, force=force)
-    if format not in ("native", "tuned-lens"):
+    if format not in TUNED_FORMATS:
         raise ValueError(f"--format must be 'native' or 'tuned-lens', got {format!r}")
     if source.resolve() == target.resolve():
         raise ValueError("SRC and DST are the same directory; write the converted lens elsewhere.")
@@ -388,3 +384,60 @@ def convert_lens(source: str | os.PathLike, target: str | os.PathLike, format: L
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _update_norms(lens: LensFile) -> list[dict]:
+    translator = lens.translator
+    rows = []
+    with torch.no_grad():
+        for i in range(translator.n_layers):
+            bias = translator.bias[i] if translator.bias is not None else torch.zeros(1)
+            layer = i if lens.points == "block" else row_label(lens.points, i, translator.n_layers)
+            row = {"layer": layer, "update_norm": translator.update_norm(i), "bias_norm": float(bias.norm())}
+            log_temperature = translator.log_temperature(i)
+            if log_temperature is not None:
+                row["temperature"] = float(log_temperature.exp())
+            rows.append(row)
+    return rows
+
+
+def describe_tuned(path: Path) -> dict:
+    """Format, translator, dimensions, model, provenance and per-layer update sizes of a lens."""
+    lens = read_lens(path)
+    translator = lens.translator
+    return {
+        "path": str(path),
+        "format": lens.format,
+        "translator": translator.kind,
+        "points": lens.points,
+        "n_layers": translator.n_layers,
+        "d_model": translator.d_model,
+        "rank": getattr(translator, "rank", None),
+        "use_bias": translator.bias is not None,
+        "use_temperature": getattr(translator, "use_temperature", False),
+        "parameters": sum(p.numel() for p in translator.parameters()),
+        **{key: value for key, value in lens.model_info.items()},
+        "provenance": lens.provenance,
+        "layers": _update_norms(lens),
+    }
+
+
+def package_tuned(path: Path) -> tuple[dict, list[Path]]:
+    """What a lens collection's index records of the tuned lens at ``path``, and its files."""
+    lens = read_lens(path)
+    training = lens.provenance.get("training", {})
+    record = {
+        "kind": "tuned",
+        "format": lens.format,
+        "translator": lens.translator.kind,
+        "points": lens.points,
+        "model": lens.model_info.get("base_model_name_or_path"),
+        "model_revision": lens.model_info.get("base_model_revision"),
+        "tokenizer_revision": training.get("tokenizer_revision"),
+        "vocab_size": lens.model_info.get("vocab_size"),
+        "unembed_hash": lens.model_info.get("unembed_hash"),
+        "data": training.get("data"),
+        "data_content_hash": training.get("data_content_hash"),
+        "package_version": lens.provenance.get("tunedlens_version"),
+    }
+    return record, [path / name for name in LENS_FILES if (path / name).exists()]

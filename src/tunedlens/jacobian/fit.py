@@ -20,21 +20,21 @@ import torch
 from torch import nn
 
 from tunedlens.arch.residuals import block_input, block_output, check_input_ids, token_ids
-from tunedlens.lenses.jacobian import JacobianLens
-from tunedlens.lenses.unembed import Unembed
-from tunedlens.train.distributed import World
-from tunedlens.train.jlens_merge import (
+from tunedlens.distributed import World
+from tunedlens.jacobian.merge import (
     MergePart,
     check_mergeable,
     merged_metadata,
 )
-from tunedlens.train.jlens_state import (
+from tunedlens.jacobian.state import (
     SOURCE_SETTINGS,
     FitState,
     FitStateError,
     prompts_hash,
     state_file,
 )
+from tunedlens.lenses.jacobian import JacobianLens
+from tunedlens.lenses.unembed import Unembed
 
 
 @contextmanager
@@ -140,7 +140,7 @@ def fit_jacobian_lens(
         checkpoint_every: Prompts between checkpoints.
         resume: Continue from the checkpoint in ``checkpoint``; the result is bit-identical to
             an uninterrupted fit. Other prompts or settings are refused.
-        world: Under ``torchrun`` (:func:`tunedlens.train.distributed.init_world`): each process
+        world: Under ``torchrun`` (:func:`tunedlens.distributed.init_world`): each process
             fits a contiguous slice of the prompts, and the sums are added with one all-reduce.
 
     Returns:
@@ -250,10 +250,10 @@ def _reduce(state: FitState, world: World) -> FitState:
 def merge_jacobian_lenses(lenses: Sequence[JacobianLens]) -> JacobianLens:
     """One J-lens from lenses fitted on disjoint prompt slices: means weighted by ``n_prompts``.
 
-    The lenses must be parts of one fit (:func:`tunedlens.train.jlens_merge.check_mergeable`):
+    The lenses must be parts of one fit (:func:`tunedlens.jacobian.merge.check_mergeable`):
     the same model (head), rows and settings, each prompt in one part only. Sums are formed in
     float64. The merged metadata lists the parts
-    (:func:`~tunedlens.train.jlens_merge.merged_metadata`).
+    (:func:`~tunedlens.jacobian.merge.merged_metadata`).
 
     Raises:
         MergeError: (a ``ValueError``) parts that must not be merged, and why.

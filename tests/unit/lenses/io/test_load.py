@@ -6,7 +6,7 @@ import torch
 from paths import DATA
 from tunedlens import LogitLens, TunedLens, load_lens
 from tunedlens.errors import LensFileError, LensMismatch
-from tunedlens.lenses.load import lens_name
+from tunedlens.lenses.io.load import lens_name
 
 
 def test_logit_and_lens_objects(model, lens):

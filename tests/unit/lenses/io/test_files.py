@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM
 from paths import DATA
 from tiny_models import tiny_model
 from tunedlens.errors import LensFileError, LensMismatch
-from tunedlens.lenses import TunedLens, read_lens
-from tunedlens.lenses.files import REFERENCE_KEYS
+from tunedlens.lenses import TunedLens, load_lens, read_lens
+from tunedlens.lenses.io.files import REFERENCE_KEYS
 
 
 def _randomised(lens):
@@ -39,7 +39,7 @@ def test_native_round_trip_is_bitwise(model, tmp_path, options):
         "lens.safetensors",
         "provenance.json",
     ]
-    loaded = TunedLens.load(tmp_path / "lens", model)
+    loaded = load_lens(tmp_path / "lens", model)
     for (name, a), (_, b) in zip(
         lens.translator.state_dict().items(), loaded.translator.state_dict().items(), strict=True
     ):
@@ -59,7 +59,7 @@ def test_reference_round_trip_is_bitwise_and_readable_by_plain_torch(model, tmp_
     state = torch.load(tmp_path / "lens" / "params.pt", weights_only=True)
     assert sorted(state) == ["0.bias", "0.weight", "1.bias", "1.weight"]
     assert torch.equal(state["1.weight"], lens.translator.weight[1])
-    loaded = TunedLens.load(tmp_path / "lens", model)
+    loaded = load_lens(tmp_path / "lens", model)
     assert torch.equal(loaded.translator.weight, lens.translator.weight)
     assert torch.equal(loaded.translator.bias, lens.translator.bias)
 
@@ -69,7 +69,7 @@ def test_low_rank_saved_as_tuned_lens_keeps_its_predictions(model, tmp_path):
     with torch.no_grad():
         lens.translator.V.normal_()
     lens.save(tmp_path / "ref", format="tuned-lens")
-    loaded = TunedLens.load(tmp_path / "ref", model)
+    loaded = load_lens(tmp_path / "ref", model)
     hidden = torch.randn(4, 32)
     torch.testing.assert_close(loaded(hidden, 0), lens(hidden, 0), rtol=1e-5, atol=1e-5)
 
@@ -86,11 +86,11 @@ def test_legacy_typo_key_is_read_and_checked(reference_lens):
     config = json.loads((path / "config.json").read_text())
     config["unemebd_hash"] = config.pop("unembed_hash")
     (path / "config.json").write_text(json.dumps(config))
-    assert TunedLens.load(path, model).model_info["unembed_hash"] == config["unemebd_hash"]
+    assert load_lens(path, model).model_info["unembed_hash"] == config["unemebd_hash"]
     config["unemebd_hash"] = "0" * 64
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(LensMismatch, match="fingerprint"):
-        TunedLens.load(path, model)
+        load_lens(path, model)
 
 
 def test_legacy_missing_hash_and_unknown_keys(reference_lens):
@@ -100,16 +100,16 @@ def test_legacy_missing_hash_and_unknown_keys(reference_lens):
     config["trained_on"] = "the pile"
     (path / "config.json").write_text(json.dumps(config))
     with pytest.warns(UserWarning, match="ignoring keys .*trained_on"):
-        lens = TunedLens.load(path, model)
+        lens = load_lens(path, model)
     assert lens.model_info["unembed_hash"] is None
 
 
 def test_hash_mismatch_is_an_error_unless_not_strict(reference_lens):
     path, _ = reference_lens
     with pytest.raises(LensMismatch, match="strict=False"):
-        TunedLens.load(path, _gpt2_like_fixture())
+        load_lens(path, _gpt2_like_fixture())
     with pytest.warns(UserWarning, match="fingerprint"):
-        TunedLens.load(path, _gpt2_like_fixture(), strict=False)
+        load_lens(path, _gpt2_like_fixture(), strict=False)
 
 
 def _gpt2_like_fixture():
@@ -128,17 +128,17 @@ def test_lens_for_another_model_is_refused(model, tmp_path):
     config.num_hidden_layers = 3
     deeper = AutoModelForCausalLM.from_config(config)
     with pytest.raises(LensMismatch, match="2 layers vs the model's 3"):
-        TunedLens.load(tmp_path / "ok", deeper)
+        load_lens(tmp_path / "ok", deeper)
     config = tiny_config("llama")
     config.hidden_size, config.head_dim = 64, 16
     with pytest.raises(LensMismatch, match="d_model 32 vs the model's 64"):
-        TunedLens.load(tmp_path / "ok", AutoModelForCausalLM.from_config(config))
+        load_lens(tmp_path / "ok", AutoModelForCausalLM.from_config(config))
     config = tiny_config("llama")
     config.vocab_size = 100
     with pytest.raises(LensMismatch, match="vocabulary 128 vs the model's 100"):
-        TunedLens.load(tmp_path / "ok", AutoModelForCausalLM.from_config(config))
+        load_lens(tmp_path / "ok", AutoModelForCausalLM.from_config(config))
     with pytest.raises(LensMismatch, match="fingerprint"):
-        TunedLens.load(tmp_path / "lens", model)
+        load_lens(tmp_path / "lens", model)
 
 
 def test_truncated_params_pt(reference_lens):
@@ -146,7 +146,7 @@ def test_truncated_params_pt(reference_lens):
     data = (path / "params.pt").read_bytes()
     (path / "params.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(LensFileError, match="truncated or corrupt"):
-        TunedLens.load(path, model)
+        load_lens(path, model)
 
 
 class _Exploit:
@@ -165,12 +165,12 @@ def test_pickle_with_code_is_refused_and_not_run(reference_lens, tmp_path):
     if os.path.exists(marker):
         os.remove(marker)
     with pytest.raises(LensFileError, match="could run code"):
-        TunedLens.load(path, model)
+        load_lens(path, model)
     assert not os.path.exists(marker)
     # A raw pickle (not a torch zip) is refused too.
     (path / "params.pt").write_bytes(pickle.dumps({"0.weight": _Exploit()}))
     with pytest.raises(LensFileError):
-        TunedLens.load(path, model)
+        load_lens(path, model)
     assert not os.path.exists(marker)
 
 
@@ -180,11 +180,11 @@ def test_params_pt_that_does_not_match_its_config(reference_lens):
     del state["2.bias"]
     torch.save(state, path / "params.pt")
     with pytest.raises(LensFileError, match=r"missing \['2.bias'\]"):
-        TunedLens.load(path, model)
+        load_lens(path, model)
     state["2.bias"] = torch.zeros(7)
     torch.save(state, path / "params.pt")
     with pytest.raises(LensFileError, match=r"'2.bias' has shape \(7,\)"):
-        TunedLens.load(path, model)
+        load_lens(path, model)
 
 
 def test_corrupt_safetensors_and_config(model, tmp_path):
@@ -192,7 +192,7 @@ def test_corrupt_safetensors_and_config(model, tmp_path):
     data = (tmp_path / "lens" / "lens.safetensors").read_bytes()
     (tmp_path / "lens" / "lens.safetensors").write_bytes(data[:100])
     with pytest.raises(LensFileError, match="truncated or corrupt"):
-        TunedLens.load(tmp_path / "lens", model)
+        load_lens(tmp_path / "lens", model)
     (tmp_path / "lens" / "config.json").write_text("{not json")
     with pytest.raises(LensFileError, match="not valid JSON"):
         read_lens(tmp_path / "lens")
@@ -200,15 +200,15 @@ def test_corrupt_safetensors_and_config(model, tmp_path):
 
 def test_missing_files(model, tmp_path):
     with pytest.raises(LensFileError, match="no lens directory at"):
-        TunedLens.load(tmp_path / "nowhere", model)
+        load_lens(tmp_path / "nowhere", model)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("hi")
     with pytest.raises(LensFileError, match="found notes.txt"):
-        TunedLens.load(tmp_path / "empty", model)
+        load_lens(tmp_path / "empty", model)
     TunedLens.from_model(model).save(tmp_path / "lens", format="tuned-lens")
     (tmp_path / "lens" / "config.json").unlink()
     with pytest.raises(LensFileError, match="config.json is missing"):
-        TunedLens.load(tmp_path / "lens", model)
+        load_lens(tmp_path / "lens", model)
 
 
 def test_saving_never_mixes_formats(model, tmp_path):

@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from tunedlens.errors import LensMismatch
+from tunedlens.errors import LensFileError, LensMismatch
+from tunedlens.lenses.io.jlens_files import StoredJLens, read_stored_jlens
+from tunedlens.lenses.io.load import LensLocation, resolve_location
 from tunedlens.lenses.jacobian import JacobianLens, bind_jlens
-from tunedlens.lenses.jlens_files import StoredJLens, read_stored_jlens
 from tunedlens.lenses.unembed import Unembed
 
 FIT_SETTINGS = {
@@ -290,13 +290,19 @@ def _union(ranges: list[tuple[int, int]]) -> list[list[int]]:
     return joined
 
 
-def read_parts(parts: Sequence[str]) -> list[StoredJLens]:
-    """The parts' files, read without the model and checked to be parts of one fit."""
-    from tunedlens.lenses.locations import lens_dir
+def read_parts(parts: Sequence[str | LensLocation]) -> list[StoredJLens]:
+    """The parts' files, read without the model and checked to be parts of one fit.
 
-    stored = [read_stored_jlens(Path(lens_dir(part))) for part in parts]
+    A part already resolved (:func:`~tunedlens.lenses.io.load.resolve_location`) is not
+    resolved again.
+    """
+    resolved = [resolve_location(part) for part in parts]
+    for location in resolved:
+        if location.is_logit:
+            raise LensFileError("'logit' is the logit lens, not a J-lens; merge J-lens parts only.")
+    stored = [read_stored_jlens(location.path) for location in resolved]
     check_mergeable(
-        [MergePart.of_stored(one, part) for part, one in zip(parts, stored, strict=True)]
+        [MergePart.of_stored(one, location.text) for location, one in zip(resolved, stored, strict=True)]
     )
     return stored
 

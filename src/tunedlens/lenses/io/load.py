@@ -1,36 +1,27 @@
 """``load_lens``: one resolver for every lens kind and source.
 
 ``logit`` names the logit lens. Anything else is a lens location (a local directory or J-lens
-``.pt`` artifact, or
-``hf:ORG/REPO[/SUBDIR][@REV]``, ``tuned-lens:MODEL_ID[@REV]``; see
-:mod:`tunedlens.lenses.locations`) whose files say what kind of lens it holds. Every ``--lens``
-option and the notebook facade go through here, so a new lens kind is taught to all of them by
-registering its loader in :data:`LOADERS`.
+``.pt`` file, ``hf:ORG/REPO[/SUBDIR][@REV]``, ``tuned-lens:MODEL_ID[@REV]``, ``jlens:NAME[@REV]``;
+see :mod:`tunedlens.lenses.io.locations`) whose files say what kind of lens it holds. A location
+is resolved once (:func:`resolve_location`: downloaded if needed, its format detected), then
+read by the loader registered for its format (:data:`tunedlens.lenses.io.formats.LOADERS`).
+Every ``--lens`` option and the notebook facade go through here.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from tunedlens.errors import LensFileError
-from tunedlens.lenses.files import detect_format
-from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
-from tunedlens.lenses.locations import lens_dir
+from tunedlens.lenses.io.formats import LOADERS, detect_format
+from tunedlens.lenses.io.locations import lens_dir
+from tunedlens.lenses.lens import Lens, LogitLens
 
 LOGIT = "logit"
 """The location string of the logit lens."""
-
-Loader = Callable[..., Lens]
-LOADERS: dict[str, Loader] = {
-    "native": TunedLens.load,
-    "tuned-lens": TunedLens.load,
-}
-"""Lens-file format (as :func:`detect_format` names it) -> ``loader(path, model, strict=)``."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +36,9 @@ class LensLocation:
     """The location as written (``"logit"``, a path, ``hf:...``, ``tuned-lens:...``, ``jlens:...``)."""
     path: Path | None
     """The local lens directory or J-lens file; ``None`` for the logit lens."""
+    format: str | None = None
+    """The format of its files (:func:`~tunedlens.lenses.io.formats.detect_format`); ``None``
+    for the logit lens, or when not detected yet."""
 
     @property
     def is_logit(self) -> bool:
@@ -53,21 +47,19 @@ class LensLocation:
 
 
 def resolve_location(location: str | os.PathLike | LensLocation) -> LensLocation:
-    """Resolve ``location`` to local files and check that they hold a lens (not read yet).
+    """Resolve ``location`` to local files and detect their format (the lens is not read yet).
 
     Raises:
         LensFileError: no lens at ``location`` (with what a location looks like).
     """
     if isinstance(location, LensLocation):
-        return location
+        if location.is_logit or location.format is not None:
+            return location
+        return LensLocation(location.text, location.path, detect_format(location.path))
     if isinstance(location, (str, os.PathLike)) and str(location) == LOGIT:
         return LensLocation(LOGIT, None)
     path = Path(lens_dir(location))
-    from tunedlens.lenses.jlens_files import jlens_file
-
-    if jlens_file(path) is None:
-        detect_format(path)
-    return LensLocation(str(location), path)
+    return LensLocation(str(location), path, detect_format(path))
 
 
 def load_lens(location: str | os.PathLike | LensLocation | Lens, model: nn.Module, *,
@@ -94,25 +86,9 @@ def load_lens(location: str | os.PathLike | LensLocation | Lens, model: nn.Modul
     resolved = resolve_location(location)
     if resolved.is_logit:
         return LogitLens(model, **options)
-    path = resolved.path
-    from tunedlens.lenses.jacobian import JacobianLens, jlens_file
-
-    if jlens_file(path) is not None:
-        lens = JacobianLens.load(path, model, strict=strict, **options)
-        lens.source = resolved.text
-        return lens
-    kind = detect_format(path)
-    loader = LOADERS.get(kind)
-    if loader is None:
-        raise LensFileError(f"{resolved.text}: lens files of kind {kind!r} have no loader")
-    lens = loader(path, model, strict=strict, **options)
+    lens = LOADERS[resolved.format](resolved.path, model, strict=strict, **options)
     lens.source = resolved.text
     return lens
-
-
-def check_location(location: str | os.PathLike) -> LensLocation:
-    """Fail now, before any model is loaded, if ``location`` holds no lens; return it resolved."""
-    return resolve_location(location)
 
 
 def load_lenses(locations, model: nn.Module, *, strict: bool = True,

@@ -5,6 +5,7 @@ import torch
 
 from tiny_models import random_lens, tiny_model
 from tunedlens import LogitLens, collect_residuals
+from tunedlens.analyze.generate import generate
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox"])
@@ -12,7 +13,7 @@ def test_greedy_from_the_output_row_equals_model_generate(model_type, input_ids)
     model = tiny_model(model_type)
     lens = LogitLens(model)
     prompt = input_ids[:1, :5]
-    ours = lens.generate(model, lens.n_layers, prompt, max_new_tokens=8)
+    ours = generate(lens, model, lens.n_layers, prompt, max_new_tokens=8)
     theirs = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False,
                             pad_token_id=0)  # fmt: skip
     assert torch.equal(ours, theirs)
@@ -22,7 +23,7 @@ def test_cached_generation_equals_recomputing_every_step(input_ids):
     model = tiny_model("llama")
     lens = random_lens(model, scale=0.3)
     prompt = input_ids[0, :4]
-    cached = lens.generate(model, 1, prompt, max_new_tokens=6)
+    cached = generate(lens, model, 1, prompt, max_new_tokens=6)
     tokens = prompt[None]
     for _ in range(6):  # no cache: run the whole sequence again, read layer 1 at the end
         state = collect_residuals(model, tokens).hidden[1][:, -1]
@@ -34,14 +35,14 @@ def test_sampling_is_seeded_and_eos_stops(input_ids):
     model = tiny_model("llama")
     lens = LogitLens(model)
     prompt = input_ids[:, :4]
-    first = lens.generate(model, 1, prompt, 5, do_sample=True, temperature=0.7, seed=3)
-    again = lens.generate(model, 1, prompt, 5, do_sample=True, temperature=0.7, seed=3)
+    first = generate(lens, model, 1, prompt, 5, do_sample=True, temperature=0.7, seed=3)
+    again = generate(lens, model, 1, prompt, 5, do_sample=True, temperature=0.7, seed=3)
     assert torch.equal(first, again) and first.shape == (2, 9)
-    greedy = lens.generate(model, 2, prompt[:1], 5)
+    greedy = generate(lens, model, 2, prompt[:1], 5)
     stop = int(greedy[0, 4])
-    short = lens.generate(model, 2, prompt[:1], 5, eos_token_id=stop)
+    short = generate(lens, model, 2, prompt[:1], 5, eos_token_id=stop)
     assert short.shape[1] == 5
     with pytest.raises(ValueError, match="temperature"):
-        lens.generate(model, 1, prompt, 2, do_sample=True, temperature=0)
+        generate(lens, model, 1, prompt, 2, do_sample=True, temperature=0)
     with pytest.raises(IndexError):
-        lens.generate(model, 9, prompt, 2)
+        generate(lens, model, 9, prompt, 2)

@@ -28,8 +28,8 @@ from importlib import resources
 from pathlib import Path
 
 from tunedlens.errors import LensFileError, require
-from tunedlens.lenses.files import LENS_FILES
-from tunedlens.lenses.index import INDEX_NAME, check_lens_files, read_index
+from tunedlens.lenses.io.files import LENS_FILES
+from tunedlens.lenses.io.index import INDEX_NAME, check_lens_files, read_index
 
 REFERENCE_SPACE = "AlignmentResearch/tuned-lens"
 HUB_PREFIXES = ("hf:", "tuned-lens:", "jlens:")
@@ -39,7 +39,7 @@ HUB_PREFIXES = ("hf:", "tuned-lens:", "jlens:")
 def jlens_registry() -> dict:
     """The published J-lenses: ``{"repo_id", "revision", "lenses": {name: entry}}``."""
     return json.loads(
-        resources.files("tunedlens.lenses").joinpath("jlens_registry.json").read_text()
+        resources.files("tunedlens.lenses.io").joinpath("jlens_registry.json").read_text()
     )
 
 
@@ -51,7 +51,7 @@ def tuned_lens_registry() -> dict:
     ``None``: the space's tree could not be verified (see ``note``).
     """
     return json.loads(
-        resources.files("tunedlens.lenses").joinpath("tuned_lens_registry.json").read_text()
+        resources.files("tunedlens.lenses.io").joinpath("tuned_lens_registry.json").read_text()
     )
 
 

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunedlens.errors import LensFileError
-from tunedlens.lenses.info import describe_lens
-from tunedlens.lenses.jlens_files import read_stored_jlens
-from tunedlens.train.jacobian import fit_jacobian_lens
+from tunedlens.jacobian.fit import fit_jacobian_lens
+from tunedlens.lenses.io.info import describe_lens
+from tunedlens.lenses.io.jlens_files import read_stored_jlens
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_native_tensors_are_checked(native):
 def test_every_artifact_field_is_type_checked(native, tmp_path):
     read_stored_jlens(native)  # a good lens reads
     lens_file = tmp_path / "lens.pt"
-    from tunedlens.lenses.jlens_files import convert_jlens
+    from tunedlens.lenses.io.jlens_files import convert_jlens
 
     convert_jlens(native, lens_file, "artifact")
     payload = torch.load(lens_file, weights_only=True)
@@ -111,7 +111,7 @@ def test_a_file_that_is_not_a_lens_says_so(native, tmp_path, capsys, case):
         torch.save({"J": _Code()}, path)
     elif content == "truncated":
         convert_to = tmp_path / "good.pt"
-        from tunedlens.lenses.jlens_files import convert_jlens
+        from tunedlens.lenses.io.jlens_files import convert_jlens
 
         convert_jlens(native, convert_to, "artifact")
         path.write_bytes(convert_to.read_bytes()[:300])

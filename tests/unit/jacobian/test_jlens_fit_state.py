@@ -8,9 +8,9 @@ import torch
 import torch.multiprocessing as mp
 
 from tiny_models import tiny_model
-from tunedlens.train.distributed import init_world
-from tunedlens.train.jacobian import fit_jacobian_lens, merge_jacobian_lenses, prompt_slice
-from tunedlens.train.jlens_state import FitState, FitStateError, state_file
+from tunedlens.distributed import init_world
+from tunedlens.jacobian.fit import fit_jacobian_lens, merge_jacobian_lenses, prompt_slice
+from tunedlens.jacobian.state import FitState, FitStateError, state_file
 
 
 def _prompts():
