@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from tunedlens.cli.config_options import with_parameters
+from tunedlens.cli.config_options import train_settings, with_parameters
+from tunedlens.cli.help import PlainHelpGroup
 from tunedlens.cli.options import (
     LENS_HELP,
     STAT_HELP,
@@ -25,33 +24,6 @@ from tunedlens.cli.options import (
 )
 from tunedlens.serialize import dumps
 from tunedlens.train.config import RECIPES
-
-
-def escape_markup(command) -> None:
-    """Escape rich markup in the help of ``command``, its options and its subcommands.
-
-    Help texts are plain text: ``hf:ORG/REPO[/SUB][@REV]`` must print as written, while rich
-    would read ``[/SUB]`` as a closing tag (an error) and ``[@REV]`` as a tag (dropped).
-    """
-    from rich.markup import escape
-
-    for attribute in ("help", "short_help", "epilog"):
-        if getattr(command, attribute, None):
-            setattr(command, attribute, escape(getattr(command, attribute)))
-    for parameter in command.params:
-        if getattr(parameter, "help", None):
-            parameter.help = escape(parameter.help)
-    for subcommand in getattr(command, "commands", {}).values():
-        escape_markup(subcommand)
-
-
-class PlainHelpGroup(typer.core.TyperGroup):
-    """The root command group; its help, and that of every command under it, is plain text."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        escape_markup(self)
-
 
 app = typer.Typer(
     name="tunedlens",
@@ -186,16 +158,12 @@ def train(
     Every training setting (TrainConfig) is an option; those not given take the recipe's value.
     """
     from tunedlens.cli.config_options import explicit_options, given
-    from tunedlens.cli.progress import TrainingProgress
+    from tunedlens.cli.progress import TrainingProgress, interrupted
     from tunedlens.commands import train as command
     from tunedlens.distributed import init_world
     from tunedlens.train.checkpoint import CHECKPOINT_NAME
-    from tunedlens.train.config import recipe_config
 
-    chosen = given(settings, explicit_options(ctx))
-    if chosen.get("time_budget_s") is not None and "tokens" in chosen:
-        raise ValueError("--time-budget sizes the token budget itself; pass --tokens or --time-budget, not both")
-    config = recipe_config(recipe, explicit=chosen)
+    config = command.config_from_options(recipe, given(settings, explicit_options(ctx)))
     world = init_world()
     with (
         TrainingProgress(enabled=world.is_primary) as progress,
@@ -209,53 +177,6 @@ def train(
         )
     if world.is_primary:
         progress.summary(result, out)
-
-
-def plain_text(doc: str) -> str:
-    """A docstring as terminal text: ````x```` -> ``x``, ````None```` -> ``none`` (the option's word)."""
-    return re.sub(r"``([^`]+)``", lambda match: "none" if match[1] == "None" else match[1], doc)
-
-
-def _recipe_note(field: str) -> str:
-    from tunedlens.train.config import recipe_value
-
-    value = recipe_value("default", field)
-    if field == "time_budget_s":
-        return "E.g. 20m, 90s, 1.5h; replaces --tokens."
-    return f"[default recipe: {'none' if value is None else value}]"
-
-
-def _train_settings() -> list:
-    from tunedlens.cli.config_options import config_parameters
-    from tunedlens.train.config import TrainConfig, field_docs
-
-    docs = {name: plain_text(doc) for name, doc in field_docs().items()}
-    return config_parameters(TrainConfig, docs=docs, skip=("recipe",),
-                             names={"time_budget_s": "--time-budget", "positions_per_sequence_end": "--positions-at-end"},
-                             parsers={"time_budget_s": parse_duration},
-                             defaults_note=_recipe_note)
-
-
-@contextmanager
-def interrupted(out: Path, checkpoints: str, *, force: bool = False):
-    """On Ctrl-C, say whether a checkpoint (``out/<checkpoints glob>``) is kept, exit 130."""
-    replacing = force and out.is_dir() and any(out.iterdir())  # --force works beside --out
-    try:
-        yield
-    except KeyboardInterrupt:
-        if replacing:
-            message = (
-                f"interrupted: {out} is as it was; --force replaces it only once the new run is "
-                "done, so this run cannot be resumed."
-            )
-        elif any(out.glob(checkpoints)):
-            message = (f"interrupted: the last checkpoint in {out} is kept; run the same command "
-                       "with --resume to continue from it.")  # fmt: skip
-        else:
-            message = ("interrupted before any checkpoint was written, so there is nothing to "
-                       "resume; pass --checkpoint-every N to make the run resumable.")  # fmt: skip
-        typer.echo(message, err=True)
-        raise SystemExit(130) from None
 
 
 @app.command("fit-jlens")
@@ -305,7 +226,7 @@ def fit_jlens(
     Under torchrun (torchrun --nproc-per-node N -m tunedlens fit-jlens ...) the processes fit
     contiguous slices of the prompts and add their sums at the end.
     """
-    from tunedlens.cli.progress import CountProgress
+    from tunedlens.cli.progress import CountProgress, interrupted
     from tunedlens.commands import fit_jlens as command
     from tunedlens.jacobian.state import STATE_NAME
 
@@ -321,28 +242,6 @@ def fit_jlens(
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
         typer.echo(f"fitted rows {lens.rows[0]}..{lens.rows[-1]} on {lens.n_prompts} prompts; "
                    f"J-lens saved to {out}")  # fmt: skip
-
-
-MAX_TIME_BUDGET_S = 30 * 24 * 3600
-"""Longest --time-budget accepted: beyond it a typo (1e9h) is likelier than a plan."""
-
-
-def parse_duration(text: str) -> float:
-    """``"20m"`` -> 1200.0 seconds (units s, m, h; plain numbers are seconds)."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    number, unit = (text[:-1], text[-1]) if text[-1:].lower() in units else (text, "s")
-    try:
-        seconds = float(number) * units[unit.lower()]
-    except ValueError:
-        raise ValueError(f"must look like 20m, 90s or 1.5h, got {text!r}") from None
-    if not seconds > 0:
-        raise ValueError(f"must be positive, got {text!r}")
-    if seconds > MAX_TIME_BUDGET_S:
-        raise ValueError(
-            f"{text} is longer than 30 days; for a run that long pass --tokens "
-            "(with --checkpoint-every to make it resumable)."
-        )
-    return seconds
 
 
 @app.command("eval")
@@ -583,7 +482,7 @@ def hub_download(
     typer.echo(f"verified {repo}{f' ({model})' if model else ''}: {where}")
 
 
-app.command("train")(with_parameters(train, _train_settings()))
+app.command("train")(with_parameters(train, train_settings()))
 
 
 def main() -> None:

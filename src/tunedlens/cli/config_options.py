@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -182,3 +183,51 @@ def explicit_options(ctx) -> set[str]:
     # By name: typer >= 0.24 vendors its own click, whose enum is not click's.
     return {name for name in ctx.params
             if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
+
+
+MAX_TIME_BUDGET_S = 30 * 24 * 3600
+"""Longest --time-budget accepted: beyond it a typo (1e9h) is likelier than a plan."""
+
+
+def parse_duration(text: str) -> float:
+    """``"20m"`` -> 1200.0 seconds (units s, m, h; plain numbers are seconds)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1:].lower() in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit.lower()]
+    except ValueError:
+        raise ValueError(f"must look like 20m, 90s or 1.5h, got {text!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"must be positive, got {text!r}")
+    if seconds > MAX_TIME_BUDGET_S:
+        raise ValueError(
+            f"{text} is longer than 30 days; for a run that long pass --tokens "
+            "(with --checkpoint-every to make it resumable)."
+        )
+    return seconds
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as terminal text: ````x```` -> ``x``, ````None```` -> ``none`` (the option's word)."""
+    return re.sub(r"``([^`]+)``", lambda match: "none" if match[1] == "None" else match[1], doc)
+
+
+def recipe_note(field: str) -> str:
+    """What a train option's help says of its default: the default recipe's value."""
+    from tunedlens.train.config import recipe_value
+
+    value = recipe_value("default", field)
+    if field == "time_budget_s":
+        return "E.g. 20m, 90s, 1.5h; replaces --tokens."
+    return f"[default recipe: {'none' if value is None else value}]"
+
+
+def train_settings() -> list:
+    """The train command's generated options: one per :class:`TrainConfig` field but ``recipe``."""
+    from tunedlens.train.config import TrainConfig, field_docs
+
+    docs = {name: plain_text(doc) for name, doc in field_docs().items()}
+    return config_parameters(TrainConfig, docs=docs, skip=("recipe",),
+                             names={"time_budget_s": "--time-budget", "positions_per_sequence_end": "--positions-at-end"},
+                             parsers={"time_budget_s": parse_duration},
+                             defaults_note=recipe_note)

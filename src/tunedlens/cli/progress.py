@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -103,3 +105,25 @@ class CountProgress:
         if self.task is None:
             self.start(total)
         self.progress.update(self.task, completed=done)
+
+
+@contextmanager
+def interrupted(out: Path, checkpoints: str, *, force: bool = False):
+    """On Ctrl-C, say whether a checkpoint (``out/<checkpoints glob>``) is kept, exit 130."""
+    replacing = force and out.is_dir() and any(out.iterdir())  # --force works beside --out
+    try:
+        yield
+    except KeyboardInterrupt:
+        if replacing:
+            message = (
+                f"interrupted: {out} is as it was; --force replaces it only once the new run is "
+                "done, so this run cannot be resumed."
+            )
+        elif any(out.glob(checkpoints)):
+            message = (f"interrupted: the last checkpoint in {out} is kept; run the same command "
+                       "with --resume to continue from it.")  # fmt: skip
+        else:
+            message = ("interrupted before any checkpoint was written, so there is nothing to "
+                       "resume; pass --checkpoint-every N to make the run resumable.")  # fmt: skip
+        typer.echo(message, err=True)
+        raise SystemExit(130) from None

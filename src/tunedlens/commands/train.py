@@ -24,7 +24,7 @@ from tunedlens.outputs import (
     staging_dir,
 )
 from tunedlens.train.checkpoint import CHECKPOINT_NAME
-from tunedlens.train.config import TrainConfig
+from tunedlens.train.config import TrainConfig, recipe_config
 from tunedlens.train.curves import CURVES_NAME, LOG_NAME
 from tunedlens.train.loggers import LOG_TARGETS, check_log_targets, make_loggers
 from tunedlens.train.loop import StepStats, TrainResult, train_lens
@@ -35,6 +35,15 @@ RUN_FILES = (*LENS_FILES, CHECKPOINT_NAME, LOG_NAME)
 RUN_OUTPUT = OutputKind("a training run's output", (*RUN_FILES, CURVES_NAME), folders=LOG_TARGETS)
 """A run's ``--out``: its files, the curves drawn from it, and the logs of ``--log-to`` (each
 target writes a folder named after it); what ``--force`` may replace."""
+
+
+def config_from_options(recipe: str, given: dict) -> TrainConfig:
+    """The run's settings: ``recipe`` with the options the user gave (``None`` kept as given)."""
+    if given.get("time_budget_s") is not None and "tokens" in given:
+        raise ValueError(
+            "--time-budget sizes the token budget itself; pass --tokens or --time-budget, not both"
+        )
+    return recipe_config(recipe, explicit=given)
 
 
 def check_out(out: Path, resume: bool, *, force: bool = False, checkpoint_every: int | None = None,

@@ -9,11 +9,12 @@ import typer
 from typer.testing import CliRunner
 
 from tunedlens.cli import main
-from tunedlens.cli.app import app, plain_text
+from tunedlens.cli.app import app
 from tunedlens.cli.config_options import (
     FieldType,
     OptionValueError,
     config_parameters,
+    plain_text,
     with_parameters,
 )
 from tunedlens.train.config import TrainConfig, field_docs, recipe_config

@@ -56,7 +56,7 @@ def test_bad_budgets(value, monkeypatch, capsys):
     import sys
 
     from tunedlens.cli import main
-    from tunedlens.cli.app import parse_duration
+    from tunedlens.cli.config_options import parse_duration
 
     with pytest.raises(ValueError, match="must|longer than 30 days"):
         parse_duration(value)
