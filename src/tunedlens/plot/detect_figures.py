@@ -66,82 +66,78 @@ def _trajectory_figure(payload: dict, name: str, task: dict, out: Path) -> list[
     stats = payload["settings"]["trajectory_stats"]
     lenses = list(task["trajectories"])
     kinds = list(next(iter(next(iter(task["trajectories"].values())).values())))
-    titles = [f"{lens}: {stats[s]['title']}" for lens in lenses for s in stats]
-    figure = subplots.make_subplots(
-        rows=len(lenses),
-        cols=len(stats),
-        subplot_titles=titles,
-        vertical_spacing=0.12 / max(1, len(lenses) - 1) + 0.04,
-    )
+    titles = [f"{lens}: {_title(stats, s)}" for lens in lenses for s in stats]
+    figure = subplots.make_subplots(rows=len(lenses), cols=len(stats), subplot_titles=titles)
     fig, axes = pyplot.subplots(
         len(lenses),
         len(stats),
-        figsize=(4.2 * len(stats), 2.9 * len(lenses)),
+        figsize=(4.2 * len(stats), 2.6 * len(lenses) + 0.9),
         dpi=110,
         squeeze=False,
+        layout="constrained",
     )
     for r, lens in enumerate(lenses):
         for c, stat in enumerate(stats):
             axis = axes[r][c]
             for kind in kinds:
                 entry = task["trajectories"][lens][stat][kind]
-                x = list(range(len(entry["median"])))
-                colour = _colour(kind, kinds)
-                label = f"{kind} (n={entry['n']})"
-                show = r == 0 and c == 0
-                figure.add_trace(
-                    go.Scatter(
-                        x=x + x[::-1],
-                        y=entry["q90"] + entry["q10"][::-1],
-                        fill="toself",
-                        fillcolor=_rgba(colour, 0.12),
-                        line={"width": 0},
-                        hoverinfo="skip",
-                        showlegend=False,
-                        legendgroup=kind,
-                    ),
-                    row=r + 1,
-                    col=c + 1,
+                x, median, low, high = _series(entry, stat)
+                colour, label = _colour(kind, kinds), f"{kind} (n={entry['n']})"
+                band = go.Scatter(
+                    x=x + x[::-1],
+                    y=high + low[::-1],
+                    fill="toself",
+                    fillcolor=_rgba(colour, 0.12),
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=kind,
                 )
-                figure.add_trace(
-                    go.Scatter(
-                        x=x,
-                        y=entry["median"],
-                        mode="lines",
-                        name=label,
-                        line={"color": colour},
-                        legendgroup=kind,
-                        showlegend=show,
-                    ),
-                    row=r + 1,
-                    col=c + 1,
+                line = go.Scatter(
+                    x=x,
+                    y=median,
+                    mode="lines",
+                    name=label,
+                    line={"color": colour},
+                    legendgroup=kind,
+                    showlegend=(r, c) == (0, 0),
                 )
-                axis.fill_between(
-                    x, entry["q10"], entry["q90"], color=colour, alpha=0.12, linewidth=0
-                )
-                axis.plot(
-                    x, entry["median"], color=colour, label=label if show else None, linewidth=1.4
-                )
+                figure.add_traces([band, line], rows=r + 1, cols=c + 1)
+                axis.fill_between(x, low, high, color=colour, alpha=0.12, linewidth=0)
+                axis.plot(x, median, color=colour, label=label if (r, c) == (0, 0) else None)
             if stat == "margin":
                 axis.axhline(0, color="grey", linewidth=0.6, linestyle=":")
-            axis.set_title(f"{lens}: {stats[stat]['title']}", fontsize=9)
+            if stat == "kl":
+                axis.set_yscale("log")
+                figure.update_yaxes(type="log", row=r + 1, col=c + 1)
+            axis.set_title(f"{lens}: {_title(stats, stat)}", fontsize=9)
             axis.set_ylabel(stats[stat]["units"], fontsize=8)
             axis.tick_params(labelsize=7)
             axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-            if r == len(lenses) - 1:
-                axis.set_xlabel(
-                    f"row (0 = embeddings, {payload['settings']['output_row']} = output)",
-                    fontsize=8,
-                )
             figure.update_yaxes(title_text=stats[stat]["units"], row=r + 1, col=c + 1)
+    output_row = payload["settings"]["output_row"]
+    for axis in axes[-1]:
+        axis.set_xlabel(f"row (0 = embeddings, {output_row} = output)", fontsize=8)
     title = (
         f"{name}: median per row, 10–90 % band, held-out prompts · {payload['settings']['model']}"
     )
-    figure.update_layout(title=title, template="plotly_white", height=300 * len(lenses) + 120)
-    fig.legend(loc="upper center", ncol=len(kinds), fontsize=8, bbox_to_anchor=(0.5, 1.0))
-    fig.suptitle(title, fontsize=10, y=1.0 + 0.12 / len(lenses))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.1 / len(lenses)))
+    figure.update_layout(title=title, template="plotly_white", height=280 * len(lenses) + 140)
+    fig.suptitle(title, fontsize=10)
+    fig.legend(loc="outside lower center", ncol=len(kinds), fontsize=8)
     return _write(figure, fig, pyplot, out / f"trajectories_{_stem(name)}")
+
+
+def _title(stats: dict, stat: str) -> str:
+    return stats[stat]["title"] + (" (log scale)" if stat == "kl" else "")
+
+
+def _series(entry: dict, stat: str) -> tuple[list, list, list, list]:
+    """x, median, 10th and 90th percentile; KL without the output row (0 there), floored for log."""
+    median, low, high = entry["median"], entry["q10"], entry["q90"]
+    if stat == "kl":
+        floor = 1e-3
+        median, low, high = ([max(v, floor) for v in series[:-1]] for series in (median, low, high))
+    return list(range(len(median))), median, low, high
 
 
 def _roc_figure(payload: dict, name: str, rows: list[dict], out: Path) -> list[Path]:
@@ -157,6 +153,7 @@ def _roc_figure(payload: dict, name: str, rows: list[dict], out: Path) -> list[P
     hidden_row = payload["settings"].get("hidden_row")
     titles = [f"{d} · {f}" for d in detectors for f in features]
     figure = subplots.make_subplots(rows=len(detectors), cols=len(features), subplot_titles=titles)
+    seen: set[str] = set()
     fig, axes = pyplot.subplots(
         len(detectors),
         len(features),
@@ -179,34 +176,64 @@ def _roc_figure(payload: dict, name: str, rows: list[dict], out: Path) -> list[P
                 row=r + 1,
                 col=c + 1,
             )
+            lines = []
             for curve in rows:
                 if curve["detector"] != detector or curve["features"] != feature_set:
                     continue
                 lens = curve["lens"]
                 colour = LENS_COLOURS[lenses.index(lens) % len(LENS_COLOURS)]
                 shown = lens if lens is not None else f"row {hidden_row} states"
-                label = f"{shown} (AUROC {results[(lens, feature_set, detector)]['auroc']:.2f})"
-                axis.plot(curve["fpr"], curve["tpr"], color=colour, label=label, linewidth=1.3)
+                value = results[(lens, feature_set, detector)]["auroc"]
+                lines.append(f"{shown}: {value:.2f}")
+                axis.plot(
+                    curve["fpr"],
+                    curve["tpr"],
+                    color=colour,
+                    linewidth=1.3,
+                    label=f"{shown} (AUROC {value:.2f})",
+                )
+                # One legend entry per lens; each panel's AUROCs are written in the panel.
+                first = shown not in seen
+                seen.add(shown)
                 figure.add_trace(
                     go.Scatter(
                         x=curve["fpr"],
                         y=curve["tpr"],
                         mode="lines",
-                        name=label,
+                        name=shown,
+                        legendgroup=shown,
+                        showlegend=first,
                         line={"color": colour},
-                        legendgroup=f"{r}{c}",
+                        hovertemplate=f"{shown}, {detector}, {feature_set}<br>"
+                        "FPR %{x:.2f}, TPR %{y:.2f}<extra></extra>",
                     ),
                     row=r + 1,
                     col=c + 1,
                 )
+            index = r * len(features) + c + 1
+            axis_id = "" if index == 1 else str(index)
+            figure.add_annotation(
+                text="AUROC<br>" + "<br>".join(lines),
+                xref=f"x{axis_id} domain",
+                yref=f"y{axis_id} domain",
+                x=0.98,
+                y=0.02,
+                xanchor="right",
+                yanchor="bottom",
+                showarrow=False,
+                align="right",
+                font={"size": 10},
+            )
             axis.set_title(f"{detector} · {feature_set}", fontsize=9)
             axis.set(xlim=(0, 1), ylim=(0, 1.02))
             axis.tick_params(labelsize=7)
             axis.legend(fontsize=7, loc="lower right")
             if r == len(detectors) - 1:
                 axis.set_xlabel("false-positive rate (normal)", fontsize=8)
+                figure.update_xaxes(title_text="false-positive rate (normal)", row=r + 1, col=c + 1)
             if c == 0:
                 axis.set_ylabel("true-positive rate (anomalous)", fontsize=8)
+                figure.update_yaxes(title_text="true-positive rate", row=r + 1, col=c + 1)
     title = f"{name}: ROC of held-out normal vs anomalous prompts · {payload['settings']['model']}"
     figure.update_layout(title=title, template="plotly_white", height=320 * len(detectors) + 100)
     figure.update_xaxes(range=[0, 1])
