@@ -15,7 +15,7 @@ from tunedlens.analyze.detection.analysis import (
     score_task,
     trajectories,
 )
-from tunedlens.analyze.detection.builtin import INJECTION
+from tunedlens.analyze.detection.builtin import DEFAULT_SHOTS, INJECTION
 from tunedlens.analyze.detection.detectors import (
     DETECTORS,
     HYPERPARAMETERS,
@@ -228,27 +228,38 @@ def detect(
         "model_type": getattr(model.config, "model_type", None),
         "n_blocks": n_blocks,
         "output_row": output_row,
-        "lenses": {
-            name: {"kind": lens.kind, "source": lens.source} for name, lens in all_lenses.items()
-        },
+        "lenses": {n: {"kind": lens.kind, "source": lens.source} for n, lens in all_lenses.items()},
+        "hidden_row": hidden_row if "hidden" in features else None,
+        "shots": (DEFAULT_SHOTS if shots is None else shots)
+        if any(t.builtin for t in tasks)
+        else None,
+        **_settings(
+            features,
+            detectors,
+            seed=seed,
+            n_items=n_items,
+            bootstrap_resamples=bootstrap,
+            train_fraction=train_fraction,
+        ),
+        "elapsed_s": time.perf_counter() - started,
+    }
+    return DetectReport(settings, summaries, results, curves, scores, answers)
+
+
+def _settings(features, detectors, **values) -> dict:
+    """The settings of a run that do not depend on the model, for the report."""
+    return {
         "features": list(features),
         "detectors": list(detectors),
         "hyperparameters": {d: HYPERPARAMETERS[d] for d in detectors},
-        "hidden_row": hidden_row if "hidden" in features else None,
-        "seed": seed,
-        "shots": shots,
-        "n_items": n_items,
-        "train_fraction": train_fraction,
-        "bootstrap_resamples": bootstrap,
+        **values,
         "fpr_target": FPR_TARGET,
         "injection": INJECTION,
         "trajectory_stats": {
             k: {"title": t, "units": u, "definition": d}
             for k, (t, u, d) in TRAJECTORY_STATS.items()
         },
-        "elapsed_s": time.perf_counter() - started,
     }
-    return DetectReport(settings, summaries, results, curves, scores, answers)
 
 
 def _lenses(model: nn.Module, lenses) -> dict[str, Lens]:
@@ -292,6 +303,16 @@ def _task_summary(task: Task, readings, attack: dict, lenses: list[str]) -> dict
         "counts": counts,
         "mean_tokens": tokens,
         "attack": attack,
-        "example": {kind: next(p.prompt for p in task.prompts if p.kind == kind) for kind in kinds},
+        "example": _examples(task, kinds),
         "trajectories": trajectories(task, readings, lenses),
     }
+
+
+def _examples(task: Task, kinds: list[str]) -> dict[str, str]:
+    """One prompt of each kind, the versions of one held-out question where there are some."""
+    tested = next((p.item for p in task.prompts if p.split == "test" and p.anomalous), None)
+    out = {}
+    for kind in kinds:
+        same = [p for p in task.prompts if p.kind == kind and p.item == tested]
+        out[kind] = (same or [p for p in task.prompts if p.kind == kind])[0].prompt
+    return out
