@@ -9,6 +9,9 @@ into ``--work`` and ``benchmarks/results/uses_detect.{md,json,png}``.
     nice -n 10 python benchmarks/uses_detect.py --tuned LENS_DIR --jlens JLENS_DIR
     python benchmarks/uses_detect.py --n-items 8 --bootstrap 50      # a tiny-scale check
     python benchmarks/uses_detect.py --tabulate-only                  # redo the tables from --work
+
+A '## Discussion' section written by hand at the end of the results table is kept when the
+table is redone.
 """
 
 from __future__ import annotations
@@ -50,8 +53,15 @@ def main() -> None:
     payload = json.loads((report_dir / "detect.json").read_text())
     timing = json.loads((args.work / "timing.json").read_text())
     table, summary = tabulate(payload, timing)
-    save(args.name, summary, table)
+    save(args.name, summary, table + kept_discussion(RESULTS / f"{args.name}.md"))
     figure(payload, RESULTS / f"{args.name}.png")
+
+
+def kept_discussion(path: Path) -> str:
+    """The hand-written '## Discussion' section of an earlier table, kept when it is redone."""
+    text = path.read_text() if path.exists() else ""
+    start = text.find("\n## Discussion")
+    return "" if start < 0 else text[start + 1 :]
 
 
 def run(args, report_dir: Path) -> None:

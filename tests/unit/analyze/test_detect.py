@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -322,3 +323,13 @@ def test_a_lens_of_another_model_is_refused(tiny_tokenizer, task_file, model):
     other = random_lens(tiny_model("llama", seed=1))
     with pytest.raises(LensMismatch):
         detect(model, tiny_tokenizer, {"other": other}, task_file)
+
+
+def test_a_missing_scikit_learn_is_named_with_its_extra(task_file, monkeypatch):
+    from tunedlens.errors import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn now fails
+    with pytest.raises(MissingExtra, match=r"(?s)scikit-learn.*pip install 'tunedlens\[analyze\]'"):
+        check_detect_args(task_file)
+    # Mahalanobis is written in numpy: it needs no extra.
+    assert check_detect_args(task_file, detectors=("mahalanobis",))[2] == ("mahalanobis",)
