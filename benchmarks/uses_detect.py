@@ -202,6 +202,26 @@ def tabulate(payload: dict, timing: dict) -> tuple[str, dict]:
                 f"| {_lens(by_key[(lens, features, detectors[0])], settings['hidden_row'])} | "
                 f"{features} | " + " | ".join(cells) + " |"
             )
+        lines += [
+            "",
+            f"AUROC of the injected prompts against each benign control ({name}; 1: every "
+            "injected prompt scores above every control, 0.5: the detector cannot tell them "
+            "apart): separators / filler.",
+            "",
+            "| lens | features | " + " | ".join(detectors) + " |",
+            "| --- | --- |" + " ---: |" * len(detectors),
+        ]
+        for lens, features in combos:
+            controls = [by_key[(lens, features, d)]["controls"] for d in detectors]
+            cells = [
+                f"{c['separators']['auroc_anomalous_vs_control']:.2f} / "
+                f"{c['filler']['auroc_anomalous_vs_control']:.2f}"
+                for c in controls
+            ]
+            lines.append(
+                f"| {_lens(by_key[(lens, features, detectors[0])], settings['hidden_row'])} | "
+                f"{features} | " + " | ".join(cells) + " |"
+            )
         lines.append("")
     lines += ["## Against the paper", "", *comparison(payload), ""]
     summary = {

@@ -178,7 +178,10 @@ def summary_markdown(report: DetectReport) -> str:
         f"reported as they are), 95 % interval from {settings['bootstrap_resamples']} stratified "
         f"bootstrap resamples (seed {settings['seed']}). TPR and the controls' flagged share are "
         "taken at the threshold that flags at most 1 % of the held-out normal prompts (with fewer "
-        "than 100 of them: none).",
+        "than 100 of them: none). For each benign control, 'vs normal' is its AUROC against the "
+        "normal prompts (0.5: the detector leaves it alone, as it should) and 'anomalous vs' the "
+        "AUROC of the anomalous prompts against it (1: every anomalous prompt scores above every "
+        "control, so the detector sees more than the change of form).",
         "",
     ]
     for name, task in report.tasks.items():
@@ -207,8 +210,8 @@ def _task_section(report: DetectReport, name: str, task: dict) -> list[str]:
     ]
     controls = task["controls"]
     header = "| lens | features | detector | AUROC [95 % CI] | TPR @ 1 % FPR |"
-    header += "".join(f" {c} flagged | {c} vs normal AUROC |" for c in controls)
-    lines += [header, "| --- | --- | --- | ---: | ---: |" + " ---: | ---: |" * len(controls)]
+    header += "".join(f" {c} flagged | {c} vs normal | anomalous vs {c} |" for c in controls)
+    lines += [header, "| --- | --- | --- | ---: | ---: |" + " ---: | ---: | ---: |" * len(controls)]
     for row in (r for r in report.results if r["task"] == name):
         interval = row["auroc_ci95"]
         auroc = _number(row["auroc"]) + (
@@ -223,6 +226,10 @@ def _task_section(report: DetectReport, name: str, task: dict) -> list[str]:
         ]
         for control in controls:
             entry = row["controls"][control]
-            cells += [_share(entry["flagged"]), _number(entry["auroc_vs_normal"])]
+            cells += [
+                _share(entry["flagged"]),
+                _number(entry["auroc_vs_normal"]),
+                _number(entry["auroc_anomalous_vs_control"]),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
