@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
 from common import RESULTS, machine, save
 
 TASKS = ("capitals", "sentiment", "arithmetic")
+TRAJECTORY_TASK = "sentiment"
+"""The task whose trajectory figure is copied beside the results (the others stay in --work)."""
 PAPER = {
     "tuned lens + isolation forest": "0.99–1.00 on BoolQ, MNLI, QNLI, QQP, SST-2; 0.59–0.74 on "
     "ARC-Easy, ARC-Challenge, MC-TACO, SciQ",
@@ -55,6 +58,9 @@ def main() -> None:
     table, summary = tabulate(payload, timing)
     save(args.name, summary, table + kept_discussion(RESULTS / f"{args.name}.md"))
     figure(payload, RESULTS / f"{args.name}.png")
+    example = report_dir / f"trajectories_{TRAJECTORY_TASK}.png"
+    if example.exists():
+        shutil.copyfile(example, RESULTS / f"{args.name}_trajectories.png")
 
 
 def kept_discussion(path: Path) -> str:
@@ -136,6 +142,17 @@ def tabulate(payload: dict, timing: dict) -> tuple[str, dict]:
         f"Wall time: model load {timing['load_s']:.0f} s, detect {timing['detect_s'] / 60:.1f} min on "
         f"this 2-core CPU shared with other jobs ({timing['machine']['cpu_threads']} threads; not a "
         "speed measurement).",
+        "",
+    ]
+    lines += [
+        "![AUROC of every lens, feature set and detector](uses_detect.png)",
+        "",
+        "Every AUROC with its 95 % interval; × marks the separators control against normal "
+        f"prompts. Below, the {TRAJECTORY_TASK} task: median per row with a 10–90 % band for each "
+        "kind of held-out prompt. The full report (JSON, CSV, every task's trajectory and ROC "
+        "figures as PNG and offline HTML) is written to `--work`/report.",
+        "",
+        f"![Trajectories of the {TRAJECTORY_TASK} task](uses_detect_trajectories.png)",
         "",
     ]
     lines += [f"> **Warning:** {w}" for w in payload["warnings"]]
