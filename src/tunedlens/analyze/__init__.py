@@ -20,8 +20,9 @@ _EXPORTS = {
     "EarlyExitReport": "tunedlens.analyze.early_exit",
     "prune": "tunedlens.analyze.prune",
     "PruneReport": "tunedlens.analyze.prune",
-    "detect": "tunedlens.analyze.detect",
-    "DetectReport": "tunedlens.analyze.detect",
+    # Not a module named "detect": importing it would replace the function on this package.
+    "detect": "tunedlens.analyze.detection",
+    "DetectReport": "tunedlens.analyze.detection",
 }
 
 __all__ = sorted(_EXPORTS)
