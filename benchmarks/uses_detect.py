@@ -73,13 +73,12 @@ def kept_discussion(path: Path) -> str:
 def run(args, report_dir: Path) -> None:
     from tunedlens.analyze import detect
     from tunedlens.analyze.detection import check_detect_args
-    from tunedlens.lenses.load import check_location, load_lens
+    from tunedlens.lenses.io.load import load_lens, resolve_location
     from tunedlens.models import load_model
 
     check_detect_args(args.tasks, shots=args.shots, n_items=args.n_items, seed=args.seed)
     locations = {name: loc for name, loc in (("tuned", args.tuned), ("jlens", args.jlens)) if loc}
-    for location in locations.values():
-        check_location(location)
+    locations = {name: resolve_location(location) for name, location in locations.items()}
     start = time.perf_counter()
     model, tokenizer = load_model("demo")
     lenses = {name: load_lens(location, model) for name, location in locations.items()}

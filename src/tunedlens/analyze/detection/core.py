@@ -33,8 +33,8 @@ from tunedlens.analyze.detection.scoring import FPR_TARGET
 from tunedlens.analyze.detection.tasks import load_task
 from tunedlens.analyze.errors import AnalysisError
 from tunedlens.engine.core import DEFAULT_BUDGET, name_lenses
+from tunedlens.lenses.io.load import align_points
 from tunedlens.lenses.lens import Lens, LogitLens
-from tunedlens.lenses.load import align_points
 
 BASELINE = "logit"
 """The logit lens, always read."""

@@ -7,8 +7,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunedlens.outputs import check_out_dir
+from tunedlens.outputs import OutputKind, check_out_dir
 from tunedlens.serialize import dumps
+
+DETECT_OUTPUT = OutputKind(
+    "an anomaly-detection report",
+    ("detect.json", "summary.md", "detect.csv", "scores.csv", "answers.csv", "trajectories_*.png",
+     "trajectories_*.html", "roc_*.png", "roc_*.html"),
+)
+"""What :meth:`DetectReport.save` writes (what ``force`` may replace)."""
 
 RESULT_COLUMNS = [
     "task",
@@ -99,7 +106,7 @@ class DetectReport:
         Raises:
             OutputError: ``out`` is a file, or already holds files and ``force`` is False.
         """
-        out = check_out_dir(out, force=force)
+        out = check_out_dir(out, DETECT_OUTPUT, force=force)
         out.mkdir(parents=True, exist_ok=True)
         written = [
             out / "detect.json",
