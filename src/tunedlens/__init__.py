@@ -26,6 +26,9 @@ _EXPORTS = {
     "evaluate": "tunedlens.evaluation.core",
     "Lensed": "tunedlens.view.notebook",
     "JacobianLens": "tunedlens.lenses.jacobian",
+    "train_lens": "tunedlens.train.loop",
+    "TrainConfig": "tunedlens.train.config",
+    "recipe_config": "tunedlens.train.config",
     "fit_jacobian_lens": "tunedlens.jacobian.fit",
     "merge_jacobian_lenses": "tunedlens.jacobian.fit",
     "load_lens": "tunedlens.lenses.io.load",
@@ -48,6 +51,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from tunedlens.analyze.inversion import invert_unembed
     from tunedlens.arch.registry import ArchSpec, register_arch
     from tunedlens.arch.residuals import collect_residuals
     from tunedlens.arch.resolve import resolve_arch
@@ -60,6 +64,8 @@ if TYPE_CHECKING:  # pragma: no cover
         ModelLoadError,
         TunedLensError,
     )
+    from tunedlens.evaluation.core import evaluate
+    from tunedlens.evaluation.prompts import load_prompts
     from tunedlens.jacobian.fit import fit_jacobian_lens, merge_jacobian_lenses
     from tunedlens.lenses.io.files import read_lens, write_lens
     from tunedlens.lenses.io.load import load_lens
@@ -68,9 +74,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from tunedlens.lenses.unembed import Unembed
     from tunedlens.models import load_model
     from tunedlens.predict import predict_layers
+    from tunedlens.train.config import TrainConfig, recipe_config
+    from tunedlens.train.loop import train_lens
+    from tunedlens.view.notebook import Lensed
+    from tunedlens.view.trajectory import PredictionTrajectory
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'tunedlens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy exports are no module attributes until first used: dir() and tab-completion list
+    # them, and not the helpers this module imports for itself.
+    return sorted({*__all__, "__version__", *(name for name in globals() if name.startswith("__"))})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -10,6 +11,7 @@ from torch import nn
 from tunedlens.arch.points import block_rows
 from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
+from tunedlens.engine.result import LensReadout
 from tunedlens.lenses.lens import Lens, LogitLens
 
 
@@ -73,17 +75,91 @@ def check_top_k(top_k: int, what: str = "top_k") -> int:
     return top_k
 
 
+def check_position(position: int, length: int) -> int:
+    """``position`` counted from the start, if it is inside a prompt of ``length`` tokens.
+
+    Negative positions count from the end; an IndexError says which positions exist.
+    """
+    if (
+        isinstance(position, bool)
+        or not isinstance(position, int)
+        or not -length <= position < length
+    ):
+        raise IndexError(
+            f"position {position!r} (--position) is outside the prompt's {length} tokens; use "
+            f"0..{length - 1}, or -{length}..-1 counting from the end."
+        )
+    return position % length
+
+
+def layer_rows(lens: Lens, layers: Sequence[int] | None = None) -> list[int]:
+    """The rows :func:`predict_layers` reads: ``layers`` (default all), then the output row."""
+    chosen = range(lens.n_layers) if layers is None else block_rows(lens.points, layers)
+    return [*chosen, lens.n_layers]
+
+
+def row_labels(lens: Lens, rows: Sequence[int]) -> list[int | str]:
+    """How :class:`LayerPrediction` names rows: ``3``, ``"3.mid"`` (a mid point), ``"output"``."""
+    return [
+        row if lens.points == "block" and row < lens.n_layers else lens.row_label(row)
+        for row in rows
+    ]
+
+
+def layer_predictions(
+    result: LensReadout,
+    labels: Sequence[int | str],
+    tokenizer,
+    *,
+    batch: int = 0,
+    position: int = 0,
+    top_k: int | None = None,
+) -> list[LayerPrediction]:
+    """One position of a lens's :func:`~tunedlens.readout`, in :func:`predict_layers`' shape.
+
+    Args:
+        result: The lens's readout, made with ``top_k`` >= 1.
+        labels: One label per row of the readout (see :func:`row_labels`).
+        tokenizer: Decodes the token ids.
+        batch: The sequence of the readout's batch.
+        position: The index among the readout's positions.
+        top_k: Keep this many tokens (default all the readout has).
+    """
+    if result.top_ids is None or result.top_ids.shape[-1] == 0:
+        raise ValueError("the readout holds no top tokens; make it with top_k >= 1")
+    k = result.top_ids.shape[-1] if top_k is None else check_top_k(top_k)
+    if k > result.top_ids.shape[-1]:
+        raise ValueError(
+            f"top_k={k} but the readout kept {result.top_ids.shape[-1]} tokens per cell"
+        )
+    ids = result.top_ids[batch, :, position, :k].tolist()
+    probs = result.top_probs[batch, :, position, :k].tolist()
+    return [
+        LayerPrediction(
+            label,
+            [
+                TokenProb(tokenizer.decode([i]), i, p)
+                for i, p in zip(row_ids, row_probs, strict=True)
+            ],
+        )
+        for label, row_ids, row_probs in zip(labels, ids, probs, strict=True)
+    ]
+
+
 def predict_layers(
     model: nn.Module,
     tokenizer,
     prompt: str,
     lens: Lens | None = None,
     *,
-    layers: list[int] | None = None,
+    layers: Sequence[int] | None = None,
     top_k: int = 5,
     position: int = -1,
 ) -> list[LayerPrediction]:
     """Each layer's top-k next tokens at ``position``, then the model's own (the output row).
+
+    The high-level way to ask "what does each layer predict here"; :func:`tunedlens.readout` is
+    the low-level one (many lenses, positions and statistics at once).
 
     Args:
         model: The causal LM.
@@ -94,24 +170,17 @@ def predict_layers(
             for layer ``ℓ`` (both points: ``ℓ`` and ``ℓ.mid``).
         top_k: Tokens per layer.
         position: Token position (negative counts from the end).
+
+    Returns:
+        One :class:`LayerPrediction` per row, labelled ``0``, ``1``, ... (``"3.mid"`` for a mid
+        point) and ``"output"`` last.
     """
     lens = lens or LogitLens(model)
     check_top_k(top_k)
     input_ids = encode_prompt(tokenizer, prompt, model)
-    length = input_ids.shape[1]
-    if isinstance(position, bool) or not isinstance(position, int) or not -length <= position < length:
-        raise IndexError(
-            f"position {position!r} (--position) is outside the prompt's {length} tokens; use "
-            f"0..{length - 1}, or -{length}..-1 counting from the end."
-        )
-    chosen = range(lens.n_layers) if layers is None else block_rows(lens.points, layers)
-    rows = [*chosen, lens.n_layers]
-    result = readout(model, {"lens": lens}, input_ids, rows=rows, positions=position, stats=(),
-                     top_k=top_k)["lens"]  # fmt: skip
-    predictions = []
-    for index, row in enumerate(rows):
-        ids, probs = result.top_ids[0, index, 0].tolist(), result.top_probs[0, index, 0].tolist()
-        top = [TokenProb(tokenizer.decode([i]), i, p) for i, p in zip(ids, probs, strict=True)]
-        label = row if lens.points == "block" and row < lens.n_layers else lens.row_label(row)
-        predictions.append(LayerPrediction(label, top))
-    return predictions
+    check_position(position, input_ids.shape[1])
+    rows = layer_rows(lens, layers)
+    result = readout(
+        model, {"lens": lens}, input_ids, rows=rows, positions=position, stats=(), top_k=top_k
+    )["lens"]
+    return layer_predictions(result, row_labels(lens, rows), tokenizer)

@@ -86,9 +86,18 @@ def record(model_type: str, work: Path) -> dict:
         out[f"trajectory/{name}/js"] = _floats(trajectory.js_divergence(other).values)
         out[f"trajectory/{name}/kl_pair"] = _floats(trajectory.kl_divergence(other).values)
         out[f"trajectory/{name}/tv"] = _floats(trajectory.total_variation(other).values)
-        read = viewer._read(chosen, PROMPT, None, 3, None, False)
+        # The facade at each position of the prompt, regrouped as recorded: row index (the
+        # output row is L) -> per position -> top-3 [id, prob].
+        length = len(tok(PROMPT).input_ids)
+        read = [
+            viewer.logit_lens(PROMPT, top_k=3, position=position)
+            if name == "logit"
+            else viewer.tuned_lens(PROMPT, chosen, top_k=3, position=position)
+            for position in range(length)
+        ]
         out[f"notebook/{name}"] = {
-            str(k): [[[i, p] for i, p, _ in cell] for cell in v] for k, v in read.items()
+            str(row): [[[t.id, t.prob] for t in rows[row].top] for rows in read]
+            for row in range(len(read[0]))
         }
     ids = torch.randint(4, 128, (3, 12), generator=torch.Generator().manual_seed(7))
     report = evaluate(

@@ -20,11 +20,12 @@ def lensed():
 
 def test_facade_on_smollm2(lensed, tmp_path):
     result = lensed.logit_lens(PROMPT, top_k=3, position=-1)
-    assert list(result) == list(range(31))
+    assert [row.layer for row in result] == [*range(30), "output"]
     ids = lensed.tokenizer(PROMPT, return_tensors="pt").input_ids
     with torch.no_grad():
         expected = lensed.model(ids).logits[0, -1].softmax(-1)
-    token_id, prob, text = result[30][0][0]
+    top = result[-1].top[0]
+    token_id, prob, text = top.id, top.prob, top.token
     # The readout's float32 head (blocked, possibly another BLAS) rounds the 576-term dot
     # products apart from the model's own forward by ~1e-4 in the logit, so ~2e-5 here.
     assert token_id == int(expected.argmax()) and prob == pytest.approx(
@@ -32,11 +33,12 @@ def test_facade_on_smollm2(lensed, tmp_path):
     )
     assert text == lensed.tokenizer.decode([token_id])
     texts = [f"Line {i}: the capital of a country is its seat of government." for i in range(40)]
-    lens = lensed.train_tuned_lens(texts, num_steps=2, max_seq_len=64, batch_size=4,
-                                   verbose=False, save_path=tmp_path / "lens")  # fmt: skip
+    options = dict(tokens=2 * 4 * 64, seq_len=64, batch_size=4)  # two steps of 4 x 64 tokens
+    lens = lensed.train_lens(texts, **options, verbose=False, save_path=tmp_path / "lens")
     assert isinstance(lens, TunedLens)
-    table = lensed.compare(PROMPT, lensed.load_tuned_lens(tmp_path / "lens"))
-    assert len(table.rows) == 31 and table.rows[-1]["logit"] == table.rows[-1]["tuned"]
+    table = lensed.compare(PROMPT, lensed.load_lens(tmp_path / "lens"))
+    logit, tuned = table.columns["logit lens"], table.columns["tuned lens"]
+    assert len(logit) == 31 and logit[-1] == tuned[-1]  # the output row is the model's own
 
 
 def test_greedy_generation_from_the_output_row(lensed):

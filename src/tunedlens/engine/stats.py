@@ -52,6 +52,7 @@ STATS: dict[str, StatInfo] = {
         "cosine to the model", "cosine", "cosine of the centred logits", vmin=-1.0, vmax=1.0
     ),
 }
+"""Every statistic a readout computes, by name: its title, units and how it is shown."""
 assert set(STATS) == set(STAT_NAMES)
 
 VIEW_STATS: tuple[str, ...] = ("entropy", "kl", "ce", "max-prob", "rank")

@@ -2,14 +2,22 @@
 
 >>> from tunedlens import Lensed                                    # doctest: +SKIP
 >>> tl = Lensed("demo")                                             # doctest: +SKIP
->>> tl.logit_lens("The capital of France is", top_k=3, position=-1)  # doctest: +SKIP
+>>> tl.logit_lens("The capital of France is", top_k=3)              # doctest: +SKIP
+
+Each method is a thin layer over the library, with its argument names and result shapes:
+reading a prompt is :func:`tunedlens.predict_layers`, comparing two lenses one
+:func:`tunedlens.readout`, loading :func:`tunedlens.load_lens`, training
+:func:`tunedlens.train_lens` (options named as :class:`tunedlens.TrainConfig`'s fields) and
+pictures a :class:`~tunedlens.PredictionTrajectory`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,46 +26,77 @@ from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
 from tunedlens.lenses.io.load import load_lens
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
+from tunedlens.predict import (
+    LayerPrediction,
+    TokenProb,
+    check_position,
+    check_top_k,
+    layer_predictions,
+    layer_rows,
+    predict_layers,
+    row_labels,
+)
 from tunedlens.view.tokens import format_token
 from tunedlens.view.trajectory import PredictionTrajectory
 
-Prediction = tuple[int, float, str]
+# TrainConfig fields that need what Lensed.train_lens does not take (held-out data, a checkpoint
+# directory, a timed probe run): refused rather than silently doing nothing.
+_TRAIN_ELSEWHERE = ("val_every", "val_tokens", "patience", "checkpoint_every", "time_budget_s")
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Top predictions per layer of the logit lens and a tuned lens at one position."""
+    """Two lenses' top predictions per row at one position, from one readout.
+
+    ``columns`` maps a title (``"logit lens"``, ``"tuned lens"``, ``"jacobian lens"``) to that
+    lens's rows, in :func:`tunedlens.predict_layers`' shape.
+    """
 
     position: int
-    rows: list[dict]
+    """The position read, counted from the start of the prompt."""
+    columns: dict[str, list[LayerPrediction]]
+    tokenizer: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def layers(self) -> list[int | str]:
+        """The row labels: ``0``, ``1``, ... (``"3.mid"`` for a mid point), ``"output"``."""
+        return [row.layer for row in next(iter(self.columns.values()))]
+
+    def _cells(self, show) -> list[tuple[int | str, list[str]]]:
+        rows = zip(*self.columns.values(), strict=True)
+        return [(row[0].layer, [show(r.top) for r in row]) for row in rows]
+
+    def _token(self, token: TokenProb) -> str:
+        if self.tokenizer is None:
+            return token.token
+        return format_token(self.tokenizer, token.id, 20)
 
     def __str__(self) -> str:
-        lines = [f"{'layer':>6}  {'logit lens':<28}{'tuned lens':<28}"]
-        for row in self.rows:
-            logit = ", ".join(f"{t!r} {p:.2f}" for t, p in row["logit"])
-            tuned = ", ".join(f"{t!r} {p:.2f}" for t, p in row["tuned"])
-            lines.append(f"{row['layer']!s:>6}  {logit:<28}{tuned:<28}")
+        titles = "".join(f"{title:<28}" for title in self.columns)
+        lines = [f"{'layer':>6}  {titles}"]
+        for layer, cells in self._cells(
+            lambda top: ", ".join(f"{self._token(t)!r} {t.prob:.2f}" for t in top)
+        ):
+            lines.append(f"{layer!s:>6}  " + "".join(f"{cell:<28}" for cell in cells))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        cells = "".join(
-            f"<tr><td>{r['layer']}</td><td>{_html(r['logit'])}</td><td>{_html(r['tuned'])}</td></tr>"
-            for r in self.rows
+        def show(top: list[TokenProb]) -> str:
+            return ", ".join(f"{html.escape(self._token(t))} {t.prob:.2f}" for t in top)
+
+        body = "".join(
+            f"<tr><td>{layer}</td>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+            for layer, cells in self._cells(show)
         )
+        heads = "".join(f"<th>{html.escape(title)}</th>" for title in self.columns)
         return (
-            f"<table><caption>position {self.position}</caption><tr><th>layer</th>"
-            f"<th>logit lens</th><th>tuned lens</th></tr>{cells}</table>"
+            f"<table><caption>position {self.position}</caption>"
+            f"<tr><th>layer</th>{heads}</tr>{body}</table>"
         )
-
-
-def _html(predictions) -> str:
-    import html
-
-    return ", ".join(f"{html.escape(t)} {p:.2f}" for t, p in predictions)
 
 
 class Lensed:
-    """A model with its tokenizer, read through the logit lens and tuned lenses.
+    """A model with its tokenizer, read through the logit lens and other lenses.
 
     Args:
         model: A loaded causal LM, or anything :func:`tunedlens.load_model` accepts (hub id,
@@ -75,59 +114,113 @@ class Lensed:
             raise ValueError("pass the model's tokenizer too: Lensed(model, tokenizer)")
         self.model, self.tokenizer = model, tokenizer
         self.last_figure = None
+        """The figure :meth:`plot` made last."""
 
     # ------------------------------------------------------------------ reading layers
-    def logit_lens(self, prompt: str, layers: Sequence[int] | None = None, top_k: int = 1,
-                   position: int | None = None, plot: bool = False, final_norm=None,
-                   skip_norm: bool = False, points: str = "block") -> dict[int, list[list[Prediction]]]:  # fmt: skip
-        """Top-k predictions of the logit lens per layer and position.
+    def logit_lens(
+        self,
+        prompt: str,
+        *,
+        layers: Sequence[int] | None = None,
+        top_k: int = 1,
+        position: int = -1,
+        points: str = "block",
+        final_norm=None,
+        skip_norm: bool = False,
+        plot: bool = False,
+    ) -> list[LayerPrediction]:
+        """Each layer's top-k next tokens at ``position`` through the logit lens.
 
-        Returns ``{layer: [[(token_id, prob, token_str), ... top_k] per position]}``; layer
-        ``L`` is the model's own output. ``position`` (e.g. ``-1``) keeps one position.
-        ``points="mid"`` reads each block after attention, before the MLP (keys ``"3.mid"``);
-        ``"both"`` interleaves the two (``layers`` then select blocks).
+        :func:`tunedlens.predict_layers` with ``LogitLens(model, points=..., final_norm=...,
+        skip_norm=...)``: one :class:`~tunedlens.predict.LayerPrediction` per row, labelled
+        ``0..L-1`` (``hidden_states[i]``; ``"3.mid"`` for ``points="mid"`` or ``"both"``) and
+        ``"output"``, the model's own prediction, last.
+
+        Args:
+            prompt: The text.
+            layers: Layers ``0..L-1`` to read (default all).
+            top_k: Tokens per row.
+            position: Token position (negative counts from the end).
+            points: ``block``, ``mid`` (after attention, before the MLP) or ``both``.
+            final_norm: Decode with this norm instead of the model's final norm.
+            skip_norm: Decode without a final norm.
+            plot: Also show the prompt's entropy heatmap inline (Jupyter only).
         """
-        lens = LogitLens(self.model, final_norm=final_norm, skip_norm=skip_norm, points=points)
-        return self._read(lens, prompt, layers, top_k, position, plot)
-
-    def tuned_lens(self, prompt: str, lens: TunedLens | str | os.PathLike,
-                   layers: Sequence[int] | None = None, top_k: int = 1,
-                   position: int | None = None, plot: bool = False, final_norm=None,
-                   skip_norm: bool = False) -> dict[int, list[list[Prediction]]]:  # fmt: skip
-        """Like :meth:`logit_lens`, through another lens (an object or any lens location)."""
-        if not isinstance(lens, Lens):
-            options = {"final_norm": final_norm, "skip_norm": skip_norm} if final_norm or skip_norm else {}
-            lens = load_lens(lens, self.model, **options)
-        return self._read(lens, prompt, layers, top_k, position, plot)
-
-    def _read(self, lens: Lens, prompt, layers, top_k, position, plot):
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        ids = encode_prompt(self.tokenizer, prompt, self.model)
-        if position is not None:
-            self._position(position, ids.shape[1])
-        rows = [*(range(lens.n_layers) if layers is None else block_rows(lens.points, layers)), lens.n_layers]
-        result = readout(self.model, {"lens": lens}, ids, rows=rows, positions=position,
-                         stats=(), top_k=top_k)["lens"]  # fmt: skip
-        out = {}
-        for index, row in enumerate(rows):
-            key = row if lens.points == "block" else lens.row_label(row)
-            cells = zip(result.top_ids[0, index].tolist(), result.top_probs[0, index].tolist(),
-                        strict=True)  # fmt: skip
-            out[key] = [[(i, p, self.tokenizer.decode([i])) for i, p in zip(top, probs, strict=True)]
-                        for top, probs in cells]  # fmt: skip
         if plot:
-            self.plot(self.trajectory(prompt, lens, layers=None if layers is None else block_rows(lens.points, layers)))
-        return out
+            _require_notebook()
+        lens = LogitLens(self.model, final_norm=final_norm, skip_norm=skip_norm, points=points)
+        return self._predict(prompt, lens, layers, top_k, position, plot)
 
-    @staticmethod
-    def _position(position: int, length: int) -> int:
-        if not -length <= position < length:
-            raise IndexError(f"position {position} is outside the prompt's {length} tokens")
-        return position % length
+    def tuned_lens(
+        self,
+        prompt: str,
+        lens: Lens | str | os.PathLike,
+        *,
+        layers: Sequence[int] | None = None,
+        top_k: int = 1,
+        position: int = -1,
+        final_norm=None,
+        skip_norm: bool = False,
+        plot: bool = False,
+    ) -> list[LayerPrediction]:
+        """Like :meth:`logit_lens`, through another lens: an object or any lens location.
 
-    def trajectory(self, prompt: str, lens: Lens | None = None, *,
-                   layers: Sequence[int] | None = None) -> PredictionTrajectory:  # fmt: skip
+        ``final_norm`` and ``skip_norm`` apply when loading ``lens`` from a location.
+        """
+        if plot:
+            _require_notebook()
+        if not isinstance(lens, Lens):  # the prompt's checks first, then the load
+            check_top_k(top_k)
+            check_position(position, encode_prompt(self.tokenizer, prompt, self.model).shape[1])
+        options = {"final_norm": final_norm} if final_norm is not None else {}
+        if skip_norm:
+            options["skip_norm"] = True
+        lens = self.load_lens(lens, **options)  # a lens object with options is refused
+        return self._predict(prompt, lens, layers, top_k, position, plot)
+
+    def _predict(self, prompt, lens: Lens, layers, top_k, position, plot) -> list[LayerPrediction]:
+        rows = predict_layers(
+            self.model, self.tokenizer, prompt, lens, layers=layers, top_k=top_k, position=position
+        )
+        if plot:
+            chosen = None if layers is None else block_rows(lens.points, layers)
+            self.plot(self.trajectory(prompt, lens, layers=chosen))
+        return rows
+
+    def compare(
+        self,
+        prompt: str,
+        lens: Lens | str | os.PathLike,
+        *,
+        position: int = -1,
+        top_k: int = 1,
+        layers: Sequence[int] | None = None,
+    ) -> Comparison:
+        """The logit lens beside ``lens`` (an object or a location), per row at ``position``.
+
+        One :func:`tunedlens.readout` reads both lenses (the model runs once); the logit lens
+        reads the points ``lens`` reads.
+        """
+        check_top_k(top_k)
+        ids = encode_prompt(self.tokenizer, prompt, self.model)
+        at = check_position(position, ids.shape[1])
+        lens = lens if isinstance(lens, Lens) else self.load_lens(lens)
+        rows = layer_rows(lens, layers)
+        logit = LogitLens(self.model, points=lens.points)
+        lenses = {"logit": logit, "other": lens}
+        result = readout(self.model, lenses, ids, rows=rows, positions=at, stats=(), top_k=top_k)
+        labels = row_labels(lens, rows)
+        title = f"{lens.kind} lens" + (" 2" if lens.kind == logit.kind else "")
+        columns = {
+            "logit lens": layer_predictions(result["logit"], labels, self.tokenizer),
+            title: layer_predictions(result["other"], labels, self.tokenizer),
+        }
+        return Comparison(at, columns, self.tokenizer)
+
+    # ------------------------------------------------------------------ pictures
+    def trajectory(
+        self, prompt: str, lens: Lens | None = None, *, layers: Sequence[int] | None = None
+    ) -> PredictionTrajectory:
         """The prediction trajectory of ``prompt`` through ``lens`` (default: the logit lens)."""
         lens = lens or LogitLens(self.model)
         ids = encode_prompt(self.tokenizer, prompt, self.model)
@@ -137,80 +230,118 @@ class Lensed:
         )
 
     def plot(self, trajectory: PredictionTrajectory, stats: Sequence[str] = ("entropy",)):
-        """A plotly heatmap figure of ``trajectory``; shown inline in Jupyter."""
+        """A plotly heatmap figure of ``trajectory``, returned; also shown inline in Jupyter."""
         from tunedlens.plot.trajectory_figures import figure
 
         self.last_figure = figure([trajectory.stat(s) for s in stats], title=trajectory.name)
-        try:
-            from IPython import get_ipython
+        if _in_notebook():
+            from IPython.display import display
 
-            if get_ipython() is not None:
-                from IPython.display import display
-
-                display(self.last_figure)
-        except ImportError:
-            pass
+            display(self.last_figure)
         return self.last_figure
 
-    def compare(self, prompt: str, lens: TunedLens | str | os.PathLike, *, position: int = -1,
-                top_k: int = 1, layers: Sequence[int] | None = None) -> Comparison:  # fmt: skip
-        """Logit-lens vs tuned-lens top predictions per layer at ``position``."""
-        logit = self.logit_lens(prompt, layers=layers, top_k=top_k, position=position)
-        tuned = self.tuned_lens(prompt, lens, layers=layers, top_k=top_k, position=position)
-        length = encode_prompt(self.tokenizer, prompt, self.model).shape[1]
-        rows = [
-            {
-                "layer": layer,
-                "logit": [(format_token(self.tokenizer, i, 20), p) for i, p, _ in logit[layer][0]],
-                "tuned": [(format_token(self.tokenizer, i, 20), p) for i, p, _ in tuned[layer][0]],
-            }
-            for layer in logit
-        ]
-        return Comparison(self._position(position, length), rows)
+    # ------------------------------------------------------------------ lenses
+    def load_lens(self, location: str | os.PathLike, *, strict: bool = True, **options) -> Lens:
+        """:func:`tunedlens.load_lens` for this model: a lens of any kind, from any location."""
+        return load_lens(location, self.model, strict=strict, **options)
 
-    # ------------------------------------------------------------------ tuned lenses
-    def load_tuned_lens(self, path: str | os.PathLike, *, strict: bool = True) -> Lens:
-        """Load a lens (any kind and source :func:`tunedlens.load_lens` knows) for this model."""
-        return load_lens(path, self.model, strict=strict)
+    def train_lens(
+        self,
+        data: Sequence[str] | str,
+        *,
+        recipe: str = "paper",
+        save_path: str | os.PathLike | None = None,
+        verbose: bool = True,
+        callback: Callable | None = None,
+        **options,
+    ) -> TunedLens:
+        """Train a tuned lens of this model on ``data`` with :func:`tunedlens.train_lens`.
 
-    def train_tuned_lens(self, dataset: Sequence[str] | str, num_steps: int = 250,
-                         learning_rate: float = 1.0, momentum: float = 0.9, max_seq_len: int = 512,
-                         gradient_clip: float = 1.0, save_path: str | os.PathLike | None = None,
-                         verbose: bool = True, callback: Callable | None = None,
-                         batch_size: int = 8, seed: int = 0) -> TunedLens:  # fmt: skip
-        """Train a tuned lens the way the paper does (Nesterov SGD, linear decay, clipping).
+        Options are :class:`tunedlens.TrainConfig`'s fields (the ``tunedlens train`` options),
+        applied to ``recipe`` by :func:`tunedlens.recipe_config`. Sized for small data, the
+        texts are recycled to fill the budget, and where not given:
+
+        - ``seq_len``: the recipe's (512) or the model's context if shorter, or all the
+          texts' tokens when they are fewer;
+        - ``batch_size``: the recipe's (8), or the number of sequences when they are fewer;
+        - ``tokens_per_step``: one batch, ``batch_size * seq_len``;
+        - ``tokens``: as many optimizer steps as the recipe takes (250 for ``paper``).
 
         Args:
-            dataset: Texts (a list of strings) or a data spec (file, directory, ``stdlib``).
-            num_steps: Optimizer steps; each sees ``batch_size`` sequences (recycled if the
-                texts are fewer).
-            learning_rate: As the reference counts it: the step is ``lr · (1 − momentum)``.
-            momentum: Nesterov momentum.
-            max_seq_len: Tokens per sequence (shorter when the texts are short).
-            gradient_clip: Gradient norm clip.
+            data: Texts (a list of strings) or a data spec (file, directory, ``stdlib``).
+            recipe: ``paper`` (the reference's Nesterov SGD, ``lr`` 0.1 = 1.0 x (1 - momentum),
+                linear decay, clip 1.0), ``default`` (the CLI's) or ``lowrank``.
             save_path: Where to save the lens (native format), if given.
             verbose: Show a progress bar with the loss.
             callback: Called with each step's :class:`~tunedlens.train.loop.StepStats`.
-            batch_size: Sequences per step.
-            seed: Seeds the data order.
+            **options: TrainConfig fields, e.g. ``tokens``, ``lr``, ``seq_len``, ``batch_size``,
+                ``momentum``, ``grad_clip``, ``translator``, ``seed``.
 
         Returns:
             The trained :class:`TunedLens`.
         """
-        from tunedlens.train.config import recipe_config
+        from tunedlens.train.config import TrainConfig, recipe_config
         from tunedlens.train.loop import train_lens
 
-        blocks = self._training_blocks(dataset, max_seq_len, seed)
-        seq_len = blocks.shape[1]
-        batch = min(batch_size, blocks.shape[0])
-        total = num_steps * batch
-        data = blocks.repeat(-(-total // blocks.shape[0]), 1)[:total]
-        config = recipe_config("paper", lr=learning_rate * (1 - momentum), momentum=momentum,
-                               grad_clip=gradient_clip, seq_len=seq_len, batch_size=batch,
-                               tokens_per_step=batch * seq_len, tokens=total * seq_len, seed=seed)  # fmt: skip
+        known = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: not a TrainConfig field; Lensed.train_lens takes "
+                "TrainConfig's option names (tokens, lr, seq_len, batch_size, grad_clip, ...)"
+            )
+        elsewhere = sorted(set(options) & set(_TRAIN_ELSEWHERE))
+        if elsewhere:
+            raise ValueError(
+                f"{', '.join(elsewhere)} need held-out data, checkpoints or a time budget, which "
+                "Lensed.train_lens does not take; use tunedlens.train_lens(lens, model, data, "
+                "config, val_data=..., checkpoint_dir=...) or `tunedlens train`"
+            )
+        base = recipe_config(recipe)
+        sizes = ("seq_len", "batch_size", "tokens_per_step", "tokens")
+        sized = {name: options.pop(name, None) for name in sizes}
+        context = self._context()
+        if sized["seq_len"] is not None and context is not None and sized["seq_len"] > context:
+            raise ValueError(
+                f"seq_len={sized['seq_len']} is longer than the model's context of {context} "
+                f"tokens; pass seq_len={context} or less"
+            )
+        max_seq_len = sized["seq_len"] or min(base.seq_len, context or base.seq_len)
+        seed = options.get("seed", base.seed)
+        blocks = self._training_blocks(data, max_seq_len, seed)
+        n_blocks, seq_len = blocks.shape
+        if sized["seq_len"] is not None and seq_len < sized["seq_len"]:
+            raise ValueError(
+                f"the texts hold {seq_len} tokens, fewer than seq_len={sized['seq_len']}; pass "
+                "more text or a smaller seq_len"
+            )
+        batch = sized["batch_size"] or min(base.batch_size, n_blocks)
+        per_step = sized["tokens_per_step"] or batch * seq_len
+        tokens = sized["tokens"] or base.tokens // base.tokens_per_step * per_step
+        config = recipe_config(
+            recipe,
+            explicit={
+                **options,
+                "seq_len": seq_len,
+                "batch_size": batch,
+                "tokens_per_step": per_step,
+                "tokens": tokens,
+            },
+        )
+        steps = config.tokens // config.tokens_per_step
+        needed = steps * config.tokens_per_step // seq_len
+        train_data = blocks.repeat(-(-needed // n_blocks), 1)[:needed]
+        lens = TunedLens.from_model(
+            self.model,
+            translator=config.translator,
+            rank=config.rank,
+            use_temperature=config.use_temperature,
+            seed=config.seed,
+            points=config.points,
+        )
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_steps, desc="train", unit="step", disable=not verbose)
+        bar = tqdm(total=steps, desc="train", unit="step", disable=not verbose)
 
         def on_step(stats):
             bar.update(stats.step - bar.n)
@@ -218,17 +349,40 @@ class Lensed:
             if callback is not None:
                 callback(stats)
 
-        lens = TunedLens.from_model(self.model)
         with bar:
-            result = train_lens(lens, self.model, data, config, on_step=on_step)
+            result = train_lens(lens, self.model, train_data, config, on_step=on_step)
         if save_path is not None:
             result.lens.save(save_path)
         return result.lens
 
-    def _training_blocks(self, dataset, max_seq_len: int, seed: int) -> torch.Tensor:
+    def _context(self) -> int | None:
+        config = self.model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return getattr(text, "max_position_embeddings", None)
+
+    def _training_blocks(self, data, max_seq_len: int, seed: int) -> torch.Tensor:
         from tunedlens.data import pack_blocks, pack_texts
 
-        if isinstance(dataset, str):
-            return pack_blocks(dataset, self.tokenizer, seq_len=max_seq_len, n_sequences=8,
-                               seed=seed).tokens  # fmt: skip
-        return pack_texts(dataset, self.tokenizer, max_seq_len=max_seq_len).tokens
+        if isinstance(data, str):
+            return pack_blocks(
+                data, self.tokenizer, seq_len=max_seq_len, n_sequences=8, seed=seed
+            ).tokens
+        return pack_texts(data, self.tokenizer, max_seq_len=max_seq_len).tokens
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in Jupyter or IPython, where figures show inline."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None
+
+
+def _require_notebook() -> None:
+    if not _in_notebook():
+        raise ValueError(
+            "plot=True shows the figure inline in Jupyter, and this is not a Jupyter or IPython "
+            "session; make the figure with Lensed.plot(Lensed.trajectory(prompt, lens)), or "
+            "save it with Lensed.trajectory(prompt, lens).plot(path='figure.html')"
+        )

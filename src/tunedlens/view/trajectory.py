@@ -27,6 +27,7 @@ from tunedlens.engine.stats import (
     check_stats,
 )
 from tunedlens.lenses.lens import Lens
+from tunedlens.predict import LayerPrediction, check_position, layer_predictions
 from tunedlens.view.tokens import format_token
 
 RESIDUAL_COMPONENTS = ("resid_pre", "resid_mid", "resid_post")
@@ -242,8 +243,14 @@ class PredictionTrajectory:
             return [str(token) for token in ids]
         return [format_token(self.tokenizer, token) for token in ids]
 
-    def top_tokens(self, k: int = 1) -> list[list[str]] | None:
-        """Top-1 token label per cell; ``*`` where prompts of a batch disagree."""
+    def top_tokens(self) -> list[list[str]] | None:
+        """The figure's cell labels: each row's top-1 token at each position, as shown.
+
+        A grid ``[row][position]`` of display strings (whitespace made visible, long tokens cut),
+        ``*`` where the prompts of a batch disagree; ``None`` without a tokenizer. It labels
+        cells rather than answering "what does layer ℓ predict": :meth:`predictions` does that,
+        in :func:`tunedlens.predict_layers`' shape.
+        """
         if self.tokenizer is None:
             return None
         top = self.lens.top_ids[..., 0]  # (batch, rows, seq)
@@ -253,6 +260,30 @@ class PredictionTrajectory:
              for s in range(top.shape[2])]
             for r in range(top.shape[1])
         ]  # fmt: skip
+
+    def predictions(
+        self, position: int = -1, top_k: int = _HOVER_TOP_K, *, prompt: int = 0
+    ) -> list[LayerPrediction]:
+        """Each row's top-k tokens at one position, as :func:`tunedlens.predict_layers` gives them.
+
+        The same :class:`~tunedlens.predict.LayerPrediction` rows, labelled as
+        :attr:`layers` (``0``, ``"3.mid"``, ``"output"``), with the decoded token, its id and
+        probability.
+
+        Args:
+            position: Among this trajectory's positions (negative counts from the end).
+            top_k: Tokens per row, at most 5 (the trajectory keeps 5 per cell).
+            prompt: Which prompt of the batch.
+        """
+        if self.tokenizer is None:
+            raise ValueError("this trajectory has no tokenizer; build it with tokenizer=...")
+        batch = self.input_ids.shape[0]
+        if isinstance(prompt, bool) or not isinstance(prompt, int) or not 0 <= prompt < batch:
+            raise IndexError(f"prompt must be in 0..{batch - 1}, got {prompt!r}")
+        at = check_position(position, self.input_ids.shape[1])
+        return layer_predictions(
+            self.lens, self.layers, self.tokenizer, batch=prompt, position=at, top_k=top_k
+        )
 
     def _hover(self) -> list[list[str]] | None:
         if self.tokenizer is None:

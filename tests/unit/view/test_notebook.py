@@ -1,10 +1,23 @@
-"""The Lensed facade on a tiny model."""
+"""The Lensed facade on a tiny model: a thin layer over predict_layers, readout, load_lens and
+train_lens."""
+
+import sys
+import types
 
 import pytest
 import torch
 
-from tiny_models import tiny_model
-from tunedlens import Lensed, LogitLens, TunedLens, collect_residuals
+from tiny_models import random_lens, tiny_model
+from tunedlens import (
+    JacobianLens,
+    Lensed,
+    LogitLens,
+    TunedLens,
+    collect_residuals,
+    predict_layers,
+)
+
+PROMPT = "w1 w2 w3 w4"
 
 
 @pytest.fixture
@@ -12,63 +25,187 @@ def lensed(tiny_tokenizer):
     return Lensed(tiny_model("llama"), tiny_tokenizer)
 
 
-def test_logit_lens_returns_top_k_per_layer_and_position(lensed, tiny_tokenizer):
-    result = lensed.logit_lens("w1 w2 w3 w4", top_k=3)
-    assert list(result) == [0, 1, 2]  # layer 2 is the model's own output
-    assert all(len(positions) == 4 for positions in result.values())
-    ids = tiny_tokenizer("w1 w2 w3 w4", return_tensors="pt").input_ids
+@pytest.fixture
+def block_runs(lensed):
+    """How many times the model's first decoder block ran (once per forward pass)."""
+    runs = []
+    handle = lensed.model.model.layers[0].register_forward_hook(lambda *_: runs.append(1))
+    yield runs
+    handle.remove()
+
+
+@pytest.fixture
+def jupyter(monkeypatch):
+    """A stand-in IPython session: ``get_ipython()`` answers, ``display`` records its objects."""
+    shown = []
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: object()
+    display = types.ModuleType("IPython.display")
+    display.display = shown.append
+    ipython.display = display
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", display)
+    return shown
+
+
+@pytest.fixture
+def no_jupyter(monkeypatch):
+    """IPython importable but no session running (a script, a plain python shell)."""
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: None
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+
+
+def test_logit_lens_is_predict_layers(lensed, tiny_tokenizer):
+    ids = tiny_tokenizer(PROMPT, return_tensors="pt").input_ids
     residuals = collect_residuals(lensed.model, ids)
-    for layer in (0, 1, 2):
-        with torch.no_grad():
-            probs = LogitLens(lensed.model)(residuals.hidden[layer][0], layer).softmax(-1)
-        for position, predictions in enumerate(result[layer]):
-            values, indices = probs[position].topk(3)
-            assert [p[0] for p in predictions] == indices.tolist()
-            assert [p[1] for p in predictions] == pytest.approx(values.tolist(), abs=1e-6)
-            assert predictions[0][2] == tiny_tokenizer.decode([predictions[0][0]])
-    last = lensed.logit_lens("w1 w2 w3 w4", position=-1)
-    for key, cells in last.items():  # one position: the same tokens, probabilities to 1e-6
-        assert len(cells) == 1 and [p[0] for p in cells[0]] == [result[key][-1][0][0]]
-        assert cells[0][0][1] == pytest.approx(result[key][-1][0][1], abs=1e-6)
+    for position in range(4):
+        result = lensed.logit_lens(PROMPT, top_k=3, position=position)
+        assert result == predict_layers(
+            lensed.model,
+            tiny_tokenizer,
+            PROMPT,
+            LogitLens(lensed.model),
+            top_k=3,
+            position=position,
+        )
+        assert [row.layer for row in result] == [0, 1, "output"]  # row L is the model's output
+        for row, prediction in enumerate(result):
+            with torch.no_grad():
+                probs = LogitLens(lensed.model)(residuals.hidden[row][0, position], row).softmax(-1)
+            values, indices = probs.topk(3)
+            assert [t.id for t in prediction.top] == indices.tolist()
+            assert [t.prob for t in prediction.top] == pytest.approx(values.tolist(), abs=1e-6)
+            assert prediction.top[0].token == tiny_tokenizer.decode([prediction.top[0].id])
+    assert lensed.logit_lens(PROMPT) == lensed.logit_lens(PROMPT, top_k=1, position=-1)
+    mid = lensed.logit_lens(PROMPT, points="both", layers=[1])
+    assert [row.layer for row in mid] == ["1", "1.mid", "output"]
 
 
-def test_tuned_lens_compare_and_load(lensed, tmp_path):
-    lens = TunedLens.from_model(lensed.model)
-    lens.save(tmp_path / "lens")
-    loaded = lensed.load_tuned_lens(tmp_path / "lens")
+def test_tuned_lens_and_load_lens(lensed, tmp_path):
+    TunedLens.from_model(lensed.model).save(tmp_path / "lens")
+    loaded = lensed.load_lens(tmp_path / "lens")
+    assert isinstance(loaded, TunedLens)
+    assert lensed.load_lens("logit").kind == "logit"
     # An untrained tuned lens reads like the logit lens.
     assert lensed.tuned_lens("w5 w6", loaded, top_k=2) == lensed.logit_lens("w5 w6", top_k=2)
     assert lensed.tuned_lens("w5 w6", tmp_path / "lens") == lensed.logit_lens("w5 w6")
-    table = lensed.compare("w5 w6 w7", loaded)
-    assert [row["layer"] for row in table.rows] == [0, 1, 2]
-    assert all(row["logit"] == row["tuned"] for row in table.rows)
-    assert "logit lens" in str(table) and "<table>" in table._repr_html_()
+    trained = random_lens(lensed.model)
+    assert lensed.tuned_lens(PROMPT, trained, top_k=4, position=1, layers=[1]) == predict_layers(
+        lensed.model, lensed.tokenizer, PROMPT, trained, top_k=4, position=1, layers=[1]
+    )
+    with pytest.raises(ValueError, match="when loading"):
+        lensed.tuned_lens(PROMPT, trained, skip_norm=True)
 
 
-def test_plot_returns_a_figure(lensed):
-    lensed.logit_lens("w1 w2", plot=True)
-    assert lensed.last_figure is not None and len(lensed.last_figure.data) == 1
+def test_compare_reads_both_lenses_in_one_pass(lensed, block_runs):
+    trained = random_lens(lensed.model)
+    table = lensed.compare("w5 w6 w7", trained, top_k=2, position=-2)
+    assert len(block_runs) == 1  # one readout of both lenses: the model ran once
+    assert table.position == 1 and list(table.columns) == ["logit lens", "tuned lens"]
+    assert table.layers == [0, 1, "output"]
+    for lens, column in ((LogitLens(lensed.model), "logit lens"), (trained, "tuned lens")):
+        alone = predict_layers(
+            lensed.model, lensed.tokenizer, "w5 w6 w7", lens, top_k=2, position=1
+        )
+        assert [r.layer for r in alone] == [r.layer for r in table.columns[column]]
+        for mine, theirs in zip(table.columns[column], alone, strict=True):
+            assert [t.id for t in mine.top] == [t.id for t in theirs.top]
+            assert [t.prob for t in mine.top] == pytest.approx(
+                [t.prob for t in theirs.top], abs=1e-6
+            )
+    text = str(table)
+    assert text.splitlines()[0].split() == ["layer", "logit", "lens", "tuned", "lens"]
+    assert text.splitlines()[-1].split()[0] == "output"
+    assert "<th>tuned lens</th>" in table._repr_html_() and "<td>output</td>" in table._repr_html_()
 
 
-def test_train_tuned_lens_lowers_the_loss(lensed, tmp_path):
+def test_compare_labels_a_column_by_its_lens_kind(lensed, tmp_path):
+    logit = LogitLens(lensed.model)
+    d_model = logit.unembed.d_model
+    generator = torch.Generator().manual_seed(3)
+    matrices = {
+        row: torch.eye(d_model) + 0.1 * torch.randn(d_model, d_model, generator=generator)
+        for row in range(2)
+    }
+    table = lensed.compare("w5 w6 w7", JacobianLens(logit.unembed, matrices))
+    assert list(table.columns) == ["logit lens", "jacobian lens"]
+    assert list(lensed.compare("w5 w6", logit).columns) == ["logit lens", "logit lens 2"]
+    TunedLens.from_model(lensed.model).save(tmp_path / "lens")
+    assert "tuned lens" in lensed.compare("w5 w6", tmp_path / "lens").columns
+
+
+def test_plot_in_jupyter_shows_the_figure(lensed, jupyter):
+    rows = lensed.logit_lens("w1 w2", plot=True)
+    assert [row.layer for row in rows] == [0, 1, "output"]
+    assert jupyter == [lensed.last_figure] and len(lensed.last_figure.data) == 1
+
+
+@pytest.mark.parametrize("method", ["logit_lens", "tuned_lens"])
+def test_plot_outside_jupyter_is_refused_before_any_work(lensed, no_jupyter, block_runs, method):
+    args = ("w1 w2",) if method == "logit_lens" else ("w1 w2", random_lens(lensed.model))
+    with pytest.raises(ValueError, match="inline in Jupyter.*Lensed.plot"):
+        getattr(lensed, method)(*args, plot=True)
+    assert block_runs == [] and lensed.last_figure is None
+
+
+def test_plot_returns_the_figure_anywhere(lensed, no_jupyter):
+    figure = lensed.plot(lensed.trajectory("w1 w2 w3"), stats=("entropy", "kl"))
+    assert figure is lensed.last_figure and len(figure.data) == 2
+
+
+def test_train_lens_takes_train_config_names(lensed, tmp_path):
     texts = [" ".join(f"w{(i * 7 + j) % 120}" for j in range(40)) for i in range(12)]
-    losses = []
-    lens = lensed.train_tuned_lens(texts, num_steps=12, max_seq_len=32, verbose=False, learning_rate=0.1,
-                                   callback=lambda s: losses.append(s.loss),
-                                   save_path=tmp_path / "trained")  # fmt: skip
-    assert len(losses) == 12 and losses[-1] < losses[0]
+    steps = []
+    lens = lensed.train_lens(
+        texts,
+        tokens=12 * 8 * 32,
+        seq_len=32,
+        lr=0.01,
+        verbose=False,
+        callback=steps.append,
+        save_path=tmp_path / "trained",
+    )
+    assert [s.step for s in steps] == list(range(1, 13)) and steps[-1].loss < steps[0].loss
+    assert steps[0].lr == pytest.approx(0.01)  # the paper recipe's linear decay starts at lr
+    assert steps[0].tokens == 8 * 32  # one batch of batch_size sequences per step
     assert isinstance(lens, TunedLens) and (tmp_path / "trained").is_dir()
+    assert isinstance(lensed.load_lens(tmp_path / "trained"), TunedLens)
 
 
-def test_bad_input(lensed, tmp_path):
+def test_train_lens_bad_options(lensed, block_runs):
+    texts = ["w1 w2 w3 w4 w5 w6 w7 w8"] * 4
+    with pytest.raises(ValueError, match="num_steps: not a TrainConfig field"):
+        lensed.train_lens(texts, num_steps=1)
+    with pytest.raises(ValueError, match="val_every need held-out data"):
+        lensed.train_lens(texts, val_every=2)
+    with pytest.raises(ValueError, match="recipe='fast' is unknown"):
+        lensed.train_lens(texts, recipe="fast")
+    with pytest.raises(ValueError, match="longer than the model's context of 64"):
+        lensed.train_lens(texts, seq_len=100)
+    with pytest.raises(ValueError, match="fewer than seq_len=60"):
+        lensed.train_lens(texts, seq_len=60)
+    with pytest.raises(ValueError, match="lr=-1.0 is invalid"):
+        lensed.train_lens(texts, seq_len=8, lr=-1.0)
+    assert block_runs == []
+
+
+def test_bad_input(lensed, tmp_path, block_runs):
     with pytest.raises(ValueError, match="empty"):
         lensed.logit_lens("")
     with pytest.raises(IndexError, match="outside"):
         lensed.logit_lens("w1 w2", position=5)
+    with pytest.raises(IndexError, match="outside"):
+        lensed.compare("w1 w2", tmp_path / "missing", position=5)  # before the lens is looked for
+    with pytest.raises(IndexError, match="outside"):
+        lensed.tuned_lens("w1 w2", tmp_path / "missing", position=5)
+    with pytest.raises(ValueError, match="top_k"):
+        lensed.compare("w1 w2", tmp_path / "missing", top_k=0)
     with pytest.raises(ValueError, match="tokenizer"):
         Lensed(lensed.model)
     with pytest.raises(ValueError, match="no text"):
-        lensed.train_tuned_lens(["", ""], num_steps=1)
+        lensed.train_lens(["", ""], tokens=8)
+    assert block_runs == []
     other = TunedLens.from_model(tiny_model("llama", seed=4))
     other.save(tmp_path / "other")
     with pytest.raises(Exception, match="unembedding differs"):

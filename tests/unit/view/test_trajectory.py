@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunedlens import LogitLens, PredictionTrajectory, collect_residuals
+from tunedlens import LogitLens, PredictionTrajectory, collect_residuals, predict_layers
 from tunedlens.view.trajectory import TrajectoryStat
 
 
@@ -87,6 +87,31 @@ def test_views_batches_and_clipping(model, lens, input_ids, tiny_tokenizer):
     clipped = entropy.clip(0.0, 1.0)
     assert clipped.values.max() <= 1.0 and clipped.vmax == 1.0
     assert isinstance(clipped, TrajectoryStat)
+
+
+@pytest.mark.parametrize("points", ["block", "both"])
+def test_predictions_are_predict_layers_rows(model, lens, tiny_tokenizer, points):
+    chosen = lens if points == "block" else LogitLens(model, points="both")
+    prompt = "w5 w17 w3 w99"
+    ids = tiny_tokenizer(prompt, return_tensors="pt").input_ids[0]
+    trajectory = _trajectory(chosen, model, ids, tokenizer=tiny_tokenizer)
+    for position in (0, 2, -1):
+        mine = trajectory.predictions(position, top_k=3)
+        theirs = predict_layers(model, tiny_tokenizer, prompt, chosen, top_k=3, position=position)
+        assert [row.layer for row in mine] == [row.layer for row in theirs] == trajectory.layers
+        for a, b in zip(mine, theirs, strict=True):
+            assert [(t.token, t.id) for t in a.top] == [(t.token, t.id) for t in b.top]
+            assert [t.prob for t in a.top] == pytest.approx([t.prob for t in b.top], abs=1e-6)
+    last_two = trajectory.slice_positions(slice(-2, None))
+    assert last_two.predictions(0) == trajectory.predictions(2)
+    with pytest.raises(ValueError, match="kept 5 tokens"):
+        trajectory.predictions(top_k=6)
+    with pytest.raises(IndexError, match="prompt must be in 0..0"):
+        trajectory.predictions(prompt=1)
+    with pytest.raises(IndexError, match="outside the prompt's 4 tokens"):
+        trajectory.predictions(4)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        _trajectory(chosen, model, ids).predictions()
 
 
 def test_bad_input(model, lens, input_ids):
