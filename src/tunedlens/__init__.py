@@ -39,8 +39,6 @@ _EXPORTS = {
     "PredictionTrajectory": "tunedlens.view.trajectory",
     "invert_unembed": "tunedlens.analyze.inversion",
     "load_prompts": "tunedlens.evaluation.prompts",
-    "read_lens": "tunedlens.lenses.io.files",
-    "write_lens": "tunedlens.lenses.io.files",
     "TunedLensError": "tunedlens.errors",
     "ArchitectureNotFound": "tunedlens.errors",
     "LensFileError": "tunedlens.errors",
@@ -67,7 +65,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from tunedlens.evaluation.core import evaluate
     from tunedlens.evaluation.prompts import load_prompts
     from tunedlens.jacobian.fit import fit_jacobian_lens, merge_jacobian_lenses
-    from tunedlens.lenses.io.files import read_lens, write_lens
     from tunedlens.lenses.io.load import load_lens
     from tunedlens.lenses.jacobian import JacobianLens
     from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
