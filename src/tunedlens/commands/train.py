@@ -169,7 +169,7 @@ def run(
             for logger in loggers:
                 logger.close()
         if world.is_primary:
-            record = provenance(result, plan, model_spec, lens)
+            record = provenance(result, plan, model_spec)
             record["training"]["wall_time_this_process_s"] = time.perf_counter() - started
             if budget is not None:
                 record["training"]["time_budget"] = {

@@ -179,7 +179,7 @@ def readout(
                 targets_at >= 0, final.cross_entropy, torch.nan).float().cpu()  # fmt: skip
         extra_tokens = None if plan.tokens is None else plan.tokens[where[:, 0], where[:, 1]].T.to(device)
         # Few positions (prompts): several rows share one pass over the unembedding, which is
-        # read once per pass; many positions (evaluation): one row at a time, as before.
+        # read once per pass; many positions (evaluation): one row at a time.
         group = max(1, chunk // len(part))
         for name, lens in named.items():
             for first_row in range(0, len(rows), group):

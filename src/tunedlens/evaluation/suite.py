@@ -1,4 +1,4 @@
-"""The prompt suite: per-prompt trajectories, the seed plan's KPIs and its gates A–D.
+"""The prompt suite: per-prompt trajectories, their KPIs and the gates A–D a lens must pass.
 
 KPIs are computed at each prompt's answer position (the last prompt token, whose next token is
 the answer), over every layer row ``0..L``:
@@ -249,7 +249,7 @@ def compare_kpis(baseline: dict, lens: dict, n_layers: int) -> dict:
 
 
 def gates_for(kpis: dict) -> dict:
-    """Gates A–D of the seed plan, each ``{"pass": bool, ...its numbers}``."""
+    """Gates A–D (thresholds: ``GATE_A`` ... ``GATE_D``), each ``{"pass": bool, ...its numbers}``."""
     delta = {int(k): v for k, v in kpis["delta_kl_bits"].items()}
     gate_a = all(delta[p] >= GATE_A[p] for p in PERCENTILES)
     shares = {}

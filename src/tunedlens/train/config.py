@@ -206,8 +206,8 @@ RECIPES: dict[str, dict] = {
         tokens=250 * 2**18,
         tokens_per_step=2**18,
     ),
-    # Seed plan: identity + low rank with temperature, AdamW, cosine with 10 % warm-up,
-    # L2 smallness and depth smoothness 1e-4, last layer frozen to identity.
+    # Identity + low rank with temperature, AdamW, cosine with 10 % warm-up, L2 smallness and
+    # depth smoothness 1e-4, last layer frozen to identity: a small, regularised translator.
     "lowrank": dict(
         translator="lowrank",
         use_temperature=True,
@@ -239,9 +239,8 @@ RECIPES["default"] = dict(
     positions_per_sequence=16,
     tokens=2**21,
     tokens_per_step=2**14,
-    # A quarter of the budget for the least-squares start (was 1/16, at most 2^17 tokens): at
-    # 8 minutes of this CPU it lowered held-out KL from 3.50 to 2.98 bits
-    # (benchmarks/results/candidates.md).
+    # A quarter of the budget for the least-squares start: against a sixteenth, it lowered
+    # held-out KL at an 8-minute budget from 3.50 to 2.98 bits (benchmarks/results/candidates.md).
     lstsq_tokens=2**18,
     lstsq_budget_share=1 / 4,
 )

@@ -357,7 +357,7 @@ class _Trainer:
             "data_hash": data_hash,
             "step": self.step,
             "translator": self.lens.translator.state_dict(),
-            # One optimizer (every recipe but Muon's) keeps the checkpoint layout of earlier versions.
+            # One optimizer (every recipe but Muon's) is stored as itself, not as a list of one.
             "optimizer": _one_or_list([o.state_dict() for o in self.optimizers]),
             "scheduler": _one_or_list([s.state_dict() for s in self.schedulers]),
             "generator": self.generator.get_state(),

@@ -61,7 +61,7 @@ def plan_data(
 
 
 
-def provenance(result: TrainResult, plan: DataPlan, model_spec: str, lens: TunedLens) -> dict:
+def provenance(result: TrainResult, plan: DataPlan, model_spec: str) -> dict:
     """The training record that goes into ``provenance.json``."""
     val_kl = result.val_kl
     return {
