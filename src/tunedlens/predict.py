@@ -10,6 +10,7 @@ from torch import nn
 from tunedlens.arch.points import block_rows
 from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
+from tunedlens.errors import InputError, OutOfRange
 from tunedlens.lenses.lens import Lens, LogitLens
 
 
@@ -53,14 +54,14 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
             start, stop, step = (int(g) if g else None for g in match.groups())
             layers.extend(range(n_layers)[slice(start, stop, step)])
         else:
-            raise ValueError(
+            raise InputError(
                 f"cannot parse layer selection {part!r}; use e.g. 'all', '0,5,10', '4-8' or '0:30:5'"
             )
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise ValueError(f"layers {bad} are out of range: this model has layers 0..{n_layers - 1}")
+        raise InputError(f"layers {bad} are out of range: this model has layers 0..{n_layers - 1}")
     if not layers:
-        raise ValueError(
+        raise InputError(
             f"the layer selection {spec!r} selects no layer; this model has layers 0..{n_layers - 1}"
         )
     return sorted(set(layers))
@@ -69,7 +70,7 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
 def check_top_k(top_k: int, what: str = "top_k") -> int:
     """``top_k`` itself if it is a whole number >= 1 (``what`` names it in the error)."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"{what} must be at least 1, got {top_k!r}")
+        raise InputError(f"{what} must be at least 1, got {top_k!r}")
     return top_k
 
 
@@ -100,7 +101,7 @@ def predict_layers(
     input_ids = encode_prompt(tokenizer, prompt, model)
     length = input_ids.shape[1]
     if isinstance(position, bool) or not isinstance(position, int) or not -length <= position < length:
-        raise IndexError(
+        raise OutOfRange(
             f"position {position!r} (--position) is outside the prompt's {length} tokens; use "
             f"0..{length - 1}, or -{length}..-1 counting from the end."
         )

@@ -23,6 +23,7 @@ from tunedlens.cli.options import (
     StrictOption,
     TokenizerOption,
 )
+from tunedlens.errors import InputError
 from tunedlens.serialize import dumps
 from tunedlens.train.config import RECIPES
 
@@ -194,7 +195,7 @@ def train(
 
     chosen = given(settings, explicit_options(ctx))
     if chosen.get("time_budget_s") is not None and "tokens" in chosen:
-        raise ValueError("--time-budget sizes the token budget itself; pass --tokens or --time-budget, not both")
+        raise InputError("--time-budget sizes the token budget itself; pass --tokens or --time-budget, not both")
     config = recipe_config(recipe, explicit=chosen)
     world = init_world()
     with (
@@ -334,11 +335,11 @@ def parse_duration(text: str) -> float:
     try:
         seconds = float(number) * units[unit.lower()]
     except ValueError:
-        raise ValueError(f"must look like 20m, 90s or 1.5h, got {text!r}") from None
+        raise InputError(f"must look like 20m, 90s or 1.5h, got {text!r}") from None
     if not seconds > 0:
-        raise ValueError(f"must be positive, got {text!r}")
+        raise InputError(f"must be positive, got {text!r}")
     if seconds > MAX_TIME_BUDGET_S:
-        raise ValueError(
+        raise InputError(
             f"{text} is longer than 30 days; for a run that long pass --tokens "
             "(with --checkpoint-every to make it resumable)."
         )

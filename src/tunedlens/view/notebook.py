@@ -16,6 +16,7 @@ import torch
 from tunedlens.arch.points import block_rows
 from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
+from tunedlens.errors import InputError, OutOfRange
 from tunedlens.lenses.io.load import load_lens
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
 from tunedlens.view.tokens import format_token
@@ -72,7 +73,7 @@ class Lensed:
 
             model, tokenizer = load_model(str(model), dtype=dtype)
         elif tokenizer is None:
-            raise ValueError("pass the model's tokenizer too: Lensed(model, tokenizer)")
+            raise InputError("pass the model's tokenizer too: Lensed(model, tokenizer)")
         self.model, self.tokenizer = model, tokenizer
         self.last_figure = None
 
@@ -102,7 +103,7 @@ class Lensed:
 
     def _read(self, lens: Lens, prompt, layers, top_k, position, plot):
         if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+            raise InputError(f"top_k must be >= 1, got {top_k}")
         ids = encode_prompt(self.tokenizer, prompt, self.model)
         if position is not None:
             self._position(position, ids.shape[1])
@@ -123,7 +124,7 @@ class Lensed:
     @staticmethod
     def _position(position: int, length: int) -> int:
         if not -length <= position < length:
-            raise IndexError(f"position {position} is outside the prompt's {length} tokens")
+            raise OutOfRange(f"position {position} is outside the prompt's {length} tokens")
         return position % length
 
     def trajectory(self, prompt: str, lens: Lens | None = None, *,
