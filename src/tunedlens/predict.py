@@ -12,6 +12,7 @@ from tunedlens.arch.points import block_rows
 from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
 from tunedlens.engine.result import LensReadout
+from tunedlens.errors import InputError, OutOfRange
 from tunedlens.lenses.lens import Lens, LogitLens
 
 
@@ -55,14 +56,14 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
             start, stop, step = (int(g) if g else None for g in match.groups())
             layers.extend(range(n_layers)[slice(start, stop, step)])
         else:
-            raise ValueError(
+            raise InputError(
                 f"cannot parse layer selection {part!r}; use e.g. 'all', '0,5,10', '4-8' or '0:30:5'"
             )
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise ValueError(f"layers {bad} are out of range: this model has layers 0..{n_layers - 1}")
+        raise InputError(f"layers {bad} are out of range: this model has layers 0..{n_layers - 1}")
     if not layers:
-        raise ValueError(
+        raise InputError(
             f"the layer selection {spec!r} selects no layer; this model has layers 0..{n_layers - 1}"
         )
     return sorted(set(layers))
@@ -71,7 +72,7 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
 def check_top_k(top_k: int, what: str = "top_k") -> int:
     """``top_k`` itself if it is a whole number >= 1 (``what`` names it in the error)."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"{what} must be at least 1, got {top_k!r}")
+        raise InputError(f"{what} must be at least 1, got {top_k!r}")
     return top_k
 
 
@@ -85,7 +86,7 @@ def check_position(position: int, length: int) -> int:
         or not isinstance(position, int)
         or not -length <= position < length
     ):
-        raise IndexError(
+        raise OutOfRange(
             f"position {position!r} (--position) is outside the prompt's {length} tokens; use "
             f"0..{length - 1}, or -{length}..-1 counting from the end."
         )
@@ -126,10 +127,10 @@ def layer_predictions(
         top_k: Keep this many tokens (default all the readout has).
     """
     if result.top_ids is None or result.top_ids.shape[-1] == 0:
-        raise ValueError("the readout holds no top tokens; make it with top_k >= 1")
+        raise InputError("the readout holds no top tokens; make it with top_k >= 1")
     k = result.top_ids.shape[-1] if top_k is None else check_top_k(top_k)
     if k > result.top_ids.shape[-1]:
-        raise ValueError(
+        raise InputError(
             f"top_k={k} but the readout kept {result.top_ids.shape[-1]} tokens per cell"
         )
     ids = result.top_ids[batch, :, position, :k].tolist()

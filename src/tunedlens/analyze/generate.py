@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from tunedlens.arch.residuals import block_input, block_output
+from tunedlens.errors import InputError
 
 
 @torch.no_grad()
@@ -45,11 +46,11 @@ def generate(
     """
     lens.check_row(layer)
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise InputError(f"temperature must be > 0, got {temperature}")
     squeeze = input_ids.dim() == 1
     ids = input_ids.unsqueeze(0) if squeeze else input_ids
     if ids.shape[1] == 0:
-        raise ValueError("the prompt is empty; give at least one token")
+        raise InputError("the prompt is empty; give at least one token")
     arch = lens.unembed.arch
     captured: list[torch.Tensor] = []
     if layer < lens.n_layers:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tunedlens.errors import InputError
 from tunedlens.lenses.unembed import Unembed
 from tunedlens.metrics.divergence import kl_divergence
 
@@ -88,7 +89,7 @@ def invert_unembed(
         An :class:`Inversion` with the pre- and post-norm states and convergence information.
     """
     if target_logits.shape[-1] != unembed.vocab_size:
-        raise ValueError(
+        raise InputError(
             f"target logits have {target_logits.shape[-1]} entries, the vocabulary has "
             f"{unembed.vocab_size}"
         )

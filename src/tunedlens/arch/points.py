@@ -20,20 +20,20 @@ from typing import Literal, get_args
 from torch import nn
 
 from tunedlens.arch.resolve import ResolvedArch, get_path, text_config
-from tunedlens.errors import TunedLensError
+from tunedlens.errors import InputError, OutOfRange
 
 Points = Literal["block", "mid", "both"]
 POINTS: tuple[str, ...] = get_args(Points)
 
 
-class NoMidPoint(TunedLensError, ValueError):
+class NoMidPoint(InputError):
     """The model's blocks have no state between attention and the MLP (or it is not known where)."""
 
 
 def check_points(points: str) -> Points:
     """``points`` itself, or a ValueError listing the choices."""
     if points not in POINTS:
-        raise ValueError(f"points must be one of {', '.join(POINTS)}, got {points!r}")
+        raise InputError(f"points must be one of {', '.join(POINTS)}, got {points!r}")
     return points  # type: ignore[return-value]
 
 
@@ -77,7 +77,7 @@ def parse_point(label: str | int, points: Points, n_blocks: int) -> int:
         return label
     if str(label) in labels:
         return labels.index(str(label))
-    raise IndexError(
+    raise OutOfRange(
         f"{label!r} is not a row of a lens reading {points!r} points of {n_blocks} blocks; its rows "
         f"are {', '.join(labels[:3])}, ..., {labels[-2]}, output"
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunedlens.errors import InputError, InputTypeError
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -109,9 +111,9 @@ def register_arch(model_type: str, spec: ArchSpec, *, overwrite: bool = False) -
         overwrite: Replace an existing entry instead of raising.
     """
     if not isinstance(spec, ArchSpec):
-        raise TypeError(f"spec must be an ArchSpec, got {type(spec).__name__}")
+        raise InputTypeError(f"spec must be an ArchSpec, got {type(spec).__name__}")
     if model_type in ARCHS and not overwrite:
-        raise ValueError(
+        raise InputError(
             f"model_type={model_type!r} is already registered as {ARCHS[model_type]}; "
             "pass overwrite=True to replace it."
         )

@@ -17,7 +17,7 @@ from torch import nn
 
 from tunedlens.arch.points import Points, check_points, mid_modules, n_rows, point_label
 from tunedlens.arch.resolve import ResolvedArch, resolve_arch
-from tunedlens.errors import TunedLensError
+from tunedlens.errors import InputError, InputTypeError
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _select(hidden: torch.Tensor, positions: torch.Tensor | None) -> torch.Tenso
     return hidden.gather(1, index)
 
 
-class NonFiniteActivations(TunedLensError, ValueError):
+class NonFiniteActivations(InputError):
     """The model itself produced NaN or Inf in its residual stream."""
 
 
@@ -79,9 +79,9 @@ def token_ids(values, what: str = "input_ids") -> torch.Tensor:
         try:
             tensor = torch.as_tensor(values)
         except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"{what} must be integer token ids: {error}") from None
+            raise InputTypeError(f"{what} must be integer token ids: {error}") from None
     if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
-        raise TypeError(
+        raise InputTypeError(
             f"{what} must be integer token ids, got {tensor.dtype} values; pass the ids a "
             "tokenizer returns (e.g. tokenizer(text, return_tensors='pt').input_ids)."
         )
@@ -92,19 +92,19 @@ def check_input_ids(model: nn.Module, input_ids: torch.Tensor) -> None:
     """Refuse token ids outside the vocabulary and sequences longer than the model's context."""
     token_ids(input_ids)
     if input_ids.numel() == 0:
-        raise ValueError(f"input_ids are empty ({tuple(input_ids.shape)}); pass at least one token")
+        raise InputError(f"input_ids are empty ({tuple(input_ids.shape)}); pass at least one token")
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     vocab = getattr(embeddings, "num_embeddings", None)
     low, high = int(input_ids.min()), int(input_ids.max())
     if low < 0 or (vocab is not None and high >= vocab):
-        raise ValueError(
+        raise InputError(
             f"input_ids hold token {low if low < 0 else high}, outside the model's vocabulary "
             f"0..{vocab - 1 if vocab else '?'}; were they made by another tokenizer?"
         )
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     context = getattr(config, "max_position_embeddings", None)
     if context is not None and input_ids.shape[-1] > context:
-        raise ValueError(
+        raise InputError(
             f"the sequences are {input_ids.shape[-1]} tokens long, longer than the model's context "
             f"of {context}; shorten them."
         )

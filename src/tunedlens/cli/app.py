@@ -485,8 +485,22 @@ def hub_download(
 app.command("train")(with_parameters(train, train_settings()))
 
 
+REPORT_BUG = (
+    "tunedlens stopped on an internal error, a bug rather than a mistake in the command: please "
+    "report this as a bug, with the command line and the traceback above, on the project's issue "
+    "tracker."
+)
+
+
 def main() -> None:
-    """Entry point: run the app, turning expected errors into one clear line and exit code 2."""
+    """Entry point: run the app; a user error is one ``error:`` line and exit code 2.
+
+    Errors tunedlens raises on purpose (:class:`~tunedlens.errors.TunedLensError`) print their
+    message alone (with the traceback before it when ``TUNEDLENS_DEBUG=1``); click reports usage
+    errors itself. Anything else is a bug: its traceback and a request to report it, exit code 1.
+    """
+    import traceback
+
     from transformers.utils import logging as hf_logging
 
     from tunedlens.errors import TunedLensError
@@ -497,6 +511,12 @@ def main() -> None:
 
     try:
         app()
-    except (TunedLensError, ValueError, IndexError) as error:
+    except TunedLensError as error:
+        if os.environ.get("TUNEDLENS_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
+    except Exception:
+        traceback.print_exc()
+        typer.echo(REPORT_BUG, err=True)
+        sys.exit(1)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 
 import typer
 
-from tunedlens.errors import TunedLensError
+from tunedlens.errors import InputError, TunedLensError
 
 NONE = "none"
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -85,17 +85,17 @@ class FieldType:
             return self.parse(text)
         if self.choices:
             if text not in self.choices:
-                raise ValueError(f"{text!r} is not one of {', '.join(self.choices)}")
+                raise InputError(f"{text!r} is not one of {', '.join(self.choices)}")
             return text
         if self.kind is bool:
             if text.lower() not in BOOLEANS:
-                raise ValueError(f"expected true or false, got {text!r}")
+                raise InputError(f"expected true or false, got {text!r}")
             return BOOLEANS[text.lower()]
         if get_origin(self.kind) is tuple:
             parts = [part.strip() for part in text.split(",")]
             kinds = get_args(self.kind)
             if len(parts) != len(kinds):
-                raise ValueError(f"expected {len(kinds)} comma-separated values, got {text!r}")
+                raise InputError(f"expected {len(kinds)} comma-separated values, got {text!r}")
             return tuple(_scalar(kind, part) for kind, part in zip(kinds, parts, strict=True))
         return _scalar(self.kind, text)
 
@@ -105,12 +105,12 @@ def _scalar(kind, text: str):
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"expected an integer, got {text!r}") from None
+            raise InputError(f"expected an integer, got {text!r}") from None
     if kind is float:
         try:
             return float(text)  # nan and inf pass: the config says which fields refuse them
         except ValueError:
-            raise ValueError(f"expected a number, got {text!r}") from None
+            raise InputError(f"expected a number, got {text!r}") from None
     return text
 
 
@@ -196,11 +196,11 @@ def parse_duration(text: str) -> float:
     try:
         seconds = float(number) * units[unit.lower()]
     except ValueError:
-        raise ValueError(f"must look like 20m, 90s or 1.5h, got {text!r}") from None
+        raise InputError(f"must look like 20m, 90s or 1.5h, got {text!r}") from None
     if not seconds > 0:
-        raise ValueError(f"must be positive, got {text!r}")
+        raise InputError(f"must be positive, got {text!r}")
     if seconds > MAX_TIME_BUDGET_S:
-        raise ValueError(
+        raise InputError(
             f"{text} is longer than 30 days; for a run that long pass --tokens "
             "(with --checkpoint-every to make it resumable)."
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tunedlens.commands.common import open_model_and_lenses
 from tunedlens.data import TextSource, pack_blocks
+from tunedlens.errors import InputError
 from tunedlens.evaluation.core import BASELINE, EvalReport, evaluate
 from tunedlens.evaluation.prompts import load_prompts
 from tunedlens.evaluation.report import REPORT_OUTPUT
@@ -54,13 +55,13 @@ def run(
     else ever is); the report is written beside it and renamed into place once complete.
     """
     if tokens < seq_len or seq_len < 2:
-        raise ValueError(
+        raise InputError(
             f"--tokens ({tokens}) must hold at least one sequence of --seq-len ({seq_len}) tokens"
         )
     inputs = local_inputs(model_spec, *lenses, data, prompts, tokenizer)
     out = check_out_dir(out, REPORT_OUTPUT, force=force, sources=inputs)
     if seq_len < 2 or batch_size < 1 or bootstrap < 0:
-        raise ValueError(
+        raise InputError(
             f"need --seq-len >= 2, --batch-size >= 1 and --bootstrap >= 0, got {seq_len}, "
             f"{batch_size}, {bootstrap}"
         )

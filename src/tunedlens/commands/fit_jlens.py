@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunedlens.commands.common import check_resume
+from tunedlens.errors import InputError
 from tunedlens.jacobian.fit import fit_jacobian_lens, prompt_slice
 from tunedlens.jacobian.state import STATE_NAME, FitState
 from tunedlens.lenses.io.jlens_files import JLENS_OUTPUT
@@ -58,9 +59,9 @@ def run(
     _check_fit_options(prompts, seq_len, skip_first, dim_batch)
     check_device(device)
     if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1] and part[1] <= prompts):
-        raise ValueError(f"--part I/N needs 0 <= I < N <= --prompts, got {part[0]}/{part[1]}")
+        raise InputError(f"--part I/N needs 0 <= I < N <= --prompts, got {part[0]}/{part[1]}")
     if checkpoint_every is not None and checkpoint_every < 1:
-        raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
+        raise InputError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
     inputs = local_inputs(model_spec, data, tokenizer)
     kept = check_resume(out, FIT_OUTPUT, checkpoints=f"{STATE_NAME}*.safetensors", resume=resume,
                         force=force, checkpoint_every=checkpoint_every, sources=inputs, what="fit",
@@ -121,18 +122,18 @@ def run(
 def _check_fit_options(prompts: int, seq_len: int, skip_first: int, dim_batch: int) -> None:
     """fit-jlens's numbers, each refused with the option that holds it."""
     if prompts < 1:
-        raise ValueError(f"--prompts must be at least 1, got {prompts}")
+        raise InputError(f"--prompts must be at least 1, got {prompts}")
     if skip_first < 0:
-        raise ValueError(
+        raise InputError(
             f"--skip-first (positions left out at the start) must be >= 0, got {skip_first}"
         )
     if seq_len <= skip_first + 1:
-        raise ValueError(
+        raise InputError(
             f"--seq-len {seq_len} leaves no position to average over: it must exceed --skip-first "
             f"+ 1 = {skip_first + 1} (the first --skip-first positions and the last are left out)"
         )
     if dim_batch < 1:
-        raise ValueError(
+        raise InputError(
             f"--dim-batch (output dimensions per backward pass) must be at least 1, got {dim_batch}"
         )
 
@@ -143,5 +144,5 @@ def parse_part(text: str | None) -> tuple[int, int] | None:
         return None
     index, slash, count = text.partition("/")
     if not (slash and index.strip().isdigit() and count.strip().isdigit()):
-        raise ValueError(f"--part must look like I/N (e.g. 0/4), got {text!r}")
+        raise InputError(f"--part must look like I/N (e.g. 0/4), got {text!r}")
     return int(index), int(count)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from tunedlens.errors import InputError
 from tunedlens.hub.collection import package_lenses
 
 
@@ -15,7 +16,7 @@ def parse_evals(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         name, sep, folder = item.partition("=")
         if not (sep and name and folder):
-            raise ValueError(f"--eval must be NAME=DIR, got {item!r}")
+            raise InputError(f"--eval must be NAME=DIR, got {item!r}")
         evals[name] = folder
     return evals
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunedlens.commands.common import resolve_locations
 from tunedlens.jacobian.fit import merge_jacobian_lenses
-from tunedlens.jacobian.merge import part_for_model, read_parts
+from tunedlens.jacobian.merge import MergeError, part_for_model, read_parts
 from tunedlens.lenses.io.jlens_files import JLENS_OUTPUT
 from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.outputs import staged_output
@@ -23,7 +23,7 @@ def run(model_spec: str, parts: Sequence[str], out, *, force: bool = False,
     from tunedlens.outputs import check_out_dir, local_inputs
 
     if len(parts) < 2:
-        raise ValueError(f"merging needs at least two J-lenses, got {len(parts)}")
+        raise MergeError(f"merging needs at least two J-lenses, got {len(parts)}")
     resolved = resolve_locations(parts)
     check_device(device)
     inputs = local_inputs(model_spec, *parts)

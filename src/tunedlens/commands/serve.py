@@ -6,6 +6,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 from tunedlens.commands.common import open_model_and_lenses, resolve_locations
+from tunedlens.errors import InputError
 from tunedlens.serve.run import (
     bind_port,
     check_host,
@@ -27,7 +28,7 @@ def build_session(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[s
     then called, before the model loads.
     """
     if max_tokens < 1:
-        raise ValueError(f"--max-tokens must be a positive integer, got {max_tokens}")
+        raise InputError(f"--max-tokens must be a positive integer, got {max_tokens}")
     resolved = resolve_locations(lenses)  # before the model loads
     reports = read_reports(evals)
     if on_checked is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tunedlens.commands.common import open_model_and_lenses
 from tunedlens.engine.stats import ALL_VIEW_STATS, VIEW_STATS, check_stats
+from tunedlens.errors import InputError
 from tunedlens.outputs import check_out_file
 from tunedlens.plot.trajectory_figures import save
 from tunedlens.view.notebook import Lensed
@@ -42,9 +43,9 @@ def run(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: str =
     out = check_out_file(out, FIGURE_SUFFIXES)
     names = ALL_VIEW_STATS if stat == "all" else check_stats(stat, VIEW_STATS, "--stat")
     if isinstance(stride, bool) or stride < 1:
-        raise ValueError(f"--stride must be an integer >= 1, got {stride!r}")
+        raise InputError(f"--stride must be an integer >= 1, got {stride!r}")
     if last is not None and last < 1:
-        raise ValueError(f"--last must be an integer >= 1, got {last!r}")
+        raise InputError(f"--last must be an integer >= 1, got {last!r}")
     opened = open_model_and_lenses(model_spec, lenses, dtype=dtype, device=device,
                                    tokenizer=tokenizer, strict=strict, points=points)
     viewer = Lensed(opened.model, opened.tokenizer)

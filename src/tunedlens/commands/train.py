@@ -11,7 +11,7 @@ from pathlib import Path
 from tunedlens.commands.common import check_resume
 from tunedlens.data import DataError, TextSource, default_data_spec
 from tunedlens.distributed import World, init_world
-from tunedlens.errors import TunedLensError
+from tunedlens.errors import InputError, TunedLensError
 from tunedlens.lenses.io.files import LENS_FILES, WEIGHT_FILES
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
@@ -40,7 +40,7 @@ target writes a folder named after it); what ``--force`` may replace."""
 def config_from_options(recipe: str, given: dict) -> TrainConfig:
     """The run's settings: ``recipe`` with the options the user gave (``None`` kept as given)."""
     if given.get("time_budget_s") is not None and "tokens" in given:
-        raise ValueError(
+        raise InputError(
             "--time-budget sizes the token budget itself; pass --tokens or --time-budget, not both"
         )
     return recipe_config(recipe, explicit=given)

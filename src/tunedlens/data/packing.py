@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from tunedlens.data.sources import DataError, TextSource
+from tunedlens.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def pack_blocks(
     """
     source = TextSource(source) if isinstance(source, str) else source
     if seq_len < 2 or n_sequences < 1:
-        raise ValueError(f"need seq_len >= 2 and n_sequences >= 1, got {seq_len}, {n_sequences}")
+        raise InputError(f"need seq_len >= 2 and n_sequences >= 1, got {seq_len}, {n_sequences}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError(

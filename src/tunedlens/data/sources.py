@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunedlens.errors import TunedLensError, require
+from tunedlens.errors import InputError, require
 
 DEFAULT_HF_DATASET = "hf:HuggingFaceFW/fineweb-edu:CC-MAIN-2025-26@v1.4.0"
 FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
 
 
-class DataError(TunedLensError, ValueError):
+class DataError(InputError):
     """Training or evaluation data is missing, empty, too small or malformed."""
 
 

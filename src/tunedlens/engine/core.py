@@ -25,7 +25,7 @@ from tunedlens.engine.kernel import BlockedHead, Extras, FinalChunk, head_input
 from tunedlens.engine.plan import check_rows, make_plan
 from tunedlens.engine.result import Grids, LensReadout, Readout, Row, row_label
 from tunedlens.engine.stats import PAIR_STATS, STAT_NAMES, Stat, check_stats
-from tunedlens.errors import LensMismatch
+from tunedlens.errors import InputError, InputTypeError, LensMismatch
 from tunedlens.lenses.lens import Lens, LogitLens
 from tunedlens.lenses.unembed import Unembed
 
@@ -41,7 +41,7 @@ def name_lenses(lenses: Lens | Sequence[Lens] | Mapping[str, Lens] | None) -> di
     if isinstance(lenses, Lens):
         lenses = [lenses]
     if isinstance(lenses, (str, bytes)) or not isinstance(lenses, (Mapping, Sequence)):
-        raise TypeError(
+        raise InputTypeError(
             f"lenses must be a Lens, a list of lenses or a name -> lens mapping, got "
             f"{type(lenses).__name__} (load a lens location with load_lens(location, model))"
         )
@@ -51,7 +51,7 @@ def name_lenses(lenses: Lens | Sequence[Lens] | Mapping[str, Lens] | None) -> di
         named = {}
         for lens in lenses:
             if not isinstance(lens, Lens):
-                raise TypeError(f"{lens!r} is a {type(lens).__name__}, not a tunedlens Lens")
+                raise InputTypeError(f"{lens!r} is a {type(lens).__name__}, not a tunedlens Lens")
             name, index = lens.kind, 0
             while name in named:
                 index += 1
@@ -59,7 +59,7 @@ def name_lenses(lenses: Lens | Sequence[Lens] | Mapping[str, Lens] | None) -> di
             named[name] = lens
     for name, lens in named.items():
         if not isinstance(lens, Lens):
-            raise TypeError(f"lens {name!r} is a {type(lens).__name__}, not a tunedlens Lens")
+            raise InputTypeError(f"lens {name!r} is a {type(lens).__name__}, not a tunedlens Lens")
     return named
 
 
@@ -129,11 +129,11 @@ def readout(
     """
     stats = check_stats(stats)
     if model is None and not lenses:
-        raise ValueError("pass the lenses to read when no model is given")
+        raise InputError("pass the lenses to read when no model is given")
     named = name_lenses(lenses) or {"logit": LogitLens(model)}
     first = next(iter(named.values()))
     if model is None and states is None:
-        raise ValueError("pass the model (or states to read without running it)")
+        raise InputError("pass the model (or states to read without running it)")
     head_module = first.unembed.unembedding if model is None else model.get_output_embeddings()
     for name, lens in named.items():
         if lens.unembed.unembedding is not head_module:
@@ -143,7 +143,7 @@ def readout(
             )
     points = {lens.points for lens in named.values()}
     if len(points) > 1:
-        raise ValueError(
+        raise InputError(
             "the lenses read different points of the blocks ("
             + ", ".join(f"{name}: {lens.points}" for name, lens in named.items())
             + "); read lenses of one kind of point together (a logit lens reads any: "
@@ -152,7 +152,7 @@ def readout(
     n_layers = first.n_layers
     rows = check_rows(rows, n_layers)
     if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
+        raise InputError(f"top_k must be >= 0, got {top_k}")
     plan = make_plan(model, first, input_ids, states, attention_mask, positions, targets, tokens)
     unembed = Unembed.from_arch(first.unembed.arch)
     head = blocked_head(unembed, cosine="cos" in stats)
@@ -241,9 +241,9 @@ def divergences(first: Readout, second: Readout, lens: str | None = None,
     a = first[lens or next(iter(first.lenses))]
     b = second[other_lens or lens or next(iter(second.lenses))]
     if a.inputs is None or b.inputs is None:
-        raise ValueError("divergences need readouts made with keep_inputs=True")
+        raise InputError("divergences need readouts made with keep_inputs=True")
     if a.inputs.shape != b.inputs.shape:
-        raise ValueError(
+        raise InputError(
             f"the readouts differ in shape {tuple(a.inputs.shape[:3])} vs "
             f"{tuple(b.inputs.shape[:3])}: compare prompts of the same token length"
         )

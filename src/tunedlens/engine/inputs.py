@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunedlens.errors import TunedLensError
+from tunedlens.errors import InputError, TunedLensError
 
 
 def encode_prompt(tokenizer, prompt: str, model: nn.Module) -> torch.Tensor:
@@ -16,15 +16,15 @@ def encode_prompt(tokenizer, prompt: str, model: nn.Module) -> torch.Tensor:
             "(CLI: --tokenizer ID_OR_DIR; Python: load_model(spec, tokenizer=...))."
         )
     if not prompt:
-        raise ValueError("the prompt is empty; pass some text to look at.")
+        raise InputError("the prompt is empty; pass some text to look at.")
     input_ids = tokenizer(prompt, return_tensors="pt").input_ids
     if input_ids.shape[1] == 0:
-        raise ValueError(f"the prompt {prompt!r} tokenises to no tokens; pass some text.")
+        raise InputError(f"the prompt {prompt!r} tokenises to no tokens; pass some text.")
     config = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     limit = getattr(text, "max_position_embeddings", None)
     if limit is not None and input_ids.shape[1] > limit:
-        raise ValueError(
+        raise InputError(
             f"the prompt is {input_ids.shape[1]} tokens long, longer than the model's context of "
             f"{limit}; shorten it."
         )

@@ -8,6 +8,7 @@ import torch
 
 from tunedlens.arch.residuals import Residuals, collect_residuals, token_ids
 from tunedlens.engine.result import Row
+from tunedlens.errors import InputError, OutOfRange
 from tunedlens.lenses.lens import Lens
 
 
@@ -20,13 +21,13 @@ def check_rows(rows, n_layers: int) -> list[Row]:
         pair = row if isinstance(row, tuple) else (row,)
         if not pair or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= n_layers
                                for r in pair):  # fmt: skip
-            raise IndexError(
+            raise OutOfRange(
                 f"row {row!r} is outside 0..{n_layers} (0 = embeddings, {n_layers} = the output "
                 "row); pass layer indices of this model"
             )
         checked.append(tuple(pair) if isinstance(row, tuple) else row)
     if not checked:
-        raise IndexError(f"no rows selected; pass at least one row in 0..{n_layers}")
+        raise OutOfRange(f"no rows selected; pass at least one row in 0..{n_layers}")
     return checked
 
 
@@ -63,7 +64,7 @@ def _as_ids(input_ids, attention_mask):
         nested = bool(input_ids) and isinstance(input_ids[0], (list, tuple, torch.Tensor))
         sequences = [list(s) for s in input_ids] if nested else [list(input_ids)]
         if attention_mask is not None:
-            raise ValueError("pass attention_mask only with a (batch, seq) tensor of ids")
+            raise InputError("pass attention_mask only with a (batch, seq) tensor of ids")
         length = max((len(s) for s in sequences), default=0)
         ids = torch.zeros(len(sequences), length, dtype=torch.long)
         attention_mask = torch.zeros(len(sequences), length, dtype=torch.long)
@@ -71,9 +72,9 @@ def _as_ids(input_ids, attention_mask):
             ids[index, : len(sequence)] = token_ids(sequence)
             attention_mask[index, : len(sequence)] = 1
     if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be (batch, seq) and not empty, got {tuple(ids.shape)}")
+        raise InputError(f"input_ids must be (batch, seq) and not empty, got {tuple(ids.shape)}")
     if attention_mask is not None and tuple(attention_mask.shape) != tuple(ids.shape):
-        raise ValueError(
+        raise InputError(
             f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(ids.shape)}"
         )
     return ids, attention_mask
@@ -82,39 +83,39 @@ def _as_ids(input_ids, attention_mask):
 def make_plan(model, lens: Lens, input_ids, states, attention_mask, positions, targets, tokens) -> Plan:
     """The cells to read and their states, running the model unless ``states`` are given."""
     if input_ids is None and states is None:
-        raise ValueError("pass input_ids (token ids) or states (residuals) to read")
+        raise InputError("pass input_ids (token ids) or states (residuals) to read")
     ids = None
     if input_ids is not None:
         ids, attention_mask = _as_ids(input_ids, attention_mask)
         vocab = lens.unembed.vocab_size
         if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise ValueError(f"input_ids must lie in 0..{vocab - 1} (the model's vocabulary)")
+            raise InputError(f"input_ids must lie in 0..{vocab - 1} (the model's vocabulary)")
     if states is not None:
         hidden = list(states.hidden if isinstance(states, Residuals) else states)
         if len(hidden) != lens.n_layers + 1:
-            raise ValueError(
+            raise InputError(
                 f"states must hold {lens.n_layers + 1} tensors (rows 0..{lens.n_layers}, "
                 f"{lens.points} points), got {len(hidden)}"
             )
         if isinstance(states, Residuals) and states.points != lens.points:
-            raise ValueError(f"the states hold {states.points} points, the lens reads {lens.points} points")
+            raise InputError(f"the states hold {states.points} points, the lens reads {lens.points} points")
         hidden = [h if h.dim() == 3 else h.unsqueeze(0) for h in hidden]
         d_model = lens.unembed.d_model
         for row, state in enumerate(hidden):
             if state.dim() != 3 or state.shape[-1] != d_model or state.shape[:2] != hidden[0].shape[:2]:
-                raise ValueError(
+                raise InputError(
                     f"states[{row}] has shape {tuple(state.shape)}; every state must be "
                     f"(batch, seq, {d_model}) (the model's width) with the same batch and seq"
                 )
         batch, seq = hidden[0].shape[:2]
         if ids is not None and tuple(ids.shape) != (batch, seq):
-            raise ValueError(f"input_ids {tuple(ids.shape)} do not match the states' {(batch, seq)}")
+            raise InputError(f"input_ids {tuple(ids.shape)} do not match the states' {(batch, seq)}")
     else:
         batch, seq = ids.shape
     mask = torch.ones(batch, seq, dtype=torch.bool) if attention_mask is None else attention_mask.bool().cpu()
     lengths = mask.sum(1)
     if int(lengths.min()) == 0:
-        raise ValueError("a sequence has no tokens (its attention mask is all zeros)")
+        raise InputError("a sequence has no tokens (its attention mask is all zeros)")
     index = [torch.nonzero(mask[b], as_tuple=True)[0] for b in range(batch)]  # real positions
     grid = _grid_positions(positions, index)
     if targets is None:
@@ -126,7 +127,7 @@ def make_plan(model, lens: Lens, input_ids, states, attention_mask, positions, t
         next_ids = token_ids(targets, "targets")
         next_ids = next_ids.unsqueeze(0) if next_ids.dim() == 1 else next_ids
         if tuple(next_ids.shape) != (batch, seq):
-            raise ValueError(f"targets {tuple(next_ids.shape)} must match input_ids {(batch, seq)}")
+            raise InputError(f"targets {tuple(next_ids.shape)} must match input_ids {(batch, seq)}")
     token_grid = _token_grid(tokens, batch, seq, lens.unembed.vocab_size)
     if states is None:
         # Only the requested positions' states are kept (gathered inside the hooks).
@@ -155,12 +156,12 @@ def _grid_positions(positions, index: list[torch.Tensor]) -> torch.Tensor:
         return grid
     wanted = [positions] if isinstance(positions, int) else list(positions)
     if not wanted:
-        raise IndexError("no positions selected; pass at least one position")
+        raise OutOfRange("no positions selected; pass at least one position")
     grid = torch.empty(len(index), len(wanted), dtype=torch.long)
     for b, where in enumerate(index):
         for column, position in enumerate(wanted):
             if isinstance(position, bool) or not isinstance(position, int) or not -len(where) <= position < len(where):
-                raise IndexError(
+                raise OutOfRange(
                     f"position {position!r} is outside the {len(where)} tokens of sequence {b}; "
                     f"use 0..{len(where) - 1}, or -1 for the last token"
                 )
@@ -177,7 +178,7 @@ def _token_grid(tokens, batch: int, seq: int, vocab: int) -> torch.Tensor | None
     if grid.dim() == 2:
         grid = grid[:, None, :].expand(batch, seq, grid.shape[-1])
     if grid.dim() != 3 or tuple(grid.shape[:2]) != (batch, seq):
-        raise ValueError(f"tokens must be (m,), (batch, m) or (batch, seq, m), got {tuple(torch.as_tensor(tokens).shape)}")
+        raise InputError(f"tokens must be (m,), (batch, m) or (batch, seq, m), got {tuple(torch.as_tensor(tokens).shape)}")
     if grid.numel() and (int(grid.min()) < -1 or int(grid.max()) >= vocab):
-        raise ValueError(f"tokens must lie in 0..{vocab - 1} (-1: none)")
+        raise InputError(f"tokens must lie in 0..{vocab - 1} (-1: none)")
     return grid

@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from tunedlens.errors import InputError
 from tunedlens.metrics.divergence import NATS_TO_BITS
 
 Stat = Literal["entropy", "kl", "ce", "max-prob", "rank", "prob", "model-rank", "cos"]
@@ -73,7 +74,7 @@ def check_stats(names, allowed=STAT_NAMES, what: str = "statistic") -> tuple[str
     names = (names,) if isinstance(names, str) else tuple(names)
     for name in names:
         if name not in allowed:
-            raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(allowed)}")
+            raise InputError(f"unknown {what} {name!r}; choose one of {', '.join(allowed)}")
     return names
 
 

@@ -19,6 +19,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from tunedlens.errors import InputError
+
 Matmul = Literal["auto", "torch", "numpy"]
 # Fewest positions worth a worker thread of their own.
 MIN_WORKER_COLUMNS = 32
@@ -58,14 +60,14 @@ def choose_matmul(requested: Matmul | None = None) -> Literal["torch", "numpy"]:
     """
     requested = requested or os.environ.get("TUNEDLENS_MATMUL", "auto")  # type: ignore[assignment]
     if requested not in ("auto", "torch", "numpy"):
-        raise ValueError(f"matmul must be 'auto', 'torch' or 'numpy', not {requested!r}")
+        raise InputError(f"matmul must be 'auto', 'torch' or 'numpy', not {requested!r}")
     controller = blas_controller()
     has_openblas = controller is not None and any(
         lib.internal_api == "openblas" for lib in controller.lib_controllers
     )
     if requested == "numpy":
         if controller is None or not controller.lib_controllers:
-            raise ValueError(
+            raise InputError(
                 "matmul='numpy' needs threadpoolctl to keep numpy's BLAS single-threaded "
                 "in each worker: pip install threadpoolctl"
             )

@@ -11,6 +11,7 @@ from torch import nn
 
 from tunedlens.arch.residuals import token_ids
 from tunedlens.engine.core import DEFAULT_BUDGET, name_lenses, readout
+from tunedlens.errors import InputError, OutOfRange
 from tunedlens.evaluation.accumulate import LayerAccumulator, to_bits
 from tunedlens.lenses.io.load import align_points
 from tunedlens.lenses.lens import Lens, LogitLens
@@ -49,7 +50,7 @@ def _row_plan(n_layers: int, layers: Sequence[int] | None) -> list[int]:
     rows = list(range(n_layers + 1)) if layers is None else sorted(set(layers))
     bad = [row for row in rows if not 0 <= row <= n_layers]
     if bad or not rows:
-        raise IndexError(f"layers {bad or '(none)'} are outside 0..{n_layers} or select nothing")
+        raise OutOfRange(f"layers {bad or '(none)'} are outside 0..{n_layers} or select nothing")
     return rows
 
 
@@ -98,14 +99,14 @@ def evaluate(
     """
     tokens = token_ids(tokens, "tokens")
     if tokens.dim() != 2 or tokens.shape[1] < 2 or tokens.shape[0] < 1:
-        raise ValueError(
+        raise InputError(
             f"tokens must be (n_sequences >= 1, seq_len >= 2), got {tuple(tokens.shape)}"
         )
     named = name_lenses(lenses)
     if BASELINE in named:
-        raise ValueError(f"the lens name {BASELINE!r} is reserved for the logit-lens baseline")
+        raise InputError(f"the lens name {BASELINE!r} is reserved for the logit-lens baseline")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     all_lenses = align_points({BASELINE: LogitLens(model), **named}, model)  # mid lenses: mid baseline
     baseline = all_lenses[BASELINE]
     n_layers = baseline.n_layers

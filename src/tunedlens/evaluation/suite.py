@@ -25,6 +25,7 @@ import torch
 
 from tunedlens.arch.residuals import collect_residuals
 from tunedlens.engine.core import LensReadout, readout
+from tunedlens.errors import InputError
 from tunedlens.evaluation.prompts import PromptSuite, encode_suite, load_prompts
 from tunedlens.metrics.divergence import NATS_TO_BITS, kl_divergence
 
@@ -110,7 +111,7 @@ def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) 
     a second the output row's full distribution at the answer position (for the temperature).
     """
     if tokenizer is None:
-        raise ValueError("the prompt suite needs the model's tokenizer")
+        raise InputError("the prompt suite needs the model's tokenizer")
     suite = load_prompts(suite) if isinstance(suite, str) else suite
     max_length = getattr(model.config, "max_position_embeddings", None)
     encoded = encode_suite(suite, tokenizer, max_length)

@@ -21,7 +21,9 @@ from torch import nn
 
 from tunedlens.arch.residuals import block_input, block_output, check_input_ids, token_ids
 from tunedlens.distributed import World
+from tunedlens.errors import InputError
 from tunedlens.jacobian.merge import (
+    MergeError,
     MergePart,
     check_mergeable,
     merged_metadata,
@@ -57,12 +59,12 @@ def _prompts(input_ids) -> list[torch.Tensor]:
             return [input_ids]
         if input_ids.dim() == 2:
             return list(input_ids)
-        raise ValueError(
+        raise InputError(
             f"input_ids must be 2-D or a list of 1-D tensors, got {tuple(input_ids.shape)}"
         )
     prompts = [token_ids(ids) for ids in input_ids]
     if any(ids.dim() != 1 for ids in prompts):
-        raise ValueError("input_ids must be a 2-D tensor or a list of 1-D token-id tensors")
+        raise InputError("input_ids must be a 2-D tensor or a list of 1-D token-id tensors")
     return prompts
 
 
@@ -158,27 +160,27 @@ def fit_jacobian_lens(
     n_layers = unembed.arch.n_layers
     rows = list(range(n_layers)) if rows is None else sorted(set(rows))
     if not rows or any(not 0 <= row < n_layers for row in rows):
-        raise ValueError(f"rows must be a non-empty selection of 0..{n_layers - 1}, got {rows}")
+        raise InputError(f"rows must be a non-empty selection of 0..{n_layers - 1}, got {rows}")
     if skip_first < 0:
-        raise ValueError(
+        raise InputError(
             f"skip_first (positions left out at the start) must be >= 0, got {skip_first}"
         )
     if dim_batch < 1:
-        raise ValueError(
+        raise InputError(
             f"dim_batch (output dimensions per backward pass) must be >= 1, got {dim_batch}"
         )
     if checkpoint_every < 1:
-        raise ValueError(
+        raise InputError(
             f"checkpoint_every (prompts between checkpoints) must be >= 1, got {checkpoint_every}"
         )
     if resume and checkpoint is None:
-        raise ValueError("resume=True needs the checkpoint directory of the fit to continue.")
+        raise InputError("resume=True needs the checkpoint directory of the fit to continue.")
     prompts = _prompts(input_ids)
     if not prompts:
-        raise ValueError("no prompts were given; pass at least one prompt (1-D token ids).")
+        raise InputError("no prompts were given; pass at least one prompt (1-D token ids).")
     too_short = sum(ids.shape[0] <= skip_first + 1 for ids in prompts)
     if too_short == len(prompts):
-        raise ValueError(
+        raise InputError(
             f"every prompt is {skip_first + 1} tokens or shorter, so none has a position after the "
             f"first {skip_first} (skip_first) and before the last; pass longer prompts."
         )
@@ -259,10 +261,10 @@ def merge_jacobian_lenses(lenses: Sequence[JacobianLens]) -> JacobianLens:
         MergeError: (a ``ValueError``) parts that must not be merged, and why.
     """
     if not lenses:
-        raise ValueError("nothing to merge: pass at least one J-lens")
+        raise MergeError("nothing to merge: pass at least one J-lens")
     for index, lens in enumerate(lenses):
         if not isinstance(lens, JacobianLens):
-            raise ValueError(f"lens {index} is a {lens.kind} lens; only J-lenses can be merged")
+            raise MergeError(f"lens {index} is a {lens.kind} lens; only J-lenses can be merged")
     parts = [MergePart.of_lens(lens, index) for index, lens in enumerate(lenses)]
     check_mergeable(parts)
     first = lenses[0]

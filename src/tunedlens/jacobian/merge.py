@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tunedlens.errors import LensFileError, LensMismatch
+from tunedlens.errors import InputError, LensFileError, LensMismatch
 from tunedlens.lenses.io.jlens_files import StoredJLens, read_stored_jlens
 from tunedlens.lenses.io.load import LensLocation, resolve_location
 from tunedlens.lenses.jacobian import JacobianLens, bind_jlens
@@ -44,7 +44,7 @@ MERGE_KEYS = ("parts", "n_prompts", "prompt_ranges")
 """Metadata a merge writes about all its parts (not copied down to each)."""
 
 
-class MergeError(ValueError):
+class MergeError(InputError):
     """J-lenses that must not be merged into one (the same prompts twice, other settings)."""
 
 

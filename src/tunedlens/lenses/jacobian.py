@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tunedlens.arch.residuals import token_ids
-from tunedlens.errors import LensMismatch
+from tunedlens.errors import InputError, LensMismatch
 from tunedlens.lenses.io.jlens_files import (
     StoredJLens,
     read_stored_jlens,
@@ -112,7 +112,7 @@ class JacobianLens(Lens):
         elif format == "native":
             write_native(self, path)
         else:
-            raise ValueError(f"format must be 'native' or 'artifact', got {format!r}")
+            raise InputError(f"format must be 'native' or 'artifact', got {format!r}")
         return path
 
 

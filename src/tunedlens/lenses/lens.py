@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tunedlens.arch.points import Points, check_points, mid_modules, n_rows, point_label
-from tunedlens.errors import LensMismatch
+from tunedlens.errors import InputError, InputTypeError, LensMismatch, OutOfRange
 from tunedlens.lenses.io.files import LensFile, LensFormat, write_lens
 from tunedlens.lenses.translators import (
     TRANSLATOR_KINDS,
@@ -74,7 +74,7 @@ class Lens(nn.Module):
         """``row`` when it is one of the lens's rows ``0..n_layers``; an IndexError saying which if not."""
         if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row <= self.n_layers:
             what = "0 = embeddings" if self.points == "block" else f"rows of {self.points} points"
-            raise IndexError(
+            raise OutOfRange(
                 f"layer must be an int in 0..{self.n_layers} ({what}, {self.n_layers} = "
                 f"output of the last block), got {row!r}"
             )
@@ -88,12 +88,12 @@ class Lens(nn.Module):
     def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Decode ``(..., d_model)`` states of ``layer`` into float32 logits ``(..., vocab)``."""
         if not isinstance(hidden, torch.Tensor):
-            raise TypeError(
+            raise InputTypeError(
                 f"hidden states must be a torch.Tensor of shape (..., {self.d_model}), got a "
                 f"{type(hidden).__name__}; convert it with torch.as_tensor(...)."
             )
         if hidden.dim() == 0:
-            raise ValueError(f"hidden states must have shape (..., {self.d_model}), got a scalar")
+            raise InputError(f"hidden states must have shape (..., {self.d_model}), got a scalar")
         self._check_width(hidden)
         return self.scale_logits(self.unembed(self.transform(hidden, layer)), layer)
 
@@ -226,7 +226,7 @@ class TunedLens(Lens):
         n_layers, d_model = n_rows(points, unembed.arch.n_layers), unembed.d_model
         if translator == "affine":
             if use_temperature:
-                raise ValueError("use_temperature needs translator='lowrank'")
+                raise InputError("use_temperature needs translator='lowrank'")
             module = AffineTranslator(n_layers, d_model, use_bias=use_bias)
         elif translator == "lowrank":
             generator = torch.Generator().manual_seed(seed)
@@ -235,14 +235,14 @@ class TunedLens(Lens):
             )
         elif translator in ("diagonal", "mlp"):
             if use_temperature or not use_bias:
-                raise ValueError(f"use_temperature and use_bias=False do not apply to translator={translator!r}")
+                raise InputError(f"use_temperature and use_bias=False do not apply to translator={translator!r}")
             if translator == "diagonal":
                 module = DiagonalTranslator(n_layers, d_model)
             else:
                 generator = torch.Generator().manual_seed(seed)
                 module = MLPTranslator(n_layers, d_model, hidden=rank, generator=generator)
         else:
-            raise ValueError(f"translator must be one of {', '.join(TRANSLATOR_KINDS)}, got {translator!r}")
+            raise InputError(f"translator must be one of {', '.join(TRANSLATOR_KINDS)}, got {translator!r}")
         return cls(unembed, module, model_info(model, unembed, revision), points=points)
 
     def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:

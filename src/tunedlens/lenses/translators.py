@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from tunedlens.errors import InputError
+
 TranslatorKind = Literal["affine", "lowrank", "diagonal", "mlp"]
 TRANSLATOR_KINDS: tuple[str, ...] = ("affine", "lowrank", "diagonal", "mlp")
 
@@ -89,7 +91,7 @@ class LowRankTranslator(nn.Module):
         super().__init__()
         rank = default_rank(d_model) if rank is None else rank
         if not 0 < rank <= d_model:
-            raise ValueError(f"rank must be in 1..{d_model} (d_model), got {rank}")
+            raise InputError(f"rank must be in 1..{d_model} (d_model), got {rank}")
         self.n_layers, self.d_model, self.rank = n_layers, d_model, rank
         u = torch.randn(n_layers, d_model, rank, generator=generator) / math.sqrt(d_model)
         self.U = nn.Parameter(u)
@@ -121,7 +123,7 @@ class LowRankTranslator(nn.Module):
             ValueError: if the translator has temperatures, which affine lenses cannot express.
         """
         if self.use_temperature:
-            raise ValueError(
+            raise InputError(
                 "this low-rank lens learned per-layer temperatures, which the affine/tuned-lens "
                 "format cannot represent; converting would change its predictions. Keep it in "
                 "the native format."
@@ -196,7 +198,7 @@ class MLPTranslator(nn.Module):
         super().__init__()
         hidden = default_rank(d_model) if hidden is None else hidden
         if hidden < 1:
-            raise ValueError(f"the MLP's hidden width must be at least 1, got {hidden}")
+            raise InputError(f"the MLP's hidden width must be at least 1, got {hidden}")
         self.n_layers, self.d_model, self.hidden = n_layers, d_model, hidden
         w_in = torch.randn(n_layers, hidden, d_model, generator=generator) / math.sqrt(d_model)
         self.w_in = nn.Parameter(w_in)

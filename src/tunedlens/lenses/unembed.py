@@ -14,7 +14,7 @@ from torch import nn
 
 from tunedlens.arch.residuals import collect_residuals
 from tunedlens.arch.resolve import ResolvedArch, describe_structure, get_path, resolve_arch
-from tunedlens.errors import ArchitectureNotFound
+from tunedlens.errors import ArchitectureNotFound, InputTypeError
 
 # Rows of a low-precision unembedding cast to float32 at a time: bounds the transient copy
 # (16k x 4096 floats = 256 MiB at most) instead of materialising the whole matrix in float32.
@@ -78,7 +78,7 @@ class Unembed:
         skip_norm: bool = False,
     ):
         if not isinstance(model, nn.Module):
-            raise TypeError(
+            raise InputTypeError(
                 f"model must be the Hugging Face model the lens decodes for, got {type(model).__name__}"
             )
         arch = arch or resolve_arch(model)

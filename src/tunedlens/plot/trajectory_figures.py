@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tunedlens.engine.stats import TrajectoryStat
-from tunedlens.errors import require
+from tunedlens.errors import InputError, require
 
 COLOURS = {"bits": "Viridis", "probability": "Blues", "rank": "Viridis_r", "nats": "RdBu", "cosine": "RdBu"}
 
@@ -123,5 +123,5 @@ def save(stats: Sequence[TrajectoryStat], path: str | os.PathLike, titles=None, 
         fig.savefig(path)
         require("matplotlib.pyplot", "plot", pip_name="matplotlib").close(fig)
     else:
-        raise ValueError(f"--out must end in .html or .png, got {path.name!r}")
+        raise InputError(f"--out must end in .html or .png, got {path.name!r}")
     return path

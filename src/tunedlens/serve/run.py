@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from tunedlens.errors import TunedLensError, require
+from tunedlens.errors import InputError, TunedLensError, require
 from tunedlens.serve.session import ServeSession
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -33,7 +33,7 @@ def check_host(host: str, allow_remote: bool) -> None:
 def check_port(port: int) -> None:
     """A TCP port a server can listen on: 1..65535 (0 would pick a port nobody is told about)."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"--port must be a whole number from 1 to 65535, got {port!r}")
+        raise InputError(f"--port must be a whole number from 1 to 65535, got {port!r}")
 
 
 def bind_port(host: str, port: int) -> socket.socket:

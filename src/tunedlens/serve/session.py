@@ -20,7 +20,7 @@ from tunedlens.arch.residuals import collect_residuals
 from tunedlens.engine.core import divergences, readout
 from tunedlens.engine.inputs import encode_prompt
 from tunedlens.engine.stats import PAIR_STATS, STATS, VIEW_STATS, check_stats
-from tunedlens.errors import TunedLensError
+from tunedlens.errors import InputError, TunedLensError
 from tunedlens.lenses.lens import Lens
 from tunedlens.serialize import json_safe
 from tunedlens.view.tokens import format_token
@@ -34,7 +34,7 @@ class Busy(TunedLensError):
     """Too many requests are waiting for the model."""
 
 
-class BadRequest(TunedLensError, ValueError):
+class BadRequest(InputError):
     """A request the explorer cannot answer, with the reason."""
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
+from tunedlens.errors import InputError
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -100,7 +102,7 @@ class TrainConfig:
 
     def __post_init__(self):
         def fail(name, accepted):
-            raise ValueError(f"{name}={getattr(self, name)!r} is invalid; expected {accepted}.")
+            raise InputError(f"{name}={getattr(self, name)!r} is invalid; expected {accepted}.")
 
         if self.translator not in ("affine", "lowrank", "diagonal", "mlp"):
             fail("translator", "'affine', 'lowrank', 'diagonal' or 'mlp'")
@@ -256,11 +258,11 @@ def recipe_config(name: str, *, explicit: dict | None = None, **overrides) -> Tr
         **overrides: Field values to set; ``None`` here means "the recipe's value".
     """
     if name not in RECIPES:
-        raise ValueError(f"recipe={name!r} is unknown; choose one of {sorted(RECIPES)}.")
+        raise InputError(f"recipe={name!r} is unknown; choose one of {sorted(RECIPES)}.")
     given = {k: v for k, v in overrides.items() if v is not None} | dict(explicit or {})
     unknown = sorted(set(given) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
-        raise ValueError(f"{', '.join(unknown)}: not a TrainConfig field")
+        raise InputError(f"{', '.join(unknown)}: not a TrainConfig field")
     settings = {**RECIPES[name], **given}
     if settings.get("translator", "affine") != "affine" and "lstsq_init" not in given:
         settings["lstsq_init"] = False  # the least-squares start fits affine translators only

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from tunedlens.distributed import World
+from tunedlens.errors import InputError
 
 
 def shard_blocks(model: torch.nn.Module, world: World, device: torch.device | str = "cpu") -> None:
@@ -31,7 +32,7 @@ def shard_blocks(model: torch.nn.Module, world: World, device: torch.device | st
     from tunedlens.arch.resolve import resolve_arch
 
     if world.size < 2:
-        raise ValueError("FSDP needs several processes: launch with torchrun --nproc-per-node N")
+        raise InputError("FSDP needs several processes: launch with torchrun --nproc-per-node N")
     device = torch.device(device)
     mesh = init_device_mesh(device.type, (world.size,))
     layers = resolve_arch(model).layers

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from tunedlens.errors import require
+from tunedlens.errors import InputError, require
 from tunedlens.metrics.divergence import NATS_TO_BITS
 
 LOG_TARGETS = ("tensorboard", "wandb")
@@ -104,7 +104,7 @@ def check_log_targets(targets: Sequence[str]) -> None:
     """Refuse unknown targets and missing packages before any heavy work."""
     unknown = [target for target in targets if target not in LOG_TARGETS]
     if unknown:
-        raise ValueError(f"--log-to {unknown[0]!r} is unknown; choose {' or '.join(LOG_TARGETS)}")
+        raise InputError(f"--log-to {unknown[0]!r} is unknown; choose {' or '.join(LOG_TARGETS)}")
     for target in targets:
         require(target, target)
 

@@ -16,9 +16,10 @@ from torch import nn
 
 from tunedlens.arch.residuals import collect_residuals, token_ids
 from tunedlens.data.packing import TokenBlocks
+from tunedlens.data.sources import DataError
 from tunedlens.distributed import World
 from tunedlens.engine.core import layer_kl
-from tunedlens.errors import LensMismatch, TunedLensError
+from tunedlens.errors import InputError, LensMismatch, TunedLensError
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import KLTarget, kl_to_target
 from tunedlens.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
@@ -90,14 +91,14 @@ def resolve(config: TrainConfig, lens: TunedLens, world: World) -> Resolved:
     """Derive steps, accumulation and trained layers; check the settings fit together."""
     per_pass = config.batch_size * config.seq_len * world.size
     if config.tokens_per_step % per_pass:
-        raise ValueError(
+        raise InputError(
             f"tokens_per_step={config.tokens_per_step} is not a multiple of batch_size x seq_len x "
             f"processes = {per_pass}; adjust --batch-size or --tokens-per-step."
         )
     steps = config.tokens // config.tokens_per_step
     layers = list(range(lens.n_layers - 1 if config.freeze_last else lens.n_layers))
     if config.layers_per_step is not None and config.layers_per_step > len(layers):
-        raise ValueError(
+        raise InputError(
             f"layers_per_step={config.layers_per_step} exceeds the {len(layers)} trained layers"
         )
     return Resolved(
@@ -190,7 +191,7 @@ class _Trainer:
                 return None
             return torch.arange(start, stop).expand(n_sequences, -1)
         if count > stop - start:
-            raise ValueError(
+            raise InputError(
                 f"positions_per_sequence={count} exceeds the {stop - start} positions sampled from"
             )
         scores = torch.rand(n_sequences, stop - start, generator=self.generator)
@@ -439,17 +440,17 @@ def train_lens(
             "TunedLens.from_model(model) for the model you train on."
         )
     if lens.translator.kind != config.translator:
-        raise ValueError(
+        raise InputError(
             f"the lens has a {lens.translator.kind} translator, config.translator={config.translator!r}"
         )
     if data.seq_len != config.seq_len:
-        raise ValueError(
+        raise DataError(
             f"data has sequences of {data.seq_len} tokens, config.seq_len={config.seq_len}"
         )
     resolved = resolve(config, lens, world)
     needed = resolved.steps * config.tokens_per_step // config.seq_len
     if data.n_sequences < needed:
-        raise ValueError(f"data holds {data.n_sequences} sequences; the budget needs {needed}")
+        raise DataError(f"data holds {data.n_sequences} sequences; the budget needs {needed}")
     model.requires_grad_(False)
     trainer = _Trainer(lens, model, data, config, resolved, world)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None

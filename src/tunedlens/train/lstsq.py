@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from tunedlens.arch.residuals import collect_residuals
+from tunedlens.errors import InputError
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.lenses.translators import AffineTranslator
 
@@ -72,7 +73,7 @@ def lstsq_init(
         Number of tokens the fit used (over all processes).
     """
     if not isinstance(lens.translator, AffineTranslator):
-        raise ValueError("least-squares initialisation needs an affine translator")
+        raise InputError("least-squares initialisation needs an affine translator")
     moments = MomentAccumulator(lens.n_layers, lens.d_model)
     for start in range(0, tokens.shape[0], batch_size):
         ids = tokens[start : start + batch_size].to(lens.unembed.device)

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from tunedlens.errors import InputError
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """The quintic Newton–Schulz coefficients of ``torch.optim.Muon`` (and of Keller Jordan's Muon)."""
 
@@ -51,14 +53,14 @@ class StackedMuon(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.95, weight_decay: float = 0.0,
                  nesterov: bool = True, ns_steps: int = 5):  # fmt: skip
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0 or ns_steps < 1:
-            raise ValueError(f"bad Muon settings: lr={lr}, momentum={momentum}, weight_decay={weight_decay}, "
+            raise InputError(f"bad Muon settings: lr={lr}, momentum={momentum}, weight_decay={weight_decay}, "
                              f"ns_steps={ns_steps}")  # fmt: skip
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, ns_steps=ns_steps)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for parameter in group["params"]:
                 if parameter.dim() not in (2, 3):
-                    raise ValueError(f"StackedMuon takes (L, m, n) or (m, n) parameters, got {tuple(parameter.shape)}")
+                    raise InputError(f"StackedMuon takes (L, m, n) or (m, n) parameters, got {tuple(parameter.shape)}")
 
     @torch.no_grad()
     def step(self, closure=None):

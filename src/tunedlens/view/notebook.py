@@ -24,6 +24,7 @@ import torch
 from tunedlens.arch.points import block_rows
 from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
+from tunedlens.errors import InputError
 from tunedlens.lenses.io.load import load_lens
 from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
 from tunedlens.predict import (
@@ -111,7 +112,7 @@ class Lensed:
 
             model, tokenizer = load_model(str(model), dtype=dtype)
         elif tokenizer is None:
-            raise ValueError("pass the model's tokenizer too: Lensed(model, tokenizer)")
+            raise InputError("pass the model's tokenizer too: Lensed(model, tokenizer)")
         self.model, self.tokenizer = model, tokenizer
         self.last_figure = None
         """The figure :meth:`plot` made last."""
@@ -286,13 +287,13 @@ class Lensed:
         known = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe"}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"{', '.join(unknown)}: not a TrainConfig field; Lensed.train_lens takes "
                 "TrainConfig's option names (tokens, lr, seq_len, batch_size, grad_clip, ...)"
             )
         elsewhere = sorted(set(options) & set(_TRAIN_ELSEWHERE))
         if elsewhere:
-            raise ValueError(
+            raise InputError(
                 f"{', '.join(elsewhere)} need held-out data, checkpoints or a time budget, which "
                 "Lensed.train_lens does not take; use tunedlens.train_lens(lens, model, data, "
                 "config, val_data=..., checkpoint_dir=...) or `tunedlens train`"
@@ -302,7 +303,7 @@ class Lensed:
         sized = {name: options.pop(name, None) for name in sizes}
         context = self._context()
         if sized["seq_len"] is not None and context is not None and sized["seq_len"] > context:
-            raise ValueError(
+            raise InputError(
                 f"seq_len={sized['seq_len']} is longer than the model's context of {context} "
                 f"tokens; pass seq_len={context} or less"
             )
@@ -311,7 +312,7 @@ class Lensed:
         blocks = self._training_blocks(data, max_seq_len, seed)
         n_blocks, seq_len = blocks.shape
         if sized["seq_len"] is not None and seq_len < sized["seq_len"]:
-            raise ValueError(
+            raise InputError(
                 f"the texts hold {seq_len} tokens, fewer than seq_len={sized['seq_len']}; pass "
                 "more text or a smaller seq_len"
             )
@@ -381,7 +382,7 @@ def _in_notebook() -> bool:
 
 def _require_notebook() -> None:
     if not _in_notebook():
-        raise ValueError(
+        raise InputError(
             "plot=True shows the figure inline in Jupyter, and this is not a Jupyter or IPython "
             "session; make the figure with Lensed.plot(Lensed.trajectory(prompt, lens)), or "
             "save it with Lensed.trajectory(prompt, lens).plot(path='figure.html')"

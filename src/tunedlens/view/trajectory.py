@@ -26,6 +26,7 @@ from tunedlens.engine.stats import (
     TrajectoryStat,
     check_stats,
 )
+from tunedlens.errors import InputError, OutOfRange
 from tunedlens.lenses.lens import Lens
 from tunedlens.predict import LayerPrediction, check_position, layer_predictions
 from tunedlens.view.tokens import format_token
@@ -80,7 +81,7 @@ class PredictionTrajectory:
         ids = _as_batch(input_ids, "input_ids")
         rows = list(range(lens.n_layers)) if layers is None else list(layers)
         if any(isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < lens.n_layers for r in rows):
-            raise IndexError(f"layers must be in 0..{lens.n_layers - 1}, got {rows}")
+            raise OutOfRange(f"layers must be in 0..{lens.n_layers - 1}, got {rows}")
         labels = rows if lens.points == "block" else [lens.row_label(row) for row in rows]
         return cls._build(lens, model, ids, None, [*rows, lens.n_layers], [*labels, "output"],
                           tokenizer, targets, anti_targets, name, keep_logprobs)  # fmt: skip
@@ -126,11 +127,11 @@ class PredictionTrajectory:
             keep_logprobs: See :meth:`from_lens_and_model`.
         """
         if residual_component not in RESIDUAL_COMPONENTS:
-            raise ValueError(
+            raise InputError(
                 f"residual_component must be one of {RESIDUAL_COMPONENTS}, got {residual_component!r}"
             )
         if lens.points == "both" or (lens.points == "mid" and residual_component != "resid_mid"):
-            raise ValueError(
+            raise InputError(
                 f"this lens reads {lens.points!r} points; read a cache's resid_mid with a lens "
                 "trained on mid points and its resid_pre/resid_post with a block lens"
             )
@@ -160,7 +161,7 @@ class PredictionTrajectory:
     def _build(cls, lens, model, ids, states, rows, labels, tokenizer, targets, anti_targets,
                name, keep_logprobs):  # fmt: skip
         if states is not None and tuple(states[0].shape[:2]) != tuple(ids.shape):
-            raise ValueError(
+            raise InputError(
                 f"input_ids {tuple(ids.shape)} do not match the states' (batch, seq) "
                 f"{tuple(states[0].shape[:2])}"
             )
@@ -188,7 +189,7 @@ class PredictionTrajectory:
     def logprobs(self) -> torch.Tensor:
         """``(batch, rows, seq, vocab)`` log-probabilities (kept with ``keep_logprobs=True``)."""
         if self.lens.logprobs is None:
-            raise ValueError(
+            raise InputError(
                 "this trajectory did not keep its log-probabilities; build it with "
                 "keep_logprobs=True (every statistic is available without them)"
             )
@@ -214,7 +215,7 @@ class PredictionTrajectory:
     def stride(self, step: int) -> PredictionTrajectory:
         """Every ``step``-th layer (with its mid point), always keeping the last and the output."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-            raise ValueError(f"the layer stride must be an integer >= 1, got {step!r}")
+            raise InputError(f"the layer stride must be an integer >= 1, got {step!r}")
         blocks = [int(str(label).split(".")[0]) for label in self.layers[:-1]]
         last = blocks[-1] if blocks else None
         keep = [row for row, block in enumerate(blocks) if block % step == 0 or block == last]
@@ -276,10 +277,10 @@ class PredictionTrajectory:
             prompt: Which prompt of the batch.
         """
         if self.tokenizer is None:
-            raise ValueError("this trajectory has no tokenizer; build it with tokenizer=...")
+            raise InputError("this trajectory has no tokenizer; build it with tokenizer=...")
         batch = self.input_ids.shape[0]
         if isinstance(prompt, bool) or not isinstance(prompt, int) or not 0 <= prompt < batch:
-            raise IndexError(f"prompt must be in 0..{batch - 1}, got {prompt!r}")
+            raise OutOfRange(f"prompt must be in 0..{batch - 1}, got {prompt!r}")
         at = check_position(position, self.input_ids.shape[1])
         return layer_predictions(
             self.lens, self.layers, self.tokenizer, batch=prompt, position=at, top_k=top_k
@@ -319,7 +320,7 @@ class PredictionTrajectory:
     def log_prob_diff(self, delta: bool = False) -> TrajectoryStat:
         """``log p(target) − log p(anti-target)``, nats; ``delta``: its change from the row above."""
         if self.anti_targets is None:
-            raise ValueError("this statistic needs anti_targets; pass them when building the trajectory")
+            raise InputError("this statistic needs anti_targets; pass them when building the trajectory")
         diff = -self.lens["ce"] - self.lens.token_logprobs[..., 0]
         if delta:
             diff = torch.cat([torch.zeros_like(diff[:, :1]), diff.diff(dim=1)], 1)
@@ -328,7 +329,7 @@ class PredictionTrajectory:
 
     def _pair(self, other: PredictionTrajectory, stat: str) -> TrajectoryStat:
         if self.input_ids.shape != other.input_ids.shape or self.n_rows != other.n_rows:
-            raise ValueError(
+            raise InputError(
                 f"trajectories differ in shape {(self.n_rows, *self.input_ids.shape)} vs "
                 f"{(other.n_rows, *other.input_ids.shape)}: compare prompts of the same token length"
             )
@@ -386,7 +387,7 @@ def _check_output_row(trajectory, lens: Lens, last_state: torch.Tensor, logits: 
     logits = logits if logits.dim() == 3 else logits.unsqueeze(0)
     decoded = lens.unembed(last_state)
     if decoded.shape != logits.shape or not torch.allclose(decoded, logits.float().to(decoded.device), rtol=1e-3, atol=1e-3):
-        raise ValueError(
+        raise InputError(
             "the cache's last resid_post does not decode to model_logits: the cache, the logits "
             "and the lens must come from one model"
         )
@@ -397,7 +398,7 @@ def _as_batch(ids, what: str) -> torch.Tensor:
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
     if ids.dim() != 2 or ids.shape[1] == 0:
-        raise ValueError(
+        raise InputError(
             f"{what} must be (seq,) or (batch, seq) and not empty, got {tuple(ids.shape)}"
         )
     return ids.long()
@@ -406,7 +407,7 @@ def _as_batch(ids, what: str) -> torch.Tensor:
 def _check_targets(targets, ids: torch.Tensor, what: str) -> torch.Tensor:
     targets = _as_batch(targets, what)
     if targets.shape != ids.shape:
-        raise ValueError(
+        raise InputError(
             f"{what} have shape {tuple(targets.shape)} but input_ids {tuple(ids.shape)}: give one "
             "token per position (-1 where none)"
         )

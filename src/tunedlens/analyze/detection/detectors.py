@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from tunedlens.analyze.errors import AnalysisError
 from tunedlens.errors import require
 
 Detector = Literal["isolation-forest", "lof", "mahalanobis"]
@@ -124,4 +125,4 @@ def fit_detector(
         neighbours = max(1, min(N_NEIGHBOURS, len(train) - 1))
         lof = LocalOutlierFactor(n_neighbors=neighbours, novelty=True).fit(fitted)
         return lambda features: -lof.score_samples(standardise(features))
-    raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    raise AnalysisError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")

@@ -225,7 +225,7 @@ def feature_matrix(readings: Readings, features: str, lens: str | None = None) -
     """
     if features == "hidden":
         if readings.hidden is None:
-            raise ValueError("the hidden states were not read (hidden_row=None)")
+            raise AnalysisError("the hidden states were not read (hidden_row=None)")
         return readings.hidden
     if features == "choices":
         bits = readings.choice_bits[lens]
@@ -239,7 +239,7 @@ def feature_matrix(readings: Readings, features: str, lens: str | None = None) -
             [readings.entropy_bits[lens], readings.kl_bits[lens], readings.max_prob[lens], changed],
             axis=1,
         )
-    raise ValueError(f"unknown feature set {features!r}; choose from {', '.join(FEATURE_SETS)}")
+    raise AnalysisError(f"unknown feature set {features!r}; choose from {', '.join(FEATURE_SETS)}")
 
 
 def correct_margin(readings: Readings, lens: str, labels: Sequence[int]) -> np.ndarray:

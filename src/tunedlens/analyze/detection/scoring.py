@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tunedlens.analyze.errors import AnalysisError
+
 FPR_TARGET = 0.01
 """The false-positive rate of the operating point (TPR at 1 % FPR)."""
 
@@ -88,7 +90,7 @@ def flag_rate(scores, threshold: float) -> float:
 def _finite(values, what: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64).reshape(-1)
     if array.size == 0:
-        raise ValueError(f"no {what} scores: both groups need at least one prompt")
+        raise AnalysisError(f"no {what} scores: both groups need at least one prompt")
     if not np.isfinite(array).all():
-        raise ValueError(f"the {what} scores hold NaN or infinite values")
+        raise AnalysisError(f"the {what} scores hold NaN or infinite values")
     return array

@@ -22,7 +22,7 @@ from typing import Literal, get_args
 import torch
 
 from tunedlens.arch.points import POINTS, Points, row_label
-from tunedlens.errors import LensFileError
+from tunedlens.errors import InputError, LensFileError
 from tunedlens.lenses.io.file_checks import (
     check_model_info,
     load_torch_file,
@@ -332,7 +332,7 @@ def write_lens(lens: LensFile, path: str | os.PathLike, format: LensFormat = "na
         The directory written.
     """
     if format not in TUNED_FORMATS:
-        raise ValueError(f"format must be 'native' or 'tuned-lens', got {format!r}")
+        raise InputError(f"format must be 'native' or 'tuned-lens', got {format!r}")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise LensFileError(f"{str(path)!r} is a file; pass a directory to save the lens into.")
@@ -372,9 +372,9 @@ def convert_tuned(source: Path, target: Path, format: str, *, force: bool = Fals
     """
     source, target = Path(source), Path(target)
     if format not in TUNED_FORMATS:
-        raise ValueError(f"--format must be 'native' or 'tuned-lens', got {format!r}")
+        raise InputError(f"--format must be 'native' or 'tuned-lens', got {format!r}")
     if source.resolve() == target.resolve():
-        raise ValueError("SRC and DST are the same directory; write the converted lens elsewhere.")
+        raise InputError("SRC and DST are the same directory; write the converted lens elsewhere.")
     check_out_dir(target, LENS_OUTPUT, force=force, what="DST", sources=[source])
     lens = read_lens(source)
     staging = staging_dir(target)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tunedlens.errors import LensFileError
+from tunedlens.errors import InputError, LensFileError
 from tunedlens.lenses.io.file_checks import (
     check_model_info,
     load_torch_file,
@@ -401,13 +401,13 @@ def convert_jlens(source: Path, target: Path, format: str, *, force: bool = Fals
             "to 'native' (a directory) or 'artifact' (the published .pt file)."
         )
     if format not in ("native", "artifact"):
-        raise ValueError(f"--format for a J-lens must be 'native' or 'artifact', got {format!r}")
+        raise InputError(f"--format for a J-lens must be 'native' or 'artifact', got {format!r}")
     if format == "artifact" and target.suffix != ARTIFACT_SUFFIX:
-        raise ValueError(
+        raise InputError(
             f"an artifact is one {ARTIFACT_SUFFIX} file; name DST like lens{ARTIFACT_SUFFIX}, not {target.name!r}"
         )
     if target.resolve() in (found.resolve(), source.resolve()):
-        raise ValueError("SRC and DST are the same; write the converted lens elsewhere.")
+        raise InputError("SRC and DST are the same; write the converted lens elsewhere.")
     if format == "artifact":
         _check_artifact_target(target, force=force)
     else:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
+from tunedlens.errors import InputError
 from tunedlens.lenses.io.formats import LOADERS, detect_format
 from tunedlens.lenses.io.locations import lens_dir
 from tunedlens.lenses.lens import Lens, LogitLens
@@ -81,7 +82,7 @@ def load_lens(location: str | os.PathLike | LensLocation | Lens, model: nn.Modul
     """
     if isinstance(location, Lens):
         if options:
-            raise ValueError(f"options {sorted(options)} apply when loading, not to a lens object")
+            raise InputError(f"options {sorted(options)} apply when loading, not to a lens object")
         return location
     resolved = resolve_location(location)
     if resolved.is_logit:
@@ -119,7 +120,7 @@ def align_points(lenses: dict[str, Lens], model: nn.Module, points: str | None =
     if len(wanted) > 1:
         listed = ", ".join(f"{name} reads {p!r}" for name, p in trained.items())
         asked = f"; --points asks for {points!r}" if points else ""
-        raise ValueError(
+        raise InputError(
             f"the lenses read different points of the blocks ({listed}{asked}); show lenses of one "
             "kind of point together."
         )
