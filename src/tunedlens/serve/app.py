@@ -11,7 +11,7 @@ The OpenAPI schema is at ``/openapi.json`` and browsable at ``/docs``.
 from importlib.resources import files
 from typing import Optional
 
-from tunedlens.errors import require
+from tunedlens.errors import TunedLensError, require
 from tunedlens.serialize import dumps
 from tunedlens.serve.session import BadRequest, Busy, ServeSession
 
@@ -75,8 +75,10 @@ def create_app(session: ServeSession):
     async def bad(_request, exc: BadRequest):
         return error(400, str(exc))
 
-    @app.exception_handler(ValueError)
-    async def bad_value(_request, exc: ValueError):
+    @app.exception_handler(TunedLensError)
+    async def bad_value(_request, exc: TunedLensError):
+        # A check of what the request asked for; anything else is a bug, answered 500 by the
+        # server with its traceback in the log.
         return error(400, str(exc))
 
     @app.exception_handler(Busy)

@@ -216,3 +216,15 @@ def test_eval_reports_are_matched_by_lens_name(tiny_model_dir, tmp_path):
     session = build_session(str(tiny_model_dir), [str(tmp_path / "mine")], [str(report)])
     assert set(session.evals) == {"mine"}
     assert session.describe()["lenses"][1]["eval"]["gates"] == {"A": {"pass": True}}
+
+
+def test_a_bug_inside_a_request_is_a_server_error_not_a_bad_request(session, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(session, "read", broken)
+    client = TestClient(create_app(session), raise_server_exceptions=False)
+    response = client.post("/api/readout", json={"prompt": PROMPT})
+    assert response.status_code == 500
+    bad = client.post("/api/cell", json={"prompt": PROMPT, "row": "9", "position": 0})
+    assert bad.status_code == 400  # the request's own mistake
