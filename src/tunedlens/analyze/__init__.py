@@ -18,8 +18,8 @@ import importlib
 _EXPORTS = {
     "early_exit": "tunedlens.analyze.early_exit",
     "EarlyExitReport": "tunedlens.analyze.early_exit",
-    "prune": "tunedlens.analyze.prune",
-    "PruneReport": "tunedlens.analyze.prune",
+    "prune": "tunedlens.analyze.pruning",
+    "PruneReport": "tunedlens.analyze.pruning",
     "detect": "tunedlens.analyze.detect",
     "DetectReport": "tunedlens.analyze.detect",
 }
