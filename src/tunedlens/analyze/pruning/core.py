@@ -324,11 +324,12 @@ def _heal(
     removed = tuple(point["removed"])
     model, arch, head, batch = test.model, test.arch, test.logit, test.batch_size
     pruned = pruned_final_states(model, calibration, removed, arch=arch, batch_size=batch)
-    translator, losses = fit_heal(head, pruned, full, config)
+    translator, log = fit_heal(head, pruned, full, config)
     with torch.no_grad():
-        test_pruned = pruned_final_states(model, test.ids, removed, arch=arch, batch_size=batch)
-        healed_states = translator(test_pruned.float(), 0)
-    after = test.measure_states([healed_states])[0]
+        healed = pruned_final_states(model, test.ids, removed, arch=arch, batch_size=batch)
+        if translator is not None:
+            healed = translator(healed.float(), 0)
+    after = test.measure_states([healed])[0]
     full_ce = point["ce_bits"] - point["delta_ce_bits"]  # measured the same way as the point
     after["delta_ce_bits"] = after["ce_bits"] - full_ce
     if reference is not None:
@@ -344,5 +345,6 @@ def _heal(
         "after": after,
         "recovered": None if lost <= 0 else (point["ce_bits"] - after["ce_bits"]) / lost,
         "recovered_kl": None if lost_kl <= 0 else 1 - after["kl_bits"] / lost_kl,
-        "calibration_kl_bits": {"least_squares": losses[0], "final": losses[-1]},
+        "healed": translator is not None,
+        "held_out_kl_bits": log,
     }

@@ -24,9 +24,9 @@ from torch import nn
 
 from tunedlens.arch.residuals import collect_residuals
 from tunedlens.arch.resolve import ResolvedArch
-from tunedlens.engine.core import divergences, readout
+from tunedlens.engine.core import readout
 from tunedlens.lenses.lens import Lens
-from tunedlens.metrics.divergence import NATS_TO_BITS
+from tunedlens.metrics.divergence import NATS_TO_BITS, kl_divergence
 
 
 class ScoreSums:
@@ -57,7 +57,7 @@ class ScoreSums:
         self.sequences += hidden[0].shape[0]
 
     def add_lens_kl(self, name: str, kl_nats: torch.Tensor) -> None:
-        """Add ``(batch, L, seq)`` KL(row ℓ+1 ‖ row ℓ) grids of one lens."""
+        """Add ``(batch, L, positions)`` KL(row ℓ+1 ‖ row ℓ) grids of one lens (nats)."""
         self.lens_kl[name] += kl_nats.double().sum((0, 2))
 
     def block_influence(self) -> list[float]:
@@ -91,6 +91,10 @@ class ScoreSums:
         }
 
 
+LOGPROB_BUDGET = 256 * 2**20
+"""Bytes of full-vocabulary log-probabilities held at once by the lens scores."""
+
+
 def score_blocks(
     model: nn.Module,
     lenses: Mapping[str, Lens],
@@ -110,15 +114,30 @@ def score_blocks(
         ids = input_ids[start : start + batch_size].to(device)
         residuals = collect_residuals(model, ids, arch=arch, with_logits=False)
         sums.add_states(residuals.hidden)
-        if not lenses:
-            continue
-        result = readout(
-            model, dict(lenses), ids, states=residuals, stats=(), top_k=0, keep_inputs=True
-        )
-        later, earlier = result.take(rows=slice(1, None)), result.take(rows=slice(0, -1))
-        for name in lenses:
-            sums.add_lens_kl(name, divergences(later, earlier, lens=name)["kl"])
+        if lenses:
+            _add_lens_kl(sums, model, lenses, ids, residuals)
     return sums
+
+
+def _add_lens_kl(sums: ScoreSums, model, lenses, ids, residuals) -> None:
+    """Each lens's KL(row ℓ+1 ‖ row ℓ) at every position, a few positions at a time.
+
+    One readout per chunk gives every row's full log-probabilities (one pass over the
+    unembedding per row), and :func:`kl_divergence` compares neighbours: cheaper than pairing
+    two ``keep_inputs`` readouts with :func:`~tunedlens.engine.core.divergences`, which passes
+    over the unembedding four times per pair (both normalisers, then both distributions).
+    """
+    batch, seq = ids.shape
+    vocab = next(iter(lenses.values())).unembed.vocab_size
+    per_position = batch * (sums.n_blocks + 1) * vocab * 4 * len(lenses)
+    chunk = max(1, min(seq, LOGPROB_BUDGET // per_position))
+    for first in range(0, seq, chunk):
+        positions = list(range(first, min(seq, first + chunk)))
+        result = readout(model, dict(lenses), ids, states=residuals, positions=positions,
+                         stats=(), top_k=0, logprobs=True)  # fmt: skip
+        for name in lenses:
+            logprobs = result[name].logprobs  # (batch, rows, positions, vocab)
+            sums.add_lens_kl(name, kl_divergence(logprobs[:, 1:], logprobs[:, :-1]))
 
 
 def rank_values(values: torch.Tensor) -> torch.Tensor:
