@@ -35,7 +35,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--max-remove", type=int, default=8)
     parser.add_argument("--oracle", choices=("static", "greedy"), default="static")
-    parser.add_argument("--heal-steps", type=int, default=100)
+    parser.add_argument("--heal-steps", type=int, default=50)
+    parser.add_argument("--lens-positions", type=int, default=64, help="per calibration sequence")
     parser.add_argument("--quick", action="store_true", help="smoke test: no J-lens, 5 heal steps")
     parser.add_argument("--work", type=Path, default=Path("/tmp/uses_prune"))
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the summary goes")
@@ -81,11 +82,12 @@ def main() -> None:
 
     calibration, test = tokens("validation"), tokens("test")
     lenses, missing = lenses_for(model, args)
-    heal = ["gromov", "block_influence", "oracle", *(f"lens_kl/{name}" for name in lenses)]
+    heal = ["gromov", "block_influence", "oracle"]
     config = HealConfig(steps=5 if args.quick else args.heal_steps)
     report = prune(
         model, calibration, test_ids=test, lenses=lenses, max_remove=args.max_remove,
         oracle=args.oracle, heal=heal, heal_config=config, batch_size=4,
+        lens_positions=args.lens_positions,
         progress=lambda stage: print(f"[{time.perf_counter() - started:7.1f} s] {stage}", flush=True),
         model_name="SmolLM2-135M-Instruct (demo)" if args.model == "demo" else args.model,
     )  # fmt: skip
@@ -148,7 +150,8 @@ def markdown(data: dict, missing: dict, elapsed: float, args, summary: str) -> s
         "",
         f"`nice -n 10 python benchmarks/uses_prune.py --sequences {args.sequences} --seq-len "
         f"{args.seq_len} --max-remove {args.max_remove} --oracle {args.oracle} --heal-steps "
-        f"{args.heal_steps}`: calibration = corpus/validation, test = corpus/test (disjoint). "
+        f"{args.heal_steps} --lens-positions {args.lens_positions}`: calibration = "
+        "corpus/validation, test = corpus/test (disjoint). "
         f"Lenses: {lenses}." + (f" Missing: {json.dumps(missing)}." if missing else ""),
         "",
         f"Wall time {elapsed / 60:.1f} min on a 2-core CPU shared with other jobs (not a speed "

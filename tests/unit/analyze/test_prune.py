@@ -250,6 +250,22 @@ def test_scores_match_their_definitions():
     )
 
 
+def test_lens_scores_can_read_a_few_evenly_spaced_positions():
+    model = deep_model()
+    calibration = ids(0)
+    data = prune(model, calibration, test_ids=ids(1), max_remove=1, heal=(), lens_positions=3,
+                 generation_prompts=0).to_dict()  # fmt: skip
+    hidden = collect_residuals(model, calibration, with_logits=False).hidden
+    lens = LogitLens(model)
+    with torch.no_grad():
+        logprobs = [lens(h[:, [0, 8, 15]], row).log_softmax(-1) for row, h in enumerate(hidden)]
+    for block in range(N_BLOCKS):
+        kl = kl_divergence(logprobs[block + 1], logprobs[block]).double().mean()
+        expected = float(kl) * NATS_TO_BITS
+        assert data["scores"]["lens_kl/logit"][block] == pytest.approx(expected, rel=1e-4)
+    assert data["settings"]["lens_positions"] == 3
+
+
 def test_gromov_removes_the_run_of_least_angular_distance(report):
     _, _, result = report
     data = result.to_dict()

@@ -60,6 +60,7 @@ def check_prune_args(
     generation_prompts: int | None = None,
     generation_tokens: int = 16,
     prompt_tokens: int | None = None,
+    lens_positions: int | None = None,
     batch_size: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Check :func:`prune`'s arguments without a model; returns both id tensors, 2-D.
@@ -100,6 +101,8 @@ def check_prune_args(
     if prompt_tokens is not None:
         _positive(prompt_tokens, "prompt_tokens")
     _positive(batch_size, "batch_size")
+    if lens_positions is not None:
+        _positive(lens_positions, "lens_positions")
     prompt_tokens = default_prompt_tokens(test.shape[1]) if prompt_tokens is None else prompt_tokens
     if generation_prompts and (generation_prompts > test.shape[0] or prompt_tokens > test.shape[1]):
         raise AnalysisError(

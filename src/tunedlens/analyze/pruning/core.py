@@ -119,6 +119,7 @@ def prune(
     generation_prompts: int | None = None,
     generation_tokens: int = 16,
     prompt_tokens: int | None = None,
+    lens_positions: int | None = None,
     batch_size: int = 4,
     progress: Callable[[str], None] | None = None,
     model_name: str | None = None,
@@ -141,6 +142,8 @@ def prune(
             greedily (0: no generation check; default: 4, or every test sequence if fewer).
         generation_tokens: Tokens generated per prompt.
         prompt_tokens: Prompt length (default: half a test sequence, at most 32).
+        lens_positions: Evenly spaced positions per calibration sequence that the lens scores
+            read (default: all; each costs a full-vocabulary readout per row and lens).
         batch_size: Sequences per forward pass.
         progress: Called with a short description of each stage.
         model_name: Recorded in the report (default: the model's ``name_or_path``).
@@ -169,6 +172,7 @@ def prune(
         generation_prompts=generation_prompts,
         generation_tokens=generation_tokens,
         prompt_tokens=prompt_tokens,
+        lens_positions=lens_positions,
         batch_size=batch_size,
     )
     named = {BASELINE: LogitLens(model), **named}
@@ -182,7 +186,9 @@ def prune(
         check_input_ids(model, ids)
     check_heads(model, named)
     say("scoring blocks on the calibration ids")
-    sums = score_blocks(model, named, calibration, arch=arch, batch_size=batch_size)
+    sums = score_blocks(
+        model, named, calibration, arch=arch, batch_size=batch_size, lens_positions=lens_positions
+    )
     angular = {"last_token": sums.angular("last_token"), "all_tokens": sums.angular("all_tokens")}
     scores = {
         "block_influence": sums.block_influence(),
@@ -240,6 +246,7 @@ def prune(
             "generation_tokens": generation_tokens,
             "prompt_tokens": prompt_tokens,
             "batch_size": batch_size,
+            "lens_positions": lens_positions,
             "allow_same_data": allow_same_data,
         },
     }

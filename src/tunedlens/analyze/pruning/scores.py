@@ -8,8 +8,9 @@
   the input of block ``ℓ`` and the output of block ``ℓ+n−1``; at the last token of each
   sequence as in the paper (``last_token``) and averaged over every token (``all_tokens``).
   Removing the run of ``n`` blocks that starts at ``argmin_ℓ d(ℓ, n)`` is Gromov's method.
-- **Lens KL**: per lens, the mean over every token of ``KL(lens at row ℓ+1 ‖ lens at row ℓ)``
+- **Lens KL**: per lens, the mean over tokens of ``KL(lens at row ℓ+1 ‖ lens at row ℓ)``
   (bits): how much block ``ℓ`` changes what the lens reads; row ``L`` is the model's output.
+  Every token, or ``lens_positions`` evenly spaced positions per sequence.
 
 Every score is small for a block that can go.
 """
@@ -40,6 +41,7 @@ class ScoreSums:
         self.angle_last = torch.zeros(rows, rows, dtype=torch.float64)
         self.lens_kl = {name: torch.zeros(n_blocks, dtype=torch.float64) for name in lens_names}
         self.tokens = 0
+        self.lens_tokens = 0
         self.sequences = 0
 
     def add_states(self, hidden: tuple[torch.Tensor, ...]) -> None:
@@ -59,6 +61,8 @@ class ScoreSums:
     def add_lens_kl(self, name: str, kl_nats: torch.Tensor) -> None:
         """Add ``(batch, L, positions)`` KL(row ℓ+1 ‖ row ℓ) grids of one lens (nats)."""
         self.lens_kl[name] += kl_nats.double().sum((0, 2))
+        if name == next(iter(self.lens_kl)):
+            self.lens_tokens += kl_nats.shape[0] * kl_nats.shape[2]
 
     def block_influence(self) -> list[float]:
         """``(L,)`` ShortGPT block influence."""
@@ -86,7 +90,7 @@ class ScoreSums:
     def lens_scores(self) -> dict[str, list[float]]:
         """Per lens ``(L,)`` mean KL(row ℓ+1 ‖ row ℓ) in bits."""
         return {
-            name: (sums / self.tokens * NATS_TO_BITS).tolist()
+            name: (sums / self.lens_tokens * NATS_TO_BITS).tolist()
             for name, sums in self.lens_kl.items()
         }
 
@@ -102,11 +106,14 @@ def score_blocks(
     *,
     arch: ResolvedArch,
     batch_size: int = 4,
+    lens_positions: int | None = None,
 ) -> ScoreSums:
     """Every cheap score of every block, from ``input_ids`` ``(n, seq)``: one forward per batch.
 
     The lens readouts read the same residual states (``readout(states=...)``), so the model
-    runs once per batch for all scores.
+    runs once per batch for all scores. ``lens_positions`` evenly spaced positions per sequence
+    (default: all) are read by the lenses: their full-vocabulary readouts cost far more than
+    the cosines, which always use every token.
     """
     sums = ScoreSums(arch.n_layers, lenses)
     device = arch.unembed.weight.device
@@ -115,11 +122,14 @@ def score_blocks(
         residuals = collect_residuals(model, ids, arch=arch, with_logits=False)
         sums.add_states(residuals.hidden)
         if lenses:
-            _add_lens_kl(sums, model, lenses, ids, residuals)
+            seq = ids.shape[1]
+            count = seq if lens_positions is None else min(seq, lens_positions)
+            positions = torch.linspace(0, seq - 1, count).round().long().unique().tolist()
+            _add_lens_kl(sums, model, lenses, ids, residuals, positions)
     return sums
 
 
-def _add_lens_kl(sums: ScoreSums, model, lenses, ids, residuals) -> None:
+def _add_lens_kl(sums: ScoreSums, model, lenses, ids, residuals, positions: list[int]) -> None:
     """Each lens's KL(row ℓ+1 ‖ row ℓ) at every position, a few positions at a time.
 
     One readout per chunk gives every row's full log-probabilities (one pass over the
@@ -127,13 +137,12 @@ def _add_lens_kl(sums: ScoreSums, model, lenses, ids, residuals) -> None:
     two ``keep_inputs`` readouts with :func:`~tunedlens.engine.core.divergences`, which passes
     over the unembedding four times per pair (both normalisers, then both distributions).
     """
-    batch, seq = ids.shape
     vocab = next(iter(lenses.values())).unembed.vocab_size
-    per_position = batch * (sums.n_blocks + 1) * vocab * 4 * len(lenses)
-    chunk = max(1, min(seq, LOGPROB_BUDGET // per_position))
-    for first in range(0, seq, chunk):
-        positions = list(range(first, min(seq, first + chunk)))
-        result = readout(model, dict(lenses), ids, states=residuals, positions=positions,
+    per_position = ids.shape[0] * (sums.n_blocks + 1) * vocab * 4 * len(lenses)
+    chunk = max(1, LOGPROB_BUDGET // per_position)
+    for first in range(0, len(positions), chunk):
+        part = positions[first : first + chunk]
+        result = readout(model, dict(lenses), ids, states=residuals, positions=part,
                          stats=(), top_k=0, logprobs=True)  # fmt: skip
         for name in lenses:
             logprobs = result[name].logprobs  # (batch, rows, positions, vocab)
