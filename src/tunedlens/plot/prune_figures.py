@@ -22,6 +22,15 @@ def _style(name: str) -> dict:
     return {"linestyle": "-", "marker": "o"}
 
 
+def _same_curves(curves: dict) -> list[tuple[list[str], list[dict]]]:
+    """Methods that removed the same blocks at every ``k`` drawn once, under all their names."""
+    groups: dict[tuple, tuple[list[str], list[dict]]] = {}
+    for name, curve in curves.items():
+        key = (name.startswith("truncate/") and name, *(tuple(p["removed"]) for p in curve))
+        groups.setdefault(key, ([], curve))[0].append(name)
+    return list(groups.values())
+
+
 def _plotly_dash(style: dict) -> str:
     return {"--": "dash", ":": "dot"}.get(style["linestyle"], "solid")
 
@@ -36,37 +45,44 @@ def save_curves(data: dict, out: Path) -> list[Path]:
     """``prune_curves.{html,png}``: test cross-entropy against ``k``, one line per method."""
     go = require("plotly.graph_objects", "plot", pip_name="plotly")
     pyplot = _pyplot()
+    matplotlib_colors = require("matplotlib.colors", "plot", pip_name="matplotlib")
     title = f"Cross-entropy with k of {data['n_blocks']} blocks removed · {data['model']}"
     figure = go.Figure()
     fig, axis = pyplot.subplots(figsize=(9.5, 5), dpi=120)
-    for name, curve in data["curves"].items():
+    colors: dict[str, str] = {}
+    for names, curve in _same_curves(data["curves"]):
+        label = " = ".join(names)
         ks = [point["k"] for point in curve]
         ce = [point["ce_bits"] for point in curve]
         hover = [f"removed: {', '.join(map(str, p['removed'])) or 'none'}" for p in curve]
-        style = _style(name)
+        style = _style(names[0])
+        (line,) = axis.plot(ks, ce, label=label, markersize=4, **style)
+        color = matplotlib_colors.to_hex(line.get_color())
+        colors.update(dict.fromkeys(names, color))
         figure.add_trace(
             go.Scatter(
                 x=ks,
                 y=ce,
                 mode="lines+markers",
-                name=name,
+                name=label,
                 text=hover,
-                line={"dash": _plotly_dash(style)},
+                line={"dash": _plotly_dash(style), "color": color},
             )
         )
-        axis.plot(ks, ce, label=name, markersize=4, **style)
     for name, heal in data.get("heal", {}).items():
         k, value = heal["k"], heal["after"]["ce_bits"]
+        color = colors.get(name, "black")
         figure.add_trace(
             go.Scatter(
                 x=[k],
                 y=[value],
                 mode="markers",
                 name=f"{name} + heal",
-                marker={"symbol": "star", "size": 14},
+                marker={"symbol": "star", "size": 14, "color": color, "line": {"width": 1}},
             )
         )
-        axis.plot([k], [value], marker="*", markersize=12, linestyle="none", label=f"{name} + heal")
+        axis.plot([k], [value], marker="*", markersize=13, linestyle="none", color=color,
+                  markeredgecolor="black", markeredgewidth=0.6, label=f"{name} + heal")  # fmt: skip
     baseline = data["baseline"]["ce_bits"]
     figure.add_hline(y=baseline, line_dash="dash", annotation_text="full model")
     axis.axhline(baseline, color="0.5", linestyle="-", linewidth=0.8, label="full model")
