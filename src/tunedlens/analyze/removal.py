@@ -26,7 +26,7 @@ LAYER_INDEX_ATTRIBUTES = ("layer_idx", "layer_id")
 
 
 def check_removed(blocks: Iterable[int], n_blocks: int) -> tuple[int, ...]:
-    """``blocks`` as a sorted tuple of distinct block indices in ``0..n_blocks-1`` (at least one kept)."""
+    """``blocks`` as sorted distinct block indices in ``0..n_blocks-1``, at least one kept."""
     removed = tuple(sorted(set(blocks)))
     bad = [
         b for b in removed if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < n_blocks

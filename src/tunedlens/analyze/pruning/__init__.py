@@ -3,7 +3,8 @@
 The package is called ``pruning`` (not ``prune``) so that importing it never hides the function
 :func:`tunedlens.analyze.prune` behind a module of the same name.
 
-- :mod:`~tunedlens.analyze.pruning.core`: :func:`prune`, :func:`check_prune_args`, :class:`PruneReport`;
+- :mod:`~tunedlens.analyze.pruning.core`: :func:`prune` and :class:`PruneReport`;
+- :mod:`~tunedlens.analyze.pruning.checks`: :func:`check_prune_args`, before any model work;
 - :mod:`~tunedlens.analyze.pruning.scores`: block influence, angular distances, lens KL, Spearman;
 - :mod:`~tunedlens.analyze.pruning.measure`: effects on test data through the readout engine;
 - :mod:`~tunedlens.analyze.pruning.heal`: the affine heal in front of the head;

@@ -1,7 +1,7 @@
 """``prune``: which decoder blocks can go, scored cheaply and measured for real, side by side.
 
-Cheap scores come from calibration ids (:mod:`tunedlens.analyze.pruning.scores`: ShortGPT's block
-influence, Gromov's angular distances, each lens's KL between consecutive rows); every effect
+Cheap scores come from calibration ids (:mod:`~tunedlens.analyze.pruning.scores`: ShortGPT's
+block influence, Gromov's angular distances, each lens's KL between consecutive rows); every effect
 is measured on separate test ids: the **measured truth** of each block (cross-entropy and KL to
 the full model with that one block removed, the residual passing through), how well each
 score's ranking predicts it (Spearman), and the model with ``k = 0..K`` blocks removed by each
@@ -17,8 +17,8 @@ method at equal compute (``L - k`` blocks run):
   the head (a tuned lens adds one ``d x d`` product, negligible beside a block).
 
 Healing (Gromov's step, done cheaply): for chosen methods at ``k = K``, an affine map in front of
-the head is fitted on the calibration data (:mod:`tunedlens.analyze.pruning.heal`) and the share of the
-lost cross-entropy it recovers on the test data is reported.
+the head is fitted on the calibration data (:mod:`~tunedlens.analyze.pruning.heal`) and the share
+of the lost cross-entropy it recovers on the test data is reported.
 """
 
 from __future__ import annotations

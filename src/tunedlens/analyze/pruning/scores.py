@@ -4,7 +4,7 @@
   mean over every token of the cosine between block ``i``'s input and output. Our row ``L`` is
   the last block's output *before* the final norm (ShortGPT reads Hugging Face's normed last
   hidden state), so the last block is scored on the residual stream like every other.
-- **Angular distance** (Gromov et al. 2024): ``d(ℓ, n) = arccos(cos(x_ℓ, x_{ℓ+n})) / π`` between
+- **Angular distance** (Gromov et al. 2024): ``d(ℓ, n) = arccos(cos(x_ℓ, x_{ℓ+n}))/π`` between
   the input of block ``ℓ`` and the output of block ``ℓ+n−1``; at the last token of each
   sequence as in the paper (``last_token``) and averaged over every token (``all_tokens``).
   Removing the run of ``n`` blocks that starts at ``argmin_ℓ d(ℓ, n)`` is Gromov's method.
@@ -165,7 +165,8 @@ def spearman(first, second) -> float | None:
     x, y = torch.as_tensor(first, dtype=torch.float64), torch.as_tensor(second, dtype=torch.float64)
     if x.shape != y.shape or x.dim() != 1:
         raise ValueError(
-            f"spearman needs two 1-D sequences of one length, got {tuple(x.shape)}, {tuple(y.shape)}"
+            "spearman needs two 1-D sequences of one length, got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
         )
     rx, ry = rank_values(x), rank_values(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
