@@ -13,7 +13,7 @@ from tunedlens import LensMismatch, LogitLens, collect_residuals, readout
 from tunedlens.analyze import PruneReport, prune
 from tunedlens.analyze.errors import AnalysisError
 from tunedlens.analyze.pruning import HealConfig, check_prune_args
-from tunedlens.analyze.pruning.heal import fit_heal
+from tunedlens.analyze.pruning.heal import fit_heal, held_out_split
 from tunedlens.analyze.pruning.scores import spearman
 from tunedlens.analyze.removal import blocks_removed, greedy_continuation, pruned_final_states
 from tunedlens.arch.resolve import resolve_arch
@@ -328,6 +328,16 @@ def test_heal_is_never_worse_than_no_heal_on_held_out_tokens(model):
     assert log["final"] <= log["identity"]
     if translator is None:
         assert log["chosen_ridge"] is None and log["steps"] == 0
+
+
+def test_heal_holds_out_whole_sequences_when_there_are_several():
+    fit, held = held_out_split(torch.Size([5, 4, 32]), HealConfig(held_out=0.2))
+    assert (
+        len(held) == 4 and held.min() % 4 == 0 and torch.equal(held, held.min() + torch.arange(4))
+    )
+    assert sorted([*fit.tolist(), *held.tolist()]) == list(range(20))
+    fit, held = held_out_split(torch.Size([1, 10, 32]), HealConfig(held_out=0.2))
+    assert len(held) == 2 and len(fit) == 8 and not set(fit.tolist()) & set(held.tolist())
 
 
 def test_heal_report_says_what_it_recovered(report):

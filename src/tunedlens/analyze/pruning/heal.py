@@ -6,7 +6,8 @@ learned, so that the model's head reads the pruned model's state as it reads the
 ``train_lens`` trains a translator per row toward the model's *own* output, which for a pruned
 model is the pruned output itself, so the heal is fitted here instead:
 
-1. the calibration tokens are split: a fifth is held out to choose, never to fit;
+1. the calibration sequences are split: a fifth is held out to choose, never to fit (whole
+   sequences, when there are several: tokens of one text are too alike to judge a fit);
 2. ridge least squares of the full model's output state on the pruned one (the second-moment
    solve of ``tunedlens.train.lstsq``) for each strength in ``ridges``; the held-out KL picks
    the best, or no map at all (the identity) when none helps: with fewer tokens than the
@@ -42,7 +43,7 @@ class HealConfig:
     ridges: tuple[float, ...] = (1e-4, 1e-2, 1.0)
     """Least-squares ridge strengths tried, relative to the mean second moment."""
     held_out: float = 0.2
-    """Share of the calibration tokens held out to choose the ridge and the step."""
+    """Share of the calibration sequences (tokens, given one) held out to choose ridge and step."""
     check_every: int = 10
     """AdamW steps between held-out checks."""
     seed: int = 0
@@ -76,10 +77,18 @@ class _HeldOut:
         return total / len(self.x) * NATS_TO_BITS
 
 
-def _split(n: int, config: HealConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
-    held = max(1, round(config.held_out * n))
-    return order[held:], order[:held]
+def held_out_split(shape: torch.Size, config: HealConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token indices to fit on and to hold out: whole sequences when there are several.
+
+    Tokens of one sequence are alike, so a held-out share cut across sequences would let an
+    overfitted map look good; held-out sequences judge it on text it has not seen.
+    """
+    n_sequences, seq_len = (shape[0], shape[1]) if len(shape) == 3 else (1, int(shape[:-1].numel()))
+    units, size = (n_sequences, seq_len) if n_sequences > 1 else (seq_len, 1)
+    order = torch.randperm(units, generator=torch.Generator().manual_seed(config.seed))
+    held = max(1, min(units - 1, round(config.held_out * units)))
+    tokens = lambda picked: (picked[:, None] * size + torch.arange(size)).flatten()  # noqa: E731
+    return tokens(order[held:]), tokens(order[:held])
 
 
 def fit_heal(
@@ -89,8 +98,9 @@ def fit_heal(
 
     Args:
         head: The model's logit lens (its output row is the model's head).
-        pruned: ``(..., d)`` last kept block's outputs on calibration tokens (at least 2).
-        full: ``(..., d)`` the full model's last block outputs on the same tokens.
+        pruned: ``(n, seq, d)`` last kept block's outputs on calibration sequences (or
+            ``(tokens, d)``); at least 2 tokens.
+        full: The full model's last block outputs on the same tokens, same shape.
         config: Ridges, steps, learning rate, held-out share.
 
     Returns:
@@ -102,7 +112,7 @@ def fit_heal(
     x, y = pruned.reshape(-1, d_model).float(), full.reshape(-1, d_model).float()
     if x.shape[0] < 2:
         raise ValueError("healing needs at least 2 calibration tokens (one to fit, one held out)")
-    fit, held = _split(x.shape[0], config)
+    fit, held = held_out_split(pruned.shape, config)
     held_kl = _HeldOut(head, x[held], y[held])
     log: dict = {"identity": held_kl(None), "least_squares": {}, "chosen_ridge": None}
     moments = MomentAccumulator(1, d_model)
