@@ -40,6 +40,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke test: no J-lens, 5 heal steps")
     parser.add_argument("--work", type=Path, default=Path("/tmp/uses_prune"))
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the summary goes")
+    parser.add_argument(
+        "--tabulate-only", action="store_true", help="Redo the markdown and figures from the JSON."
+    )
     return parser.parse_args()
 
 
@@ -66,6 +69,8 @@ def lenses_for(model, args) -> tuple[dict, dict]:
 
 def main() -> None:
     args = parse()
+    if args.tabulate_only:
+        return tabulate(args)
     from tunedlens import load_model
     from tunedlens.analyze import prune
     from tunedlens.analyze.pruning import HealConfig
@@ -85,26 +90,78 @@ def main() -> None:
     heal = ["gromov", "block_influence", "oracle"]
     config = HealConfig(steps=5 if args.quick else args.heal_steps)
     report = prune(
-        model, calibration, test_ids=test, lenses=lenses, max_remove=args.max_remove,
-        oracle=args.oracle, heal=heal, heal_config=config, batch_size=4,
+        model,
+        calibration,
+        test_ids=test,
+        lenses=lenses,
+        max_remove=args.max_remove,
+        oracle=args.oracle,
+        heal=heal,
+        heal_config=config,
+        batch_size=4,
         lens_positions=args.lens_positions,
-        progress=lambda stage: print(f"[{time.perf_counter() - started:7.1f} s] {stage}", flush=True),
+        progress=lambda stage: print(
+            f"[{time.perf_counter() - started:7.1f} s] {stage}", flush=True
+        ),
         model_name="SmolLM2-135M-Instruct (demo)" if args.model == "demo" else args.model,
-    )  # fmt: skip
+    )
     written = report.save(args.work / "report")
     data = report.to_dict()
     elapsed = time.perf_counter() - started
     args.results.mkdir(parents=True, exist_ok=True)
-    payload = {**data, "missing_lenses": missing, "benchmark": {
-        "wall_s": elapsed, "peak_rss_mib": peak_rss_mib(), "machine": machine(),
-        "args": {k: str(v) for k, v in vars(args).items()}}}  # fmt: skip
+    payload = {
+        **data,
+        "missing_lenses": missing,
+        "benchmark": {
+            "wall_s": elapsed,
+            "peak_rss_mib": peak_rss_mib(),
+            "machine": machine(),
+            "args": {k: str(v) for k, v in vars(args).items()},
+        },
+    }
     (args.results / "uses_prune.json").write_text(dumps(payload, indent=2) + "\n")
     shutil.copy(args.work / "report" / "prune_curves.png", args.results / "uses_prune.png")
     shutil.copy(args.work / "report" / "prune_angular.png", args.results / "uses_prune_angular.png")
-    text = markdown(data, missing, elapsed, args, report.summary())
-    (args.results / "uses_prune.md").write_text(text)
-    print(text)
+    write_markdown(args.results, data, missing, elapsed, vars(args))
     print("\n".join(str(path) for path in written))
+
+
+def tabulate(args) -> None:
+    """The markdown and figures again, from ``uses_prune.json`` (after a change of layout)."""
+    from tunedlens.analyze import PruneReport
+    from tunedlens.plot.prune_figures import save_prune_figures
+
+    payload = json.loads((args.results / "uses_prune.json").read_text())
+    data = {k: v for k, v in payload.items() if k not in ("missing_lenses", "benchmark")}
+    figures = args.work / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    save_prune_figures(data, figures)
+    shutil.copy(figures / "prune_curves.png", args.results / "uses_prune.png")
+    shutil.copy(figures / "prune_angular.png", args.results / "uses_prune_angular.png")
+    benchmark = payload["benchmark"]
+    write_markdown(
+        args.results,
+        PruneReport(data).to_dict(),
+        payload["missing_lenses"],
+        benchmark["wall_s"],
+        benchmark["args"],
+    )
+
+
+HAND = "<!-- written by hand: kept when the script rewrites this file -->"
+
+
+def write_markdown(results: Path, data: dict, missing: dict, elapsed: float, args: dict) -> None:
+    """``uses_prune.md``: the computed tables, then the hand-written reading, if any, kept."""
+    from tunedlens.analyze import PruneReport
+
+    path = results / "uses_prune.md"
+    kept = path.read_text().split(HAND, 1) if path.exists() else []
+    text = markdown(data, missing, elapsed, args, PruneReport(data).summary())
+    if len(kept) == 2:
+        text += "\n" + HAND + kept[1]
+    path.write_text(text)
+    print(text)
 
 
 def best_scores(data: dict) -> list[tuple[str, float]]:
@@ -143,14 +200,14 @@ def verdict(data: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown(data: dict, missing: dict, elapsed: float, args, summary: str) -> str:
+def markdown(data: dict, missing: dict, elapsed: float, args: dict, summary: str) -> str:
     lenses = ", ".join(f"{name} ({entry['source']})" for name, entry in data["lenses"].items())
     header = [
         "# Which blocks can go: SmolLM2-135M (issue #24)",
         "",
-        f"`nice -n 10 python benchmarks/uses_prune.py --sequences {args.sequences} --seq-len "
-        f"{args.seq_len} --max-remove {args.max_remove} --oracle {args.oracle} --heal-steps "
-        f"{args.heal_steps} --lens-positions {args.lens_positions}`: calibration = "
+        f"`nice -n 10 python benchmarks/uses_prune.py --sequences {args['sequences']} --seq-len "
+        f"{args['seq_len']} --max-remove {args['max_remove']} --oracle {args['oracle']} "
+        f"--heal-steps {args['heal_steps']} --lens-positions {args['lens_positions']}`: calibration = "
         "corpus/validation, test = corpus/test (disjoint). "
         f"Lenses: {lenses}." + (f" Missing: {json.dumps(missing)}." if missing else ""),
         "",

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from tunedlens.errors import require
 
+DODGE = 0.04
+"""Sideways offset between methods in the PNG curves (in blocks)."""
+
 
 def _style(name: str) -> dict:
     """Line style by kind of method: truncations dashed, the oracle black and dotted."""
@@ -50,13 +53,16 @@ def save_curves(data: dict, out: Path) -> list[Path]:
     figure = go.Figure()
     fig, axis = pyplot.subplots(figsize=(9.5, 5), dpi=120)
     colors: dict[str, str] = {}
-    for names, curve in _same_curves(data["curves"]):
+    groups = _same_curves(data["curves"])
+    for index, (names, curve) in enumerate(groups):
         label = " = ".join(names)
         ks = [point["k"] for point in curve]
         ce = [point["ce_bits"] for point in curve]
         hover = [f"removed: {', '.join(map(str, p['removed'])) or 'none'}" for p in curve]
         style = _style(names[0])
-        (line,) = axis.plot(ks, ce, label=label, markersize=4, **style)
+        # Methods often agree at some k: dodge each sideways so no line hides another.
+        dodge = DODGE * (index - (len(groups) - 1) / 2)
+        (line,) = axis.plot([k + dodge for k in ks], ce, label=label, markersize=4, **style)
         color = matplotlib_colors.to_hex(line.get_color())
         colors.update(dict.fromkeys(names, color))
         figure.add_trace(
@@ -81,8 +87,17 @@ def save_curves(data: dict, out: Path) -> list[Path]:
                 marker={"symbol": "star", "size": 14, "color": color, "line": {"width": 1}},
             )
         )
-        axis.plot([k], [value], marker="*", markersize=13, linestyle="none", color=color,
-                  markeredgecolor="black", markeredgewidth=0.6, label=f"{name} + heal")  # fmt: skip
+        axis.plot(
+            [k],
+            [value],
+            marker="*",
+            markersize=13,
+            linestyle="none",
+            color=color,
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            label=f"{name} + heal",
+        )
     baseline = data["baseline"]["ce_bits"]
     figure.add_hline(y=baseline, line_dash="dash", annotation_text="full model")
     axis.axhline(baseline, color="0.5", linestyle="-", linewidth=0.8, label="full model")
@@ -92,7 +107,11 @@ def save_curves(data: dict, out: Path) -> list[Path]:
         yaxis_title="cross-entropy (bits/token, test)",
         template="plotly_white",
     )
-    axis.set(title=title, xlabel="blocks removed (k)", ylabel="cross-entropy (bits/token, test)")
+    axis.set(
+        title=title,
+        ylabel="cross-entropy (bits/token, test)",
+        xlabel="blocks removed (k; methods shifted slightly sideways to stay visible)",
+    )
     axis.set_xticks(range(data["max_remove"] + 1))
     # One method (often truncation by the logit lens) can be far worse than the rest: clip the
     # y-axis at the 90th percentile so the others stay readable.

@@ -108,7 +108,7 @@ def summary_markdown(data: dict) -> str:
             "",
             f"## Healing at k = {k_max}: an affine map before the head, fitted on calibration ids",
             "",
-            "Least squares (ridge chosen on a held-out fifth of the calibration tokens), then AdamW "
+            "Least squares (ridge chosen on a held-out fifth of the calibration sequences), then AdamW "
             "steps on KL, kept while the held-out KL falls; no map when nothing beats the "
             "identity there. Recovered: the share of the cross-entropy (and of the KL to the full "
             "model) that the removal lost and the heal wins back, on the test ids.",
