@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import platform
 import resource
 import sys
@@ -14,10 +15,12 @@ import torch
 from tunedlens.metrics.divergence import NATS_TO_BITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from paths import CORPUS, PEER
+from paths import CORPUS, PEER, ROOT
 
 RESULTS = Path(__file__).parent / "results"
-__all__ = ["CORPUS", "PEER", "RESULTS"]
+LENSES = Path(os.environ.get("TUNEDLENS_LENSES", ROOT.parent / "lenses"))
+"""Lenses trained for the benchmarks (``smollm2-tuned``, ``smollm2-jlens``), beside the checkout."""
+__all__ = ["CORPUS", "LENSES", "PEER", "RESULTS"]
 
 
 def machine() -> dict:

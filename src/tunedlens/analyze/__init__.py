@@ -18,9 +18,10 @@ import importlib
 _EXPORTS = {
     "early_exit": "tunedlens.analyze.early_exit",
     "EarlyExitReport": "tunedlens.analyze.early_exit",
-    "prune": "tunedlens.analyze.prune",
-    "PruneReport": "tunedlens.analyze.prune",
-    # Not a module named "detect": importing it would replace the function on this package.
+    # Packages, not modules, named after the functions: importing a module "prune" would
+    # replace the function on this package.
+    "prune": "tunedlens.analyze.pruning",
+    "PruneReport": "tunedlens.analyze.pruning",
     "detect": "tunedlens.analyze.detection",
     "DetectReport": "tunedlens.analyze.detection",
 }
