@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from tunedlens.arch.points import block_rows
+from tunedlens.arch.points import block_rows, row_label
 from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
 from tunedlens.lenses.lens import Lens, LogitLens
@@ -24,44 +24,48 @@ class TokenProb:
 
 @dataclass(frozen=True)
 class LayerPrediction:
-    """The top tokens decoded from one layer (``"3.mid"``: a mid point; ``"output"``: the model)."""
+    """The top tokens decoded from one row of the lens (see :mod:`tunedlens.arch.points`)."""
 
-    layer: int | str
+    row: int
+    """The lens's row (``0..output_row``)."""
+    label: str
+    """How the row is shown: ``"3"``, ``"3.mid"`` (a mid point) or ``"output"`` (the model)."""
     top: list[TokenProb]
 
     def to_dict(self) -> dict:
-        """JSON-ready form: ``{"layer": i, "top": [{"token", "id", "prob"}, ...]}``."""
+        """JSON-ready form: ``{"row": i, "label": "i", "top": [{"token", "id", "prob"}, ...]}``."""
         return asdict(self)
 
 
-def parse_layers(spec: str | None, n_layers: int) -> list[int]:
+def parse_layers(spec: str | None, n_blocks: int) -> list[int]:
     """Parse a layer selection: ``None``/``"all"``, ``"0,5,10"``, ``"4-8"`` or ``"0:30:5"``.
 
-    Layers are ``0..L-1`` (``hidden_states`` indices); the output row is always added separately.
+    Layers are blocks ``0..L-1`` (``hidden_states`` indices); the output row is always added
+    separately.
     """
     if spec is None or spec.strip() in ("", "all"):
-        return list(range(n_layers))
+        return list(range(n_blocks))
     layers: list[int] = []
     for part in spec.split(","):
         part = part.strip()
         if re.fullmatch(r"-?\d+", part):  # negative indices count from the last layer
             index = int(part)
-            layers.append(index + n_layers if -n_layers <= index < 0 else index)
+            layers.append(index + n_blocks if -n_blocks <= index < 0 else index)
         elif match := re.fullmatch(r"(\d+)-(\d+)", part):
             layers.extend(range(int(match[1]), int(match[2]) + 1))
         elif match := re.fullmatch(r"(\d*):(\d*)(?::(\d+))?", part):
             start, stop, step = (int(g) if g else None for g in match.groups())
-            layers.extend(range(n_layers)[slice(start, stop, step)])
+            layers.extend(range(n_blocks)[slice(start, stop, step)])
         else:
             raise ValueError(
                 f"cannot parse layer selection {part!r}; use e.g. 'all', '0,5,10', '4-8' or '0:30:5'"
             )
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    bad = [layer for layer in layers if not 0 <= layer < n_blocks]
     if bad:
-        raise ValueError(f"layers {bad} are out of range: this model has layers 0..{n_layers - 1}")
+        raise ValueError(f"layers {bad} are out of range: this model has layers 0..{n_blocks - 1}")
     if not layers:
         raise ValueError(
-            f"the layer selection {spec!r} selects no layer; this model has layers 0..{n_layers - 1}"
+            f"the layer selection {spec!r} selects no layer; this model has layers 0..{n_blocks - 1}"
         )
     return sorted(set(layers))
 
@@ -104,14 +108,13 @@ def predict_layers(
             f"position {position!r} (--position) is outside the prompt's {length} tokens; use "
             f"0..{length - 1}, or -{length}..-1 counting from the end."
         )
-    chosen = range(lens.n_layers) if layers is None else block_rows(lens.points, layers)
-    rows = [*chosen, lens.n_layers]
+    chosen = range(lens.output_row) if layers is None else block_rows(lens.points, layers)
+    rows = [*chosen, lens.output_row]
     result = readout(model, {"lens": lens}, input_ids, rows=rows, positions=position, stats=(),
                      top_k=top_k)["lens"]  # fmt: skip
     predictions = []
     for index, row in enumerate(rows):
         ids, probs = result.top_ids[0, index, 0].tolist(), result.top_probs[0, index, 0].tolist()
         top = [TokenProb(tokenizer.decode([i]), i, p) for i, p in zip(ids, probs, strict=True)]
-        label = row if lens.points == "block" and row < lens.n_layers else lens.row_label(row)
-        predictions.append(LayerPrediction(label, top))
+        predictions.append(LayerPrediction(row, row_label(lens.points, row, lens.n_blocks), top))
     return predictions

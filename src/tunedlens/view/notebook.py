@@ -82,10 +82,11 @@ class Lensed:
                    skip_norm: bool = False, points: str = "block") -> dict[int, list[list[Prediction]]]:  # fmt: skip
         """Top-k predictions of the logit lens per layer and position.
 
-        Returns ``{layer: [[(token_id, prob, token_str), ... top_k] per position]}``; layer
-        ``L`` is the model's own output. ``position`` (e.g. ``-1``) keeps one position.
-        ``points="mid"`` reads each block after attention, before the MLP (keys ``"3.mid"``);
-        ``"both"`` interleaves the two (``layers`` then select blocks).
+        Returns ``{row: [[(token_id, prob, token_str), ... top_k] per position]}``; the last
+        row (``L``) is the model's own output. ``position`` (e.g. ``-1``) keeps one position.
+        ``points="mid"`` reads each block after attention, before the MLP; ``"both"`` interleaves
+        the two (``layers`` then select blocks; row ``2L`` is the output). Name a row with
+        ``tunedlens.arch.points.row_label(points, row, n_blocks)`` (``"3.mid"``).
         """
         lens = LogitLens(self.model, final_norm=final_norm, skip_norm=skip_norm, points=points)
         return self._read(lens, prompt, layers, top_k, position, plot)
@@ -106,15 +107,15 @@ class Lensed:
         ids = encode_prompt(self.tokenizer, prompt, self.model)
         if position is not None:
             self._position(position, ids.shape[1])
-        rows = [*(range(lens.n_layers) if layers is None else block_rows(lens.points, layers)), lens.n_layers]
+        chosen = range(lens.output_row) if layers is None else block_rows(lens.points, layers)
+        rows = [*chosen, lens.output_row]
         result = readout(self.model, {"lens": lens}, ids, rows=rows, positions=position,
                          stats=(), top_k=top_k)["lens"]  # fmt: skip
         out = {}
         for index, row in enumerate(rows):
-            key = row if lens.points == "block" else lens.row_label(row)
             cells = zip(result.top_ids[0, index].tolist(), result.top_probs[0, index].tolist(),
                         strict=True)  # fmt: skip
-            out[key] = [[(i, p, self.tokenizer.decode([i])) for i, p in zip(top, probs, strict=True)]
+            out[row] = [[(i, p, self.tokenizer.decode([i])) for i, p in zip(top, probs, strict=True)]
                         for top, probs in cells]  # fmt: skip
         if plot:
             self.plot(self.trajectory(prompt, lens, layers=None if layers is None else block_rows(lens.points, layers)))

@@ -6,7 +6,7 @@ import torch
 
 from tiny_models import TINY_CONFIGS, tiny_model
 from tunedlens.arch import collect_residuals, resolve_arch
-from tunedlens.arch.points import NoMidPoint, block_rows, parse_point, point_label
+from tunedlens.arch.points import NoMidPoint, block_rows, parse_point, row_label
 from tunedlens.engine import readout
 from tunedlens.lenses import LogitLens, TunedLens
 
@@ -32,7 +32,7 @@ def _check_mid_points(model, input_ids):
     both = collect_residuals(model, input_ids, points="both", with_logits=False)
     block = collect_residuals(model, input_ids, with_logits=False)
     mid = collect_residuals(model, input_ids, points="mid", with_logits=False)
-    n = arch.n_layers
+    n = arch.n_blocks
     assert len(both.hidden) == 2 * n + 1 and len(mid.hidden) == n + 1 and both.points == "both"
     for layer in range(n):  # block rows are the block inputs; mid rows the same in both views
         assert torch.equal(both.hidden[2 * layer], block.hidden[layer])
@@ -79,8 +79,8 @@ def test_parallel_blocks_have_no_mid_point(model_type, input_ids):
 
 
 def test_labels_and_rows():
-    assert [point_label("both", row, 2) for row in range(5)] == ["0", "0.mid", "1", "1.mid", "output"]
-    assert [point_label("mid", row, 2) for row in range(3)] == ["0.mid", "1.mid", "output"]
+    assert [row_label("both", row, 2) for row in range(5)] == ["0", "0.mid", "1", "1.mid", "output"]
+    assert [row_label("mid", row, 2) for row in range(3)] == ["0.mid", "1.mid", "output"]
     assert parse_point("1.mid", "both", 2) == 3 and parse_point("output", "mid", 2) == 2
     with pytest.raises(IndexError, match="0.mid"):
         parse_point("1", "mid", 2)
@@ -101,7 +101,7 @@ def test_logit_lens_at_mid_points_decodes_the_mid_states(model_type, input_ids):
     states = collect_residuals(model, input_ids, points="both")
     result = readout(model, lens, input_ids, stats=("kl",), logprobs=True)["logit"]
     assert result.logprobs.shape[1] == 2 * lens.n_blocks + 1
-    for row in range(lens.n_layers + 1):
+    for row in range(lens.output_row + 1):
         expected = lens(states.hidden[row], row).log_softmax(-1)
         torch.testing.assert_close(result.logprobs[:, row], expected, rtol=1e-5, atol=1e-5)
     # Its block rows are the block lens's rows; the output row is the model's own distribution.

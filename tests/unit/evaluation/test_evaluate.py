@@ -17,14 +17,14 @@ def test_metrics_equal_a_direct_computation(model, lens, tokens, tiny_tokenizer)
     report = evaluate(model, {"mine": lens}, tokens, tokenizer=tiny_tokenizer, bootstrap=200,
                       memory_budget=12 * 4 * 128 * 3)  # fmt: skip
     metrics = report.to_dict()
-    n_layers = lens.n_layers
-    assert metrics["layers"] == list(range(n_layers + 1))
+    output_row = lens.output_row
+    assert metrics["layers"] == list(range(output_row + 1))
     residuals = collect_residuals(model, tokens)
     model_lp = residuals.logits.double().log_softmax(-1)
     targets = tokens[:, 1:]
     for name, chosen in (("logit", LogitLens(model)), ("mine", lens)):
         entry = metrics["lenses"][name]
-        for layer in range(n_layers + 1):
+        for layer in range(output_row + 1):
             with torch.no_grad():
                 lp = chosen(residuals.hidden[layer], layer).double().log_softmax(-1)
             kl = (model_lp.exp() * (model_lp - lp)).sum(-1).mean() * NATS_TO_BITS
@@ -39,9 +39,9 @@ def test_metrics_equal_a_direct_computation(model, lens, tokens, tiny_tokenizer)
             assert low <= entry["kl_bits"][layer] + 1e-9 and entry["kl_bits"][layer] <= high + 1e-9
         assert entry["top5_agree"][-1] == 1.0 or name == "mine"
     logit = metrics["lenses"]["logit"]
-    assert abs(logit["kl_bits"][n_layers]) < 1e-5  # the output row is the model itself
-    assert logit["top1_agree"][n_layers] == 1.0 and logit["mean_rank"][n_layers] == 1.0
-    assert metrics["baseline"]["ce_bits"] == pytest.approx(logit["ce_bits"][n_layers], abs=1e-5)
+    assert abs(logit["kl_bits"][output_row]) < 1e-5  # the output row is the model itself
+    assert logit["top1_agree"][output_row] == 1.0 and logit["mean_rank"][output_row] == 1.0
+    assert metrics["baseline"]["ce_bits"] == pytest.approx(logit["ce_bits"][output_row], abs=1e-5)
     assert all(value >= 0 for e in metrics["lenses"].values() for value in e["kl_bits"])
     assert metrics["baseline"]["bits_per_byte"] > 0
 
@@ -64,7 +64,7 @@ def test_layer_subset_and_transfer(model, lens, tokens):
         [full["lenses"]["mine"]["kl_bits"][1]]
     )
     transfer = metrics["lenses"]["mine"]["transfer_kl_bits"]
-    for layer in range(lens.n_layers):  # translator i on its own layer i is the plain lens
+    for layer in range(lens.output_row):  # translator i on its own layer i is the plain lens
         assert transfer[layer][layer] == pytest.approx(
             full["lenses"]["mine"]["kl_bits"][layer], abs=1e-5
         )

@@ -17,8 +17,8 @@ def _trajectory(lens, model, ids, **kwargs):
 def test_rows_are_the_lens_then_the_model(model, lens, input_ids):
     trajectory = _trajectory(lens, model, input_ids[0])
     residuals = collect_residuals(model, input_ids[:1])
-    assert trajectory.layers == [0, 1, "output"]
-    for row in range(lens.n_layers):
+    assert trajectory.row_labels == ["0", "1", "output"] and trajectory.rows == [0, 1, 2]
+    for row in range(lens.output_row):
         expected = lens(residuals.hidden[row], row).log_softmax(-1)
         torch.testing.assert_close(trajectory.logprobs[:, row], expected)
     torch.testing.assert_close(trajectory.logprobs[:, -1], residuals.logits.log_softmax(-1))
@@ -75,7 +75,7 @@ def test_views_batches_and_clipping(model, lens, input_ids, tiny_tokenizer):
     assert trajectory.logprobs.shape[:3] == (2, 3, 9)
     last = trajectory.slice_positions(slice(-4, None))
     assert last.input_ids.shape == (2, 4) and last.targets.shape == (2, 4)
-    assert trajectory.stride(5).layers == [0, 1, "output"]  # last layer and output always kept
+    assert trajectory.stride(5).row_labels == ["0", "1", "output"]  # last block and output always kept
     entropy = trajectory.entropy()
     singles = [_trajectory(lens, model, ids).entropy().values for ids in input_ids]
     np.testing.assert_allclose(entropy.values, (singles[0] + singles[1]) / 2, atol=1e-5)
@@ -117,7 +117,7 @@ def test_from_a_transformerlens_style_cache(model, lens, input_ids, component):
         torch.testing.assert_close(from_cache.logprobs, direct.logprobs)
     else:  # resid_post of block 0 is hidden_states[1], read with translator 1
         torch.testing.assert_close(from_cache.logprobs[:, 0], direct.logprobs[:, 1])
-        assert from_cache.layers == [1, 2, "output"]
+        assert from_cache.row_labels == ["1", "2", "output"] and from_cache.rows == [1, 2, 2]
     with pytest.raises(ValueError, match="one model"):  # logits of another model are caught
         PredictionTrajectory.from_lens_and_cache(lens, cache, input_ids, residuals.logits + 1.0,
                                                  residual_component=component)  # fmt: skip
