@@ -214,6 +214,11 @@ class PredictionTrajectory:
         """Number of decoder blocks ``L`` of the model."""
         return self.result.n_blocks
 
+    @property
+    def output_row(self) -> int:
+        """The lens's output row (``L``; ``2L`` for both points), the last of :attr:`rows`."""
+        return self.result.output_row
+
     def slice_positions(self, positions: slice | Sequence[int]) -> PredictionTrajectory:
         """Keep only some positions (e.g. ``slice(-8, None)``)."""
         index = (

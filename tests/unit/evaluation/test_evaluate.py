@@ -87,3 +87,19 @@ def test_bad_api_input_says_what_to_pass(model, lens, input_ids):
         evaluate(model, "path/to/lens", input_ids, bootstrap=0)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         evaluate(model, lens, input_ids, batch_size=0, bootstrap=0)
+
+
+def test_reports_name_rows_and_read_reports_written_before(model, tokens):
+    from tunedlens.evaluation.report import row_labels, summary_markdown
+
+    lens = TunedLens.from_model(model, points="both")
+    metrics = evaluate(model, {"mine": lens}, tokens, layers=[0, 3, 4], bootstrap=0).metrics
+    assert metrics["n_blocks"] == 2 and metrics["output_row"] == 4 and "n_layers" not in metrics
+    assert metrics["layers"] == [0, 3, 4] and metrics["row_labels"] == ["0", "1.mid", "output"]
+    assert "| 1.mid |" in summary_markdown(metrics) and "| output |" in summary_markdown(metrics)
+    # A block report as written before rows had labels: n_layers (the output row), no labels.
+    block = evaluate(model, {"mine": TunedLens.from_model(model)}, tokens, bootstrap=0).metrics
+    old = {k: v for k, v in block.items() if k not in ("n_blocks", "row_labels", "points")}
+    old["n_layers"] = block["output_row"]
+    assert row_labels(old) == block["row_labels"] == ["0", "1", "output"]
+    assert summary_markdown(old) == summary_markdown(block)

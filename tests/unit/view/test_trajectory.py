@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_models import tiny_config
 from tunedlens import LogitLens, PredictionTrajectory, collect_residuals
 from tunedlens.view.trajectory import TrajectoryStat
 
@@ -87,6 +88,24 @@ def test_views_batches_and_clipping(model, lens, input_ids, tiny_tokenizer):
     clipped = entropy.clip(0.0, 1.0)
     assert clipped.values.max() <= 1.0 and clipped.vmax == 1.0
     assert isinstance(clipped, TrajectoryStat)
+
+
+@pytest.mark.parametrize(("points", "step", "rows", "labels"), [
+    ("block", 2, [0, 2, 4, 5], ["0", "2", "4", "output"]),
+    ("block", 3, [0, 3, 4, 5], ["0", "3", "4", "output"]),
+    ("mid", 2, [0, 2, 4, 5], ["0.mid", "2.mid", "4.mid", "output"]),
+    ("both", 3, [0, 1, 6, 7, 8, 9, 10], ["0", "0.mid", "3", "3.mid", "4", "4.mid", "output"]),
+])  # fmt: skip
+def test_stride_keeps_every_step_th_block_at_any_points(input_ids, points, step, rows, labels):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", num_hidden_layers=5)).eval()
+    trajectory = _trajectory(LogitLens(model, points=points), model, input_ids[0])
+    assert trajectory.n_blocks == 5 and trajectory.rows == list(range(trajectory.output_row + 1))
+    strided = trajectory.stride(step)
+    assert strided.rows == rows and strided.row_labels == labels
+    torch.testing.assert_close(strided.logprobs, trajectory.logprobs[:, rows])
+    assert strided.entropy().row_labels == labels
 
 
 def test_bad_input(model, lens, input_ids):
