@@ -3,8 +3,8 @@
 A :class:`PredictionTrajectory` is a :func:`tunedlens.readout` of one lens over rows
 ``0..output_row-1`` (``hidden_states[i]`` for block points) and the model's own output row, for a
 batch of prompts of one length. Statistics are :class:`TrajectoryStat` grids ``(rows, seq)`` with
-a name and units; a batch of prompts is averaged, and its top-token labels read ``*`` where the prompts disagree.
-Full log-probabilities are kept only on request (``keep_logprobs=True``): every statistic,
+a name and units; a batch of prompts is averaged, and its top-token labels read ``*`` where the
+prompts disagree. Full log-probabilities are kept only on request (``keep_logprobs=True``): every statistic,
 including the divergences between two trajectories, is computed exactly by the readout engine.
 """
 
@@ -80,11 +80,11 @@ class PredictionTrajectory:
             keep_logprobs: Also keep the full ``(batch, rows, seq, vocab)`` log-probabilities.
         """
         ids = _as_batch(input_ids, "input_ids")
-        rows = list(range(lens.output_row)) if layers is None else list(layers)
         last = lens.output_row
+        rows = list(range(last)) if layers is None else list(layers)
         if any(isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < last for r in rows):
-            raise IndexError(f"layers must be in 0..{lens.output_row - 1}, got {rows}")
-        rows.append(lens.output_row)
+            raise IndexError(f"layers must be in 0..{last - 1}, got {rows}")
+        rows.append(last)
         labels = [row_label(lens.points, row, lens.n_blocks) for row in rows]
         return cls._build(lens, model, ids, None, rows, rows, labels, tokenizer, targets,
                           anti_targets, name, keep_logprobs)  # fmt: skip
@@ -151,8 +151,8 @@ class PredictionTrajectory:
         states = [state(block, residual_component) for block in range(n_blocks)]
         states.append(state(n_blocks - 1, "resid_post"))
         shift = 1 if residual_component == "resid_post" else 0
-        # The states of row i are read by the lens's row i + shift (block and mid lenses: one
-        # row per block, and the output row is row L).
+        # Block i's cached state is read by the lens's row i + shift (these lenses have one row
+        # per block, and their output row is row L).
         rows = [block + shift for block in range(n_blocks)] + [lens.output_row]
         pairs = [(block, row) for block, row in enumerate(rows[:-1])] + [lens.output_row]
         # The last block's resid_post is the output row's state, read as a row of its own: it
