@@ -276,7 +276,7 @@ def layer_kl(lens: Lens, model: nn.Module, tokens: torch.Tensor, *, batch_size: 
         chunk_rows: Positions per vocabulary-sized computation.
 
     Returns:
-        ``(L,)`` float64 tensor of mean KL per layer, in nats.
+        ``(output_row,)`` float64 tensor of mean KL per row below the output row, in nats.
     """
     output_row = lens.output_row
     totals = torch.zeros(output_row, dtype=torch.float64)
