@@ -116,7 +116,7 @@ def report(work: Path, wall: dict, budget: str) -> None:
         training = provenance["training"]
         kl = training["val_kl_bits"]
         translator = provenance["translator"]
-        d, n = translator["d_model"], translator["n_layers"]
+        d, n = translator["d_model"], translator.get("n_rows", translator.get("n_layers"))  # older: n_layers
         parameters = {"affine": n * (d * d + d), "diagonal": 2 * n * d,
                       "mlp": n * (2 * d * (translator["rank"] or 0) + (translator["rank"] or 0) + d)}.get(translator["kind"])  # fmt: skip
         last_step = json.loads((work / name / "train_log.jsonl").read_text().splitlines()[-1])

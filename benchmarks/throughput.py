@@ -97,7 +97,7 @@ def split_step(model, lens, ids, positions: int) -> dict:
     residuals = collect_residuals(model, ids, positions=chosen, with_logits=False)
     forward = time.perf_counter() - started
     hidden = [h.reshape(-1, h.shape[-1]) for h in residuals.hidden]
-    n = lens.n_layers
+    n = lens.output_row
     started = time.perf_counter()
     with torch.no_grad():
         target = KLTarget(lens(hidden[n], n).log_softmax(-1))

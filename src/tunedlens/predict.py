@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from tunedlens.arch.points import block_rows
+from tunedlens.arch.points import block_rows, row_label
 from tunedlens.engine.core import readout
 from tunedlens.engine.inputs import encode_prompt
 from tunedlens.engine.result import LensReadout
@@ -27,44 +27,48 @@ class TokenProb:
 
 @dataclass(frozen=True)
 class LayerPrediction:
-    """The top tokens decoded from one layer (``"3.mid"``: a mid point; ``"output"``: the model)."""
+    """The top tokens decoded from one row of the lens (see :mod:`tunedlens.arch.points`)."""
 
-    layer: int | str
+    row: int
+    """The lens's row (``0..output_row``)."""
+    label: str
+    """How the row is shown: ``"3"``, ``"3.mid"`` (a mid point) or ``"output"`` (the model)."""
     top: list[TokenProb]
 
     def to_dict(self) -> dict:
-        """JSON-ready form: ``{"layer": i, "top": [{"token", "id", "prob"}, ...]}``."""
+        """JSON-ready form: ``{"row": i, "label": "i", "top": [{"token", "id", "prob"}, ...]}``."""
         return asdict(self)
 
 
-def parse_layers(spec: str | None, n_layers: int) -> list[int]:
+def parse_layers(spec: str | None, n_blocks: int) -> list[int]:
     """Parse a layer selection: ``None``/``"all"``, ``"0,5,10"``, ``"4-8"`` or ``"0:30:5"``.
 
-    Layers are ``0..L-1`` (``hidden_states`` indices); the output row is always added separately.
+    Layers are blocks ``0..L-1`` (``hidden_states`` indices); the output row is always added
+    separately.
     """
     if spec is None or spec.strip() in ("", "all"):
-        return list(range(n_layers))
+        return list(range(n_blocks))
     layers: list[int] = []
     for part in spec.split(","):
         part = part.strip()
         if re.fullmatch(r"-?\d+", part):  # negative indices count from the last layer
             index = int(part)
-            layers.append(index + n_layers if -n_layers <= index < 0 else index)
+            layers.append(index + n_blocks if -n_blocks <= index < 0 else index)
         elif match := re.fullmatch(r"(\d+)-(\d+)", part):
             layers.extend(range(int(match[1]), int(match[2]) + 1))
         elif match := re.fullmatch(r"(\d*):(\d*)(?::(\d+))?", part):
             start, stop, step = (int(g) if g else None for g in match.groups())
-            layers.extend(range(n_layers)[slice(start, stop, step)])
+            layers.extend(range(n_blocks)[slice(start, stop, step)])
         else:
             raise InputError(
                 f"cannot parse layer selection {part!r}; use e.g. 'all', '0,5,10', '4-8' or '0:30:5'"
             )
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    bad = [layer for layer in layers if not 0 <= layer < n_blocks]
     if bad:
-        raise InputError(f"layers {bad} are out of range: this model has layers 0..{n_layers - 1}")
+        raise InputError(f"layers {bad} are out of range: this model has layers 0..{n_blocks - 1}")
     if not layers:
         raise InputError(
-            f"the layer selection {spec!r} selects no layer; this model has layers 0..{n_layers - 1}"
+            f"the layer selection {spec!r} selects no layer; this model has layers 0..{n_blocks - 1}"
         )
     return sorted(set(layers))
 
@@ -94,22 +98,20 @@ def check_position(position: int, length: int) -> int:
 
 
 def layer_rows(lens: Lens, layers: Sequence[int] | None = None) -> list[int]:
-    """The rows :func:`predict_layers` reads: ``layers`` (default all), then the output row."""
-    chosen = range(lens.n_layers) if layers is None else block_rows(lens.points, layers)
-    return [*chosen, lens.n_layers]
+    """The rows :func:`predict_layers` reads: blocks ``layers`` (default all), then the output row."""
+    chosen = range(lens.output_row) if layers is None else block_rows(lens.points, layers)
+    return [*chosen, lens.output_row]
 
 
-def row_labels(lens: Lens, rows: Sequence[int]) -> list[int | str]:
-    """How :class:`LayerPrediction` names rows: ``3``, ``"3.mid"`` (a mid point), ``"output"``."""
-    return [
-        row if lens.points == "block" and row < lens.n_layers else lens.row_label(row)
-        for row in rows
-    ]
+def row_labels(lens: Lens, rows: Sequence[int]) -> list[str]:
+    """Each row's label (:func:`~tunedlens.arch.points.row_label`): ``"3"``, ``"3.mid"``, ``"output"``."""
+    return [row_label(lens.points, row, lens.n_blocks) for row in rows]
 
 
 def layer_predictions(
     result: LensReadout,
-    labels: Sequence[int | str],
+    rows: Sequence[int],
+    labels: Sequence[str],
     tokenizer,
     *,
     batch: int = 0,
@@ -120,7 +122,8 @@ def layer_predictions(
 
     Args:
         result: The lens's readout, made with ``top_k`` >= 1.
-        labels: One label per row of the readout (see :func:`row_labels`).
+        rows: The row of each of the readout's rows.
+        labels: How each is shown (see :func:`row_labels`).
         tokenizer: Decodes the token ids.
         batch: The sequence of the readout's batch.
         position: The index among the readout's positions.
@@ -137,13 +140,14 @@ def layer_predictions(
     probs = result.top_probs[batch, :, position, :k].tolist()
     return [
         LayerPrediction(
+            row,
             label,
             [
                 TokenProb(tokenizer.decode([i]), i, p)
                 for i, p in zip(row_ids, row_probs, strict=True)
             ],
         )
-        for label, row_ids, row_probs in zip(labels, ids, probs, strict=True)
+        for row, label, row_ids, row_probs in zip(rows, labels, ids, probs, strict=True)
     ]
 
 
@@ -173,8 +177,8 @@ def predict_layers(
         position: Token position (negative counts from the end).
 
     Returns:
-        One :class:`LayerPrediction` per row, labelled ``0``, ``1``, ... (``"3.mid"`` for a mid
-        point) and ``"output"`` last.
+        One :class:`LayerPrediction` per row, labelled ``"0"``, ``"1"``, ... (``"3.mid"`` for a
+        mid point) and ``"output"`` last.
     """
     lens = lens or LogitLens(model)
     check_top_k(top_k)
@@ -184,4 +188,4 @@ def predict_layers(
     result = readout(
         model, {"lens": lens}, input_ids, rows=rows, positions=position, stats=(), top_k=top_k
     )["lens"]
-    return layer_predictions(result, row_labels(lens, rows), tokenizer)
+    return layer_predictions(result, rows, row_labels(lens, rows), tokenizer)

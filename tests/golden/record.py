@@ -74,7 +74,9 @@ def record(model_type: str, work: Path) -> dict:
     for name, chosen in (("logit", LogitLens(model)), ("tuned", lens)):
         rows = predict_layers(model, tok, PROMPT, chosen, top_k=5, position=-2)
         out[f"predict/{name}"] = [
-            {"layer": r.layer, "ids": [t.id for t in r.top], "probs": [t.prob for t in r.top]}
+            # Recorded as before rows had labels: the row index below the output row.
+            {"layer": "output" if r.label == "output" else r.row, "ids": [t.id for t in r.top],
+             "probs": [t.prob for t in r.top]}
             for r in rows
         ]
         viewer = Lensed(model, tok)

@@ -41,7 +41,7 @@ def test_logit_lens_output_row_equals_model_logits(demo):
 def test_predict_says_paris(demo):
     model, tokenizer = demo
     rows = predict_layers(model, tokenizer, PROMPT, top_k=3)
-    assert len(rows) == 31 and rows[-1].layer == "output"
+    assert len(rows) == 31 and rows[-1].label == "output"
     assert rows[-1].top[0].token == " Paris"
     # The logit lens of early layers has not found the answer yet.
     assert rows[0].top[0].token != " Paris"
@@ -99,8 +99,8 @@ def test_cli_predict_json_end_to_end():
     )
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert [row["layer"] for row in payload["layers"]] == [0, 29, "output"]
-    assert payload["layers"][-1]["top"][0]["token"] == " Paris"
+    assert [row["label"] for row in payload["rows"]] == ["0", "29", "output"]
+    assert payload["rows"][-1]["top"][0]["token"] == " Paris"
 
 
 def test_mid_points_on_smollm2(demo):

@@ -47,7 +47,7 @@ def test_greedy_generation_from_the_output_row(lensed):
     from tunedlens.analyze.generate import generate
 
     lens = LogitLens(lensed.model)
-    ours = generate(lens, lensed.model, lens.n_layers, ids, max_new_tokens=6)
+    ours = generate(lens, lensed.model, lens.output_row, ids, max_new_tokens=6)
     theirs = lensed.model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert torch.equal(ours, theirs)
 

@@ -53,7 +53,7 @@ def generate(
         raise InputError("the prompt is empty; give at least one token")
     arch = lens.unembed.arch
     captured: list[torch.Tensor] = []
-    if layer < lens.n_layers:
+    if layer < lens.output_row:
         handle = arch.layers[layer].register_forward_pre_hook(
             lambda _m, args, kwargs: captured.append(block_input(args, kwargs)[:, -1]),
             with_kwargs=True,

@@ -1,16 +1,21 @@
 """Where in a decoder block a lens reads: block boundaries, the mid point, or both.
 
-Rows of a lens that reads ``points``:
+The vocabulary of rows, used by lenses, residuals, readouts, trajectories, reports and files:
+``n_blocks`` is ``L``, the number of decoder blocks; a lens reading ``points`` has rows
+``0..output_row``, where
 
 - ``"block"``: row ``i`` (``0..L-1``) is the input of block ``i`` (``0`` = embeddings);
 - ``"mid"``: row ``i`` is block ``i``'s residual stream after attention and before the MLP
   (label ``"i.mid"``);
 - ``"both"``: the two interleaved, ``0, 0.mid, 1, 1.mid, ..., L-1, L-1.mid`` (``2L`` rows).
 
-In every case the row after the last is the output row (the last block's output, decoded by the
-bare model head), labelled ``"output"``. Families whose blocks run attention and the MLP in
-parallel on the same input (GPT-J, Phi-1/2, Cohere, GPT-NeoX and StableLM with
-``use_parallel_residual``, parallel Falcon) have no mid point: asking for one is an error.
+In every case the row after these, :func:`output_row` (``L``, or ``2L`` for both), is the output
+row: the last block's output, decoded by the bare model head, labelled ``"output"``. Rows are
+indices in data; :func:`row_label` is the one way to name them in views.
+
+Families whose blocks run attention and the MLP in parallel on the same input (GPT-J, Phi-1/2,
+Cohere, GPT-NeoX and StableLM with ``use_parallel_residual``, parallel Falcon) have no mid point:
+asking for one is an error.
 """
 
 from __future__ import annotations
@@ -37,9 +42,14 @@ def check_points(points: str) -> Points:
     return points  # type: ignore[return-value]
 
 
-def n_rows(points: Points, n_blocks: int) -> int:
-    """Rows before the output row: ``L`` for ``block`` or ``mid``, ``2L`` for ``both``."""
+def output_row(points: Points, n_blocks: int) -> int:
+    """The output row's index: ``L`` (``n_blocks``) for block or mid points, ``2L`` for both."""
     return 2 * n_blocks if check_points(points) == "both" else n_blocks
+
+
+def blocks_of(points: Points, output_row: int) -> int:
+    """``n_blocks`` of a lens reading ``points`` whose output row is ``output_row``."""
+    return output_row // 2 if check_points(points) == "both" else output_row
 
 
 def row_point(points: Points, row: int) -> tuple[int, bool]:
@@ -56,30 +66,28 @@ def block_rows(points: Points, blocks) -> list[int]:
     return list(blocks)
 
 
-def row_label(points: Points, row: int, n_rows_before_output: int) -> str:
-    """:func:`point_label` given the number of rows before the output row (``n_layers`` of a lens)."""
-    n_blocks = n_rows_before_output // 2 if points == "both" else n_rows_before_output
-    return point_label(points, row, n_blocks)
-
-
-def point_label(points: Points, row: int, n_blocks: int) -> str:
-    """``"3"``, ``"3.mid"`` or ``"output"`` for a row of a lens reading ``points``."""
-    if row == n_rows(points, n_blocks):
+def row_label(points: Points, row: int, n_blocks: int) -> str:
+    """How a row of a lens reading ``points`` is shown: ``"3"``, ``"3.mid"`` or ``"output"``."""
+    if row == output_row(points, n_blocks):
         return "output"
     block, mid = row_point(points, row)
     return f"{block}.mid" if mid else str(block)
 
 
 def parse_point(label: str | int, points: Points, n_blocks: int) -> int:
-    """The row of a label (``"3"``, ``"3.mid"``, ``"output"`` or an int row), or an IndexError."""
-    labels = [point_label(points, row, n_blocks) for row in range(n_rows(points, n_blocks) + 1)]
+    """The row a user names (``"3"``, ``"3.mid"``, ``"output"`` or an int row), or an IndexError.
+
+    For arguments a person types or a page sends; data carries row indices, never labels.
+    """
+    labels = [row_label(points, row, n_blocks) for row in range(output_row(points, n_blocks) + 1)]
     if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
         return label
     if str(label) in labels:
         return labels.index(str(label))
+    shown = labels if len(labels) <= 6 else [*labels[:3], "...", *labels[-2:]]
     raise OutOfRange(
         f"{label!r} is not a row of a lens reading {points!r} points of {n_blocks} blocks; its rows "
-        f"are {', '.join(labels[:3])}, ..., {labels[-2]}, output"
+        f"are {', '.join(shown)}"
     )
 
 
@@ -120,5 +128,5 @@ def mid_modules(arch: ResolvedArch, model: nn.Module) -> list[nn.Module]:
     return modules
 
 
-__all__ = ["POINTS", "NoMidPoint", "Points", "block_rows", "check_points", "mid_modules", "n_rows",
-           "parse_point", "point_label", "row_label", "row_point"]  # fmt: skip
+__all__ = ["POINTS", "NoMidPoint", "Points", "block_rows", "blocks_of", "check_points", "mid_modules",
+           "output_row", "parse_point", "row_label", "row_point"]  # fmt: skip

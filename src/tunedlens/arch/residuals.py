@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tunedlens.arch.points import Points, check_points, mid_modules, n_rows, point_label
+from tunedlens.arch.points import (
+    Points,
+    blocks_of,
+    check_points,
+    mid_modules,
+    output_row,
+    row_label,
+)
 from tunedlens.arch.resolve import ResolvedArch, resolve_arch
 from tunedlens.errors import InputError, InputTypeError
 
@@ -25,17 +32,22 @@ class Residuals:
     """The residual stream of one forward pass."""
 
     hidden: tuple[torch.Tensor, ...]
-    """One tensor ``(batch, seq, d_model)`` per row (``L + 1`` for block points), in the model's
-    dtype; the last is the output row."""
+    """One tensor ``(batch, seq, d_model)`` per row ``0..output_row`` (``L + 1`` for block
+    points), in the model's dtype; the last is the output row."""
     logits: torch.Tensor | None
     """The model's logits, ``(batch, seq, vocab)``; ``None`` when not computed."""
     points: Points = "block"
     """Which points of each block the rows hold (see :mod:`tunedlens.arch.points`)."""
 
     @property
-    def n_layers(self) -> int:
-        """Rows before the output row (the number of decoder blocks ``L`` for block points)."""
+    def output_row(self) -> int:
+        """The index of the output row: ``L`` for block or mid points, ``2L`` for both."""
         return len(self.hidden) - 1
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of decoder blocks ``L`` of the model."""
+        return blocks_of(self.points, self.output_row)
 
 
 def block_input(args, kwargs) -> torch.Tensor:
@@ -148,7 +160,7 @@ def collect_residuals(
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
     check_input_ids(model, input_ids)
-    captured: list[torch.Tensor | None] = [None] * (n_rows(points, arch.n_layers) + 1)
+    captured: list[torch.Tensor | None] = [None] * (output_row(points, arch.n_blocks) + 1)
     handles = []
     step = 2 if points == "both" else 1
 
@@ -193,7 +205,7 @@ def collect_residuals(
             where = f"layer {first_bad} on (row {first_bad} = " + (
                 "the embeddings)" if first_bad == 0 else f"the output of block {first_bad - 1})")
         else:
-            where = f"row {point_label(points, first_bad, arch.n_layers)} on"
+            where = f"row {row_label(points, first_bad, arch.n_blocks)} on"
         raise NonFiniteActivations(
             f"the model's residual stream holds NaN or Inf from {where}; "
             f"in {next(iter(model.parameters())).dtype} this is usually an overflow: load the model "

@@ -31,8 +31,8 @@ class ResolvedArch:
     logit_multiplier: float | None
 
     @property
-    def n_layers(self) -> int:
-        """Number of decoder blocks."""
+    def n_blocks(self) -> int:
+        """Number of decoder blocks ``L``."""
         return len(self.layers)
 
 
@@ -125,7 +125,7 @@ def resolve_arch(model: nn.Module, spec: ArchSpec | None = None) -> ResolvedArch
     )
 
 
-def _n_layers(model: nn.Module) -> int | None:
+def _num_hidden_layers(model: nn.Module) -> int | None:
     return getattr(text_config(model), "num_hidden_layers", None)
 
 
@@ -140,8 +140,8 @@ def _is_norm(name: str, module: nn.Module) -> bool:
 
 
 def _guess_spec(model: nn.Module) -> ArchSpec | None:
-    n_layers = _n_layers(model)
-    candidates = [name for name, size in _module_lists(model) if size == n_layers]
+    n_blocks = _num_hidden_layers(model)
+    candidates = [name for name, size in _module_lists(model) if size == n_blocks]
     if len(candidates) != 1:
         return None
     layers = candidates[0]
@@ -158,10 +158,10 @@ def _guess_spec(model: nn.Module) -> ArchSpec | None:
 
 def describe_structure(model: nn.Module) -> str:
     """What was found in ``model`` and the two ways to register it, one fact per line."""
-    n_layers = _n_layers(model)
+    n_blocks = _num_hidden_layers(model)
     model_type = getattr(model.config, "model_type", None)
     lists = _module_lists(model)
-    matching = [n for n, size in lists if size == n_layers]
+    matching = [n for n, size in lists if size == n_blocks]
     norms = [
         n
         for n, m in model.named_modules()
@@ -172,7 +172,7 @@ def describe_structure(model: nn.Module) -> str:
         (n for n, m in model.named_modules() if m is output and output is not None), None
     )
     lines = [
-        f"  ModuleList with {n_layers} entries (= num_hidden_layers): {', '.join(matching) or 'none'}",
+        f"  ModuleList with {n_blocks} entries (= num_hidden_layers): {', '.join(matching) or 'none'}",
         f"  other ModuleLists: {', '.join(f'{n} ({s})' for n, s in lists if n not in matching) or 'none'}",
         f"  norm modules outside the blocks: {', '.join(norms) or 'none'}",
         f"  output embeddings: {output_name or 'none'}",

@@ -27,8 +27,8 @@ def run(run: str | Path, out: str | Path | None = None) -> Path:
         from tunedlens.lenses.io.files import read_lens
 
         stored = read_lens(run)
-        count = stored.translator.n_layers
-        labels = [row_label(stored.points, row, count) for row in range(count)]
+        rows = range(stored.translator.n_rows)
+        labels = [row_label(stored.points, row, stored.n_blocks) for row in rows]
     return save_training_curves(records, target, title=f"training: {run.name}", row_labels=labels)
 
 

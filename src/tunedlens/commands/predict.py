@@ -20,13 +20,13 @@ class PredictRun:
     kind: str = "logit"
 
     def to_dict(self) -> dict:
-        """``{"model", "prompt", "lens", "position", "layers": [...]}`` (the ``--json`` payload)."""
+        """``{"model", "prompt", "lens", "position", "rows": [...]}`` (the ``--json`` payload)."""
         return {
             "model": self.model,
             "prompt": self.prompt,
             "lens": self.lens,
             "position": self.position,
-            "layers": [row.to_dict() for row in self.rows],
+            "rows": [row.to_dict() for row in self.rows],
         }
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tunedlens.arch.points import row_label
 from tunedlens.commands.common import check_resume
 from tunedlens.data import DataError, TextSource, default_data_spec
 from tunedlens.distributed import World, init_world
@@ -150,7 +151,7 @@ def run(
         if world.is_primary:
             work.mkdir(parents=True, exist_ok=True)
         if world.is_primary and log_to:
-            labels = [lens.row_label(row) for row in range(lens.n_layers)]
+            labels = [row_label(lens.points, row, lens.n_blocks) for row in range(lens.output_row)]
             loggers = make_loggers(log_to, work, {**config.to_dict(), "model": model_spec}, labels)
         try:
             result = train_lens(

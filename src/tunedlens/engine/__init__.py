@@ -13,7 +13,6 @@ from tunedlens.engine.core import (
     layer_kl,
     name_lenses,
     readout,
-    row_label,
 )
 from tunedlens.engine.inputs import encode_prompt
 from tunedlens.engine.stats import STAT_NAMES, STATS, VIEW_STATS, Stat, TrajectoryStat
@@ -32,5 +31,4 @@ __all__ = [
     "layer_kl",
     "name_lenses",
     "readout",
-    "row_label",
 ]

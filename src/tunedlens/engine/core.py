@@ -23,7 +23,7 @@ from torch import nn
 from tunedlens.arch.residuals import Residuals
 from tunedlens.engine.kernel import BlockedHead, Extras, FinalChunk, head_input
 from tunedlens.engine.plan import check_rows, make_plan
-from tunedlens.engine.result import Grids, LensReadout, Readout, Row, row_label
+from tunedlens.engine.result import Grids, LensReadout, Readout, Row
 from tunedlens.engine.stats import PAIR_STATS, STAT_NAMES, Stat, check_stats
 from tunedlens.errors import InputError, InputTypeError, LensMismatch
 from tunedlens.lenses.lens import Lens, LogitLens
@@ -149,8 +149,8 @@ def readout(
             + "); read lenses of one kind of point together (a logit lens reads any: "
             "LogitLens(model, points=...))."
         )
-    n_layers = first.n_layers
-    rows = check_rows(rows, n_layers)
+    output_row = first.output_row
+    rows = check_rows(rows, output_row)
     if top_k < 0:
         raise InputError(f"top_k must be >= 0, got {top_k}")
     plan = make_plan(model, first, input_ids, states, attention_mask, positions, targets, tokens)
@@ -173,7 +173,7 @@ def readout(
         if not needs_final:
             final = FinalChunk.light(targets_at, head.weight.shape[1])
         else:
-            final = head.final(unembed.head_input(states_at[n_layers]), targets_at)
+            final = head.final(unembed.head_input(states_at[output_row]), targets_at)
             model_stats["entropy"][where[:, 0], where[:, 2]] = final.entropy.float().cpu()
             model_stats["ce"][where[:, 0], where[:, 2]] = torch.where(
                 targets_at >= 0, final.cross_entropy, torch.nan).float().cpu()  # fmt: skip
@@ -192,7 +192,7 @@ def readout(
         targets=plan.targets_grid,
         model=model_stats,
         lenses={name: grids[name].finish(name, lens) for name, lens in named.items()},
-        n_layers=n_layers,
+        n_blocks=first.n_blocks,
         head=head,
         points=first.points,
     )
@@ -276,14 +276,14 @@ def layer_kl(lens: Lens, model: nn.Module, tokens: torch.Tensor, *, batch_size: 
         chunk_rows: Positions per vocabulary-sized computation.
 
     Returns:
-        ``(L,)`` float64 tensor of mean KL per layer, in nats.
+        ``(output_row,)`` float64 tensor of mean KL per row below the output row, in nats.
     """
-    n_layers = lens.n_layers
-    totals = torch.zeros(n_layers, dtype=torch.float64)
+    output_row = lens.output_row
+    totals = torch.zeros(output_row, dtype=torch.float64)
     budget = chunk_rows * 3 * 4 * lens.unembed.vocab_size
     for start in range(0, tokens.shape[0], batch_size):
         result = readout(model, {"lens": lens}, tokens[start : start + batch_size],
-                         rows=range(n_layers), stats=("kl",), top_k=0, memory_budget=budget)  # fmt: skip
+                         rows=range(output_row), stats=("kl",), top_k=0, memory_budget=budget)  # fmt: skip
         totals += result["lens"]["kl"].double().sum((0, 2))
     return totals / tokens.numel()
 
@@ -298,5 +298,4 @@ __all__ = [
     "layer_kl",
     "name_lenses",
     "readout",
-    "row_label",
 ]

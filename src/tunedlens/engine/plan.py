@@ -12,22 +12,22 @@ from tunedlens.errors import InputError, OutOfRange
 from tunedlens.lenses.lens import Lens
 
 
-def check_rows(rows, n_layers: int) -> list[Row]:
-    """Rows as given (default ``0..L``), each checked to lie in ``0..L`` (``L`` = the output row)."""
+def check_rows(rows, output_row: int) -> list[Row]:
+    """Rows as given (default ``0..output_row``), each checked to lie in ``0..output_row``."""
     if rows is None:
-        return list(range(n_layers + 1))
+        return list(range(output_row + 1))
     checked: list[Row] = []
     for row in rows:
         pair = row if isinstance(row, tuple) else (row,)
-        if not pair or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= n_layers
+        if not pair or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= output_row
                                for r in pair):  # fmt: skip
             raise OutOfRange(
-                f"row {row!r} is outside 0..{n_layers} (0 = embeddings, {n_layers} = the output "
+                f"row {row!r} is outside 0..{output_row} (0 = embeddings, {output_row} = the output "
                 "row); pass layer indices of this model"
             )
         checked.append(tuple(pair) if isinstance(row, tuple) else row)
     if not checked:
-        raise OutOfRange(f"no rows selected; pass at least one row in 0..{n_layers}")
+        raise OutOfRange(f"no rows selected; pass at least one row in 0..{output_row}")
     return checked
 
 
@@ -92,9 +92,9 @@ def make_plan(model, lens: Lens, input_ids, states, attention_mask, positions, t
             raise InputError(f"input_ids must lie in 0..{vocab - 1} (the model's vocabulary)")
     if states is not None:
         hidden = list(states.hidden if isinstance(states, Residuals) else states)
-        if len(hidden) != lens.n_layers + 1:
+        if len(hidden) != lens.output_row + 1:
             raise InputError(
-                f"states must hold {lens.n_layers + 1} tensors (rows 0..{lens.n_layers}, "
+                f"states must hold {lens.output_row + 1} tensors (rows 0..{lens.output_row}, "
                 f"{lens.points} points), got {len(hidden)}"
             )
         if isinstance(states, Residuals) and states.points != lens.points:

@@ -6,13 +6,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from tunedlens.arch.points import Points
-from tunedlens.arch.points import row_label as point_row_label
+from tunedlens.arch.points import Points, output_row, row_label
 from tunedlens.engine.kernel import BlockedHead
 from tunedlens.lenses.lens import Lens
 
 Row = int | tuple[int, int]
-"""A layer row ``0..L`` or a ``(state_row, lens_row)`` pair."""
+"""A row ``0..output_row`` or a ``(state_row, lens_row)`` pair."""
 
 
 @dataclass(frozen=True)
@@ -97,11 +96,16 @@ class Readout:
     """The model's own ``entropy`` and ``ce`` (nats) ``(batch, positions)``; NaN unless a
     requested statistic compares with the model (``kl``, ``cos``, ``model-rank``)."""
     lenses: dict[str, LensReadout]
-    n_layers: int
-    """The index of the output row (``L``; ``2L`` for lenses reading both points)."""
+    n_blocks: int
+    """Number of decoder blocks ``L`` of the model."""
     head: BlockedHead | None = field(default=None, repr=False, compare=False)
     points: Points = "block"
     """Which points of each block the rows read (see :mod:`tunedlens.arch.points`)."""
+
+    @property
+    def output_row(self) -> int:
+        """The index of the output row: ``L``, or ``2L`` for lenses reading both points."""
+        return output_row(self.points, self.n_blocks)
 
     @property
     def valid(self) -> torch.Tensor:
@@ -110,8 +114,13 @@ class Readout:
 
     @property
     def row_labels(self) -> list[str]:
-        """``"0"``, ..., ``"output"`` for row ``L`` (``"3.mid"``: mid points); ``"i@j"``: transfer."""
-        return [row_label(row, self.n_layers, self.points) for row in self.rows]
+        """``"0"``, ..., ``"output"`` for the output row (``"3.mid"``: mid points).
+
+        ``"i@j"`` is the lens's row ``i`` read on the states of row ``j`` (a transfer).
+        """
+        label = lambda row: row_label(self.points, row, self.n_blocks)  # noqa: E731
+        return [f"{label(row[1])}@{label(row[0])}" if isinstance(row, tuple) else label(row)
+                for row in self.rows]  # fmt: skip
 
     def __getitem__(self, name: str) -> LensReadout:
         if name not in self.lenses:
@@ -127,15 +136,6 @@ class Readout:
             model={k: pick(v) for k, v in self.model.items()},
             lenses={k: v.take(rows, positions) for k, v in self.lenses.items()},
         )  # fmt: skip
-
-
-def row_label(row: Row, n_layers: int, points: Points = "block") -> str:
-    """How a row is shown: ``3`` (``3.mid`` for a mid point), ``output``, ``i@j`` for a transfer."""
-    if isinstance(row, tuple):
-        if points == "block":
-            return f"{row[1]}@{row[0]}"
-        return f"{row_label(row[1], n_layers, points)}@{row_label(row[0], n_layers, points)}"
-    return point_row_label(points, row, n_layers)
 
 
 @dataclass

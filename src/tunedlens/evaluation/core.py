@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from tunedlens.arch.points import row_label
 from tunedlens.arch.residuals import token_ids
 from tunedlens.engine.core import DEFAULT_BUDGET, name_lenses, readout
 from tunedlens.errors import InputError, OutOfRange
@@ -46,11 +47,11 @@ EVAL_STATS = ("kl", "ce", "entropy", "model-rank", "max-prob", "cos")
 """What :func:`evaluate` asks the readout for, per lens, row and position."""
 
 
-def _row_plan(n_layers: int, layers: Sequence[int] | None) -> list[int]:
-    rows = list(range(n_layers + 1)) if layers is None else sorted(set(layers))
-    bad = [row for row in rows if not 0 <= row <= n_layers]
+def _row_plan(output_row: int, layers: Sequence[int] | None) -> list[int]:
+    rows = list(range(output_row + 1)) if layers is None else sorted(set(layers))
+    bad = [row for row in rows if not 0 <= row <= output_row]
     if bad or not rows:
-        raise OutOfRange(f"layers {bad or '(none)'} are outside 0..{n_layers} or select nothing")
+        raise OutOfRange(f"layers {bad or '(none)'} are outside 0..{output_row} or select nothing")
     return rows
 
 
@@ -109,13 +110,13 @@ def evaluate(
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     all_lenses = align_points({BASELINE: LogitLens(model), **named}, model)  # mid lenses: mid baseline
     baseline = all_lenses[BASELINE]
-    n_layers = baseline.n_layers
-    rows = _row_plan(n_layers, layers)
+    output_row = baseline.output_row
+    rows = _row_plan(output_row, layers)
     n_sequences, seq_len = tokens.shape
     accumulators = {name: LayerAccumulator(len(rows), n_sequences) for name in all_lenses}
     model_acc = {k: torch.zeros(n_sequences, dtype=torch.float64) for k in ("ce", "entropy")}
     transfers = {
-        name: torch.zeros(n_layers, n_layers, dtype=torch.float64)
+        name: torch.zeros(output_row, output_row, dtype=torch.float64)
         for name, lens in named.items()
         if transfer and not isinstance(lens, LogitLens)
     }
@@ -152,8 +153,8 @@ def evaluate(
 
 def _add_transfer(matrix, model, lens, ids, memory_budget) -> None:
     """KL sums of translator ``i`` applied to layer ``j``'s states, into ``matrix[i, j]``."""
-    n_layers = matrix.shape[0]
-    pairs = [(target, source) for source in range(n_layers) for target in range(n_layers)]
+    n_rows = matrix.shape[0]
+    pairs = [(target, source) for source in range(n_rows) for target in range(n_rows)]
     result = readout(model, {"lens": lens}, ids, rows=pairs, stats=("kl",), top_k=0,
                      memory_budget=memory_budget)  # fmt: skip
     sums = result["lens"]["kl"].double().sum((0, 2))
@@ -201,20 +202,20 @@ def _summarise(model, lenses, rows, accumulators, model_acc, transfers, tokens, 
     }
     if n_bytes is not None:
         baseline["bits_per_byte"] = float(model_acc["ce"].sum() * NATS_TO_BITS / n_bytes.sum())
-    config = model.config
+    config, logit = model.config, lenses[BASELINE]
     out = {
         "schema": "tunedlens.eval/1",
         "model": model_name or getattr(config, "name_or_path", "") or type(model).__name__,
         "model_type": getattr(config, "model_type", None),
-        "n_layers": lenses[BASELINE].n_layers,
-        "vocab_size": lenses[BASELINE].unembed.vocab_size,
+        "n_blocks": logit.n_blocks,
+        "vocab_size": logit.unembed.vocab_size,
         "tokens": int(tokens.numel()),
         "sequences": int(n_sequences),
         "seq_len": int(seq_len),
         "layers": rows,
-        "output_row": lenses[BASELINE].n_layers,
-        "points": lenses[BASELINE].points,
-        "row_labels": [lenses[BASELINE].row_label(row) for row in rows],
+        "output_row": logit.output_row,
+        "points": logit.points,
+        "row_labels": [row_label(logit.points, row, logit.n_blocks) for row in rows],
         "lenses": {},
         "baseline": baseline,
         "bootstrap_resamples": bootstrap,

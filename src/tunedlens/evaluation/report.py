@@ -6,6 +6,7 @@ import csv
 import os
 from pathlib import Path
 
+from tunedlens.arch.points import blocks_of, row_label
 from tunedlens.outputs import OutputKind
 from tunedlens.plot.eval_figures import FIGURES
 from tunedlens.serialize import dumps
@@ -38,8 +39,21 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def row_labels(metrics: dict) -> list[str]:
+    """How the rows of a ``metrics.json`` are shown (``"3"``, ``"3.mid"``, ``"output"``).
+
+    Reports written before rows had labels (and before ``n_blocks``) are labelled from their
+    ``output_row``.
+    """
+    if "row_labels" in metrics:
+        return list(metrics["row_labels"])
+    points = metrics.get("points", "block")
+    n_blocks = blocks_of(points, metrics["output_row"])
+    return [row_label(points, row, n_blocks) for row in metrics["layers"]]
+
+
 def summary_markdown(metrics: dict) -> str:
-    """A readable table (layers x lenses: KL, CE, top-1) and the gates."""
+    """A readable table (rows x lenses: KL, CE, top-1) and the gates."""
     names = list(metrics["lenses"])
     lines = [
         f"# Lens evaluation: {metrics['model']}",
@@ -52,16 +66,16 @@ def summary_markdown(metrics: dict) -> str:
         "KL(model ‖ lens) in bits, then cross-entropy to the next token in bits, then top-1 "
         "agreement with the model.",
         "",
-        "| layer | " + " | ".join(f"KL {n}" for n in names) + " | "
+        "| row | " + " | ".join(f"KL {n}" for n in names) + " | "
         + " | ".join(f"CE {n}" for n in names) + " | "
         + " | ".join(f"top-1 {n}" for n in names) + " |",
         "| ---: |" + " ---: |" * (3 * len(names)),
     ]  # fmt: skip
-    for index, layer in enumerate(metrics["layers"]):
+    for index, label in enumerate(row_labels(metrics)):
         cells = [f"{metrics['lenses'][n]['kl_bits'][index]:.3f}" for n in names]
         cells += [f"{metrics['lenses'][n]['ce_bits'][index]:.3f}" for n in names]
         cells += [f"{metrics['lenses'][n]['top1_agree'][index]:.3f}" for n in names]
-        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     means = [
         sum(metrics["lenses"][n]["kl_bits"][:-1]) / max(1, len(metrics["layers"]) - 1)
         for n in names

@@ -43,9 +43,9 @@ GATE_C = 0.05
 GATE_D = -0.1
 
 
-def depth_row(percentile: int, n_layers: int) -> int:
-    """The layer row at ``percentile`` % of the depth (rounded half up)."""
-    return min(n_layers - 1, math.floor(percentile / 100 * n_layers + 0.5))
+def depth_row(percentile: int, output_row: int) -> int:
+    """The row at ``percentile`` % of the depth (rounded half up), below the output row."""
+    return min(output_row - 1, math.floor(percentile / 100 * output_row + 0.5))
 
 
 def _first(values: list[float], ok) -> int | None:
@@ -116,7 +116,7 @@ def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) 
     max_length = getattr(model.config, "max_position_embeddings", None)
     encoded = encode_suite(suite, tokenizer, max_length)
     first = next(iter(lenses.values()))
-    n_layers, arch, device = first.n_layers, first.unembed.arch, first.unembed.device
+    output_row, arch, device = first.output_row, first.unembed.arch, first.unembed.device
     per_lens: dict[str, list[dict]] = {name: [] for name in lenses}
     answer_logprobs = []
     for item in encoded.usable:
@@ -124,7 +124,7 @@ def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) 
         states = collect_residuals(model, ids.to(device), arch=arch, with_logits=False, points=first.points)
         rows = readout(model, lenses, ids, states=states, stats=SUITE_STATS, top_k=1,
                        tokens=[item.answer_id])  # fmt: skip
-        output = readout(model, lenses, ids, states=states, rows=[n_layers], positions=-1,
+        output = readout(model, lenses, ids, states=states, rows=[output_row], positions=-1,
                          stats=(), top_k=0, logprobs=True)  # fmt: skip
         answer_logprobs.append(output[next(iter(lenses))].logprobs[0, 0, 0])
         tokens = [tokenizer.decode([token]) for token in item.input_ids]
@@ -143,7 +143,7 @@ def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) 
     if not encoded.usable:
         metrics["kpis"], metrics["gates"] = {}, {}
         return
-    kpis = {name: _lens_kpis(rows, n_layers) for name, rows in per_lens.items()}
+    kpis = {name: _lens_kpis(rows, output_row) for name, rows in per_lens.items()}
     targets = torch.stack(answer_logprobs)
     for name, rows in per_lens.items():
         # The output row, refitted with one temperature: a lens that decodes the last state
@@ -154,7 +154,7 @@ def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) 
     baseline = next(iter(lenses))
     gates = {}
     for name in list(lenses)[1:]:
-        kpis[name].update(compare_kpis(kpis[baseline], kpis[name], n_layers))
+        kpis[name].update(compare_kpis(kpis[baseline], kpis[name], output_row))
         gates[name] = gates_for(kpis[name])
     metrics["kpis"], metrics["gates"] = kpis, gates
 
@@ -197,7 +197,7 @@ def _append_records(report, name, item, rows, tokens, tokenizer) -> None:
         )
 
 
-def _lens_kpis(prompts: list[dict], n_layers: int) -> dict:
+def _lens_kpis(prompts: list[dict], output_row: int) -> dict:
     """Per-prompt answer-position series and first crossings of one lens."""
     kl = [p["kl"][:, -1].tolist() for p in prompts]
     ranks = [p["answer_rank"][:, -1].tolist() for p in prompts]
@@ -211,7 +211,7 @@ def _lens_kpis(prompts: list[dict], n_layers: int) -> dict:
         "answer_kl_bits": kl,
         "answer_rank": ranks,
         "first_layer": first,
-        "rank1_share": [sum(v == 1 for v in r[:n_layers]) / n_layers for r in ranks],
+        "rank1_share": [sum(v == 1 for v in r[:output_row]) / output_row for r in ranks],
         "cos_to_final": cos.tolist(),
         "copy_collapse": {
             "flags": sum(map(sum, flags)),
@@ -221,11 +221,11 @@ def _lens_kpis(prompts: list[dict], n_layers: int) -> dict:
     }
 
 
-def compare_kpis(baseline: dict, lens: dict, n_layers: int) -> dict:
+def compare_kpis(baseline: dict, lens: dict, output_row: int) -> dict:
     """ΔKL at depth percentiles, earliness shifts and the rank-1 coverage gain vs the baseline."""
     delta, rows = {}, {}
     for p in PERCENTILES:
-        row = depth_row(p, n_layers)
+        row = depth_row(p, output_row)
         rows[str(p)] = row
         delta[str(p)] = statistics.median(
             b[row] - t[row]

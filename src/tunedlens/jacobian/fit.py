@@ -72,7 +72,7 @@ def prompt_jacobians(model: nn.Module, unembed: Unembed, ids: torch.Tensor, rows
                      *, skip_first: int, dim_batch: int) -> dict[int, torch.Tensor]:  # fmt: skip
     """One prompt's ``(d, d)`` matrix per row: rows ``i`` = output dim, columns = source dim."""
     layers = unembed.arch.layers
-    n_layers = len(layers)
+    n_blocks = len(layers)
     captured: dict[int, torch.Tensor] = {}
 
     def save_input(index):
@@ -85,7 +85,7 @@ def prompt_jacobians(model: nn.Module, unembed: Unembed, ids: torch.Tensor, rows
         return hook
 
     def save_output(_module, _args, output):
-        captured[n_layers] = block_output(output)
+        captured[n_blocks] = block_output(output)
 
     handles = [block.register_forward_pre_hook(save_input(i), with_kwargs=True)
                for i, block in enumerate(layers)]  # fmt: skip
@@ -96,7 +96,7 @@ def prompt_jacobians(model: nn.Module, unembed: Unembed, ids: torch.Tensor, rows
     finally:
         for handle in handles:
             handle.remove()
-    target = captured[n_layers]  # (1, seq, d)
+    target = captured[n_blocks]  # (1, seq, d)
     sources = [captured[row] for row in rows]
     seq_len, d_model = target.shape[1], target.shape[2]
     valid = torch.arange(skip_first, seq_len - 1, device=target.device)
@@ -157,10 +157,10 @@ def fit_jacobian_lens(
     """
     world = world or World()
     unembed = Unembed(model)
-    n_layers = unembed.arch.n_layers
-    rows = list(range(n_layers)) if rows is None else sorted(set(rows))
-    if not rows or any(not 0 <= row < n_layers for row in rows):
-        raise InputError(f"rows must be a non-empty selection of 0..{n_layers - 1}, got {rows}")
+    n_blocks = unembed.arch.n_blocks
+    rows = list(range(n_blocks)) if rows is None else sorted(set(rows))
+    if not rows or any(not 0 <= row < n_blocks for row in rows):
+        raise InputError(f"rows must be a non-empty selection of 0..{n_blocks - 1}, got {rows}")
     if skip_first < 0:
         raise InputError(
             f"skip_first (positions left out at the start) must be >= 0, got {skip_first}"

@@ -50,11 +50,11 @@ class JacobianLens(Lens):
     def __init__(self, unembed: Unembed, matrices: dict[int, torch.Tensor], *, n_prompts: int = 0,
                  metadata: dict | None = None):  # fmt: skip
         super().__init__(unembed)
-        n_layers, d_model = unembed.arch.n_layers, unembed.d_model
+        n_blocks, d_model = unembed.arch.n_blocks, unembed.d_model
         for row, matrix in matrices.items():
-            if not 0 <= row < n_layers:
+            if not 0 <= row < n_blocks:
                 raise LensMismatch(
-                    f"the J-lens has a matrix for row {row}, outside this model's rows 0..{n_layers - 1}"
+                    f"the J-lens has a matrix for row {row}, outside this model's rows 0..{n_blocks - 1}"
                 )
             if tuple(matrix.shape) != (d_model, d_model):
                 raise LensMismatch(
@@ -145,9 +145,9 @@ def bind_jlens(stored: StoredJLens, model: nn.Module, *, strict: bool = True) ->
         raise LensMismatch(
             f"{path} was fitted for a vocabulary of {info['vocab_size']}, not {unembed.vocab_size}."
         )
-    if info.get("num_hidden_layers") not in (None, unembed.arch.n_layers):
+    if info.get("num_hidden_layers") not in (None, unembed.arch.n_blocks):
         raise LensMismatch(
-            f"{path} was fitted for {info['num_hidden_layers']} layers, not {unembed.arch.n_layers}."
+            f"{path} was fitted for {info['num_hidden_layers']} blocks, not {unembed.arch.n_blocks}."
         )
     metadata = stored.metadata
     return JacobianLens(unembed, stored.matrices, n_prompts=stored.n_prompts, metadata=metadata)

@@ -5,8 +5,9 @@ Layer convention: ``layer`` in ``0..L-1`` is ``hidden_states[i]`` (the input of 
 lens decodes with the bare model head (the "output" row: equal to the model's logits).
 
 A lens reading sub-layer points (``points="mid"`` or ``"both"``, see :mod:`tunedlens.arch.points`)
-numbers its rows the same way over those points: ``n_layers`` is then the index of its output
-row (``2L`` for ``both``), and :meth:`Lens.row_label` names each row (``"3.mid"``).
+numbers its rows the same way over those points: ``n_blocks`` is ``L``, ``output_row`` the index
+of its output row (``2L`` for ``both``), and ``row_label(lens.points, row, lens.n_blocks)`` names
+each row (``"3.mid"``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import warnings
 import torch
 from torch import nn
 
-from tunedlens.arch.points import Points, check_points, mid_modules, n_rows, point_label
+from tunedlens.arch.points import Points, check_points, mid_modules, output_row
 from tunedlens.errors import InputError, InputTypeError, LensMismatch, OutOfRange
 from tunedlens.lenses.io.files import LensFile, LensFormat, write_lens
 from tunedlens.lenses.translators import (
@@ -51,19 +52,15 @@ class Lens(nn.Module):
     @property
     def n_blocks(self) -> int:
         """Number of decoder blocks ``L`` of the model."""
-        return self.unembed.arch.n_layers
+        return self.unembed.arch.n_blocks
 
     @property
-    def n_layers(self) -> int:
-        """The index of the output row: ``L`` (blocks) for block or mid points, ``2L`` for both.
+    def output_row(self) -> int:
+        """The index of the output row: ``L`` for block or mid points, ``2L`` for both.
 
-        Rows ``0..n_layers-1`` are the points the lens reads.
+        Rows ``0..output_row-1`` are the points the lens reads.
         """
-        return n_rows(self.points, self.unembed.arch.n_layers)
-
-    def row_label(self, row: int) -> str:
-        """How row ``row`` is shown: ``"3"``, ``"3.mid"`` or ``"output"``."""
-        return point_label(self.points, row, self.n_blocks)
+        return output_row(self.points, self.n_blocks)
 
     @property
     def d_model(self) -> int:
@@ -71,11 +68,11 @@ class Lens(nn.Module):
         return self.unembed.d_model
 
     def check_row(self, row: int) -> int:
-        """``row`` when it is one of the lens's rows ``0..n_layers``; an IndexError saying which if not."""
-        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row <= self.n_layers:
+        """``row`` when it is one of the lens's rows ``0..output_row``; an IndexError saying which if not."""
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row <= self.output_row:
             what = "0 = embeddings" if self.points == "block" else f"rows of {self.points} points"
             raise OutOfRange(
-                f"layer must be an int in 0..{self.n_layers} ({what}, {self.n_layers} = "
+                f"layer must be an int in 0..{self.output_row} ({what}, {self.output_row} = "
                 f"output of the last block), got {row!r}"
             )
         return row
@@ -182,10 +179,10 @@ class TunedLens(Lens):
         points: Points = "block",
     ):
         super().__init__(unembed, points)
-        if translator.n_layers != self.n_layers or translator.d_model != unembed.d_model:
+        if translator.n_rows != self.output_row or translator.d_model != unembed.d_model:
             raise LensMismatch(
-                f"translator has {translator.n_layers} layers of width {translator.d_model}; the "
-                f"model has {self.n_layers} {points} points of width {unembed.d_model}."
+                f"translator has {translator.n_rows} rows of width {translator.d_model}; the "
+                f"model has {self.output_row} {points} points of width {unembed.d_model}."
             )
         self.translator = translator.to(unembed.device)
         self.model_info = dict(model_info)
@@ -223,24 +220,24 @@ class TunedLens(Lens):
                 after attention, before the MLP) or per both (see :mod:`tunedlens.arch.points`).
         """
         unembed = LogitLens(model, final_norm=final_norm, skip_norm=skip_norm, points=points).unembed
-        n_layers, d_model = n_rows(points, unembed.arch.n_layers), unembed.d_model
+        n_rows, d_model = output_row(points, unembed.arch.n_blocks), unembed.d_model
         if translator == "affine":
             if use_temperature:
                 raise InputError("use_temperature needs translator='lowrank'")
-            module = AffineTranslator(n_layers, d_model, use_bias=use_bias)
+            module = AffineTranslator(n_rows, d_model, use_bias=use_bias)
         elif translator == "lowrank":
             generator = torch.Generator().manual_seed(seed)
             module = LowRankTranslator(
-                n_layers, d_model, rank=rank, use_temperature=use_temperature, generator=generator
+                n_rows, d_model, rank=rank, use_temperature=use_temperature, generator=generator
             )
         elif translator in ("diagonal", "mlp"):
             if use_temperature or not use_bias:
                 raise InputError(f"use_temperature and use_bias=False do not apply to translator={translator!r}")
             if translator == "diagonal":
-                module = DiagonalTranslator(n_layers, d_model)
+                module = DiagonalTranslator(n_rows, d_model)
             else:
                 generator = torch.Generator().manual_seed(seed)
-                module = MLPTranslator(n_layers, d_model, hidden=rank, generator=generator)
+                module = MLPTranslator(n_rows, d_model, hidden=rank, generator=generator)
         else:
             raise InputError(f"translator must be one of {', '.join(TRANSLATOR_KINDS)}, got {translator!r}")
         return cls(unembed, module, model_info(model, unembed, revision), points=points)
@@ -248,13 +245,13 @@ class TunedLens(Lens):
     def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Apply translator ``layer`` (identity for ``layer == L``) in float32."""
         hidden = super().transform(hidden, layer)
-        if layer == self.n_layers:
+        if layer == self.output_row:
             return hidden
         return self.translator(hidden, layer)
 
     def log_logit_scale(self, layer: int) -> torch.Tensor | None:
         """Minus the learned log-temperature of ``layer``, if the translator has one."""
-        log_temperature = None if layer == self.n_layers else self.translator.log_temperature(layer)
+        log_temperature = None if layer == self.output_row else self.translator.log_temperature(layer)
         return None if log_temperature is None else -log_temperature
 
     def to_file(self) -> LensFile:
@@ -284,7 +281,7 @@ class TunedLens(Lens):
             "model": self.model_info,
             "translator": {
                 "kind": self.translator.kind,
-                "n_layers": self.n_layers,
+                "n_rows": self.output_row,
                 "points": self.points,
                 "d_model": self.d_model,
                 "rank": getattr(self.translator, "rank", None),
@@ -310,10 +307,10 @@ def check_fits(
     problems = []
     if translator.d_model != unembed.d_model:
         problems.append(f"d_model {translator.d_model} vs the model's {unembed.d_model}")
-    expected_rows = n_rows(stored.points, unembed.arch.n_layers)
-    if translator.n_layers != expected_rows:
+    expected_rows = output_row(stored.points, unembed.arch.n_blocks)
+    if translator.n_rows != expected_rows:
         what = "layers" if stored.points == "block" else f"{stored.points} points"
-        problems.append(f"{translator.n_layers} {what} vs the model's {expected_rows}")
+        problems.append(f"{translator.n_rows} {what} vs the model's {expected_rows}")
     if info.get("vocab_size") not in (None, unembed.vocab_size):
         problems.append(f"vocabulary {info['vocab_size']} vs the model's {unembed.vocab_size}")
     if problems:

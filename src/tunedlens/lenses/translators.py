@@ -31,18 +31,18 @@ class AffineTranslator(nn.Module):
     """``h + h Wᵢᵀ + bᵢ`` with ``W`` and ``b`` zero-initialised (the paper's and reference's lens).
 
     Args:
-        n_layers: Number of translators ``L``.
+        n_rows: Number of translators, one per row below the output row (``L``, ``2L`` for both).
         d_model: Residual width ``d``.
         use_bias: Learn the bias ``b``.
     """
 
     kind: TranslatorKind = "affine"
 
-    def __init__(self, n_layers: int, d_model: int, *, use_bias: bool = True):
+    def __init__(self, n_rows: int, d_model: int, *, use_bias: bool = True):
         super().__init__()
-        self.n_layers, self.d_model = n_layers, d_model
-        self.weight = nn.Parameter(torch.zeros(n_layers, d_model, d_model))
-        self.bias = nn.Parameter(torch.zeros(n_layers, d_model)) if use_bias else None
+        self.n_rows, self.d_model = n_rows, d_model
+        self.weight = nn.Parameter(torch.zeros(n_rows, d_model, d_model))
+        self.bias = nn.Parameter(torch.zeros(n_rows, d_model)) if use_bias else None
 
     @property
     def use_bias(self) -> bool:
@@ -70,7 +70,7 @@ class LowRankTranslator(nn.Module):
     zero, so the untrained translator is exactly the identity yet ``V`` gets a gradient at once.
 
     Args:
-        n_layers: Number of translators ``L``.
+        n_rows: Number of translators, one per row below the output row (``L``, ``2L`` for both).
         d_model: Residual width ``d``.
         rank: Rank ``r``; defaults to :func:`default_rank`.
         use_temperature: Learn a per-layer temperature ``T`` (logits are divided by it).
@@ -81,7 +81,7 @@ class LowRankTranslator(nn.Module):
 
     def __init__(
         self,
-        n_layers: int,
+        n_rows: int,
         d_model: int,
         *,
         rank: int | None = None,
@@ -92,12 +92,12 @@ class LowRankTranslator(nn.Module):
         rank = default_rank(d_model) if rank is None else rank
         if not 0 < rank <= d_model:
             raise InputError(f"rank must be in 1..{d_model} (d_model), got {rank}")
-        self.n_layers, self.d_model, self.rank = n_layers, d_model, rank
-        u = torch.randn(n_layers, d_model, rank, generator=generator) / math.sqrt(d_model)
+        self.n_rows, self.d_model, self.rank = n_rows, d_model, rank
+        u = torch.randn(n_rows, d_model, rank, generator=generator) / math.sqrt(d_model)
         self.U = nn.Parameter(u)
-        self.V = nn.Parameter(torch.zeros(n_layers, d_model, rank))
-        self.bias = nn.Parameter(torch.zeros(n_layers, d_model))
-        self.log_temp = nn.Parameter(torch.zeros(n_layers)) if use_temperature else None
+        self.V = nn.Parameter(torch.zeros(n_rows, d_model, rank))
+        self.bias = nn.Parameter(torch.zeros(n_rows, d_model))
+        self.log_temp = nn.Parameter(torch.zeros(n_rows)) if use_temperature else None
 
     @property
     def use_temperature(self) -> bool:
@@ -128,7 +128,7 @@ class LowRankTranslator(nn.Module):
                 "format cannot represent; converting would change its predictions. Keep it in "
                 "the native format."
             )
-        affine = AffineTranslator(self.n_layers, self.d_model, use_bias=True)
+        affine = AffineTranslator(self.n_rows, self.d_model, use_bias=True)
         with torch.no_grad():
             affine.weight.copy_(self.V @ self.U.transpose(1, 2))
             affine.bias.copy_(self.bias)
@@ -142,18 +142,18 @@ class DiagonalTranslator(nn.Module):
     the reference format without loss).
 
     Args:
-        n_layers: Number of translators ``L``.
+        n_rows: Number of translators, one per row below the output row (``L``, ``2L`` for both).
         d_model: Residual width ``d``.
     """
 
     kind: TranslatorKind = "diagonal"
     use_bias = True
 
-    def __init__(self, n_layers: int, d_model: int):
+    def __init__(self, n_rows: int, d_model: int):
         super().__init__()
-        self.n_layers, self.d_model = n_layers, d_model
-        self.scale = nn.Parameter(torch.zeros(n_layers, d_model))
-        self.bias = nn.Parameter(torch.zeros(n_layers, d_model))
+        self.n_rows, self.d_model = n_rows, d_model
+        self.scale = nn.Parameter(torch.zeros(n_rows, d_model))
+        self.bias = nn.Parameter(torch.zeros(n_rows, d_model))
 
     def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Translate ``(..., d)`` float32 states of ``layer``."""
@@ -169,7 +169,7 @@ class DiagonalTranslator(nn.Module):
 
     def to_affine(self) -> AffineTranslator:
         """The same map as an :class:`AffineTranslator` (``W = diag(s)``)."""
-        affine = AffineTranslator(self.n_layers, self.d_model, use_bias=True)
+        affine = AffineTranslator(self.n_rows, self.d_model, use_bias=True)
         with torch.no_grad():
             affine.weight.copy_(torch.diag_embed(self.scale))
             affine.bias.copy_(self.bias)
@@ -184,7 +184,7 @@ class MLPTranslator(nn.Module):
     the reference format cannot hold it.
 
     Args:
-        n_layers: Number of translators ``L``.
+        n_rows: Number of translators, one per row below the output row (``L``, ``2L`` for both).
         d_model: Residual width ``d``.
         hidden: Hidden width; defaults to :func:`default_rank`.
         generator: Random generator for ``W₁`` (seeded runs are reproducible).
@@ -193,18 +193,18 @@ class MLPTranslator(nn.Module):
     kind: TranslatorKind = "mlp"
     use_bias = True
 
-    def __init__(self, n_layers: int, d_model: int, *, hidden: int | None = None,
+    def __init__(self, n_rows: int, d_model: int, *, hidden: int | None = None,
                  generator: torch.Generator | None = None):  # fmt: skip
         super().__init__()
         hidden = default_rank(d_model) if hidden is None else hidden
         if hidden < 1:
             raise InputError(f"the MLP's hidden width must be at least 1, got {hidden}")
-        self.n_layers, self.d_model, self.hidden = n_layers, d_model, hidden
-        w_in = torch.randn(n_layers, hidden, d_model, generator=generator) / math.sqrt(d_model)
+        self.n_rows, self.d_model, self.hidden = n_rows, d_model, hidden
+        w_in = torch.randn(n_rows, hidden, d_model, generator=generator) / math.sqrt(d_model)
         self.w_in = nn.Parameter(w_in)
-        self.b_in = nn.Parameter(torch.zeros(n_layers, hidden))
-        self.w_out = nn.Parameter(torch.zeros(n_layers, d_model, hidden))
-        self.bias = nn.Parameter(torch.zeros(n_layers, d_model))
+        self.b_in = nn.Parameter(torch.zeros(n_rows, hidden))
+        self.w_out = nn.Parameter(torch.zeros(n_rows, d_model, hidden))
+        self.bias = nn.Parameter(torch.zeros(n_rows, d_model))
 
     @property
     def rank(self) -> int:

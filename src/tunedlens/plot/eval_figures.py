@@ -58,13 +58,13 @@ def save_eval_figures(metrics: dict, out: Path) -> list[Path]:
             value = metrics["baseline"]["entropy_bits"]
             figure.add_hline(y=value, line_dash="dash", annotation_text="model")
             axis.axhline(value, linestyle="--", color="grey", label="model")
-        figure.update_layout(title=f"{title} · {metrics['model']}", xaxis_title="layer",
+        figure.update_layout(title=f"{title} · {metrics['model']}", xaxis_title="row",
                              yaxis_title=label, template="plotly_white")  # fmt: skip
         if metrics.get("points", "block") != "block":
             figure.update_xaxes(tickvals=layers, ticktext=metrics["row_labels"])
         html = out / f"{stem}.html"
         figure.write_html(html, include_plotlyjs=True, full_html=True)
-        axis.set(title=title, xlabel="layer", ylabel=label)
+        axis.set(title=title, xlabel="row", ylabel=label)
         if metrics.get("points", "block") != "block":  # sub-layer rows: name them (3, 3.mid, ...)
             ticks = list(range(0, len(layers), max(1, len(layers) // 16)))
             axis.set_xticks([layers[i] for i in ticks], [metrics["row_labels"][i] for i in ticks],

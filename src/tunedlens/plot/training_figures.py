@@ -73,7 +73,7 @@ def save_training_curves(records: Sequence[dict], out: Path, *, title: str,
         ticks = list(range(0, len(labels), max(1, len(labels) // 16)))
         grid.set_yticks(ticks, [labels[i] for i in ticks], fontsize=7)
         fig.colorbar(image, ax=grid, label="validation KL (bits)")
-    grid.set(xlabel="optimizer step (validations)", ylabel="layer")
+    grid.set(xlabel="optimizer step (validations)", ylabel="row")
     fig.tight_layout()
     fig.savefig(out)
     pyplot.close(fig)

@@ -44,7 +44,7 @@ def heatmap_trace(
         textfont={"size": 10},
         customdata=stat.hover,
         hovertemplate=(
-            "layer %{y}, position %{x}<br>"
+            "row %{y}, position %{x}<br>"
             + f"{stat.name}: "
             + "%{z:.3f}"
             + ("<br>%{customdata}" if stat.hover is not None else "")
@@ -73,7 +73,7 @@ def figure(stats: Sequence[TrajectoryStat], titles: Sequence[str] | None = None,
     height = max(320, 18 * len(stats[0].row_labels) + 120) * rows
     width = max(600, 70 * len(stats[0].column_labels) + 200) * columns
     fig.update_layout(title=title, height=height, width=width, template="plotly_white")
-    fig.update_yaxes(title_text="layer")
+    fig.update_yaxes(title_text="row")
     return fig
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tunedlens.arch.points import block_rows
+from tunedlens.arch.points import block_rows, parse_point, row_label
 from tunedlens.arch.residuals import collect_residuals
 from tunedlens.engine.core import divergences, readout
 from tunedlens.engine.inputs import encode_prompt
@@ -87,7 +87,7 @@ class ServeSession:
         first = next(iter(self.lenses.values()))
         return {
             "model": self.model_name,
-            "n_layers": first.n_layers,
+            "n_blocks": first.n_blocks,
             "points": first.points,
             "max_tokens": self.max_tokens,
             "default_window": DEFAULT_WINDOW,
@@ -129,7 +129,7 @@ class ServeSession:
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise BadRequest(f"the layer stride must be an integer >= 1, got {stride!r}")
         blocks = sorted(set(range(0, lens.n_blocks, stride)) | {lens.n_blocks - 1})
-        return [*block_rows(lens.points, blocks), lens.n_layers]
+        return [*block_rows(lens.points, blocks), lens.output_row]
 
     def _positions(self, ids: torch.Tensor, window: int | None) -> list[int]:
         length = ids.shape[1]
@@ -206,11 +206,12 @@ class ServeSession:
         ids = self.encode(prompt)
         if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < ids.shape[1]:
             raise BadRequest(f"position {position!r} is outside the prompt's {ids.shape[1]} tokens")
-        n_layers = chosen[lens].n_layers
-        labels = [chosen[lens].row_label(r) for r in range(n_layers + 1)]
-        if row not in labels:
-            raise BadRequest(f"row {row!r} is not a layer of this model ({labels[0]}..{labels[-2]} or output)")
-        index = labels.index(row)
+        points, n_blocks = chosen[lens].points, chosen[lens].n_blocks
+        try:
+            index = parse_point(row, points, n_blocks)
+        except IndexError as error:
+            raise BadRequest(str(error)) from None
+        labels = [row_label(points, r, n_blocks) for r in range(chosen[lens].output_row + 1)]
         with self.turn():
             states = collect_residuals(self.model, ids.to(chosen[lens].unembed.device),
                                        arch=chosen[lens].unembed.arch, with_logits=False,

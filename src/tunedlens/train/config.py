@@ -180,7 +180,10 @@ class TrainConfig:
 class Resolved:
     """Values derived at run time from a config, the model and the world size."""
 
-    n_layers: int
+    n_blocks: int
+    """Decoder blocks ``L`` of the model."""
+    output_row: int
+    """The lens's output row (``L``; ``2L`` for both points): it trains rows ``0..output_row-1``."""
     d_model: int
     steps: int
     accumulation: int

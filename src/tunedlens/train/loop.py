@@ -96,13 +96,14 @@ def resolve(config: TrainConfig, lens: TunedLens, world: World) -> Resolved:
             f"processes = {per_pass}; adjust --batch-size or --tokens-per-step."
         )
     steps = config.tokens // config.tokens_per_step
-    layers = list(range(lens.n_layers - 1 if config.freeze_last else lens.n_layers))
+    layers = list(range(lens.output_row - 1 if config.freeze_last else lens.output_row))
     if config.layers_per_step is not None and config.layers_per_step > len(layers):
         raise InputError(
             f"layers_per_step={config.layers_per_step} exceeds the {len(layers)} trained layers"
         )
     return Resolved(
-        n_layers=lens.n_layers,
+        n_blocks=lens.n_blocks,
+        output_row=lens.output_row,
         d_model=lens.d_model,
         steps=steps,
         accumulation=config.tokens_per_step // per_pass,
@@ -220,7 +221,7 @@ class _Trainer:
         return self._backward(ids, positions, layers), layers
 
     def _backward(self, ids, positions, layers) -> torch.Tensor:
-        config, lens, n_layers = self.config, self.lens, self.lens.n_layers
+        config, lens, output_row = self.config, self.lens, self.lens.output_row
         residuals = collect_residuals(
             self.model, ids, arch=lens.unembed.arch, positions=positions, with_logits=False,
             points=lens.points,
@@ -233,7 +234,7 @@ class _Trainer:
         scale = (
             len(self.resolved.trained_layers) / len(layers) / (n_rows * self.resolved.accumulation)
         )
-        losses = [torch.zeros((), dtype=torch.float64) for _ in range(n_layers)]
+        losses = [torch.zeros((), dtype=torch.float64) for _ in range(output_row)]
         for rows in torch.split(torch.arange(n_rows), config.loss_chunk_rows):
             if config.objective == "ce":
                 for layer in layers:
@@ -243,7 +244,7 @@ class _Trainer:
                     losses[layer] += loss.detach().double()
                 continue
             with torch.no_grad():
-                target = KLTarget(lens(hidden[n_layers][rows], n_layers).log_softmax(-1))
+                target = KLTarget(lens(hidden[output_row][rows], output_row).log_softmax(-1))
             # Layers share the head: decode several in one product (about 10 % faster on a CPU
             # than one per layer), of at most loss_chunk_rows rows and 2^26 logits (256 MiB).
             most = min(config.loss_chunk_rows, _GROUP_LOGITS // lens.unembed.vocab_size)
@@ -289,8 +290,8 @@ class _Trainer:
     def take_step(self) -> StepStats:
         started = time.perf_counter()
         resolved = self.resolved
-        layer_sums = torch.zeros(resolved.n_layers, dtype=torch.float64)
-        layer_counts = torch.zeros(resolved.n_layers)
+        layer_sums = torch.zeros(resolved.output_row, dtype=torch.float64)
+        layer_counts = torch.zeros(resolved.output_row)
         for micro in range(resolved.accumulation):
             index = self.step * resolved.accumulation + micro
             means, layers = self._micro_batch(index)
@@ -317,7 +318,7 @@ class _Trainer:
         layer_sums /= self.world.size
         layer_loss = [
             float(layer_sums[i] / layer_counts[i]) if layer_counts[i] else None
-            for i in range(resolved.n_layers)
+            for i in range(resolved.output_row)
         ]
         self.elapsed += time.perf_counter() - started
         return StepStats(

@@ -20,9 +20,9 @@ from tunedlens.lenses.translators import AffineTranslator
 class MomentAccumulator:
     """Running ``Σ x xᵀ`` and ``Σ x (h_L − h_i)ᵀ`` per layer, with ``x = [h_i, 1]``, in float64."""
 
-    def __init__(self, n_layers: int, d_model: int):
-        self.xx = torch.zeros(n_layers, d_model + 1, d_model + 1, dtype=torch.float64)
-        self.xy = torch.zeros(n_layers, d_model + 1, d_model, dtype=torch.float64)
+    def __init__(self, n_rows: int, d_model: int):
+        self.xx = torch.zeros(n_rows, d_model + 1, d_model + 1, dtype=torch.float64)
+        self.xy = torch.zeros(n_rows, d_model + 1, d_model, dtype=torch.float64)
         self.count = 0
 
     def add(self, hidden: tuple[torch.Tensor, ...]) -> None:
@@ -74,7 +74,7 @@ def lstsq_init(
     """
     if not isinstance(lens.translator, AffineTranslator):
         raise InputError("least-squares initialisation needs an affine translator")
-    moments = MomentAccumulator(lens.n_layers, lens.d_model)
+    moments = MomentAccumulator(lens.output_row, lens.d_model)
     for start in range(0, tokens.shape[0], batch_size):
         ids = tokens[start : start + batch_size].to(lens.unembed.device)
         residuals = collect_residuals(model, ids, arch=lens.unembed.arch, with_logits=False,

@@ -59,13 +59,18 @@ class Comparison:
     tokenizer: object = field(default=None, repr=False, compare=False)
 
     @property
-    def layers(self) -> list[int | str]:
-        """The row labels: ``0``, ``1``, ... (``"3.mid"`` for a mid point), ``"output"``."""
-        return [row.layer for row in next(iter(self.columns.values()))]
+    def rows(self) -> list[int]:
+        """The rows read (``0..output_row``)."""
+        return [row.row for row in next(iter(self.columns.values()))]
 
-    def _cells(self, show) -> list[tuple[int | str, list[str]]]:
+    @property
+    def row_labels(self) -> list[str]:
+        """The rows' labels: ``"0"``, ``"1"``, ... (``"3.mid"`` for a mid point), ``"output"``."""
+        return [row.label for row in next(iter(self.columns.values()))]
+
+    def _cells(self, show) -> list[tuple[str, list[str]]]:
         rows = zip(*self.columns.values(), strict=True)
-        return [(row[0].layer, [show(r.top) for r in row]) for row in rows]
+        return [(row[0].label, [show(r.top) for r in row]) for row in rows]
 
     def _token(self, token: TokenProb) -> str:
         if self.tokenizer is None:
@@ -74,7 +79,7 @@ class Comparison:
 
     def __str__(self) -> str:
         titles = "".join(f"{title:<28}" for title in self.columns)
-        lines = [f"{'layer':>6}  {titles}"]
+        lines = [f"{'row':>6}  {titles}"]
         for layer, cells in self._cells(
             lambda top: ", ".join(f"{self._token(t)!r} {t.prob:.2f}" for t in top)
         ):
@@ -213,8 +218,8 @@ class Lensed:
         labels = row_labels(lens, rows)
         title = f"{lens.kind} lens" + (" 2" if lens.kind == logit.kind else "")
         columns = {
-            "logit lens": layer_predictions(result["logit"], labels, self.tokenizer),
-            title: layer_predictions(result["other"], labels, self.tokenizer),
+            "logit lens": layer_predictions(result["logit"], rows, labels, self.tokenizer),
+            title: layer_predictions(result["other"], rows, labels, self.tokenizer),
         }
         return Comparison(at, columns, self.tokenizer)
 

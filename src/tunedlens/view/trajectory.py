@@ -1,10 +1,10 @@
 """Prediction trajectories: what a lens predicts at every layer and position of a prompt.
 
 A :class:`PredictionTrajectory` is a :func:`tunedlens.readout` of one lens over rows
-``0..L-1`` (``hidden_states[i]``) and the model's own output row, for a batch of prompts of one
-length. Statistics are :class:`TrajectoryStat` grids ``(rows, seq)`` with a name and units; a
-batch of prompts is averaged, and its top-token labels read ``*`` where the prompts disagree.
-Full log-probabilities are kept only on request (``keep_logprobs=True``): every statistic,
+``0..output_row-1`` (``hidden_states[i]`` for block points) and the model's own output row, for a
+batch of prompts of one length. Statistics are :class:`TrajectoryStat` grids ``(rows, seq)`` with
+a name and units; a batch of prompts is averaged, and its top-token labels read ``*`` where the
+prompts disagree. Full log-probabilities are kept only on request (``keep_logprobs=True``): every statistic,
 including the divergences between two trajectories, is computed exactly by the readout engine.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from tunedlens.arch.points import row_label, row_point
 from tunedlens.arch.residuals import token_ids
 from tunedlens.engine.core import LensReadout, Readout, divergences, readout
 from tunedlens.engine.stats import (
@@ -44,8 +45,10 @@ class PredictionTrajectory:
     """The readout (one lens); its last row is the model's output."""
     input_ids: torch.Tensor
     """``(batch, seq)``."""
-    layers: list[int | str]
-    """Row labels: layer indices (``"3.mid"`` for mid points), then ``"output"``."""
+    rows: list[int]
+    """The lens's row of each shown row (``0..output_row``); the last is the output row."""
+    row_labels: list[str]
+    """How each row is shown: ``"3"`` (``"3.mid"`` for a mid point), then ``"output"``."""
     tokenizer: object = None
     anti_targets: torch.Tensor | None = None
     name: str = "lens"
@@ -79,12 +82,14 @@ class PredictionTrajectory:
             keep_logprobs: Also keep the full ``(batch, rows, seq, vocab)`` log-probabilities.
         """
         ids = _as_batch(input_ids, "input_ids")
-        rows = list(range(lens.n_layers)) if layers is None else list(layers)
-        if any(isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < lens.n_layers for r in rows):
-            raise OutOfRange(f"layers must be in 0..{lens.n_layers - 1}, got {rows}")
-        labels = rows if lens.points == "block" else [lens.row_label(row) for row in rows]
-        return cls._build(lens, model, ids, None, [*rows, lens.n_layers], [*labels, "output"],
-                          tokenizer, targets, anti_targets, name, keep_logprobs)  # fmt: skip
+        last = lens.output_row
+        rows = list(range(last)) if layers is None else list(layers)
+        if any(isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < last for r in rows):
+            raise OutOfRange(f"layers must be in 0..{last - 1}, got {rows}")
+        rows.append(last)
+        labels = [row_label(lens.points, row, lens.n_blocks) for row in rows]
+        return cls._build(lens, model, ids, None, rows, rows, labels, tokenizer, targets,
+                          anti_targets, name, keep_logprobs)  # fmt: skip
 
     @classmethod
     def from_lens_and_cache(
@@ -136,7 +141,7 @@ class PredictionTrajectory:
                 "trained on mid points and its resid_pre/resid_post with a block lens"
             )
         ids = _as_batch(input_ids, "input_ids")
-        n_layers = lens.n_layers
+        n_blocks = lens.n_blocks
 
         def state(block: int, component: str) -> torch.Tensor:
             key = f"blocks.{block}.hook_{component}"
@@ -145,21 +150,26 @@ class PredictionTrajectory:
             value = cache[key]
             return value if value.dim() == 3 else value.unsqueeze(0)
 
-        states = [state(block, residual_component) for block in range(n_layers)]
-        states.append(state(n_layers - 1, "resid_post"))
+        states = [state(block, residual_component) for block in range(n_blocks)]
+        states.append(state(n_blocks - 1, "resid_post"))
         shift = 1 if residual_component == "resid_post" else 0
-        rows = [(block, block + shift) for block in range(n_layers)] + [n_layers]
-        labels = [block + shift if lens.points == "block" else lens.row_label(block)
-                  for block in range(n_layers)] + ["output"]  # fmt: skip
-        trajectory = cls._build(lens, model, ids, states, rows, labels, tokenizer, targets,
+        # Block i's cached state is read by the lens's row i + shift (these lenses have one row
+        # per block, and their output row is row L).
+        rows = [block + shift for block in range(n_blocks)] + [lens.output_row]
+        pairs = [(block, row) for block, row in enumerate(rows[:-1])] + [lens.output_row]
+        # The last block's resid_post is the output row's state, read as a row of its own: it
+        # keeps its index as its label, apart from the output row's.
+        labels = [row_label(lens.points, row, lens.n_blocks) if row < lens.output_row else str(row)
+                  for row in rows[:-1]] + ["output"]  # fmt: skip
+        trajectory = cls._build(lens, model, ids, states, pairs, rows, labels, tokenizer, targets,
                                 anti_targets, name, keep_logprobs)  # fmt: skip
         if model_logits is not None:
             _check_output_row(trajectory, lens, states[-1], model_logits)
         return trajectory
 
     @classmethod
-    def _build(cls, lens, model, ids, states, rows, labels, tokenizer, targets, anti_targets,
-               name, keep_logprobs):  # fmt: skip
+    def _build(cls, lens, model, ids, states, read, rows, labels, tokenizer, targets,
+               anti_targets, name, keep_logprobs):  # fmt: skip
         if states is not None and tuple(states[0].shape[:2]) != tuple(ids.shape):
             raise InputError(
                 f"input_ids {tuple(ids.shape)} do not match the states' (batch, seq) "
@@ -168,12 +178,12 @@ class PredictionTrajectory:
         targets = None if targets is None else _check_targets(targets, ids, "targets")
         anti = None if anti_targets is None else _check_targets(anti_targets, ids, "anti_targets")
         result = readout(
-            model, {name: lens}, ids, states=states, rows=rows, stats=_TRAJECTORY_STATS,
+            model, {name: lens}, ids, states=states, rows=read, stats=_TRAJECTORY_STATS,
             top_k=_HOVER_TOP_K, targets=targets, tokens=None if anti is None else anti[..., None],
             logprobs=keep_logprobs, keep_inputs=True,
         )  # fmt: skip
-        return cls(result=result, input_ids=ids.cpu(), layers=labels, tokenizer=tokenizer,
-                   anti_targets=anti, name=name)  # fmt: skip
+        return cls(result=result, input_ids=ids.cpu(), rows=rows, row_labels=labels,
+                   tokenizer=tokenizer, anti_targets=anti, name=name)  # fmt: skip
 
     @property
     def lens(self) -> LensReadout:
@@ -198,8 +208,18 @@ class PredictionTrajectory:
     # ----------------------------------------------------------------------------- views
     @property
     def n_rows(self) -> int:
-        """Layer rows plus the output row."""
-        return len(self.layers)
+        """Shown rows, the output row included."""
+        return len(self.rows)
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of decoder blocks ``L`` of the model."""
+        return self.result.n_blocks
+
+    @property
+    def output_row(self) -> int:
+        """The lens's output row (``L``; ``2L`` for both points), the last of :attr:`rows`."""
+        return self.result.output_row
 
     def slice_positions(self, positions: slice | Sequence[int]) -> PredictionTrajectory:
         """Keep only some positions (e.g. ``slice(-8, None)``)."""
@@ -216,11 +236,12 @@ class PredictionTrajectory:
         """Every ``step``-th layer (with its mid point), always keeping the last and the output."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
             raise InputError(f"the layer stride must be an integer >= 1, got {step!r}")
-        blocks = [int(str(label).split(".")[0]) for label in self.layers[:-1]]
+        blocks = [row_point(self.result.points, row)[0] for row in self.rows[:-1]]
         last = blocks[-1] if blocks else None
-        keep = [row for row, block in enumerate(blocks) if block % step == 0 or block == last]
+        keep = [index for index, block in enumerate(blocks) if block % step == 0 or block == last]
         keep.append(self.n_rows - 1)
-        return replace(self, result=self.result.take(rows=keep), layers=[self.layers[i] for i in keep])
+        return replace(self, result=self.result.take(rows=keep), rows=[self.rows[i] for i in keep],
+                       row_labels=[self.row_labels[i] for i in keep])  # fmt: skip
 
     # ------------------------------------------------------------------------ statistics
     def _stat(self, info: StatInfo, values: torch.Tensor, **kwargs) -> TrajectoryStat:
@@ -229,7 +250,7 @@ class PredictionTrajectory:
             name=kwargs.pop("name", info.title),
             units=info.units,
             values=(values.double() * info.scale).mean(0).numpy(),
-            row_labels=[str(label) for label in self.layers],
+            row_labels=list(self.row_labels),
             column_labels=self._column_labels(),
             cell_labels=self.top_tokens(),
             hover=self._hover(),
@@ -283,7 +304,8 @@ class PredictionTrajectory:
             raise OutOfRange(f"prompt must be in 0..{batch - 1}, got {prompt!r}")
         at = check_position(position, self.input_ids.shape[1])
         return layer_predictions(
-            self.lens, self.layers, self.tokenizer, batch=prompt, position=at, top_k=top_k
+            self.lens, self.rows, self.row_labels, self.tokenizer, batch=prompt, position=at,
+            top_k=top_k,
         )
 
     def _hover(self) -> list[list[str]] | None:

@@ -13,7 +13,7 @@ def test_greedy_from_the_output_row_equals_model_generate(model_type, input_ids)
     model = tiny_model(model_type)
     lens = LogitLens(model)
     prompt = input_ids[:1, :5]
-    ours = generate(lens, model, lens.n_layers, prompt, max_new_tokens=8)
+    ours = generate(lens, model, lens.output_row, prompt, max_new_tokens=8)
     theirs = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False,
                             pad_token_id=0)  # fmt: skip
     assert torch.equal(ours, theirs)

@@ -28,8 +28,8 @@ def test_required_families_are_registered():
 def test_output_row_reproduces_model_logits(model_type, input_ids):
     model = tiny_model(model_type)
     residuals = collect_residuals(model, input_ids)
-    assert residuals.n_layers == 2
-    decoded = LogitLens(model)(residuals.hidden[-1], residuals.n_layers)
+    assert residuals.output_row == 2
+    decoded = LogitLens(model)(residuals.hidden[-1], residuals.output_row)
     assert decoded.dtype == torch.float32
     torch.testing.assert_close(decoded, residuals.logits.float(), rtol=1e-5, atol=1e-5)
     # The distribution is far from uniform, so a missing norm or post-head transform would show.
@@ -42,7 +42,7 @@ def test_residuals_follow_the_hidden_states_convention(model_type, input_ids):
     residuals = collect_residuals(model, input_ids)
     with torch.no_grad():
         hidden_states = model(input_ids, output_hidden_states=True).hidden_states
-    for i in range(residuals.n_layers):  # hidden_states[i] = input of block i
+    for i in range(residuals.output_row):  # hidden_states[i] = input of block i
         torch.testing.assert_close(residuals.hidden[i], hidden_states[i], rtol=1e-5, atol=1e-6)
 
 
@@ -144,6 +144,6 @@ def test_position_gather_and_early_stop(model_type, input_ids):
     positions = torch.tensor([[0, 4, 8], [7, 1, 1]])
     partial = collect_residuals(model, input_ids, positions=positions, with_logits=False)
     assert partial.logits is None
-    for layer in range(full.n_layers + 1):
+    for layer in range(full.output_row + 1):
         expected = torch.stack([full.hidden[layer][b, positions[b]] for b in range(2)])
         torch.testing.assert_close(partial.hidden[layer], expected, rtol=1e-5, atol=1e-6)

@@ -26,8 +26,9 @@ def test_predict_json(tiny_model_dir):
     result = runner.invoke(app, ["predict", str(tiny_model_dir), "w1 w2 w3", "--json", "-k", "3"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert [row["layer"] for row in payload["layers"]] == [0, 1, "output"]
-    top = payload["layers"][-1]["top"]
+    assert [row["label"] for row in payload["rows"]] == ["0", "1", "output"]
+    assert [row["row"] for row in payload["rows"]] == [0, 1, 2]
+    top = payload["rows"][-1]["top"]
     assert len(top) == 3 and set(top[0]) == {"token", "id", "prob"}
     assert top[0]["prob"] >= top[1]["prob"] >= top[2]["prob"]
     # The output row is the model's own prediction, and layer rows are the logit lens.
@@ -43,7 +44,7 @@ def test_predict_json(tiny_model_dir):
     from tunedlens.arch import collect_residuals
 
     hidden = collect_residuals(model, ids).hidden[1][0, -1]
-    assert payload["layers"][1]["top"][0]["id"] == int(lens(hidden, 1).argmax())
+    assert payload["rows"][1]["top"][0]["id"] == int(lens(hidden, 1).argmax())
 
 
 def test_predict_table_with_a_lens_and_layer_selection(tiny_model_dir, tmp_path):
@@ -106,8 +107,9 @@ def test_lens_info(tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["format"] == "tuned-lens" and info["translator"] == "affine"
-    assert info["n_layers"] == 3 and info["d_model"] == 64 and len(info["layers"]) == 3
-    assert info["layers"][0]["update_norm"] > 0
+    assert info["n_blocks"] == 3 and info["d_model"] == 64 and len(info["rows"]) == 3
+    assert [row["label"] for row in info["rows"]] == ["0", "1", "2"]
+    assert info["rows"][0]["update_norm"] > 0
     table = runner.invoke(app, ["lens", "info", str(lens_path)])
     assert table.exit_code == 0 and "unembed_hash" in table.stdout
 

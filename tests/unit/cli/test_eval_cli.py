@@ -41,7 +41,7 @@ def test_eval_writes_every_report(workdir, tiny_model_dir):
             rows = list(csv.DictReader(handle))
         assert {row["lens"] for row in rows} == {"logit", "lens-a"}
     summary = (out / "summary.md").read_text()
-    assert "| layer |" in summary and "Gates for `lens-a`" in summary
+    assert "| row |" in summary and "| output |" in summary and "Gates for `lens-a`" in summary
     html = (out / "kl.html").read_text()
     # Self-contained: the plotly library is embedded and no script is fetched from the network.
     assert "Plotly.newPlot" in html and '<script src="http' not in html

@@ -27,7 +27,7 @@ def test_show_html_is_self_contained(tmp_path, tiny_model_dir, lens_dir):
     html = out.read_text()
     assert "Plotly.newPlot" in html and '<script src="http' not in html
     # Two lenses x four statistics, each panel a heatmap with its cell text and units.
-    assert html.count('"hovertemplate":"layer %{y}') == 8
+    assert html.count('"hovertemplate":"row %{y}') == 8
     assert f"tuned lens {lens_dir.name}: entropy (bits)" in html
     assert "logit lens: KL to the model (bits)" in html
     assert "w2" in html
@@ -73,5 +73,5 @@ def test_show_takes_several_lenses_side_by_side(tmp_path, tiny_model_dir, lens_d
                                  "--lens", str(other), "--stat", "kl", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     html = out.read_text()
-    assert html.count('"hovertemplate":"layer %{y}') == 3
+    assert html.count('"hovertemplate":"row %{y}') == 3
     assert f"tuned lens {other.name}: KL to the model (bits)" in html

@@ -27,7 +27,7 @@ def test_every_statistic_matches_a_direct_computation(model_type, input_ids):
     final = residuals.logits.double().log_softmax(-1)
     targets = torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], -1)], 1)
     grids = result["tuned"]
-    for row in range(lens.n_layers + 1):
+    for row in range(lens.output_row + 1):
         logprobs = _direct(lens, residuals.hidden[row], row)  # (batch, seq, vocab)
         probs = logprobs.exp()
         torch.testing.assert_close(grids.logprobs[:, row].double(), logprobs, atol=1e-5, rtol=0)
@@ -105,7 +105,7 @@ def test_temperature_lenses_and_states_without_the_model(model, input_ids):
     residuals = collect_residuals(model, input_ids)
     result = readout(None, {"t": lens}, input_ids, states=residuals, stats=("entropy",), top_k=1,
                      logprobs=True)  # fmt: skip
-    for row in range(lens.n_layers + 1):
+    for row in range(lens.output_row + 1):
         torch.testing.assert_close(result["t"].logprobs[:, row].double(),
                                    _direct(lens, residuals.hidden[row], row), atol=1e-5, rtol=0)  # fmt: skip
 

@@ -34,14 +34,14 @@ def _direct(lens_logits, model_logits, next_ids):
 def _check_against_direct(model, lens, ids, head, layers=None):
     """Stats of ``lens`` at ``layers`` (default: all rows) against ``_direct``; returns the rest."""
     residuals = collect_residuals(model, ids)
-    n_layers = lens.n_layers
+    output_row = lens.output_row
     hidden = [h.flatten(0, 1) for h in residuals.hidden]
     model_logits = residuals.logits.flatten(0, 1).float()
     next_ids = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1).flatten()
-    final_inputs, _ = head_input(LogitLens(model), hidden[n_layers], n_layers)
+    final_inputs, _ = head_input(LogitLens(model), hidden[output_row], output_row)
     final = head.final(final_inputs, next_ids)
     assert torch.equal(final.top, model_logits.argmax(-1))
-    for layer in range(n_layers + 1) if layers is None else layers:
+    for layer in range(output_row + 1) if layers is None else layers:
         inputs, scale = head_input(lens, hidden[layer], layer)
         stats = head.stats(inputs, final, scale)
         with torch.no_grad():
@@ -59,8 +59,8 @@ def test_stats_match_a_direct_computation(model_type, block_rows, input_ids):
     head = BlockedHead(LogitLens(model).unembed, block_rows=block_rows)
     hidden, final, _ = _check_against_direct(model, lens, input_ids, head)
     # The output row of the logit lens is the model itself.
-    n_layers = lens.n_layers
-    inputs, scale = head_input(LogitLens(model), hidden[n_layers], n_layers)
+    output_row = lens.output_row
+    inputs, scale = head_input(LogitLens(model), hidden[output_row], output_row)
     stats = head.stats(inputs, final, scale)
     assert stats["kl"].abs().max() < 1e-5
     assert stats["top1"].min() == 1 and stats["rank"].max() == 1
@@ -72,8 +72,8 @@ def test_final_matches_the_model(input_ids):
     logits = residuals.logits.flatten(0, 1).double()
     next_ids = input_ids.flatten().roll(-1)
     head = BlockedHead(LogitLens(model).unembed)
-    n_layers = LogitLens(model).n_layers
-    inputs, _ = head_input(LogitLens(model), residuals.hidden[n_layers].flatten(0, 1), n_layers)
+    output_row = LogitLens(model).output_row
+    inputs, _ = head_input(LogitLens(model), residuals.hidden[output_row].flatten(0, 1), output_row)
     final = head.final(inputs, next_ids)
     logprobs = logits.log_softmax(-1)
     torch.testing.assert_close(final.probs.double(), logprobs.exp(), atol=1e-6, rtol=1e-5)
@@ -115,7 +115,7 @@ def test_worker_threads_and_both_matmul_libraries_match_a_direct_computation(mod
     # 160 positions on 3 workers: unequal shares; blocks of 48 rows leave a short last block.
     head = BlockedHead(LogitLens(model).unembed, block_rows=48, matmul=matmul, workers=3)
     threads = torch.get_num_threads()
-    _, final, model_logits = _check_against_direct(model, lens, ids, head, (0, lens.n_layers))
+    _, final, model_logits = _check_against_direct(model, lens, ids, head, (0, lens.output_row))
     torch.testing.assert_close(
         final.probs.double(), model_logits.double().softmax(-1), atol=1e-6, rtol=1e-5
     )

@@ -17,14 +17,14 @@ def test_metrics_equal_a_direct_computation(model, lens, tokens, tiny_tokenizer)
     report = evaluate(model, {"mine": lens}, tokens, tokenizer=tiny_tokenizer, bootstrap=200,
                       memory_budget=12 * 4 * 128 * 3)  # fmt: skip
     metrics = report.to_dict()
-    n_layers = lens.n_layers
-    assert metrics["layers"] == list(range(n_layers + 1))
+    output_row = lens.output_row
+    assert metrics["layers"] == list(range(output_row + 1))
     residuals = collect_residuals(model, tokens)
     model_lp = residuals.logits.double().log_softmax(-1)
     targets = tokens[:, 1:]
     for name, chosen in (("logit", LogitLens(model)), ("mine", lens)):
         entry = metrics["lenses"][name]
-        for layer in range(n_layers + 1):
+        for layer in range(output_row + 1):
             with torch.no_grad():
                 lp = chosen(residuals.hidden[layer], layer).double().log_softmax(-1)
             kl = (model_lp.exp() * (model_lp - lp)).sum(-1).mean() * NATS_TO_BITS
@@ -39,9 +39,9 @@ def test_metrics_equal_a_direct_computation(model, lens, tokens, tiny_tokenizer)
             assert low <= entry["kl_bits"][layer] + 1e-9 and entry["kl_bits"][layer] <= high + 1e-9
         assert entry["top5_agree"][-1] == 1.0 or name == "mine"
     logit = metrics["lenses"]["logit"]
-    assert abs(logit["kl_bits"][n_layers]) < 1e-5  # the output row is the model itself
-    assert logit["top1_agree"][n_layers] == 1.0 and logit["mean_rank"][n_layers] == 1.0
-    assert metrics["baseline"]["ce_bits"] == pytest.approx(logit["ce_bits"][n_layers], abs=1e-5)
+    assert abs(logit["kl_bits"][output_row]) < 1e-5  # the output row is the model itself
+    assert logit["top1_agree"][output_row] == 1.0 and logit["mean_rank"][output_row] == 1.0
+    assert metrics["baseline"]["ce_bits"] == pytest.approx(logit["ce_bits"][output_row], abs=1e-5)
     assert all(value >= 0 for e in metrics["lenses"].values() for value in e["kl_bits"])
     assert metrics["baseline"]["bits_per_byte"] > 0
 
@@ -64,7 +64,7 @@ def test_layer_subset_and_transfer(model, lens, tokens):
         [full["lenses"]["mine"]["kl_bits"][1]]
     )
     transfer = metrics["lenses"]["mine"]["transfer_kl_bits"]
-    for layer in range(lens.n_layers):  # translator i on its own layer i is the plain lens
+    for layer in range(lens.output_row):  # translator i on its own layer i is the plain lens
         assert transfer[layer][layer] == pytest.approx(
             full["lenses"]["mine"]["kl_bits"][layer], abs=1e-5
         )
@@ -87,3 +87,19 @@ def test_bad_api_input_says_what_to_pass(model, lens, input_ids):
         evaluate(model, "path/to/lens", input_ids, bootstrap=0)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         evaluate(model, lens, input_ids, batch_size=0, bootstrap=0)
+
+
+def test_reports_name_rows_and_read_reports_written_before(model, tokens):
+    from tunedlens.evaluation.report import row_labels, summary_markdown
+
+    lens = TunedLens.from_model(model, points="both")
+    metrics = evaluate(model, {"mine": lens}, tokens, layers=[0, 3, 4], bootstrap=0).metrics
+    assert metrics["n_blocks"] == 2 and metrics["output_row"] == 4 and "n_layers" not in metrics
+    assert metrics["layers"] == [0, 3, 4] and metrics["row_labels"] == ["0", "1.mid", "output"]
+    assert "| 1.mid |" in summary_markdown(metrics) and "| output |" in summary_markdown(metrics)
+    # A block report as written before rows had labels: n_layers (the output row), no labels.
+    block = evaluate(model, {"mine": TunedLens.from_model(model)}, tokens, bootstrap=0).metrics
+    old = {k: v for k, v in block.items() if k not in ("n_blocks", "row_labels", "points")}
+    old["n_layers"] = block["output_row"]
+    assert row_labels(old) == block["row_labels"] == ["0", "1", "output"]
+    assert summary_markdown(old) == summary_markdown(block)

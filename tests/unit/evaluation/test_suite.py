@@ -58,28 +58,28 @@ def _kpis(kl_rows, first_10, first_5, temp_kl=0.0):
 
 
 def test_gates_flip_on_constructed_cases():
-    n_layers = 8
-    rows = [depth_row(p, n_layers) for p in (25, 50, 75)]
+    output_row = 8
+    rows = [depth_row(p, output_row) for p in (25, 50, 75)]
     assert rows == [2, 4, 6]
     baseline = _kpis([[5.0] * 9] * 5, [8] * 5, [8] * 5)
     good = _kpis([[4.0] * 9] * 5, [2] * 5, [5] * 5)
-    lens = {**good, **compare_kpis(baseline, good, n_layers)}
+    lens = {**good, **compare_kpis(baseline, good, output_row)}
     gates = gates_for(lens)
     assert all(gate["pass"] for gate in gates.values()), gates
     # ΔKL of 0.25 bits passes A at 25 % (0.2) but not at 50 % (0.3).
     small = _kpis([[4.75] * 9] * 5, [2] * 5, [5] * 5)
-    assert not gates_for({**small, **compare_kpis(baseline, small, n_layers)})["A"]["pass"]
+    assert not gates_for({**small, **compare_kpis(baseline, small, output_row)})["A"]["pass"]
     # Worse than the logit lens by 0.2 bits: D fails.
     worse = _kpis([[5.2] * 9] * 5, [2] * 5, [5] * 5)
-    result = gates_for({**worse, **compare_kpis(baseline, worse, n_layers)})
+    result = gates_for({**worse, **compare_kpis(baseline, worse, output_row)})
     assert not result["D"]["pass"] and result["D"]["worst_delta_kl_bits"] == pytest.approx(-0.2)
     # Earlier by 4 layers on 3 of 5 prompts (60 %) passes B; on 2 of 5 it fails.
     edge = _kpis([[4.0] * 9] * 5, [4, 4, 4, 8, 8], [6] * 5)
-    assert gates_for({**edge, **compare_kpis(baseline, edge, n_layers)})["B"]["pass"]
+    assert gates_for({**edge, **compare_kpis(baseline, edge, output_row)})["B"]["pass"]
     late = _kpis([[4.0] * 9] * 5, [4, 4, 8, 8, 8], [6] * 5)
-    assert not gates_for({**late, **compare_kpis(baseline, late, n_layers)})["B"]["pass"]
+    assert not gates_for({**late, **compare_kpis(baseline, late, output_row)})["B"]["pass"]
     miscalibrated = _kpis([[4.0] * 9] * 5, [2] * 5, [5] * 5, temp_kl=0.06)
-    assert not gates_for({**miscalibrated, **compare_kpis(baseline, miscalibrated, n_layers)})["C"][
+    assert not gates_for({**miscalibrated, **compare_kpis(baseline, miscalibrated, output_row)})["C"][
         "pass"
     ]
 

@@ -16,7 +16,7 @@ def test_untrained_tuned_lens_equals_logit_lens(model_type, options, input_ids):
     model = tiny_model(model_type)
     residuals = collect_residuals(model, input_ids)
     tuned, logit = TunedLens.from_model(model, **options), LogitLens(model)
-    for layer in range(residuals.n_layers + 1):
+    for layer in range(residuals.output_row + 1):
         hidden = residuals.hidden[layer]
         assert torch.equal(tuned(hidden, layer), logit(hidden, layer))
 

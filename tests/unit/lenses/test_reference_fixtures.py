@@ -19,7 +19,7 @@ def test_reference_fixture_is_reproduced(family):
     logit = LogitLens(model)
     residuals = collect_residuals(model, expected["input_ids"])
     torch.testing.assert_close(residuals.logits, expected["model_logits"], rtol=0, atol=1e-4)
-    for i in range(residuals.n_layers):
+    for i in range(residuals.output_row):
         hidden = residuals.hidden[i]
         assert (tuned(hidden, i) - expected[f"tuned_logits_{i}"]).abs().max() < 1e-4
         assert (logit(hidden, i) - expected[f"logit_lens_logits_{i}"]).abs().max() < 1e-4

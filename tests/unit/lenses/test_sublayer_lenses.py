@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from tiny_models import tiny_model
 from tunedlens.arch import collect_residuals
+from tunedlens.arch.points import row_label
 from tunedlens.cli.app import app
 from tunedlens.engine import layer_kl, readout
 from tunedlens.errors import LensFileError, LensMismatch
@@ -30,9 +31,9 @@ def _perturbed(model, points):
 @pytest.mark.parametrize("points", ["mid", "both"])
 def test_untrained_equals_the_logit_lens_at_the_same_points(model, input_ids, points):
     tuned, logit = TunedLens.from_model(model, points=points), LogitLens(model, points=points)
-    assert tuned.translator.n_layers == tuned.n_layers == (2 if points == "mid" else 4)
+    assert tuned.translator.n_rows == tuned.output_row == (2 if points == "mid" else 4)
     states = collect_residuals(model, input_ids, points=points)
-    for row in range(tuned.n_layers + 1):
+    for row in range(tuned.output_row + 1):
         assert torch.equal(tuned(states.hidden[row], row), logit(states.hidden[row], row))
 
 
@@ -40,9 +41,9 @@ def test_files_keep_their_points(model, input_ids, tmp_path):
     lens = _perturbed(model, "both")
     lens.save(tmp_path / "lens")
     config = json.loads((tmp_path / "lens" / "config.json").read_text())
-    assert config["points"] == "both" and config["num_hidden_layers"] == 4
+    assert config["points"] == "both" and config["n_rows"] == 4
     loaded = load_lens(tmp_path / "lens", model)
-    assert loaded.points == "both" and loaded.row_label(3) == "1.mid"
+    assert loaded.points == "both" and row_label(loaded.points, 3, loaded.n_blocks) == "1.mid"
     first = readout(model, lens, input_ids, stats=("kl",))["tuned"]["kl"]
     again = readout(model, loaded, input_ids, stats=("kl",))["tuned"]["kl"]
     assert torch.equal(first, again)
@@ -89,10 +90,10 @@ def test_sublayer_lenses_train_and_lower_held_out_kl(model_type, points):
                            seq_len=16, batch_size=4, lr=1e-2, lstsq_init=False)  # fmt: skip
     lens = TunedLens.from_model(model, points=points)
     result = train_lens(lens, model, data[:64], config)
-    assert result.lens.points == points and len(result.val_kl or [0] * lens.n_layers) == lens.n_layers
+    assert result.lens.points == points and len(result.val_kl or [0] * lens.output_row) == lens.output_row
     before = layer_kl(LogitLens(model, points=points), model, data[64:])
     after = layer_kl(result.lens, model, data[64:])
-    assert before.shape == after.shape == (lens.n_layers,)
+    assert before.shape == after.shape == (lens.output_row,)
     assert after.mean() < before.mean() and (after >= 0).all()
 
 
@@ -103,15 +104,16 @@ def test_cli_train_both_then_predict_show_and_eval(tiny_model_dir, text_file, tm
                                  "--tokens", "256", "--points", "both", *ARGS])  # fmt: skip
     assert result.exit_code == 0, result.output
     stored = read_lens(out)
-    assert stored.points == "both" and stored.translator.n_layers == 4
+    assert stored.points == "both" and stored.translator.n_rows == 4
     assert json.loads((out / "provenance.json").read_text())["training"]["config"]["points"] == "both"
 
     result = runner.invoke(app, ["predict", str(tiny_model_dir), "w1 w2 w3", "--json", "--lens", str(out),
                                  "--layers", "1"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert [row["layer"] for row in json.loads(result.stdout)["layers"]] == ["1", "1.mid", "output"]
+    rows = json.loads(result.stdout)["rows"]
+    assert [row["label"] for row in rows] == ["1", "1.mid", "output"] and [row["row"] for row in rows] == [2, 3, 4]
     result = runner.invoke(app, ["predict", str(tiny_model_dir), "w1 w2 w3", "--json", "--points", "mid"])
-    assert [row["layer"] for row in json.loads(result.stdout)["layers"]] == ["0.mid", "1.mid", "output"]
+    assert [row["label"] for row in json.loads(result.stdout)["rows"]] == ["0.mid", "1.mid", "output"]
     result = runner.invoke(app, ["predict", str(tiny_model_dir), "w1 w2", "--lens", str(out), "--points", "mid"])
     assert result.exit_code != 0 and "different points" in str(result.exception)
 
@@ -128,6 +130,7 @@ def test_cli_train_both_then_predict_show_and_eval(tiny_model_dir, text_file, tm
     assert result.exit_code == 0, result.output
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["points"] == "both" and metrics["row_labels"] == ["0", "0.mid", "1", "1.mid", "output"]
+    assert metrics["n_blocks"] == 2 and metrics["output_row"] == 4 and "n_layers" not in metrics
     assert len(metrics["lenses"]["logit"]["kl_bits"]) == 5
 
 

@@ -29,7 +29,7 @@ def test_untrained_equals_logit_lens(model_type, kind, input_ids):
     model = tiny_model(model_type)
     residuals = collect_residuals(model, input_ids)
     tuned, logit = TunedLens.from_model(model, translator=kind), LogitLens(model)
-    for layer in range(residuals.n_layers + 1):
+    for layer in range(residuals.output_row + 1):
         assert torch.equal(tuned(residuals.hidden[layer], layer), logit(residuals.hidden[layer], layer))
 
 
@@ -42,7 +42,7 @@ def test_round_trip_and_info(kind, model, tmp_path, input_ids):
     hidden = collect_residuals(model, input_ids).hidden[1]
     assert torch.equal(loaded(hidden, 1), lens(hidden, 1))
     info = describe_lens(tmp_path / "lens")
-    assert info["translator"] == kind and all(row["update_norm"] > 0 for row in info["layers"])
+    assert info["translator"] == kind and all(row["update_norm"] > 0 for row in info["rows"])
     parameters = sum(p.numel() for p in lens.translator.parameters())
     assert info["parameters"] == parameters
 

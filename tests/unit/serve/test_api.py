@@ -36,7 +36,7 @@ def test_health_lenses_and_the_page(client):
     assert client.get("/api/health").json() == {"status": "ok", "model": "tiny-llama"}
     info = client.get("/api/lenses").json()
     assert [lens["name"] for lens in info["lenses"]] == ["logit", "tuned"]
-    assert info["lenses"][1]["kind"] == "tuned" and info["n_layers"] == 2
+    assert info["lenses"][1]["kind"] == "tuned" and info["n_blocks"] == 2
     assert [s["name"] for s in info["stats"]] == ["entropy", "kl", "ce", "max-prob", "rank"]
     page = client.get("/").text
     assert "/static/app.js" in page and "http://" not in page and "https://" not in page
@@ -72,7 +72,7 @@ def test_rank_of_a_chosen_token_a_cell_window_and_stride(client):
     assert len(cell["probs"]) == 3 and all(0 <= p <= 1 for p in cell["probs"])
     assert cell["probs"][1] == pytest.approx(cell["top"][0]["prob"], abs=1e-6)  # row 1 itself
     bad = client.post("/api/cell", json={"prompt": PROMPT, "row": "9", "position": 0})
-    assert bad.status_code == 400 and "not a layer" in bad.json()["error"]
+    assert bad.status_code == 400 and "'9' is not a row" in bad.json()["error"]
 
 
 def test_compare(client):

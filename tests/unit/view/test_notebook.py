@@ -69,7 +69,7 @@ def test_logit_lens_is_predict_layers(lensed, tiny_tokenizer):
             top_k=3,
             position=position,
         )
-        assert [row.layer for row in result] == [0, 1, "output"]  # row L is the model's output
+        assert [row.label for row in result] == ["0", "1", "output"]  # row L is the model's output
         for row, prediction in enumerate(result):
             with torch.no_grad():
                 probs = LogitLens(lensed.model)(residuals.hidden[row][0, position], row).softmax(-1)
@@ -79,7 +79,7 @@ def test_logit_lens_is_predict_layers(lensed, tiny_tokenizer):
             assert prediction.top[0].token == tiny_tokenizer.decode([prediction.top[0].id])
     assert lensed.logit_lens(PROMPT) == lensed.logit_lens(PROMPT, top_k=1, position=-1)
     mid = lensed.logit_lens(PROMPT, points="both", layers=[1])
-    assert [row.layer for row in mid] == ["1", "1.mid", "output"]
+    assert [row.label for row in mid] == ["1", "1.mid", "output"]
 
 
 def test_tuned_lens_and_load_lens(lensed, tmp_path):
@@ -103,12 +103,12 @@ def test_compare_reads_both_lenses_in_one_pass(lensed, block_runs):
     table = lensed.compare("w5 w6 w7", trained, top_k=2, position=-2)
     assert len(block_runs) == 1  # one readout of both lenses: the model ran once
     assert table.position == 1 and list(table.columns) == ["logit lens", "tuned lens"]
-    assert table.layers == [0, 1, "output"]
+    assert table.row_labels == ["0", "1", "output"] and table.rows == [0, 1, 2]
     for lens, column in ((LogitLens(lensed.model), "logit lens"), (trained, "tuned lens")):
         alone = predict_layers(
             lensed.model, lensed.tokenizer, "w5 w6 w7", lens, top_k=2, position=1
         )
-        assert [r.layer for r in alone] == [r.layer for r in table.columns[column]]
+        assert [r.label for r in alone] == [r.label for r in table.columns[column]]
         for mine, theirs in zip(table.columns[column], alone, strict=True):
             assert [t.id for t in mine.top] == [t.id for t in theirs.top]
             assert [t.prob for t in mine.top] == pytest.approx(
@@ -137,7 +137,7 @@ def test_compare_labels_a_column_by_its_lens_kind(lensed, tmp_path):
 
 def test_plot_in_jupyter_shows_the_figure(lensed, jupyter):
     rows = lensed.logit_lens("w1 w2", plot=True)
-    assert [row.layer for row in rows] == [0, 1, "output"]
+    assert [row.label for row in rows] == ["0", "1", "output"]
     assert jupyter == [lensed.last_figure] and len(lensed.last_figure.data) == 1
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_models import tiny_config
 from tunedlens import LogitLens, PredictionTrajectory, collect_residuals, predict_layers
 from tunedlens.view.trajectory import TrajectoryStat
 
@@ -17,8 +18,8 @@ def _trajectory(lens, model, ids, **kwargs):
 def test_rows_are_the_lens_then_the_model(model, lens, input_ids):
     trajectory = _trajectory(lens, model, input_ids[0])
     residuals = collect_residuals(model, input_ids[:1])
-    assert trajectory.layers == [0, 1, "output"]
-    for row in range(lens.n_layers):
+    assert trajectory.row_labels == ["0", "1", "output"] and trajectory.rows == [0, 1, 2]
+    for row in range(lens.output_row):
         expected = lens(residuals.hidden[row], row).log_softmax(-1)
         torch.testing.assert_close(trajectory.logprobs[:, row], expected)
     torch.testing.assert_close(trajectory.logprobs[:, -1], residuals.logits.log_softmax(-1))
@@ -75,7 +76,7 @@ def test_views_batches_and_clipping(model, lens, input_ids, tiny_tokenizer):
     assert trajectory.logprobs.shape[:3] == (2, 3, 9)
     last = trajectory.slice_positions(slice(-4, None))
     assert last.input_ids.shape == (2, 4) and last.targets.shape == (2, 4)
-    assert trajectory.stride(5).layers == [0, 1, "output"]  # last layer and output always kept
+    assert trajectory.stride(5).row_labels == ["0", "1", "output"]  # last block and output always kept
     entropy = trajectory.entropy()
     singles = [_trajectory(lens, model, ids).entropy().values for ids in input_ids]
     np.testing.assert_allclose(entropy.values, (singles[0] + singles[1]) / 2, atol=1e-5)
@@ -98,7 +99,8 @@ def test_predictions_are_predict_layers_rows(model, lens, tiny_tokenizer, points
     for position in (0, 2, -1):
         mine = trajectory.predictions(position, top_k=3)
         theirs = predict_layers(model, tiny_tokenizer, prompt, chosen, top_k=3, position=position)
-        assert [row.layer for row in mine] == [row.layer for row in theirs] == trajectory.layers
+        assert [row.label for row in mine] == [row.label for row in theirs] == trajectory.row_labels
+        assert [row.row for row in mine] == trajectory.rows
         for a, b in zip(mine, theirs, strict=True):
             assert [(t.token, t.id) for t in a.top] == [(t.token, t.id) for t in b.top]
             assert [t.prob for t in a.top] == pytest.approx([t.prob for t in b.top], abs=1e-6)
@@ -112,6 +114,24 @@ def test_predictions_are_predict_layers_rows(model, lens, tiny_tokenizer, points
         trajectory.predictions(4)
     with pytest.raises(ValueError, match="no tokenizer"):
         _trajectory(chosen, model, ids).predictions()
+
+
+@pytest.mark.parametrize(("points", "step", "rows", "labels"), [
+    ("block", 2, [0, 2, 4, 5], ["0", "2", "4", "output"]),
+    ("block", 3, [0, 3, 4, 5], ["0", "3", "4", "output"]),
+    ("mid", 2, [0, 2, 4, 5], ["0.mid", "2.mid", "4.mid", "output"]),
+    ("both", 3, [0, 1, 6, 7, 8, 9, 10], ["0", "0.mid", "3", "3.mid", "4", "4.mid", "output"]),
+])  # fmt: skip
+def test_stride_keeps_every_step_th_block_at_any_points(input_ids, points, step, rows, labels):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", num_hidden_layers=5)).eval()
+    trajectory = _trajectory(LogitLens(model, points=points), model, input_ids[0])
+    assert trajectory.n_blocks == 5 and trajectory.rows == list(range(trajectory.output_row + 1))
+    strided = trajectory.stride(step)
+    assert strided.rows == rows and strided.row_labels == labels
+    torch.testing.assert_close(strided.logprobs, trajectory.logprobs[:, rows])
+    assert strided.entropy().row_labels == labels
 
 
 def test_bad_input(model, lens, input_ids):
@@ -142,7 +162,7 @@ def test_from_a_transformerlens_style_cache(model, lens, input_ids, component):
         torch.testing.assert_close(from_cache.logprobs, direct.logprobs)
     else:  # resid_post of block 0 is hidden_states[1], read with translator 1
         torch.testing.assert_close(from_cache.logprobs[:, 0], direct.logprobs[:, 1])
-        assert from_cache.layers == [1, 2, "output"]
+        assert from_cache.row_labels == ["1", "2", "output"] and from_cache.rows == [1, 2, 2]
     with pytest.raises(ValueError, match="one model"):  # logits of another model are caught
         PredictionTrajectory.from_lens_and_cache(lens, cache, input_ids, residuals.logits + 1.0,
                                                  residual_component=component)  # fmt: skip

@@ -37,7 +37,8 @@ def test_cache_trajectory_equals_the_model_trajectory(tiny_model_dir):
                                                        residual_component="resid_mid",
                                                        keep_logprobs=True)  # fmt: skip
     ours = PredictionTrajectory.from_lens_and_model(mid_lens, model, ids, keep_logprobs=True)
-    assert from_tl.layers == ours.layers == ["0.mid", "1.mid", "output"]
+    assert from_tl.row_labels == ours.row_labels == ["0.mid", "1.mid", "output"]
+    assert from_tl.rows == ours.rows == [0, 1, 2]
     torch.testing.assert_close(from_tl.logprobs, ours.logprobs)
     with pytest.raises(ValueError, match="reads 'mid' points"):
         PredictionTrajectory.from_lens_and_cache(mid_lens, cache, ids)

@@ -21,7 +21,7 @@ from typing import Literal, get_args
 
 import torch
 
-from tunedlens.arch.points import POINTS, Points, row_label
+from tunedlens.arch.points import POINTS, Points, blocks_of, row_label
 from tunedlens.errors import InputError, LensFileError
 from tunedlens.lenses.io.file_checks import (
     check_model_info,
@@ -81,6 +81,11 @@ class LensFile:
     format: LensFormat = "native"
     points: Points = "block"
     """Which points of each block the translators read (see :mod:`tunedlens.arch.points`)."""
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of decoder blocks ``L`` of the model the lens was made for."""
+        return blocks_of(self.points, self.translator.n_rows)
 
 
 def tuned_format(path: Path) -> LensFormat:
@@ -162,25 +167,23 @@ def _reference_config(path: Path) -> dict:
 def _read_reference(path: Path) -> LensFile:
     config = _reference_config(path)
     state = _load_params_pt(path / REFERENCE_WEIGHTS)
-    n_layers = config.get("num_hidden_layers")
-    if n_layers is None:  # legacy files: count the translators
-        n_layers = len({k.split(".")[0] for k in state})
-        config["num_hidden_layers"] = n_layers
-    n_layers = require_int(config, "num_hidden_layers", path / CONFIG_FILE)
+    if config.get("num_hidden_layers") is None:  # legacy files: count the translators
+        config["num_hidden_layers"] = len({k.split(".")[0] for k in state})
+    n_rows = require_int(config, "num_hidden_layers", path / CONFIG_FILE)
     d_model = require_int(config, "d_model", path / CONFIG_FILE)
     use_bias = require_bool(config, "bias", path / CONFIG_FILE, "0.bias" in state)
     check_model_info(config, path / CONFIG_FILE)
-    expected = {f"{i}.weight" for i in range(n_layers)}
-    expected |= {f"{i}.bias" for i in range(n_layers)} if use_bias else set()
+    expected = {f"{i}.weight" for i in range(n_rows)}
+    expected |= {f"{i}.bias" for i in range(n_rows)} if use_bias else set()
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise LensFileError(
-            f"{path / REFERENCE_WEIGHTS} does not match its config.json (num_hidden_layers={n_layers}, "
+            f"{path / REFERENCE_WEIGHTS} does not match its config.json (num_hidden_layers={n_rows}, "
             f"bias={use_bias}): missing {missing[:4] or 'nothing'}, unexpected {extra[:4] or 'nothing'}."
         )
-    translator = AffineTranslator(n_layers, d_model, use_bias=use_bias)
+    translator = AffineTranslator(n_rows, d_model, use_bias=use_bias)
     with torch.no_grad():
-        for i in range(n_layers):
+        for i in range(n_rows):
             _copy_checked(translator.weight[i], state[f"{i}.weight"], f"{i}.weight", path)
             if use_bias:
                 _copy_checked(translator.bias[i], state[f"{i}.bias"], f"{i}.bias", path)
@@ -205,14 +208,14 @@ def _write_reference(lens: LensFile, path: Path) -> None:
     if isinstance(translator, (LowRankTranslator, DiagonalTranslator)):
         translator = translator.to_affine()
     state = {}
-    for i in range(translator.n_layers):
+    for i in range(translator.n_rows):
         state[f"{i}.weight"] = translator.weight[i].detach().cpu().clone()
         if translator.use_bias:
             state[f"{i}.bias"] = translator.bias[i].detach().cpu().clone()
     config = {
         "base_model_name_or_path": lens.model_info.get("base_model_name_or_path") or "",
         "d_model": translator.d_model,
-        "num_hidden_layers": translator.n_layers,
+        "num_hidden_layers": translator.n_rows,
         "bias": translator.use_bias,
         "base_model_revision": lens.model_info.get("base_model_revision"),
         "unembed_hash": lens.model_info.get("unembed_hash"),
@@ -237,25 +240,27 @@ def _read_native(path: Path) -> LensFile:
             f"{path / 'config.json'} is not a native tunedlens config (format={config.get('format')!r}, "
             f"format_version={version!r}; this tunedlens reads version {NATIVE_FORMAT_VERSION})."
         )
-    n_layers = require_int(config, "num_hidden_layers", path / CONFIG_FILE)
+    # Files written before the rows vocabulary name the number of translators num_hidden_layers.
+    old = "n_rows" not in config and "num_hidden_layers" in config
+    n_rows = require_int(config, "num_hidden_layers" if old else "n_rows", path / CONFIG_FILE)
     d_model = require_int(config, "d_model", path / CONFIG_FILE)
     kind = config.get("translator")
     check_model_info(config, path / CONFIG_FILE)
     if kind == "affine":
         translator = AffineTranslator(
-            n_layers, d_model, use_bias=require_bool(config, "use_bias", path / CONFIG_FILE, True)
+            n_rows, d_model, use_bias=require_bool(config, "use_bias", path / CONFIG_FILE, True)
         )
     elif kind == "lowrank":
         translator = LowRankTranslator(
-            n_layers,
+            n_rows,
             d_model,
             rank=require_int(config, "rank", path / CONFIG_FILE),
             use_temperature=require_bool(config, "use_temperature", path / CONFIG_FILE, False),
         )
     elif kind == "diagonal":
-        translator = DiagonalTranslator(n_layers, d_model)
+        translator = DiagonalTranslator(n_rows, d_model)
     elif kind == "mlp":
-        translator = MLPTranslator(n_layers, d_model, hidden=require_int(config, "rank", path / CONFIG_FILE))
+        translator = MLPTranslator(n_rows, d_model, hidden=require_int(config, "rank", path / CONFIG_FILE))
     else:
         raise LensFileError(
             f"{path / 'config.json'}: translator={kind!r} is unknown; expected 'affine', 'lowrank', "
@@ -283,10 +288,10 @@ def _read_native(path: Path) -> LensFile:
     provenance_path = path / PROVENANCE_FILE
     provenance = read_json(provenance_path, "") if provenance_path.exists() else {}
     points = config.get("points", "block")
-    if points not in POINTS or (points == "both" and n_layers % 2):
+    if points not in POINTS or (points == "both" and n_rows % 2):
         raise LensFileError(
             f"{path / CONFIG_FILE}: 'points' must be one of {', '.join(POINTS)} (with an even "
-            f"number of translators for 'both'), found {points!r} with {n_layers}."
+            f"number of translators for 'both'), found {points!r} with {n_rows}."
         )
     return LensFile(translator, model_info, provenance, "native", points)
 
@@ -299,7 +304,7 @@ def native_config(lens: LensFile) -> dict:
         "format_version": NATIVE_FORMAT_VERSION,
         "translator": translator.kind,
         "d_model": translator.d_model,
-        "num_hidden_layers": translator.n_layers,
+        "n_rows": translator.n_rows,
     }
     if isinstance(translator, LowRankTranslator):
         config.update(rank=translator.rank, use_temperature=translator.use_temperature)
@@ -390,10 +395,10 @@ def _update_norms(lens: LensFile) -> list[dict]:
     translator = lens.translator
     rows = []
     with torch.no_grad():
-        for i in range(translator.n_layers):
+        for i in range(translator.n_rows):
             bias = translator.bias[i] if translator.bias is not None else torch.zeros(1)
-            layer = i if lens.points == "block" else row_label(lens.points, i, translator.n_layers)
-            row = {"layer": layer, "update_norm": translator.update_norm(i), "bias_norm": float(bias.norm())}
+            row = {"row": i, "label": row_label(lens.points, i, lens.n_blocks),
+                   "update_norm": translator.update_norm(i), "bias_norm": float(bias.norm())}  # fmt: skip
             log_temperature = translator.log_temperature(i)
             if log_temperature is not None:
                 row["temperature"] = float(log_temperature.exp())
@@ -402,7 +407,7 @@ def _update_norms(lens: LensFile) -> list[dict]:
 
 
 def describe_tuned(path: Path) -> dict:
-    """Format, translator, dimensions, model, provenance and per-layer update sizes of a lens."""
+    """Format, translator, dimensions, model, provenance and per-row update sizes of a lens."""
     lens = read_lens(path)
     translator = lens.translator
     return {
@@ -410,7 +415,7 @@ def describe_tuned(path: Path) -> dict:
         "format": lens.format,
         "translator": translator.kind,
         "points": lens.points,
-        "n_layers": translator.n_layers,
+        "n_blocks": lens.n_blocks,
         "d_model": translator.d_model,
         "rank": getattr(translator, "rank", None),
         "use_bias": translator.bias is not None,
@@ -418,7 +423,7 @@ def describe_tuned(path: Path) -> dict:
         "parameters": sum(p.numel() for p in translator.parameters()),
         **{key: value for key, value in lens.model_info.items()},
         "provenance": lens.provenance,
-        "layers": _update_norms(lens),
+        "rows": _update_norms(lens),
     }
 
 

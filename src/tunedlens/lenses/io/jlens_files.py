@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from tunedlens.arch.points import row_label
 from tunedlens.errors import InputError, LensFileError
 from tunedlens.lenses.io.file_checks import (
     check_model_info,
@@ -160,7 +161,7 @@ def _plain(metadata: dict) -> dict:
 
 def write_native(lens, path: Path) -> None:
     """Our format: ``jlens.safetensors`` (one tensor per row) and ``config.json``."""
-    model_info = {"num_hidden_layers": lens.n_layers, "base_model_name_or_path": lens.metadata.get("model"),
+    model_info = {"num_hidden_layers": lens.n_blocks, "base_model_name_or_path": lens.metadata.get("model"),
                   "vocab_size": lens.unembed.vocab_size, "unembed_hash": lens.unembed.hash()}  # fmt: skip
     _write_native(path, lens.matrices, lens.n_prompts, lens.metadata, model_info)
 
@@ -305,22 +306,25 @@ def describe_jlens(path: Path) -> dict:
     """Format, rows with a matrix, dimensions, provenance and ``‖J − I‖`` per row of a J-lens."""
     stored = read_stored_jlens(path)
     matrices, n_prompts, metadata = stored.matrices, stored.n_prompts, stored.metadata
-    n_layers = stored.model_info["num_hidden_layers"]
+    n_blocks = stored.model_info["num_hidden_layers"]
+    # Matrices sit on block rows below the output row (artifacts need not record the depth).
+    label_blocks = n_blocks if n_blocks is not None else max(matrices) + 1
     d_model = next(iter(matrices.values())).shape[0]
     eye = torch.eye(d_model)
     return {
         "path": str(path),
         "format": stored.format,
         "kind": "jacobian",
-        "n_layers": n_layers,
+        "n_blocks": n_blocks,
         "d_model": d_model,
         "rows_with_matrix": sorted(matrices),
         "note": "rows without a matrix decode as the logit lens",
         "n_prompts": n_prompts,
         "dtype": str(next(iter(matrices.values())).dtype).removeprefix("torch."),
         "provenance": metadata,
-        "layers": [
-            {"layer": row, "update_norm": float((m.float() - eye).norm()), "bias_norm": 0.0}
+        "rows": [
+            {"row": row, "label": row_label("block", row, label_blocks),
+             "update_norm": float((m.float() - eye).norm()), "bias_norm": 0.0}
             for row, m in sorted(matrices.items())
         ],
     }

@@ -1,4 +1,4 @@
-// tunedlens explorer: reads a prompt through the server's lenses and draws layers x positions.
+// tunedlens explorer: reads a prompt through the server's lenses and draws rows x positions.
 // Everything it shows comes from the JSON API; the URL holds the view so it can be shared.
 "use strict";
 
@@ -54,7 +54,7 @@ function option(select, value, label) {
 
 async function init() {
   info = await api("/api/lenses");
-  $("model-line").textContent = `${info.model} · ${info.n_layers} layers · prompts up to ${info.max_tokens} tokens`;
+  $("model-line").textContent = `${info.model} · ${info.n_blocks} blocks · prompts up to ${info.max_tokens} tokens`;
   for (const lens of info.lenses) {
     const li = document.createElement("li");
     li.textContent = `${lens.name}: ${lens.kind} lens (${lens.source})${lens.eval ? " · evaluated" : ""}`;
@@ -135,7 +135,7 @@ function table(title, columns, rows, values, labels, stat, onCell, probs) {
   section.appendChild(heading);
   const legend = document.createElement("div");
   legend.className = "legend";
-  legend.textContent = `${stat.title} (${stat.units}); rows: layers, output = the model`;
+  legend.textContent = `${stat.title} (${stat.units}); rows: blocks, output = the model`;
   section.appendChild(legend);
   const grid = document.createElement("table");
   grid.className = "heatmap";
@@ -162,7 +162,7 @@ function table(title, columns, rows, values, labels, stat, onCell, probs) {
       td.style.color = textColour(t);
       td.dataset.row = r; td.dataset.col = c;
       td.dataset.value = value === null ? "" : value;
-      td.title = `layer ${rows[r]}, position ${columns[c]}: ${value === null ? "–" : value.toFixed(3)} ${stat.units}` +
+      td.title = `row ${rows[r]}, position ${columns[c]}: ${value === null ? "–" : value.toFixed(3)} ${stat.units}` +
         (probs ? `; top token ${labels[r][c]} p=${(probs[r][c] ?? 0).toFixed(3)}` : "");
       td.addEventListener("click", () => onCell(td, r, c));
       td.addEventListener("keydown", (event) => keyMove(event, td, r, c, onCell));
@@ -213,7 +213,7 @@ async function openCell(td, name, lens, view, r, c) {
     const cell = await api("/api/cell", {prompt: lastPrompt, lens: name, row: view.rows[r],
       position: view.positions[c]});
     $("details").hidden = false;
-    $("details-title").textContent = `${name} · layer ${view.rows[r]} · position ${view.positions[c]} (${view.tokens[c]})`;
+    $("details-title").textContent = `${name} · row ${view.rows[r]} · position ${view.positions[c]} (${view.tokens[c]})`;
     const list = $("top10");
     list.replaceChildren();
     for (const entry of cell.top) {
@@ -231,7 +231,7 @@ function sparkline(trace) {
   const points = trace.probs.map((p, i) => `${(i / Math.max(1, n - 1)) * (w - 10) + 5},${h - 10 - (p ?? 0) * (h - 20)}`);
   svg.innerHTML = `<line class="axis" x1="5" y1="${h - 10}" x2="${w - 5}" y2="${h - 10}"/>` +
     `<path class="curve" d="M${points.join(" L")}"/>` +
-    `<text x="5" y="12" fill="currentColor" font-size="11">p(${escapeXml(trace.token)}) across layers 0…output</text>`;
+    `<text x="5" y="12" fill="currentColor" font-size="11">p(${escapeXml(trace.token)}) across rows 0…output</text>`;
   svg.dataset.points = n;
 }
 
@@ -243,14 +243,14 @@ function drawEvals() {
   const box = $("evals");
   for (const lens of info.lenses.filter((l) => l.eval)) {
     const heading = document.createElement("h2");
-    heading.textContent = `${lens.name}: KL to the model per layer (${lens.eval.report})`;
+    heading.textContent = `${lens.name}: KL to the model per row (${lens.eval.report})`;
     box.appendChild(heading);
     const values = lens.eval.kl_bits || [];
     const w = 360, h = 120, top = Math.max(1e-9, ...values);
     const points = values.map((v, i) => `${(i / Math.max(1, values.length - 1)) * (w - 20) + 10},${h - 10 - (v / top) * (h - 20)}`);
     const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
     svg.setAttribute("width", w); svg.setAttribute("height", h);
-    svg.setAttribute("role", "img"); svg.setAttribute("aria-label", `KL per layer, up to ${top.toFixed(2)} bits`);
+    svg.setAttribute("role", "img"); svg.setAttribute("aria-label", `KL per row, up to ${top.toFixed(2)} bits`);
     svg.innerHTML = `<line class="axis" x1="10" y1="${h - 10}" x2="${w - 10}" y2="${h - 10}"/><path class="curve" d="M${points.join(" L")}"/>`;
     box.appendChild(svg);
     if (lens.eval.gates) {

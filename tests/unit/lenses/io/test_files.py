@@ -10,7 +10,8 @@ from paths import DATA
 from tiny_models import tiny_model
 from tunedlens.errors import LensFileError, LensMismatch
 from tunedlens.lenses import TunedLens, load_lens, read_lens
-from tunedlens.lenses.io.files import REFERENCE_KEYS
+from tunedlens.lenses.io.files import REFERENCE_KEYS, convert_tuned
+from tunedlens.lenses.io.info import describe_lens
 
 
 def _randomised(lens):
@@ -237,3 +238,41 @@ def test_reference_config_fields_are_checked(lens, tmp_path, key, value, message
     (tmp_path / "ref" / "config.json").write_text(json.dumps(config))
     with pytest.raises(LensFileError, match=message):
         read_lens(tmp_path / "ref")
+
+
+@pytest.mark.parametrize("points", ["block", "both"])
+def test_native_lenses_written_before_the_rows_vocabulary_still_load(model, tmp_path, points):
+    lens = _randomised(TunedLens.from_model(model, points=points))
+    lens.save(tmp_path / "lens")
+    config_path, provenance_path = tmp_path / "lens" / "config.json", tmp_path / "lens" / "provenance.json"
+    config, provenance = json.loads(config_path.read_text()), json.loads(provenance_path.read_text())
+    assert config["n_rows"] == lens.output_row == (4 if points == "both" else 2)
+    assert provenance["translator"]["n_rows"] == lens.output_row
+    assert "num_hidden_layers" not in config and "n_layers" not in provenance["translator"]
+    # The same lens as written before: the number of translators under num_hidden_layers (config)
+    # and n_layers (provenance).
+    config["num_hidden_layers"] = config.pop("n_rows")
+    provenance["translator"]["n_layers"] = provenance["translator"].pop("n_rows")
+    config_path.write_text(json.dumps(config))
+    provenance_path.write_text(json.dumps(provenance))
+    loaded = load_lens(tmp_path / "lens", model)
+    assert loaded.points == points and loaded.n_blocks == 2 and loaded.output_row == lens.output_row
+    hidden = torch.randn(lens.output_row + 1, 3, 32)
+    for row in range(lens.output_row + 1):
+        assert torch.equal(loaded(hidden[row], row), lens(hidden[row], row))
+    info = describe_lens(tmp_path / "lens")
+    labels = ["0", "0.mid", "1", "1.mid"] if points == "both" else ["0", "1"]
+    assert info["n_blocks"] == 2 and [row["label"] for row in info["rows"]] == labels
+    assert [row["row"] for row in info["rows"]] == list(range(lens.output_row))
+    # Converting it writes the new key.
+    convert_tuned(tmp_path / "lens", tmp_path / "new", "native")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["n_rows"] == lens.output_row
+
+
+def test_a_native_config_without_its_number_of_rows_is_refused(model, tmp_path):
+    TunedLens.from_model(model).save(tmp_path / "lens")
+    config = json.loads((tmp_path / "lens" / "config.json").read_text())
+    del config["n_rows"]
+    (tmp_path / "lens" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LensFileError, match="'n_rows' must be a positive integer, found None"):
+        read_lens(tmp_path / "lens")

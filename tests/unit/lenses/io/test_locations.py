@@ -42,7 +42,7 @@ def test_lens_from_cached_model_repo_and_reference_space(hub_cache):
     model = AutoModelForCausalLM.from_pretrained(DATA / "reference" / "gpt2" / "model")
     for spec in ("hf:someone/lenses/gpt2-tiny", "tuned-lens:tiny-gpt2"):
         assert (lens_dir(spec) / "params.pt").exists()
-        assert load_lens(spec, model).n_layers == 3
+        assert load_lens(spec, model).n_blocks == 3
 
 
 def test_uncached_hub_lens_offline(hub_cache):
