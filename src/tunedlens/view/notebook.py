@@ -97,7 +97,7 @@ class Comparison:
         heads = "".join(f"<th>{html.escape(title)}</th>" for title in self.columns)
         return (
             f"<table><caption>position {self.position}</caption>"
-            f"<tr><th>layer</th>{heads}</tr>{body}</table>"
+            f"<tr><th>row</th>{heads}</tr>{body}</table>"
         )
 
 

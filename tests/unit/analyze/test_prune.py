@@ -28,7 +28,7 @@ def deep_model(model_type: str = "llama", n_blocks: int = N_BLOCKS, seed: int = 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(model_type, num_hidden_layers=n_blocks))
     model = model.eval().requires_grad_(False)
-    assert resolve_arch(model).n_layers == n_blocks
+    assert resolve_arch(model).n_blocks == n_blocks
     model.get_output_embeddings().weight.mul_(30.0)
     return model
 
@@ -101,7 +101,7 @@ def test_removal_really_skips_the_block_and_keeps_the_others():
     for index, block in enumerate(layers):
         block.register_forward_hook(lambda *_a, i=index: calls.__setitem__(i, calls[i] + 1))
     with blocks_removed(model, [1, 3]) as pruned:
-        assert pruned.n_layers == N_BLOCKS - 2
+        assert pruned.n_blocks == N_BLOCKS - 2
         model(input_ids=ids(0))
     assert calls == [1, 0, 1, 0, 1]
     pruned_final_states(model, ids(0), [4])

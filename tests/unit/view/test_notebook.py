@@ -115,7 +115,7 @@ def test_compare_reads_both_lenses_in_one_pass(lensed, block_runs):
                 [t.prob for t in theirs.top], abs=1e-6
             )
     text = str(table)
-    assert text.splitlines()[0].split() == ["layer", "logit", "lens", "tuned", "lens"]
+    assert text.splitlines()[0].split() == ["row", "logit", "lens", "tuned", "lens"]
     assert text.splitlines()[-1].split()[0] == "output"
     assert "<th>tuned lens</th>" in table._repr_html_() and "<td>output</td>" in table._repr_html_()
 

@@ -159,7 +159,7 @@ def prune(
     say = progress or (lambda _stage: None)
     named = check_lenses(lenses)
     arch = resolve_arch(model)
-    n_blocks = arch.n_layers
+    n_blocks = arch.n_blocks
     calibration, test_ids = check_prune_args(
         input_ids,
         test_ids,
@@ -309,7 +309,7 @@ def _curves(test: TestSet, sets: dict, found: dict, say) -> dict:
 
 def _add_generation(model, arch, lenses, curves, prompts, reference) -> None:
     """Every curve point's ``generation_match`` (one greedy run per distinct configuration)."""
-    n_blocks = arch.n_layers
+    n_blocks = arch.n_blocks
     done: dict = {}
     for name, curve in curves.items():
         lens = lenses[name.removeprefix("truncate/")] if name.startswith("truncate/") else None

@@ -74,7 +74,7 @@ class TestSet:
         batch_size: int,
     ):
         self.model, self.arch, self.ids, self.batch_size = model, arch, test_ids, batch_size
-        self.n_blocks = arch.n_layers
+        self.n_blocks = arch.n_blocks
         self.logit = LogitLens(model)
         device = arch.unembed.weight.device
         rows = [self.n_blocks - k for k in range(max_remove + 1)]  # k = 0: the model itself

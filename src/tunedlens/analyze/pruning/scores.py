@@ -116,7 +116,7 @@ def score_blocks(
     (default: all) are read by the lenses: their full-vocabulary readouts cost far more than
     the cosines, which always use every token.
     """
-    sums = ScoreSums(arch.n_layers, lenses)
+    sums = ScoreSums(arch.n_blocks, lenses)
     device = arch.unembed.weight.device
     for start in range(0, input_ids.shape[0], batch_size):
         ids = input_ids[start : start + batch_size].to(device)
