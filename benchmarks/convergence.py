@@ -69,13 +69,29 @@ def run_ours(name: str, work: Path, budget_s: float, curve: bool, validation_s: 
 
     def on_step(stats) -> None:
         with open(clock, "a") as handle:
-            handle.write(json.dumps({"step": stats.step, "process_s": time.monotonic() - begun,
-                                     "val_s": stats.val_s}) + "\n")  # fmt: skip
+            handle.write(
+                json.dumps(
+                    {
+                        "step": stats.step,
+                        "process_s": time.monotonic() - begun,
+                        "val_s": stats.val_s,
+                    }
+                )
+                + "\n"
+            )
 
     if curve:
         config = plan_curve(config, budget_s, validation_s)
-    run_training("demo", config, out, data=str(work / "train.jsonl"), val_data=str(work / "test.jsonl"),
-                 force=True, on_step=on_step, on_status=lambda message: print(message, flush=True))  # fmt: skip
+    run_training(
+        "demo",
+        config,
+        out,
+        data=str(work / "train.jsonl"),
+        val_data=str(work / "test.jsonl"),
+        force=True,
+        on_step=on_step,
+        on_status=lambda message: print(message, flush=True),
+    )
 
 
 def plan_curve(config, budget_s: float, validation_s: float):
@@ -91,8 +107,11 @@ def plan_curve(config, budget_s: float, validation_s: float):
     steps = max(CURVE_POINTS, int(budget_s * throughput) // config.tokens_per_step)
     every = max(1, steps // CURVE_POINTS)
     extra = validation_s * (steps // every)
-    print(f"curve: about {steps} steps, validating every {every} ({validation_s:.0f} s each): "
-          f"budget {budget_s:.0f} s + {extra:.0f} s", flush=True)  # fmt: skip
+    print(
+        f"curve: about {steps} steps, validating every {every} ({validation_s:.0f} s each): "
+        f"budget {budget_s:.0f} s + {extra:.0f} s",
+        flush=True,
+    )
     return dataclasses.replace(config, val_every=every, time_budget_s=budget_s + extra)
 
 
@@ -107,7 +126,9 @@ def measure_validation_s(work: Path) -> float:
     from tunedlens.engine import layer_kl
 
     model, _ = load_model("demo")
-    ids = torch.randint(0, model.config.vocab_size, (8, 512), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(
+        0, model.config.vocab_size, (8, 512), generator=torch.Generator().manual_seed(0)
+    )
     layer_kl(LogitLens(model), model, ids[:1, :64])  # warm-up
     started = time.perf_counter()
     layer_kl(LogitLens(model), model, ids)
@@ -120,8 +141,11 @@ def measure_validation_s(work: Path) -> float:
 def run_reference(work: Path, steps: int, every: int) -> float:
     from vs_reference import model_dir
 
-    venv = subprocess.run(["bash", str(PEER / "setup.sh")], check=True, capture_output=True,
-                          text=True).stdout.strip().splitlines()[-1]  # fmt: skip
+    venv = (
+        subprocess.run(["bash", str(PEER / "setup.sh")], check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     out = work / "reference"
     shutil.rmtree(out, ignore_errors=True)
     # The reference tokenises its whole file before training: give it the first documents of ours,
@@ -134,10 +158,32 @@ def run_reference(work: Path, steps: int, every: int) -> float:
                 break
             target.write(line)
             chars += len(json.loads(line)["text"])
-    command = [f"{venv}/bin/python", "-m", "tuned_lens", "train", "--model.name", str(model_dir()),
-               "--data.name", str(data), "--split", "train", "--max_length", "512",
-               "--num_steps", str(steps), "--tokens_per_step", "2048", "--per_gpu_batch_size", "4",
-               "--precision", "float32", "--checkpoint_freq", str(every), "-o", str(out)]  # fmt: skip
+    command = [
+        f"{venv}/bin/python",
+        "-m",
+        "tuned_lens",
+        "train",
+        "--model.name",
+        str(model_dir()),
+        "--data.name",
+        str(data),
+        "--split",
+        "train",
+        "--max_length",
+        "512",
+        "--num_steps",
+        str(steps),
+        "--tokens_per_step",
+        "2048",
+        "--per_gpu_batch_size",
+        "4",
+        "--precision",
+        "float32",
+        "--checkpoint_freq",
+        str(every),
+        "-o",
+        str(out),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(PEER)}
     print("+", " ".join(command), flush=True)
     started = time.time()
@@ -145,18 +191,27 @@ def run_reference(work: Path, steps: int, every: int) -> float:
         subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
     wall = time.time() - started
     points = []
-    for snapshot in sorted((out / "checkpoints").glob("snapshot_*.pth"), key=lambda p: int(p.stem.split("_")[1])):
+    for snapshot in sorted(
+        (out / "checkpoints").glob("snapshot_*.pth"), key=lambda p: int(p.stem.split("_")[1])
+    ):
         step = int(snapshot.stem.split("_")[1])
         lens_dir = out / f"step_{step}"
         lens_dir.mkdir(exist_ok=True)
         # The snapshot pickles the reference's whole training state: read it with the reference's
         # own interpreter and keep the translators, in the layout its TunedLens.save writes.
-        script = ("import sys, torch; s = torch.load(sys.argv[1], map_location='cpu', weights_only=False)['lens']; "
-                  "torch.save({k[len('layer_translators.'):]: v for k, v in s.items() "
-                  "if k.startswith('layer_translators.')}, sys.argv[2])")  # fmt: skip
-        subprocess.run([f"{venv}/bin/python", "-c", script, str(snapshot), str(lens_dir / "params.pt")], check=True)
+        script = (
+            "import sys, torch; s = torch.load(sys.argv[1], map_location='cpu', weights_only=False)['lens']; "
+            "torch.save({k[len('layer_translators.'):]: v for k, v in s.items() "
+            "if k.startswith('layer_translators.')}, sys.argv[2])"
+        )
+        subprocess.run(
+            [f"{venv}/bin/python", "-c", script, str(snapshot), str(lens_dir / "params.pt")],
+            check=True,
+        )
         shutil.copy(out / "config.json", lens_dir / "config.json")
-        points.append({"step": step, "tokens": step * 2048, "time_s": snapshot.stat().st_mtime - started})
+        points.append(
+            {"step": step, "tokens": step * 2048, "time_s": snapshot.stat().st_mtime - started}
+        )
     (work / "reference.json").write_text(json.dumps({"wall_s": wall, "points": points}, indent=2))
     return wall
 
@@ -168,7 +223,9 @@ def test_tokens(work: Path):
 
     _, tokenizer = load_model("demo")
     # The blocks run_training validates on: 8 x 512 tokens of the validation file, seed 0.
-    return pack_blocks(str(work / "test.jsonl"), tokenizer, seq_len=512, n_sequences=8, seed=0).tokens
+    return pack_blocks(
+        str(work / "test.jsonl"), tokenizer, seq_len=512, n_sequences=8, seed=0
+    ).tokens
 
 
 def score_lenses(work: Path, paths: dict[str, Path]) -> dict[str, list[float]]:
@@ -192,7 +249,12 @@ def score_lenses(work: Path, paths: dict[str, Path]) -> dict[str, list[float]]:
 # -- the report ----------------------------------------------------------------------------------
 def summary(kl: list[float]) -> dict:
     n = len(kl)
-    return {"mean": sum(kl) / n, "layer_0": kl[0], f"layer_{n // 2}": kl[n // 2], f"layer_{n - 1}": kl[-1]}
+    return {
+        "mean": sum(kl) / n,
+        "layer_0": kl[0],
+        f"layer_{n // 2}": kl[n // 2],
+        f"layer_{n - 1}": kl[-1],
+    }
 
 
 def time_to(points: list[dict], threshold: float) -> float | None:
@@ -213,7 +275,10 @@ def time_to(points: list[dict], threshold: float) -> float | None:
 
 def ours_curve(work: Path, name: str) -> list[dict]:
     out = work / f"{name}-curve"
-    clock = {r["step"]: r for r in map(json.loads, (work / f"{name}-curve.clock.jsonl").read_text().splitlines())}
+    clock = {
+        r["step"]: r
+        for r in map(json.loads, (work / f"{name}-curve.clock.jsonl").read_text().splitlines())
+    }
     points, validation = [], 0.0
     for record in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()):
         if record.get("val_s"):
@@ -221,17 +286,34 @@ def ours_curve(work: Path, name: str) -> list[dict]:
         if record.get("val_kl_bits") is None:
             continue
         time_s = clock[record["step"]]["process_s"] - validation
-        points.append({"step": record["step"], "tokens": record["tokens"], "time_s": time_s,
-                       "validation_s_so_far": validation, **summary(record["val_kl_bits"]),
-                       "kl_bits": record["val_kl_bits"]})  # fmt: skip
+        points.append(
+            {
+                "step": record["step"],
+                "tokens": record["tokens"],
+                "time_s": time_s,
+                "validation_s_so_far": validation,
+                **summary(record["val_kl_bits"]),
+                "kl_bits": record["val_kl_bits"],
+            }
+        )
     return points
 
 
 def report(work: Path, args) -> None:
     wall = json.loads((work / "wall.json").read_text()) if (work / "wall.json").exists() else {}
-    payload = {"machine": machine(), "test_tokens": 4096, "curves": {}, "short": {}, "short_budget": args.short}
+    payload = {
+        "machine": machine(),
+        "test_tokens": 4096,
+        "curves": {},
+        "short": {},
+        "short_budget": args.short,
+    }
     lens_paths: dict[str, Path | None] = {"logit": None}
-    reference = json.loads((work / "reference.json").read_text()) if (work / "reference.json").exists() else None
+    reference = (
+        json.loads((work / "reference.json").read_text())
+        if (work / "reference.json").exists()
+        else None
+    )
     if reference:
         for point in reference["points"]:
             lens_paths[f"reference@{point['step']}"] = work / "reference" / f"step_{point['step']}"
@@ -242,27 +324,43 @@ def report(work: Path, args) -> None:
     scores = score_lenses(work, lens_paths)
     payload["logit_lens"] = summary(scores["logit"])
     if reference:
-        points = [{**point, **summary(scores[f"reference@{point['step']}"]), "kl_bits": scores[f"reference@{point['step']}"]}
-                  for point in reference["points"]]  # fmt: skip
+        points = [
+            {
+                **point,
+                **summary(scores[f"reference@{point['step']}"]),
+                "kl_bits": scores[f"reference@{point['step']}"],
+            }
+            for point in reference["points"]
+        ]
         payload["curves"]["reference"] = {"points": points, "wall_s": reference["wall_s"]}
     for name in curves:
         points = ours_curve(work, name)
         saved = scores[f"{name}-curve"]
-        provenance = json.loads((work / f"{name}-curve" / "provenance.json").read_text())["training"]
-        payload["curves"][name] = {"points": points, "wall_s": wall.get(f"{name}-curve"),
-                                   "saved_lens": summary(saved), "saved_lens_kl_bits": saved,
-                                   "trained_tokens": provenance["trained_tokens"],
-                                   "lstsq_tokens": provenance["lstsq_tokens"],
-                                   "time_budget": provenance.get("time_budget")}  # fmt: skip
+        provenance = json.loads((work / f"{name}-curve" / "provenance.json").read_text())[
+            "training"
+        ]
+        payload["curves"][name] = {
+            "points": points,
+            "wall_s": wall.get(f"{name}-curve"),
+            "saved_lens": summary(saved),
+            "saved_lens_kl_bits": saved,
+            "trained_tokens": provenance["trained_tokens"],
+            "lstsq_tokens": provenance["lstsq_tokens"],
+            "time_budget": provenance.get("time_budget"),
+        }
     for name in short:
         provenance = json.loads((work / name / "provenance.json").read_text())["training"]
         # Its final validation, on the same test tokens (the curves' saved lenses show the two agree).
         kl = provenance["val_kl_bits"]
         validation = (provenance.get("time_budget") or {}).get("validation_s_each", 0.0)
-        payload["short"][name] = {"wall_s": wall.get(name), "time_s": (wall.get(name) or 0.0) - validation,
-                                  **summary(kl), "kl_bits": kl,
-                                  "trained_tokens": provenance["trained_tokens"],
-                                  "lstsq_tokens": provenance["lstsq_tokens"]}  # fmt: skip
+        payload["short"][name] = {
+            "wall_s": wall.get(name),
+            "time_s": (wall.get(name) or 0.0) - validation,
+            **summary(kl),
+            "kl_bits": kl,
+            "trained_tokens": provenance["trained_tokens"],
+            "lstsq_tokens": provenance["lstsq_tokens"],
+        }
     for curve in payload["curves"].values():
         curve["time_to_bits"] = {str(t): time_to(curve["points"], t) for t in THRESHOLDS}
     figure(payload, RESULTS / "convergence.png")
@@ -277,31 +375,56 @@ def minutes(seconds: float | None) -> str:
 
 
 def table(payload: dict) -> str:
-    lines = ["# Convergence: exact held-out KL against wall time, SmolLM2-135M, CPU float32", "",
-             "Exact KL(model ‖ lens) in bits on 8 x 512 tokens of corpus/test; every run one whole process on this "
-             "2-core machine, trained on the same corpus/train documents. Time: seconds since the process started "
-             "(loading and packing included), validations excluded.", "",
-             f"The logit lens: {payload['logit_lens']['mean']:.3f} bits (mean over layers).", ""]  # fmt: skip
-    lines += ["## Curves", "", "| run | min | tokens | mean | layer 0 | layer 15 | layer 29 |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [
+        "# Convergence: exact held-out KL against wall time, SmolLM2-135M, CPU float32",
+        "",
+        "Exact KL(model ‖ lens) in bits on 8 x 512 tokens of corpus/test; every run one whole process on this "
+        "2-core machine, trained on the same corpus/train documents. Time: seconds since the process started "
+        "(loading and packing included), validations excluded.",
+        "",
+        f"The logit lens: {payload['logit_lens']['mean']:.3f} bits (mean over layers).",
+        "",
+    ]
+    lines += [
+        "## Curves",
+        "",
+        "| run | min | tokens | mean | layer 0 | layer 15 | layer 29 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, curve in payload["curves"].items():
         for point in curve["points"]:
-            lines.append(f"| {name} | {minutes(point['time_s'])} | {point['tokens']:,} | {point['mean']:.3f} | "
-                         f"{point['layer_0']:.2f} | {point['layer_15']:.2f} | {point['layer_29']:.2f} |")  # fmt: skip
-    lines += ["", "## Time to reach a mean KL (minutes, linear between points; ≤: already there at the first "
-              "point; —: not reached)", "",
-              "| run | " + " | ".join(f"{t} bits" for t in THRESHOLDS) + " |",
-              "| --- | " + " | ".join("---:" for _ in THRESHOLDS) + " |"]  # fmt: skip
+            lines.append(
+                f"| {name} | {minutes(point['time_s'])} | {point['tokens']:,} | {point['mean']:.3f} | "
+                f"{point['layer_0']:.2f} | {point['layer_15']:.2f} | {point['layer_29']:.2f} |"
+            )
+    lines += [
+        "",
+        "## Time to reach a mean KL (minutes, linear between points; ≤: already there at the first "
+        "point; —: not reached)",
+        "",
+        "| run | " + " | ".join(f"{t} bits" for t in THRESHOLDS) + " |",
+        "| --- | " + " | ".join("---:" for _ in THRESHOLDS) + " |",
+    ]
     for name, curve in payload["curves"].items():
-        lines.append(f"| {name} | " + " | ".join(minutes(curve["time_to_bits"][str(t)]) for t in THRESHOLDS) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(minutes(curve["time_to_bits"][str(t)]) for t in THRESHOLDS)
+            + " |"
+        )
     if payload["short"]:
-        lines += ["", f"## At {payload['short_budget']} (whole process, one final validation)", "",
-                  "| run | mean | layer 0 | layer 15 | layer 29 | tokens trained | least-squares tokens | process s |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        lines += [
+            "",
+            f"## At {payload['short_budget']} (whole process, one final validation)",
+            "",
+            "| run | mean | layer 0 | layer 15 | layer 29 | tokens trained | least-squares tokens | process s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for name, entry in payload["short"].items():
-            lines.append(f"| {name} | {entry['mean']:.3f} | {entry['layer_0']:.2f} | {entry['layer_15']:.2f} | "
-                         f"{entry['layer_29']:.2f} | {entry['trained_tokens']:,} | {entry['lstsq_tokens']:,} | "
-                         f"{(entry['wall_s'] or float('nan')):.0f} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {entry['mean']:.3f} | {entry['layer_0']:.2f} | {entry['layer_15']:.2f} | "
+                f"{entry['layer_29']:.2f} | {entry['trained_tokens']:,} | {entry['lstsq_tokens']:,} | "
+                f"{(entry['wall_s'] or float('nan')):.0f} |"
+            )
     lines += ["", *targets(payload), ""]
     return "\n".join(lines)
 
@@ -321,23 +444,31 @@ def targets(payload: dict) -> list[str]:
             best = within[-1]
             ref_kl = reference["points"][-1]["kl_bits"]
             lower = sum(o < r for o, r in zip(best["kl_bits"], ref_kl, strict=True))
-            notes.append(f"- Within the reference's wall time ({wall / 60:.1f} min for {reference['points'][-1]['tokens']:,} "
-                         f"tokens; it ends at {reference['points'][-1]['mean']:.3f} bits): the default's last point at "
-                         f"{minutes(best['time_s'])} min is {best['mean']:.3f} bits (target ≤ 2.0: "
-                         f"{verdict(best['mean'], 2.0)}); lower than the "
-                         f"reference's final lens at {lower} of {len(ref_kl)} layers.")  # fmt: skip
-        notes.append(f"- The default's saved lens (the best validated one, after {minutes(default['points'][-1]['time_s'])} "
-                     f"min): {default['saved_lens']['mean']:.3f} bits, scored again from its files (its last validation "
-                     f"said {default['points'][-1]['mean']:.3f}).")  # fmt: skip
+            notes.append(
+                f"- Within the reference's wall time ({wall / 60:.1f} min for {reference['points'][-1]['tokens']:,} "
+                f"tokens; it ends at {reference['points'][-1]['mean']:.3f} bits): the default's last point at "
+                f"{minutes(best['time_s'])} min is {best['mean']:.3f} bits (target ≤ 2.0: "
+                f"{verdict(best['mean'], 2.0)}); lower than the "
+                f"reference's final lens at {lower} of {len(ref_kl)} layers."
+            )
+        notes.append(
+            f"- The default's saved lens (the best validated one, after {minutes(default['points'][-1]['time_s'])} "
+            f"min): {default['saved_lens']['mean']:.3f} bits, scored again from its files (its last validation "
+            f"said {default['points'][-1]['mean']:.3f})."
+        )
     short = payload["short"].get("default")
     if short and default and short["time_s"] < default["points"][0]["time_s"]:
         reached = [str(t) for t in THRESHOLDS if short["mean"] <= t]
-        notes.append(f"- Before the curve's first point: the {payload['short_budget']} run of the default is at "
-                     f"{short['mean']:.3f} bits after {minutes(short['time_s'])} min (its validation excluded), so it "
-                     f"reaches {', '.join(reached) or 'none of'} bits within that time.")  # fmt: skip
+        notes.append(
+            f"- Before the curve's first point: the {payload['short_budget']} run of the default is at "
+            f"{short['mean']:.3f} bits after {minutes(short['time_s'])} min (its validation excluded), so it "
+            f"reaches {', '.join(reached) or 'none of'} bits within that time."
+        )
     if short:
-        notes.append(f"- At {payload['short_budget']}: the default reaches {short['mean']:.3f} bits (target ≤ 2.6: "
-                     f"{verdict(short['mean'], 2.6)}).")  # fmt: skip
+        notes.append(
+            f"- At {payload['short_budget']}: the default reaches {short['mean']:.3f} bits (target ≤ 2.6: "
+            f"{verdict(short['mean'], 2.6)})."
+        )
     return notes
 
 
@@ -347,16 +478,30 @@ def figure(payload: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("mean", "mean over layers"), ("layer_0", "layer 0"), ("layer_15", "layer 15"), ("layer_29", "layer 29")]
+    panels = [
+        ("mean", "mean over layers"),
+        ("layer_0", "layer 0"),
+        ("layer_15", "layer 15"),
+        ("layer_29", "layer 29"),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.5))
     for axis, (key, title) in zip(axes, panels, strict=True):
-        colours = {name: f"C{index}" for index, name in enumerate([*payload["curves"], *payload["short"]])}
+        colours = {
+            name: f"C{index}" for index, name in enumerate([*payload["curves"], *payload["short"]])
+        }
         for name, curve in payload["curves"].items():
             xs = [p["time_s"] / 60 for p in curve["points"]]
-            axis.plot(xs, [p[key] for p in curve["points"]], marker="o", label=name, color=colours[name])
+            axis.plot(
+                xs, [p[key] for p in curve["points"]], marker="o", label=name, color=colours[name]
+            )
         for name, entry in payload["short"].items():
-            axis.scatter([entry["time_s"] / 60], [entry[key]], marker="x", color=colours[name],
-                         label=f"{name} ({payload['short_budget']})")  # fmt: skip
+            axis.scatter(
+                [entry["time_s"] / 60],
+                [entry[key]],
+                marker="x",
+                color=colours[name],
+                label=f"{name} ({payload['short_budget']})",
+            )
         axis.axhline(payload["logit_lens"][key], color="grey", linestyle=":", label="logit lens")
         axis.set_yscale("log")
         axis.set_xlabel("minutes (validation excluded)")
@@ -374,11 +519,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/convergence"))
     parser.add_argument("--curve", default="25m", help="budget of the curves of ours")
     parser.add_argument("--short", default="8m", help="budget of the other runs")
-    parser.add_argument("--best", default=None, help="a run of RUNS to draw as a curve besides the default")
+    parser.add_argument(
+        "--best", default=None, help="a run of RUNS to draw as a curve besides the default"
+    )
     parser.add_argument("--ref-steps", type=int, default=12)
     parser.add_argument("--ref-every", type=int, default=2)
-    parser.add_argument("--only", nargs="*", default=None,
-                        help="reference, default-curve, NAME-curve, or short runs by NAME")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="reference, default-curve, NAME-curve, or short runs by NAME",
+    )
     parser.add_argument("--tabulate-only", action="store_true")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # NAME curve|short VALIDATION_S
     args = parser.parse_args()
@@ -413,9 +564,26 @@ def run_job(job: str, work: Path, args) -> None:
         name, kind = (job[: -len("-curve")], "curve") if job.endswith("-curve") else (job, "short")
         validation_s = measure_validation_s(work) if kind == "curve" else 0.0
         with open(work / f"{job}.log", "w") as handle:
-            subprocess.run([sys.executable, __file__, "--work", str(work), "--curve", args.curve,
-                            "--short", args.short, "--child", name, kind, str(validation_s)], check=True, stdout=handle,
-                           stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--work",
+                    str(work),
+                    "--curve",
+                    args.curve,
+                    "--short",
+                    args.short,
+                    "--child",
+                    name,
+                    kind,
+                    str(validation_s),
+                ],
+                check=True,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
 
 
 if __name__ == "__main__":

@@ -69,9 +69,26 @@ def main() -> None:
             continue
         start = time.perf_counter()
         with open(work / f"{corpus}.log", "w") as handle:
-            subprocess.run([sys.executable, "-m", "tunedlens", "train", "demo", "--data", corpus, "--out", str(out),
-                            "--tokens", str(args.tokens), "--force"], check=True, stdout=handle,
-                           stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "tunedlens",
+                    "train",
+                    "demo",
+                    "--data",
+                    corpus,
+                    "--out",
+                    str(out),
+                    "--tokens",
+                    str(args.tokens),
+                    "--force",
+                ],
+                check=True,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
         wall[corpus] = time.perf_counter() - start
         (work / "wall.json").write_text(json.dumps(wall, indent=2))
 
@@ -85,7 +102,9 @@ def main() -> None:
     lenses = {"logit lens": LogitLens(model), **{c: load_lens(work / c, model) for c in CORPORA}}
     results: dict = {name: {} for name in lenses}
     for held_out, path in files.items():
-        tokens = pack_blocks(str(path), tokenizer, seq_len=512, n_sequences=args.sequences, seed=0).tokens
+        tokens = pack_blocks(
+            str(path), tokenizer, seq_len=512, n_sequences=args.sequences, seed=0
+        ).tokens
         for name, lens in lenses.items():
             kl = bits(layer_kl(lens, model, tokens))
             results[name][held_out] = {"mean": sum(kl) / len(kl), "per_layer": kl}
@@ -95,8 +114,14 @@ def main() -> None:
     for name, lens in lenses.items():
         rows = predict_layers(model, tokenizer, prompt, lens, layers=[10, 14, 18, 22], top_k=3)
         readings[name] = {str(row.layer): [t.token for t in row.top] for row in rows}
-    payload = {"machine": machine(), "tokens": args.tokens, "held_out_sequences": args.sequences,
-               "wall_s": wall, "results": results, "readings": readings}  # fmt: skip
+    payload = {
+        "machine": machine(),
+        "tokens": args.tokens,
+        "held_out_sequences": args.sequences,
+        "wall_s": wall,
+        "results": results,
+        "readings": readings,
+    }
     best = min(CORPORA, key=lambda c: results[c]["English prose"]["mean"])
     lines = [
         "# The embedded default corpus: which offline text trains the best demo lens?",
@@ -111,14 +136,24 @@ def main() -> None:
     for name in lenses:
         cells = " | ".join(f"{results[name][h]['mean']:.3f}" for h in HELD_OUT)
         lines.append(f"| {name} | {cells} | {wall.get(name, 0):.0f} |")
-    lines += ["", f"**Chosen on English prose: `{best}`** "
-              f"({results[best]['English prose']['mean']:.3f} bits).", "",
-              f"Top-3 tokens read at layers 10, 14, 18, 22 for {prompt!r}:", "",
-              "| lens | " + " | ".join(f"layer {layer}" for layer in (10, 14, 18, 22)) + " |",
-              "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += [
+        "",
+        f"**Chosen on English prose: `{best}`** "
+        f"({results[best]['English prose']['mean']:.3f} bits).",
+        "",
+        f"Top-3 tokens read at layers 10, 14, 18, 22 for {prompt!r}:",
+        "",
+        "| lens | " + " | ".join(f"layer {layer}" for layer in (10, 14, 18, 22)) + " |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, rows in readings.items():
-        lines.append(f"| {name} | " + " | ".join(" ".join(json.dumps(t) for t in rows[str(layer)])
-                                              for layer in (10, 14, 18, 22)) + " |")  # fmt: skip
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                " ".join(json.dumps(t) for t in rows[str(layer)]) for layer in (10, 14, 18, 22)
+            )
+            + " |"
+        )
     save("demo_corpus", payload, "\n".join(lines) + "\n")
 
 

@@ -39,8 +39,7 @@ def child(args) -> None:
             parameter.normal_(0, 0.01, generator=torch.Generator().manual_seed(0))
     blocks = pack_blocks(args.data, tokenizer, seq_len=512, n_sequences=args.tokens // 512)
     started = time.perf_counter()
-    report = evaluate(model, {"tuned": lens}, blocks.tokens, tokenizer=tokenizer,
-                      layers=range(30))  # fmt: skip
+    report = evaluate(model, {"tuned": lens}, blocks.tokens, tokenizer=tokenizer, layers=range(30))
     loop = time.perf_counter() - started
     print(json.dumps({"loop_s": loop, "kl_bits": report.metrics["lenses"]["tuned"]["kl_bits"]}))
 
@@ -49,8 +48,11 @@ def run(src: str, data: Path, tokens: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
     output = subprocess.run(
         [sys.executable, __file__, "--child", "--data", str(data), "--tokens", str(tokens)],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
@@ -70,18 +72,27 @@ def main() -> None:
     data = first_documents("test", 400, WORK)
     rounds = []
     for _ in range(args.repeats):
-        rounds.append({"before": run(args.before, data, args.tokens),
-                       "after": run(args.after, data, args.tokens)})  # fmt: skip
+        rounds.append(
+            {
+                "before": run(args.before, data, args.tokens),
+                "after": run(args.after, data, args.tokens),
+            }
+        )
     before = [r["before"]["loop_s"] for r in rounds]
     after = [r["after"]["loop_s"] for r in rounds]
     worst = max(
-        abs(a - b) for r in rounds
+        abs(a - b)
+        for r in rounds
         for a, b in zip(r["before"]["kl_bits"], r["after"]["kl_bits"], strict=True)
-    )  # fmt: skip
-    payload = {"machine": machine(), "tokens": args.tokens,
-               "rounds": [{k: v["loop_s"] for k, v in r.items()} for r in rounds],
-               "median_before_s": statistics.median(before),
-               "median_after_s": statistics.median(after), "max_kl_bits_difference": worst}  # fmt: skip
+    )
+    payload = {
+        "machine": machine(),
+        "tokens": args.tokens,
+        "rounds": [{k: v["loop_s"] for k, v in r.items()} for r in rounds],
+        "median_before_s": statistics.median(before),
+        "median_after_s": statistics.median(after),
+        "max_kl_bits_difference": worst,
+    }
     (RESULTS / "eval_readout_ab.json").write_text(json.dumps(payload, indent=2))
     lines = [
         "# Evaluation loop before/after the readout engine (SmolLM2, 30 layers, 2 lenses, CPU fp32)",
@@ -90,7 +101,10 @@ def main() -> None:
         "",
         "| round | before (s) | after (s) |",
         "|---:|---:|---:|",
-        *[f"| {i + 1} | {b:.1f} | {a:.1f} |" for i, (b, a) in enumerate(zip(before, after, strict=True))],
+        *[
+            f"| {i + 1} | {b:.1f} | {a:.1f} |"
+            for i, (b, a) in enumerate(zip(before, after, strict=True))
+        ],
         f"| median | {statistics.median(before):.1f} | {statistics.median(after):.1f} |",
         "",
         f"Largest difference in per-layer KL between the two: {worst:.2e} bits.",

@@ -57,8 +57,21 @@ def ours(args) -> None:
 
 
 def run_ours(model: Path, lens: Path, data: Path, tokens: int, layers: int, **env) -> dict:
-    command = [sys.executable, __file__, "--child", "--model", str(model), "--lens", str(lens),
-               "--data", str(data), "--tokens", str(tokens), "--layers", str(layers)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--model",
+        str(model),
+        "--lens",
+        str(lens),
+        "--data",
+        str(data),
+        "--tokens",
+        str(tokens),
+        "--layers",
+        str(layers),
+    ]
     output = subprocess.run(
         command, check=True, capture_output=True, text=True, env={**os.environ, **env}
     ).stdout
@@ -74,12 +87,32 @@ def run_reference(model: Path, lens: Path, data: Path, tokens: int) -> dict:
     result = WORK / "reference-eval.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(PEER)}
     subprocess.run(
-        [f"{venv}/bin/python", str(HERE / "reference_eval.py"), str(result),
-         "--model.name", str(model), "--data.name", str(data), "--split", "train",
-         "--max_length", "512", "--tokens", str(tokens), "--lens_name", str(lens),
-         "--per_gpu_batch_size", "1", "--precision", "float32", "-o", str(WORK / "reference-eval")],
-        check=True, env=env,
-    )  # fmt: skip
+        [
+            f"{venv}/bin/python",
+            str(HERE / "reference_eval.py"),
+            str(result),
+            "--model.name",
+            str(model),
+            "--data.name",
+            str(data),
+            "--split",
+            "train",
+            "--max_length",
+            "512",
+            "--tokens",
+            str(tokens),
+            "--lens_name",
+            str(lens),
+            "--per_gpu_batch_size",
+            "1",
+            "--precision",
+            "float32",
+            "-o",
+            str(WORK / "reference-eval"),
+        ],
+        check=True,
+        env=env,
+    )
     return json.loads(result.read_text())
 
 
@@ -106,9 +139,14 @@ def main() -> None:
     for _ in range(args.repeats):
         reference = run_reference(model, lens, data, args.tokens)
         full = run_ours(model, lens, data, args.tokens, 30)
-        rounds.append({"reference": reference, "ours": full,
-                       "loop_speedup": reference["loop_s"] / full["loop_s"],
-                       "wall_speedup": reference["wall_s"] / full["wall_s"]})  # fmt: skip
+        rounds.append(
+            {
+                "reference": reference,
+                "ours": full,
+                "loop_speedup": reference["loop_s"] / full["loop_s"],
+                "wall_speedup": reference["wall_s"] / full["wall_s"],
+            }
+        )
     few = run_ours(model, lens, data, args.tokens, 4)
     mkl = run_ours(model, lens, data, args.tokens, 30, TUNEDLENS_MATMUL="torch")
 
@@ -170,12 +208,18 @@ def main() -> None:
     ]
     save(
         "eval_speed",
-        {"machine": machine(), "tokens": args.tokens, "rounds": rounds, "ours_4_layers": few,
-         "ours_torch_matmul": mkl,
-         "loop_speedup": loop_speedup, "wall_speedup": wall_speedup,
-         "matmul": matmul_library()},
+        {
+            "machine": machine(),
+            "tokens": args.tokens,
+            "rounds": rounds,
+            "ours_4_layers": few,
+            "ours_torch_matmul": mkl,
+            "loop_speedup": loop_speedup,
+            "wall_speedup": wall_speedup,
+            "matmul": matmul_library(),
+        },
         "\n".join(lines) + "\n",
-    )  # fmt: skip
+    )
 
 
 def matmul_library() -> str:

@@ -58,8 +58,9 @@ def child(args) -> None:
 
         from tunedlens.models import demo_model_dir
 
-        bridge = TransformerBridge.boot_transformers(str(demo_model_dir()), hf_model=model,
-                                                     tokenizer=tokenizer)  # fmt: skip
+        bridge = TransformerBridge.boot_transformers(
+            str(demo_model_dir()), hf_model=model, tokenizer=tokenizer
+        )
         prompts = json.loads((WORK / "texts.json").read_text())
         for text, expected in zip(prompts, ids, strict=True):
             assert torch.equal(bridge.to_tokens(text)[0, : args.seq_len], expected), (
@@ -67,8 +68,15 @@ def child(args) -> None:
             )
         report["load_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        lens = PeerLens.fit(bridge, prompts, corpus="corpus/train", dim_batch=args.dim_batch,
-                            max_seq_len=args.seq_len, skip_first_positions=16, show_progress=False)  # fmt: skip
+        lens = PeerLens.fit(
+            bridge,
+            prompts,
+            corpus="corpus/train",
+            dim_batch=args.dim_batch,
+            max_seq_len=args.seq_len,
+            skip_first_positions=16,
+            show_progress=False,
+        )
         report["fit_s"] = time.perf_counter() - start
         lens.save(str(args.out.with_suffix(".pt")))  # the published artifact format (fp16)
         matrices = {
@@ -81,8 +89,13 @@ def child(args) -> None:
         if args.floor:
             report.update(floor(model, ids[0]))
         start = time.perf_counter()
-        lens = fit_jacobian_lens(model, list(ids), skip_first=16, dim_batch=args.dim_batch,
-                                 rows=range(1, model.config.num_hidden_layers))  # fmt: skip
+        lens = fit_jacobian_lens(
+            model,
+            list(ids),
+            skip_first=16,
+            dim_batch=args.dim_batch,
+            rows=range(1, model.config.num_hidden_layers),
+        )
         report["fit_s"] = time.perf_counter() - start
         matrices = {f"row.{row}": m.contiguous() for row, m in lens.matrices.items()}
     report["peak_rss_mib"] = peak_rss_mib()
@@ -105,8 +118,17 @@ def floor(model, ids: torch.Tensor) -> dict:
 
 
 def run_child(who: str, args, out: Path, *extra: str) -> dict:
-    command = [sys.executable, __file__, "--child", who, "--out", str(out), "--seq-len",
-               str(args.seq_len), *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        who,
+        "--out",
+        str(out),
+        "--seq-len",
+        str(args.seq_len),
+        *extra,
+    ]
     start = time.perf_counter()
     subprocess.run(command, check=True)
     report = json.loads(out.read_text())
@@ -132,8 +154,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--dim-batch", type=int, default=8)
     parser.add_argument("--memory-batches", default="8,32,96")
-    parser.add_argument("--add-to-previous", action="store_true",
-                        help="Add these rounds to the saved results (and keep their memory table).")
+    parser.add_argument(
+        "--add-to-previous",
+        action="store_true",
+        help="Add these rounds to the saved results (and keep their memory table).",
+    )
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -160,7 +185,9 @@ def main() -> None:
             )
             report = run_child(who, args, WORK / f"{who}{round_}.json", *extra)
             runs.append({**report, "round": round_})
-    previous = json.loads((RESULTS / "jlens_fit_speed.json").read_text()) if args.add_to_previous else None
+    previous = (
+        json.loads((RESULTS / "jlens_fit_speed.json").read_text()) if args.add_to_previous else None
+    )
     if previous is not None:
         start = 1 + max(r["round"] for r in previous["runs"])
         runs = previous["runs"] + [{**r, "round": r["round"] + start} for r in runs]
@@ -172,8 +199,10 @@ def main() -> None:
     if previous is not None:
         memory = previous["memory"]
     else:
-        memory = [run_child("ours", args, WORK / f"mem{b}.json", "--dim-batch", b)
-                  for b in args.memory_batches.split(",")]  # fmt: skip
+        memory = [
+            run_child("ours", args, WORK / f"mem{b}.json", "--dim-batch", b)
+            for b in args.memory_batches.split(",")
+        ]
 
     table, payload = tabulate(runs, errors, memory, args, readout_check)
     save("jlens_fit_speed", payload, table)
@@ -188,7 +217,9 @@ def compare_readouts(artifact: Path, text: str) -> dict:
     from tunedlens.models import demo_model_dir
 
     model, tokenizer = load_model("demo")
-    bridge = TransformerBridge.boot_transformers(str(demo_model_dir()), hf_model=model, tokenizer=tokenizer)
+    bridge = TransformerBridge.boot_transformers(
+        str(demo_model_dir()), hf_model=model, tokenizer=tokenizer
+    )
     tokens = bridge.to_tokens(text)[:, :64]
     theirs = PeerLens.load(str(artifact)).readout(bridge, tokens, top_k=10, return_full_logits=True)
     lens = load_lens(artifact, model)
@@ -200,16 +231,25 @@ def compare_readouts(artifact: Path, text: str) -> dict:
     for layer in layers:
         mine, their_ids = ours.top_ids[0, layer + 1], theirs.lens_topk_indices[layer]
         same_order += int(torch.equal(mine, their_ids))
-        same_set += int(all(set(a.tolist()) == set(b.tolist()) for a, b in zip(mine, their_ids, strict=True)))
+        same_set += int(
+            all(set(a.tolist()) == set(b.tolist()) for a, b in zip(mine, their_ids, strict=True))
+        )
         full = theirs.lens_logits[layer].float()
         # Where the order differs, how far apart (in its logits) are the tokens that swapped?
-        swap_gap = max(swap_gap, float((full.gather(-1, mine) - full.gather(-1, their_ids)).abs().max()))
+        swap_gap = max(
+            swap_gap, float((full.gather(-1, mine) - full.gather(-1, their_ids)).abs().max())
+        )
         with torch.no_grad():
             diff = (lens(hidden[layer + 1][0], layer + 1) - full).abs().max()
         worst = max(worst, float(diff))
-    return {"layers": len(layers), "identical_top10_order": same_order, "identical_top10_set": same_set,
-            "max_abs_logit_diff": worst, "max_logit_gap_of_swapped_tokens": swap_gap,
-            "positions": tokens.shape[1]}  # fmt: skip
+    return {
+        "layers": len(layers),
+        "identical_top10_order": same_order,
+        "identical_top10_set": same_set,
+        "max_abs_logit_diff": worst,
+        "max_logit_gap_of_swapped_tokens": swap_gap,
+        "positions": tokens.shape[1],
+    }
 
 
 def tabulate(runs, errors, memory, args, readout_check) -> tuple[str, dict]:
@@ -265,9 +305,15 @@ def tabulate(runs, errors, memory, args, readout_check) -> tuple[str, dict]:
         *(f"| {m['dim_batch']} | {m['fit_s']:.1f} | {m['peak_rss_mib']:.0f} |" for m in memory),
         "",
     ]
-    payload = {"runs": runs, "relative_errors": errors, "memory": memory, "machine": machine(),
-               "readout_check": readout_check,
-               "prompts": args.prompts, "seq_len": args.seq_len}  # fmt: skip
+    payload = {
+        "runs": runs,
+        "relative_errors": errors,
+        "memory": memory,
+        "machine": machine(),
+        "readout_check": readout_check,
+        "prompts": args.prompts,
+        "seq_len": args.seq_len,
+    }
     return "\n".join(lines), payload
 
 

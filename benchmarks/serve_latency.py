@@ -21,8 +21,10 @@ import time
 import httpx
 from common import RESULTS, machine
 
-WORDS = ("The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy "
-         "is Rome, and the capital of Spain is Madrid; the largest city of").split()  # fmt: skip
+WORDS = (
+    "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy "
+    "is Rome, and the capital of Spain is Madrid; the largest city of"
+).split()
 
 
 def free_port() -> int:
@@ -51,9 +53,20 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "tunedlens", "serve", "demo", "--lens", args.lens, "--port", str(port)],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tunedlens",
+            "serve",
+            "demo",
+            "--lens",
+            args.lens,
+            "--port",
+            str(port),
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+    )
     try:
         with httpx.Client(timeout=120) as client:
             deadline = time.time() + 600
@@ -77,33 +90,48 @@ def main() -> None:
                     times.append(time.perf_counter() - started)
                     response.raise_for_status()
                 times.sort()
-                runs[stat] = {"p50_s": statistics.median(times),
-                              "p95_s": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
-                              "min_s": times[0], "max_s": times[-1], "seconds": times}  # fmt: skip
+                runs[stat] = {
+                    "p50_s": statistics.median(times),
+                    "p95_s": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
+                    "min_s": times[0],
+                    "max_s": times[-1],
+                    "seconds": times,
+                }
     finally:
         server.terminate()
         server.wait(30)
-    payload = {"machine": machine(), "prompt": prompt, "tokens": len(warm["positions"]),
-               "rows": len(warm["rows"]), "requests": args.requests, "runs": runs}  # fmt: skip
+    payload = {
+        "machine": machine(),
+        "prompt": prompt,
+        "tokens": len(warm["positions"]),
+        "rows": len(warm["rows"]),
+        "requests": args.requests,
+        "runs": runs,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(payload, indent=2))
-    table = "\n".join([
-        "# Web explorer latency: one readout through HTTP (SmolLM2-135M, CPU float32)",
-        "",
-        f"`POST /api/readout` for a {payload['tokens']}-token prompt, the logit lens and a tuned lens "
-        f"side by side, {payload['rows']} rows x {payload['tokens']} positions each, full-vocabulary "
-        "statistic and top-10 per cell; a warm server (model loaded, one request done), requests "
-        f"one after another, timed by the client. Machine: {payload['machine']['cpu_threads']} threads.",
-        "",
-        "| statistic | requests | p50 (s) | p95 (s) | min (s) | max (s) | target p50 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        *[f"| {stat} | {args.requests} | {r['p50_s']:.3f} | {r['p95_s']:.3f} | {r['min_s']:.3f} | "
-          f"{r['max_s']:.3f} | ≤ 1 s |" for stat, r in runs.items()],
-        "",
-        "`entropy` (the page's default) needs no model distribution; `kl` also computes the "
-        "model's own full-vocabulary distribution at every position.",
-        "",
-    ])  # fmt: skip
+    table = "\n".join(
+        [
+            "# Web explorer latency: one readout through HTTP (SmolLM2-135M, CPU float32)",
+            "",
+            f"`POST /api/readout` for a {payload['tokens']}-token prompt, the logit lens and a tuned lens "
+            f"side by side, {payload['rows']} rows x {payload['tokens']} positions each, full-vocabulary "
+            "statistic and top-10 per cell; a warm server (model loaded, one request done), requests "
+            f"one after another, timed by the client. Machine: {payload['machine']['cpu_threads']} threads.",
+            "",
+            "| statistic | requests | p50 (s) | p95 (s) | min (s) | max (s) | target p50 |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            *[
+                f"| {stat} | {args.requests} | {r['p50_s']:.3f} | {r['p95_s']:.3f} | {r['min_s']:.3f} | "
+                f"{r['max_s']:.3f} | ≤ 1 s |"
+                for stat, r in runs.items()
+            ],
+            "",
+            "`entropy` (the page's default) needs no model distribution; `kl` also computes the "
+            "model's own full-vocabulary distribution at every position.",
+            "",
+        ]
+    )
     (RESULTS / "serve.md").write_text(table)
     print(table)
 

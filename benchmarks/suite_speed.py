@@ -32,8 +32,9 @@ def main() -> None:
     times = []
     for _ in range(args.repeats):
         started = time.perf_counter()
-        report = evaluate(model, {"tuned": lens}, tokens, tokenizer=tokenizer, prompts=suite,
-                          bootstrap=0)  # fmt: skip
+        report = evaluate(
+            model, {"tuned": lens}, tokens, tokenizer=tokenizer, prompts=suite, bootstrap=0
+        )
         times.append(time.perf_counter() - started)
     used = report.metrics["prompts"]["used"]
     path = RESULTS / "suite_speed.json"
@@ -47,15 +48,21 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
-    lines = [f"| run | prompts | best of {args.repeats} (s) | peak RSS (MiB) |",
-             "|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"| run | prompts | best of {args.repeats} (s) | peak RSS (MiB) |",
+        "|---|---:|---:|---:|",
+    ]
     for label, entry in results.items():
-        lines.append(f"| {label} | {entry['prompts']} | {entry['best_s']:.1f} | "
-                     f"{entry['peak_rss_mib']:.0f} |")  # fmt: skip
-    table = ("# Prompt suite time, SmolLM2-135M, logit + tuned lens, CPU float32\n\n"
-             "48 prompts, every row and position of each, full vocabulary. `before`: commit "
-             "b43951c, which built (rows, seq, vocab) log-probabilities per prompt and lens; "
-             "`after`: the readout engine (blocked, several rows per pass).\n\n")  # fmt: skip
+        lines.append(
+            f"| {label} | {entry['prompts']} | {entry['best_s']:.1f} | "
+            f"{entry['peak_rss_mib']:.0f} |"
+        )
+    table = (
+        "# Prompt suite time, SmolLM2-135M, logit + tuned lens, CPU float32\n\n"
+        "48 prompts, every row and position of each, full vocabulary. `before`: commit "
+        "b43951c, which built (rows, seq, vocab) log-probabilities per prompt and lens; "
+        "`after`: the readout engine (blocked, several rows per pass).\n\n"
+    )
     (RESULTS / "suite_speed.md").write_text(table + "\n".join(lines) + "\n")
     print(table + "\n".join(lines))
 

@@ -39,8 +39,13 @@ def tunedlens(*args: str, log: Path) -> float:
         handle.write(f"\n$ tunedlens {' '.join(args)}\n")
         handle.flush()
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        subprocess.run([sys.executable, "-m", "tunedlens", *args], check=True, stdout=handle,
-                       stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "tunedlens", *args],
+            check=True,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     return time.perf_counter() - start
 
 
@@ -59,8 +64,12 @@ def main() -> None:
         json.loads((work / "timings.json").read_text()) if (work / "timings.json").exists() else {}
     )
     if args.tabulate_only:
-        locations = {"tuned lens": str(work / "tuned"), "J-lens, 2 prompts": str(work / "jpart0"),
-                     "J-lens, 4 prompts": str(work / "j4"), "J-lens, 8 prompts": str(work / "j8")}  # fmt: skip
+        locations = {
+            "tuned lens": str(work / "tuned"),
+            "J-lens, 2 prompts": str(work / "jpart0"),
+            "J-lens, 4 prompts": str(work / "j4"),
+            "J-lens, 8 prompts": str(work / "j8"),
+        }
         return report(work / "eval", locations, timings, args)
 
     def timed(name: str, *command: str) -> None:
@@ -72,12 +81,39 @@ def main() -> None:
         if (out / "jlens.safetensors").exists():
             continue
         resume = ["--resume"] if any(out.glob("jlens_fit_state*")) else []
-        timed(f"J-lens part {part} (2 prompts)", "fit-jlens", "demo", "--data", train, "--prompts",
-              str(2 * PARTS), "--seq-len", "128", "--part", f"{part}/{PARTS}", "--checkpoint-every",
-              "1", "--out", str(out), *resume)  # fmt: skip
+        timed(
+            f"J-lens part {part} (2 prompts)",
+            "fit-jlens",
+            "demo",
+            "--data",
+            train,
+            "--prompts",
+            str(2 * PARTS),
+            "--seq-len",
+            "128",
+            "--part",
+            f"{part}/{PARTS}",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            str(out),
+            *resume,
+        )
     if not (work / "tuned" / "provenance.json").exists():
-        timed("tuned lens (train)", "train", "demo", "--data", train, "--out", str(work / "tuned"),
-              "--tokens", str(args.tuned_tokens), "--tokens-per-step", "16384", "--force")  # fmt: skip
+        timed(
+            "tuned lens (train)",
+            "train",
+            "demo",
+            "--data",
+            train,
+            "--out",
+            str(work / "tuned"),
+            "--tokens",
+            str(args.tuned_tokens),
+            "--tokens-per-step",
+            "16384",
+            "--force",
+        )
     locations = {"tuned lens": str(work / "tuned")}
     for name, parts in JLENS.items():
         out = work / f"j{2 * len(parts)}"
@@ -85,13 +121,38 @@ def main() -> None:
         if len(parts) == 1:
             continue  # part 0 is the 2-prompt lens itself
         if not (out / "jlens.safetensors").exists():
-            timed(f"merge {name}", "lens", "merge", "demo", *(str(work / f"jpart{p}") for p in parts),
-                  "--out", str(out), "--force")  # fmt: skip
+            timed(
+                f"merge {name}",
+                "lens",
+                "merge",
+                "demo",
+                *(str(work / f"jpart{p}") for p in parts),
+                "--out",
+                str(out),
+                "--force",
+            )
     locations["J-lens, 2 prompts"] = str(work / "jpart0")
     report_dir = work / "eval"
-    timed("eval (all lenses)", "eval", "demo", *(x for loc in locations.values() for x in ("--lens", loc)),
-          "--data", test, "--tokens", str(args.test_tokens), "--seq-len", "512", "--prompts", "none",
-          "--bootstrap", "0", "--no-plots", "--out", str(report_dir), "--force")  # fmt: skip
+    timed(
+        "eval (all lenses)",
+        "eval",
+        "demo",
+        *(x for loc in locations.values() for x in ("--lens", loc)),
+        "--data",
+        test,
+        "--tokens",
+        str(args.test_tokens),
+        "--seq-len",
+        "512",
+        "--prompts",
+        "none",
+        "--bootstrap",
+        "0",
+        "--no-plots",
+        "--out",
+        str(report_dir),
+        "--force",
+    )
     report(report_dir, locations, timings, args)
 
 
@@ -113,7 +174,9 @@ def verdicts(columns: dict, layers: list, output: int) -> list[str]:
     kl, top1 = columns["kl_bits"], columns["top1_agree"]
     logit, tuned, jlens = "logit lens", "tuned lens", "J-lens, 8 prompts"
     others = [name for name in kl if name != tuned]
-    tuned_best = sum(all(kl[tuned][i] < kl[o][i] and top1[tuned][i] >= top1[o][i] for o in others) for i in rows)
+    tuned_best = sum(
+        all(kl[tuned][i] < kl[o][i] and top1[tuned][i] >= top1[o][i] for o in others) for i in rows
+    )
     j_kl = sum(kl[jlens][i] < kl[logit][i] for i in rows)
     j_top1 = [layers[i] for i in rows if top1[jlens][i] > top1[logit][i]]
     means = {name: _mean(kl[name], layers, output) for name in kl}
@@ -140,8 +203,10 @@ def tabulate(metrics: dict, locations: dict, timings: dict, args) -> tuple[str, 
     for name, location in locations.items():
         by_name[name] = metrics["lenses"][Path(location).name]
     layers = metrics["layers"]
-    columns = {stat: {name: entry[stat] for name, entry in by_name.items()}
-               for stat in ("kl_bits", "ce_bits", "top1_agree")}  # fmt: skip
+    columns = {
+        stat: {name: entry[stat] for name, entry in by_name.items()}
+        for stat in ("kl_bits", "ce_bits", "top1_agree")
+    }
     lines = [
         "# Three lenses on SmolLM2-135M: logit, tuned, Jacobian",
         "",
@@ -159,20 +224,36 @@ def tabulate(metrics: dict, locations: dict, timings: dict, args) -> tuple[str, 
         + ".",
         "",
     ]
-    for stat, title in (("kl_bits", "KL (bits)"), ("ce_bits", "cross-entropy (bits)"),
-                        ("top1_agree", "top-1 agreement")):  # fmt: skip
+    for stat, title in (
+        ("kl_bits", "KL (bits)"),
+        ("ce_bits", "cross-entropy (bits)"),
+        ("top1_agree", "top-1 agreement"),
+    ):
         names = list(by_name)
-        lines += [f"## {title}", "", "| layer | " + " | ".join(names) + " |",
-                  "| ---: |" + " ---: |" * len(names)]  # fmt: skip
+        lines += [
+            f"## {title}",
+            "",
+            "| layer | " + " | ".join(names) + " |",
+            "| ---: |" + " ---: |" * len(names),
+        ]
         for index, layer in enumerate(layers):
             values = [columns[stat][name][index] for name in names]
             lines.append(f"| {layer} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
         means = [_mean(columns[stat][name], layers, output) for name in names]
-        lines.append("| mean (rows before the output) | " + " | ".join(f"**{v:.3f}**" for v in means) + " |")
+        lines.append(
+            "| mean (rows before the output) | " + " | ".join(f"**{v:.3f}**" for v in means) + " |"
+        )
         lines.append("")
     lines += ["## Where each lens wins", "", *verdicts(columns, layers, output), ""]
-    payload = {"layers": layers, "output_row": output, "columns": columns, "timings_s": timings, "n_tokens": metrics["tokens"],
-               "tuned_tokens": args.tuned_tokens, "machine": machine()}  # fmt: skip
+    payload = {
+        "layers": layers,
+        "output_row": output,
+        "columns": columns,
+        "timings_s": timings,
+        "n_tokens": metrics["tokens"],
+        "tuned_tokens": args.tuned_tokens,
+        "machine": machine(),
+    }
     return "\n".join(lines) + "\n", payload
 
 
@@ -185,7 +266,9 @@ def figure(payload: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     keep = [i for i, layer in enumerate(payload["layers"]) if layer != payload["output_row"]]
     for name, values in payload["columns"]["kl_bits"].items():  # the output row's KL is ~0
-        axes[0].plot([payload["layers"][i] for i in keep], [values[i] for i in keep], label=name, marker=".")
+        axes[0].plot(
+            [payload["layers"][i] for i in keep], [values[i] for i in keep], label=name, marker="."
+        )
     for name, values in payload["columns"]["top1_agree"].items():
         axes[1].plot(payload["layers"], values, label=name, marker=".")
     axes[0].set(

@@ -52,7 +52,9 @@ def measure(tokens: int, mode: str, name: str, val_sequences: int = 8) -> dict:
     model, tokenizer = load_model(model_spec(name))
     timings["load_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    data = pack_blocks(str(CORPUS / "train.jsonl.gz"), tokenizer, seq_len=512, n_sequences=tokens // 512)
+    data = pack_blocks(
+        str(CORPUS / "train.jsonl.gz"), tokenizer, seq_len=512, n_sequences=tokens // 512
+    )
     timings["pack_s"] = time.perf_counter() - started
     result = {"fixed": timings}
     if mode in ("both", "forward"):
@@ -64,18 +66,31 @@ def measure(tokens: int, mode: str, name: str, val_sequences: int = 8) -> dict:
             result["forward_s"] = time.perf_counter() - started
     if mode in ("both", "train"):
         default = recipe_config("default")
-        config = recipe_config("default", tokens=tokens, tokens_per_step=min(tokens, 2**14),
-                               lstsq_tokens=tokens * default.lstsq_tokens // default.tokens)  # fmt: skip
+        config = recipe_config(
+            "default",
+            tokens=tokens,
+            tokens_per_step=min(tokens, 2**14),
+            lstsq_tokens=tokens * default.lstsq_tokens // default.tokens,
+        )
         lens = TunedLens.from_model(model)
         steps = []
         started = time.perf_counter()
-        run = train_lens(lens, model, data, config, on_step=lambda stats: steps.append(stats.step_s))
+        run = train_lens(
+            lens, model, data, config, on_step=lambda stats: steps.append(stats.step_s)
+        )
         train_s = time.perf_counter() - started
         result |= {"train_s": train_s, "steps_s": sum(steps), "lstsq_tokens": run.lstsq_tokens}
         timings["lstsq_s"] = train_s - sum(steps)  # no validation ran inside train_lens
         if mode == "both":
-            result["step_split"] = split_step(model, lens, data.tokens[:8], config.positions_per_sequence)
-            val = pack_blocks(str(CORPUS / "validation.jsonl.gz"), tokenizer, seq_len=512, n_sequences=val_sequences)
+            result["step_split"] = split_step(
+                model, lens, data.tokens[:8], config.positions_per_sequence
+            )
+            val = pack_blocks(
+                str(CORPUS / "validation.jsonl.gz"),
+                tokenizer,
+                seq_len=512,
+                n_sequences=val_sequences,
+            )
             started = time.perf_counter()
             layer_kl(lens, model, val.tokens)
             timings["validation_s"] = time.perf_counter() - started
@@ -116,7 +131,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=2**16)
     parser.add_argument("--model", choices=["demo", "gemma3"], default="demo")
-    parser.add_argument("--val-sequences", type=int, default=8, help="512-token sequences of the timed validation")
+    parser.add_argument(
+        "--val-sequences", type=int, default=8, help="512-token sequences of the timed validation"
+    )
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:  # child process for the memory measurement
@@ -126,9 +143,20 @@ def main() -> None:
     memory = {}
     for mode in ("forward", "train"):
         output = subprocess.run(
-            [sys.executable, __file__, "--tokens", str(8192), "--mode", mode, "--model", args.model],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            [
+                sys.executable,
+                __file__,
+                "--tokens",
+                str(8192),
+                "--mode",
+                mode,
+                "--model",
+                args.model,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         memory[mode] = json.loads(output.strip().splitlines()[-1])["peak_rss_mib"]
     forward_s, fixed, split = timing["forward_s"], timing["fixed"], timing["step_split"]
     steps_ratio = timing["steps_s"] / forward_s
@@ -148,33 +176,38 @@ def main() -> None:
     }
     name = "SmolLM2-135M" if args.model == "demo" else "Gemma-3-270M"
     micro = split["hooked_forward_s"] + split["lens_work_s"]
-    table = "\n".join([
-        f"# Training throughput vs the bare forward pass: {name}, CPU float32",
-        "",
-        f"{args.tokens:,} tokens of corpus/train, 512-token sequences, default recipe (16 positions per sequence; "
-        f"least-squares start on {timing['lstsq_tokens']:,} tokens), one process.",
-        "",
-        "| | wall s | tokens/s | × forward |",
-        "| --- | ---: | ---: | ---: |",
-        f"| bare forward (no grad, logits at every position) | {forward_s:.1f} | {payload['forward_tokens_per_s']:.0f} | 1.00 |",
-        f"| **training steps** | {timing['steps_s']:.1f} | {payload['steps_tokens_per_s']:.0f} | **{steps_ratio:.2f}** |",
-        f"| training steps + least-squares start | {timing['train_s']:.1f} | {payload['train_tokens_per_s']:.0f} | {run_ratio:.2f} |",
-        "",
-        f"Fixed costs, timed apart (validation: exact KL at every layer on {args.val_sequences} x 512 tokens): "
-        + "; ".join(f"{key[:-2].replace('_', ' ')} {value:.1f} s" for key, value in fixed.items()) + ".",
-        "",
-        f"Inside a step (one micro-batch of 8 x 512 tokens): the forward pass with hooks, stopped after the last "
-        f"block, {split['hooked_forward_s']:.2f} s, and the lens's work (decoding 16 positions per sequence at every "
-        f"layer, the KL and its gradient) {split['lens_work_s']:.2f} s, against {split['full_forward_s']:.2f} s for "
-        f"the bare forward pass: {micro / split['full_forward_s']:.2f}x, of which the lens's work is "
-        f"{split['lens_work_s'] / split['full_forward_s']:.2f}x.",
-        "",
-        "| peak RSS (8,192 tokens, separate processes) | MiB |",
-        "| --- | ---: |",
-        f"| model + forward | {memory['forward']:.0f} |",
-        f"| training | {memory['train']:.0f} |",
-        "",
-    ])  # fmt: skip
+    table = "\n".join(
+        [
+            f"# Training throughput vs the bare forward pass: {name}, CPU float32",
+            "",
+            f"{args.tokens:,} tokens of corpus/train, 512-token sequences, default recipe (16 positions per sequence; "
+            f"least-squares start on {timing['lstsq_tokens']:,} tokens), one process.",
+            "",
+            "| | wall s | tokens/s | × forward |",
+            "| --- | ---: | ---: | ---: |",
+            f"| bare forward (no grad, logits at every position) | {forward_s:.1f} | {payload['forward_tokens_per_s']:.0f} | 1.00 |",
+            f"| **training steps** | {timing['steps_s']:.1f} | {payload['steps_tokens_per_s']:.0f} | **{steps_ratio:.2f}** |",
+            f"| training steps + least-squares start | {timing['train_s']:.1f} | {payload['train_tokens_per_s']:.0f} | {run_ratio:.2f} |",
+            "",
+            f"Fixed costs, timed apart (validation: exact KL at every layer on {args.val_sequences} x 512 tokens): "
+            + "; ".join(
+                f"{key[:-2].replace('_', ' ')} {value:.1f} s" for key, value in fixed.items()
+            )
+            + ".",
+            "",
+            f"Inside a step (one micro-batch of 8 x 512 tokens): the forward pass with hooks, stopped after the last "
+            f"block, {split['hooked_forward_s']:.2f} s, and the lens's work (decoding 16 positions per sequence at every "
+            f"layer, the KL and its gradient) {split['lens_work_s']:.2f} s, against {split['full_forward_s']:.2f} s for "
+            f"the bare forward pass: {micro / split['full_forward_s']:.2f}x, of which the lens's work is "
+            f"{split['lens_work_s'] / split['full_forward_s']:.2f}x.",
+            "",
+            "| peak RSS (8,192 tokens, separate processes) | MiB |",
+            "| --- | ---: |",
+            f"| model + forward | {memory['forward']:.0f} |",
+            f"| training | {memory['train']:.0f} |",
+            "",
+        ]
+    )
     save("throughput" if args.model == "demo" else "throughput_gemma3", payload, table)
 
 

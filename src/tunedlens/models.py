@@ -248,8 +248,11 @@ def load_model(
             f"{name!r} is not a causal language model transformers can load: {error}"
         ) from None
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = _load_tokenizer(tokenizer or source, revision if tokenizer is None else None,
-                                    required=tokenizer is not None)  # fmt: skip
+        tokenizer = _load_tokenizer(
+            tokenizer or source,
+            revision if tokenizer is None else None,
+            required=tokenizer is not None,
+        )
     if isinstance(source, Path) and (source / ".complete").exists():
         model.config.name_or_path = name
     if device is not None:

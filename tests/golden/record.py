@@ -39,9 +39,12 @@ def tokenizer():
     inner = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     inner.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
-        tokenizer_object=inner, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+        tokenizer_object=inner,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
         unk_token="<unk>",
-    )  # fmt: skip
+    )
 
 
 def setup(model_type: str):
@@ -75,8 +78,11 @@ def record(model_type: str, work: Path) -> dict:
         rows = predict_layers(model, tok, PROMPT, chosen, top_k=5, position=-2)
         out[f"predict/{name}"] = [
             # Recorded as before rows had labels: the row index below the output row.
-            {"layer": "output" if r.label == "output" else r.row, "ids": [t.id for t in r.top],
-             "probs": [t.prob for t in r.top]}
+            {
+                "layer": "output" if r.label == "output" else r.row,
+                "ids": [t.id for t in r.top],
+                "probs": [t.prob for t in r.top],
+            }
             for r in rows
         ]
         viewer = Lensed(model, tok)
@@ -103,9 +109,14 @@ def record(model_type: str, work: Path) -> dict:
         }
     ids = torch.randint(4, 128, (3, 12), generator=torch.Generator().manual_seed(7))
     report = evaluate(
-        model, {"tuned": lens}, ids, tokenizer=tok, prompts=load_prompts(suite_file(work / "s.jsonl")),
-        bootstrap=50, transfer=True,
-    )  # fmt: skip
+        model,
+        {"tuned": lens},
+        ids,
+        tokenizer=tok,
+        prompts=load_prompts(suite_file(work / "s.jsonl")),
+        bootstrap=50,
+        transfer=True,
+    )
     metrics = report.metrics
     for lens_name, entry in metrics["lenses"].items():
         for key, value in entry.items():

@@ -113,8 +113,10 @@ def test_mid_points_on_smollm2(demo):
     model, tokenizer = demo
     input_ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     attention = []
-    handles = [block.self_attn.register_forward_hook(lambda _m, _a, out: attention.append(out[0]))
-               for block in resolve_arch(model).layers]  # fmt: skip
+    handles = [
+        block.self_attn.register_forward_hook(lambda _m, _a, out: attention.append(out[0]))
+        for block in resolve_arch(model).layers
+    ]
     try:
         both = collect_residuals(model, input_ids, points="both")
     finally:
@@ -124,11 +126,21 @@ def test_mid_points_on_smollm2(demo):
     assert len(both.hidden) == 61 and torch.equal(both.logits, block.logits)
     for layer in range(30):
         assert torch.equal(both.hidden[2 * layer], block.hidden[layer])
-        torch.testing.assert_close(both.hidden[2 * layer + 1], block.hidden[layer] + attention[layer])
+        torch.testing.assert_close(
+            both.hidden[2 * layer + 1], block.hidden[layer] + attention[layer]
+        )
 
     data = pack_blocks("stdlib", tokenizer, seq_len=64, n_sequences=40, seed=5).tokens
-    config = recipe_config("default", points="mid", tokens=2048, tokens_per_step=512, seq_len=64,
-                           batch_size=8, lstsq_tokens=1024, lstsq_budget_share=0.5)  # fmt: skip
+    config = recipe_config(
+        "default",
+        points="mid",
+        tokens=2048,
+        tokens_per_step=512,
+        seq_len=64,
+        batch_size=8,
+        lstsq_tokens=1024,
+        lstsq_budget_share=0.5,
+    )
     lens = TunedLens.from_model(model, points="mid")
     trained = train_lens(lens, model, data[:32], config).lens
     logit = layer_kl(LogitLens(model, points="mid"), model, data[32:])

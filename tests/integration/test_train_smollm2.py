@@ -53,7 +53,9 @@ def test_train_demo_beats_the_logit_lens(tmp_path):
     assert provenance["model"]["model_type"] == "llama"
 
     model, tokenizer = load_model("demo")
-    held_out = pack_blocks("stdlib-prose", tokenizer, seq_len=128, n_sequences=4, seed=99)  # other English
+    held_out = pack_blocks(
+        "stdlib-prose", tokenizer, seq_len=128, n_sequences=4, seed=99
+    )  # other English
     tuned = layer_kl(load_lens(out, model), model, held_out.tokens)
     logit = layer_kl(LogitLens(model), model, held_out.tokens)
     assert tuned.mean() < 0.5 * logit.mean()
@@ -62,11 +64,32 @@ def test_train_demo_beats_the_logit_lens(tmp_path):
 
     # `tunedlens eval` on the same lens: every report, the trained lens closer than the logit lens.
     report_dir = tmp_path / "eval"
-    command = [sys.executable, "-m", "tunedlens", "eval", "demo", "--lens", str(out), "--data",
-               "stdlib", "--tokens", "512", "--seq-len", "128", "--seed", "7", "--out",
-               str(report_dir)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "tunedlens",
+        "eval",
+        "demo",
+        "--lens",
+        str(out),
+        "--data",
+        "stdlib",
+        "--tokens",
+        "512",
+        "--seq-len",
+        "128",
+        "--seed",
+        "7",
+        "--out",
+        str(report_dir),
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((report_dir / "metrics.json").read_text())
     lenses = metrics["lenses"]

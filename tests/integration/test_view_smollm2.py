@@ -54,10 +54,25 @@ def test_greedy_generation_from_the_output_row(lensed):
 
 def test_show_writes_a_png(tmp_path):
     out = tmp_path / "show.png"
-    command = [sys.executable, "-m", "tunedlens", "show", "demo", PROMPT, "--stat", "all",
-               "--out", str(out)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "tunedlens",
+        "show",
+        "demo",
+        PROMPT,
+        "--stat",
+        "all",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     from PIL import Image
 

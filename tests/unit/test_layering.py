@@ -66,7 +66,9 @@ def _imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("tunedlens")]
+            found += [
+                (a.name, [], node.lineno) for a in node.names if a.name.startswith("tunedlens")
+            ]
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
             if node.level:  # relative import
@@ -112,7 +114,9 @@ def test_no_private_names_across_packages():
     for name, path in _modules().items():
         for module, names, line in _imports(name, path):
             if _package(module) != _package(name):
-                problems += [f"{name}:{line} imports {module}.{n}" for n in names if n.startswith("_")]
+                problems += [
+                    f"{name}:{line} imports {module}.{n}" for n in names if n.startswith("_")
+                ]
     assert not problems, "\n".join(problems)
 
 

@@ -102,7 +102,9 @@ def test_a_tokenizer_can_be_given_separately(tmp_path, tiny_model_dir):
         load_model(path, tokenizer=str(tmp_path / "nowhere"))
 
 
-@pytest.mark.parametrize("counts", [{"cuda": 0, "mps": 0, "xpu": 0}, {"cuda": 2, "mps": 1, "xpu": 0}])
+@pytest.mark.parametrize(
+    "counts", [{"cuda": 0, "mps": 0, "xpu": 0}, {"cuda": 2, "mps": 1, "xpu": 0}]
+)
 def test_check_device_on_machines_with_and_without_accelerators(counts, monkeypatch):
     monkeypatch.setattr(models, "_device_counts", lambda: counts)
     assert models.check_device(None) is None and models.check_device("cpu") == torch.device("cpu")

@@ -96,8 +96,14 @@ def invert_unembed(
     target = target_logits.detach().float().to(unembed.device).log_softmax(-1)
     start = _least_squares_start(unembed, target_logits.to(unembed.device))
     hidden = start.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([hidden], max_iter=max_iter, tolerance_change=tolerance,
-                                  tolerance_grad=1e-10, history_size=50, line_search_fn="strong_wolfe")  # fmt: skip
+    optimizer = torch.optim.LBFGS(
+        [hidden],
+        max_iter=max_iter,
+        tolerance_change=tolerance,
+        tolerance_grad=1e-10,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def objective() -> torch.Tensor:
         kl = kl_divergence(target, unembed(hidden).log_softmax(-1))

@@ -108,8 +108,11 @@ def mid_modules(arch: ResolvedArch, model: nn.Module) -> list[nn.Module]:
         name, negated = flag.lstrip("!"), flag.startswith("!")
         value = bool(getattr(config, name, False))
         if value != negated:
-            what = (f"{name}=False (a post-norm block: the MLP reads a normalised state)" if negated
-                    else f"{name}=True (attention and the MLP run in parallel on the same input)")  # fmt: skip
+            what = (
+                f"{name}=False (a post-norm block: the MLP reads a normalised state)"
+                if negated
+                else f"{name}=True (attention and the MLP run in parallel on the same input)"
+            )
             raise NoMidPoint(
                 f"this {model_type} model has {what}, so its blocks have no mid point: read block "
                 "points (--points block)."
@@ -128,5 +131,16 @@ def mid_modules(arch: ResolvedArch, model: nn.Module) -> list[nn.Module]:
     return modules
 
 
-__all__ = ["POINTS", "NoMidPoint", "Points", "block_rows", "blocks_of", "check_points", "mid_modules",
-           "output_row", "parse_point", "row_label", "row_point"]  # fmt: skip
+__all__ = [
+    "POINTS",
+    "NoMidPoint",
+    "Points",
+    "block_rows",
+    "blocks_of",
+    "check_points",
+    "mid_modules",
+    "output_row",
+    "parse_point",
+    "row_label",
+    "row_point",
+]

@@ -58,10 +58,12 @@ ARCHS: dict[str, ArchSpec] = {
     "gpt_neo": _GPT2_LIKE,
     "gptj": _PARALLEL,
     "bloom": ArchSpec("transformer.h", "transformer.ln_f"),
-    "falcon": ArchSpec("transformer.h", "transformer.ln_f",
-                       no_mid_if=("parallel_attn", "new_decoder_architecture")),
-    "gpt_neox": ArchSpec("gpt_neox.layers", "gpt_neox.final_layer_norm",
-                         no_mid_if=("use_parallel_residual",)),
+    "falcon": ArchSpec(
+        "transformer.h", "transformer.ln_f", no_mid_if=("parallel_attn", "new_decoder_architecture")
+    ),
+    "gpt_neox": ArchSpec(
+        "gpt_neox.layers", "gpt_neox.final_layer_norm", no_mid_if=("use_parallel_residual",)
+    ),
     "opt": ArchSpec(
         "model.decoder.layers",
         "model.decoder.final_layer_norm",
@@ -78,9 +80,12 @@ ARCHS: dict[str, ArchSpec] = {
     "qwen3": _LLAMA_LIKE,
     "qwen3_moe": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": ArchSpec("model.layers", "model.norm", logit_softcap="final_logit_softcapping", **_GEMMA2_LIKE),
-    "gemma3_text": ArchSpec("model.layers", "model.norm", logit_softcap="final_logit_softcapping",
-                            **_GEMMA2_LIKE),
+    "gemma2": ArchSpec(
+        "model.layers", "model.norm", logit_softcap="final_logit_softcapping", **_GEMMA2_LIKE
+    ),
+    "gemma3_text": ArchSpec(
+        "model.layers", "model.norm", logit_softcap="final_logit_softcapping", **_GEMMA2_LIKE
+    ),
     # The multimodal wrapper applies no soft-cap (Gemma3ForConditionalGeneration.forward).
     "gemma3": ArchSpec("model.language_model.layers", "model.language_model.norm", **_GEMMA2_LIKE),
     "phi": ArchSpec("model.layers", "model.final_layernorm", mid=None),

@@ -113,7 +113,9 @@ def check_input_ids(model: nn.Module, input_ids: torch.Tensor) -> None:
             f"input_ids hold token {low if low < 0 else high}, outside the model's vocabulary "
             f"0..{vocab - 1 if vocab else '?'}; were they made by another tokenizer?"
         )
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = (
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    )
     context = getattr(config, "max_position_embeddings", None)
     if context is not None and input_ids.shape[-1] > context:
         raise InputError(
@@ -181,7 +183,9 @@ def collect_residuals(
     try:
         if points != "mid":
             for index, block in enumerate(arch.layers):
-                handles.append(block.register_forward_pre_hook(save_input(step * index), with_kwargs=True))
+                handles.append(
+                    block.register_forward_pre_hook(save_input(step * index), with_kwargs=True)
+                )
         for index, module in enumerate(mids):
             row = 2 * index + 1 if points == "both" else index
             handles.append(module.register_forward_pre_hook(save_input(row), with_kwargs=True))
@@ -203,7 +207,8 @@ def collect_residuals(
     if first_bad is not None:
         if points == "block":
             where = f"layer {first_bad} on (row {first_bad} = " + (
-                "the embeddings)" if first_bad == 0 else f"the output of block {first_bad - 1})")
+                "the embeddings)" if first_bad == 0 else f"the output of block {first_bad - 1})"
+            )
         else:
             where = f"row {row_label(points, first_bad, arch.n_blocks)} on"
         raise NonFiniteActivations(
@@ -211,5 +216,6 @@ def collect_residuals(
             f"in {next(iter(model.parameters())).dtype} this is usually an overflow: load the model "
             "in float32 or bfloat16 (--dtype)."
         )
-    return Residuals(hidden=tuple(captured), logits=None if output is None else output.logits,
-                     points=points)  # fmt: skip
+    return Residuals(
+        hidden=tuple(captured), logits=None if output is None else output.logits, points=points
+    )

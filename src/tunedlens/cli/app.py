@@ -34,11 +34,15 @@ app = typer.Typer(
     cls=PlainHelpGroup,
     rich_markup_mode="rich",
 )
-lens_app = typer.Typer(help="Inspect, convert and merge lenses.", no_args_is_help=True,
-                       rich_markup_mode="rich")
+lens_app = typer.Typer(
+    help="Inspect, convert and merge lenses.", no_args_is_help=True, rich_markup_mode="rich"
+)
 app.add_typer(lens_app, name="lens")
-hub_app = typer.Typer(help="Lens collections on the hub: package, verify, upload, download.",
-                      no_args_is_help=True, rich_markup_mode="rich")
+hub_app = typer.Typer(
+    help="Lens collections on the hub: package, verify, upload, download.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
 app.add_typer(hub_app, name="hub")
 RECIPE_HELP = f"Named settings to start from: {', '.join(sorted(RECIPES))} (see TrainConfig)."
 
@@ -63,9 +67,19 @@ def predict(
     """Print each layer's top-k next tokens (and probabilities) at one position of PROMPT."""
     from tunedlens.commands import predict as command
 
-    result = command.run(model, prompt, lens=lens, layers=layers, top_k=top_k, position=position,
-                         dtype=dtype, device=device, tokenizer=tokenizer, strict=strict,
-                         points=points)
+    result = command.run(
+        model,
+        prompt,
+        lens=lens,
+        layers=layers,
+        top_k=top_k,
+        position=position,
+        dtype=dtype,
+        device=device,
+        tokenizer=tokenizer,
+        strict=strict,
+        points=points,
+    )
     if as_json:
         typer.echo(dumps(result.to_dict(), ensure_ascii=False))
         return
@@ -105,9 +119,21 @@ def show(
     """Draw what each layer predicts at each position of PROMPT (logit lens beside each lens)."""
     from tunedlens.commands import show as command
 
-    path = command.run(model, prompt, lenses=lens or (), stat=stat, compare=compare, out=out,
-                    stride=stride, last=last, dtype=dtype, device=device, tokenizer=tokenizer,
-                    strict=strict, points=points)  # fmt: skip
+    path = command.run(
+        model,
+        prompt,
+        lenses=lens or (),
+        stat=stat,
+        compare=compare,
+        out=out,
+        stride=stride,
+        last=last,
+        dtype=dtype,
+        device=device,
+        tokenizer=tokenizer,
+        strict=strict,
+        points=points,
+    )
     typer.echo(f"wrote {path}")
 
 
@@ -148,8 +174,10 @@ def train(
     ] = "native",
     log_to: Annotated[
         Optional[list[str]],
-        typer.Option(help="Also log every step to tensorboard (OUT/tensorboard) or wandb (OUT/wandb, offline "
-                     "unless WANDB_MODE is set); repeatable. train_log.jsonl is always written."),
+        typer.Option(
+            help="Also log every step to tensorboard (OUT/tensorboard) or wandb (OUT/wandb, offline "
+            "unless WANDB_MODE is set); repeatable. train_log.jsonl is always written."
+        ),
     ] = None,
     **settings,
 ):
@@ -170,9 +198,22 @@ def train(
         interrupted(out, CHECKPOINT_NAME, force=force),
     ):
         result = command.run(
-            model, config, out, data=data, val_data=val_data, text_column=text_column,
-            resume=resume, force=force, dtype=dtype, device=device, tokenizer=tokenizer, lens_format=format,
-            fsdp=fsdp, on_step=progress.update, on_status=progress.status, world=world,
+            model,
+            config,
+            out,
+            data=data,
+            val_data=val_data,
+            text_column=text_column,
+            resume=resume,
+            force=force,
+            dtype=dtype,
+            device=device,
+            tokenizer=tokenizer,
+            lens_format=format,
+            fsdp=fsdp,
+            on_step=progress.update,
+            on_status=progress.status,
+            world=world,
             log_to=log_to or (),
         )
     if world.is_primary:
@@ -234,14 +275,30 @@ def fit_jlens(
         CountProgress("fit-jlens", "prompts") as progress,
         interrupted(out, f"{STATE_NAME}*", force=force),
     ):
-        lens = command.run(model, out, data=data, text_column=text_column, prompts=prompts,
-                             seq_len=seq_len, skip_first=skip_first, dim_batch=dim_batch,
-                             seed=seed, dtype=dtype, device=device, tokenizer=tokenizer,
-                             checkpoint_every=checkpoint_every, resume=resume,
-                             part=part, force=force, progress=progress.update)  # fmt: skip
+        lens = command.run(
+            model,
+            out,
+            data=data,
+            text_column=text_column,
+            prompts=prompts,
+            seq_len=seq_len,
+            skip_first=skip_first,
+            dim_batch=dim_batch,
+            seed=seed,
+            dtype=dtype,
+            device=device,
+            tokenizer=tokenizer,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            part=part,
+            force=force,
+            progress=progress.update,
+        )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
-        typer.echo(f"fitted rows {lens.rows[0]}..{lens.rows[-1]} on {lens.n_prompts} prompts; "
-                   f"J-lens saved to {out}")  # fmt: skip
+        typer.echo(
+            f"fitted rows {lens.rows[0]}..{lens.rows[-1]} on {lens.n_prompts} prompts; "
+            f"J-lens saved to {out}"
+        )
 
 
 @app.command("eval")
@@ -287,12 +344,27 @@ def eval_command(
 
     with CountProgress() as progress:
         run = command.run(
-            model, lens or (), data=data, text_column=text_column, tokens=tokens, seq_len=seq_len,
-            out=out, prompts=prompts, transfer=transfer, bootstrap=bootstrap,
-            batch_size=batch_size, seed=seed, plots=plots, dtype=dtype, device=device,
-            tokenizer=tokenizer, strict=strict, force=force, progress=progress.update,
+            model,
+            lens or (),
+            data=data,
+            text_column=text_column,
+            tokens=tokens,
+            seq_len=seq_len,
+            out=out,
+            prompts=prompts,
+            transfer=transfer,
+            bootstrap=bootstrap,
+            batch_size=batch_size,
+            seed=seed,
+            plots=plots,
+            dtype=dtype,
+            device=device,
+            tokenizer=tokenizer,
+            strict=strict,
+            force=force,
+            progress=progress.update,
             on_start=progress.start,
-        )  # fmt: skip
+        )
     typer.echo((run.out / "summary.md").read_text())
     typer.echo(f"wrote {len(run.written)} files to {run.out}")
 
@@ -323,10 +395,22 @@ def serve(
     """Explore MODEL's layers through lenses in a local web page (extra 'serve')."""
     from tunedlens.commands import serve as command
 
-    command.run(model, lens or (), eval_dir or (), host=host, port=port, allow_remote=allow_remote,
-                max_tokens=max_tokens, dtype=dtype, device=device, tokenizer=tokenizer,
-                strict=strict, on_ready=lambda url: typer.echo(
-                    f"tunedlens explorer for {model}: {url}  (Ctrl-C stops it)"))  # fmt: skip
+    command.run(
+        model,
+        lens or (),
+        eval_dir or (),
+        host=host,
+        port=port,
+        allow_remote=allow_remote,
+        max_tokens=max_tokens,
+        dtype=dtype,
+        device=device,
+        tokenizer=tokenizer,
+        strict=strict,
+        on_ready=lambda url: typer.echo(
+            f"tunedlens explorer for {model}: {url}  (Ctrl-C stops it)"
+        ),
+    )
 
 
 @lens_app.command("info")
@@ -371,9 +455,12 @@ def lens_convert(
 
 @lens_app.command("list")
 def lens_list(
-    model: Annotated[Optional[str], typer.Argument(help="A hub model id (or J-lens short name).")] = None,
+    model: Annotated[
+        Optional[str], typer.Argument(help="A hub model id (or J-lens short name).")
+    ] = None,
     collection: Annotated[
-        Optional[list[Path]], typer.Option(help="A local lens collection (from 'hub package') to list too.")
+        Optional[list[Path]],
+        typer.Option(help="A local lens collection (from 'hub package') to list too."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
@@ -388,7 +475,9 @@ def lens_list(
         typer.echo(dumps(rows, indent=2))
         return
     if not rows:
-        typer.echo(f"no known lens for {model!r}; fit one with 'tunedlens fit-jlens' or train one with 'tunedlens train'.")
+        typer.echo(
+            f"no known lens for {model!r}; fit one with 'tunedlens fit-jlens' or train one with 'tunedlens train'."
+        )
         return
     from rich.console import Console
 
@@ -401,7 +490,8 @@ def lens_list(
 def lens_curves(
     run: Annotated[Path, typer.Argument(help="The --out directory of a 'tunedlens train' run.")],
     out: Annotated[
-        Optional[Path], typer.Option(help="Figure file: .html (interactive) or .png. Default: RUN/curves.html.")
+        Optional[Path],
+        typer.Option(help="Figure file: .html (interactive) or .png. Default: RUN/curves.html."),
     ] = None,
 ):
     """Draw a training run's curves from its train_log.jsonl: loss, learning rate, per-layer KL."""

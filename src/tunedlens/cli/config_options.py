@@ -43,8 +43,13 @@ class OptionValueError(TunedLensError):
 class FieldType:
     """Parses one config field's value: ints, floats, booleans, choices, pairs ``a,b``, ``none``."""
 
-    def __init__(self, name: str, annotation, parse: Callable[[str], Any] | None = None,
-                 option: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        annotation,
+        parse: Callable[[str], Any] | None = None,
+        option: str | None = None,
+    ):
         self.field = name
         self.option = option or "--" + name.replace("_", "-")
         (self.kind,), self.optional = _members(annotation)
@@ -145,16 +150,30 @@ def config_parameters(
         if field.name in skip:
             continue
         annotation = hints[field.name]
-        field_type = FieldType(field.name, annotation, parsers.get(field.name),
-                               option_name(field.name, names))
-        help_text = " ".join(part for part in (docs.get(field.name, ""), defaults_note(field.name)) if part)
+        field_type = FieldType(
+            field.name, annotation, parsers.get(field.name), option_name(field.name, names)
+        )
+        help_text = " ".join(
+            part for part in (docs.get(field.name, ""), defaults_note(field.name)) if part
+        )
         if field_type.name.startswith("CHOICE"):
             help_text += f" Choices: {', '.join(field_type.choices)}."
-        option = typer.Option(option_name(field.name, names), help=help_text, rich_help_panel=PANEL,
-                              parser=field_type.parse_text, metavar=field_type.name,
-                              show_default=False)
-        parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                            annotation=Annotated[Optional[str], option]))
+        option = typer.Option(
+            option_name(field.name, names),
+            help=help_text,
+            rich_help_panel=PANEL,
+            parser=field_type.parse_text,
+            metavar=field_type.name,
+            show_default=False,
+        )
+        parameters.append(
+            inspect.Parameter(
+                field.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[Optional[str], option],
+            )
+        )
     return parameters
 
 
@@ -164,7 +183,9 @@ def with_parameters(function: Callable, extra: list[inspect.Parameter]) -> Calla
     ``function`` must take ``**settings``; typer passes each extra option there by name.
     """
     signature = inspect.signature(function, eval_str=True)
-    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    fixed = [
+        p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
     function.__signature__ = signature.replace(parameters=[*fixed, *extra])
     function.__annotations__ = {
         **{p.name: p.annotation for p in fixed},
@@ -175,14 +196,19 @@ def with_parameters(function: Callable, extra: list[inspect.Parameter]) -> Calla
 
 def given(settings: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """The settings the user gave: ``None`` values kept only for options given as ``none``."""
-    return {name: value for name, value in settings.items() if value is not None or name in explicit}
+    return {
+        name: value for name, value in settings.items() if value is not None or name in explicit
+    }
 
 
 def explicit_options(ctx) -> set[str]:
     """Parameter names given on the command line (not defaulted)."""
     # By name: typer >= 0.24 vendors its own click, whose enum is not click's.
-    return {name for name in ctx.params
-            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
+    return {
+        name
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    }
 
 
 MAX_TIME_BUDGET_S = 30 * 24 * 3600
@@ -227,7 +253,14 @@ def train_settings() -> list:
     from tunedlens.train.config import TrainConfig, field_docs
 
     docs = {name: plain_text(doc) for name, doc in field_docs().items()}
-    return config_parameters(TrainConfig, docs=docs, skip=("recipe",),
-                             names={"time_budget_s": "--time-budget", "positions_per_sequence_end": "--positions-at-end"},
-                             parsers={"time_budget_s": parse_duration},
-                             defaults_note=recipe_note)
+    return config_parameters(
+        TrainConfig,
+        docs=docs,
+        skip=("recipe",),
+        names={
+            "time_budget_s": "--time-budget",
+            "positions_per_sequence_end": "--positions-at-end",
+        },
+        parsers={"time_budget_s": parse_duration},
+        defaults_note=recipe_note,
+    )

@@ -14,7 +14,8 @@ ModelArg = Annotated[
 PromptArg = Annotated[str, typer.Argument(help="The text to look at.")]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")]
 DeviceOption = Annotated[
-    Optional[str], typer.Option(help="Where to run the model: cpu, cuda, cuda:1, ... (default cpu).")
+    Optional[str],
+    typer.Option(help="Where to run the model: cpu, cuda, cuda:1, ... (default cpu)."),
 ]
 TokenizerOption = Annotated[
     Optional[str],

@@ -83,10 +83,13 @@ class CountProgress:
 
     def __init__(self, label: str = "eval", unit: str = "tokens"):
         self.progress = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(),
-            TextColumn(f"{{task.completed:,}}/{{task.total:,}} {unit}"), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=Console(stderr=True),
-        )  # fmt: skip
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            TextColumn(f"{{task.completed:,}}/{{task.total:,}} {unit}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
         self.task = None
 
     def __enter__(self):
@@ -120,10 +123,14 @@ def interrupted(out: Path, checkpoints: str, *, force: bool = False):
                 "done, so this run cannot be resumed."
             )
         elif any(out.glob(checkpoints)):
-            message = (f"interrupted: the last checkpoint in {out} is kept; run the same command "
-                       "with --resume to continue from it.")  # fmt: skip
+            message = (
+                f"interrupted: the last checkpoint in {out} is kept; run the same command "
+                "with --resume to continue from it."
+            )
         else:
-            message = ("interrupted before any checkpoint was written, so there is nothing to "
-                       "resume; pass --checkpoint-every N to make the run resumable.")  # fmt: skip
+            message = (
+                "interrupted before any checkpoint was written, so there is nothing to "
+                "resume; pass --checkpoint-every N to make the run resumable."
+            )
         typer.echo(message, err=True)
         raise SystemExit(130) from None

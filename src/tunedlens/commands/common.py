@@ -79,7 +79,9 @@ def open_model_and_lenses(
     if points is not None:
         check_points(points)
     resolved = resolve_locations(locations)
-    model, loaded_tokenizer = models.load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
+    model, loaded_tokenizer = models.load_model(
+        model_spec, dtype=dtype, device=device, tokenizer=tokenizer
+    )
     if needs_tokenizer:
         models.need_tokenizer(loaded_tokenizer, model_spec)
     named: dict[str, Lens] = {LOGIT: LogitLens(model)} if with_logit else {}
@@ -118,7 +120,9 @@ def check_resume(
             holds something else (see :func:`tunedlens.outputs.check_out_target`).
     """
     if resume and force:
-        raise TunedLensError(f"--resume continues the {what} in --out and --force replaces it; pick one.")
+        raise TunedLensError(
+            f"--resume continues the {what} in --out and --force replaces it; pick one."
+        )
     check_out_target(out, kind, sources=sources)
     kept = sorted(path.name for path in out.glob(checkpoints)) if out.is_dir() else []
     if resume:

@@ -30,5 +30,3 @@ def run(run: str | Path, out: str | Path | None = None) -> Path:
         rows = range(stored.translator.n_rows)
         labels = [row_label(stored.points, row, stored.n_blocks) for row in rows]
     return save_training_curves(records, target, title=f"training: {run.name}", row_labels=labels)
-
-

@@ -68,17 +68,35 @@ def run(
     suite = None if prompts in (None, "none") else load_prompts(prompts)
     source = TextSource(data, text_column=text_column)
     source.check()
-    opened = open_model_and_lenses(model_spec, lenses, dtype=dtype, device=device,
-                                   tokenizer=tokenizer, strict=strict, with_logit=False,
-                                   reserved=(BASELINE,))  # evaluate adds the logit lens
+    opened = open_model_and_lenses(
+        model_spec,
+        lenses,
+        dtype=dtype,
+        device=device,
+        tokenizer=tokenizer,
+        strict=strict,
+        with_logit=False,
+        reserved=(BASELINE,),
+    )  # evaluate adds the logit lens
     loaded, loaded_tokenizer, named = opened.model, opened.tokenizer, opened.lenses
-    blocks = pack_blocks(source, loaded_tokenizer,
-                         seq_len=seq_len, n_sequences=tokens // seq_len, seed=seed)  # fmt: skip
+    blocks = pack_blocks(
+        source, loaded_tokenizer, seq_len=seq_len, n_sequences=tokens // seq_len, seed=seed
+    )
     if on_start is not None:
         on_start(blocks.n_tokens)
-    report = evaluate(loaded, named, blocks.tokens, tokenizer=loaded_tokenizer, prompts=suite,
-                      transfer=transfer, batch_size=batch_size, bootstrap=bootstrap, seed=seed,
-                      progress=progress, model_name=model_spec)  # fmt: skip
+    report = evaluate(
+        loaded,
+        named,
+        blocks.tokens,
+        tokenizer=loaded_tokenizer,
+        prompts=suite,
+        transfer=transfer,
+        batch_size=batch_size,
+        bootstrap=bootstrap,
+        seed=seed,
+        progress=progress,
+        model_name=model_spec,
+    )
     report.metrics["data"] = {"spec": data, "content_hash": blocks.content_hash()}
     with staged_output(out, REPORT_OUTPUT) as staging:
         written = report.save(staging, plots=plots)

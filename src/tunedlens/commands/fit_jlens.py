@@ -63,9 +63,17 @@ def run(
     if checkpoint_every is not None and checkpoint_every < 1:
         raise InputError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
     inputs = local_inputs(model_spec, data, tokenizer)
-    kept = check_resume(out, FIT_OUTPUT, checkpoints=f"{STATE_NAME}*.safetensors", resume=resume,
-                        force=force, checkpoint_every=checkpoint_every, sources=inputs, what="fit",
-                        checkpoint_name="J-lens fit checkpoint")
+    kept = check_resume(
+        out,
+        FIT_OUTPUT,
+        checkpoints=f"{STATE_NAME}*.safetensors",
+        resume=resume,
+        force=force,
+        checkpoint_every=checkpoint_every,
+        sources=inputs,
+        what="fit",
+        checkpoint_name="J-lens fit checkpoint",
+    )
     replacing = not resume and out.is_dir() and any(out.iterdir())
     spec = data or default_data_spec(model_spec)
     if resume:  # damaged checkpoints, or ones of other settings, fail now, before the model loads
@@ -77,12 +85,26 @@ def run(
     model, loaded_tokenizer = load_model(
         model_spec, dtype=dtype, device=device, tokenizer=tokenizer
     )
-    blocks = pack_blocks(source, need_tokenizer(loaded_tokenizer, model_spec), seq_len=seq_len,
-                         n_sequences=prompts, seed=seed, size_options="--prompts or --seq-len")  # fmt: skip
+    blocks = pack_blocks(
+        source,
+        need_tokenizer(loaded_tokenizer, model_spec),
+        seq_len=seq_len,
+        n_sequences=prompts,
+        seed=seed,
+        size_options="--prompts or --seq-len",
+    )
     tokens = blocks.tokens
-    metadata = {"model": model_spec, "data": spec, "data_content_hash": blocks.content_hash(),
-                "seq_len": seq_len, "seed": seed, "packed_prompts": prompts,
-                "prompt_range": [0, prompts], "dim_batch": dim_batch, **environment()}  # fmt: skip
+    metadata = {
+        "model": model_spec,
+        "data": spec,
+        "data_content_hash": blocks.content_hash(),
+        "seq_len": seq_len,
+        "seed": seed,
+        "packed_prompts": prompts,
+        "prompt_range": [0, prompts],
+        "dim_batch": dim_batch,
+        **environment(),
+    }
     if part is not None:
         mine = prompt_slice(len(tokens), *part)
         tokens = tokens[mine]

@@ -21,12 +21,19 @@ def parse_evals(items: Sequence[str]) -> dict[str, str]:
     return evals
 
 
-def run(lenses: Sequence[str | os.PathLike], out: str | os.PathLike, *, evals: Sequence[str] = (),
-        update: bool = False, license: str = "apache-2.0") -> Path:
+def run(
+    lenses: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    evals: Sequence[str] = (),
+    update: bool = False,
+    license: str = "apache-2.0",
+) -> Path:
     """Package ``lenses`` into the collection tree ``out`` (``update``: add to a tree made earlier).
 
     ``evals`` are ``NAME=DIR`` items attaching the evaluation report in ``DIR`` to lens ``NAME``.
     """
     attached = parse_evals(evals)
-    return package_lenses([Path(lens) for lens in lenses], Path(out), evals=attached, update=update,
-                          license=license)
+    return package_lenses(
+        [Path(lens) for lens in lenses], Path(out), evals=attached, update=update, license=license
+    )

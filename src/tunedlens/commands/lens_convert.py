@@ -8,8 +8,13 @@ from pathlib import Path
 from tunedlens.lenses.io.formats import convert_lens
 
 
-def run(source: str | os.PathLike, target: str | os.PathLike, format: str = "native", *,
-        force: bool = False) -> Path:
+def run(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    format: str = "native",
+    *,
+    force: bool = False,
+) -> Path:
     """Convert the lens at ``source`` into ``format`` at ``target``; returns what was written.
 
     Tuned lenses: ``native`` <-> ``tuned-lens`` (the reference's format); J-lenses: ``native``

@@ -13,8 +13,15 @@ from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.outputs import staged_output
 
 
-def run(model_spec: str, parts: Sequence[str], out, *, force: bool = False,
-        dtype: str = "float32", device: str | None = None) -> JacobianLens:
+def run(
+    model_spec: str,
+    parts: Sequence[str],
+    out,
+    *,
+    force: bool = False,
+    dtype: str = "float32",
+    device: str | None = None,
+) -> JacobianLens:
     """What ``tunedlens lens merge`` does: check, load the parts for the model, merge, write.
 
     The parts are read and checked against each other before the model loads.
@@ -38,5 +45,3 @@ def run(model_spec: str, parts: Sequence[str], out, *, force: bool = False,
     with staged_output(out, JLENS_OUTPUT) as staging:
         merged.save(staging)
     return merged
-
-

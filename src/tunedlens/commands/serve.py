@@ -18,10 +18,18 @@ from tunedlens.serve.run import (
 from tunedlens.serve.session import ServeSession
 
 
-def build_session(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[str] = (), *,
-                  max_tokens: int = 512, dtype: str = "float32", device: str | None = None,
-                  tokenizer: str | None = None, strict: bool = True,
-                  on_checked: Callable[[], None] | None = None) -> ServeSession:  # fmt: skip
+def build_session(
+    model_spec: str,
+    lenses: Sequence[str] = (),
+    evals: Sequence[str] = (),
+    *,
+    max_tokens: int = 512,
+    dtype: str = "float32",
+    device: str | None = None,
+    tokenizer: str | None = None,
+    strict: bool = True,
+    on_checked: Callable[[], None] | None = None,
+) -> ServeSession:
     """Load the model and every lens (a lens for another model is refused here, with why).
 
     The options, lens locations and ``--eval`` reports are checked first; ``on_checked`` is
@@ -34,15 +42,30 @@ def build_session(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[s
     if on_checked is not None:
         on_checked()
     # A mid-point lens is shown beside a mid-point logit lens (aligned by the start-up).
-    opened = open_model_and_lenses(model_spec, resolved, dtype=dtype, device=device,
-                                   tokenizer=tokenizer, strict=strict)
-    return ServeSession(opened.model, opened.tokenizer, opened.lenses, model_spec,
-                        evals=evals_for(reports, list(opened.lenses)), max_tokens=max_tokens)
+    opened = open_model_and_lenses(
+        model_spec, resolved, dtype=dtype, device=device, tokenizer=tokenizer, strict=strict
+    )
+    return ServeSession(
+        opened.model,
+        opened.tokenizer,
+        opened.lenses,
+        model_spec,
+        evals=evals_for(reports, list(opened.lenses)),
+        max_tokens=max_tokens,
+    )
 
 
-def run(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[str] = (), *,
-                host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False,
-                on_ready=None, **options) -> None:  # fmt: skip
+def run(
+    model_spec: str,
+    lenses: Sequence[str] = (),
+    evals: Sequence[str] = (),
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    allow_remote: bool = False,
+    on_ready=None,
+    **options,
+) -> None:
     """What ``tunedlens serve`` does: check the host and port, load (see :func:`build_session`), serve.
 
     The port is bound once the arguments are checked and before the model loads, so a busy port
@@ -53,7 +76,11 @@ def run(model_spec: str, lenses: Sequence[str] = (), evals: Sequence[str] = (), 
     bound: list[socket.socket] = []
     try:
         session = build_session(
-            model_spec, lenses, evals, on_checked=lambda: bound.append(bind_port(host, port)), **options
+            model_spec,
+            lenses,
+            evals,
+            on_checked=lambda: bound.append(bind_port(host, port)),
+            **options,
         )
         if on_ready is not None:
             on_ready(f"http://{f'[{host}]' if ':' in host else host}:{port}/")

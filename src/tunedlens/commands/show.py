@@ -15,10 +15,22 @@ from tunedlens.view.notebook import Lensed
 FIGURE_SUFFIXES = (".html", ".png")
 
 
-def run(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: str = "entropy",
-             compare: str | None = None, out: str | Path = "lens.html", stride: int = 1,
-             last: int | None = None, dtype: str = "float32", device: str | None = None,
-             tokenizer: str | None = None, strict: bool = True, points: str | None = None) -> Path:  # fmt: skip
+def run(
+    model_spec: str,
+    prompt: str,
+    *,
+    lenses: Sequence[str] = (),
+    stat: str = "entropy",
+    compare: str | None = None,
+    out: str | Path = "lens.html",
+    stride: int = 1,
+    last: int | None = None,
+    dtype: str = "float32",
+    device: str | None = None,
+    tokenizer: str | None = None,
+    strict: bool = True,
+    points: str | None = None,
+) -> Path:
     """Draw PROMPT's trajectory through the logit lens and each of ``lenses`` into ``out``.
 
     Args:
@@ -46,8 +58,15 @@ def run(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: str =
         raise InputError(f"--stride must be an integer >= 1, got {stride!r}")
     if last is not None and last < 1:
         raise InputError(f"--last must be an integer >= 1, got {last!r}")
-    opened = open_model_and_lenses(model_spec, lenses, dtype=dtype, device=device,
-                                   tokenizer=tokenizer, strict=strict, points=points)
+    opened = open_model_and_lenses(
+        model_spec,
+        lenses,
+        dtype=dtype,
+        device=device,
+        tokenizer=tokenizer,
+        strict=strict,
+        points=points,
+    )
     viewer = Lensed(opened.model, opened.tokenizer)
     chosen = opened.lenses
 
@@ -58,14 +77,20 @@ def run(model_spec: str, prompt: str, *, lenses: Sequence[str] = (), stat: str =
         return trajectory.stride(stride)
 
     trajectories = [view(prompt, lens) for lens in chosen.values()]
-    labels = [f"{lens.kind} lens" if name == lens.kind else f"{lens.kind} lens {name}"
-              for name, lens in chosen.items()]  # fmt: skip
+    labels = [
+        f"{lens.kind} lens" if name == lens.kind else f"{lens.kind} lens {name}"
+        for name, lens in chosen.items()
+    ]
     if compare is None:
         stats = [t.stat(name) for name in names for t in trajectories]
-        titles = [f"{label}: {s.name} ({s.units})"
-                  for s, label in zip(stats, [lb for _ in names for lb in labels], strict=True)]  # fmt: skip
+        titles = [
+            f"{label}: {s.name} ({s.units})"
+            for s, label in zip(stats, [lb for _ in names for lb in labels], strict=True)
+        ]
     else:
         others = [view(compare, lens) for lens in chosen.values()]
-        stats = [first.difference(second) for first, second in zip(trajectories, others, strict=True)]
+        stats = [
+            first.difference(second) for first, second in zip(trajectories, others, strict=True)
+        ]
         titles = [f"{label}: JS divergence between the two prompts (bits)" for label in labels]
     return save(stats, out, titles, columns=len(chosen), title=f"{model_spec}: {prompt!r}")

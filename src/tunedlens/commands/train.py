@@ -47,8 +47,14 @@ def config_from_options(recipe: str, given: dict) -> TrainConfig:
     return recipe_config(recipe, explicit=given)
 
 
-def check_out(out: Path, resume: bool, *, force: bool = False, checkpoint_every: int | None = None,
-              sources: Sequence[Path] = ()) -> None:
+def check_out(
+    out: Path,
+    resume: bool,
+    *,
+    force: bool = False,
+    checkpoint_every: int | None = None,
+    sources: Sequence[Path] = (),
+) -> None:
     """Refuse, before any work, an ``--out`` that cannot be written or holds another run."""
     check_out_target(out, RUN_OUTPUT, sources=sources)  # files of others: refused first
     if not (resume or force) and any((out / name).exists() for name in WEIGHT_FILES):
@@ -56,8 +62,15 @@ def check_out(out: Path, resume: bool, *, force: bool = False, checkpoint_every:
             f"{out} already holds a lens; choose another --out, or pass --force to replace it "
             "(nothing was overwritten)."
         )
-    check_resume(out, RUN_OUTPUT, checkpoints=CHECKPOINT_NAME, resume=resume, force=force,
-                 checkpoint_every=checkpoint_every, sources=sources)
+    check_resume(
+        out,
+        RUN_OUTPUT,
+        checkpoints=CHECKPOINT_NAME,
+        resume=resume,
+        force=force,
+        checkpoint_every=checkpoint_every,
+        sources=sources,
+    )
 
 
 def _log_writer(out: Path, extra: Callable[[StepStats], None] | None, loggers=()):
@@ -133,13 +146,28 @@ def run(
         )
     started = time.perf_counter()
     # Built first: mid points of a parallel-block family are refused before any data is packed.
-    lens = TunedLens.from_model(model, translator=config.translator, rank=config.rank,
-                                use_temperature=config.use_temperature, seed=config.seed,
-                                points=config.points)  # fmt: skip
+    lens = TunedLens.from_model(
+        model,
+        translator=config.translator,
+        rank=config.rank,
+        use_temperature=config.use_temperature,
+        seed=config.seed,
+        points=config.points,
+    )
     budget = None
     if config.time_budget_s is not None:
-        config, budget = fit_time_budget(model, tokenizer, config, out, resume, world, status,
-                                     begun=begun, data=spec, text_column=text_column)  # fmt: skip
+        config, budget = fit_time_budget(
+            model,
+            tokenizer,
+            config,
+            out,
+            resume,
+            world,
+            status,
+            begun=begun,
+            data=spec,
+            text_column=text_column,
+        )
     status(f"packing {config.tokens:,} training tokens from {spec}")
     plan = plan_data(tokenizer, config, data=spec, val_data=val_data, text_column=text_column)
     # A run replacing an earlier one (--force) works beside it and takes its place once done,

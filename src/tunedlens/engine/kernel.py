@@ -83,11 +83,19 @@ class FinalChunk:
         """
         n, device = next_ids.shape[0], next_ids.device
         zeros = torch.zeros(n, dtype=torch.float64, device=device)
-        return cls(probs=None, top=torch.zeros(n, dtype=torch.long, device=device),
-                   next_ids=next_ids, entropy=zeros, cross_entropy=zeros, centred_norm=zeros + 1,
-                   probs_dot_weight=torch.zeros(n, d_model, dtype=torch.float64, device=device),
-                   probs_dot_bias=zeros, centred_dot_weight=None, centred_dot_bias=None,
-                   centred=None)  # fmt: skip
+        return cls(
+            probs=None,
+            top=torch.zeros(n, dtype=torch.long, device=device),
+            next_ids=next_ids,
+            entropy=zeros,
+            cross_entropy=zeros,
+            centred_norm=zeros + 1,
+            probs_dot_weight=torch.zeros(n, d_model, dtype=torch.float64, device=device),
+            probs_dot_bias=zeros,
+            centred_dot_weight=None,
+            centred_dot_bias=None,
+            centred=None,
+        )
 
     def repeat(self, times: int, *, with_probs: bool) -> FinalChunk:
         """The same positions ``times`` over (``(times · n, ...)``), to read several rows at once.
@@ -103,13 +111,18 @@ class FinalChunk:
             return tensor.repeat(*[times if d == dim else 1 for d in range(tensor.dim())])
 
         return FinalChunk(
-            probs=tile(self.probs) if with_probs else self.probs, top=tile(self.top),
-            next_ids=tile(self.next_ids), entropy=tile(self.entropy),
-            cross_entropy=tile(self.cross_entropy), centred_norm=tile(self.centred_norm),
-            probs_dot_weight=tile(self.probs_dot_weight), probs_dot_bias=tile(self.probs_dot_bias),
+            probs=tile(self.probs) if with_probs else self.probs,
+            top=tile(self.top),
+            next_ids=tile(self.next_ids),
+            entropy=tile(self.entropy),
+            cross_entropy=tile(self.cross_entropy),
+            centred_norm=tile(self.centred_norm),
+            probs_dot_weight=tile(self.probs_dot_weight),
+            probs_dot_bias=tile(self.probs_dot_bias),
             centred_dot_weight=tile(self.centred_dot_weight),
-            centred_dot_bias=tile(self.centred_dot_bias), centred=tile(self.centred, 1),
-        )  # fmt: skip
+            centred_dot_bias=tile(self.centred_dot_bias),
+            centred=tile(self.centred, 1),
+        )
 
 
 @dataclass
@@ -248,8 +261,13 @@ class BlockedHead:
 
     def _per_worker(self, n: int, work: Callable[[slice], tuple]) -> list[tuple]:
         """``work`` on contiguous shares of ``n`` positions, one per worker thread, in order."""
-        return per_worker(n, work, workers=self.workers, on_cpu=self.weight.device.type == "cpu",
-                          limit_blas=self.numpy_matmul)  # fmt: skip
+        return per_worker(
+            n,
+            work,
+            workers=self.workers,
+            on_cpu=self.weight.device.type == "cpu",
+            limit_blas=self.numpy_matmul,
+        )
 
     def _product(self, left: torch.Tensor, right: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out = left @ right`` in float32 (either may be a low-precision weight slice)."""
@@ -328,15 +346,21 @@ class BlockedHead:
         )
         if not self.linear:
             return FinalChunk(
-                **common, probs_dot_weight=None, centred=centred, centred_dot_weight=None,
+                **common,
+                probs_dot_weight=None,
+                centred=centred,
+                centred_dot_weight=None,
                 centred_dot_bias=None,
-            )  # fmt: skip
+            )
         probs_dot_weight = self._probs_dot_weight(probs)
         if not self.cosine:
             return FinalChunk(
-                **common, probs_dot_weight=probs_dot_weight, centred=None,
-                centred_dot_weight=None, centred_dot_bias=None,
-            )  # fmt: skip
+                **common,
+                probs_dot_weight=probs_dot_weight,
+                centred=None,
+                centred_dot_weight=None,
+                centred_dot_bias=None,
+            )
         # Wᵀz = s (G u + Wᵀb) and Wᵀ1: no second product with the vocabulary.
         u = inputs.double()
         weight_dot_logits = u @ self.gram
@@ -349,9 +373,12 @@ class BlockedHead:
             logits_dot_bias = self.multiplier * (u @ self.weight_dot_bias + self.bias_square)
             centred_dot_bias = logits_dot_bias - mean * self.bias_sum
         return FinalChunk(
-            **common, probs_dot_weight=probs_dot_weight, centred=None,
-            centred_dot_weight=centred_dot_weight, centred_dot_bias=centred_dot_bias,
-        )  # fmt: skip
+            **common,
+            probs_dot_weight=probs_dot_weight,
+            centred=None,
+            centred_dot_weight=centred_dot_weight,
+            centred_dot_bias=centred_dot_bias,
+        )
 
     def _softmax_rows(self, logits: torch.Tensor, next_ids: torch.Tensor, rows: slice) -> tuple:
         """Softmax of ``logits[rows]`` in place, a few rows at a time while they are in cache.
@@ -419,7 +446,9 @@ class BlockedHead:
         parts = self._per_worker(
             inputs.shape[0], lambda rows: self._fold(inputs, final, scale, rows, extras)
         )
-        folded = [torch.cat(values, -1) for values in zip(*(part[0] for part in parts), strict=True)]
+        folded = [
+            torch.cat(values, -1) for values in zip(*(part[0] for part in parts), strict=True)
+        ]
         (top, total, weighted, above, dot_probs, dot_centred, sums, squares) = folded
         gathered = torch.cat([part[1] for part in parts], -1)  # (2 + m, n)
         lse = top.double() + total.log()
@@ -474,7 +503,9 @@ class BlockedHead:
         picked = [index for index, need in enumerate(wanted) if need]
         gathered = torch.zeros(len(ids), inputs_t.shape[1], device=inputs.device)
         if picked:
-            gathered[picked] = self._logits_at(inputs_t, torch.stack([ids[i] for i in picked]), scale)
+            gathered[picked] = self._logits_at(
+                inputs_t, torch.stack([ids[i] for i in picked]), scale
+            )
         which = [0] * extras.rank_model + [1] * extras.rank_target + list(range(2, len(ids)))
         ranked = gathered[which]
         # Logits within float32 round-off of a ranked token's count as ties (in the token's
@@ -634,7 +665,11 @@ def _merge_top(block, start: int, block_max, top_values, top_ids) -> None:
 
 
 def fold_block(
-    block: torch.Tensor, thresholds: torch.Tensor, out: _Blockwise, index: int, scratch: torch.Tensor
+    block: torch.Tensor,
+    thresholds: torch.Tensor,
+    out: _Blockwise,
+    index: int,
+    scratch: torch.Tensor,
 ) -> None:
     """Reduce one ``(rows, n)`` block of logits into row ``index`` of ``out``.
 

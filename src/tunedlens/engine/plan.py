@@ -19,8 +19,9 @@ def check_rows(rows, output_row: int) -> list[Row]:
     checked: list[Row] = []
     for row in rows:
         pair = row if isinstance(row, tuple) else (row,)
-        if not pair or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= output_row
-                               for r in pair):  # fmt: skip
+        if not pair or not all(
+            isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= output_row for r in pair
+        ):
             raise OutOfRange(
                 f"row {row!r} is outside 0..{output_row} (0 = embeddings, {output_row} = the output "
                 "row); pass layer indices of this model"
@@ -80,7 +81,9 @@ def _as_ids(input_ids, attention_mask):
     return ids, attention_mask
 
 
-def make_plan(model, lens: Lens, input_ids, states, attention_mask, positions, targets, tokens) -> Plan:
+def make_plan(
+    model, lens: Lens, input_ids, states, attention_mask, positions, targets, tokens
+) -> Plan:
     """The cells to read and their states, running the model unless ``states`` are given."""
     if input_ids is None and states is None:
         raise InputError("pass input_ids (token ids) or states (residuals) to read")
@@ -98,21 +101,33 @@ def make_plan(model, lens: Lens, input_ids, states, attention_mask, positions, t
                 f"{lens.points} points), got {len(hidden)}"
             )
         if isinstance(states, Residuals) and states.points != lens.points:
-            raise InputError(f"the states hold {states.points} points, the lens reads {lens.points} points")
+            raise InputError(
+                f"the states hold {states.points} points, the lens reads {lens.points} points"
+            )
         hidden = [h if h.dim() == 3 else h.unsqueeze(0) for h in hidden]
         d_model = lens.unembed.d_model
         for row, state in enumerate(hidden):
-            if state.dim() != 3 or state.shape[-1] != d_model or state.shape[:2] != hidden[0].shape[:2]:
+            if (
+                state.dim() != 3
+                or state.shape[-1] != d_model
+                or state.shape[:2] != hidden[0].shape[:2]
+            ):
                 raise InputError(
                     f"states[{row}] has shape {tuple(state.shape)}; every state must be "
                     f"(batch, seq, {d_model}) (the model's width) with the same batch and seq"
                 )
         batch, seq = hidden[0].shape[:2]
         if ids is not None and tuple(ids.shape) != (batch, seq):
-            raise InputError(f"input_ids {tuple(ids.shape)} do not match the states' {(batch, seq)}")
+            raise InputError(
+                f"input_ids {tuple(ids.shape)} do not match the states' {(batch, seq)}"
+            )
     else:
         batch, seq = ids.shape
-    mask = torch.ones(batch, seq, dtype=torch.bool) if attention_mask is None else attention_mask.bool().cpu()
+    mask = (
+        torch.ones(batch, seq, dtype=torch.bool)
+        if attention_mask is None
+        else attention_mask.bool().cpu()
+    )
     lengths = mask.sum(1)
     if int(lengths.min()) == 0:
         raise InputError("a sequence has no tokens (its attention mask is all zeros)")
@@ -133,13 +148,23 @@ def make_plan(model, lens: Lens, input_ids, states, attention_mask, positions, t
         # Only the requested positions' states are kept (gathered inside the hooks).
         gather = grid.clamp_min(0)
         residuals = collect_residuals(
-            model, ids.to(lens.unembed.device), attention_mask=None if attention_mask is None
-            else attention_mask.to(lens.unembed.device), arch=lens.unembed.arch,
-            positions=gather, with_logits=False, points=lens.points,
-        )  # fmt: skip
+            model,
+            ids.to(lens.unembed.device),
+            attention_mask=None
+            if attention_mask is None
+            else attention_mask.to(lens.unembed.device),
+            arch=lens.unembed.arch,
+            positions=gather,
+            with_logits=False,
+            points=lens.points,
+        )
         hidden, columns = list(residuals.hidden), torch.arange(grid.shape[1]).expand_as(grid)
         targets_cols = next_ids.gather(1, gather)
-        token_grid = None if token_grid is None else token_grid.gather(1, gather[..., None].expand(-1, -1, token_grid.shape[-1]))
+        token_grid = (
+            None
+            if token_grid is None
+            else token_grid.gather(1, gather[..., None].expand(-1, -1, token_grid.shape[-1]))
+        )
     else:
         columns, targets_cols = grid.clamp_min(0), next_ids
     targets_grid = torch.where(grid >= 0, next_ids.gather(1, grid.clamp_min(0)), -1)
@@ -160,7 +185,11 @@ def _grid_positions(positions, index: list[torch.Tensor]) -> torch.Tensor:
     grid = torch.empty(len(index), len(wanted), dtype=torch.long)
     for b, where in enumerate(index):
         for column, position in enumerate(wanted):
-            if isinstance(position, bool) or not isinstance(position, int) or not -len(where) <= position < len(where):
+            if (
+                isinstance(position, bool)
+                or not isinstance(position, int)
+                or not -len(where) <= position < len(where)
+            ):
                 raise OutOfRange(
                     f"position {position!r} is outside the {len(where)} tokens of sequence {b}; "
                     f"use 0..{len(where) - 1}, or -1 for the last token"
@@ -178,7 +207,9 @@ def _token_grid(tokens, batch: int, seq: int, vocab: int) -> torch.Tensor | None
     if grid.dim() == 2:
         grid = grid[:, None, :].expand(batch, seq, grid.shape[-1])
     if grid.dim() != 3 or tuple(grid.shape[:2]) != (batch, seq):
-        raise InputError(f"tokens must be (m,), (batch, m) or (batch, seq, m), got {tuple(torch.as_tensor(tokens).shape)}")
+        raise InputError(
+            f"tokens must be (m,), (batch, m) or (batch, seq, m), got {tuple(torch.as_tensor(tokens).shape)}"
+        )
     if grid.numel() and (int(grid.min()) < -1 or int(grid.max()) >= vocab):
         raise InputError(f"tokens must lie in 0..{vocab - 1} (-1: none)")
     return grid

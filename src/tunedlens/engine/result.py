@@ -58,9 +58,14 @@ class LensReadout:
             return tensor if positions is None else tensor[:, :, positions]
 
         changes = {name: pick(getattr(self, name)) for name in _GRIDS}
-        scales = self.scales if rows is None else tuple(self.scales[i] for i in _indices(rows, len(self.scales)))
-        return replace(self, values={k: pick(v) for k, v in self.values.items()}, scales=scales,
-                       **changes)  # fmt: skip
+        scales = (
+            self.scales
+            if rows is None
+            else tuple(self.scales[i] for i in _indices(rows, len(self.scales)))
+        )
+        return replace(
+            self, values={k: pick(v) for k, v in self.values.items()}, scales=scales, **changes
+        )
 
 
 _KERNEL_RESULT = {
@@ -119,23 +124,32 @@ class Readout:
         ``"i@j"`` is the lens's row ``i`` read on the states of row ``j`` (a transfer).
         """
         label = lambda row: row_label(self.points, row, self.n_blocks)  # noqa: E731
-        return [f"{label(row[1])}@{label(row[0])}" if isinstance(row, tuple) else label(row)
-                for row in self.rows]  # fmt: skip
+        return [
+            f"{label(row[1])}@{label(row[0])}" if isinstance(row, tuple) else label(row)
+            for row in self.rows
+        ]
 
     def __getitem__(self, name: str) -> LensReadout:
         if name not in self.lenses:
-            raise KeyError(f"no lens named {name!r} in this readout; it has {', '.join(self.lenses)}")
+            raise KeyError(
+                f"no lens named {name!r} in this readout; it has {', '.join(self.lenses)}"
+            )
         return self.lenses[name]
 
     def take(self, rows=None, positions=None) -> Readout:
         """The readout restricted to some row and/or position indices (slices or lists)."""
         pick = lambda t: t if positions is None else t[:, positions]  # noqa: E731
-        kept_rows = self.rows if rows is None else [self.rows[i] for i in _indices(rows, len(self.rows))]
+        kept_rows = (
+            self.rows if rows is None else [self.rows[i] for i in _indices(rows, len(self.rows))]
+        )
         return replace(
-            self, rows=kept_rows, positions=pick(self.positions), targets=pick(self.targets),
+            self,
+            rows=kept_rows,
+            positions=pick(self.positions),
+            targets=pick(self.targets),
             model={k: pick(v) for k, v in self.model.items()},
             lenses={k: v.take(rows, positions) for k, v in self.lenses.items()},
-        )  # fmt: skip
+        )
 
 
 @dataclass
@@ -170,8 +184,9 @@ class Grids:
             scales=[1.0] * n_rows,
         )
 
-    def write(self, row: int, where, result: dict, has_target, inputs, scale, buffer,
-              tokens) -> None:  # fmt: skip
+    def write(
+        self, row: int, where, result: dict, has_target, inputs, scale, buffer, tokens
+    ) -> None:
         """Write one row's kernel results for the cells ``where`` (sequence, state, column)."""
         b, c = where[:, 0], where[:, 2]
         for name, grid in self.values.items():
@@ -184,7 +199,9 @@ class Grids:
             self.top_probs[b, row, c] = result["top_probs"].cpu()
         if self.token_logprobs is not None:
             missing = (tokens < 0).T.cpu()  # -1: no token asked for in this cell
-            self.token_logprobs[b, row, c] = result["token_logprob"].cpu().masked_fill(missing, torch.nan)
+            self.token_logprobs[b, row, c] = (
+                result["token_logprob"].cpu().masked_fill(missing, torch.nan)
+            )
             self.token_ranks[b, row, c] = result["token_rank"].cpu().masked_fill(missing, torch.nan)
         if self.logprobs is not None:
             self.logprobs[b, row, c] = buffer.cpu()
@@ -195,7 +212,14 @@ class Grids:
     def finish(self, name: str, lens: Lens) -> LensReadout:
         """The filled grids as the lens's :class:`LensReadout`."""
         return LensReadout(
-            name=name, kind=lens.kind, values=self.values, top_ids=self.top_ids,
-            top_probs=self.top_probs, token_logprobs=self.token_logprobs, token_ranks=self.token_ranks,
-            logprobs=self.logprobs, inputs=self.inputs, scales=tuple(self.scales),
-        )  # fmt: skip
+            name=name,
+            kind=lens.kind,
+            values=self.values,
+            top_ids=self.top_ids,
+            top_probs=self.top_probs,
+            token_logprobs=self.token_logprobs,
+            token_ranks=self.token_ranks,
+            logprobs=self.logprobs,
+            inputs=self.inputs,
+            scales=tuple(self.scales),
+        )

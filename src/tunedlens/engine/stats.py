@@ -36,7 +36,9 @@ STATS: dict[str, StatInfo] = {
     "entropy": StatInfo("entropy", "bits", "entropy of the prediction", NATS_TO_BITS),
     "kl": StatInfo("KL to the model", "bits", "KL(model output ‖ lens)", NATS_TO_BITS),
     "ce": StatInfo(
-        "cross-entropy", "bits", "cross-entropy to the target token (default: the next token)",
+        "cross-entropy",
+        "bits",
+        "cross-entropy to the target token (default: the next token)",
         NATS_TO_BITS,
     ),
     "max-prob": StatInfo(

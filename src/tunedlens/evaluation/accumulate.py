@@ -26,7 +26,11 @@ class LayerAccumulator:
         self.calibration = torch.zeros(n_rows, ECE_BINS, 3, dtype=torch.float64)
 
     def add(
-        self, row: int, sequence: torch.Tensor, stats: dict[str, torch.Tensor], has_next: torch.Tensor
+        self,
+        row: int,
+        sequence: torch.Tensor,
+        stats: dict[str, torch.Tensor],
+        has_next: torch.Tensor,
     ) -> None:
         """Add one batch's ``(n,)`` readout statistics (see ``EVAL_STATS``).
 

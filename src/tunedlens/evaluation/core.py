@@ -108,7 +108,9 @@ def evaluate(
         raise InputError(f"the lens name {BASELINE!r} is reserved for the logit-lens baseline")
     if batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    all_lenses = align_points({BASELINE: LogitLens(model), **named}, model)  # mid lenses: mid baseline
+    all_lenses = align_points(
+        {BASELINE: LogitLens(model), **named}, model
+    )  # mid lenses: mid baseline
     baseline = all_lenses[BASELINE]
     output_row = baseline.output_row
     rows = _row_plan(output_row, layers)
@@ -124,10 +126,19 @@ def evaluate(
     for first in range(0, n_sequences, batch_size):
         ids = tokens[first : first + batch_size]
         sequence = torch.arange(first, first + ids.shape[0])[:, None].expand(ids.shape).flatten()
-        result = readout(model, all_lenses, ids, rows=rows, stats=EVAL_STATS, top_k=0,
-                         memory_budget=memory_budget)  # fmt: skip
+        result = readout(
+            model,
+            all_lenses,
+            ids,
+            rows=rows,
+            stats=EVAL_STATS,
+            top_k=0,
+            memory_budget=memory_budget,
+        )
         has_next = result.targets.flatten() >= 0
-        model_acc["ce"].index_add_(0, sequence, result.model["ce"].flatten().nan_to_num(0.0).double())
+        model_acc["ce"].index_add_(
+            0, sequence, result.model["ce"].flatten().nan_to_num(0.0).double()
+        )
         model_acc["entropy"].index_add_(0, sequence, result.model["entropy"].flatten().double())
         for name in all_lenses:
             grids = result[name]
@@ -139,9 +150,18 @@ def evaluate(
         if progress is not None:
             progress(min(first + batch_size, n_sequences) * seq_len, n_sequences * seq_len)
     metrics = _summarise(
-        model, all_lenses, rows, accumulators, model_acc, transfers, tokens, tokenizer,
-        bootstrap=bootstrap, seed=seed, model_name=model_name,
-    )  # fmt: skip
+        model,
+        all_lenses,
+        rows,
+        accumulators,
+        model_acc,
+        transfers,
+        tokens,
+        tokenizer,
+        bootstrap=bootstrap,
+        seed=seed,
+        model_name=model_name,
+    )
     metrics["elapsed_s"] = time.perf_counter() - started
     report = EvalReport(metrics)
     if prompts is not None:
@@ -155,8 +175,9 @@ def _add_transfer(matrix, model, lens, ids, memory_budget) -> None:
     """KL sums of translator ``i`` applied to layer ``j``'s states, into ``matrix[i, j]``."""
     n_rows = matrix.shape[0]
     pairs = [(target, source) for source in range(n_rows) for target in range(n_rows)]
-    result = readout(model, {"lens": lens}, ids, rows=pairs, stats=("kl",), top_k=0,
-                     memory_budget=memory_budget)  # fmt: skip
+    result = readout(
+        model, {"lens": lens}, ids, rows=pairs, stats=("kl",), top_k=0, memory_budget=memory_budget
+    )
     sums = result["lens"]["kl"].double().sum((0, 2))
     for (target, source), value in zip(pairs, sums.tolist(), strict=True):
         matrix[source, target] += value
@@ -191,8 +212,20 @@ def _lens_summary(acc: LayerAccumulator, n_bytes, *, bootstrap: int, seed: int) 
     return entry
 
 
-def _summarise(model, lenses, rows, accumulators, model_acc, transfers, tokens, tokenizer,
-               *, bootstrap, seed, model_name) -> dict:  # fmt: skip
+def _summarise(
+    model,
+    lenses,
+    rows,
+    accumulators,
+    model_acc,
+    transfers,
+    tokens,
+    tokenizer,
+    *,
+    bootstrap,
+    seed,
+    model_name,
+) -> dict:
     n_bytes = _bytes_per_sequence(tokens, tokenizer)
     n_sequences, seq_len = tokens.shape
     ce_tokens = n_sequences * (seq_len - 1)

@@ -23,13 +23,33 @@ REPORT_OUTPUT = OutputKind(
 )
 """Every file :func:`save_report` may write: what ``eval --force`` may replace."""
 RECORD_COLUMNS = [
-    "prompt_id", "lens", "layer", "position", "token", "top1_token", "top1_prob",
-    "answer_rank", "answer_prob", "kl_bits", "entropy_bits",
-]  # fmt: skip
+    "prompt_id",
+    "lens",
+    "layer",
+    "position",
+    "token",
+    "top1_token",
+    "top1_prob",
+    "answer_rank",
+    "answer_prob",
+    "kl_bits",
+    "entropy_bits",
+]
 NEXT_TOKEN_COLUMNS = [
-    "prompt_id", "category", "lens", "layer", "answer", "top1_token", "top1_prob",
-    "answer_rank", "answer_prob", "kl_bits", "entropy_bits", "cos_to_final", "copy_collapse",
-]  # fmt: skip
+    "prompt_id",
+    "category",
+    "lens",
+    "layer",
+    "answer",
+    "top1_token",
+    "top1_prob",
+    "answer_rank",
+    "answer_prob",
+    "kl_bits",
+    "entropy_bits",
+    "cos_to_final",
+    "copy_collapse",
+]
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -66,11 +86,15 @@ def summary_markdown(metrics: dict) -> str:
         "KL(model ‖ lens) in bits, then cross-entropy to the next token in bits, then top-1 "
         "agreement with the model.",
         "",
-        "| row | " + " | ".join(f"KL {n}" for n in names) + " | "
-        + " | ".join(f"CE {n}" for n in names) + " | "
-        + " | ".join(f"top-1 {n}" for n in names) + " |",
+        "| row | "
+        + " | ".join(f"KL {n}" for n in names)
+        + " | "
+        + " | ".join(f"CE {n}" for n in names)
+        + " | "
+        + " | ".join(f"top-1 {n}" for n in names)
+        + " |",
         "| ---: |" + " ---: |" * (3 * len(names)),
-    ]  # fmt: skip
+    ]
     for index, label in enumerate(row_labels(metrics)):
         cells = [f"{metrics['lenses'][n]['kl_bits'][index]:.3f}" for n in names]
         cells += [f"{metrics['lenses'][n]['ce_bits'][index]:.3f}" for n in names]
@@ -80,8 +104,11 @@ def summary_markdown(metrics: dict) -> str:
         sum(metrics["lenses"][n]["kl_bits"][:-1]) / max(1, len(metrics["layers"]) - 1)
         for n in names
     ]
-    lines += ["", "Mean KL over the rows before the output row: "
-              + ", ".join(f"{n} {m:.3f} bits" for n, m in zip(names, means, strict=True))]  # fmt: skip
+    lines += [
+        "",
+        "Mean KL over the rows before the output row: "
+        + ", ".join(f"{n} {m:.3f} bits" for n, m in zip(names, means, strict=True)),
+    ]
     prompts = metrics.get("prompts")
     if prompts:
         lines += [

@@ -121,11 +121,23 @@ def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) 
     answer_logprobs = []
     for item in encoded.usable:
         ids = torch.tensor([item.input_ids])
-        states = collect_residuals(model, ids.to(device), arch=arch, with_logits=False, points=first.points)
-        rows = readout(model, lenses, ids, states=states, stats=SUITE_STATS, top_k=1,
-                       tokens=[item.answer_id])  # fmt: skip
-        output = readout(model, lenses, ids, states=states, rows=[output_row], positions=-1,
-                         stats=(), top_k=0, logprobs=True)  # fmt: skip
+        states = collect_residuals(
+            model, ids.to(device), arch=arch, with_logits=False, points=first.points
+        )
+        rows = readout(
+            model, lenses, ids, states=states, stats=SUITE_STATS, top_k=1, tokens=[item.answer_id]
+        )
+        output = readout(
+            model,
+            lenses,
+            ids,
+            states=states,
+            rows=[output_row],
+            positions=-1,
+            stats=(),
+            top_k=0,
+            logprobs=True,
+        )
         answer_logprobs.append(output[next(iter(lenses))].logprobs[0, 0, 0])
         tokens = [tokenizer.decode([token]) for token in item.input_ids]
         for name in lenses:
@@ -204,7 +216,10 @@ def _lens_kpis(prompts: list[dict], output_row: int) -> dict:
     first = {
         f"rank_le_{k}": [_first(r, lambda v, k=k: v <= k) for r in ranks] for k in RANK_THRESHOLDS
     }
-    first |= {f"kl_le_{t}": [_first(series, lambda v, t=t: v <= t) for series in kl] for t in KL_THRESHOLDS}  # fmt: skip
+    first |= {
+        f"kl_le_{t}": [_first(series, lambda v, t=t: v <= t) for series in kl]
+        for t in KL_THRESHOLDS
+    }
     flags = [p["copy"] for p in prompts]
     cos = torch.stack([p["cos"] for p in prompts]).mean(0)
     return {

@@ -61,13 +61,22 @@ def _headline(metrics: dict, name: str) -> dict:
         )
     kl = [x for x in lenses[key].get("kl_bits", []) if x is not None]
     gates = metrics.get("gates", {}).get(key, {})
-    return {"mean_kl_bits": sum(kl) / len(kl) if kl else None, "eval_tokens": metrics.get("tokens"),
-            "gates": {gate: bool(result.get("pass")) for gate, result in sorted(gates.items())}}  # fmt: skip
+    return {
+        "mean_kl_bits": sum(kl) / len(kl) if kl else None,
+        "eval_tokens": metrics.get("tokens"),
+        "gates": {gate: bool(result.get("pass")) for gate, result in sorted(gates.items())},
+    }
 
 
-def package_lenses(lens_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                   evals: dict[str, str | os.PathLike] | None = None, update: bool = False,
-                   license: str = "apache-2.0", title: str = "Lenses") -> Path:  # fmt: skip
+def package_lenses(
+    lens_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    evals: dict[str, str | os.PathLike] | None = None,
+    update: bool = False,
+    license: str = "apache-2.0",
+    title: str = "Lenses",
+) -> Path:
     """Build (or, with ``update``, extend) a lens collection tree at ``out``.
 
     Every lens is staged beside its folder before any folder is replaced, so a lens may be
@@ -119,11 +128,15 @@ def package_lenses(lens_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
             )
         rel = f"{LENSES_DIR}/{record['model']}/{name}"
         if rel in staged:
-            raise CollectionError(f"two lenses would be packaged at {rel}: {staged[rel][2]} and {lens_dir}; rename one directory.")
+            raise CollectionError(
+                f"two lenses would be packaged at {rel}: {staged[rel][2]} and {lens_dir}; rename one directory."
+            )
         staged[rel] = (record, files, lens_dir)
     unknown = set(evals) - {Path(rel).name for rel in staged}
     if unknown:
-        raise CollectionError(f"--eval names {sorted(unknown)}, which are not among the packaged lenses.")
+        raise CollectionError(
+            f"--eval names {sorted(unknown)}, which are not among the packaged lenses."
+        )
     kinds = {rel: _packaged(index, rel) for rel in staged}
     for rel, (_record, _files, source) in staged.items():
         target = out / rel
@@ -197,31 +210,57 @@ def _stage_lens(staging: Path, rel: str, record: dict, files: list[Path], evals:
 
 def _lens_card(rel: str, record: dict) -> str:
     lines = [f"# {rel.split('/')[-1]}", "", f"A {record['kind']} lens for `{record['model']}`.", ""]
-    for key in ("format", "translator", "n_prompts", "data", "data_content_hash", "package_version"):
+    for key in (
+        "format",
+        "translator",
+        "n_prompts",
+        "data",
+        "data_content_hash",
+        "package_version",
+    ):
         if record.get(key) is not None:
             lines.append(f"- {key}: `{record[key]}`")
     metrics = record.get("metrics")
     if metrics:
         lines.append(f"- mean KL to the model: {metrics['mean_kl_bits']:.3f} bits")
     location = f"hf:datasets/ORG/REPO/{rel}"
-    lines += ["", f"Load it with `tunedlens predict MODEL PROMPT --lens {location}` (your repository).", ""]
+    lines += [
+        "",
+        f"Load it with `tunedlens predict MODEL PROMPT --lens {location}` (your repository).",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _dataset_card(index: dict, license: str, title: str) -> str:
     models = sorted({entry["model"] for entry in index["lenses"].values()})
-    lines = ["---", f"license: {license}", "tags:", "- interpretability", "- tuned-lens",
-             "- jacobian-lens", "configs: []", "---", "", f"# {title}", "",
-             f"{len(index['lenses'])} lenses for {len(models)} model(s), packaged with tunedlens. "
-             f"`{INDEX_NAME}` lists every file with its sha256 and size; check a download with "
-             "`tunedlens hub verify`.", "",
-             "| model | lens | kind | mean KL (bits) | gates A–D |", "| --- | --- | --- | ---: | --- |"]  # fmt: skip
+    lines = [
+        "---",
+        f"license: {license}",
+        "tags:",
+        "- interpretability",
+        "- tuned-lens",
+        "- jacobian-lens",
+        "configs: []",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        f"{len(index['lenses'])} lenses for {len(models)} model(s), packaged with tunedlens. "
+        f"`{INDEX_NAME}` lists every file with its sha256 and size; check a download with "
+        "`tunedlens hub verify`.",
+        "",
+        "| model | lens | kind | mean KL (bits) | gates A–D |",
+        "| --- | --- | --- | ---: | --- |",
+    ]
     for rel, entry in sorted(index["lenses"].items()):
         metrics = entry.get("metrics", {})
         kl = metrics.get("mean_kl_bits")
         gates = " ".join(f"{g}{'✓' if ok else '✗'}" for g, ok in metrics.get("gates", {}).items())
-        lines.append(f"| `{entry['model']}` | `{rel.split('/')[-1]}` | {entry['kind']} | "
-                     f"{'' if kl is None else f'{kl:.3f}'} | {gates} |")  # fmt: skip
+        lines.append(
+            f"| `{entry['model']}` | `{rel.split('/')[-1]}` | {entry['kind']} | "
+            f"{'' if kl is None else f'{kl:.3f}'} | {gates} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -248,7 +287,9 @@ def verify_collection(tree: str | os.PathLike, *, load: bool = True) -> dict:
                 )
     extra = sorted(present - listed)
     if extra:
-        raise CollectionError(f"{extra[0]} is in the tree but not listed in {INDEX_NAME}{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''}.")
+        raise CollectionError(
+            f"{extra[0]} is in the tree but not listed in {INDEX_NAME}{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''}."
+        )
     return index
 
 
@@ -269,9 +310,13 @@ def _tree_files(tree: Path, top: str) -> list[str]:
             try:
                 target = path.resolve()
             except (RuntimeError, OSError):  # Python < 3.13 raises RuntimeError on a link loop
-                raise CollectionError(f"{rel} is a link that leads back to itself; remove it.") from None
+                raise CollectionError(
+                    f"{rel} is a link that leads back to itself; remove it."
+                ) from None
             if not target.exists():
-                raise CollectionError(f"{rel} is a broken link (to {target}); remove it or copy the file in.")
+                raise CollectionError(
+                    f"{rel} is a broken link (to {target}); remove it or copy the file in."
+                )
             inside = target == root or target.is_relative_to(root)
             cached = blobs is not None and target.is_file() and target.is_relative_to(blobs)
             if not (inside or cached):
@@ -284,7 +329,9 @@ def _tree_files(tree: Path, top: str) -> list[str]:
             return
         real = path.resolve()
         if real in ancestors:
-            raise CollectionError(f"{rel} is a link back to its own folder {real} (a loop); remove the link.")
+            raise CollectionError(
+                f"{rel} is a link back to its own folder {real} (a loop); remove the link."
+            )
         for child in sorted(path.iterdir()):
             visit(child, f"{rel}/{child.name}", ancestors | {real})
 

@@ -68,8 +68,15 @@ def _prompts(input_ids) -> list[torch.Tensor]:
     return prompts
 
 
-def prompt_jacobians(model: nn.Module, unembed: Unembed, ids: torch.Tensor, rows: Sequence[int],
-                     *, skip_first: int, dim_batch: int) -> dict[int, torch.Tensor]:  # fmt: skip
+def prompt_jacobians(
+    model: nn.Module,
+    unembed: Unembed,
+    ids: torch.Tensor,
+    rows: Sequence[int],
+    *,
+    skip_first: int,
+    dim_batch: int,
+) -> dict[int, torch.Tensor]:
     """One prompt's ``(d, d)`` matrix per row: rows ``i`` = output dim, columns = source dim."""
     layers = unembed.arch.layers
     n_blocks = len(layers)
@@ -87,8 +94,10 @@ def prompt_jacobians(model: nn.Module, unembed: Unembed, ids: torch.Tensor, rows
     def save_output(_module, _args, output):
         captured[n_blocks] = block_output(output)
 
-    handles = [block.register_forward_pre_hook(save_input(i), with_kwargs=True)
-               for i, block in enumerate(layers)]  # fmt: skip
+    handles = [
+        block.register_forward_pre_hook(save_input(i), with_kwargs=True)
+        for i, block in enumerate(layers)
+    ]
     handles.append(layers[-1].register_forward_hook(save_output))
     try:
         with torch.enable_grad():
@@ -106,8 +115,9 @@ def prompt_jacobians(model: nn.Module, unembed: Unembed, ids: torch.Tensor, rows
         cotangent = torch.zeros(len(dims), *target.shape, dtype=target.dtype, device=target.device)
         cotangent[torch.arange(len(dims))[:, None], 0, valid[None, :], dims[:, None]] = 1.0
         last = start + dim_batch >= d_model
-        grads = torch.autograd.grad(target, sources, grad_outputs=cotangent,
-                                    retain_graph=not last, is_grads_batched=True)  # fmt: skip
+        grads = torch.autograd.grad(
+            target, sources, grad_outputs=cotangent, retain_graph=not last, is_grads_batched=True
+        )
         for row, grad in zip(rows, grads, strict=True):
             out[row][start : start + len(dims)] = grad[:, 0, valid].float().mean(1).cpu()
     return out
@@ -190,10 +200,17 @@ def fit_jacobian_lens(
     mine = prompt_slice(len(prompts), world.rank, world.size)
     prompts = prompts[mine]
     dtype = str(next(model.parameters()).dtype)
-    settings = {"skip_first": skip_first, "rows": rows, "dim_batch": dim_batch,
-                "dtype": dtype, "unembed_hash": unembed.hash(),
-                "prompts_hash": prompts_hash(prompts), "n_prompts": len(prompts),
-                "rank": world.rank, "world_size": world.size}  # fmt: skip
+    settings = {
+        "skip_first": skip_first,
+        "rows": rows,
+        "dim_batch": dim_batch,
+        "dtype": dtype,
+        "unembed_hash": unembed.hash(),
+        "prompts_hash": prompts_hash(prompts),
+        "n_prompts": len(prompts),
+        "rank": world.rank,
+        "world_size": world.size,
+    }
     settings.update(
         {key: value for key, value in (metadata or {}).items() if key in SOURCE_SETTINGS}
     )
@@ -212,18 +229,29 @@ def fit_jacobian_lens(
             if ids.shape[0] <= skip_first + 1:
                 state.skip()
             else:
-                state.add(prompt_jacobians(model, unembed, ids, rows, skip_first=skip_first,
-                                           dim_batch=dim_batch))  # fmt: skip
-            if path is not None and (state.next_index % checkpoint_every == 0
-                                     or state.next_index == len(prompts)):  # fmt: skip
+                state.add(
+                    prompt_jacobians(
+                        model, unembed, ids, rows, skip_first=skip_first, dim_batch=dim_batch
+                    )
+                )
+            if path is not None and (
+                state.next_index % checkpoint_every == 0 or state.next_index == len(prompts)
+            ):
                 state.save(path)
             if progress is not None:
                 progress(state.next_index, len(prompts))
     if world.size > 1:
         state = _reduce(state, world)
-    info = {"estimator": "jacobian", "skip_first": skip_first, "rows": rows, "dtype": dtype,
-            "prompts_hash": all_prompts_hash, "skipped_prompts": state.skipped,
-            "model": getattr(model.config, "name_or_path", "") or None, **(metadata or {})}  # fmt: skip
+    info = {
+        "estimator": "jacobian",
+        "skip_first": skip_first,
+        "rows": rows,
+        "dtype": dtype,
+        "prompts_hash": all_prompts_hash,
+        "skipped_prompts": state.skipped,
+        "model": getattr(model.config, "name_or_path", "") or None,
+        **(metadata or {}),
+    }
     return JacobianLens(unembed, state.means(), n_prompts=state.n_done, metadata=info)
 
 
@@ -237,8 +265,10 @@ def prompt_slice(n_prompts: int, rank: int, size: int) -> slice:
 def _reduce(state: FitState, world: World) -> FitState:
     """The sums and counts of every process, added with one all-reduce."""
     rows = sorted(state.totals)
-    flat = torch.cat([state.totals[row].reshape(-1) for row in rows]
-                     + [torch.tensor([state.n_done, state.skipped], dtype=torch.float64)])  # fmt: skip
+    flat = torch.cat(
+        [state.totals[row].reshape(-1) for row in rows]
+        + [torch.tensor([state.n_done, state.skipped], dtype=torch.float64)]
+    )
     world.all_reduce_sum(flat)
     size = state.totals[rows[0]].numel()
     totals = {

@@ -302,7 +302,10 @@ def read_parts(parts: Sequence[str | LensLocation]) -> list[StoredJLens]:
             raise LensFileError("'logit' is the logit lens, not a J-lens; merge J-lens parts only.")
     stored = [read_stored_jlens(location.path) for location in resolved]
     check_mergeable(
-        [MergePart.of_stored(one, location.text) for location, one in zip(resolved, stored, strict=True)]
+        [
+            MergePart.of_stored(one, location.text)
+            for location, one in zip(resolved, stored, strict=True)
+        ]
     )
     return stored
 

@@ -22,8 +22,17 @@ from tunedlens.outputs import atomic_write
 
 STATE_NAME = "jlens_fit_state"
 STATE_VERSION = 1
-RESULT_SETTINGS = ("skip_first", "rows", "dim_batch", "dtype", "unembed_hash", "prompts_hash",
-                   "n_prompts", "rank", "world_size")  # fmt: skip
+RESULT_SETTINGS = (
+    "skip_first",
+    "rows",
+    "dim_batch",
+    "dtype",
+    "unembed_hash",
+    "prompts_hash",
+    "n_prompts",
+    "rank",
+    "world_size",
+)
 """Settings a resumed fit must share with its checkpoint (all change what is computed)."""
 SOURCE_SETTINGS = {"data": "--data", "seq_len": "--seq-len", "seed": "--seed"}
 """Where the prompts came from (key -> fit-jlens option), when the fit was given them.
@@ -100,8 +109,13 @@ class FitState:
         """Atomically write the state to ``path`` (a ``.safetensors`` file)."""
         from safetensors.torch import save
 
-        header = {"version": STATE_VERSION, "settings": self.settings, "n_done": self.n_done,
-                  "next_index": self.next_index, "skipped": self.skipped}  # fmt: skip
+        header = {
+            "version": STATE_VERSION,
+            "settings": self.settings,
+            "n_done": self.n_done,
+            "next_index": self.next_index,
+            "skipped": self.skipped,
+        }
         tensors = {f"row.{row}": total.contiguous() for row, total in self.totals.items()}
         payload = save(tensors, metadata={"state": json.dumps(header)})
         return atomic_write(path, lambda handle: handle.write(payload))
@@ -131,8 +145,13 @@ class FitState:
                 raise FitStateError(
                     f"{path}: the sum of row {row} holds NaN or Inf. Delete it and fit again."
                 )
-        return cls(totals, header["settings"], int(header["n_done"]), int(header["next_index"]),
-                   int(header["skipped"]))  # fmt: skip
+        return cls(
+            totals,
+            header["settings"],
+            int(header["n_done"]),
+            int(header["next_index"]),
+            int(header["skipped"]),
+        )
 
     def check_resumable(self, settings: dict, path: Path) -> None:
         """Raise :class:`FitStateError` unless this state belongs to a fit with ``settings``.

@@ -47,8 +47,14 @@ class JacobianLens(Lens):
 
     kind = "jacobian"
 
-    def __init__(self, unembed: Unembed, matrices: dict[int, torch.Tensor], *, n_prompts: int = 0,
-                 metadata: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        unembed: Unembed,
+        matrices: dict[int, torch.Tensor],
+        *,
+        n_prompts: int = 0,
+        metadata: dict | None = None,
+    ):
         super().__init__(unembed)
         n_blocks, d_model = unembed.arch.n_blocks, unembed.d_model
         for row, matrix in matrices.items():
@@ -134,8 +140,10 @@ def bind_jlens(stored: StoredJLens, model: nn.Module, *, strict: bool = True) ->
     info, path = stored.model_info, stored.path
     expected = info.get("unembed_hash")
     if expected and expected != unembed.hash():
-        message = (f"{path} was fitted for {info.get('base_model_name_or_path') or 'another model'}, "
-                   "whose unembedding differs from this model's (fingerprint mismatch).")  # fmt: skip
+        message = (
+            f"{path} was fitted for {info.get('base_model_name_or_path') or 'another model'}, "
+            "whose unembedding differs from this model's (fingerprint mismatch)."
+        )
         if strict:
             raise LensMismatch(message + " Pass strict=False (CLI: --no-strict) to use it anyway.")
         import warnings

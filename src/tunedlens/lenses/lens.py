@@ -219,7 +219,9 @@ class TunedLens(Lens):
             points: Train a translator per block input (``"block"``), per mid point (``"mid"``:
                 after attention, before the MLP) or per both (see :mod:`tunedlens.arch.points`).
         """
-        unembed = LogitLens(model, final_norm=final_norm, skip_norm=skip_norm, points=points).unembed
+        unembed = LogitLens(
+            model, final_norm=final_norm, skip_norm=skip_norm, points=points
+        ).unembed
         n_rows, d_model = output_row(points, unembed.arch.n_blocks), unembed.d_model
         if translator == "affine":
             if use_temperature:
@@ -232,14 +234,18 @@ class TunedLens(Lens):
             )
         elif translator in ("diagonal", "mlp"):
             if use_temperature or not use_bias:
-                raise InputError(f"use_temperature and use_bias=False do not apply to translator={translator!r}")
+                raise InputError(
+                    f"use_temperature and use_bias=False do not apply to translator={translator!r}"
+                )
             if translator == "diagonal":
                 module = DiagonalTranslator(n_rows, d_model)
             else:
                 generator = torch.Generator().manual_seed(seed)
                 module = MLPTranslator(n_rows, d_model, hidden=rank, generator=generator)
         else:
-            raise InputError(f"translator must be one of {', '.join(TRANSLATOR_KINDS)}, got {translator!r}")
+            raise InputError(
+                f"translator must be one of {', '.join(TRANSLATOR_KINDS)}, got {translator!r}"
+            )
         return cls(unembed, module, model_info(model, unembed, revision), points=points)
 
     def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
@@ -251,7 +257,9 @@ class TunedLens(Lens):
 
     def log_logit_scale(self, layer: int) -> torch.Tensor | None:
         """Minus the learned log-temperature of ``layer``, if the translator has one."""
-        log_temperature = None if layer == self.output_row else self.translator.log_temperature(layer)
+        log_temperature = (
+            None if layer == self.output_row else self.translator.log_temperature(layer)
+        )
         return None if log_temperature is None else -log_temperature
 
     def to_file(self) -> LensFile:

@@ -193,8 +193,14 @@ class MLPTranslator(nn.Module):
     kind: TranslatorKind = "mlp"
     use_bias = True
 
-    def __init__(self, n_rows: int, d_model: int, *, hidden: int | None = None,
-                 generator: torch.Generator | None = None):  # fmt: skip
+    def __init__(
+        self,
+        n_rows: int,
+        d_model: int,
+        *,
+        hidden: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         hidden = default_rank(d_model) if hidden is None else hidden
         if hidden < 1:

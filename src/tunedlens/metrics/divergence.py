@@ -36,7 +36,9 @@ class KLTarget:
     def __init__(self, target_logprobs: torch.Tensor):
         probs = target_logprobs.exp()
         # 0 * log 0 = 0: where p underflows to 0, its term vanishes.
-        self.plogp = torch.where(probs > 0, probs * target_logprobs, torch.zeros_like(probs)).sum(-1)
+        self.plogp = torch.where(probs > 0, probs * target_logprobs, torch.zeros_like(probs)).sum(
+            -1
+        )
         self.mass = probs.sum(-1)
         self.probs = probs
 

@@ -48,18 +48,33 @@ def save_eval_figures(metrics: dict, out: Path) -> list[Path]:
             if stem != "kl":
                 continue
             for step, (k, layer) in enumerate(_crossings(metrics, name).items()):
-                figure.add_vline(x=layer, line_dash="dot", line_color=None, opacity=0.4,
-                                 annotation_text=f"{name}: rank≤{k}")  # fmt: skip
+                figure.add_vline(
+                    x=layer,
+                    line_dash="dot",
+                    line_color=None,
+                    opacity=0.4,
+                    annotation_text=f"{name}: rank≤{k}",
+                )
                 axis.axvline(layer, linestyle=":", color=line.get_color(), alpha=0.6)
                 low, high = axis.get_ylim()
-                axis.annotate(f"rank≤{k}", (layer, high - (0.05 + 0.06 * step) * (high - low)),
-                              fontsize=7, color=line.get_color(), va="top", ha="right")  # fmt: skip
+                axis.annotate(
+                    f"rank≤{k}",
+                    (layer, high - (0.05 + 0.06 * step) * (high - low)),
+                    fontsize=7,
+                    color=line.get_color(),
+                    va="top",
+                    ha="right",
+                )
         if stem == "entropy" and "baseline" in metrics:
             value = metrics["baseline"]["entropy_bits"]
             figure.add_hline(y=value, line_dash="dash", annotation_text="model")
             axis.axhline(value, linestyle="--", color="grey", label="model")
-        figure.update_layout(title=f"{title} · {metrics['model']}", xaxis_title="row",
-                             yaxis_title=label, template="plotly_white")  # fmt: skip
+        figure.update_layout(
+            title=f"{title} · {metrics['model']}",
+            xaxis_title="row",
+            yaxis_title=label,
+            template="plotly_white",
+        )
         if metrics.get("points", "block") != "block":
             figure.update_xaxes(tickvals=layers, ticktext=metrics["row_labels"])
         html = out / f"{stem}.html"
@@ -67,8 +82,12 @@ def save_eval_figures(metrics: dict, out: Path) -> list[Path]:
         axis.set(title=title, xlabel="row", ylabel=label)
         if metrics.get("points", "block") != "block":  # sub-layer rows: name them (3, 3.mid, ...)
             ticks = list(range(0, len(layers), max(1, len(layers) // 16)))
-            axis.set_xticks([layers[i] for i in ticks], [metrics["row_labels"][i] for i in ticks],
-                            rotation=45, fontsize=7)  # fmt: skip
+            axis.set_xticks(
+                [layers[i] for i in ticks],
+                [metrics["row_labels"][i] for i in ticks],
+                rotation=45,
+                fontsize=7,
+            )
         axis.legend(fontsize=8)
         fig.tight_layout()
         png = out / f"{stem}.png"

@@ -16,7 +16,13 @@ import numpy as np
 from tunedlens.engine.stats import TrajectoryStat
 from tunedlens.errors import InputError, require
 
-COLOURS = {"bits": "Viridis", "probability": "Blues", "rank": "Viridis_r", "nats": "RdBu", "cosine": "RdBu"}
+COLOURS = {
+    "bits": "Viridis",
+    "probability": "Blues",
+    "rank": "Viridis_r",
+    "nats": "RdBu",
+    "cosine": "RdBu",
+}
 
 
 def _plotly():
@@ -58,14 +64,24 @@ def heatmap_trace(
     )
 
 
-def figure(stats: Sequence[TrajectoryStat], titles: Sequence[str] | None = None, *,
-           columns: int = 1, title: str | None = None):  # fmt: skip
+def figure(
+    stats: Sequence[TrajectoryStat],
+    titles: Sequence[str] | None = None,
+    *,
+    columns: int = 1,
+    title: str | None = None,
+):
     """One figure with a heatmap panel per statistic (``columns`` side by side)."""
     _, subplots = _plotly()
     rows = -(-len(stats) // columns)
     titles = list(titles or [f"{s.name} ({s.units})" for s in stats])
-    fig = subplots.make_subplots(rows=rows, cols=columns, subplot_titles=titles,
-                                 horizontal_spacing=0.12, vertical_spacing=0.08)  # fmt: skip
+    fig = subplots.make_subplots(
+        rows=rows,
+        cols=columns,
+        subplot_titles=titles,
+        horizontal_spacing=0.12,
+        vertical_spacing=0.08,
+    )
     for index, stat in enumerate(stats):
         row, col = divmod(index, columns)
         colorbar_x = (col + 1) / columns - 0.02 if columns > 1 else None
@@ -77,8 +93,14 @@ def figure(stats: Sequence[TrajectoryStat], titles: Sequence[str] | None = None,
     return fig
 
 
-def matplotlib_figure(stats: Sequence[TrajectoryStat], titles: Sequence[str] | None = None, *,
-                      columns: int = 1, title: str | None = None, dpi: int = 100):  # fmt: skip
+def matplotlib_figure(
+    stats: Sequence[TrajectoryStat],
+    titles: Sequence[str] | None = None,
+    *,
+    columns: int = 1,
+    title: str | None = None,
+    dpi: int = 100,
+):
     """The same panels as :func:`figure`, drawn with matplotlib (for PNG)."""
     matplotlib = require("matplotlib", "plot")
     matplotlib.use("Agg", force=False)
@@ -90,8 +112,14 @@ def matplotlib_figure(stats: Sequence[TrajectoryStat], titles: Sequence[str] | N
     titles = list(titles or [f"{s.name} ({s.units})" for s in stats])
     for index, stat in enumerate(stats):
         axis = axes[divmod(index, columns)]
-        image = axis.imshow(stat.values, aspect="auto", origin="lower", vmin=stat.vmin,
-                            vmax=stat.vmax, cmap="viridis")  # fmt: skip
+        image = axis.imshow(
+            stat.values,
+            aspect="auto",
+            origin="lower",
+            vmin=stat.vmin,
+            vmax=stat.vmax,
+            cmap="viridis",
+        )
         fig.colorbar(image, ax=axis, label=stat.units)
         axis.set_yticks(range(n_rows), stat.row_labels, fontsize=7)
         axis.set_xticks(range(n_cols), stat.column_labels, rotation=45, ha="right", fontsize=8)
@@ -99,8 +127,15 @@ def matplotlib_figure(stats: Sequence[TrajectoryStat], titles: Sequence[str] | N
         if stat.cell_labels is not None and n_cols * n_rows <= 1200:
             for r in range(n_rows):
                 for c in range(n_cols):
-                    axis.text(c, r, stat.cell_labels[r][c], ha="center", va="center",
-                              fontsize=6, color="white")  # fmt: skip
+                    axis.text(
+                        c,
+                        r,
+                        stat.cell_labels[r][c],
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white",
+                    )
     for index in range(len(stats), rows * columns):
         axes[divmod(index, columns)].axis("off")
     if title:
@@ -109,8 +144,14 @@ def matplotlib_figure(stats: Sequence[TrajectoryStat], titles: Sequence[str] | N
     return fig
 
 
-def save(stats: Sequence[TrajectoryStat], path: str | os.PathLike, titles=None, *, columns: int = 1,
-         title: str | None = None) -> Path:  # fmt: skip
+def save(
+    stats: Sequence[TrajectoryStat],
+    path: str | os.PathLike,
+    titles=None,
+    *,
+    columns: int = 1,
+    title: str | None = None,
+) -> Path:
     """Write ``.html`` (self-contained plotly, works offline) or ``.png`` (matplotlib)."""
     path = Path(path)
     suffix = path.suffix.lower()

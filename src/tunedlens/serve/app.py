@@ -29,8 +29,11 @@ def create_app(session: ServeSession):
     from pydantic import BaseModel, Field
     from starlette.exceptions import HTTPException
 
-    app = FastAPI(title="tunedlens explorer", version=_version(),
-                  description="Exact readouts of a model's layers through lenses.")  # fmt: skip
+    app = FastAPI(
+        title="tunedlens explorer",
+        version=_version(),
+        description="Exact readouts of a model's layers through lenses.",
+    )
 
     class ReadoutRequest(BaseModel):
         prompt: str = Field(description="The text to read.")
@@ -92,7 +95,7 @@ def create_app(session: ServeSession):
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str):
         types = {".js": "text/javascript", ".css": "text/css"}
-        suffix = name[name.rfind("."):] if "." in name else ""
+        suffix = name[name.rfind(".") :] if "." in name else ""
         if "/" in name or suffix not in types or not (STATIC / name).is_file():
             return error(404, f"no static file {name!r}")
         return Response((STATIC / name).read_text(encoding="utf-8"), media_type=types[suffix])
@@ -114,8 +117,16 @@ def create_app(session: ServeSession):
     @app.post("/api/readout")
     def read(request: ReadoutRequest):
         """Per lens, row and position: the statistic and the top-1 token with its probability."""
-        return plain(session.read(request.prompt, request.lenses, request.stat, request.stride,
-                                  request.window, request.token))  # fmt: skip
+        return plain(
+            session.read(
+                request.prompt,
+                request.lenses,
+                request.stat,
+                request.stride,
+                request.window,
+                request.token,
+            )
+        )
 
     @app.post("/api/cell")
     def cell(request: CellRequest) -> dict:

@@ -85,7 +85,9 @@ def read_reports(directories: Sequence[str | Path]) -> list[tuple[str, dict]]:
             raise TunedLensError(f"--eval {directory}: cannot read {path} ({error}).") from None
         lenses = metrics.get("lenses") if isinstance(metrics, dict) else None
         if not isinstance(lenses, dict):
-            raise TunedLensError(f"--eval {directory}: {path} is not a tunedlens evaluation report.")
+            raise TunedLensError(
+                f"--eval {directory}: {path} is not a tunedlens evaluation report."
+            )
         reports.append((str(directory), metrics))
     return reports
 

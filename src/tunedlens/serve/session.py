@@ -92,12 +92,18 @@ class ServeSession:
             "max_tokens": self.max_tokens,
             "default_window": DEFAULT_WINDOW,
             "lenses": [
-                {"name": name, "kind": lens.kind, "source": lens.source or name,
-                 "eval": self.evals.get(name)}
+                {
+                    "name": name,
+                    "kind": lens.kind,
+                    "source": lens.source or name,
+                    "eval": self.evals.get(name),
+                }
                 for name, lens in self.lenses.items()
             ],
-            "stats": [{"name": name, "title": STATS[name].title, "units": STATS[name].units}
-                      for name in VIEW_STATS],
+            "stats": [
+                {"name": name, "title": STATS[name].title, "units": STATS[name].units}
+                for name in VIEW_STATS
+            ],
         }
 
     # ------------------------------------------------------------------------------ views
@@ -153,8 +159,15 @@ class ServeSession:
             )
         return ids[0]
 
-    def read(self, prompt: str, lenses=None, stat: str = "entropy", stride: int = 1,
-             window: int | None = None, token=None) -> dict:  # fmt: skip
+    def read(
+        self,
+        prompt: str,
+        lenses=None,
+        stat: str = "entropy",
+        stride: int = 1,
+        window: int | None = None,
+        token=None,
+    ) -> dict:
         """The heatmap view: per lens, each row's value, top-1 label and top-10 at each position.
 
         ``token`` (text or id) makes ``rank`` and the sparkline refer to that token instead of
@@ -167,9 +180,16 @@ class ServeSession:
         ids = self.encode(prompt)
         positions = self._positions(ids, window)
         with self.turn():
-            result = readout(self.model, chosen, ids, rows=rows, positions=positions,
-                             stats=(stat,), top_k=1,
-                             tokens=None if token_id is None else [token_id])  # fmt: skip
+            result = readout(
+                self.model,
+                chosen,
+                ids,
+                rows=rows,
+                positions=positions,
+                stats=(stat,),
+                top_k=1,
+                tokens=None if token_id is None else [token_id],
+            )
         info = STATS[stat]
         labels = [format_token(self.tokenizer, int(t)) for t in ids[0].tolist()]
         view = {
@@ -178,10 +198,16 @@ class ServeSession:
             "truncated": positions[0] > 0,
             "length": ids.shape[1],
             "rows": result.row_labels,
-            "stat": {"name": stat, "title": info.title, "units": info.units,
-                     "vmin": info.vmin, "vmax": info.vmax},
-            "token": None if token_id is None else {
-                "id": token_id, "text": format_token(self.tokenizer, token_id)},
+            "stat": {
+                "name": stat,
+                "title": info.title,
+                "units": info.units,
+                "vmin": info.vmin,
+                "vmax": info.vmax,
+            },
+            "token": None
+            if token_id is None
+            else {"id": token_id, "text": format_token(self.tokenizer, token_id)},
             "lenses": {},
         }
         for name, lens in chosen.items():
@@ -193,8 +219,10 @@ class ServeSession:
                 "kind": lens.kind,
                 "source": lens.source or name,
                 "values": _finite(values),
-                "top1": [[format_token(self.tokenizer, int(i)) for i in row]
-                         for row in grids.top_ids[0, ..., 0]],
+                "top1": [
+                    [format_token(self.tokenizer, int(i)) for i in row]
+                    for row in grids.top_ids[0, ..., 0]
+                ],
                 "top1_prob": _finite(grids.top_probs[0, ..., 0]),
                 "token_probs": None if token_id is None else _finite(grids.token_probs[0, ..., 0]),
             }
@@ -204,7 +232,11 @@ class ServeSession:
         """One cell's top-10, and its top token's probability across the rows (the sparkline)."""
         chosen = self._chosen([lens])
         ids = self.encode(prompt)
-        if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < ids.shape[1]:
+        if (
+            isinstance(position, bool)
+            or not isinstance(position, int)
+            or not 0 <= position < ids.shape[1]
+        ):
             raise BadRequest(f"position {position!r} is outside the prompt's {ids.shape[1]} tokens")
         points, n_blocks = chosen[lens].points, chosen[lens].n_blocks
         try:
@@ -213,20 +245,41 @@ class ServeSession:
             raise BadRequest(str(error)) from None
         labels = [row_label(points, r, n_blocks) for r in range(chosen[lens].output_row + 1)]
         with self.turn():
-            states = collect_residuals(self.model, ids.to(chosen[lens].unembed.device),
-                                       arch=chosen[lens].unembed.arch, with_logits=False,
-                                       points=chosen[lens].points)  # fmt: skip
-            top = readout(None, chosen, ids, states=states, rows=[index], positions=[position],
-                          stats=(), top_k=TOP_K)[lens]  # fmt: skip
+            states = collect_residuals(
+                self.model,
+                ids.to(chosen[lens].unembed.device),
+                arch=chosen[lens].unembed.arch,
+                with_logits=False,
+                points=chosen[lens].points,
+            )
+            top = readout(
+                None,
+                chosen,
+                ids,
+                states=states,
+                rows=[index],
+                positions=[position],
+                stats=(),
+                top_k=TOP_K,
+            )[lens]
             token_id = int(top.top_ids[0, 0, 0, 0])
-            trace = readout(None, chosen, ids, states=states, positions=[position], stats=(),
-                            top_k=0, tokens=[token_id])[lens]  # fmt: skip
+            trace = readout(
+                None,
+                chosen,
+                ids,
+                states=states,
+                positions=[position],
+                stats=(),
+                top_k=0,
+                tokens=[token_id],
+            )[lens]
         entries = zip(top.top_ids[0, 0, 0].tolist(), top.top_probs[0, 0, 0].tolist(), strict=True)
         return {
             "row": row,
             "position": position,
-            "top": [{"id": i, "token": format_token(self.tokenizer, i), "prob": p}
-                    for i, p in entries],
+            "top": [
+                {"id": i, "token": format_token(self.tokenizer, i), "prob": p} for i, p in entries
+            ],
             "token": format_token(self.tokenizer, token_id),
             "rows": labels,
             "probs": _finite(trace.token_probs[0, :, 0, 0]),
@@ -243,21 +296,35 @@ class ServeSession:
                 f"position: {first.shape[1]} vs {second.shape[1]}"
             )
         with self.turn():
-            results = [readout(self.model, chosen, ids, rows=rows, stats=(), top_k=1,
-                               keep_inputs=True) for ids in (first, second)]  # fmt: skip
+            results = [
+                readout(self.model, chosen, ids, rows=rows, stats=(), top_k=1, keep_inputs=True)
+                for ids in (first, second)
+            ]
             js = divergences(*results)["js"][0].double() * PAIR_STATS["js"].scale
-        tops = [[[format_token(self.tokenizer, int(t)) for t in row] for row in r[lens].top_ids[0, ..., 0]]
-                for r in results]  # fmt: skip
-        labels = [[a if a == b else f"{a}/{b}" for a, b in zip(ra, rb, strict=True)]
-                  for ra, rb in zip(*tops, strict=True)]  # fmt: skip
+        tops = [
+            [
+                [format_token(self.tokenizer, int(t)) for t in row]
+                for row in r[lens].top_ids[0, ..., 0]
+            ]
+            for r in results
+        ]
+        labels = [
+            [a if a == b else f"{a}/{b}" for a, b in zip(ra, rb, strict=True)]
+            for ra, rb in zip(*tops, strict=True)
+        ]
         return {
             "tokens": [format_token(self.tokenizer, int(t)) for t in first[0].tolist()],
             "other_tokens": [format_token(self.tokenizer, int(t)) for t in second[0].tolist()],
             "rows": results[0].row_labels,
             "values": _finite(js),
             "labels": labels,
-            "stat": {"name": "js", "title": PAIR_STATS["js"].title, "units": "bits",
-                     "vmin": 0.0, "vmax": 1.0},
+            "stat": {
+                "name": "js",
+                "title": PAIR_STATS["js"].title,
+                "units": "bits",
+                "vmin": 0.0,
+                "vmax": 1.0,
+            },
             "lens": lens,
         }
 

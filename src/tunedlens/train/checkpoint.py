@@ -26,8 +26,10 @@ class CheckpointError(TunedLensError):
 
 def save_checkpoint(directory: Path, state: dict) -> Path:
     """Atomically write ``state`` to ``directory/checkpoint.pt``."""
-    return atomic_write(directory / CHECKPOINT_NAME,
-                        lambda handle: torch.save({"version": CHECKPOINT_VERSION, **state}, handle))  # fmt: skip
+    return atomic_write(
+        directory / CHECKPOINT_NAME,
+        lambda handle: torch.save({"version": CHECKPOINT_VERSION, **state}, handle),
+    )
 
 
 def load_checkpoint(directory: Path) -> dict | None:

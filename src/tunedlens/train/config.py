@@ -126,8 +126,16 @@ class TrainConfig:
             )
         if self.tokens < self.tokens_per_step:
             fail("tokens", f"at least tokens_per_step = {self.tokens_per_step}")
-        for name in ("lr", "momentum", "weight_decay", "warmup_fraction", "lstsq_budget_share",
-                     "l2_penalty", "smoothness_penalty", "grad_clip"):  # fmt: skip
+        for name in (
+            "lr",
+            "momentum",
+            "weight_decay",
+            "warmup_fraction",
+            "lstsq_budget_share",
+            "l2_penalty",
+            "smoothness_penalty",
+            "grad_clip",
+        ):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 fail(name, "a finite number")
@@ -139,7 +147,9 @@ class TrainConfig:
             fail("lstsq_budget_share", "a number in (0, 1]")
         if not 0 <= self.warmup_fraction < 1:
             fail("warmup_fraction", "a number in [0, 1)")
-        if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
+        if self.time_budget_s is not None and not (
+            math.isfinite(self.time_budget_s) and self.time_budget_s > 0
+        ):
             fail("time_budget_s", "a positive number of seconds")
         if self.use_temperature and self.translator != "lowrank":
             fail("use_temperature", "False unless translator='lowrank'")

@@ -34,10 +34,14 @@ def read_train_log(run: str | Path) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise TunedLensError(f"{path}: line {number} is not JSON; the log is damaged.") from None
+            raise TunedLensError(
+                f"{path}: line {number} is not JSON; the log is damaged."
+            ) from None
         missing = [key for key in ("step", "tokens", "loss_bits", "lr") if key not in record]
         if missing:
-            raise TunedLensError(f"{path}: line {number} lacks {', '.join(missing)}; is it a train log?")
+            raise TunedLensError(
+                f"{path}: line {number} lacks {', '.join(missing)}; is it a train log?"
+            )
         records.append(record)
     if not records:
         raise TunedLensError(f"{path} holds no steps yet; wait for the first optimizer step.")

@@ -30,7 +30,9 @@ def step_scalars(stats, labels: Sequence[str] | None = None) -> dict[str, float]
         bits = [value * NATS_TO_BITS for value in stats.val_kl]
         names = labels or [str(i) for i in range(len(bits))]
         scalars["val/kl_bits_mean"] = sum(bits) / len(bits)
-        scalars.update({f"val/kl_bits/layer_{name}": value for name, value in zip(names, bits, strict=True)})
+        scalars.update(
+            {f"val/kl_bits/layer_{name}": value for name, value in zip(names, bits, strict=True)}
+        )
         if stats.val_s is not None:
             scalars["val/seconds"] = stats.val_s
     return scalars
@@ -82,9 +84,13 @@ class WandbLogger(RunLogger):
     def __init__(self, out: Path, config: dict, labels: Sequence[str] | None = None):
         wandb = require("wandb", "wandb")
         self.labels = labels
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tunedlens"), dir=str(out),
-                              config=config, mode=os.environ.get("WANDB_MODE", "offline"),
-                              reinit="finish_previous")  # fmt: skip
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "tunedlens"),
+            dir=str(out),
+            config=config,
+            mode=os.environ.get("WANDB_MODE", "offline"),
+            reinit="finish_previous",
+        )
 
     def write(self, scalars: dict[str, float], step: int) -> None:  # noqa: D102
         self.run.log(scalars, step=step)
@@ -93,7 +99,9 @@ class WandbLogger(RunLogger):
         self.run.finish()
 
 
-def make_loggers(targets: Sequence[str], out: Path, config: dict, labels: Sequence[str] | None = None) -> list:
+def make_loggers(
+    targets: Sequence[str], out: Path, config: dict, labels: Sequence[str] | None = None
+) -> list:
     """One logger per target (``tensorboard`` or ``wandb``); unknown targets are refused."""
     check_log_targets(targets)
     kinds = {"tensorboard": TensorBoardLogger, "wandb": WandbLogger}
@@ -109,4 +117,12 @@ def check_log_targets(targets: Sequence[str]) -> None:
         require(target, target)
 
 
-__all__ = ["LOG_TARGETS", "RunLogger", "TensorBoardLogger", "WandbLogger", "check_log_targets", "make_loggers", "step_scalars"]
+__all__ = [
+    "LOG_TARGETS",
+    "RunLogger",
+    "TensorBoardLogger",
+    "WandbLogger",
+    "check_log_targets",
+    "make_loggers",
+    "step_scalars",
+]

@@ -160,9 +160,12 @@ class _Trainer:
         self.parameters = [p for p in lens.translator.parameters()]
         if config.optimizer == "muon":
             self.optimizers = muon_optimizers(
-                self.parameters, lr=config.lr, momentum=config.momentum,
-                weight_decay=config.weight_decay, betas=config.betas,
-            )  # fmt: skip
+                self.parameters,
+                lr=config.lr,
+                momentum=config.momentum,
+                weight_decay=config.weight_decay,
+                betas=config.betas,
+            )
         else:
             self.optimizers = [_optimizer(config, self.parameters)]
         factor = _lr_factor(config, resolved)
@@ -223,7 +226,11 @@ class _Trainer:
     def _backward(self, ids, positions, layers) -> torch.Tensor:
         config, lens, output_row = self.config, self.lens, self.lens.output_row
         residuals = collect_residuals(
-            self.model, ids, arch=lens.unembed.arch, positions=positions, with_logits=False,
+            self.model,
+            ids,
+            arch=lens.unembed.arch,
+            positions=positions,
+            with_logits=False,
             points=lens.points,
         )
         # collect_residuals refuses non-finite activations, naming the first layer.
@@ -251,7 +258,9 @@ class _Trainer:
             per_group = max(1, most // len(rows))
             for first in range(0, len(layers), per_group):
                 group = layers[first : first + per_group]
-                logits = lens.unembed(torch.stack([lens.transform(hidden[i][rows], i) for i in group]))
+                logits = lens.unembed(
+                    torch.stack([lens.transform(hidden[i][rows], i) for i in group])
+                )
                 scales = [lens.log_logit_scale(i) for i in group]
                 if scales[0] is not None:
                     logits = logits * torch.stack(scales).exp().view(-1, 1, 1)
@@ -482,15 +491,18 @@ def train_lens(
     stopped_early = at_budget = False
     while trainer.step < resolved.steps:
         stats = trainer.take_step()
-        at_budget = deadline is not None and _past(deadline, world) and trainer.step < resolved.steps
+        at_budget = (
+            deadline is not None and _past(deadline, world) and trainer.step < resolved.steps
+        )
         last = trainer.step == resolved.steps or at_budget
         if val is not None and (
             last or (config.val_every and trainer.step % config.val_every == 0)
         ):
             before = trainer.elapsed
             val_kl = trainer.validate(val.tokens)
-            stats = dataclasses.replace(stats, val_kl=val_kl, elapsed=trainer.elapsed,
-                                        val_s=trainer.elapsed - before)  # fmt: skip
+            stats = dataclasses.replace(
+                stats, val_kl=val_kl, elapsed=trainer.elapsed, val_s=trainer.elapsed - before
+            )
         trainer.history.append(
             {
                 "step": stats.step,

@@ -77,8 +77,9 @@ def lstsq_init(
     moments = MomentAccumulator(lens.output_row, lens.d_model)
     for start in range(0, tokens.shape[0], batch_size):
         ids = tokens[start : start + batch_size].to(lens.unembed.device)
-        residuals = collect_residuals(model, ids, arch=lens.unembed.arch, with_logits=False,
-                                      points=lens.points)  # fmt: skip
+        residuals = collect_residuals(
+            model, ids, arch=lens.unembed.arch, with_logits=False, points=lens.points
+        )
         moments.add(tuple(h.cpu() for h in residuals.hidden))
     count = torch.tensor(float(moments.count), dtype=torch.float64)
     if all_reduce is not None:

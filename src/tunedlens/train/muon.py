@@ -50,17 +50,34 @@ class StackedMuon(torch.optim.Optimizer):
         ns_steps: Newton–Schulz iterations.
     """
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.95, weight_decay: float = 0.0,
-                 nesterov: bool = True, ns_steps: int = 5):  # fmt: skip
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        momentum: float = 0.95,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+    ):
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0 or ns_steps < 1:
-            raise InputError(f"bad Muon settings: lr={lr}, momentum={momentum}, weight_decay={weight_decay}, "
-                             f"ns_steps={ns_steps}")  # fmt: skip
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, ns_steps=ns_steps)
+            raise InputError(
+                f"bad Muon settings: lr={lr}, momentum={momentum}, weight_decay={weight_decay}, "
+                f"ns_steps={ns_steps}"
+            )
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+        )
         super().__init__(params, defaults)
         for group in self.param_groups:
             for parameter in group["params"]:
                 if parameter.dim() not in (2, 3):
-                    raise InputError(f"StackedMuon takes (L, m, n) or (m, n) parameters, got {tuple(parameter.shape)}")
+                    raise InputError(
+                        f"StackedMuon takes (L, m, n) or (m, n) parameters, got {tuple(parameter.shape)}"
+                    )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -88,8 +105,14 @@ class StackedMuon(torch.optim.Optimizer):
         return loss
 
 
-def muon_optimizers(parameters: list[nn.Parameter], *, lr: float, momentum: float, weight_decay: float,
-                    betas: tuple[float, float]) -> list[torch.optim.Optimizer]:  # fmt: skip
+def muon_optimizers(
+    parameters: list[nn.Parameter],
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+) -> list[torch.optim.Optimizer]:
     """``[StackedMuon over the stacked layer matrices, AdamW over the rest]``."""
     matrices = [p for p in parameters if p.dim() == 3]
     others = [p for p in parameters if p.dim() != 3]

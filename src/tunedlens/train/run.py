@@ -59,8 +59,6 @@ def plan_data(
     return DataPlan(train, val, data, val_data)
 
 
-
-
 def provenance(result: TrainResult, plan: DataPlan, model_spec: str) -> dict:
     """The training record that goes into ``provenance.json``."""
     val_kl = result.val_kl
@@ -89,8 +87,19 @@ def provenance(result: TrainResult, plan: DataPlan, model_spec: str) -> dict:
     }
 
 
-def fit_time_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bool, world: World,
-                status, *, begun: float, data: str, text_column: str) -> tuple[TrainConfig, dict]:  # fmt: skip
+def fit_time_budget(
+    model,
+    tokenizer,
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+    world: World,
+    status,
+    *,
+    begun: float,
+    data: str,
+    text_column: str,
+) -> tuple[TrainConfig, dict]:
     """Size ``config.tokens`` to ``config.time_budget_s`` from one timed probe step.
 
     The time already spent in this process (loading) counts. The estimate includes packing the
@@ -114,21 +123,40 @@ def fit_time_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bo
         left = budget_s - float(state.get("elapsed", 0.0))
         status(f"resuming within the time budget: {tokens:,} tokens, {max(left, 0):.0f} s left")
         return dataclasses.replace(config, tokens=tokens), {
-            "budget_s": budget_s, "planned_tokens": tokens, "deadline": time.monotonic() + max(left, 0.0)}
-    status(f"timing one step of {config.tokens_per_step:,} tokens to fit the {budget_s:.0f} s budget")
+            "budget_s": budget_s,
+            "planned_tokens": tokens,
+            "deadline": time.monotonic() + max(left, 0.0),
+        }
+    status(
+        f"timing one step of {config.tokens_per_step:,} tokens to fit the {budget_s:.0f} s budget"
+    )
     # A position schedule is probed at its mean number of positions (its mean cost per step).
     positions = config.positions_per_sequence
     if config.positions_per_sequence_end is not None:
         positions = round((positions + config.positions_per_sequence_end) / 2)
-    probe = dataclasses.replace(config, tokens=config.tokens_per_step, lstsq_init=False,
-                                time_budget_s=None, checkpoint_every=None, val_tokens=0,
-                                positions_per_sequence=positions, positions_per_sequence_end=None)  # fmt: skip
+    probe = dataclasses.replace(
+        config,
+        tokens=config.tokens_per_step,
+        lstsq_init=False,
+        time_budget_s=None,
+        checkpoint_every=None,
+        val_tokens=0,
+        positions_per_sequence=positions,
+        positions_per_sequence_end=None,
+    )
     packing = time.perf_counter()
     blocks = plan_data(tokenizer, probe, data=data, val_data=None, text_column=text_column).train
-    pack_per_token = (time.perf_counter() - packing) / config.tokens_per_step  # packing is planned too
-    lens = TunedLens.from_model(model, translator=config.translator, rank=config.rank,
-                                use_temperature=config.use_temperature, seed=config.seed,
-                                points=config.points)  # fmt: skip
+    pack_per_token = (
+        time.perf_counter() - packing
+    ) / config.tokens_per_step  # packing is planned too
+    lens = TunedLens.from_model(
+        model,
+        translator=config.translator,
+        rank=config.rank,
+        use_temperature=config.use_temperature,
+        seed=config.seed,
+        points=config.points,
+    )
     start = time.perf_counter()
     train_lens(lens, model, blocks, probe, world=world)
     per_token = time.perf_counter() - start
@@ -136,20 +164,29 @@ def fit_time_budget(model, tokenizer, config: TrainConfig, out: Path, resume: bo
     start = time.perf_counter()
     layer_kl(lens, model, blocks.tokens[:1].to(lens.unembed.device))
     timings = torch.tensor([per_token / config.tokens_per_step, time.perf_counter() - start])
-    per_token, per_val_sequence = (world.all_reduce_sum(timings) / world.size).tolist()  # all plan alike
+    per_token, per_val_sequence = (
+        world.all_reduce_sum(timings) / world.size
+    ).tolist()  # all plan alike
     forward_share = 0.75  # a forward pass costs about this share of a training token
-    validation = per_val_sequence * max(1, config.val_tokens // config.seq_len) if config.val_tokens else 0.0
+    validation = (
+        per_val_sequence * max(1, config.val_tokens // config.seq_len) if config.val_tokens else 0.0
+    )
     reserve = min(10.0, 0.05 * budget_s) + validation  # the final validation
-    per_planned = per_token * (1 + (config.lstsq_budget_share * forward_share if config.lstsq_init else 0))
+    per_planned = per_token * (
+        1 + (config.lstsq_budget_share * forward_share if config.lstsq_init else 0)
+    )
     per_planned += pack_per_token
-    per_step = per_planned * config.tokens_per_step + (validation / config.val_every if config.val_every else 0)
+    per_step = per_planned * config.tokens_per_step + (
+        validation / config.val_every if config.val_every else 0
+    )
     left = budget_s - (time.monotonic() - begun) - reserve
     steps = max(1, int(left / per_step))
     tokens = steps * config.tokens_per_step
     status(f"{1 / per_token:,.0f} tokens/s: training on {tokens:,} tokens")
     return dataclasses.replace(config, tokens=tokens), {
-        "budget_s": budget_s, "probe_tokens_per_s": 1 / per_token, "planned_tokens": tokens,
+        "budget_s": budget_s,
+        "probe_tokens_per_s": 1 / per_token,
+        "planned_tokens": tokens,
         "validation_s_each": validation,
-        "deadline": begun + budget_s - reserve}  # fmt: skip
-
-
+        "deadline": begun + budget_s - reserve,
+    }

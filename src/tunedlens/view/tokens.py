@@ -43,7 +43,9 @@ def _is_byte_level(tokenizer) -> bool:
     except (KeyError, TypeError):  # TypeError: a tokenizer that cannot be weakly referenced
         pass
     vocab = tokenizer.get_vocab()
-    byte_level = "Ġ" in vocab or "Ċ" in vocab or any(key.startswith("Ġ") for key in list(vocab)[:5000])
+    byte_level = (
+        "Ġ" in vocab or "Ċ" in vocab or any(key.startswith("Ġ") for key in list(vocab)[:5000])
+    )
     try:
         _BYTE_LEVEL[tokenizer] = byte_level
     except TypeError:

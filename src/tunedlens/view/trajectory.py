@@ -88,8 +88,20 @@ class PredictionTrajectory:
             raise OutOfRange(f"layers must be in 0..{last - 1}, got {rows}")
         rows.append(last)
         labels = [row_label(lens.points, row, lens.n_blocks) for row in rows]
-        return cls._build(lens, model, ids, None, rows, rows, labels, tokenizer, targets,
-                          anti_targets, name, keep_logprobs)  # fmt: skip
+        return cls._build(
+            lens,
+            model,
+            ids,
+            None,
+            rows,
+            rows,
+            labels,
+            tokenizer,
+            targets,
+            anti_targets,
+            name,
+            keep_logprobs,
+        )
 
     @classmethod
     def from_lens_and_cache(
@@ -159,17 +171,44 @@ class PredictionTrajectory:
         pairs = [(block, row) for block, row in enumerate(rows[:-1])] + [lens.output_row]
         # The last block's resid_post is the output row's state, read as a row of its own: it
         # keeps its index as its label, apart from the output row's.
-        labels = [row_label(lens.points, row, lens.n_blocks) if row < lens.output_row else str(row)
-                  for row in rows[:-1]] + ["output"]  # fmt: skip
-        trajectory = cls._build(lens, model, ids, states, pairs, rows, labels, tokenizer, targets,
-                                anti_targets, name, keep_logprobs)  # fmt: skip
+        labels = [
+            row_label(lens.points, row, lens.n_blocks) if row < lens.output_row else str(row)
+            for row in rows[:-1]
+        ] + ["output"]
+        trajectory = cls._build(
+            lens,
+            model,
+            ids,
+            states,
+            pairs,
+            rows,
+            labels,
+            tokenizer,
+            targets,
+            anti_targets,
+            name,
+            keep_logprobs,
+        )
         if model_logits is not None:
             _check_output_row(trajectory, lens, states[-1], model_logits)
         return trajectory
 
     @classmethod
-    def _build(cls, lens, model, ids, states, read, rows, labels, tokenizer, targets,
-               anti_targets, name, keep_logprobs):  # fmt: skip
+    def _build(
+        cls,
+        lens,
+        model,
+        ids,
+        states,
+        read,
+        rows,
+        labels,
+        tokenizer,
+        targets,
+        anti_targets,
+        name,
+        keep_logprobs,
+    ):
         if states is not None and tuple(states[0].shape[:2]) != tuple(ids.shape):
             raise InputError(
                 f"input_ids {tuple(ids.shape)} do not match the states' (batch, seq) "
@@ -178,12 +217,27 @@ class PredictionTrajectory:
         targets = None if targets is None else _check_targets(targets, ids, "targets")
         anti = None if anti_targets is None else _check_targets(anti_targets, ids, "anti_targets")
         result = readout(
-            model, {name: lens}, ids, states=states, rows=read, stats=_TRAJECTORY_STATS,
-            top_k=_HOVER_TOP_K, targets=targets, tokens=None if anti is None else anti[..., None],
-            logprobs=keep_logprobs, keep_inputs=True,
-        )  # fmt: skip
-        return cls(result=result, input_ids=ids.cpu(), rows=rows, row_labels=labels,
-                   tokenizer=tokenizer, anti_targets=anti, name=name)  # fmt: skip
+            model,
+            {name: lens},
+            ids,
+            states=states,
+            rows=read,
+            stats=_TRAJECTORY_STATS,
+            top_k=_HOVER_TOP_K,
+            targets=targets,
+            tokens=None if anti is None else anti[..., None],
+            logprobs=keep_logprobs,
+            keep_inputs=True,
+        )
+        return cls(
+            result=result,
+            input_ids=ids.cpu(),
+            rows=rows,
+            row_labels=labels,
+            tokenizer=tokenizer,
+            anti_targets=anti,
+            name=name,
+        )
 
     @property
     def lens(self) -> LensReadout:
@@ -229,8 +283,12 @@ class PredictionTrajectory:
             else torch.as_tensor(positions)
         )
         pick = lambda t: None if t is None else t[:, index]  # noqa: E731
-        return replace(self, result=self.result.take(positions=index), input_ids=self.input_ids[:, index],
-                       anti_targets=pick(self.anti_targets))  # fmt: skip
+        return replace(
+            self,
+            result=self.result.take(positions=index),
+            input_ids=self.input_ids[:, index],
+            anti_targets=pick(self.anti_targets),
+        )
 
     def stride(self, step: int) -> PredictionTrajectory:
         """Every ``step``-th layer (with its mid point), always keeping the last and the output."""
@@ -240,8 +298,12 @@ class PredictionTrajectory:
         last = blocks[-1] if blocks else None
         keep = [index for index, block in enumerate(blocks) if block % step == 0 or block == last]
         keep.append(self.n_rows - 1)
-        return replace(self, result=self.result.take(rows=keep), rows=[self.rows[i] for i in keep],
-                       row_labels=[self.row_labels[i] for i in keep])  # fmt: skip
+        return replace(
+            self,
+            result=self.result.take(rows=keep),
+            rows=[self.rows[i] for i in keep],
+            row_labels=[self.row_labels[i] for i in keep],
+        )
 
     # ------------------------------------------------------------------------ statistics
     def _stat(self, info: StatInfo, values: torch.Tensor, **kwargs) -> TrajectoryStat:
@@ -278,10 +340,12 @@ class PredictionTrajectory:
         top = self.lens.top_ids[..., 0]  # (batch, rows, seq)
         same = (top == top[:1]).all(0)
         return [
-            [format_token(self.tokenizer, top[0, r, s]) if same[r, s] else "*"
-             for s in range(top.shape[2])]
+            [
+                format_token(self.tokenizer, top[0, r, s]) if same[r, s] else "*"
+                for s in range(top.shape[2])
+            ]
             for r in range(top.shape[1])
-        ]  # fmt: skip
+        ]
 
     def predictions(
         self, position: int = -1, top_k: int = _HOVER_TOP_K, *, prompt: int = 0
@@ -304,7 +368,12 @@ class PredictionTrajectory:
             raise OutOfRange(f"prompt must be in 0..{batch - 1}, got {prompt!r}")
         at = check_position(position, self.input_ids.shape[1])
         return layer_predictions(
-            self.lens, self.rows, self.row_labels, self.tokenizer, batch=prompt, position=at,
+            self.lens,
+            self.rows,
+            self.row_labels,
+            self.tokenizer,
+            batch=prompt,
+            position=at,
             top_k=top_k,
         )
 
@@ -313,11 +382,15 @@ class PredictionTrajectory:
             return None
         ids, probs = self.lens.top_ids[0], self.lens.top_probs[0]
         return [
-            ["<br>".join(f"{format_token(self.tokenizer, i)} {p:.3f}"
-                         for i, p in zip(ids[r, s].tolist(), probs[r, s].tolist(), strict=True))
-             for s in range(ids.shape[1])]
+            [
+                "<br>".join(
+                    f"{format_token(self.tokenizer, i)} {p:.3f}"
+                    for i, p in zip(ids[r, s].tolist(), probs[r, s].tolist(), strict=True)
+                )
+                for s in range(ids.shape[1])
+            ]
             for r in range(ids.shape[0])
-        ]  # fmt: skip
+        ]
 
     def cross_entropy(self) -> TrajectoryStat:
         """Cross-entropy to the targets, bits (NaN where a position has no target)."""
@@ -342,7 +415,9 @@ class PredictionTrajectory:
     def log_prob_diff(self, delta: bool = False) -> TrajectoryStat:
         """``log p(target) − log p(anti-target)``, nats; ``delta``: its change from the row above."""
         if self.anti_targets is None:
-            raise InputError("this statistic needs anti_targets; pass them when building the trajectory")
+            raise InputError(
+                "this statistic needs anti_targets; pass them when building the trajectory"
+            )
         diff = -self.lens["ce"] - self.lens.token_logprobs[..., 0]
         if delta:
             diff = torch.cat([torch.zeros_like(diff[:, :1]), diff.diff(dim=1)], 1)
@@ -405,10 +480,14 @@ class PredictionTrajectory:
         return self._stat(STATS[name], self.lens[name])
 
 
-def _check_output_row(trajectory, lens: Lens, last_state: torch.Tensor, logits: torch.Tensor) -> None:
+def _check_output_row(
+    trajectory, lens: Lens, last_state: torch.Tensor, logits: torch.Tensor
+) -> None:
     logits = logits if logits.dim() == 3 else logits.unsqueeze(0)
     decoded = lens.unembed(last_state)
-    if decoded.shape != logits.shape or not torch.allclose(decoded, logits.float().to(decoded.device), rtol=1e-3, atol=1e-3):
+    if decoded.shape != logits.shape or not torch.allclose(
+        decoded, logits.float().to(decoded.device), rtol=1e-3, atol=1e-3
+    ):
         raise InputError(
             "the cache's last resid_post does not decode to model_logits: the cache, the logits "
             "and the lens must come from one model"

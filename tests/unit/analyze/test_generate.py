@@ -14,8 +14,9 @@ def test_greedy_from_the_output_row_equals_model_generate(model_type, input_ids)
     lens = LogitLens(model)
     prompt = input_ids[:1, :5]
     ours = generate(lens, model, lens.output_row, prompt, max_new_tokens=8)
-    theirs = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                            pad_token_id=0)  # fmt: skip
+    theirs = model.generate(
+        prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0
+    )
     assert torch.equal(ours, theirs)
 
 

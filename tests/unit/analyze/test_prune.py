@@ -253,8 +253,15 @@ def test_scores_match_their_definitions():
 def test_lens_scores_can_read_a_few_evenly_spaced_positions():
     model = deep_model()
     calibration = ids(0)
-    data = prune(model, calibration, test_ids=ids(1), max_remove=1, heal=(), lens_positions=3,
-                 generation_prompts=0).to_dict()  # fmt: skip
+    data = prune(
+        model,
+        calibration,
+        test_ids=ids(1),
+        max_remove=1,
+        heal=(),
+        lens_positions=3,
+        generation_prompts=0,
+    ).to_dict()
     hidden = collect_residuals(model, calibration, with_logits=False).hidden
     lens = LogitLens(model)
     with torch.no_grad():

@@ -17,7 +17,14 @@ from tunedlens.lenses.translators import DiagonalTranslator, LowRankTranslator, 
 from tunedlens.train.config import Resolved
 from tunedlens.view.trajectory import PredictionTrajectory
 
-PARALLEL = {"gptj", "phi", "cohere", "cohere2", "falcon", "gpt_neox"}  # as the tiny configs are built
+PARALLEL = {
+    "gptj",
+    "phi",
+    "cohere",
+    "cohere2",
+    "falcon",
+    "gpt_neox",
+}  # as the tiny configs are built
 WITH_MID = [family for family in TINY_CONFIGS if family not in PARALLEL]
 # Non-default configurations: (model_type, config changes, has a mid point).
 VARIANTS = [
@@ -47,7 +54,9 @@ def _check_mid_points(model, input_ids):
         # Attention moved the stream, and the MLP moves it again: the mid point is neither end.
         assert not torch.allclose(mid.hidden[layer], block.hidden[layer])
         assert not torch.allclose(mid.hidden[layer], block.hidden[layer + 1])
-    assert torch.equal(both.hidden[-1], block.hidden[-1]) and torch.equal(mid.hidden[-1], block.hidden[-1])
+    assert torch.equal(both.hidden[-1], block.hidden[-1]) and torch.equal(
+        mid.hidden[-1], block.hidden[-1]
+    )
     # With the MLP branch zeroed, each block's output is exactly its mid point.
     with torch.no_grad():
         for layer in arch.layers:
@@ -132,11 +141,14 @@ def test_readout_labels_rows_and_refuses_mixed_points(model, input_ids):
         readout(None, mid, input_ids, states=states)
 
 
-@pytest.mark.parametrize(("points", "labels"), [
-    ("block", ["0", "1", "output"]),
-    ("mid", ["0.mid", "1.mid", "output"]),
-    ("both", ["0", "0.mid", "1", "1.mid", "output"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("points", "labels"),
+    [
+        ("block", ["0", "1", "output"]),
+        ("mid", ["0.mid", "1.mid", "output"]),
+        ("both", ["0", "0.mid", "1", "1.mid", "output"]),
+    ],
+)
 def test_one_vocabulary_for_rows(model, input_ids, points, labels):
     """``n_blocks`` is L everywhere; rows run 0..output_row; one function names them."""
     arch = resolve_arch(model)
@@ -145,14 +157,22 @@ def test_one_vocabulary_for_rows(model, input_ids, points, labels):
     result = readout(model, {"logit": logit, "tuned": tuned}, input_ids, stats=())
     trajectory = PredictionTrajectory.from_lens_and_model(logit, model, input_ids[0])
     holders = [arch, logit, tuned, residuals, result, trajectory]
-    assert {holder.n_blocks for holder in holders} == {arch.n_blocks} == {model.config.num_hidden_layers}
+    assert (
+        {holder.n_blocks for holder in holders}
+        == {arch.n_blocks}
+        == {model.config.num_hidden_layers}
+    )
     last = 2 * arch.n_blocks if points == "both" else arch.n_blocks
     assert {holder.output_row for holder in holders[1:]} == {last} == {len(labels) - 1}
     assert tuned.translator.n_rows == last and trajectory.rows == list(range(last + 1))
     assert result.row_labels == trajectory.row_labels == labels
     assert [row_label(points, row, logit.n_blocks) for row in result.rows] == labels
-    translators = [tuned.translator, LowRankTranslator(last, 32), DiagonalTranslator(last, 32),
-                   MLPTranslator(last, 32)]  # fmt: skip
+    translators = [
+        tuned.translator,
+        LowRankTranslator(last, 32),
+        DiagonalTranslator(last, 32),
+        MLPTranslator(last, 32),
+    ]
     for holder in [*holders, *translators]:
         assert not hasattr(holder, "n_layers") and not hasattr(holder, "row_label"), holder
     fields = {field.name for field in dataclasses.fields(Resolved)}
@@ -166,9 +186,14 @@ def test_the_package_has_one_row_vocabulary():
     import tunedlens.engine
 
     root = Path(tunedlens.__file__).parent
-    found = [f"{path.relative_to(root)}:{number}"
-             for path in sorted(root.rglob("*")) if path.suffix in (".py", ".js")
-             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-             if re.search(r"\bn_layers\b|\bpoint_label\b|(?<!points)\.row_label\(", line)]  # fmt: skip
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for path in sorted(root.rglob("*"))
+        if path.suffix in (".py", ".js")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"\bn_layers\b|\bpoint_label\b|(?<!points)\.row_label\(", line)
+    ]
     assert found == []
-    assert not hasattr(tunedlens.engine, "row_label") and not hasattr(tunedlens.arch.points, "point_label")
+    assert not hasattr(tunedlens.engine, "row_label") and not hasattr(
+        tunedlens.arch.points, "point_label"
+    )

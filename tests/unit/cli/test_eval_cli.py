@@ -26,9 +26,24 @@ def workdir(tmp_path, tiny_model_dir):
 
 def test_eval_writes_every_report(workdir, tiny_model_dir):
     out = workdir / "out"
-    args = ["eval", str(tiny_model_dir), "--lens", str(workdir / "lens-a"), "--data",
-            str(workdir / "data.txt"), "--tokens", "64", "--seq-len", "16", "--out", str(out),
-            "--prompts", str(workdir / "suite.jsonl"), "--bootstrap", "50"]  # fmt: skip
+    args = [
+        "eval",
+        str(tiny_model_dir),
+        "--lens",
+        str(workdir / "lens-a"),
+        "--data",
+        str(workdir / "data.txt"),
+        "--tokens",
+        "64",
+        "--seq-len",
+        "16",
+        "--out",
+        str(out),
+        "--prompts",
+        str(workdir / "suite.jsonl"),
+        "--bootstrap",
+        "50",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -63,8 +78,19 @@ def test_eval_writes_every_report(workdir, tiny_model_dir):
 def test_eval_bad_input_is_one_line(workdir, tiny_model_dir, monkeypatch, capsys, extra, message):
     (workdir / "empty.jsonl").write_text("")
     extra = [str(workdir / "empty.jsonl") if e == "EMPTY" else e for e in extra]
-    args = ["eval", str(tiny_model_dir), "--data", str(workdir / "data.txt"), "--out",
-            str(workdir / "out"), "--tokens", "32", "--seq-len", "16", *extra]  # fmt: skip
+    args = [
+        "eval",
+        str(tiny_model_dir),
+        "--data",
+        str(workdir / "data.txt"),
+        "--out",
+        str(workdir / "out"),
+        "--tokens",
+        "32",
+        "--seq-len",
+        "16",
+        *extra,
+    ]
     monkeypatch.setattr(sys, "argv", ["tunedlens", *args])
     with pytest.raises(SystemExit) as caught:
         main()
@@ -77,8 +103,18 @@ def test_eval_refuses_a_lens_for_another_model(workdir, tiny_model_dir, monkeypa
     from tiny_models import tiny_model
 
     TunedLens.from_model(tiny_model("gpt2")).save(workdir / "gpt2-lens")
-    args = ["eval", str(tiny_model_dir), "--lens", str(workdir / "gpt2-lens"), "--data",
-            str(workdir / "data.txt"), "--tokens", "32", "--seq-len", "16"]  # fmt: skip
+    args = [
+        "eval",
+        str(tiny_model_dir),
+        "--lens",
+        str(workdir / "gpt2-lens"),
+        "--data",
+        str(workdir / "data.txt"),
+        "--tokens",
+        "32",
+        "--seq-len",
+        "16",
+    ]
     monkeypatch.setattr(sys, "argv", ["tunedlens", *args])
     with pytest.raises(SystemExit) as caught:
         main()

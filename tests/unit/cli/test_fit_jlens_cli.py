@@ -15,9 +15,25 @@ def test_fit_then_use_everywhere(tiny_model_dir, tmp_path):
     words = torch.randint(4, 128, (2000,), generator=torch.Generator().manual_seed(0)).tolist()
     (tmp_path / "text.txt").write_text(" ".join(f"w{i}" for i in words))
     out = tmp_path / "jlens"
-    result = runner.invoke(app, ["fit-jlens", str(tiny_model_dir), "--data", str(tmp_path / "text.txt"),
-                                 "--prompts", "2", "--seq-len", "20", "--skip-first", "4",
-                                 "--dim-batch", "8", "--out", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "fit-jlens",
+            str(tiny_model_dir),
+            "--data",
+            str(tmp_path / "text.txt"),
+            "--prompts",
+            "2",
+            "--seq-len",
+            "20",
+            "--skip-first",
+            "4",
+            "--dim-batch",
+            "8",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (out / "jlens.safetensors").exists() and "fitted rows 0..1 on 2 prompts" in result.output
     for path in (out, out / "jlens.safetensors", out / "config.json"):  # not owner-only (umask 022)
@@ -26,30 +42,80 @@ def test_fit_then_use_everywhere(tiny_model_dir, tmp_path):
     assert config["metadata"]["data_content_hash"] and config["n_prompts"] == 2
     info = json.loads(runner.invoke(app, ["lens", "info", str(out), "--json"]).stdout)
     assert info["kind"] == "jacobian" and info["rows_with_matrix"] == [0, 1]
-    predict = runner.invoke(app, ["predict", str(tiny_model_dir), "w1 w2 w3", "--lens", str(out),
-                                  "--json"])  # fmt: skip
+    predict = runner.invoke(
+        app, ["predict", str(tiny_model_dir), "w1 w2 w3", "--lens", str(out), "--json"]
+    )
     assert predict.exit_code == 0 and json.loads(predict.stdout)["lens"] == str(out)
     figure = tmp_path / "three.html"
-    show = runner.invoke(app, ["show", str(tiny_model_dir), "w1 w2 w3", "--lens", str(out),
-                               "--out", str(figure)])  # fmt: skip
+    show = runner.invoke(
+        app, ["show", str(tiny_model_dir), "w1 w2 w3", "--lens", str(out), "--out", str(figure)]
+    )
     assert show.exit_code == 0 and "jacobian lens jlens" in figure.read_text()
     report = tmp_path / "report"
-    evaluation = runner.invoke(app, ["eval", str(tiny_model_dir), "--lens", str(out), "--data",
-                                     str(tmp_path / "text.txt"), "--tokens", "64", "--seq-len", "16",
-                                     "--prompts", "none", "--bootstrap", "0", "--no-plots",
-                                     "--out", str(report)])  # fmt: skip
+    evaluation = runner.invoke(
+        app,
+        [
+            "eval",
+            str(tiny_model_dir),
+            "--lens",
+            str(out),
+            "--data",
+            str(tmp_path / "text.txt"),
+            "--tokens",
+            "64",
+            "--seq-len",
+            "16",
+            "--prompts",
+            "none",
+            "--bootstrap",
+            "0",
+            "--no-plots",
+            "--out",
+            str(report),
+        ],
+    )
     assert evaluation.exit_code == 0, evaluation.output
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["lenses"]["jlens"]["kind"] == "JacobianLens"
-    again = runner.invoke(app, ["fit-jlens", str(tiny_model_dir), "--data", str(tmp_path / "text.txt"),
-                                "--prompts", "2", "--seq-len", "20", "--out", str(out)])  # fmt: skip
+    again = runner.invoke(
+        app,
+        [
+            "fit-jlens",
+            str(tiny_model_dir),
+            "--data",
+            str(tmp_path / "text.txt"),
+            "--prompts",
+            "2",
+            "--seq-len",
+            "20",
+            "--out",
+            str(out),
+        ],
+    )
     assert again.exit_code != 0  # --out holds a lens: refused without --force
 
 
 def _fit(model_dir, text, out, *extra):
-    return runner.invoke(app, ["fit-jlens", str(model_dir), "--data", str(text), "--prompts", "4",
-                               "--seq-len", "20", "--skip-first", "4", "--dim-batch", "8",
-                               "--out", str(out), *extra])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "fit-jlens",
+            str(model_dir),
+            "--data",
+            str(text),
+            "--prompts",
+            "4",
+            "--seq-len",
+            "20",
+            "--skip-first",
+            "4",
+            "--dim-batch",
+            "8",
+            "--out",
+            str(out),
+            *extra,
+        ],
+    )
 
 
 def _matrices(path):
@@ -89,15 +155,27 @@ def test_interrupt_resume_parts_merge_and_convert(tiny_model_dir, tmp_path, monk
     for part in ("0/2", "1/2"):
         result = _fit(tiny_model_dir, text, tmp_path / f"part{part[0]}", "--part", part)
         assert result.exit_code == 0 and "on 2 prompts" in result.output, result.output
-    merged = runner.invoke(app, ["lens", "merge", str(tiny_model_dir), str(tmp_path / "part0"),
-                                 str(tmp_path / "part1"), "--out", str(tmp_path / "merged")])  # fmt: skip
+    merged = runner.invoke(
+        app,
+        [
+            "lens",
+            "merge",
+            str(tiny_model_dir),
+            str(tmp_path / "part0"),
+            str(tmp_path / "part1"),
+            "--out",
+            str(tmp_path / "merged"),
+        ],
+    )
     assert merged.exit_code == 0 and "(4 prompts)" in merged.output, merged.output
     for name, matrix in _matrices(tmp_path / "merged").items():
         torch.testing.assert_close(matrix, whole[name], rtol=1e-6, atol=1e-7)
 
     artifact = tmp_path / "conv" / "lens.pt"
-    for args in (["lens", "convert", str(tmp_path / "whole"), str(artifact), "--format", "artifact"],
-                 ["lens", "convert", str(artifact), str(tmp_path / "back")]):  # fmt: skip
+    for args in (
+        ["lens", "convert", str(tmp_path / "whole"), str(artifact), "--format", "artifact"],
+        ["lens", "convert", str(artifact), str(tmp_path / "back")],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     info = json.loads(runner.invoke(app, ["lens", "info", str(artifact), "--json"]).stdout)
@@ -115,12 +193,39 @@ def test_torchrun_fit_equals_one_process(tiny_model_dir, tmp_path):
     words = torch.randint(4, 128, (3000,), generator=torch.Generator().manual_seed(2)).tolist()
     text = tmp_path / "text.txt"
     text.write_text(" ".join(f"w{i}" for i in words))
-    args = ["fit-jlens", str(tiny_model_dir), "--data", str(text), "--prompts", "5", "--seq-len", "20",
-            "--skip-first", "4", "--dim-batch", "8"]  # fmt: skip
+    args = [
+        "fit-jlens",
+        str(tiny_model_dir),
+        "--data",
+        str(text),
+        "--prompts",
+        "5",
+        "--seq-len",
+        "20",
+        "--skip-first",
+        "4",
+        "--dim-batch",
+        "8",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "-m", "tunedlens", *args, "--out", str(tmp_path / "multi")],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "tunedlens",
+            *args,
+            "--out",
+            str(tmp_path / "multi"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("fitted rows 0..1 on 5 prompts") == 1  # the first process speaks
     assert _fit_once(args, tmp_path / "single").exit_code == 0

@@ -21,8 +21,10 @@ def _commands(command, path=()):
         yield from _commands(sub, (*path, name))
 
 
-COMMANDS = {" ".join(path) or "tunedlens": (path, command)
-            for path, command in _commands(typer.main.get_command(app))}  # fmt: skip
+COMMANDS = {
+    " ".join(path) or "tunedlens": (path, command)
+    for path, command in _commands(typer.main.get_command(app))
+}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

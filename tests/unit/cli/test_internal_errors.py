@@ -41,8 +41,9 @@ def _fail(error):
 
 
 @pytest.mark.parametrize("error", [ValueError("rows and columns disagree"), KeyError("stat")])
-def test_an_internal_error_prints_its_traceback_and_asks_for_a_report(error, monkeypatch, capsys,
-                                                                       tmp_path):
+def test_an_internal_error_prints_its_traceback_and_asks_for_a_report(
+    error, monkeypatch, capsys, tmp_path
+):
     random_lens(tiny_model("llama")).save(tmp_path / "lens")
     monkeypatch.setattr("tunedlens.commands.lens_info.describe_lens", _fail(error))
     code, out = run_main(monkeypatch, capsys, "lens", "info", str(tmp_path / "lens"))
@@ -50,14 +51,17 @@ def test_an_internal_error_prints_its_traceback_and_asks_for_a_report(error, mon
     assert "Traceback (most recent call last)" in out.err
     assert f"{type(error).__name__}: {error}" in out.err  # the bug's own line, as Python prints it
     assert out.err.strip().splitlines()[-1] == REPORT_BUG
-    assert "please report this as a bug, with the command line and the traceback above" in REPORT_BUG
+    assert (
+        "please report this as a bug, with the command line and the traceback above" in REPORT_BUG
+    )
     assert not [line for line in out.err.splitlines() if line.startswith("error:")]
 
 
-def test_an_internal_error_after_the_model_loads_is_a_bug_too(monkeypatch, capsys,
-                                                             tiny_model_dir):
-    monkeypatch.setattr("tunedlens.commands.predict.predict_layers",
-                        _fail(IndexError("index 7 is out of bounds for dimension 0 with size 7")))
+def test_an_internal_error_after_the_model_loads_is_a_bug_too(monkeypatch, capsys, tiny_model_dir):
+    monkeypatch.setattr(
+        "tunedlens.commands.predict.predict_layers",
+        _fail(IndexError("index 7 is out of bounds for dimension 0 with size 7")),
+    )
     code, out = run_main(monkeypatch, capsys, "predict", str(tiny_model_dir), "w1 w2")
     assert code == 1, out
     assert "Traceback (most recent call last)" in out.err
@@ -66,8 +70,9 @@ def test_an_internal_error_after_the_model_loads_is_a_bug_too(monkeypatch, capsy
 
 
 @pytest.mark.parametrize("debug", ["1", "0", ""])
-def test_tunedlens_debug_shows_the_traceback_of_a_user_error(debug, monkeypatch, capsys,
-                                                            tiny_model_dir):
+def test_tunedlens_debug_shows_the_traceback_of_a_user_error(
+    debug, monkeypatch, capsys, tiny_model_dir
+):
     monkeypatch.setenv("TUNEDLENS_DEBUG", debug)
     code, out = run_main(monkeypatch, capsys, "predict", str(tiny_model_dir), "w1", "--top-k", "0")
     lines = out.err.strip().splitlines()
@@ -96,7 +101,9 @@ def test_user_errors_are_also_the_builtin_exceptions_python_callers_catch(tiny_m
     with pytest.raises(InputTypeError, match="lenses must be a Lens") as caught:
         name_lenses("logit")
     assert isinstance(caught.value, TypeError)
-    assert all(issubclass(kind, TunedLensError) for kind in (InputError, OutOfRange, InputTypeError))
+    assert all(
+        issubclass(kind, TunedLensError) for kind in (InputError, OutOfRange, InputTypeError)
+    )
 
 
 def _builtin_raises() -> dict[tuple[str, str], list[int]]:
@@ -122,8 +129,11 @@ def _builtin_raises() -> dict[tuple[str, str], list[int]]:
 
 def test_user_input_checks_do_not_raise_plain_builtins():
     found = _builtin_raises()
-    unlisted = {f"{path}:{lines[0]} (in {where})" for (path, where), lines in found.items()
-                if (path, where) not in ALLOWED}  # fmt: skip
+    unlisted = {
+        f"{path}:{lines[0]} (in {where})"
+        for (path, where), lines in found.items()
+        if (path, where) not in ALLOWED
+    }
     assert not unlisted, (
         "these raise a plain ValueError/IndexError/TypeError, which the CLI reports as a bug; a "
         "check of user or caller input raises a TunedLensError subclass (tunedlens.errors: "

@@ -39,9 +39,19 @@ def _args(line: str) -> list[str]:
 
 
 def test_the_readme_shows_every_command():
-    shown = {tuple(_args(line)[:2]) if _args(line)[0] == "lens" else _args(line)[0]
-             for line in INVOCATIONS}  # fmt: skip
-    assert {"predict", "show", "train", "eval", "serve", ("lens", "info"), ("lens", "convert")} <= shown
+    shown = {
+        tuple(_args(line)[:2]) if _args(line)[0] == "lens" else _args(line)[0]
+        for line in INVOCATIONS
+    }
+    assert {
+        "predict",
+        "show",
+        "train",
+        "eval",
+        "serve",
+        ("lens", "info"),
+        ("lens", "convert"),
+    } <= shown
 
 
 @pytest.mark.parametrize("line", INVOCATIONS)

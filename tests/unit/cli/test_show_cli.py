@@ -20,8 +20,17 @@ def lens_dir(tmp_path, tiny_model_dir):
 
 def test_show_html_is_self_contained(tmp_path, tiny_model_dir, lens_dir):
     out = tmp_path / "fig.html"
-    args = ["show", str(tiny_model_dir), "w1 w2 w3", "--lens", str(lens_dir), "--stat", "all",
-            "--out", str(out)]  # fmt: skip
+    args = [
+        "show",
+        str(tiny_model_dir),
+        "w1 w2 w3",
+        "--lens",
+        str(lens_dir),
+        "--stat",
+        "all",
+        "--out",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     html = out.read_text()
@@ -35,8 +44,9 @@ def test_show_html_is_self_contained(tmp_path, tiny_model_dir, lens_dir):
 
 def test_show_png_and_compare(tmp_path, tiny_model_dir):
     out = tmp_path / "fig.png"
-    result = runner.invoke(app, ["show", str(tiny_model_dir), "w1 w2 w3", "--compare", "w1 w9 w3",
-                                 "--out", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app, ["show", str(tiny_model_dir), "w1 w2 w3", "--compare", "w1 w9 w3", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     from PIL import Image
 
@@ -69,8 +79,22 @@ def test_show_takes_several_lenses_side_by_side(tmp_path, tiny_model_dir, lens_d
     other = tmp_path / "other-lens"
     shutil.copytree(lens_dir, other)
     out = tmp_path / "three.html"
-    result = runner.invoke(app, ["show", str(tiny_model_dir), "w1 w2 w3", "--lens", str(lens_dir),
-                                 "--lens", str(other), "--stat", "kl", "--out", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "show",
+            str(tiny_model_dir),
+            "w1 w2 w3",
+            "--lens",
+            str(lens_dir),
+            "--lens",
+            str(other),
+            "--stat",
+            "kl",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     html = out.read_text()
     assert html.count('"hovertemplate":"row %{y}') == 3

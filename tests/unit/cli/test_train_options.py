@@ -57,7 +57,9 @@ def test_a_new_field_gets_an_option_with_no_other_edit():
         print(sorted(settings.items()))
 
     new = typer.Typer()
-    new.command()(with_parameters(command, config_parameters(Settings, docs={"width": "How wide."})))
+    new.command()(
+        with_parameters(command, config_parameters(Settings, docs={"width": "How wide."}))
+    )
     result = CliRunner().invoke(new, ["x", "--width", "5", "--mode", "b", "--limit", "none"])
     assert result.exit_code == 0, result.output
     assert "('limit', None), ('mode', 'b'), ('width', 5)" in result.output
@@ -82,12 +84,35 @@ def test_the_command_line_reaches_the_config(monkeypatch, tmp_path):
         raise SystemExit(0)
 
     monkeypatch.setattr("tunedlens.commands.train.run", fake_run_training)
-    monkeypatch.setattr(sys, "argv", ["tunedlens", "train", "demo", "--out", str(tmp_path / "o"),
-                                      "--grad-clip", "none", "--betas", "0.8,0.9", "--lstsq-init", "false",
-                                      "--schedule", "constant"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "tunedlens",
+            "train",
+            "demo",
+            "--out",
+            str(tmp_path / "o"),
+            "--grad-clip",
+            "none",
+            "--betas",
+            "0.8,0.9",
+            "--lstsq-init",
+            "false",
+            "--schedule",
+            "constant",
+        ],
+    )
     with pytest.raises(SystemExit):
         main()
-    expected = recipe_config("default", explicit={"grad_clip": None, "betas": (0.8, 0.9),
-                                                  "lstsq_init": False, "schedule": "constant"})
+    expected = recipe_config(
+        "default",
+        explicit={
+            "grad_clip": None,
+            "betas": (0.8, 0.9),
+            "lstsq_init": False,
+            "schedule": "constant",
+        },
+    )
     assert seen["config"] == expected
     assert expected.grad_clip is None and expected.positions_per_sequence == 16  # recipe kept

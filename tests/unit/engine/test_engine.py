@@ -21,8 +21,9 @@ def test_every_statistic_matches_a_direct_computation(model_type, input_ids):
     model = tiny_model(model_type)
     lens = random_lens(model)
     tokens = torch.tensor([5, 17, 99])
-    result = readout(model, {"tuned": lens}, input_ids, stats=STAT_NAMES, top_k=4, tokens=tokens,
-                     logprobs=True)  # fmt: skip
+    result = readout(
+        model, {"tuned": lens}, input_ids, stats=STAT_NAMES, top_k=4, tokens=tokens, logprobs=True
+    )
     residuals = collect_residuals(model, input_ids)
     final = residuals.logits.double().log_softmax(-1)
     targets = torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], -1)], 1)
@@ -35,21 +36,32 @@ def test_every_statistic_matches_a_direct_computation(model_type, input_ids):
         torch.testing.assert_close(grids["kl"][:, row].double(), kl, atol=2e-5, rtol=0)
         entropy = -(probs * logprobs).sum(-1)
         torch.testing.assert_close(grids["entropy"][:, row].double(), entropy, atol=2e-5, rtol=0)
-        torch.testing.assert_close(grids["max-prob"][:, row].double(), probs.amax(-1), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            grids["max-prob"][:, row].double(), probs.amax(-1), atol=1e-6, rtol=0
+        )
         target_lp = logprobs.gather(-1, targets.clamp_min(0)[..., None])[..., 0]
         has = targets >= 0
-        torch.testing.assert_close(grids["ce"][:, row][has].double(), -target_lp[has], atol=2e-5, rtol=0)
-        assert torch.isnan(grids["ce"][:, row][~has]).all() and torch.isnan(grids["rank"][:, row][~has]).all()
+        torch.testing.assert_close(
+            grids["ce"][:, row][has].double(), -target_lp[has], atol=2e-5, rtol=0
+        )
+        assert (
+            torch.isnan(grids["ce"][:, row][~has]).all()
+            and torch.isnan(grids["rank"][:, row][~has]).all()
+        )
         ranks = 1 + (logprobs > target_lp[..., None]).sum(-1)
         assert torch.equal(grids["rank"][:, row][has].long(), ranks[has])
-        torch.testing.assert_close(grids["prob"][:, row][has].double(), target_lp[has].exp(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            grids["prob"][:, row][has].double(), target_lp[has].exp(), atol=1e-6, rtol=0
+        )
         model_top = final.argmax(-1)
         model_rank = 1 + (logprobs > logprobs.gather(-1, model_top[..., None])).sum(-1)
         assert torch.equal(grids["model-rank"][:, row].long(), model_rank)
         top_probs, top_ids = probs.topk(4, dim=-1)
         assert torch.equal(grids.top_ids[:, row], top_ids)
         torch.testing.assert_close(grids.top_probs[:, row].double(), top_probs, atol=1e-6, rtol=0)
-        torch.testing.assert_close(grids.token_probs[:, row].double(), probs[..., tokens], atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            grids.token_probs[:, row].double(), probs[..., tokens], atol=1e-6, rtol=0
+        )
         token_ranks = 1 + (logprobs[..., None, :] > logprobs[..., tokens, None]).sum(-1)
         assert torch.equal(grids.token_ranks[:, row].long(), token_ranks)
         centred = logprobs - logprobs.mean(-1, keepdim=True)
@@ -69,26 +81,44 @@ def test_a_padded_batch_reads_like_each_prompt_alone(model, lens):
         alone = readout(model, [lens], torch.tensor([prompt]), top_k=3)
         width = len(prompt)
         for stat in ("entropy", "kl", "ce", "max-prob"):
-            torch.testing.assert_close(batch["tuned"][stat][index, :, :width], alone["tuned"][stat][0],
-                                       atol=1e-5, rtol=1e-5, equal_nan=True)  # fmt: skip
+            torch.testing.assert_close(
+                batch["tuned"][stat][index, :, :width],
+                alone["tuned"][stat][0],
+                atol=1e-5,
+                rtol=1e-5,
+                equal_nan=True,
+            )
         assert torch.equal(batch["tuned"].top_ids[index, :, :width], alone["tuned"].top_ids[0])
         assert torch.isnan(batch["tuned"]["kl"][index, :, width:]).all()
     last = readout(model, [lens], prompts, positions=-1, top_k=1)  # each prompt's own last token
     assert last.positions[:, 0].tolist() == [5, 2, 3]
     for index in range(3):
         column = batch.positions[index].tolist().index(last.positions[index, 0])
-        torch.testing.assert_close(last["tuned"]["kl"][index, :, 0], batch["tuned"]["kl"][index, :, column],
-                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+        torch.testing.assert_close(
+            last["tuned"]["kl"][index, :, 0],
+            batch["tuned"]["kl"][index, :, column],
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_rows_positions_transfer_pairs_and_a_small_memory_budget(model, lens, input_ids):
     full = readout(model, lens, input_ids, stats=("kl", "entropy"), top_k=2)
-    some = readout(model, lens, input_ids, rows=[2, 0], positions=[0, -1], stats=("kl", "entropy"),
-                   top_k=2, memory_budget=1)  # fmt: skip
+    some = readout(
+        model,
+        lens,
+        input_ids,
+        rows=[2, 0],
+        positions=[0, -1],
+        stats=("kl", "entropy"),
+        top_k=2,
+        memory_budget=1,
+    )
     assert some.row_labels == ["output", "0"]
     for stat in ("kl", "entropy"):
-        torch.testing.assert_close(some["tuned"][stat][:, 0], full["tuned"][stat][:, 2][:, [0, -1]],
-                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+        torch.testing.assert_close(
+            some["tuned"][stat][:, 0], full["tuned"][stat][:, 2][:, [0, -1]], atol=1e-5, rtol=1e-5
+        )
     pair = readout(model, lens, input_ids, rows=[(1, 0)], stats=("entropy",), top_k=0)
     residuals = collect_residuals(model, input_ids)
     expected = _direct(lens, residuals.hidden[1], 0)
@@ -103,11 +133,16 @@ def test_temperature_lenses_and_states_without_the_model(model, input_ids):
         for parameter in lens.translator.parameters():
             parameter.normal_(0, 0.3)
     residuals = collect_residuals(model, input_ids)
-    result = readout(None, {"t": lens}, input_ids, states=residuals, stats=("entropy",), top_k=1,
-                     logprobs=True)  # fmt: skip
+    result = readout(
+        None, {"t": lens}, input_ids, states=residuals, stats=("entropy",), top_k=1, logprobs=True
+    )
     for row in range(lens.output_row + 1):
-        torch.testing.assert_close(result["t"].logprobs[:, row].double(),
-                                   _direct(lens, residuals.hidden[row], row), atol=1e-5, rtol=0)  # fmt: skip
+        torch.testing.assert_close(
+            result["t"].logprobs[:, row].double(),
+            _direct(lens, residuals.hidden[row], row),
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 def test_divergences_between_two_readouts(model, lens, input_ids):
@@ -117,7 +152,9 @@ def test_divergences_between_two_readouts(model, lens, input_ids):
     p, q = first["tuned"].logprobs.double().exp(), second["logit"].logprobs.double().exp()
     m = (p + q) / 2
     kl = lambda a, b: (a * (a.log() - b.log())).sum(-1)  # noqa: E731
-    torch.testing.assert_close(got["js"].double(), 0.5 * kl(p, m) + 0.5 * kl(q, m), atol=2e-5, rtol=0)
+    torch.testing.assert_close(
+        got["js"].double(), 0.5 * kl(p, m) + 0.5 * kl(q, m), atol=2e-5, rtol=0
+    )
     torch.testing.assert_close(got["kl"].double(), kl(p, q), atol=5e-5, rtol=1e-5)
     torch.testing.assert_close(got["tv"].double(), 0.5 * (p - q).abs().sum(-1), atol=2e-5, rtol=0)
     assert (got["js"] <= math.log(2) + 1e-6).all()

@@ -34,7 +34,9 @@ def _compare(expected, actual, where: str, problems: list) -> None:
                 _compare(expected[key], actual[key], f"{where}/{key}", problems)
     elif isinstance(expected, list):
         if not isinstance(actual, list) or len(expected) != len(actual):
-            problems.append(f"{where}: length {len(expected)} vs {len(actual) if isinstance(actual, list) else actual!r}")
+            problems.append(
+                f"{where}: length {len(expected)} vs {len(actual) if isinstance(actual, list) else actual!r}"
+            )
             return
         for index, (e, a) in enumerate(zip(expected, actual, strict=True)):
             _compare(e, a, f"{where}[{index}]", problems)
@@ -44,7 +46,9 @@ def _compare(expected, actual, where: str, problems: list) -> None:
         tolerance = 1e-3 if where.endswith("/temperature") else 1e-5
         if actual is None or (math.isnan(expected) != math.isnan(float(actual))):
             problems.append(f"{where}: {expected} vs {actual}")
-        elif not math.isnan(expected) and abs(expected - actual) > tolerance * max(1.0, abs(expected)):
+        elif not math.isnan(expected) and abs(expected - actual) > tolerance * max(
+            1.0, abs(expected)
+        ):
             problems.append(f"{where}: {expected} vs {actual}")
     elif expected != actual:
         problems.append(f"{where}: {expected!r} vs {actual!r}")

@@ -98,9 +98,11 @@ def test_layer_kl_uses_the_kernel_and_matches_a_direct_computation(model_type):
     with torch.no_grad():
         target = lens(residuals.hidden[-1], 2).double().log_softmax(-1)
         expected = torch.stack(
-            [kl_divergence(target, lens(residuals.hidden[i], i).double().log_softmax(-1)).mean()
-             for i in range(2)]
-        )  # fmt: skip
+            [
+                kl_divergence(target, lens(residuals.hidden[i], i).double().log_softmax(-1)).mean()
+                for i in range(2)
+            ]
+        )
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
 
 

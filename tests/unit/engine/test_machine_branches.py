@@ -74,8 +74,10 @@ def test_cpu_vendor_reads_proc_cpuinfo():
     assert isinstance(vendor, str)
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            expected = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                             if line.startswith("vendor_id")), "")
+            expected = next(
+                (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("vendor_id")),
+                "",
+            )
     except OSError:
         expected = ""
     assert vendor == expected
@@ -86,8 +88,12 @@ def test_readout_on_a_model_that_requires_grad(matmul, workers, trainable_model)
     ids = torch.randint(3, 120, (2, 60), generator=torch.Generator().manual_seed(4))
     lens = random_lens(trainable_model)
     with torch.enable_grad():  # as in a notebook cell, outside any no_grad
-        result = readout(trainable_model, {"logit": LogitLens(trainable_model), "tuned": lens},
-                         ids, stats=("kl", "entropy"))
+        result = readout(
+            trainable_model,
+            {"logit": LogitLens(trainable_model), "tuned": lens},
+            ids,
+            stats=("kl", "entropy"),
+        )
     for name, each in (("logit", LogitLens(trainable_model)), ("tuned", lens)):
         expected = _direct_kl(trainable_model, each, ids)
         got = result[name]["kl"]

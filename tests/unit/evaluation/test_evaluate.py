@@ -14,8 +14,14 @@ def tokens():
 
 
 def test_metrics_equal_a_direct_computation(model, lens, tokens, tiny_tokenizer):
-    report = evaluate(model, {"mine": lens}, tokens, tokenizer=tiny_tokenizer, bootstrap=200,
-                      memory_budget=12 * 4 * 128 * 3)  # fmt: skip
+    report = evaluate(
+        model,
+        {"mine": lens},
+        tokens,
+        tokenizer=tiny_tokenizer,
+        bootstrap=200,
+        memory_budget=12 * 4 * 128 * 3,
+    )
     metrics = report.to_dict()
     output_row = lens.output_row
     assert metrics["layers"] == list(range(output_row + 1))

@@ -79,9 +79,9 @@ def test_gates_flip_on_constructed_cases():
     late = _kpis([[4.0] * 9] * 5, [4, 4, 8, 8, 8], [6] * 5)
     assert not gates_for({**late, **compare_kpis(baseline, late, output_row)})["B"]["pass"]
     miscalibrated = _kpis([[4.0] * 9] * 5, [2] * 5, [5] * 5, temp_kl=0.06)
-    assert not gates_for({**miscalibrated, **compare_kpis(baseline, miscalibrated, output_row)})["C"][
-        "pass"
-    ]
+    assert not gates_for({**miscalibrated, **compare_kpis(baseline, miscalibrated, output_row)})[
+        "C"
+    ]["pass"]
 
 
 def test_temperature_fit_recovers_a_scaled_copy():
@@ -104,8 +104,14 @@ def test_suite_end_to_end_on_a_tiny_model(tmp_path, tiny_tokenizer):
     tokens = torch.randint(3, 120, (2, 10), generator=torch.Generator().manual_seed(0))
     untrained = TunedLens.from_model(model)
     skipped_norm = TunedLens.from_model(model, skip_norm=True)
-    report = evaluate(model, {"same": untrained, "no-norm": skipped_norm}, tokens,
-                      tokenizer=tiny_tokenizer, prompts=load_prompts(path), bootstrap=0)  # fmt: skip
+    report = evaluate(
+        model,
+        {"same": untrained, "no-norm": skipped_norm},
+        tokens,
+        tokenizer=tiny_tokenizer,
+        prompts=load_prompts(path),
+        bootstrap=0,
+    )
     metrics = report.metrics
     assert metrics["prompts"]["used"] == 6 and metrics["prompts"]["skipped_count"] == 1
     same = metrics["gates"]["same"]

@@ -34,14 +34,21 @@ def lenses(model, tmp_path):
     fit_jacobian_lens(model, ids, skip_first=2).save(tmp_path / "in" / "jlens")
     report = tmp_path / "in" / "report"
     report.mkdir()
-    metrics = {"tokens": 64, "lenses": {"logit": {"kl_bits": [3.0, 2.0]}, "tuned": {"kl_bits": [1.0, 0.5]}},
-               "gates": {"tuned": {"A": {"pass": True}, "B": {"pass": False}}}}  # fmt: skip
+    metrics = {
+        "tokens": 64,
+        "lenses": {"logit": {"kl_bits": [3.0, 2.0]}, "tuned": {"kl_bits": [1.0, 0.5]}},
+        "gates": {"tuned": {"A": {"pass": True}, "B": {"pass": False}}},
+    }
     (report / "metrics.json").write_text(json.dumps(metrics))
     return [tmp_path / "in" / "tuned", tmp_path / "in" / "jlens"], {"tuned": report}
 
 
 def _tree_bytes(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_package_verify_tamper(lenses, tmp_path, model):
@@ -51,11 +58,19 @@ def test_package_verify_tamper(lenses, tmp_path, model):
     tuned = index["lenses"][f"lenses/{MODEL_ID}/tuned"]
     assert tuned["kind"] == "tuned" and tuned["metrics"]["mean_kl_bits"] == 0.75
     assert tuned["metrics"]["gates"] == {"A": True, "B": False}
-    assert set(tuned["files"]) == {"config.json", "lens.safetensors", "provenance.json", "README.md",
-                                   "eval/metrics.json"}
+    assert set(tuned["files"]) == {
+        "config.json",
+        "lens.safetensors",
+        "provenance.json",
+        "README.md",
+        "eval/metrics.json",
+    }
     assert index["lenses"][f"lenses/{MODEL_ID}/jlens"]["kind"] == "jacobian"
     card = (tree / "README.md").read_text()
-    assert card.startswith("---\nlicense: apache-2.0") and "| `org/tiny-llama` | `tuned` | tuned | 0.750 | A✓ B✗ |" in card
+    assert (
+        card.startswith("---\nlicense: apache-2.0")
+        and "| `org/tiny-llama` | `tuned` | tuned | 0.750 | A✓ B✗ |" in card
+    )
     # Deterministic: the same inputs give a byte-identical tree.
     again = package_lenses(dirs, tmp_path / "again", evals=evals)
     assert _tree_bytes(again) == _tree_bytes(tree)
@@ -69,7 +84,9 @@ def test_package_verify_tamper(lenses, tmp_path, model):
     with pytest.raises(CollectionError, match=r"tuned/lens.safetensors does not match its sha256"):
         verify_collection(tree)
     weights.unlink()
-    with pytest.raises(CollectionError, match="lens.safetensors is listed in INDEX.json but missing"):
+    with pytest.raises(
+        CollectionError, match="lens.safetensors is listed in INDEX.json but missing"
+    ):
         verify_collection(tree)
     (again / "lenses" / MODEL_ID / "jlens" / "notes.txt").write_text("extra")
     with pytest.raises(CollectionError, match="jlens/notes.txt is in the tree but not listed"):
@@ -79,7 +96,9 @@ def test_package_verify_tamper(lenses, tmp_path, model):
 def test_package_bad_input(lenses, tmp_path, model):
     dirs, evals = lenses
     shutil.copytree(dirs[0], tmp_path / "elsewhere" / "tuned")
-    with pytest.raises(CollectionError, match="two lenses would be packaged at lenses/org/tiny-llama/tuned"):
+    with pytest.raises(
+        CollectionError, match="two lenses would be packaged at lenses/org/tiny-llama/tuned"
+    ):
         package_lenses([dirs[0], tmp_path / "elsewhere" / "tuned"], tmp_path / "t1")
     with pytest.raises(CollectionError, match="not among the packaged lenses"):
         package_lenses(dirs[1:], tmp_path / "t2", evals=evals)
@@ -91,7 +110,10 @@ def test_package_bad_input(lenses, tmp_path, model):
     index = json.loads((tree / "INDEX.json").read_text())
     index["lenses"][f"lenses/{MODEL_ID}/tuned"]["model"] = "org/other"
     (tree / "INDEX.json").write_text(json.dumps(index))
-    with pytest.raises(CollectionError, match="filed under 'org/tiny-llama' but the index says its model is 'org/other'"):
+    with pytest.raises(
+        CollectionError,
+        match="filed under 'org/tiny-llama' but the index says its model is 'org/other'",
+    ):
         verify_collection(tree)
     nameless = tiny_model("llama", seed=2)
     nameless.config.name_or_path = ""
@@ -166,7 +188,12 @@ def test_upload_needs_a_token_and_makes_one_tagged_commit(lenses, tmp_path, monk
     assert RecordingApi.calls == []
     url = upload_collection(tree, "org/lenses", revision_tag="v2026.11.28", token="t")
     assert url.endswith("c0ffee")
-    assert [c[0] for c in RecordingApi.calls] == ["token", "create_repo", "upload_folder", "create_tag"]
+    assert [c[0] for c in RecordingApi.calls] == [
+        "token",
+        "create_repo",
+        "upload_folder",
+        "create_tag",
+    ]
     assert RecordingApi.calls[-1] == ("create_tag", "v2026.11.28", "c0ffee")
 
 
@@ -183,7 +210,9 @@ def test_verify_follows_folder_links(lenses, tmp_path):
     (tree / "attic").mkdir()
     (tree / "attic" / "notes.txt").write_text("unlisted")
     (lens / "attic").symlink_to("../../../../attic", target_is_directory=True)
-    with pytest.raises(CollectionError, match="tuned/attic/notes.txt is in the tree but not listed"):
+    with pytest.raises(
+        CollectionError, match="tuned/attic/notes.txt is in the tree but not listed"
+    ):
         verify_collection(tree)
 
 
@@ -238,27 +267,61 @@ def _entry(index):
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda index: index["lenses"].update({f"lenses/{MODEL_ID}/tuned": ["config.json"]}),
-         "entry 'lenses/org/tiny-llama/tuned': the entry must be an object .* got \\['config.json'\\] \\(list\\)"),
-        (lambda index: _entry(index)["files"]["config.json"].update(size="1397"),
-         "files\\['config.json'\\].size must be a whole number of bytes, got '1397' \\(str\\)"),
-        (lambda index: _entry(index)["files"]["config.json"].update(size=True),
-         "files\\['config.json'\\].size must be a whole number"),
-        (lambda index: _entry(index)["files"]["config.json"].update(sha256="ABC"),
-         "files\\['config.json'\\].sha256 must be a sha256 hex digest"),
-        (lambda index: _entry(index)["files"]["config.json"].update(sha256=None),
-         "sha256 must be a sha256 hex digest .*got None"),
-        (lambda index: _entry(index).update(files=["config.json"]), "field 'files' must be an object"),
-        (lambda index: _entry(index)["files"].update({"../../../INDEX.json": {"sha256": "0" * 64, "size": 1}}),
-         "file name '../../../INDEX.json' in 'files' must be a relative path inside the lens folder"),
-        (lambda index: _entry(index).update(model=7), "field 'model' must be a non-empty string, got 7"),
-        (lambda index: _entry(index).pop("kind"), "field 'kind' must be a non-empty string, got None"),
-        (lambda index: _entry(index).update(metrics={"mean_kl_bits": "0.75"}),
-         "metrics.mean_kl_bits must be a number"),
+        (
+            lambda index: index["lenses"].update({f"lenses/{MODEL_ID}/tuned": ["config.json"]}),
+            "entry 'lenses/org/tiny-llama/tuned': the entry must be an object .* got \\['config.json'\\] \\(list\\)",
+        ),
+        (
+            lambda index: _entry(index)["files"]["config.json"].update(size="1397"),
+            "files\\['config.json'\\].size must be a whole number of bytes, got '1397' \\(str\\)",
+        ),
+        (
+            lambda index: _entry(index)["files"]["config.json"].update(size=True),
+            "files\\['config.json'\\].size must be a whole number",
+        ),
+        (
+            lambda index: _entry(index)["files"]["config.json"].update(sha256="ABC"),
+            "files\\['config.json'\\].sha256 must be a sha256 hex digest",
+        ),
+        (
+            lambda index: _entry(index)["files"]["config.json"].update(sha256=None),
+            "sha256 must be a sha256 hex digest .*got None",
+        ),
+        (
+            lambda index: _entry(index).update(files=["config.json"]),
+            "field 'files' must be an object",
+        ),
+        (
+            lambda index: _entry(index)["files"].update(
+                {"../../../INDEX.json": {"sha256": "0" * 64, "size": 1}}
+            ),
+            "file name '../../../INDEX.json' in 'files' must be a relative path inside the lens folder",
+        ),
+        (
+            lambda index: _entry(index).update(model=7),
+            "field 'model' must be a non-empty string, got 7",
+        ),
+        (
+            lambda index: _entry(index).pop("kind"),
+            "field 'kind' must be a non-empty string, got None",
+        ),
+        (
+            lambda index: _entry(index).update(metrics={"mean_kl_bits": "0.75"}),
+            "metrics.mean_kl_bits must be a number",
+        ),
     ],
-    ids=["entry a list", "size a string", "size a bool", "sha256 not hex", "sha256 missing",
-         "files a list", "file name leaves the lens", "model a number", "kind missing",
-         "mean KL a string"],
+    ids=[
+        "entry a list",
+        "size a string",
+        "size a bool",
+        "sha256 not hex",
+        "sha256 missing",
+        "files a list",
+        "file name leaves the lens",
+        "model a number",
+        "kind missing",
+        "mean KL a string",
+    ],
 )
 def test_malformed_index_fields_are_named(lenses, tmp_path, damage, message):
     from tunedlens.hub.listing import known_lenses

@@ -34,12 +34,26 @@ def _stop_after(count):
 def test_resume_is_bit_identical_to_an_uninterrupted_fit(model, tmp_path):
     whole = fit_jacobian_lens(model, _prompts(), skip_first=2, dim_batch=5)
     with pytest.raises(Stop):
-        fit_jacobian_lens(model, _prompts(), skip_first=2, dim_batch=5, checkpoint=tmp_path,
-                          checkpoint_every=2, progress=_stop_after(3))  # fmt: skip
+        fit_jacobian_lens(
+            model,
+            _prompts(),
+            skip_first=2,
+            dim_batch=5,
+            checkpoint=tmp_path,
+            checkpoint_every=2,
+            progress=_stop_after(3),
+        )
     state = FitState.load(state_file(tmp_path))
     assert (state.next_index, state.n_done, state.skipped) == (2, 2, 0)  # saved every 2 prompts
-    resumed = fit_jacobian_lens(model, _prompts(), skip_first=2, dim_batch=5, checkpoint=tmp_path,
-                                checkpoint_every=2, resume=True)  # fmt: skip
+    resumed = fit_jacobian_lens(
+        model,
+        _prompts(),
+        skip_first=2,
+        dim_batch=5,
+        checkpoint=tmp_path,
+        checkpoint_every=2,
+        resume=True,
+    )
     assert resumed.n_prompts == whole.n_prompts == 4 and resumed.metadata["skipped_prompts"] == 1
     for row in whole.rows:
         assert torch.equal(resumed.matrices[row], whole.matrices[row]), row
@@ -57,8 +71,14 @@ def test_resume_refuses_other_settings_prompts_or_damage(model, tmp_path):
             model, _prompts()[1:3], skip_first=2, dim_batch=5, checkpoint=tmp_path, resume=True
         )
     with pytest.raises(FitStateError, match="unembed_hash"):
-        fit_jacobian_lens(tiny_model("llama", seed=9), _prompts()[:2], skip_first=2, dim_batch=5,
-                          checkpoint=tmp_path, resume=True)  # fmt: skip
+        fit_jacobian_lens(
+            tiny_model("llama", seed=9),
+            _prompts()[:2],
+            skip_first=2,
+            dim_batch=5,
+            checkpoint=tmp_path,
+            resume=True,
+        )
     with pytest.raises(FitStateError, match="does not exist"):
         fit_jacobian_lens(
             model, _prompts()[:2], skip_first=2, checkpoint=tmp_path / "none", resume=True
@@ -97,7 +117,7 @@ def test_bad_arguments_are_named_one_by_one(model):
         with pytest.raises(ValueError, match="no prompts were given"):
             fit_jacobian_lens(model, prompts)
     for setting in ({"skip_first": -1}, {"dim_batch": 0}, {"checkpoint_every": 0}):
-        (name, value), = setting.items()
+        ((name, value),) = setting.items()
         with pytest.raises(ValueError, match=rf"^{name} \(.*\) must be >= .*, got {value}$"):
             fit_jacobian_lens(model, _prompts(), **setting)
 
@@ -105,8 +125,12 @@ def test_bad_arguments_are_named_one_by_one(model):
 def test_slices_merge_to_the_whole_fit(model):
     prompts = _prompts()
     whole = fit_jacobian_lens(model, prompts, skip_first=2, dim_batch=5)
-    parts = [fit_jacobian_lens(model, prompts[prompt_slice(len(prompts), i, 2)], skip_first=2,
-                               dim_batch=5) for i in range(2)]  # fmt: skip
+    parts = [
+        fit_jacobian_lens(
+            model, prompts[prompt_slice(len(prompts), i, 2)], skip_first=2, dim_batch=5
+        )
+        for i in range(2)
+    ]
     assert [p.n_prompts for p in parts] == [2, 2]  # 3 + 2 prompts, one of them too short
     merged = merge_jacobian_lenses(parts)
     assert merged.n_prompts == 4 and merged.metadata["skipped_prompts"] == 1
@@ -116,8 +140,9 @@ def test_slices_merge_to_the_whole_fit(model):
     with pytest.raises(ValueError, match="skip_first=3"):
         merge_jacobian_lenses([parts[0], other])
     with pytest.raises(ValueError, match="another model"):
-        merge_jacobian_lenses([parts[0], fit_jacobian_lens(tiny_model("llama", seed=9), prompts[:2],
-                                                          skip_first=2)])  # fmt: skip
+        merge_jacobian_lenses(
+            [parts[0], fit_jacobian_lens(tiny_model("llama", seed=9), prompts[:2], skip_first=2)]
+        )
 
 
 def test_prompt_slices_cover_every_prompt_once():

@@ -224,7 +224,9 @@ def test_read_parts_reads_resolved_parts_without_resolving_them_again(model, tmp
     original, calls = locations.lens_dir, []
     for module in list(sys.modules.values()):
         if getattr(module, "lens_dir", None) is original:
-            monkeypatch.setattr(module, "lens_dir", lambda spec: calls.append(spec) or original(spec))
+            monkeypatch.setattr(
+                module, "lens_dir", lambda spec: calls.append(spec) or original(spec)
+            )
     stored = read_parts(resolved)
     assert calls == [] and [one.n_prompts for one in stored] == [3, 3]
     read_parts(parts)  # locations as written are resolved, once each

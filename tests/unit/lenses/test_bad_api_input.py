@@ -10,7 +10,9 @@ from tunedlens import LogitLens, load_lens
 
 
 def test_hidden_states_must_be_tensors_with_a_width(model, lens):
-    with pytest.raises(TypeError, match="torch.Tensor .* got a ndarray; convert it with torch.as_tensor"):
+    with pytest.raises(
+        TypeError, match="torch.Tensor .* got a ndarray; convert it with torch.as_tensor"
+    ):
         lens(np.zeros((3, 32), dtype=np.float32), 0)
     with pytest.raises(ValueError, match="got a scalar"):
         lens(torch.tensor(1.0), 0)
@@ -29,12 +31,18 @@ def test_a_lens_needs_its_model(lens, tmp_path):
 @pytest.mark.parametrize(
     ("location", "message"),
     [
-        (None, "a lens location must be a string or a path, got NoneType None; pass 'logit', a lens "
-               "directory, hf:ORG/REPO"),
+        (
+            None,
+            "a lens location must be a string or a path, got NoneType None; pass 'logit', a lens "
+            "directory, hf:ORG/REPO",
+        ),
         (3, "got int 3"),
         ("", "the lens location is empty; pass 'logit'"),
         ("  ", "the lens location is empty"),
-        ("tuned-lens:", "'tuned-lens:' has no model id after 'tuned-lens:'; write tuned-lens:MODEL_ID"),
+        (
+            "tuned-lens:",
+            "'tuned-lens:' has no model id after 'tuned-lens:'; write tuned-lens:MODEL_ID",
+        ),
         ("tuned-lens:@main", "has no model id after 'tuned-lens:'"),
         ("jlens:", "'jlens:' has no J-lens after 'jlens:'; write jlens:NAME"),
         ("jlens:@0123abc", "has no J-lens after 'jlens:'"),

@@ -32,16 +32,21 @@ def test_the_fit_equals_autograd_on_one_prompt(model):
         position_ids = torch.arange(ids.shape[0])[None]
         embeddings = model.model.rotary_emb(hidden, position_ids)
         for block in layers[row:]:
-            out = block(hidden, position_embeddings=embeddings, attention_mask=None,
-                        position_ids=position_ids)  # fmt: skip
+            out = block(
+                hidden,
+                position_embeddings=embeddings,
+                attention_mask=None,
+                position_ids=position_ids,
+            )
             hidden = out if isinstance(out, torch.Tensor) else out[0]
         return hidden
 
     valid = list(range(3, ids.shape[0] - 1))
     for row in (0, 1):
         # Without a mask, the blocks' attention is causal, as in the model's own forward pass.
-        jac = torch.autograd.functional.jacobian(lambda s, row=row: final_from(row, s),
-                                                 residuals.hidden[row].detach())  # fmt: skip
+        jac = torch.autograd.functional.jacobian(
+            lambda s, row=row: final_from(row, s), residuals.hidden[row].detach()
+        )
         jac = jac[0, :, :, 0]  # (seq, d_out, seq, d_in)
         expected = torch.stack([jac[valid][:, :, t, :].sum(0) for t in valid]).mean(0)
         assert _relative(lens.matrices[row], expected) < 1e-4, row
@@ -64,10 +69,12 @@ def test_fit_and_readout_equal_transformer_lens(family, tiny_tokenizer, tmp_path
     tiny_model(family).save_pretrained(tmp_path / family)
     tiny_tokenizer.save_pretrained(tmp_path / family)
     model, tokenizer = load_model(tmp_path / family)
-    bridge = TransformerBridge.boot_transformers(str(tmp_path / family), hf_model=model,
-                                                 tokenizer=tokenizer)  # fmt: skip
-    peer = PeerLens.fit(bridge, PROMPTS, corpus="test", dim_batch=8, skip_first_positions=4,
-                        show_progress=False)  # fmt: skip
+    bridge = TransformerBridge.boot_transformers(
+        str(tmp_path / family), hf_model=model, tokenizer=tokenizer
+    )
+    peer = PeerLens.fit(
+        bridge, PROMPTS, corpus="test", dim_batch=8, skip_first_positions=4, show_progress=False
+    )
     ids = [bridge.to_tokens(prompt)[0] for prompt in PROMPTS]
     ours = fit_jacobian_lens(model, ids, skip_first=4, dim_batch=5)
     assert peer.source_layers == [0] and ours.n_prompts == peer.n_prompts == 2
@@ -83,10 +90,18 @@ def test_fit_and_readout_equal_transformer_lens(family, tiny_tokenizer, tmp_path
     for layer in (0, 1):  # their layer ℓ is our row ℓ + 1; the last block's output is the model's
         assert torch.equal(result.top_ids[0, layer + 1], theirs.lens_topk_indices[layer]), layer
         probs = theirs.lens_logits[layer].float().softmax(-1)
-        torch.testing.assert_close(result.top_probs[0, layer + 1], probs.gather(-1, theirs.lens_topk_indices[layer]),
-                                   rtol=1e-4, atol=1e-6)  # fmt: skip
-        torch.testing.assert_close(lens(residuals.hidden[layer + 1][0], layer + 1), theirs.lens_logits[layer],
-                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+        torch.testing.assert_close(
+            result.top_probs[0, layer + 1],
+            probs.gather(-1, theirs.lens_topk_indices[layer]),
+            rtol=1e-4,
+            atol=1e-6,
+        )
+        torch.testing.assert_close(
+            lens(residuals.hidden[layer + 1][0], layer + 1),
+            theirs.lens_logits[layer],
+            rtol=1e-4,
+            atol=1e-4,
+        )
 
 
 def test_artifacts_round_trip_and_load_in_transformer_lens(model, tmp_path, input_ids):

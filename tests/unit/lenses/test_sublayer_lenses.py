@@ -73,24 +73,42 @@ def test_a_damaged_points_entry_is_refused(model, tmp_path):
 
 def test_logit_lenses_follow_the_trained_lens_and_mixed_points_are_refused(model):
     logit = LogitLens(model)
-    named = align_points({"logit": logit, "tuned": TunedLens.from_model(model, points="mid")}, model)
+    named = align_points(
+        {"logit": logit, "tuned": TunedLens.from_model(model, points="mid")}, model
+    )
     assert named["logit"].points == "mid" and named["logit"].unembed is logit.unembed
     assert logit.points == "block"  # the given lens is not changed
     with pytest.raises(ValueError, match="tuned reads 'mid'; --points asks for 'both'"):
         align_points(named, model, "both")
     with pytest.raises(ValueError, match="different points"):
-        align_points({"a": TunedLens.from_model(model), "b": TunedLens.from_model(model, points="mid")}, model)
+        align_points(
+            {"a": TunedLens.from_model(model), "b": TunedLens.from_model(model, points="mid")},
+            model,
+        )
 
 
-@pytest.mark.parametrize(("model_type", "points"), [("llama", "mid"), ("gemma2", "both"), ("olmo2", "mid")])
+@pytest.mark.parametrize(
+    ("model_type", "points"), [("llama", "mid"), ("gemma2", "both"), ("olmo2", "mid")]
+)
 def test_sublayer_lenses_train_and_lower_held_out_kl(model_type, points):
     model = tiny_model(model_type, initializer_range=0.2, logit_gain=3.0)
     data = torch.randint(3, 120, (72, 16), generator=torch.Generator().manual_seed(0))
-    config = recipe_config("default", points=points, tokens=16 * 64, tokens_per_step=16 * 8,
-                           seq_len=16, batch_size=4, lr=1e-2, lstsq_init=False)  # fmt: skip
+    config = recipe_config(
+        "default",
+        points=points,
+        tokens=16 * 64,
+        tokens_per_step=16 * 8,
+        seq_len=16,
+        batch_size=4,
+        lr=1e-2,
+        lstsq_init=False,
+    )
     lens = TunedLens.from_model(model, points=points)
     result = train_lens(lens, model, data[:64], config)
-    assert result.lens.points == points and len(result.val_kl or [0] * lens.output_row) == lens.output_row
+    assert (
+        result.lens.points == points
+        and len(result.val_kl or [0] * lens.output_row) == lens.output_row
+    )
     before = layer_kl(LogitLens(model, points=points), model, data[64:])
     after = layer_kl(result.lens, model, data[64:])
     assert before.shape == after.shape == (lens.output_row,)
@@ -100,36 +118,86 @@ def test_sublayer_lenses_train_and_lower_held_out_kl(model_type, points):
 def test_cli_train_both_then_predict_show_and_eval(tiny_model_dir, text_file, tmp_path):
     text = text_file
     out = tmp_path / "lens"
-    result = runner.invoke(app, ["train", str(tiny_model_dir), "--data", str(text), "--out", str(out),
-                                 "--tokens", "256", "--points", "both", *ARGS])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(tiny_model_dir),
+            "--data",
+            str(text),
+            "--out",
+            str(out),
+            "--tokens",
+            "256",
+            "--points",
+            "both",
+            *ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     stored = read_lens(out)
     assert stored.points == "both" and stored.translator.n_rows == 4
-    assert json.loads((out / "provenance.json").read_text())["training"]["config"]["points"] == "both"
+    assert (
+        json.loads((out / "provenance.json").read_text())["training"]["config"]["points"] == "both"
+    )
 
-    result = runner.invoke(app, ["predict", str(tiny_model_dir), "w1 w2 w3", "--json", "--lens", str(out),
-                                 "--layers", "1"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["predict", str(tiny_model_dir), "w1 w2 w3", "--json", "--lens", str(out), "--layers", "1"],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["rows"]
-    assert [row["label"] for row in rows] == ["1", "1.mid", "output"] and [row["row"] for row in rows] == [2, 3, 4]
-    result = runner.invoke(app, ["predict", str(tiny_model_dir), "w1 w2 w3", "--json", "--points", "mid"])
-    assert [row["label"] for row in json.loads(result.stdout)["rows"]] == ["0.mid", "1.mid", "output"]
-    result = runner.invoke(app, ["predict", str(tiny_model_dir), "w1 w2", "--lens", str(out), "--points", "mid"])
+    assert [row["label"] for row in rows] == ["1", "1.mid", "output"] and [
+        row["row"] for row in rows
+    ] == [2, 3, 4]
+    result = runner.invoke(
+        app, ["predict", str(tiny_model_dir), "w1 w2 w3", "--json", "--points", "mid"]
+    )
+    assert [row["label"] for row in json.loads(result.stdout)["rows"]] == [
+        "0.mid",
+        "1.mid",
+        "output",
+    ]
+    result = runner.invoke(
+        app, ["predict", str(tiny_model_dir), "w1 w2", "--lens", str(out), "--points", "mid"]
+    )
     assert result.exit_code != 0 and "different points" in str(result.exception)
 
     figure = tmp_path / "both.html"
-    result = runner.invoke(app, ["show", str(tiny_model_dir), "w1 w2 w3 w4", "--lens", str(out), "--out",
-                                 str(figure)])  # fmt: skip
+    result = runner.invoke(
+        app, ["show", str(tiny_model_dir), "w1 w2 w3 w4", "--lens", str(out), "--out", str(figure)]
+    )
     assert result.exit_code == 0, result.output
     page = figure.read_text()
     assert '"1.mid"' in page and '"0.mid"' in page  # interleaved rows, for both lenses
 
     report = tmp_path / "eval"
-    result = runner.invoke(app, ["eval", str(tiny_model_dir), "--lens", str(out), "--data", str(text),
-                                 "--tokens", "128", "--seq-len", "16", "--out", str(report)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(tiny_model_dir),
+            "--lens",
+            str(out),
+            "--data",
+            str(text),
+            "--tokens",
+            "128",
+            "--seq-len",
+            "16",
+            "--out",
+            str(report),
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((report / "metrics.json").read_text())
-    assert metrics["points"] == "both" and metrics["row_labels"] == ["0", "0.mid", "1", "1.mid", "output"]
+    assert metrics["points"] == "both" and metrics["row_labels"] == [
+        "0",
+        "0.mid",
+        "1",
+        "1.mid",
+        "output",
+    ]
     assert metrics["n_blocks"] == 2 and metrics["output_row"] == 4 and "n_layers" not in metrics
     assert len(metrics["lenses"]["logit"]["kl_bits"]) == 5
 
@@ -140,7 +208,21 @@ def test_cli_refuses_mid_points_of_parallel_blocks_before_packing(tiny_tokenizer
     tiny_tokenizer.save_pretrained(path)
     missing = tmp_path / "nothing-packed.txt"
     missing.write_text("w1 w2 w3")  # far too little text: packing would fail if it ran first
-    result = runner.invoke(app, ["train", str(path), "--data", str(missing), "--out", str(tmp_path / "o"),
-                                 "--tokens", "256", "--points", "mid", *ARGS])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(path),
+            "--data",
+            str(missing),
+            "--out",
+            str(tmp_path / "o"),
+            "--tokens",
+            "256",
+            "--points",
+            "mid",
+            *ARGS,
+        ],
+    )
     assert result.exit_code != 0
     assert "parallel" in str(result.exception) and "--points block" in str(result.exception)

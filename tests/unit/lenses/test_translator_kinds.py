@@ -30,7 +30,9 @@ def test_untrained_equals_logit_lens(model_type, kind, input_ids):
     residuals = collect_residuals(model, input_ids)
     tuned, logit = TunedLens.from_model(model, translator=kind), LogitLens(model)
     for layer in range(residuals.output_row + 1):
-        assert torch.equal(tuned(residuals.hidden[layer], layer), logit(residuals.hidden[layer], layer))
+        assert torch.equal(
+            tuned(residuals.hidden[layer], layer), logit(residuals.hidden[layer], layer)
+        )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -67,8 +69,16 @@ def test_mlp_is_refused_by_the_reference_format(model, tmp_path):
 def test_kinds_train_and_lower_held_out_kl(kind):
     model = tiny_model("llama", initializer_range=0.2, logit_gain=3.0)
     data = torch.randint(3, 120, (72, 16), generator=torch.Generator().manual_seed(0))
-    config = recipe_config("default", translator=kind, rank=16, tokens=16 * 64, tokens_per_step=16 * 8,
-                           seq_len=16, batch_size=4, lr=1e-2)  # fmt: skip
+    config = recipe_config(
+        "default",
+        translator=kind,
+        rank=16,
+        tokens=16 * 64,
+        tokens_per_step=16 * 8,
+        seq_len=16,
+        batch_size=4,
+        lr=1e-2,
+    )
     assert not config.lstsq_init  # the least-squares start is for affine translators
     lens = TunedLens.from_model(model, translator=kind, rank=16)
     assert isinstance(lens.translator, DiagonalTranslator if kind == "diagonal" else MLPTranslator)

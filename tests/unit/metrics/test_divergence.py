@@ -51,5 +51,7 @@ def test_the_fused_training_kl_equals_kl_divergence_and_its_gradient():
     assert got.shape == (3, 6)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits.grad, expected_grad, rtol=1e-5, atol=1e-6)
-    same = kl_to_target(KLTarget(target), target.unsqueeze(0) + 7.0)  # shifted logits: same distribution
+    same = kl_to_target(
+        KLTarget(target), target.unsqueeze(0) + 7.0
+    )  # shifted logits: same distribution
     assert same.abs().max() < 1e-4

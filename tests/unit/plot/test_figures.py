@@ -39,9 +39,17 @@ def test_eval_figures_are_written(tmp_path):
     from tunedlens.plot.eval_figures import save_eval_figures
 
     metrics = {
-        "layers": [0, 1, 2], "output_row": 2, "model": "m",
-        "lenses": {name: {"kl_bits": [3.0, 1.0, 0.0], "entropy_bits": [5.0, 4.0, 3.0],
-                          "cos_to_final": [0.1, 0.5, 1.0]} for name in ("logit", "tuned")},
-    }  # fmt: skip
+        "layers": [0, 1, 2],
+        "output_row": 2,
+        "model": "m",
+        "lenses": {
+            name: {
+                "kl_bits": [3.0, 1.0, 0.0],
+                "entropy_bits": [5.0, 4.0, 3.0],
+                "cos_to_final": [0.1, 0.5, 1.0],
+            }
+            for name in ("logit", "tuned")
+        },
+    }
     written = save_eval_figures(json.loads(json.dumps(metrics)), tmp_path)
     assert written and all(path.stat().st_size > 0 for path in written)

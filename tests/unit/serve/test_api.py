@@ -23,8 +23,13 @@ PROMPT = "w5 w17 w3 w99 w42"
 
 @pytest.fixture
 def session(model, lens, tiny_tokenizer):
-    return ServeSession(model, tiny_tokenizer, {"logit": LogitLens(model), "tuned": lens},
-                        "tiny-llama", max_tokens=16)  # fmt: skip
+    return ServeSession(
+        model,
+        tiny_tokenizer,
+        {"logit": LogitLens(model), "tuned": lens},
+        "tiny-llama",
+        max_tokens=16,
+    )
 
 
 @pytest.fixture
@@ -45,29 +50,40 @@ def test_health_lenses_and_the_page(client):
 
 
 def test_readout_equals_the_library(client, model, lens, tiny_tokenizer):
-    view = client.post("/api/readout", json={"prompt": PROMPT, "lenses": ["tuned", "logit"],
-                                             "stat": "kl"}).json()  # fmt: skip
+    view = client.post(
+        "/api/readout", json={"prompt": PROMPT, "lenses": ["tuned", "logit"], "stat": "kl"}
+    ).json()
     ids = tiny_tokenizer(PROMPT, return_tensors="pt").input_ids
     expected = readout(model, {"tuned": lens}, ids, stats=("kl",), top_k=1)["tuned"]
     assert view["rows"] == ["0", "1", "output"] and view["positions"] == list(range(5))
     got = view["lenses"]["tuned"]
-    assert got["top1"] == [[format_token(tiny_tokenizer, int(i)) for i in row]
-                           for row in expected.top_ids[0, :, :, 0]]  # fmt: skip
-    torch.testing.assert_close(torch.tensor(got["values"], dtype=torch.float64), expected["kl"][0].double() / 0.6931471805599453,
-                               atol=1e-5, rtol=1e-5)  # fmt: skip
+    assert got["top1"] == [
+        [format_token(tiny_tokenizer, int(i)) for i in row] for row in expected.top_ids[0, :, :, 0]
+    ]
+    torch.testing.assert_close(
+        torch.tensor(got["values"], dtype=torch.float64),
+        expected["kl"][0].double() / 0.6931471805599453,
+        atol=1e-5,
+        rtol=1e-5,
+    )
     torch.testing.assert_close(torch.tensor(got["top1_prob"]), expected.top_probs[0, :, :, 0])
     assert view["stat"]["units"] == "bits"
 
 
 def test_rank_of_a_chosen_token_a_cell_window_and_stride(client):
-    view = client.post("/api/readout", json={"prompt": PROMPT, "stat": "rank", "token": "w3",
-                                             "window": 2, "stride": 2}).json()  # fmt: skip
-    assert view["positions"] == [3, 4] and view["truncated"] and view["rows"] == ["0", "1", "output"]
+    view = client.post(
+        "/api/readout",
+        json={"prompt": PROMPT, "stat": "rank", "token": "w3", "window": 2, "stride": 2},
+    ).json()
+    assert (
+        view["positions"] == [3, 4] and view["truncated"] and view["rows"] == ["0", "1", "output"]
+    )
     assert view["token"]["text"] == "w3"
     ranks = view["lenses"]["logit"]["values"]
     assert all(1 <= r <= 128 for row in ranks for r in row)
-    cell = client.post("/api/cell", json={"prompt": PROMPT, "lens": "tuned", "row": "1",
-                                          "position": 4}).json()
+    cell = client.post(
+        "/api/cell", json={"prompt": PROMPT, "lens": "tuned", "row": "1", "position": 4}
+    ).json()
     assert len(cell["top"]) == 10 and cell["top"][0]["prob"] >= cell["top"][1]["prob"]
     assert len(cell["probs"]) == 3 and all(0 <= p <= 1 for p in cell["probs"])
     assert cell["probs"][1] == pytest.approx(cell["top"][0]["prob"], abs=1e-6)  # row 1 itself
@@ -103,10 +119,13 @@ def test_bad_requests_are_json_errors(client, path, body, status, message):
 
 
 def test_malformed_json_and_oversized_bodies(client):
-    response = client.post("/api/readout", content=b"{not json", headers={"content-type": "application/json"})
+    response = client.post(
+        "/api/readout", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
-    response = client.post("/api/readout", content=b"x" * (65 * 1024),
-                           headers={"content-type": "application/json"})  # fmt: skip
+    response = client.post(
+        "/api/readout", content=b"x" * (65 * 1024), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413 and "larger than 64 KiB" in response.json()["error"]
 
 
@@ -118,7 +137,9 @@ def test_a_chunked_body_is_limited_too(client, session, monkeypatch):
         for _ in range(320):
             yield b"x" * 65536
 
-    response = client.post("/api/readout", content=oversized(), headers={"content-type": "application/json"})
+    response = client.post(
+        "/api/readout", content=oversized(), headers={"content-type": "application/json"}
+    )
     assert response.request.headers["transfer-encoding"] == "chunked"
     assert "content-length" not in response.request.headers
     assert response.status_code == 413 and "larger than 64 KiB" in response.json()["error"]
@@ -130,7 +151,9 @@ def test_a_chunked_body_is_limited_too(client, session, monkeypatch):
         yield b"}"
 
     monkeypatch.undo()
-    response = client.post("/api/readout", content=small(), headers={"content-type": "application/json"})
+    response = client.post(
+        "/api/readout", content=small(), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 200 and response.json()["positions"] == list(range(5))
 
 
@@ -210,9 +233,15 @@ def test_eval_reports_are_matched_by_lens_name(tiny_model_dir, tmp_path):
     random_lens(tiny_model("llama")).save(tmp_path / "mine")
     report = tmp_path / "report"
     report.mkdir()
-    (report / "metrics.json").write_text(json.dumps({
-        "layers": [0, 1, 2], "lenses": {"mine": {"kl_bits": [3.0, 1.0, 0.0]}, "other": {}},
-        "gates": {"mine": {"A": {"pass": True}}}}))  # fmt: skip
+    (report / "metrics.json").write_text(
+        json.dumps(
+            {
+                "layers": [0, 1, 2],
+                "lenses": {"mine": {"kl_bits": [3.0, 1.0, 0.0]}, "other": {}},
+                "gates": {"mine": {"A": {"pass": True}}},
+            }
+        )
+    )
     session = build_session(str(tiny_model_dir), [str(tmp_path / "mine")], [str(report)])
     assert set(session.evals) == {"mine"}
     assert session.describe()["lenses"][1]["eval"]["gates"] == {"A": {"pass": True}}

@@ -39,8 +39,9 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(model, lens, tiny_tokenizer):
-    session = ServeSession(model, tiny_tokenizer, {"logit": LogitLens(model), "tuned": lens},
-                           "tiny-llama")  # fmt: skip
+    session = ServeSession(
+        model, tiny_tokenizer, {"logit": LogitLens(model), "tuned": lens}, "tiny-llama"
+    )
     port = _free_port()
     config = uvicorn.Config(create_app(session), host="127.0.0.1", port=port, log_level="warning")
     running = uvicorn.Server(config)
@@ -65,7 +66,9 @@ def page():
 
 def _labels(page, lens: str):
     """Top-1 labels of a lens's heatmap, rows bottom (layer 0) to top (output)."""
-    table = page.locator(f"section:has(h2:text-is('{lens}')) table, section:has(h2:has-text('{lens} (')) table").first
+    table = page.locator(
+        f"section:has(h2:text-is('{lens}')) table, section:has(h2:has-text('{lens} (')) table"
+    ).first
     rows = table.locator("tr").all()[1:]
     return [[cell.inner_text() for cell in row.locator("td.cell").all()] for row in reversed(rows)]
 
@@ -120,8 +123,10 @@ def test_the_explorer_end_to_end(server, page, model, lens, tiny_tokenizer, tmp_
     folder.mkdir(parents=True, exist_ok=True)
     page.fill("#prompt", PROMPT)
     page.click("#run")
-    page.wait_for_function("document.getElementById('status').textContent === '' && "
-                           "document.querySelectorAll('#heatmaps table').length === 2")
+    page.wait_for_function(
+        "document.getElementById('status').textContent === '' && "
+        "document.querySelectorAll('#heatmaps table').length === 2"
+    )
     page.screenshot(path=str(folder / "serve.png"), full_page=True)
     assert (folder / "serve.png").stat().st_size > 10_000
 

@@ -35,7 +35,9 @@ def no_model(monkeypatch):
 
 @pytest.mark.parametrize("port", [0, -1, 65536, 70000])
 def test_the_port_must_be_one_a_server_can_listen_on(no_model, port):
-    with pytest.raises(ValueError, match=f"--port must be a whole number from 1 to 65535, got {port}"):
+    with pytest.raises(
+        ValueError, match=f"--port must be a whole number from 1 to 65535, got {port}"
+    ):
         serve_model("demo", port=port)
 
 
@@ -73,8 +75,12 @@ def served(tiny_model_dir, monkeypatch):
 
     monkeypatch.setattr(uvicorn, "Server", Recorded)
     port, ready = _free_port(), []
-    thread = threading.Thread(target=serve_model, args=(str(tiny_model_dir),),
-                              kwargs={"port": port, "on_ready": ready.append}, daemon=True)  # fmt: skip
+    thread = threading.Thread(
+        target=serve_model,
+        args=(str(tiny_model_dir),),
+        kwargs={"port": port, "on_ready": ready.append},
+        daemon=True,
+    )
     thread.start()
     deadline = time.time() + 60
     while not (servers and servers[0].started) and time.time() < deadline:
@@ -100,8 +106,10 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(served):
     framed = b"%x\r\n%s\r\n" % (len(chunk), chunk)
     offered, sent = 20 * 2**20, 0
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(b"POST /api/readout HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
-                     b"application/json\r\nTransfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+        conn.sendall(
+            b"POST /api/readout HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+            b"application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         while sent < offered and not select.select([conn], [], [], 0)[0]:
             conn.sendall(framed)
             sent += len(chunk)

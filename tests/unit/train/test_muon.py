@@ -15,12 +15,17 @@ from tunedlens.train.muon import StackedMuon, muon_optimizers
 def test_stacked_muon_matches_torch_muon_on_every_layer(shape):
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(shape, generator=generator)
-    grads = [torch.randn(shape, generator=generator) * torch.tensor([1.0, 100.0, 0.01][: shape[0]])[:, None, None]
-             for _ in range(3)]  # fmt: skip
+    grads = [
+        torch.randn(shape, generator=generator)
+        * torch.tensor([1.0, 100.0, 0.01][: shape[0]])[:, None, None]
+        for _ in range(3)
+    ]
     stacked = torch.nn.Parameter(start.clone())
     ours = StackedMuon([stacked], lr=0.02, momentum=0.9, weight_decay=0.1)
     layers = [torch.nn.Parameter(start[i].clone()) for i in range(shape[0])]
-    reference = torch.optim.Muon(layers, lr=0.02, momentum=0.9, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    reference = torch.optim.Muon(
+        layers, lr=0.02, momentum=0.9, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"
+    )
     for grad in grads:  # three steps: momentum and Nesterov included
         stacked.grad = grad.clone()
         for i, layer in enumerate(layers):
@@ -35,8 +40,13 @@ def test_stacked_muon_matches_torch_muon_on_every_layer(shape):
 
 def test_muon_optimizers_split_matrices_and_biases(model):
     lens = TunedLens.from_model(model)
-    optimizers = muon_optimizers(list(lens.translator.parameters()), lr=0.01, momentum=0.9,
-                                 weight_decay=0.0, betas=(0.9, 0.99))  # fmt: skip
+    optimizers = muon_optimizers(
+        list(lens.translator.parameters()),
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=0.0,
+        betas=(0.9, 0.99),
+    )
     assert [type(o).__name__ for o in optimizers] == ["StackedMuon", "AdamW"]
     assert optimizers[0].param_groups[0]["params"][0] is lens.translator.weight
     with pytest.raises(ValueError, match=r"\(L, m, n\) or \(m, n\)"):
@@ -46,8 +56,16 @@ def test_muon_optimizers_split_matrices_and_biases(model):
 def test_muon_trains_and_lowers_held_out_kl():
     model = tiny_model("llama", initializer_range=0.2, logit_gain=3.0)
     data = torch.randint(3, 120, (72, 16), generator=torch.Generator().manual_seed(0))
-    config = recipe_config("default", optimizer="muon", tokens=16 * 64, tokens_per_step=16 * 8,
-                           seq_len=16, batch_size=4, lr=1e-2, lstsq_init=False)  # fmt: skip
+    config = recipe_config(
+        "default",
+        optimizer="muon",
+        tokens=16 * 64,
+        tokens_per_step=16 * 8,
+        seq_len=16,
+        batch_size=4,
+        lr=1e-2,
+        lstsq_init=False,
+    )
     result = train_lens(TunedLens.from_model(model), model, data[:64], config)
     before = layer_kl(LogitLens(model), model, data[64:])
     after = layer_kl(result.lens, model, data[64:])

@@ -20,9 +20,28 @@ def logged_run(tiny_model_dir, text_file, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(tiny_model_dir), "--data", str(text_file), "--out", str(out),
-                                 "--tokens", "384", "--val-every", "2", "--points", "both",
-                                 "--log-to", "tensorboard", "--log-to", "wandb", *ARGS])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(tiny_model_dir),
+            "--data",
+            str(text_file),
+            "--out",
+            str(out),
+            "--tokens",
+            "384",
+            "--val-every",
+            "2",
+            "--points",
+            "both",
+            "--log-to",
+            "tensorboard",
+            "--log-to",
+            "wandb",
+            *ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -47,7 +66,9 @@ def test_the_log_has_timings_and_tensorboard_mirrors_it(logged_run):
     expected = [sum(r["val_kl_bits"]) / len(r["val_kl_bits"]) for r in validated]
     assert [e.value for e in means] == pytest.approx(expected, rel=1e-6)
     mid = events.Scalars("val/kl_bits/layer_1.mid")
-    assert [e.value for e in mid] == pytest.approx([r["val_kl_bits"][3] for r in validated], rel=1e-6)
+    assert [e.value for e in mid] == pytest.approx(
+        [r["val_kl_bits"][3] for r in validated], rel=1e-6
+    )
 
 
 def test_wandb_writes_an_offline_run(logged_run):
@@ -79,8 +100,20 @@ def test_bad_logs_and_targets_are_refused(tmp_path, tiny_model_dir, text_file):
     (tmp_path / "train_log.jsonl").write_text("not json\n")
     with pytest.raises(TunedLensError, match="line 1 is not JSON"):
         read_train_log(tmp_path)
-    result = runner.invoke(app, ["train", str(tiny_model_dir), "--data", str(text_file), "--out",
-                                 str(tmp_path / "o"), "--log-to", "mlflow", *ARGS])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(tiny_model_dir),
+            "--data",
+            str(text_file),
+            "--out",
+            str(tmp_path / "o"),
+            "--log-to",
+            "mlflow",
+            *ARGS,
+        ],
+    )
     assert result.exit_code != 0 and "choose tensorboard or wandb" in str(result.exception)
     assert not (tmp_path / "o").exists()  # refused before anything was made
     data = json.dumps({"step": 1, "tokens": 64, "loss_bits": 1.0, "lr": 0.1, "val_kl_bits": None})

@@ -20,7 +20,9 @@ def text(tmp_path):
     return word_text(tmp_path / "text.txt", 40000)
 
 
-def test_budget_sizes_tokens_and_tokens_reproduce_the_run(tiny_model_dir, text, tmp_path, monkeypatch):
+def test_budget_sizes_tokens_and_tokens_reproduce_the_run(
+    tiny_model_dir, text, tmp_path, monkeypatch
+):
     import tunedlens.train.loop as loop
 
     # The planned run must finish for the comparison; stopping at the deadline is tested below.
@@ -44,9 +46,13 @@ def test_budget_sizes_tokens_and_tokens_reproduce_the_run(tiny_model_dir, text, 
 def test_a_passed_deadline_stops_after_one_step_with_a_validated_lens():
     model = tiny_model("llama")
     data = torch.randint(3, 120, (72, 16), generator=torch.Generator().manual_seed(0))
-    config = recipe_config("default", tokens=16 * 64, lstsq_init=False, **{**SMALL, "tokens_per_step": 128})
+    config = recipe_config(
+        "default", tokens=16 * 64, lstsq_init=False, **{**SMALL, "tokens_per_step": 128}
+    )
     lens = TunedLens.from_model(model)
-    result = train_lens(lens, model, data[:64], config, val_data=data[64:], deadline=time.monotonic())
+    result = train_lens(
+        lens, model, data[:64], config, val_data=data[64:], deadline=time.monotonic()
+    )
     assert result.stopped_at_budget and result.steps_done == 1 < result.resolved.steps
     assert result.val_kl is not None and result.history[-1]["val_kl"] is not None
 
@@ -60,7 +66,9 @@ def test_bad_budgets(value, monkeypatch, capsys):
 
     with pytest.raises(ValueError, match="must|longer than 30 days"):
         parse_duration(value)
-    monkeypatch.setattr(sys, "argv", ["tunedlens", "train", "demo", "--out", "x", "--time-budget", value])
+    monkeypatch.setattr(
+        sys, "argv", ["tunedlens", "train", "demo", "--out", "x", "--time-budget", value]
+    )
     with pytest.raises(SystemExit) as caught:
         main()
     assert caught.value.code == 2 and "error: --time-budget: " in capsys.readouterr().err
@@ -72,8 +80,11 @@ def test_time_budget_and_tokens_exclude_each_other(monkeypatch, capsys):
 
     from tunedlens.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["tunedlens", "train", "demo", "--out", "x", "--time-budget", "5m",
-                                      "--tokens", "1000"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["tunedlens", "train", "demo", "--out", "x", "--time-budget", "5m", "--tokens", "1000"],
+    )
     with pytest.raises(SystemExit) as caught:
         main()
     assert caught.value.code == 2 and "not both" in capsys.readouterr().err

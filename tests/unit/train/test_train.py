@@ -101,8 +101,13 @@ def test_ce_objective(model, data):
 
 @pytest.mark.parametrize("optimizer", ["adam", "muon"])
 def test_same_seed_same_lens_and_resume_equals_uninterrupted(model, data, tmp_path, optimizer):
-    cfg = config(positions_per_sequence=4, layers_per_step=1, val_every=2, checkpoint_every=1,
-                 optimizer=optimizer)  # fmt: skip
+    cfg = config(
+        positions_per_sequence=4,
+        layers_per_step=1,
+        val_every=2,
+        checkpoint_every=1,
+        optimizer=optimizer,
+    )
     first = trained(model, data, cfg, val_data=data[64:]).lens.translator.state_dict()
     second = trained(model, data, cfg, val_data=data[64:]).lens.translator.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
@@ -188,7 +193,9 @@ def test_decoding_layers_together_equals_one_layer_at_a_time(model, data, recipe
     for one, other in zip(together.history, apart.history, strict=True):
         assert one["loss"] == pytest.approx(other["loss"], rel=1e-5)
     for name, value in together.lens.translator.state_dict().items():
-        torch.testing.assert_close(value, apart.lens.translator.state_dict()[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            value, apart.lens.translator.state_dict()[name], rtol=1e-4, atol=1e-5
+        )
 
 
 def test_lstsq_init_fits_the_final_residual(model, data):

@@ -66,7 +66,9 @@ def test_target_statistics_follow_their_definitions(model, lens, input_ids):
     delta = trajectory.log_prob_diff(delta=True).values
     np.testing.assert_allclose(delta[1:, keep], np.diff(diff, axis=0)[:, keep], atol=1e-5)
     probs = logprobs.exp()
-    np.testing.assert_allclose(trajectory.max_probability().values, probs.amax(-1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        trajectory.max_probability().values, probs.amax(-1).numpy(), atol=1e-6
+    )
     entropy = -(probs * logprobs).sum(-1) / math.log(2)
     np.testing.assert_allclose(trajectory.entropy().values, entropy.numpy(), atol=1e-5)
 
@@ -76,7 +78,11 @@ def test_views_batches_and_clipping(model, lens, input_ids, tiny_tokenizer):
     assert trajectory.logprobs.shape[:3] == (2, 3, 9)
     last = trajectory.slice_positions(slice(-4, None))
     assert last.input_ids.shape == (2, 4) and last.targets.shape == (2, 4)
-    assert trajectory.stride(5).row_labels == ["0", "1", "output"]  # last block and output always kept
+    assert trajectory.stride(5).row_labels == [
+        "0",
+        "1",
+        "output",
+    ]  # last block and output always kept
     entropy = trajectory.entropy()
     singles = [_trajectory(lens, model, ids).entropy().values for ids in input_ids]
     np.testing.assert_allclose(entropy.values, (singles[0] + singles[1]) / 2, atol=1e-5)
@@ -116,12 +122,15 @@ def test_predictions_are_predict_layers_rows(model, lens, tiny_tokenizer, points
         _trajectory(chosen, model, ids).predictions()
 
 
-@pytest.mark.parametrize(("points", "step", "rows", "labels"), [
-    ("block", 2, [0, 2, 4, 5], ["0", "2", "4", "output"]),
-    ("block", 3, [0, 3, 4, 5], ["0", "3", "4", "output"]),
-    ("mid", 2, [0, 2, 4, 5], ["0.mid", "2.mid", "4.mid", "output"]),
-    ("both", 3, [0, 1, 6, 7, 8, 9, 10], ["0", "0.mid", "3", "3.mid", "4", "4.mid", "output"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("points", "step", "rows", "labels"),
+    [
+        ("block", 2, [0, 2, 4, 5], ["0", "2", "4", "output"]),
+        ("block", 3, [0, 3, 4, 5], ["0", "3", "4", "output"]),
+        ("mid", 2, [0, 2, 4, 5], ["0.mid", "2.mid", "4.mid", "output"]),
+        ("both", 3, [0, 1, 6, 7, 8, 9, 10], ["0", "0.mid", "3", "3.mid", "4", "4.mid", "output"]),
+    ],
+)
 def test_stride_keeps_every_step_th_block_at_any_points(input_ids, points, step, rows, labels):
     from transformers import AutoModelForCausalLM
 
@@ -164,11 +173,13 @@ def test_from_a_transformerlens_style_cache(model, lens, input_ids, component):
         torch.testing.assert_close(from_cache.logprobs[:, 0], direct.logprobs[:, 1])
         assert from_cache.row_labels == ["1", "2", "output"] and from_cache.rows == [1, 2, 2]
     with pytest.raises(ValueError, match="one model"):  # logits of another model are caught
-        PredictionTrajectory.from_lens_and_cache(lens, cache, input_ids, residuals.logits + 1.0,
-                                                 residual_component=component)  # fmt: skip
+        PredictionTrajectory.from_lens_and_cache(
+            lens, cache, input_ids, residuals.logits + 1.0, residual_component=component
+        )
     with pytest.raises(KeyError, match="blocks.0.hook_resid_mid"):
-        PredictionTrajectory.from_lens_and_cache(lens, cache, input_ids, residuals.logits,
-                                                 residual_component="resid_mid")  # fmt: skip
+        PredictionTrajectory.from_lens_and_cache(
+            lens, cache, input_ids, residuals.logits, residual_component="resid_mid"
+        )
 
 
 def test_difference_view_labels_both_tokens(model, lens, input_ids, tiny_tokenizer):

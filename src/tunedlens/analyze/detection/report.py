@@ -12,8 +12,17 @@ from tunedlens.serialize import dumps
 
 DETECT_OUTPUT = OutputKind(
     "an anomaly-detection report",
-    ("detect.json", "summary.md", "detect.csv", "scores.csv", "answers.csv", "trajectories_*.png",
-     "trajectories_*.html", "roc_*.png", "roc_*.html"),
+    (
+        "detect.json",
+        "summary.md",
+        "detect.csv",
+        "scores.csv",
+        "answers.csv",
+        "trajectories_*.png",
+        "trajectories_*.html",
+        "roc_*.png",
+        "roc_*.html",
+    ),
 )
 """What :meth:`DetectReport.save` writes (what ``force`` may replace)."""
 

@@ -112,7 +112,9 @@ def fit_heal(
     d_model = pruned.shape[-1]
     x, y = pruned.reshape(-1, d_model).float(), full.reshape(-1, d_model).float()
     if x.shape[0] < 2:
-        raise AnalysisError("healing needs at least 2 calibration tokens (one to fit, one held out)")
+        raise AnalysisError(
+            "healing needs at least 2 calibration tokens (one to fit, one held out)"
+        )
     fit, held = held_out_split(pruned.shape, config)
     held_kl = _HeldOut(head, x[held], y[held])
     log: dict = {"identity": held_kl(None), "least_squares": {}, "chosen_ridge": None}

@@ -113,7 +113,9 @@ class TestSet:
     def measure_states(self, finals: Sequence[torch.Tensor]) -> list[dict]:
         """Metrics of up to ``L`` final states ``(n, seq, d)`` decoded by the model's head."""
         if len(finals) > self.n_blocks:
-            raise AnalysisError(f"measure at most {self.n_blocks} states at once, got {len(finals)}")
+            raise AnalysisError(
+                f"measure at most {self.n_blocks} states at once, got {len(finals)}"
+            )
         sums = MetricSums(len(finals))
         device = self.arch.unembed.weight.device
         for start in range(0, self.ids.shape[0], self.batch_size):

@@ -143,8 +143,16 @@ def _add_lens_kl(sums: ScoreSums, model, lenses, ids, residuals, positions: list
     chunk = max(1, LOGPROB_BUDGET // per_position)
     for first in range(0, len(positions), chunk):
         part = positions[first : first + chunk]
-        result = readout(model, dict(lenses), ids, states=residuals, positions=part,
-                         stats=(), top_k=0, logprobs=True)  # fmt: skip
+        result = readout(
+            model,
+            dict(lenses),
+            ids,
+            states=residuals,
+            positions=part,
+            stats=(),
+            top_k=0,
+            logprobs=True,
+        )
         for name in lenses:
             logprobs = result[name].logprobs  # (batch, rows, positions, vocab)
             sums.add_lens_kl(name, kl_divergence(logprobs[:, 1:], logprobs[:, :-1]))

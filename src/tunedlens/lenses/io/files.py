@@ -260,7 +260,9 @@ def _read_native(path: Path) -> LensFile:
     elif kind == "diagonal":
         translator = DiagonalTranslator(n_rows, d_model)
     elif kind == "mlp":
-        translator = MLPTranslator(n_rows, d_model, hidden=require_int(config, "rank", path / CONFIG_FILE))
+        translator = MLPTranslator(
+            n_rows, d_model, hidden=require_int(config, "rank", path / CONFIG_FILE)
+        )
     else:
         raise LensFileError(
             f"{path / 'config.json'}: translator={kind!r} is unknown; expected 'affine', 'lowrank', "
@@ -397,8 +399,12 @@ def _update_norms(lens: LensFile) -> list[dict]:
     with torch.no_grad():
         for i in range(translator.n_rows):
             bias = translator.bias[i] if translator.bias is not None else torch.zeros(1)
-            row = {"row": i, "label": row_label(lens.points, i, lens.n_blocks),
-                   "update_norm": translator.update_norm(i), "bias_norm": float(bias.norm())}  # fmt: skip
+            row = {
+                "row": i,
+                "label": row_label(lens.points, i, lens.n_blocks),
+                "update_norm": translator.update_norm(i),
+                "bias_norm": float(bias.norm()),
+            }
             log_temperature = translator.log_temperature(i)
             if log_temperature is not None:
                 row["temperature"] = float(log_temperature.exp())

@@ -84,7 +84,9 @@ def load_tuned(
     stored = read_lens(path)
     unembed = Unembed(model, final_norm=final_norm, skip_norm=skip_norm)
     check_fits(stored, unembed, model, strict=strict, where=str(path))
-    return TunedLens(unembed, stored.translator, stored.model_info, stored.provenance, stored.points)
+    return TunedLens(
+        unembed, stored.translator, stored.model_info, stored.provenance, stored.points
+    )
 
 
 Loader = Callable[..., Lens]

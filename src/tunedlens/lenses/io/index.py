@@ -36,9 +36,17 @@ def read_index(tree: Path) -> dict:
     try:
         index = json.loads((Path(tree) / INDEX_NAME).read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise CollectionError(f"{tree} is not a lens collection: cannot read {INDEX_NAME} ({error}).") from None
-    if not isinstance(index, dict) or index.get("schema") != INDEX_SCHEMA or not isinstance(index.get("lenses"), dict):
-        raise CollectionError(f"{Path(tree) / INDEX_NAME} is not a tunedlens collection index ({INDEX_SCHEMA}).")
+        raise CollectionError(
+            f"{tree} is not a lens collection: cannot read {INDEX_NAME} ({error})."
+        ) from None
+    if (
+        not isinstance(index, dict)
+        or index.get("schema") != INDEX_SCHEMA
+        or not isinstance(index.get("lenses"), dict)
+    ):
+        raise CollectionError(
+            f"{Path(tree) / INDEX_NAME} is not a tunedlens collection index ({INDEX_SCHEMA})."
+        )
     for rel, entry in index["lenses"].items():
         _check_entry(Path(tree) / INDEX_NAME, rel, entry)
     return index
@@ -68,12 +76,16 @@ def _check_entry(path: Path, rel: str, entry) -> None:
     for name, spec in files.items():
         parts = name.replace("\\", "/").split("/")
         if not name or name.startswith("/") or any(part in ("", ".", "..") for part in parts):
-            raise malformed(f"file name {name!r} in 'files'", "a relative path inside the lens folder", name)
+            raise malformed(
+                f"file name {name!r} in 'files'", "a relative path inside the lens folder", name
+            )
         if not isinstance(spec, dict):
             raise malformed(f"files[{name!r}]", "an object with sha256 and size", spec)
         digest, size = spec.get("sha256"), spec.get("size")
         if not (isinstance(digest, str) and len(digest) == 64 and all(c in HEX for c in digest)):
-            raise malformed(f"files[{name!r}].sha256", "a sha256 hex digest (64 characters 0-9a-f)", digest)
+            raise malformed(
+                f"files[{name!r}].sha256", "a sha256 hex digest (64 characters 0-9a-f)", digest
+            )
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise malformed(f"files[{name!r}].size", "a whole number of bytes", size)
     metrics = entry.get("metrics")
@@ -105,7 +117,11 @@ def check_lens_files(tree: Path, rel: str, entry: dict) -> set[str]:
         if not path.is_file():
             raise CollectionError(f"{rel}/{name} is listed in {INDEX_NAME} but missing.")
         if path.stat().st_size != expected["size"]:
-            raise CollectionError(f"{rel}/{name} has {path.stat().st_size} bytes; {INDEX_NAME} says {expected['size']}.")
+            raise CollectionError(
+                f"{rel}/{name} has {path.stat().st_size} bytes; {INDEX_NAME} says {expected['size']}."
+            )
         if sha256_file(path) != expected["sha256"]:
-            raise CollectionError(f"{rel}/{name} does not match its sha256 in {INDEX_NAME}: it was changed or corrupted.")
+            raise CollectionError(
+                f"{rel}/{name} does not match its sha256 in {INDEX_NAME}: it was changed or corrupted."
+            )
     return checked

@@ -146,12 +146,22 @@ def write_artifact(lens, path: Path, dtype: torch.dtype = torch.float16) -> None
     _write_artifact(path, lens.matrices, lens.n_prompts, lens.metadata, dtype)
 
 
-def _write_artifact(path: Path, matrices: dict[int, torch.Tensor], n_prompts: int, metadata: dict,
-                    dtype: torch.dtype = torch.float16) -> None:  # fmt: skip
+def _write_artifact(
+    path: Path,
+    matrices: dict[int, torch.Tensor],
+    n_prompts: int,
+    metadata: dict,
+    dtype: torch.dtype = torch.float16,
+) -> None:
     layers = {row - 1: matrix.to(dtype).cpu() for row, matrix in matrices.items() if row >= 1}
     d_model = next(iter(matrices.values())).shape[0]
-    payload = {"J": layers, "n_prompts": n_prompts, "source_layers": sorted(layers),
-               "d_model": d_model, "metadata": _plain(metadata)}  # fmt: skip
+    payload = {
+        "J": layers,
+        "n_prompts": n_prompts,
+        "source_layers": sorted(layers),
+        "d_model": d_model,
+        "metadata": _plain(metadata),
+    }
     atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
@@ -161,21 +171,34 @@ def _plain(metadata: dict) -> dict:
 
 def write_native(lens, path: Path) -> None:
     """Our format: ``jlens.safetensors`` (one tensor per row) and ``config.json``."""
-    model_info = {"num_hidden_layers": lens.n_blocks, "base_model_name_or_path": lens.metadata.get("model"),
-                  "vocab_size": lens.unembed.vocab_size, "unembed_hash": lens.unembed.hash()}  # fmt: skip
+    model_info = {
+        "num_hidden_layers": lens.n_blocks,
+        "base_model_name_or_path": lens.metadata.get("model"),
+        "vocab_size": lens.unembed.vocab_size,
+        "unembed_hash": lens.unembed.hash(),
+    }
     _write_native(path, lens.matrices, lens.n_prompts, lens.metadata, model_info)
 
 
-def _write_native(path: Path, matrices: dict[int, torch.Tensor], n_prompts: int, metadata: dict,
-                  model_info: dict) -> None:  # fmt: skip
+def _write_native(
+    path: Path, matrices: dict[int, torch.Tensor], n_prompts: int, metadata: dict, model_info: dict
+) -> None:
     from safetensors.torch import save
 
     weights = save({f"row.{row}": m.contiguous().cpu() for row, m in matrices.items()})
     atomic_write(path / NATIVE_JLENS, lambda handle: handle.write(weights))
-    config = {"format": JLENS_FORMAT, "format_version": JLENS_VERSION,
-              "d_model": next(iter(matrices.values())).shape[0], "rows": sorted(matrices),
-              "n_prompts": n_prompts, **model_info, "metadata": _plain(metadata)}  # fmt: skip
-    atomic_write(path / "config.json", lambda handle: handle.write(json.dumps(config, indent=2).encode()))
+    config = {
+        "format": JLENS_FORMAT,
+        "format_version": JLENS_VERSION,
+        "d_model": next(iter(matrices.values())).shape[0],
+        "rows": sorted(matrices),
+        "n_prompts": n_prompts,
+        **model_info,
+        "metadata": _plain(metadata),
+    }
+    atomic_write(
+        path / "config.json", lambda handle: handle.write(json.dumps(config, indent=2).encode())
+    )
 
 
 def read_native(path: Path) -> tuple[dict[int, torch.Tensor], int, dict, dict]:
@@ -323,8 +346,12 @@ def describe_jlens(path: Path) -> dict:
         "dtype": str(next(iter(matrices.values())).dtype).removeprefix("torch."),
         "provenance": metadata,
         "rows": [
-            {"row": row, "label": row_label("block", row, label_blocks),
-             "update_norm": float((m.float() - eye).norm()), "bias_norm": 0.0}
+            {
+                "row": row,
+                "label": row_label("block", row, label_blocks),
+                "update_norm": float((m.float() - eye).norm()),
+                "bias_norm": 0.0,
+            }
             for row, m in sorted(matrices.items())
         ],
     }
@@ -418,8 +445,15 @@ def convert_jlens(source: Path, target: Path, format: str, *, force: bool = Fals
         check_out_dir(target, JLENS_OUTPUT, force=force, what="DST", sources=[source, found])
     if found.is_dir():
         matrices, n_prompts, metadata, config = read_native(found)
-        model_info = {key: config.get(key) for key in
-                      ("num_hidden_layers", "base_model_name_or_path", "vocab_size", "unembed_hash")}  # fmt: skip
+        model_info = {
+            key: config.get(key)
+            for key in (
+                "num_hidden_layers",
+                "base_model_name_or_path",
+                "vocab_size",
+                "unembed_hash",
+            )
+        }
     else:
         matrices, n_prompts, metadata = read_artifact(found)
         model_info = {
@@ -427,7 +461,10 @@ def convert_jlens(source: Path, target: Path, format: str, *, force: bool = Fals
         }
     if format == "artifact":
         if 0 in matrices:
-            metadata = {**metadata, "dropped": "row 0 (the embeddings): the artifact format has no place for it"}
+            metadata = {
+                **metadata,
+                "dropped": "row 0 (the embeddings): the artifact format has no place for it",
+            }
         _write_artifact(target, matrices, n_prompts, metadata)
         return target
     staging = staging_dir(target)

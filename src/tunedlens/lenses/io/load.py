@@ -63,8 +63,13 @@ def resolve_location(location: str | os.PathLike | LensLocation) -> LensLocation
     return LensLocation(str(location), path, detect_format(path))
 
 
-def load_lens(location: str | os.PathLike | LensLocation | Lens, model: nn.Module, *,
-              strict: bool = True, **options) -> Lens:  # fmt: skip
+def load_lens(
+    location: str | os.PathLike | LensLocation | Lens,
+    model: nn.Module,
+    *,
+    strict: bool = True,
+    **options,
+) -> Lens:
     """The lens at ``location`` for ``model``: ``"logit"``, a directory or a hub location.
 
     Args:
@@ -92,8 +97,9 @@ def load_lens(location: str | os.PathLike | LensLocation | Lens, model: nn.Modul
     return lens
 
 
-def load_lenses(locations, model: nn.Module, *, strict: bool = True,
-                reserved=(LOGIT,)) -> dict[str, Lens]:  # fmt: skip
+def load_lenses(
+    locations, model: nn.Module, *, strict: bool = True, reserved=(LOGIT,)
+) -> dict[str, Lens]:
     """Each lens location (``logit`` skipped) loaded for ``model``, under a short unique name.
 
     Names are the locations' last path parts (:func:`lens_name`), never one of ``reserved``.
@@ -108,14 +114,18 @@ def load_lenses(locations, model: nn.Module, *, strict: bool = True,
     return named
 
 
-def align_points(lenses: dict[str, Lens], model: nn.Module, points: str | None = None) -> dict[str, Lens]:
+def align_points(
+    lenses: dict[str, Lens], model: nn.Module, points: str | None = None
+) -> dict[str, Lens]:
     """The lenses with every logit lens reading the points the others read (or ``points``).
 
     A lens trained on mid points is shown beside the logit lens at those same points; two
     trained lenses reading different points, or ``points`` that a trained lens does not read,
     are refused (their rows would not line up).
     """
-    trained = {name: lens.points for name, lens in lenses.items() if not isinstance(lens, LogitLens)}
+    trained = {
+        name: lens.points for name, lens in lenses.items() if not isinstance(lens, LogitLens)
+    }
     wanted = set(trained.values()) | ({points} if points else set())
     if len(wanted) > 1:
         listed = ", ".join(f"{name} reads {p!r}" for name, p in trained.items())
@@ -125,8 +135,10 @@ def align_points(lenses: dict[str, Lens], model: nn.Module, points: str | None =
             "kind of point together."
         )
     target = next(iter(wanted), "block")
-    return {name: lens.at_points(target, model) if isinstance(lens, LogitLens) else lens
-            for name, lens in lenses.items()}  # fmt: skip
+    return {
+        name: lens.at_points(target, model) if isinstance(lens, LogitLens) else lens
+        for name, lens in lenses.items()
+    }
 
 
 def lens_name(location: str | os.PathLike | LensLocation, taken) -> str:

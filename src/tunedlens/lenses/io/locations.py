@@ -76,8 +76,11 @@ def _jlens_path(spec: str) -> Path:
     _, entry = published_jlens(name)
     registry = jlens_registry()
     with hub_errors(f"{spec} ({entry['filename']})", ", or pass the local .pt file"):
-        return Path(hf_hub_download(registry["repo_id"], entry["filename"],
-                                    revision=revision or registry["revision"]))  # fmt: skip
+        return Path(
+            hf_hub_download(
+                registry["repo_id"], entry["filename"], revision=revision or registry["revision"]
+            )
+        )
 
 
 @contextmanager
@@ -118,13 +121,18 @@ def parse_hub_spec(spec: str) -> tuple[str, str, str | None, str]:
     return "/".join(parts[:2]), "/".join(parts[2:]), revision or None, repo_type
 
 
-LOCATION_FORMS = ("'logit', a lens directory, hf:ORG/REPO[/SUBDIR][@REV], "
-                  "tuned-lens:MODEL_ID[@REV] or jlens:NAME[@REV]")
+LOCATION_FORMS = (
+    "'logit', a lens directory, hf:ORG/REPO[/SUBDIR][@REV], "
+    "tuned-lens:MODEL_ID[@REV] or jlens:NAME[@REV]"
+)
 """What a lens location looks like, for error messages."""
 _PREFIX_NAMES = {
     "hf:": ("repository", "hf:ORG/REPO[/SUBDIR][@REV]"),
     "tuned-lens:": ("model id", "tuned-lens:MODEL_ID[@REV], e.g. tuned-lens:gpt2"),
-    "jlens:": ("J-lens", "jlens:NAME[@REV], e.g. jlens:qwen3-8b ('tunedlens lens list' shows them)"),
+    "jlens:": (
+        "J-lens",
+        "jlens:NAME[@REV], e.g. jlens:qwen3-8b ('tunedlens lens list' shows them)",
+    ),
 }
 
 
@@ -171,7 +179,9 @@ def lens_dir(spec: str | os.PathLike) -> Path:
         index = read_index(Path(root))
         if subfolder not in index["lenses"]:
             known = ", ".join(sorted(index["lenses"])) or "none"
-            raise LensFileError(f"{spec}: {subfolder} is not in the collection's {INDEX_NAME}; it holds {known}.")
+            raise LensFileError(
+                f"{spec}: {subfolder} is not in the collection's {INDEX_NAME}; it holds {known}."
+            )
         check_lens_files(Path(root), subfolder, index["lenses"][subfolder])
         return Path(root) / subfolder
     return Path(root) / subfolder if subfolder else Path(root)

@@ -244,8 +244,14 @@ def test_reference_config_fields_are_checked(lens, tmp_path, key, value, message
 def test_native_lenses_written_before_the_rows_vocabulary_still_load(model, tmp_path, points):
     lens = _randomised(TunedLens.from_model(model, points=points))
     lens.save(tmp_path / "lens")
-    config_path, provenance_path = tmp_path / "lens" / "config.json", tmp_path / "lens" / "provenance.json"
-    config, provenance = json.loads(config_path.read_text()), json.loads(provenance_path.read_text())
+    config_path, provenance_path = (
+        tmp_path / "lens" / "config.json",
+        tmp_path / "lens" / "provenance.json",
+    )
+    config, provenance = (
+        json.loads(config_path.read_text()),
+        json.loads(provenance_path.read_text()),
+    )
     assert config["n_rows"] == lens.output_row == (4 if points == "both" else 2)
     assert provenance["translator"]["n_rows"] == lens.output_row
     assert "num_hidden_layers" not in config and "n_layers" not in provenance["translator"]

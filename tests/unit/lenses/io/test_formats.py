@@ -51,7 +51,13 @@ def stored(model, lens, input_ids, tmp_path):
 def test_every_format_has_an_entry_in_every_registry():
     for registry in (LOADERS, DESCRIBERS, CONVERTERS, PACKAGERS):
         assert set(registry) == set(FORMATS)
-    assert set(FORMATS) == {"native", "tuned-lens", "jlens-native", "jlens-artifact", "jlens-checkpoint"}
+    assert set(FORMATS) == {
+        "native",
+        "tuned-lens",
+        "jlens-native",
+        "jlens-artifact",
+        "jlens-checkpoint",
+    }
 
 
 def test_each_format_is_detected_loaded_described_and_packaged(stored, model):
@@ -112,7 +118,9 @@ def _special_cases() -> list[str]:
                 name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
                 if name == "jlens_file":
                     found.append(f"{rel}:{node.lineno} calls jlens_file")
-            elif isinstance(node, ast.ImportFrom) and any(a.name == "jlens_file" for a in node.names):
+            elif isinstance(node, ast.ImportFrom) and any(
+                a.name == "jlens_file" for a in node.names
+            ):
                 found.append(f"{rel}:{node.lineno} imports jlens_file")
     return found
 
