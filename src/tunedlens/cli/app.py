@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -582,6 +583,10 @@ REPORT_BUG = (
 )
 
 
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Entry point: run the app; a user error is one ``error:`` line and exit code 2.
 
@@ -598,6 +603,14 @@ def main() -> None:
     # Per-tensor loading bars and info logs drown the answer of a one-shot command.
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    try:  # the hub's retry warnings, too: a failed download ends in one error line of ours
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    except ImportError:
+        pass
+    # A kill (SIGTERM) unwinds like an exit, so half-written outputs beside --out are removed.
+    signal.signal(signal.SIGTERM, _terminated)
 
     try:
         app()

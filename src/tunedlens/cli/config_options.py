@@ -250,6 +250,7 @@ def recipe_note(field: str) -> str:
 
 def train_settings() -> list:
     """The train command's generated options: one per :class:`TrainConfig` field but ``recipe``."""
+    from tunedlens.commands.train import OPTION_NAMES
     from tunedlens.train.config import TrainConfig, field_docs
 
     docs = {name: plain_text(doc) for name, doc in field_docs().items()}
@@ -257,10 +258,7 @@ def train_settings() -> list:
         TrainConfig,
         docs=docs,
         skip=("recipe",),
-        names={
-            "time_budget_s": "--time-budget",
-            "positions_per_sequence_end": "--positions-at-end",
-        },
+        names=OPTION_NAMES,
         parsers={"time_budget_s": parse_duration},
         defaults_note=recipe_note,
     )

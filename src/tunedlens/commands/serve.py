@@ -6,7 +6,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 from tunedlens.commands.common import open_model_and_lenses, resolve_locations
-from tunedlens.errors import InputError
+from tunedlens.errors import InputError, require
 from tunedlens.serve.run import (
     bind_port,
     check_host,
@@ -73,6 +73,8 @@ def run(
     """
     check_host(host, allow_remote)
     check_port(port)
+    for module in ("fastapi", "uvicorn"):  # the extra, before the model loads
+        require(module, "serve")
     bound: list[socket.socket] = []
     try:
         session = build_session(

@@ -38,13 +38,34 @@ RUN_OUTPUT = OutputKind("a training run's output", (*RUN_FILES, CURVES_NAME), fo
 target writes a folder named after it); what ``--force`` may replace."""
 
 
+OPTION_NAMES = {
+    "time_budget_s": "--time-budget",
+    "positions_per_sequence_end": "--positions-at-end",
+}
+"""TrainConfig fields whose command-line option is not ``--field-name``."""
+
+
+def option_name(field: str) -> str:
+    """The ``train`` option that sets TrainConfig field ``field``."""
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
 def config_from_options(recipe: str, given: dict) -> TrainConfig:
-    """The run's settings: ``recipe`` with the options the user gave (``None`` kept as given)."""
+    """The run's settings: ``recipe`` with the options the user gave (``None`` kept as given).
+
+    A setting TrainConfig refuses is named by its option (``--tokens: tokens=-5 is invalid``).
+    """
     if given.get("time_budget_s") is not None and "tokens" in given:
         raise InputError(
             "--time-budget sizes the token budget itself; pass --tokens or --time-budget, not both"
         )
-    return recipe_config(recipe, explicit=given)
+    try:
+        return recipe_config(recipe, explicit=given)
+    except InputError as error:
+        field = str(error).split("=", 1)[0]
+        if field in given:
+            raise InputError(f"{option_name(field)}: {error}") from None
+        raise
 
 
 def check_out(

@@ -50,14 +50,19 @@ def lens_record(path: Path) -> tuple[dict, list[Path]]:
     return PACKAGERS[detect_format(path)](path)
 
 
-def _headline(metrics: dict, name: str) -> dict:
+def _headline(metrics: dict, name: str, where: Path | str = "the evaluation") -> dict:
     """Mean KL (bits) and gates A–D of lens ``name`` from an evaluation report."""
     lenses = {key: value for key, value in metrics.get("lenses", {}).items() if key != "logit"}
     key = name if name in lenses else (next(iter(lenses)) if len(lenses) == 1 else None)
+    if key is None and not lenses:
+        raise CollectionError(
+            f"{where} reports only the logit lens, so it says nothing of {name!r}; attach the "
+            f"report of a 'tunedlens eval ... --lens' run that evaluated {name!r}."
+        )
     if key is None:
         raise CollectionError(
-            f"the evaluation attached to {name!r} reports lenses {sorted(lenses)}; none is called "
-            f"{name!r}. Attach a report of this lens (or one with a single lens)."
+            f"{where} reports the lenses {', '.join(sorted(lenses))}; none is called {name!r}. "
+            "Attach a report of this lens (or one with a single lens)."
         )
     kl = [x for x in lenses[key].get("kl_bits", []) if x is not None]
     gates = metrics.get("gates", {}).get(key, {})
@@ -137,6 +142,11 @@ def package_lenses(
         raise CollectionError(
             f"--eval names {sorted(unknown)}, which are not among the packaged lenses."
         )
+    reports = {}  # read now: a report that cannot be attached fails before anything is written
+    for rel in staged:
+        name = Path(rel).name
+        if name in evals:
+            reports[rel] = _read_report(Path(evals[name]), name)
     kinds = {rel: _packaged(index, rel) for rel in staged}
     for rel, (_record, _files, source) in staged.items():
         target = out / rel
@@ -154,13 +164,14 @@ def package_lenses(
             source.resolve() == target.resolve() or target.resolve() in source.resolve().parents
         )
         if inside and name not in evals and (target / EVAL_FILE).is_file():
-            evals[name] = target / Path(EVAL_FILE).parent  # re-packaged in place: keep its report
+            # Re-packaged in place: keep its report.
+            reports[rel] = _read_report(target / Path(EVAL_FILE).parent, name)
     # Every lens is copied before any folder is replaced: a source may lie in the tree itself.
     stagings: dict[str, Path] = {}
     try:
         for rel, (record, files, _source) in sorted(staged.items()):
             stagings[rel] = staging = staging_dir(out / rel)
-            _stage_lens(staging, rel, record, files, evals)
+            _stage_lens(staging, rel, record, files, reports.get(rel))
             index["lenses"][rel] = {
                 key: value for key, value in sorted(record.items()) if value is not None
             }
@@ -183,20 +194,25 @@ def _packaged(index: dict, rel: str) -> OutputKind:
     return OutputKind(f"the lens {rel} packaged earlier", files, folders=folders)
 
 
-def _stage_lens(staging: Path, rel: str, record: dict, files: list[Path], evals: dict) -> None:
-    """Fill ``staging`` with lens ``rel``: its files, its evaluation, its card; list them."""
+def _read_report(folder: Path, name: str) -> tuple[Path, dict]:
+    """The ``metrics.json`` in ``folder`` and its headline numbers for lens ``name``."""
+    report = folder / "metrics.json"
+    try:
+        metrics = json.loads(report.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CollectionError(f"cannot read the evaluation {report}: {error}") from None
+    return report, _headline(metrics, name, report)
+
+
+def _stage_lens(staging: Path, rel: str, record: dict, files: list[Path], report) -> None:
+    """Fill ``staging`` with lens ``rel``: its files, its evaluation (if any), its card."""
     for file in files:
         shutil.copyfile(file, staging / file.name)
-    name = Path(rel).name
-    if name in evals:
-        report = Path(evals[name]) / "metrics.json"
-        try:
-            metrics = json.loads(report.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise CollectionError(f"cannot read the evaluation {report}: {error}") from None
-        record["metrics"] = _headline(metrics, name)
+    if report is not None:
+        path, headline = report
+        record["metrics"] = headline
         (staging / "eval").mkdir()
-        shutil.copyfile(report, staging / EVAL_FILE)
+        shutil.copyfile(path, staging / EVAL_FILE)
     (staging / CARD_NAME).write_text(_lens_card(rel, record))
     record["files"] = {
         path.relative_to(staging).as_posix(): {

@@ -189,3 +189,32 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tiny_model_dir, long
     assert process.returncode == 130, err
     assert "the last checkpoint" in err and "--resume" in err and "Traceback" not in err
     assert (out / "checkpoint.pt").exists() and not (out / "lens.safetensors").exists()
+
+
+def test_sigterm_during_a_forced_run_leaves_the_earlier_run_and_no_half_written_folder(
+    tiny_model_dir, long_text, tmp_path
+):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_log.jsonl").write_text('{"step": 1}\n')  # an earlier run's log
+    process = subprocess.Popen(
+        _train_command(tiny_model_dir, long_text, out, "--force"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    staged = []
+    while not staged and time.time() < deadline:
+        staged = [p for p in tmp_path.iterdir() if p.name.startswith(".run.partial-")]
+        time.sleep(0.01)
+    assert staged, "the forced run never started writing beside --out"
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.partial-")]
+    assert [p.name for p in out.iterdir()] == ["train_log.jsonl"]
+    assert (out / "train_log.jsonl").read_text() == '{"step": 1}\n'

@@ -342,3 +342,19 @@ def test_download_refuses_a_file_as_out(tmp_path, hub_cache):
     with pytest.raises(CollectionError, match="--out '.*afile' is a file, not a directory"):
         download_collection("someone/lenses", out=tmp_path / "afile")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_report_that_cannot_be_attached_is_refused_before_anything_is_written(lenses, tmp_path):
+    dirs, _ = lenses
+    out = tmp_path / "coll"
+    with pytest.raises(CollectionError, match="cannot read the evaluation"):
+        package_lenses(dirs, out, evals={"tuned": tmp_path / "nowhere"})
+    assert not out.exists()
+    only_logit = tmp_path / "logit-report"
+    only_logit.mkdir()
+    (only_logit / "metrics.json").write_text(json.dumps({"lenses": {"logit": {"kl_bits": [1.0]}}}))
+    with pytest.raises(CollectionError, match="reports only the logit lens"):
+        package_lenses(dirs, out, evals={"tuned": only_logit})
+    assert not out.exists()
+    package_lenses(dirs, out)  # the same command with a good report (none) then works
+    assert verify_collection(out)["lenses"]

@@ -4,6 +4,7 @@ model loads, a busy port is one error line, and the server listens on the socket
 import re
 import select
 import socket
+import sys
 import threading
 import time
 
@@ -118,3 +119,15 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(served):
             answer += conn.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer
     assert sent < offered  # answered mid-body, not after reading it all
+
+
+def test_a_missing_extra_is_named_before_the_model_loads(monkeypatch):
+    from tunedlens.errors import MissingExtra
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the extra was checked")
+
+    monkeypatch.setattr("tunedlens.models.load_model", load_model)
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if it were not installed
+    with pytest.raises(MissingExtra, match=r"tunedlens\[serve\]"):
+        serve_model("demo", port=_free_port())

@@ -97,8 +97,9 @@ def tuned_format(path: Path) -> LensFormat:
         raise LensFileError(f"lens directory {str(path)!r} does not exist; check the path.")
     if not path.is_dir():
         raise LensFileError(
-            f"{str(path)!r} is a file; a lens is a directory holding config.json and "
-            "lens.safetensors (native) or params.pt (tuned-lens). Pass the directory."
+            f"{str(path)!r} is not a lens: a tuned lens is a directory holding config.json and "
+            "lens.safetensors (native) or params.pt (tuned-lens), and a J-lens is such a "
+            "directory (jlens.safetensors) or a .pt artifact."
         )
     if (path / NATIVE_WEIGHTS).exists():
         return "native"
@@ -379,7 +380,10 @@ def convert_tuned(source: Path, target: Path, format: str, *, force: bool = Fals
     """
     source, target = Path(source), Path(target)
     if format not in TUNED_FORMATS:
-        raise InputError(f"--format must be 'native' or 'tuned-lens', got {format!r}")
+        also = (
+            " (artifact is a J-lens format; this is a tuned lens)" if format == "artifact" else ""
+        )
+        raise InputError(f"--format must be 'native' or 'tuned-lens', got {format!r}{also}")
     if source.resolve() == target.resolve():
         raise InputError("SRC and DST are the same directory; write the converted lens elsewhere.")
     check_out_dir(target, LENS_OUTPUT, force=force, what="DST", sources=[source])
