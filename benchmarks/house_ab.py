@@ -57,7 +57,14 @@ def jobs(lens: str, tokens: int, work: Path) -> dict[str, list[str]]:
 
 def timed(src: str, args: list[str]) -> float:
     """Seconds one ``python -m tunedlens ARGS`` process took with ``src`` on the path."""
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "HF_HUB_OFFLINE": "1"}
+    # numpy's matrix products for both: the torch path of versions before #21 crashes on Intel
+    # CPUs (its worker threads ran with autograd on).
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(src).resolve()),
+        "HF_HUB_OFFLINE": "1",
+        "TUNEDLENS_MATMUL": "numpy",
+    }
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "tunedlens", *args],
@@ -115,7 +122,8 @@ def main() -> None:
         "",
         f"`python -m tunedlens` processes, {args.rounds} alternating rounds, median wall time; eval "
         f"on {args.tokens:,} tokens of corpus/test, no prompt suite, no bootstrap, no figures; "
-        f"predict through the same tuned lens. Machine: {machine()}.",
+        f"predict through the same tuned lens; TUNEDLENS_MATMUL=numpy for both (the torch path of "
+        f"the old version crashes on Intel CPUs: #21). Machine: {machine()}.",
         "",
         "| job | before (s) | after (s) | after / before | each round, before | each round, after |",
         "| --- | ---: | ---: | ---: | --- | --- |",

@@ -144,10 +144,10 @@ def tiny_tokenizer():
     )
 
 
-def word_text(path, count: int = 6000):
+def word_text(path, count: int = 6000, *, seed: int = 0):
     """``count`` seeded random words of the tiny vocabulary (``w4 w17 ...``) written to ``path``."""
     import torch
 
-    ids = torch.randint(4, 128, (count,), generator=torch.Generator().manual_seed(0)).tolist()
+    ids = torch.randint(4, 128, (count,), generator=torch.Generator().manual_seed(seed)).tolist()
     path.write_text(" ".join(f"w{i}" for i in ids))
     return path

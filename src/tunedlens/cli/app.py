@@ -13,6 +13,7 @@ import typer
 from tunedlens.cli.config_options import train_settings, with_parameters
 from tunedlens.cli.help import PlainHelpGroup
 from tunedlens.cli.options import (
+    DATA_FORMS,
     LENS_HELP,
     STAT_HELP,
     DeviceOption,
@@ -45,6 +46,12 @@ hub_app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(hub_app, name="hub")
+analyze_app = typer.Typer(
+    help="Uses of lenses: early exit, which blocks can go, anomalous inputs.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(analyze_app, name="analyze")
 RECIPE_HELP = f"Named settings to start from: {', '.join(sorted(RECIPES))} (see TrainConfig)."
 
 
@@ -571,6 +578,185 @@ def hub_download(
 
     where = command.run(repo, model=model, out=out)
     typer.echo(f"verified {repo}{f' ({model})' if model else ''}: {where}")
+
+
+@analyze_app.command("prune")
+def analyze_prune(
+    model: ModelArg,
+    data: Annotated[
+        str,
+        typer.Option(help="Calibration text, where the cheap scores are computed " + DATA_FORMS),
+    ],
+    test_data: Annotated[
+        str,
+        typer.Option(help="Held-out text, where every removal is measured (same forms as --data)."),
+    ],
+    lens: Annotated[
+        Optional[list[str]],
+        typer.Option(help=LENS_HELP + " Repeat for several (the logit lens is always in)."),
+    ] = None,
+    max_remove: Annotated[
+        int, typer.Option(help="K: curves run over k = 0..K removed blocks.")
+    ] = 4,
+    out: Annotated[Path, typer.Option(help="Directory for the report.")] = Path("prune"),
+    tokens: Annotated[int, typer.Option(help="Calibration tokens.")] = 2048,
+    test_tokens: Annotated[int, typer.Option(help="Test tokens.")] = 2048,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 256,
+    text_column: Annotated[str, typer.Option(help="Text column of .jsonl/.parquet data.")] = "text",
+    allow_same_data: Annotated[
+        bool, typer.Option(help="Accept the same text for --data and --test-data.")
+    ] = False,
+    oracle: Annotated[
+        str,
+        typer.Option(
+            help="static: rank blocks by their measured single-block effect once; "
+            "greedy: re-measure after each removal (K x L forward passes)."
+        ),
+    ] = "static",
+    heal: Annotated[
+        bool, typer.Option(help="Heal Gromov's K-block removal with an affine map before the head.")
+    ] = True,
+    lens_positions: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Positions per calibration sequence the lens scores read (0 or less: all)."
+        ),
+    ] = 32,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed for the data order.")] = 0,
+    plots: Annotated[bool, typer.Option(help="Write PNG and HTML figures (extra 'plot').")] = True,
+    force: Annotated[
+        bool, typer.Option(help="Replace an earlier pruning report in --out.")
+    ] = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    tokenizer: TokenizerOption = None,
+    strict: StrictOption = True,
+):
+    """Which blocks of MODEL can go: block scores against the measured effect of removing each.
+
+    Scores on --data, effects on --test-data: Block Influence, angular distances, each lens's
+    row-to-row KL, the measured change of cross-entropy and KL per removed block, curves for
+    k = 1..K removed blocks by every method, truncation read through each lens, and a cheap heal.
+    """
+    from tunedlens.commands import analyze_prune as command
+
+    report, where = command.run(
+        model,
+        data=data,
+        test_data=test_data,
+        lenses=lens or (),
+        out=out,
+        max_remove=max_remove,
+        tokens=tokens,
+        test_tokens=test_tokens,
+        seq_len=seq_len,
+        text_column=text_column,
+        allow_same_data=allow_same_data,
+        oracle=oracle,
+        heal=heal,
+        lens_positions=lens_positions if lens_positions and lens_positions > 0 else None,
+        batch_size=batch_size,
+        seed=seed,
+        plots=plots,
+        force=force,
+        dtype=dtype,
+        device=device,
+        tokenizer=tokenizer,
+        strict=strict,
+        progress=lambda stage: typer.echo(f"prune: {stage}", err=True),
+    )
+    typer.echo(report.summary())
+    typer.echo(f"wrote the pruning report to {where}")
+
+
+@analyze_app.command("detect")
+def analyze_detect(
+    model: ModelArg,
+    lens: Annotated[
+        Optional[list[str]],
+        typer.Option(help=LENS_HELP + " Repeat for several (the logit lens is always in)."),
+    ] = None,
+    task: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="capitals, sentiment, arithmetic, or a JSONL file of labelled prompts "
+            "{prompt, choices, label, anomalous}; repeatable. Default: the three built-in."
+        ),
+    ] = None,
+    shots: Annotated[
+        Optional[int],
+        typer.Option(help="Examples before each question (built-in tasks; default 5)."),
+    ] = None,
+    features: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="choices (answer log-likelihoods per row), trajectory (entropy, KL, "
+            "max-prob, top-1 changes per row) or hidden (hidden states); repeatable. "
+            "Default: all three."
+        ),
+    ] = None,
+    detector: Annotated[
+        Optional[list[str]],
+        typer.Option(help="isolation-forest, lof or mahalanobis; repeatable. Default: all three."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Directory for the report.")] = Path("detect"),
+    items: Annotated[
+        Optional[int], typer.Option(help="Questions per built-in task (default: all).")
+    ] = None,
+    hidden_row: Annotated[
+        Optional[int],
+        typer.Option(help="Row whose hidden states the baseline reads (default L // 2)."),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the AUROC intervals.")
+    ] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 8,
+    seed: Annotated[
+        int, typer.Option(help="Seed for prompts, splits, detectors and bootstrap.")
+    ] = 0,
+    plots: Annotated[bool, typer.Option(help="Write PNG and HTML figures (extra 'plot').")] = True,
+    force: Annotated[
+        bool, typer.Option(help="Replace an earlier detection report in --out.")
+    ] = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    tokenizer: TokenizerOption = None,
+    strict: StrictOption = True,
+):
+    """Detect injected prompts from prediction trajectories (Belrose et al. 2023, extra 'analyze').
+
+    Few-shot multiple-choice prompts, normal and with a prompt injection, plus benign controls;
+    detectors fitted on normal prompts only; AUROC with bootstrap intervals per task, lens,
+    feature set and detector. Attack success (did the injection change the answers?) comes first.
+    """
+    from tunedlens.cli.progress import CountProgress
+    from tunedlens.commands import analyze_detect as command
+
+    with CountProgress("detect", "prompts") as progress:
+        _report, where = command.run(
+            model,
+            tasks=task or ("capitals", "sentiment", "arithmetic"),
+            lenses=lens or (),
+            out=out,
+            shots=shots,
+            features=features,
+            detectors=detector,
+            hidden_row=hidden_row,
+            items=items,
+            bootstrap=bootstrap,
+            batch_size=batch_size,
+            seed=seed,
+            plots=plots,
+            force=force,
+            dtype=dtype,
+            device=device,
+            tokenizer=tokenizer,
+            strict=strict,
+            progress=progress.advance,
+        )
+    typer.echo((where / "summary.md").read_text())
+    typer.echo(f"wrote the detection report to {where}")
 
 
 app.command("train")(with_parameters(train, train_settings()))

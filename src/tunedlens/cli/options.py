@@ -41,3 +41,8 @@ PointsOption = Annotated[
         "trained on (block)."
     ),
 ]
+DATA_FORMS = (
+    "(a .txt/.jsonl[.gz]/.parquet file or folder, hf:NAME[:CONFIG][@REV], stdlib, stdlib-prose "
+    "or kjv)."
+)
+"""The data specs every --data option takes."""

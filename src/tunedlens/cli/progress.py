@@ -103,6 +103,12 @@ class CountProgress:
         self.progress.__enter__()
         self.task = self.progress.add_task("eval", total=total)
 
+    def advance(self, done: int, total: int) -> None:
+        """Show ``done`` of ``total``, starting the bar on the first call."""
+        if self.task is None:
+            self.start(total)
+        self.update(done, total)
+
     def update(self, done: int, total: int) -> None:
         """Advance after a batch."""
         if self.task is None:

@@ -206,11 +206,36 @@ def _stopped_fit(root):
     (root / "other.txt").write_text((root / "text.txt").read_text()[::-1])
 
 
+def _held_out_text(root):
+    (root / "test.txt").write_text(" ".join(f"w{i % 120 + 4}" for i in range(3000)))
+    (root / "short.txt").write_text("w5 w6 w7")
+
+
+def _task(root, name, lines):
+    (root / name).write_text("\n".join(json.dumps(line) for line in lines))
+
+
+def _tasks(root):
+    normal = {"prompt": "w9 w10", "choices": [" w5", " w6"], "label": " w5", "anomalous": False}
+    _task(root, "one-class.jsonl", [normal] * 4)
+    _task(root, "no-label.jsonl", [{k: v for k, v in normal.items() if k != "label"}])
+    _task(root, "bad-label.jsonl", [{**normal, "label": " w7"}, {**normal, "anomalous": True}])
+    _task(
+        root,
+        "multi.jsonl",
+        [
+            {**normal, "choices": [" w5 w7", " w6"], "label": " w6", "anomalous": anomalous}
+            for anomalous in (False, False, False, False, True)
+        ],
+    )
+
+
 PREPARED = (
     *(_checkpoint, _jlens_checkpoint, _jlens, _jlens_copy, _parts_same, _parts_overlap),
     *(_parts_seq_len, _parts_other_model, _random_file, _layers_thirty, _prompts_many),
     *(_numeric_hash, _stopped_fit),
     *(_index_entry_list, _index_size_text, _linked_folder, _link_out),
+    *(_held_out_text, _tasks),
 )
 """Prepare functions that build their own inputs (the others change a copy of lens/)."""
 
@@ -561,6 +586,108 @@ CASES = {
         ["predict", M, P, "--lens", "{root}/jlens"],
         "'unembed_hash' must be a sha256 hex digest",
         _numeric_hash,
+    ),
+    # analyze prune
+    "prune max-remove": (
+        [
+            "analyze",
+            "prune",
+            M,
+            "--data",
+            "{root}/text.txt",
+            "--test-data",
+            "{root}/test.txt",
+            "--max-remove",
+            "0",
+        ],
+        "--max-remove",
+        _held_out_text,
+    ),
+    "prune same data": (
+        ["analyze", "prune", M, "--data", "{root}/text.txt", "--test-data", "{root}/text.txt"],
+        "--allow-same-data",
+        None,
+    ),
+    "prune every block": (
+        [
+            "analyze",
+            "prune",
+            M,
+            "--data",
+            "{root}/text.txt",
+            "--test-data",
+            "{root}/test.txt",
+            "--max-remove",
+            "2",
+            "--tokens",
+            "64",
+            "--test-tokens",
+            "64",
+            "--seq-len",
+            "16",
+        ],
+        "every block",
+        _held_out_text,
+    ),
+    "prune lens of another model": (
+        [
+            "analyze",
+            "prune",
+            M,
+            "--data",
+            "{root}/text.txt",
+            "--test-data",
+            "{root}/test.txt",
+            "--lens",
+            "{root}/gpt2-lens",
+        ],
+        "fingerprint",
+        _held_out_text,
+    ),
+    "prune short test data": (
+        [
+            "analyze",
+            "prune",
+            M,
+            "--data",
+            "{root}/text.txt",
+            "--test-data",
+            "{root}/short.txt",
+            "--tokens",
+            "64",
+            "--test-tokens",
+            "64",
+            "--seq-len",
+            "16",
+        ],
+        "needed",
+        _held_out_text,
+    ),
+    # analyze detect
+    "detect one class": (
+        ["analyze", "detect", M, "--task", "{root}/one-class.jsonl"],
+        "one class",
+        _tasks,
+    ),
+    "detect missing field": (
+        ["analyze", "detect", M, "--task", "{root}/no-label.jsonl"],
+        "label",
+        _tasks,
+    ),
+    "detect label outside": (
+        ["analyze", "detect", M, "--task", "{root}/bad-label.jsonl"],
+        "not one of its choices",
+        _tasks,
+    ),
+    "detect multi-token choices": (
+        ["analyze", "detect", M, "--task", "{root}/multi.jsonl"],
+        "single token",
+        _tasks,
+    ),
+    "detect shots": (
+        ["analyze", "detect", M, "--task", "capitals", "--shots", "100000"],
+        "shots=100000 is more than",
+        None,
     ),
     # serve (every check happens before the server starts)
     "serve remote host": (["serve", M, "--host", "0.0.0.0"], "--allow-remote", None),
