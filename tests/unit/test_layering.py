@@ -37,16 +37,16 @@ FLOORS = {
     "evaluation": 5,
     "predict": 5,
     "hub": 5,
-    # 6: looking through lenses (trajectories, the notebook facade, which can train), and
-    # using them (early exit, pruning, anomaly detection)
-    "view": 6,
+    # 6: using lenses: early exit, pruning, anomaly detection, lens-decoded generation
     "analyze": 6,
-    # 7: front ends: the web explorer
-    "serve": 7,
-    # 8: one room per command: argument checks, shared start-up, library calls
-    "commands": 8,
-    # 9: the command line: maps commands to functions, prints and renders
-    "cli": 9,
+    # 7: looking through lenses: trajectories and the notebook facade (which runs the analyses)
+    "view": 7,
+    # 8: front ends: the web explorer
+    "serve": 8,
+    # 9: one room per command: argument checks, shared start-up, library calls
+    "commands": 9,
+    # 10: the command line: maps commands to functions, prints and renders
+    "cli": 10,
 }
 TOP = {"__init__", "__main__"}  # the package's own entry points may import anything
 

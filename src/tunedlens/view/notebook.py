@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunedlens.arch.points import block_rows
-from tunedlens.engine.core import readout
+from tunedlens.engine.core import name_lenses, readout
 from tunedlens.engine.inputs import encode_prompt
 from tunedlens.errors import InputError
 from tunedlens.lenses.io.load import load_lens
@@ -250,6 +250,64 @@ class Lensed:
     def load_lens(self, location: str | os.PathLike, *, strict: bool = True, **options) -> Lens:
         """:func:`tunedlens.load_lens` for this model: a lens of any kind, from any location."""
         return load_lens(location, self.model, strict=strict, **options)
+
+    # ------------------------------------------------------------------ uses
+    def _lenses(self, lenses) -> dict[str, Lens]:
+        """Lens objects or locations, named as :func:`tunedlens.readout` names them."""
+        loaded = [lens if isinstance(lens, Lens) else self.load_lens(lens) for lens in lenses]
+        return name_lenses(loaded)
+
+    def _ids(self, data, seq_len: int) -> torch.Tensor:
+        """Token ids ``(n, seq)`` as given, or texts packed into sequences of ``seq_len``."""
+        if isinstance(data, torch.Tensor):
+            return data
+        return self._training_blocks(data, seq_len, 0)
+
+    def prune(
+        self, calibration, test, *, lenses=(), max_remove: int = 4, seq_len: int = 256, **options
+    ):
+        """Which blocks can go (:func:`tunedlens.analyze.prune`), on this model.
+
+        Args:
+            calibration: Token ids ``(n, seq)`` or texts (packed into ``seq_len`` tokens) that
+                the cheap scores are computed on.
+            test: Held-out token ids or texts, where every removal is measured.
+            lenses: Lens objects or locations read beside the logit lens.
+            max_remove: ``K``: the curves run over ``k = 0..K`` removed blocks.
+            seq_len: Tokens per sequence when texts are given.
+            **options: Further arguments of :func:`tunedlens.analyze.prune`.
+
+        Returns:
+            A :class:`tunedlens.analyze.PruneReport` (``.save(out)`` writes it).
+        """
+        from tunedlens.analyze import prune
+
+        return prune(
+            self.model,
+            self._ids(calibration, seq_len),
+            test_ids=self._ids(test, seq_len),
+            lenses=self._lenses(lenses),
+            max_remove=max_remove,
+            **options,
+        )
+
+    def detect(self, task="capitals", *, lenses=(), **options):
+        """Tell injected prompts from normal ones (:func:`tunedlens.analyze.detect`).
+
+        Args:
+            task: ``"capitals"``, ``"sentiment"``, ``"arithmetic"``, a task file, or a list.
+            lenses: Lens objects or locations read beside the logit lens.
+            **options: Further arguments of :func:`tunedlens.analyze.detect` (``shots``,
+                ``features``, ``detectors``, ``seed``, ...).
+
+        Returns:
+            A :class:`tunedlens.analyze.DetectReport` (``.save(out)`` writes it).
+        """
+        from tunedlens.analyze import detect
+
+        if self.tokenizer is None:
+            raise InputError("detect turns prompts into tokens; pass a tokenizer to Lensed(...)")
+        return detect(self.model, self.tokenizer, self._lenses(lenses), task, **options)
 
     def train_lens(
         self,

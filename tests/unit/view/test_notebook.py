@@ -3,6 +3,7 @@ train_lens."""
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +222,22 @@ def test_trajectory_plot_writes_and_returns_a_figure(lensed, tmp_path):
     trajectory = lensed.trajectory("w1 w2 w3")
     figure = trajectory.plot("entropy", "kl", path=tmp_path / "fig.html")
     assert len(figure.data) == 2 and "Plotly.newPlot" in (tmp_path / "fig.html").read_text()
+
+
+def test_the_analyses_are_methods_of_the_facade(lensed, tmp_path):
+    pytest.importorskip("sklearn")
+    from tunedlens.analyze import DetectReport, PruneReport, prune
+
+    model = lensed.model
+    calibration = torch.randint(4, 120, (4, 16), generator=torch.Generator().manual_seed(1))
+    test = torch.randint(4, 120, (4, 16), generator=torch.Generator().manual_seed(2))
+    report = lensed.prune(calibration, test, max_remove=1, heal=(), generation_prompts=0)
+    direct = prune(model, calibration, test_ids=test, max_remove=1, heal=(), generation_prompts=0)
+    assert isinstance(report, PruneReport)
+    assert report.to_dict()["scores"] == direct.to_dict()["scores"]
+    assert report.to_dict()["curves"] == direct.to_dict()["curves"]
+    sys.path.insert(0, str(Path(__file__).parents[1] / "analyze"))
+    from test_detect import _task_file
+
+    found = lensed.detect(_task_file(tmp_path / "words.jsonl"), bootstrap=10)
+    assert isinstance(found, DetectReport) and found.results
