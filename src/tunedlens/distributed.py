@@ -49,6 +49,17 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group once every process is done with it.
+
+        The barrier first: a process tearing its group down while another still talks to it
+        can abort the other (gloo's threads end with ``terminate called without an active
+        exception``).
+        """
+        if self.size > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 def init_world(device: torch.device | str = "cpu") -> World:
     """Join the process group that ``torchrun`` describes in the environment, if any."""

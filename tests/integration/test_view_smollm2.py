@@ -20,7 +20,8 @@ def lensed():
 
 def test_facade_on_smollm2(lensed, tmp_path):
     result = lensed.logit_lens(PROMPT, top_k=3, position=-1)
-    assert [row.layer for row in result] == [*range(30), "output"]
+    assert [row.row for row in result] == list(range(31))
+    assert [row.label for row in result] == [*map(str, range(30)), "output"]
     ids = lensed.tokenizer(PROMPT, return_tensors="pt").input_ids
     with torch.no_grad():
         expected = lensed.model(ids).logits[0, -1].softmax(-1)

@@ -226,6 +226,7 @@ def train(
         )
     if world.is_primary:
         progress.summary(result, out)
+    world.close()
 
 
 @app.command("fit-jlens")

@@ -137,7 +137,7 @@ def run(
     finally:
         if work is not None and work != out:
             shutil.rmtree(work, ignore_errors=True)
-    world.barrier()
+    world.close()
     return lens
 
 

@@ -163,7 +163,7 @@ def _worker(rank, port, out):
     )
     if rank == 0:
         torch.save({"n": lens.n_prompts, **{f"row.{r}": m for r, m in lens.matrices.items()}}, out)
-    torch.distributed.destroy_process_group()
+    world.close()
 
 
 def test_two_processes_add_their_sums(model, tmp_path):

@@ -46,7 +46,7 @@ def _worker(rank, port, out, fsdp):
     train_lens(lens, model, _data(), _config(batch_size=4), world=world)
     if rank == 0:
         torch.save(lens.translator.state_dict(), out)
-    torch.distributed.destroy_process_group()
+    world.close()
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
