@@ -2,12 +2,14 @@
 agree, every name resolves and is documented, and the README imports only exported names."""
 
 import ast
+import dataclasses
 import importlib
 import inspect
 import itertools
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,48 @@ def test_importing_the_package_loads_nothing():
     code = "import sys, tunedlens; print(sorted(m for m in sys.modules if m.startswith(('torch', 'tunedlens.'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _documented_fields(cls) -> set[str]:
+    """Fields of a dataclass followed by a docstring in its class body (griffe reads those)."""
+    documented = set()
+    for klass in cls.__mro__:
+        if klass is object or not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for statement, following in itertools.pairwise(body):
+            if (
+                isinstance(statement, ast.AnnAssign)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                documented.add(statement.target.id)
+    return documented
+
+
+@pytest.mark.parametrize("name", tunedlens.__all__)
+def test_every_export_documents_its_arguments_and_result(name):
+    """Google style: ``Args:`` when it takes arguments, ``Returns:`` when it returns something.
+
+    A dataclass documents its fields one by one (a docstring under each) instead of ``Args:``.
+    """
+    value = getattr(tunedlens, name)
+    if not (inspect.isclass(value) or inspect.isroutine(value)):
+        return
+    if inspect.isclass(value) and issubclass(value, BaseException):
+        return
+    doc = (value.__dict__.get("__doc__") if inspect.isclass(value) else value.__doc__) or ""
+    parameters = [
+        p for p in inspect.signature(value).parameters.values() if p.kind is not p.VAR_KEYWORD
+    ]
+    if inspect.isclass(value) and dataclasses.is_dataclass(value) and "Args:" not in doc:
+        undocumented = {f.name for f in dataclasses.fields(value) if f.init}
+        undocumented -= _documented_fields(value)
+        assert not undocumented, f"{name}: fields without a docstring: {sorted(undocumented)}"
+    elif parameters:
+        assert "Args:" in doc, f"{name} takes arguments and its docstring has no Args:"
+    if inspect.isroutine(value):
+        returns = inspect.signature(value).return_annotation
+        if returns not in (None, "None", inspect.Signature.empty):
+            assert "Returns:" in doc or "Yields:" in doc, f"{name}'s docstring has no Returns:"

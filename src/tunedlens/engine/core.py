@@ -279,6 +279,12 @@ def divergences(
     Both readouts need ``keep_inputs=True`` and the same grid shape: two prompts of equal token
     length through one lens, or two lenses on one prompt.
 
+    Args:
+        first: A readout made with ``keep_inputs=True``.
+        second: Another, of the same grid shape.
+        lens: The lens of ``first`` to compare (default: its first).
+        other_lens: The lens of ``second`` (default: ``lens``, else its first).
+
     Returns:
         ``{"js", "kl", "tv"}`` float32 grids ``(batch, rows, positions)`` (see ``PAIR_STATS``).
     """

@@ -91,6 +91,7 @@ class Readout:
     """What :func:`readout` returns: per lens × row × position statistics, plus the model's own."""
 
     rows: list[Row]
+    """The rows read, in order: a lens row, or ``(state_row, lens_row)`` for a transfer."""
     input_ids: torch.Tensor | None
     """``(batch, seq)`` the ids the model ran on (``None`` when read from given states)."""
     positions: torch.Tensor
@@ -101,9 +102,11 @@ class Readout:
     """The model's own ``entropy`` and ``ce`` (nats) ``(batch, positions)``; NaN unless a
     requested statistic compares with the model (``kl``, ``cos``, ``model-rank``)."""
     lenses: dict[str, LensReadout]
+    """Each lens's statistics, by the name it was given (also ``readout[name]``)."""
     n_blocks: int
     """Number of decoder blocks ``L`` of the model."""
     head: BlockedHead | None = field(default=None, repr=False, compare=False)
+    """The float32 blocked head the readout decoded with, kept for :func:`divergences`."""
     points: Points = "block"
     """Which points of each block the rows read (see :mod:`tunedlens.arch.points`)."""
 

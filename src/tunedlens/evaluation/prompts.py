@@ -59,6 +59,13 @@ def load_prompts(path: str | os.PathLike = DEFAULT_SUITE) -> PromptSuite:
 
     ``answer`` is the exact continuation, leading space included (``" Paris"``).
 
+    Args:
+        path: The JSON-lines file; by default the built-in suite (48 prompts in geography,
+            science, language, arithmetic and code).
+
+    Returns:
+        The suite, its prompts in file order.
+
     Raises:
         PromptSuiteError: the file is missing, empty, or a line is not such an object.
     """

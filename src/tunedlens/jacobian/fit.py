@@ -287,6 +287,12 @@ def merge_jacobian_lenses(lenses: Sequence[JacobianLens]) -> JacobianLens:
     float64. The merged metadata lists the parts
     (:func:`~tunedlens.jacobian.merge.merged_metadata`).
 
+    Args:
+        lenses: The parts, each a :class:`JacobianLens` with its fit's metadata.
+
+    Returns:
+        The merged lens; its ``n_prompts`` is the parts' total.
+
     Raises:
         MergeError: (a ``ValueError``) parts that must not be merged, and why.
     """

@@ -34,7 +34,12 @@ from tunedlens.lenses.unembed import Unembed
 
 
 class Lens(nn.Module):
-    """Common interface: ``lens(hidden, layer) -> logits`` in float32."""
+    """Common interface: ``lens(hidden, layer) -> logits`` in float32.
+
+    Args:
+        unembed: The model's head (final norm, unembedding and post-head transforms).
+        points: Which points of each block the rows read: ``block``, ``mid`` or ``both``.
+    """
 
     unembed: Unembed
     kind: str = "lens"
@@ -166,6 +171,18 @@ class TunedLens(Lens):
 
     Build an untrained one with :meth:`from_model` (it equals the logit lens exactly), load one
     with :func:`~tunedlens.lenses.io.load.load_lens`, and write it with :meth:`save`.
+
+    Args:
+        unembed: The model's head.
+        translator: One translator per row (affine, low-rank, diagonal or MLP), as many rows as
+            the points read and the model's width.
+        model_info: What the lens records about its model (id, revision, ``model_type``,
+            vocabulary, unembedding fingerprint), checked when the lens is loaded.
+        provenance: How the lens was made (training data, settings, versions).
+        points: Which points of each block the rows read: ``block``, ``mid`` or ``both``.
+
+    Raises:
+        LensMismatch: the translator's rows or width are not the model's.
     """
 
     kind = "tuned"

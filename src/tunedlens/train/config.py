@@ -269,6 +269,9 @@ def recipe_config(name: str, *, explicit: dict | None = None, **overrides) -> Tr
         explicit: Field values to set as given, ``None`` included (``grad_clip=None``: no
             clipping), as the command line's options.
         **overrides: Field values to set; ``None`` here means "the recipe's value".
+
+    Returns:
+        The checked configuration (an invalid combination raises ``InputError``).
     """
     if name not in RECIPES:
         raise InputError(f"recipe={name!r} is unknown; choose one of {sorted(RECIPES)}.")

@@ -50,8 +50,11 @@ class PredictionTrajectory:
     row_labels: list[str]
     """How each row is shown: ``"3"`` (``"3.mid"`` for a mid point), then ``"output"``."""
     tokenizer: object = None
+    """The model's tokenizer, for token labels (``None``: cells show no tokens)."""
     anti_targets: torch.Tensor | None = None
+    """Tokens contrasted with the targets in :meth:`log_prob_diff`, ``(batch, seq)``."""
     name: str = "lens"
+    """Label for figures."""
 
     @classmethod
     def from_lens_and_model(

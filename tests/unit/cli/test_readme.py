@@ -1,8 +1,8 @@
-"""Every ``tunedlens`` command line the README shows is accepted by the CLI as written.
+"""Every ``tunedlens`` command line of the README and the documentation site is accepted by the CLI.
 
-The README's console blocks (``$ tunedlens ...``, ``torchrun ... -m tunedlens ...``) and its two
-set-up commands are parsed with the real click commands (no command runs): an option the CLI does
-not have, or a missing argument, fails here.
+The console blocks (``$ tunedlens ...``, ``torchrun ... -m tunedlens ...``) of the README and of
+every page under ``docs/``, and the README's two set-up commands, are parsed with the real click
+commands (no command runs): an option the CLI does not have, or a missing argument, fails here.
 """
 
 import re
@@ -14,11 +14,12 @@ import typer
 
 from tunedlens.cli.app import app
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+ROOT = Path(__file__).resolve().parents[3]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def _invocations() -> list[str]:
-    text = README.read_text()
+    text = "\n".join(page.read_text() for page in PAGES)
     lines = []
     for block in re.findall(r"```(?:console|bash)\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():
@@ -38,7 +39,7 @@ def _args(line: str) -> list[str]:
     return words[words.index("tunedlens") + 1 :]
 
 
-def test_the_readme_shows_every_command():
+def test_the_docs_show_every_command():
     shown = {
         tuple(_args(line)[:2]) if _args(line)[0] == "lens" else _args(line)[0]
         for line in INVOCATIONS

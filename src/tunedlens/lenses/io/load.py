@@ -81,6 +81,9 @@ def load_lens(
         **options: Passed to the lens's constructor or loader, e.g. ``final_norm=`` or
             ``skip_norm=True`` (decode with another norm, or none).
 
+    Returns:
+        The lens: a :class:`LogitLens`, :class:`TunedLens` or :class:`JacobianLens`.
+
     Raises:
         LensFileError: nothing usable at ``location``.
         LensMismatch: the lens belongs to another model.
