@@ -52,7 +52,9 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
             (line[2:].strip() for line in path.read_text().splitlines() if line.startswith("# ")),
             path.stem,
         )
-        lines.append(f"- [{title}](results/{path.name}) (`benchmarks/results/{path.name}`)")
+        lines.append(
+            f"- [{title}](benchmarks/results/{path.name}) (`benchmarks/results/{path.name}`)"
+        )
     return markdown.replace(RESULTS_INDEX, "\n".join(lines))
 
 
@@ -65,6 +67,12 @@ def _plain(text: str) -> str:
 
 
 def _cell(text: str) -> str:
+    # Brackets are escaped for Markdown: "[/SUB][@REV]" would read as a reference link.
+    text = _plain(text).replace("[", "\\[").replace("]", "\\]")
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
     return _plain(text).replace("|", "\\|").replace("\n", " ")
 
 
@@ -102,9 +110,9 @@ def cli_page() -> str:
         context = _context(root, path)
         name = " ".join(("tunedlens", *path))
         out += [f"## `{name}`", ""]
-        help_text = _plain(command.help)
+        help_text = _plain(command.help).replace("[", "\\[").replace("]", "\\]")
         if help_text:
-            out += [help_text.replace("\n\n", "\n\n"), ""]
+            out += [help_text, ""]
         pieces = " ".join(command.collect_usage_pieces(context))
         out += ["```text", f"{name} {pieces}".rstrip(), "```", ""]
         subcommands = [
@@ -139,7 +147,7 @@ def cli_page() -> str:
                 if record is None:
                     continue
                 names, text = record
-                out.append(f"| `{_cell(names)}` | {_cell(text)} |")
+                out.append(f"| `{_code(names)}` | {_cell(text)} |")
             out += ["| `--help` | Show this message and exit. |", ""]
     return "\n".join(out) + "\n"
 

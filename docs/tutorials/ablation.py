@@ -78,7 +78,7 @@ assert abs(difference.values[: BLOCK + 1]).max() < 1e-6  # rows before the block
 trajectory_figures.save(
     [difference.clip(0, 1)], out / "difference.png", title=f"JS divergence, attention {BLOCK} off"
 )
-Image(out / "difference.png")
+Image(filename=out / "difference.png")
 
 # %% [markdown]
 # The model's own output (the last row) at the last position, before and after:

@@ -109,13 +109,13 @@ for name, lens in lenses.items():
         lens, model, ids[0], tokenizer=tokenizer, name=f"{name} lens"
     )
     trajectory.stride(3).plot("entropy", path=out / f"{name}.png")
-Image(out / "logit.png")
+Image(filename=out / "logit.png")
 
 # %%
-Image(out / "tuned.png")
+Image(filename=out / "tuned.png")
 
 # %%
-Image(out / "jacobian.png")
+Image(filename=out / "jacobian.png")
 
 # %% [markdown]
 # Colour is the entropy of each cell's prediction in bits; the label its top-1 token. The

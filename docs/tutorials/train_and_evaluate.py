@@ -14,7 +14,7 @@
 # The command line, from a notebook: train a tuned lens for the embedded default
 # (SmolLM2-135M-Instruct, `demo`) on the embedded corpus with validation along the way, draw its
 # convergence curve, evaluate it exactly against the logit lens and read the gates. The page is
-# executed on every build of the site, offline, so the budget is tiny (16k tokens, where the
+# executed on every build of the site, offline, so the budget is tiny (8k tokens, where the
 # [main job](../getting-started.md) uses 32k and the [benchmarks](../benchmarks.md) far more);
 # the numbers are those of a quick lens.
 
@@ -50,8 +50,8 @@ def tunedlens(*args):
 # %%
 lens = work / "lens"
 tunedlens(
-    "train", "demo", "--out", lens, "--tokens", 16384, "--tokens-per-step", 4096,
-    "--seq-len", 256, "--batch-size", 8, "--val-every", 1, "--val-tokens", 1024,
+    "train", "demo", "--out", lens, "--tokens", 8192, "--tokens-per-step", 2048,
+    "--seq-len", 256, "--batch-size", 8, "--val-every", 1, "--val-tokens", 512,
 )  # fmt: skip
 provenance = json.loads((lens / "provenance.json").read_text())
 print(sorted(p.name for p in lens.iterdir()))
@@ -65,7 +65,7 @@ print("steps:", provenance["training"]["resolved"]["steps"])
 
 # %%
 tunedlens("lens", "curves", lens, "--out", work / "curves.png")
-Image(work / "curves.png")
+Image(filename=work / "curves.png")
 
 # %% [markdown]
 # ## Evaluate against the logit lens
@@ -88,7 +88,7 @@ tunedlens(
 print(sorted(p.name for p in report.iterdir()))
 
 # %%
-Image(report / "kl.png")
+Image(filename=report / "kl.png")
 
 # %% [markdown]
 # ## Reading `metrics.json` and the gates

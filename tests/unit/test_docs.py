@@ -67,7 +67,8 @@ def test_the_cli_reference_names_every_command_and_option():
 
 def test_the_cli_reference_shows_help_as_written():
     page = _hooks().cli_page()
-    assert "hf:ORG/REPO[/SUB][@REV]" in page and "\\[" not in page
+    # Rich's escapes are gone; Markdown's keep "[/SUB][@REV]" from reading as a link.
+    assert r"hf:ORG/REPO\[/SUB\]\[@REV\]" in page and r"\\[" not in page
 
 
 def test_the_api_reference_lists_exactly_the_exports():
@@ -103,3 +104,27 @@ def test_getting_started_shows_the_readme_commands(marker):
     readme = (ROOT / "README.md").read_text()
     command = re.search(re.escape(marker) + r"\n```bash\n(.*?)\n```", readme, flags=re.S)[1]
     assert command in (DOCS / "getting-started.md").read_text()
+
+
+def test_the_pictures_are_those_make_pictures_drew_from_the_main_jobs_lens():
+    """docs/make_pictures.py records each picture's sha256 and the lens it showed.
+
+    A picture replaced by hand, or a README main command whose lens is no longer the one the
+    pictures show (another model, corpus or token budget), fails here: rerun the script.
+    """
+    import hashlib
+    import json
+    import shlex
+
+    manifest = json.loads((DOCS / "pictures.json").read_text())
+    for name, digest in manifest["pictures"].items():
+        assert hashlib.sha256((DOCS / name).read_bytes()).hexdigest() == digest, name
+    readme = (ROOT / "README.md").read_text()
+    main = re.search(r"<!-- main-command -->\n```bash\n(.*?)\n```", readme, flags=re.S)[1]
+    train = next(part for part in main.split(" && ") if part.startswith("tunedlens train "))
+    words = shlex.split(train)
+    assert words[2] == manifest["lens"]["model_spec"]
+    assert int(words[words.index("--tokens") + 1]) == manifest["lens"]["train_tokens"]
+    assert "--data" not in words and manifest["lens"]["data"] == "kjv"  # demo's default corpus
+    show = next(part for part in main.split(" && ") if part.startswith("tunedlens show "))
+    assert shlex.split(show)[3] == manifest["prompt"]
