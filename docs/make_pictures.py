@@ -29,9 +29,9 @@ MAIN_JOB = {"model_spec": "demo", "data": "kjv", "train_tokens": 32768}
 MAIN_CONFIG = {"recipe": "default", "seed": 0, "translator": "affine", "points": "block"}
 
 
-def tunedlens(*args: str) -> None:
-    """Run a ``tunedlens`` command with this Python; stop on failure."""
-    subprocess.run([sys.executable, "-m", "tunedlens", *args], check=True)
+def tunedlens(*args: str, cwd: Path) -> None:
+    """Run a ``tunedlens`` command with this Python in ``cwd``; stop on failure."""
+    subprocess.run([sys.executable, "-m", "tunedlens", *args], check=True, cwd=cwd)
 
 
 def lens_record(lens: Path) -> dict:
@@ -58,20 +58,23 @@ def main() -> None:
     parser.add_argument("--lens", type=Path, help="the main job's lens (trained when omitted)")
     parser.add_argument("--no-serve", action="store_true", help="leave docs/serve.png as it is")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work:
-        lens = args.lens
-        if lens is None:
-            lens = Path(work) / "lens-demo"
-            tunedlens("train", "demo", "--out", str(lens), "--tokens", "32768")
-        record = lens_record(lens)
+    with tempfile.TemporaryDirectory() as folder:
+        # The pictures name the lens by its location: "lens-demo", as in the main job.
+        work = Path(folder)
+        if args.lens is None:
+            tunedlens("train", "demo", "--out", "lens-demo", "--tokens", "32768", cwd=work)
+        else:
+            (work / "lens-demo").symlink_to(args.lens.resolve(), target_is_directory=True)
+        record = lens_record(work / "lens-demo")
         tunedlens(
-            "show", "demo", PROMPT, "--lens", str(lens), "--stride", "2",
-            "--out", str(DOCS / "show.png"),
+            "show", "demo", PROMPT, "--lens", "lens-demo", "--stride", "2",
+            "--out", str(DOCS / "show.png"), cwd=work,
         )  # fmt: skip
         if not args.no_serve:
             subprocess.run(
-                [sys.executable, str(DOCS / "screenshot_serve.py"), "--lens", str(lens)],
+                [sys.executable, str(DOCS / "screenshot_serve.py"), "--lens", "lens-demo"],
                 check=True,
+                cwd=work,
             )
     pictures = {name: sha256(DOCS / name) for name in ("show.png", "serve.png")}
     manifest = {"lens": record, "prompt": PROMPT, "pictures": pictures}

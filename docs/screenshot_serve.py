@@ -58,7 +58,11 @@ def main() -> None:
             browser.close()
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:  # a loaded machine: do not leave it running
+            server.kill()
+            server.wait()
     print(f"wrote {args.out}")
 
 
