@@ -14,8 +14,8 @@
 # The logit lens, a tuned lens and a Jacobian lens read the same prompt on the embedded default
 # model (SmolLM2-135M-Instruct, `demo`). This page is a script executed on every build of the
 # site, offline, on 2 CPU cores: the lenses are trained and fitted here on small budgets, so the
-# numbers are those of a quick lens, not of a good one (the [main job](../getting-started.md)
-# trains on 32k tokens, the [benchmarks](../benchmarks.md) on more).
+# numbers are those of a quick lens, not of a good one (the [main job](../../getting-started/)
+# trains on 32k tokens, the [benchmarks](../../benchmarks/) on more).
 
 # %%
 import tempfile

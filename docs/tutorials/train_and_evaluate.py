@@ -15,7 +15,7 @@
 # (SmolLM2-135M-Instruct, `demo`) on the embedded corpus with validation along the way, draw its
 # convergence curve, evaluate it exactly against the logit lens and read the gates. The page is
 # executed on every build of the site, offline, so the budget is tiny (8k tokens, where the
-# [main job](../getting-started.md) uses 32k and the [benchmarks](../benchmarks.md) far more);
+# [main job](../../getting-started/) uses 32k and the [benchmarks](../../benchmarks/) far more);
 # the numbers are those of a quick lens.
 
 # %%

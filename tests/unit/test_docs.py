@@ -128,3 +128,14 @@ def test_the_pictures_are_those_make_pictures_drew_from_the_main_jobs_lens():
     assert "--data" not in words and manifest["lens"]["data"] == "kjv"  # demo's default corpus
     show = next(part for part in main.split(" && ") if part.startswith("tunedlens show "))
     assert shlex.split(show)[3] == manifest["prompt"]
+
+
+def test_tutorial_links_are_site_urls():
+    """mkdocs-jupyter renders a tutorial's Markdown itself: links to ``page.md`` are not rewritten.
+
+    A tutorial's page lives at ``tutorials/NAME/``, so its links are site URLs from there
+    (``../../getting-started/``), which the rendered page can follow.
+    """
+    for tutorial in sorted((DOCS / "tutorials").glob("*.py")):
+        links = re.findall(r"\]\(([^)]+)\)", tutorial.read_text())
+        assert not [link for link in links if link.split("#")[0].endswith(".md")], tutorial.name
