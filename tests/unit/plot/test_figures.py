@@ -182,8 +182,8 @@ def test_eval_crossing_markers_sit_on_each_lens_curve_with_a_legend(tmp_path, mo
     monkeypatch.setattr(
         eval_figures,
         "write_html",
-        lambda figure, path, **kw: figures.setdefault(path.stem, figure) and original(
-            figure, path, **kw
+        lambda figure, path, **kw: (
+            figures.setdefault(path.stem, figure) and original(figure, path, **kw)
         ),
     )
     eval_figures.save_eval_figures(_metrics(), tmp_path)
