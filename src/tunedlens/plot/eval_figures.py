@@ -23,8 +23,11 @@ FIGURES = {
     "cos_to_final": ("cos_to_final", "Cosine of lens logits to the model's", "cosine (centred)"),
 }
 CROSSINGS = (10, 5, 1)
-MARKERS = {10: ("v", "triangle-down"), 5: ("D", "diamond"), 1: ("*", "star")}
-"""Marker (matplotlib, plotly) of the rank ≤ k crossing, per k."""
+MARKERS = {10: ("v", "triangle-down", 15, 19), 5: ("D", "diamond", 9, 12), 1: ("*", "star", 7, 8)}
+"""Marker of the rank ≤ k crossing, per k: matplotlib and plotly shape, then size in each.
+
+Sizes shrink with k so that crossings of one lens at one row nest (a star inside a diamond
+inside a triangle) rather than hide each other."""
 KL_FLOOR = 1e-3
 """The smallest KL the log axis shows (bits): the logit lens's output row is exactly 0."""
 OUTPUT_LABEL = "output"
@@ -110,17 +113,17 @@ def save_eval_figures(metrics: dict, out: Path, *, plotly: str = DEFAULT_PLOTLY)
                 continue
             for k, row in _crossings(metrics, name).items():
                 shown_k.add(k)
-                mpl_marker, plotly_marker = MARKERS[k]
+                mpl_marker, plotly_marker, mpl_size, plotly_size = MARKERS[k]
                 y = _at(layers, values, row)
                 axis.plot(
                     [row],
                     [y],
                     linestyle="none",
                     marker=mpl_marker,
-                    markersize=10,
+                    markersize=mpl_size,
                     color=colour,
                     markeredgecolor="black",
-                    zorder=3,
+                    zorder=3 + CROSSINGS.index(k),
                 )
                 figure.add_trace(
                     go.Scatter(
@@ -129,7 +132,7 @@ def save_eval_figures(metrics: dict, out: Path, *, plotly: str = DEFAULT_PLOTLY)
                         mode="markers",
                         marker={
                             "symbol": plotly_marker,
-                            "size": 13,
+                            "size": plotly_size,
                             "color": colour,
                             "line": {"color": "black", "width": 1},
                         },
@@ -140,7 +143,7 @@ def save_eval_figures(metrics: dict, out: Path, *, plotly: str = DEFAULT_PLOTLY)
                     )
                 )
         for k in sorted(shown_k, reverse=True):  # legend entries for the marker shapes
-            mpl_marker, plotly_marker = MARKERS[k]
+            mpl_marker, plotly_marker, mpl_size, plotly_size = MARKERS[k]
             text = f"answer rank ≤ {k} (median first row)"
             axis.plot(
                 [],
@@ -149,7 +152,7 @@ def save_eval_figures(metrics: dict, out: Path, *, plotly: str = DEFAULT_PLOTLY)
                 marker=mpl_marker,
                 color="white",
                 markeredgecolor="black",
-                markersize=9,
+                markersize=mpl_size,
                 label=text,
             )
             figure.add_trace(
@@ -160,7 +163,7 @@ def save_eval_figures(metrics: dict, out: Path, *, plotly: str = DEFAULT_PLOTLY)
                     name=text,
                     marker={
                         "symbol": plotly_marker,
-                        "size": 12,
+                        "size": plotly_size,
                         "color": "white",
                         "line": {"color": "black", "width": 1},
                     },

@@ -78,7 +78,7 @@ def write_html(
         written.append(bundle)
         # include_plotlyjs="directory" would name the file plotly.min.js; ours carries the version.
         page = page.replace("<body>", f'<body>\n    <script src="{bundle.name}"></script>', 1)
-    page = page.replace("<head>", f"<head><title>{html.escape(title)}</title>", 1)
+    page = page.replace("<head>", f"<head><title>{html.escape(title, quote=False)}</title>", 1)
     atomic_write(path, lambda handle: handle.write(page.encode("utf-8")))
     return written
 

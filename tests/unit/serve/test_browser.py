@@ -170,7 +170,7 @@ def test_colour_legend_shared_scale_eval_curve_gates_and_small_probabilities(ser
     assert tables[0].get_attribute("data-scale") == "log"
     legend = page.locator("#colour-legend svg")
     assert "log scale" in legend.get_attribute("aria-label")
-    assert "one scale for both lenses" in legend.text_content()
+    assert "one scale for both lenses" in page.inner_text("#colour-legend")
     assert len(legend.locator("text").all()) >= 3  # tick values and the caption
     page.select_option("#stat", "max-prob")
     page.click("#run")
@@ -190,3 +190,5 @@ def test_colour_legend_shared_scale_eval_curve_gates_and_small_probabilities(ser
 
     formatted = page.evaluate("[0, 3e-7, 5e-5, 0.0123, 0.5].map(formatPercent)")
     assert formatted == ["0 %", "<0.01 %", "<0.01 %", "1.23 %", "50.00 %"]
+    marked = page.evaluate("['-', '.', '␣-', 'w5', 'é'].map(cellText)")
+    assert marked == ["‹-›", "‹.›", "␣-", "w5", "é"]

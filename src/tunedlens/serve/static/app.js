@@ -11,14 +11,17 @@ let lastPrompt = "";
 const STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 
 function colour(t) {
-  if (t === null || Number.isNaN(t)) return "transparent";
+  if (t === null || Number.isNaN(t)) return "var(--line)";  // no value: grey, off the scale
   t = Math.min(1, Math.max(0, t)) * (STOPS.length - 1);
   const i = Math.min(STOPS.length - 2, Math.floor(t)), f = t - i;
   const c = STOPS[i].map((v, k) => Math.round(v + f * (STOPS[i + 1][k] - v)));
   return `rgb(${c[0]},${c[1]},${c[2]})`;
 }
 
-function textColour(t) { return t !== null && t > 0.6 ? "#111" : "#fff"; }
+function textColour(t) {
+  if (t === null || Number.isNaN(t)) return "var(--fg)";
+  return t > 0.6 ? "#111" : "#fff";
+}
 
 // Heavy-tailed statistics get a log scale: on a linear one the logit lens's first rows
 // (~150 bits of KL) leave every other cell the same colour. Values below the floor get its colour.
@@ -63,6 +66,11 @@ function formatNumber(v) {
   return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(3)));
 }
 
+// A token as a cell shows it: one of punctuation only in ‹ ›, so "-" is not read as "no value".
+function cellText(label) {
+  return label && !/[\p{L}\p{N}␣↵⇥␍]/u.test(label) ? `‹${label}›` : label;
+}
+
 // A probability as a percentage that never reads "0.00 %" for a small but nonzero value.
 function formatPercent(p) {
   if (p === null || p === undefined || Number.isNaN(p)) return "–";
@@ -86,7 +94,7 @@ function scaleTicks(scale) {
 
 // The colour legend: the scale's gradient, ticks with values, and what kind of scale it is.
 function legendBar(stat, scale, note) {
-  const w = 360, h = 54, x0 = 10, x1 = w - 10;
+  const w = 360, x0 = 12, x1 = w - 12;
   const stops = STOPS.map((c, i) => {
     const at = scale.reversed ? 1 - i / (STOPS.length - 1) : i / (STOPS.length - 1);
     return `<stop offset="${at}" stop-color="rgb(${c.join(",")})"/>`;
@@ -98,16 +106,19 @@ function legendBar(stat, scale, note) {
   }).join("");
   const kind = scale.log ? "log scale" + (scale.clipped ? `, below ${formatNumber(scale.low)} coloured as ${formatNumber(scale.low)}` : "") : "linear";
   const caption = `${stat.title} (${stat.units}, ${kind})${note ? "; " + note : ""}`;
+  const h2 = 40;
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("width", w); svg.setAttribute("height", h);
+  svg.setAttribute("width", w); svg.setAttribute("height", h2);
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", `colour legend: ${caption}`);
   svg.innerHTML = `<defs><linearGradient id="legend-gradient">${stops.join("")}</linearGradient></defs>` +
-    `<rect x="${x0}" y="6" width="${x1 - x0}" height="16" fill="url(#legend-gradient)"/>${ticks}` +
-    `<text x="${x0}" y="51" font-size="10" fill="currentColor">${escapeXml(caption)}</text>`;
+    `<rect x="${x0}" y="6" width="${x1 - x0}" height="16" fill="url(#legend-gradient)"/>${ticks}`;
   const box = document.createElement("div");
   box.className = "colour-legend";
-  box.appendChild(svg);
+  const text = document.createElement("div");
+  text.className = "legend";
+  text.textContent = `colours: ${caption}; grey: no value`;
+  box.append(svg, text);
   return box;
 }
 
@@ -239,7 +250,7 @@ function table(title, columns, rows, values, labels, stat, scale, onCell, probs)
       const t = scale.t(value);
       td.className = "cell";
       td.tabIndex = 0;
-      td.textContent = labels[r][c];
+      td.textContent = cellText(labels[r][c]);
       td.style.background = colour(t);
       td.style.color = textColour(t);
       td.dataset.row = r; td.dataset.col = c;
@@ -330,7 +341,7 @@ function escapeXml(text) {
 // KL to the model per row on a log axis (the logit lens's first rows dwarf the rest otherwise),
 // with its numbers: y ticks per decade, x ticks by row, the last one "output".
 function klChart(values, layers) {
-  const w = 460, h = 220, left = 56, right = 12, top = 10, bottom = 42;
+  const w = 460, h = 220, left = 56, right = 24, top = 10, bottom = 42;
   const floor = 1e-3;
   const shown = values.map((v) => Math.max(v ?? floor, floor));
   const lo = Math.floor(Math.log10(Math.min(...shown))), hi = Math.ceil(Math.log10(Math.max(...shown, floor * 10)));
@@ -350,7 +361,7 @@ function klChart(values, layers) {
   for (const i of ticks) {
     const label = i === n - 1 ? "output" : String(layers ? layers[i] : i);
     parts.push(`<line class="axis" x1="${x(i)}" y1="${h - bottom}" x2="${x(i)}" y2="${h - bottom + 4}"/>`,
-      `<text x="${x(i)}" y="${h - bottom + 15}" text-anchor="middle" font-size="10" fill="currentColor">${label}</text>`);
+      `<text x="${x(i)}" y="${h - bottom + 15}" text-anchor="${i === n - 1 ? "end" : "middle"}" font-size="10" fill="currentColor">${label}</text>`);
   }
   parts.push(`<text x="${(left + w - right) / 2}" y="${h - 6}" text-anchor="middle" font-size="11" fill="currentColor">row</text>`,
     `<text transform="translate(13 ${(top + h - bottom) / 2}) rotate(-90)" text-anchor="middle" font-size="11" fill="currentColor">KL (bits, log scale)</text>`,
