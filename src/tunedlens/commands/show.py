@@ -41,7 +41,7 @@ def run(
         lenses: Lens locations (:func:`tunedlens.load_lens`), shown beside the logit lens.
         stat: A name from ``VIEW_STATS``, or ``all`` (the first four).
         compare: A second prompt of the same token length: draw where the two differ.
-        out: ``.html`` (interactive, offline) or ``.png``.
+        out: ``.html`` (interactive) or ``.png``.
         stride: Every N-th layer (the last layer and the output row are kept).
         last: Only the last N positions.
         dtype: Model dtype.

@@ -1,6 +1,6 @@
 """Figures of an anomaly-detection report: trajectories by kind of prompt, and ROC curves.
 
-Per task, two figures, each as offline HTML (plotly, its JavaScript embedded) and PNG
+Per task, two figures, each as HTML (plotly; plotly.js shared per folder) and PNG
 (matplotlib): ``trajectories_<task>``, the median of each statistic per row with a 10-90 %
 band for normal, injected and control prompts (one row of panels per lens); ``roc_<task>``,
 the ROC curves of every detector (rows) and feature set (columns), one line per lens. Takes

@@ -1,7 +1,8 @@
 """Pruning figures: cross-entropy against blocks removed per method, and Gromov's heatmap.
 
-Each figure is written twice: self-contained HTML (plotly, its JavaScript embedded, so it opens
-offline) and a PNG (matplotlib). The functions take the plain dict of a pruning report.
+Each figure is written twice: HTML (plotly; plotly.js shared per folder, see
+:mod:`tunedlens.plot.html`) and a PNG (matplotlib). The functions take the plain dict of a
+pruning report.
 """
 
 from __future__ import annotations

@@ -356,7 +356,7 @@ function klChart(values, layers) {
   }
   const step = Math.max(1, Math.ceil(n / 8));
   const ticks = [];
-  for (let i = 0; i < n - 1; i += step) if (n - 1 - i >= step / 2) ticks.push(i);
+  for (let i = 0; i < n - 1; i += step) if (n - 1 - i >= step) ticks.push(i);  // room for "output"
   ticks.push(n - 1);
   for (const i of ticks) {
     const label = i === n - 1 ? "output" : String(layers ? layers[i] : i);
