@@ -166,8 +166,10 @@ def shared_scales(stats: Sequence[TrajectoryStat]) -> list[Scale]:
             high = max(high, low * 10)
             scales[name, units] = Scale(units, low, high, True, bool((finite < low).any()))
             continue
-        low = fixed_low if fixed_low is not None else min(0.0, *finite.tolist(), 0.0)
-        high = fixed_high if fixed_high is not None else max([*finite.tolist(), low])
+        data_low = float(finite.min()) if finite.size else 0.0
+        data_high = float(finite.max()) if finite.size else 0.0
+        low = fixed_low if fixed_low is not None else min(0.0, data_low)
+        high = fixed_high if fixed_high is not None else max(data_high, low)
         if high <= low:
             high = low + 1.0
         scales[name, units] = Scale(units, float(low), float(high))
