@@ -179,13 +179,12 @@ def test_eval_crossing_markers_sit_on_each_lens_curve_with_a_legend(tmp_path, mo
 
     figures = {}
     original = eval_figures.write_html
-    monkeypatch.setattr(
-        eval_figures,
-        "write_html",
-        lambda figure, path, **kw: (
-            figures.setdefault(path.stem, figure) and original(figure, path, **kw)
-        ),
-    )
+
+    def keep(figure, path, **options):
+        figures[path.stem] = figure
+        return original(figure, path, **options)
+
+    monkeypatch.setattr(eval_figures, "write_html", keep)
     eval_figures.save_eval_figures(_metrics(), tmp_path)
     kl = figures["kl"]
     assert kl.layout.yaxis.type == "log"
