@@ -15,10 +15,12 @@ from tunedlens.cli.help import PlainHelpGroup
 from tunedlens.cli.options import (
     DATA_FORMS,
     LENS_HELP,
+    PLOTLY_DEFAULT,
     STAT_HELP,
     DeviceOption,
     DtypeOption,
     ModelArg,
+    PlotlyOption,
     PointsOption,
     PromptArg,
     StrictOption,
@@ -119,6 +121,7 @@ def show(
         Optional[int], typer.Option(help="Show only the last N positions of the prompt.")
     ] = None,
     points: PointsOption = None,
+    plotly: PlotlyOption = PLOTLY_DEFAULT,
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
     tokenizer: TokenizerOption = None,
@@ -141,6 +144,7 @@ def show(
         tokenizer=tokenizer,
         strict=strict,
         points=points,
+        plotly=plotly,
     )
     typer.echo(f"wrote {path}")
 
@@ -341,6 +345,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for the data order and bootstrap.")] = 0,
     plots: Annotated[bool, typer.Option(help="Write PNG and HTML figures (extra 'plot').")] = True,
+    plotly: PlotlyOption = PLOTLY_DEFAULT,
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
     tokenizer: TokenizerOption = None,
@@ -366,6 +371,7 @@ def eval_command(
             batch_size=batch_size,
             seed=seed,
             plots=plots,
+            plotly=plotly,
             dtype=dtype,
             device=device,
             tokenizer=tokenizer,
@@ -500,13 +506,17 @@ def lens_curves(
     run: Annotated[Path, typer.Argument(help="The --out directory of a 'tunedlens train' run.")],
     out: Annotated[
         Optional[Path],
-        typer.Option(help="Figure file: .html (interactive) or .png. Default: RUN/curves.html."),
+        typer.Option(
+            help="Figure file: .html (interactive) or .png. Default: RUNNAME-curves.html in the "
+            "current folder (never inside the run's folder)."
+        ),
     ] = None,
+    plotly: PlotlyOption = PLOTLY_DEFAULT,
 ):
     """Draw a training run's curves from its train_log.jsonl: loss, learning rate, per-layer KL."""
     from tunedlens.commands import curves as command
 
-    typer.echo(f"wrote {command.run(run, out)}")
+    typer.echo(f"wrote {command.run(run, out, plotly=plotly)}")
 
 
 @lens_app.command("merge")
@@ -626,6 +636,7 @@ def analyze_prune(
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed for the data order.")] = 0,
     plots: Annotated[bool, typer.Option(help="Write PNG and HTML figures (extra 'plot').")] = True,
+    plotly: PlotlyOption = PLOTLY_DEFAULT,
     force: Annotated[
         bool, typer.Option(help="Replace an earlier pruning report in --out.")
     ] = False,
@@ -660,6 +671,7 @@ def analyze_prune(
         batch_size=batch_size,
         seed=seed,
         plots=plots,
+        plotly=plotly,
         force=force,
         dtype=dtype,
         device=device,
@@ -717,6 +729,7 @@ def analyze_detect(
         int, typer.Option(help="Seed for prompts, splits, detectors and bootstrap.")
     ] = 0,
     plots: Annotated[bool, typer.Option(help="Write PNG and HTML figures (extra 'plot').")] = True,
+    plotly: PlotlyOption = PLOTLY_DEFAULT,
     force: Annotated[
         bool, typer.Option(help="Replace an earlier detection report in --out.")
     ] = False,
@@ -749,6 +762,7 @@ def analyze_detect(
             batch_size=batch_size,
             seed=seed,
             plots=plots,
+            plotly=plotly,
             force=force,
             dtype=dtype,
             device=device,

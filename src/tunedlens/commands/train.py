@@ -24,6 +24,7 @@ from tunedlens.outputs import (
     publish_dir,
     staging_dir,
 )
+from tunedlens.plot.html import BUNDLE_PATTERN
 from tunedlens.train.checkpoint import CHECKPOINT_NAME
 from tunedlens.train.config import TrainConfig, recipe_config
 from tunedlens.train.curves import CURVES_NAME, LOG_NAME
@@ -33,7 +34,9 @@ from tunedlens.train.run import fit_time_budget, plan_data, provenance
 
 RUN_FILES = (*LENS_FILES, CHECKPOINT_NAME, LOG_NAME)
 """The files a training run writes into its ``--out``."""
-RUN_OUTPUT = OutputKind("a training run's output", (*RUN_FILES, CURVES_NAME), folders=LOG_TARGETS)
+RUN_OUTPUT = OutputKind(
+    "a training run's output", (*RUN_FILES, CURVES_NAME, BUNDLE_PATTERN), folders=LOG_TARGETS
+)
 """A run's ``--out``: its files, the curves drawn from it, and the logs of ``--log-to`` (each
 target writes a folder named after it); what ``--force`` may replace."""
 

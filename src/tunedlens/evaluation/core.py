@@ -36,11 +36,14 @@ class EvalReport:
         """The ``metrics.json`` payload."""
         return self.metrics
 
-    def save(self, out, *, plots: bool = True) -> list:
-        """Write ``metrics.json``, the CSV sidecars, ``summary.md`` and (optionally) plots."""
+    def save(self, out, *, plots: bool = True, plotly: str = "directory") -> list:
+        """Write ``metrics.json``, the CSV sidecars, ``summary.md`` and (optionally) plots.
+
+        ``plotly``: how the HTML figures get plotly.js (see :mod:`tunedlens.plot.html`).
+        """
         from tunedlens.evaluation.report import save_report
 
-        return save_report(self, out, plots=plots)
+        return save_report(self, out, plots=plots, plotly=plotly)
 
 
 EVAL_STATS = ("kl", "ce", "entropy", "model-rank", "max-prob", "cos")

@@ -9,6 +9,7 @@ from pathlib import Path
 from tunedlens.arch.points import blocks_of, row_label
 from tunedlens.outputs import OutputKind
 from tunedlens.plot.eval_figures import FIGURES
+from tunedlens.plot.html import BUNDLE_PATTERN, DEFAULT_PLOTLY
 from tunedlens.serialize import dumps
 
 REPORT_OUTPUT = OutputKind(
@@ -19,6 +20,7 @@ REPORT_OUTPUT = OutputKind(
         "records.csv",
         "pure-next-token.csv",
         *(f"{stem}.{suffix}" for stem in FIGURES for suffix in ("html", "png")),
+        BUNDLE_PATTERN,
     ),
 )
 """Every file :func:`save_report` may write: what ``eval --force`` may replace."""
@@ -133,8 +135,13 @@ def _short(value) -> str:
     return str(value)
 
 
-def save_report(report, out: str | os.PathLike, *, plots: bool = True) -> list[Path]:
-    """Write every output file of ``report`` into the directory ``out``; returns their paths."""
+def save_report(
+    report, out: str | os.PathLike, *, plots: bool = True, plotly: str = DEFAULT_PLOTLY
+) -> list[Path]:
+    """Write every output file of ``report`` into the directory ``out``; returns their paths.
+
+    ``plotly``: how the HTML figures get plotly.js (see :mod:`tunedlens.plot.html`).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json", out / "summary.md"]
@@ -147,5 +154,5 @@ def save_report(report, out: str | os.PathLike, *, plots: bool = True) -> list[P
     if plots:
         from tunedlens.plot.eval_figures import save_eval_figures
 
-        written += save_eval_figures(report.metrics, out)
+        written += save_eval_figures(report.metrics, out, plotly=plotly)
     return written

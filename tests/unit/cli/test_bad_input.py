@@ -293,6 +293,11 @@ CASES = {
         "perplexity",
         None,
     ),
+    "show plotly mode": (
+        ["show", M, P, "--plotly", "offline", "--out", "{root}/new.html"],
+        "unknown --plotly 'offline'; choose one of directory, inline, cdn",
+        None,
+    ),
     "show compare length": (
         ["show", M, P, "--compare", "w1 w2", "--out", "{root}/new.png"],
         "same token length",
@@ -345,6 +350,11 @@ CASES = {
     "eval tokens": (
         ["eval", M, "--out", "{root}/new", "--tokens", "8", "--seq-len", "16"],
         "--seq-len",
+        None,
+    ),
+    "eval plotly mode": (
+        ["eval", M, "--out", "{root}/new", "--plotly", "file"],
+        "unknown --plotly 'file'",
         None,
     ),
     "eval nan lens": (["eval", M, "--out", "{root}/new", "--lens", "{root}/nan-lens"], "NaN", _nan),
@@ -750,6 +760,11 @@ CASES = {
     "download out is a file": (
         ["hub", "download", "org/lenses", "--out", "{root}/afile"],
         "is a file, not a directory",
+        None,
+    ),
+    "curves plotly mode": (
+        ["lens", "curves", "{root}/lens", "--plotly", "none"],
+        "unknown --plotly 'none'",
         None,
     ),
     "curves missing run": (["lens", "curves", "{root}/nosuch-run"], "run folder", None),
