@@ -119,6 +119,10 @@ def test_two_processes_match_one(tmp_path):
         distributed = torch.load(tmp_path / f"{mode}.pt", weights_only=True)
         for name, value in single.translator.state_dict().items():
             torch.testing.assert_close(
-                distributed[name], value, rtol=1e-4, atol=1e-5, msg=lambda m: f"{mode}: {m}"
+                distributed[name],
+                value,
+                rtol=1e-4,
+                atol=1e-5,
+                msg=lambda m, mode=mode: f"{mode}: {m}",
             )
         assert torch.count_nonzero(distributed["weight"]) > 0
