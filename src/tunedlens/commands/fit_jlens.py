@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunedlens.commands.common import check_resume
+from tunedlens.distributed import World
 from tunedlens.errors import InputError
 from tunedlens.jacobian.fit import fit_jacobian_lens, prompt_slice
 from tunedlens.jacobian.state import STATE_NAME, FitState
@@ -40,6 +41,7 @@ def run(
     fsdp: bool = False,
     progress: Callable[[int, int], None] | None = None,
     on_status: Callable[[str], None] | None = None,
+    world: World | None = None,
 ) -> JacobianLens:
     """What ``tunedlens fit-jlens`` does: check, load, pack, fit, write.
 
@@ -50,7 +52,9 @@ def run(
     prompts (merge the parts with ``tunedlens lens merge``); under ``torchrun`` the processes
     split the prompts the same way and add their sums at the end. ``fsdp`` shards the model's
     blocks across those processes (:mod:`tunedlens.sharding`), each loading only its shard;
-    ``on_status`` gets the line saying why a checkpoint is loaded whole instead.
+    ``on_status`` gets the line saying why a checkpoint is loaded whole instead. ``world`` is the
+    process group to fit in (default: the one ``torchrun`` describes, left once the lens is
+    written; a given one stays open for its owner).
     """
     from tunedlens.data import TextSource, TokenBlocks, default_data_spec, pack_blocks
     from tunedlens.distributed import init_world
@@ -63,7 +67,8 @@ def run(
     part = parse_part(part) if isinstance(part, str) else part
     _check_fit_options(prompts, seq_len, skip_first, dim_batch)
     check_device(device)
-    world = init_world(device or "cpu")
+    owned = world is None
+    world = world or init_world(device or "cpu")
     if fsdp:
         check_world(world)
     if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1] and part[1] <= prompts):
@@ -156,7 +161,8 @@ def run(
     finally:
         if work is not None and work != out:
             shutil.rmtree(work, ignore_errors=True)
-    world.close()
+    if owned:
+        world.close()
     return lens
 
 
