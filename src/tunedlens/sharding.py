@@ -251,23 +251,23 @@ def _fill(model: nn.Module, plan: ShardedSource, world: World, dtype, device) ->
     layers = resolve_arch(model).layers
     _shard(model, layers, world, device)
     in_blocks = {id(p) for p in layers.parameters()}  # the sharded ones, after fully_shard
-    handles: dict[Path, object] = {}
-    try:
-        for name, parameter in list(model.named_parameters(remove_duplicate=False)):
-            if name not in plan.weights:
-                continue  # tied to a loaded one, below
-            path = plan.weights[name]
-            if path not in handles:
-                handles[path] = safe_open(path, framework="pt")
-            module_name, _, leaf = name.rpartition(".")
-            if id(parameter) in in_blocks:
-                _load_rows(parameter, handles[path].get_slice(name), name, dtype, world)
-            else:
-                data = handles[path].get_tensor(name).to(device=device, dtype=dtype)
+    by_file: dict[Path, list[tuple[str, nn.Parameter]]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if name in plan.weights:  # the others are tied to a loaded one (below)
+            by_file.setdefault(plan.weights[name], []).append((name, parameter))
+    # One file open at a time: the pages read through a file's memory map count in this
+    # process's resident memory until the file is closed.
+    for path, parameters in by_file.items():
+        with safe_open(path, framework="pt") as handle:
+            for name, parameter in parameters:
+                if id(parameter) in in_blocks:
+                    _load_rows(parameter, handle.get_slice(name), name, dtype, world)
+                    continue
+                # a copy: a tensor of the memory map would keep the file open and mapped
+                data = handle.get_tensor(name).to(device=device, dtype=dtype, copy=True)
+                module_name, _, leaf = name.rpartition(".")
                 module = model.get_submodule(module_name)
                 module._parameters[leaf] = nn.Parameter(data, requires_grad=False)
-    finally:
-        handles.clear()  # closes the files (and their memory maps)
     if model.get_expanded_tied_weights_keys(all_submodels=True):
         model.tie_weights()
     if isinstance(plan.source, Path) and (plan.source / ".complete").exists():
@@ -281,9 +281,9 @@ def _fill(model: nn.Module, plan: ShardedSource, world: World, dtype, device) ->
 def _shard(model: nn.Module, layers: nn.ModuleList, world: World, device: torch.device) -> None:
     """Shard every block on the mesh and give each process room for its rows (uninitialised)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (world.size,))
+    _return_gathered_memory(device)
     for block in layers:
         buffers = [
             (module, name, buffer.to(device))
@@ -291,7 +291,7 @@ def _shard(model: nn.Module, layers: nn.ModuleList, world: World, device: torch.
             for name, buffer in module._buffers.items()
             if buffer is not None
         ]
-        fully_shard(block, mesh=mesh)
+        _shard_block(block, mesh)
         block.to_empty(device=device)  # this process's rows only: FSDP2 keeps the shards
         for module, name, buffer in buffers:  # to_empty emptied the (real) buffers too
             module._buffers[name] = buffer
@@ -321,6 +321,46 @@ def _load_rows(parameter, rows, name: str, dtype, world: World) -> None:
     local.copy_(rows[start : start + local.shape[0]].to(dtype))
 
 
+_MMAP_THRESHOLD = -3  # glibc's mallopt parameter M_MMAP_THRESHOLD (malloc.h)
+
+
+def _return_gathered_memory(device: torch.device) -> None:
+    """On the CPU, have freed gathered weights go back to the system (glibc only).
+
+    A block's weights are gathered into fresh tensors of a few MiB each before it runs and freed
+    after. glibc serves such sizes from its heap once it has seen them freed (its mmap threshold
+    grows to 32 MiB) and keeps freed heap memory for reuse, so every block gathered once stays
+    resident and the process ends up holding the whole model again (measured:
+    benchmarks/results/fsdp_memory.md). A fixed 1 MiB threshold serves those tensors with
+    ``mmap``, which ``free`` returns at once. GPU memory (the CUDA caching allocator) reuses
+    the freed blocks itself and needs nothing.
+    """
+    if device.type != "cpu":
+        return
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(_MMAP_THRESHOLD, 1 << 20)
+    except OSError:  # no C library to load by name (not glibc): nothing to tune
+        pass
+
+
+def _shard_block(block: nn.Module, mesh) -> None:
+    """``fully_shard`` one decoder block, gathering its weights only while it runs.
+
+    Each block is its own FSDP root (embeddings and head stay outside FSDP), and FSDP2 keeps a
+    root's weights gathered after its forward unless told otherwise: every block would then stay
+    whole after the first forward, and sharding would save nothing.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(block, mesh=mesh, reshard_after_forward=True)
+
+
 def shard_blocks(model: nn.Module, world: World, device: torch.device | str = "cpu") -> None:
     """Shard the decoder blocks of a loaded model across processes with FSDP2.
 
@@ -336,15 +376,15 @@ def shard_blocks(model: nn.Module, world: World, device: torch.device | str = "c
         device: Device of the mesh; block shards are moved there.
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     check_world(world)
     device = torch.device(device)
     mesh = init_device_mesh(device.type, (world.size,))
     layers = resolve_arch(model).layers
     in_blocks = {id(p) for p in layers.parameters()}
+    _return_gathered_memory(device)
     for block in layers:
-        fully_shard(block, mesh=mesh)
+        _shard_block(block, mesh)
     for parameter in model.parameters():
         if id(parameter) not in in_blocks:
             parameter.data = parameter.data.to(device)
