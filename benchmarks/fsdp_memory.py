@@ -73,6 +73,20 @@ def child(out: str, args: list[str]) -> None:
         from tunedlens.distributed import init_world
 
         init_world().close()
+    elif args[:1] == ["load"]:  # the model only: what a process holds once it is loaded
+        from tunedlens.distributed import init_world
+
+        world = init_world()
+        if "--fsdp" in args:
+            from tunedlens.sharding import load_sharded, plan_sharded_load
+
+            _model, _ = load_sharded(plan_sharded_load(args[1], world), world)
+        else:
+            from tunedlens.models import load_model
+
+            _model, _ = load_model(args[1])
+        resident = rss_mib()
+        world.close()
     else:
         from tunedlens.cli import main
 
@@ -83,12 +97,21 @@ def child(out: str, args: list[str]) -> None:
             code = stop.code or 0
     rank = int(os.environ.get("RANK", "0"))
     record = {
+        "resident_after_load_mib": resident if args[:1] == ["load"] else None,
         "rank": rank,
         "exit": code,
         "peak_rss_mib": peak_rss_mib(),
         "wall_s": time.perf_counter() - started,
     }
     Path(f"{out}-{rank}.json").write_text(json.dumps(record))
+
+
+def rss_mib() -> float:
+    """This process's resident set now (``VmRSS``), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
 
 
 def peak_rss_mib() -> float:
@@ -222,6 +245,12 @@ def run(work: Path) -> None:
         records = launch(processes, ["baseline"], work / tag, work / f"{tag}.log")
         results["baseline"][str(processes)] = records
         print("baseline", processes, [round(r["peak_rss_mib"]) for r in records], flush=True)
+    results["load"] = {}
+    for mode, (processes, extra) in MODES.items():
+        tag = f"load-{mode.replace(' ', '_').replace(',', '')}"
+        records = launch(processes, ["load", str(folder), *extra], work / tag, work / f"{tag}.log")
+        results["load"][mode] = {"records": records}
+        print("load", mode, [round(r["peak_rss_mib"]) for r in records], flush=True)
     commands = {
         "train": lambda out: ["train", str(folder), "--data", str(data), "--out", out, *TRAIN],
         "fit-jlens": lambda out: [
@@ -281,10 +310,21 @@ def table(payload: dict) -> str:
         "",
         f"train: `{' '.join(payload['train_args'])}`; fit-jlens: `{' '.join(payload['fit_args'])}`.",
         "",
-        "| command | processes | peak RSS per process (MiB) | minus baseline | weights held "
-        "(MiB, predicted) | wall (s) |",
-        "|---|---|---|---|---|---|",
+        "| command | processes | peak RSS per process (MiB) | peak minus baseline | resident "
+        "after loading, minus baseline | weights held (MiB, predicted) | wall (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for mode, (processes, _) in MODES.items():
+        records = results["load"][mode]["records"]
+        base = base1 if processes == 1 else base2
+        peaks = [r["peak_rss_mib"] for r in records]
+        resident = [r["resident_after_load_mib"] for r in records]
+        wall = records[0].get("job_wall_s", records[0]["wall_s"])
+        lines.append(
+            f"| load only | {mode} | {' / '.join(f'{p:,.0f}' for p in peaks)} | "
+            f"{' / '.join(f'{p - base:,.0f}' for p in peaks)} | "
+            f"{' / '.join(f'{r - base:,.0f}' for r in resident)} | {held[mode]:,.0f} | {wall:.0f} |"
+        )
     for command in ("train", "fit-jlens"):
         for mode, (processes, _) in MODES.items():
             entry = results[command][mode]
@@ -293,7 +333,7 @@ def table(payload: dict) -> str:
             extra = " (fell back to whole loading)" if entry["fallback"] else ""
             lines.append(
                 f"| {command} | {mode}{extra} | {' / '.join(f'{p:,.0f}' for p in peaks)} | "
-                f"{' / '.join(f'{p - base:,.0f}' for p in peaks)} | {held[mode]:,.0f} | "
+                f"{' / '.join(f'{p - base:,.0f}' for p in peaks)} | | {held[mode]:,.0f} | "
                 f"{entry['records'][0].get('job_wall_s', entry['records'][0]['wall_s']):.0f} |"
             )
     lines.append("")

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor
 
 from tiny_models import N_LAYERS, tiny_model, tiny_tokenizer, word_text
 from tunedlens.commands import fit_jlens, train
@@ -95,6 +96,9 @@ def _worker(rank, port, root):
     local = model.model.layers[0].mlp.up_proj.weight.to_local()
     assert local.shape[0] == (32, 31)[rank]
     lens = fit_jacobian_lens(model, _prompts(), skip_first=2, dim_batch=5, world=world)
+    with torch.no_grad():  # as training runs the model: each block lets go of its gathered weights
+        model(input_ids=_prompts()[0][None])
+    assert all(isinstance(p, DTensor) for p in model.model.layers.parameters())
     if rank == 0:
         matrices = {f"row.{r}": m for r, m in lens.matrices.items()}
         torch.save({"n": lens.n_prompts, **matrices}, f"{root}/direct.pt")
