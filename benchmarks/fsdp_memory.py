@@ -73,7 +73,7 @@ def child(out: str, args: list[str]) -> None:
         from tunedlens.distributed import init_world
 
         init_world().close()
-    elif args[:1] == ["load"]:  # the model only: what a process holds once it is loaded
+    elif args[:1] == ["load"]:  # the model only: what a process holds once it has run
         from tunedlens.distributed import init_world
 
         world = init_world()
@@ -85,6 +85,12 @@ def child(out: str, args: list[str]) -> None:
             from tunedlens.models import load_model
 
             _model, _ = load_model(args[1])
+        import torch
+
+        # One token through the model: unsharded weights are memory maps of the safetensors
+        # files, resident (in the page cache, counted in RSS) only once a forward reads them.
+        with torch.no_grad():
+            _model(input_ids=torch.tensor([[1]]))
         resident = rss_mib()
         world.close()
     else:
@@ -106,12 +112,15 @@ def child(out: str, args: list[str]) -> None:
     Path(f"{out}-{rank}.json").write_text(json.dumps(record))
 
 
-def rss_mib() -> float:
-    """This process's resident set now (``VmRSS``), in MiB."""
+def rss_mib() -> dict:
+    """This process's resident set now, in MiB: all, anonymous, file-backed (memory maps)."""
+    fields = {"VmRSS:": "all", "RssAnon:": "anonymous", "RssFile:": "file"}
+    found = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+        name = line.split()[0] if line.strip() else ""
+        if name in fields:
+            found[fields[name]] = int(line.split()[1]) / 1024
+    return found
 
 
 def peak_rss_mib() -> float:
@@ -311,19 +320,22 @@ def table(payload: dict) -> str:
         f"train: `{' '.join(payload['train_args'])}`; fit-jlens: `{' '.join(payload['fit_args'])}`.",
         "",
         "| command | processes | peak RSS per process (MiB) | peak minus baseline | resident "
-        "after loading, minus baseline | weights held (MiB, predicted) | wall (s) |",
+        "after loading and one token, minus baseline | weights held (MiB, predicted) | wall (s) |",
         "|---|---|---|---|---|---|---|",
     ]
     for mode, (processes, _) in MODES.items():
         records = results["load"][mode]["records"]
         base = base1 if processes == 1 else base2
         peaks = [r["peak_rss_mib"] for r in records]
-        resident = [r["resident_after_load_mib"] for r in records]
+        resident = [r["resident_after_load_mib"]["all"] for r in records]
+        files = [r["resident_after_load_mib"]["file"] for r in records]
         wall = records[0].get("job_wall_s", records[0]["wall_s"])
         lines.append(
             f"| load only | {mode} | {' / '.join(f'{p:,.0f}' for p in peaks)} | "
             f"{' / '.join(f'{p - base:,.0f}' for p in peaks)} | "
-            f"{' / '.join(f'{r - base:,.0f}' for r in resident)} | {held[mode]:,.0f} | {wall:.0f} |"
+            f"{' / '.join(f'{r - base:,.0f}' for r in resident)} "
+            f"(file-backed: {' / '.join(f'{f:,.0f}' for f in files)}) | {held[mode]:,.0f} | "
+            f"{wall:.0f} |"
         )
     for command in ("train", "fit-jlens"):
         for mode, (processes, _) in MODES.items():
