@@ -181,6 +181,56 @@ def _load_tokenizer(spec, revision, *, required: bool):
     return tokenizer
 
 
+def load_tokenizer(source: str | Path, revision: str | None, tokenizer=None):
+    """The tokenizer to use with the model at ``source`` (see :func:`load_model`'s ``tokenizer``).
+
+    A tokenizer object is returned as it is; a hub id or directory must hold one; ``None``
+    takes the model's own files, or gives ``None`` when it has none.
+    """
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        return _load_tokenizer(
+            tokenizer or source,
+            revision if tokenizer is None else None,
+            required=tokenizer is not None,
+        )
+    return tokenizer
+
+
+def gguf_file(spec: str | os.PathLike) -> Path | None:
+    """The GGUF file ``spec`` names (``demo`` included), or ``None`` for other models."""
+    name = str(spec)
+    if name == "demo":
+        return demo_gguf_path()
+    if name.lower().endswith(".gguf"):
+        return Path(name)
+    return None
+
+
+def cached_gguf(path: Path) -> Path | None:
+    """The complete safetensors copy of the GGUF file ``path``, or ``None`` before it is made."""
+    cached = _gguf_cache_dir(path)
+    return cached if (cached / ".complete").exists() else None
+
+
+def model_source(spec: str | os.PathLike) -> Path | str:
+    """What ``from_pretrained`` reads for ``spec``: a local directory or a hub id.
+
+    A GGUF file (or ``demo``) is dequantised into the cache on first use and read from there.
+
+    Raises:
+        ModelLoadError: a path that does not exist, or a GGUF that cannot be read.
+    """
+    name = str(spec)
+    gguf = gguf_file(name)
+    if gguf is not None:
+        return _load_gguf(gguf)
+    if Path(name).exists():
+        return Path(name)
+    if Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"no model at {name!r}: the path does not exist.")
+    return name
+
+
 def need_tokenizer(tokenizer, model_spec: str):
     """``tokenizer``, or an error saying the model has none and how to pass one."""
     if tokenizer is None:
@@ -225,16 +275,7 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     check_device(device)
     name = str(spec)
-    if name == "demo":
-        source = _load_gguf(demo_gguf_path())
-    elif name.lower().endswith(".gguf"):
-        source = _load_gguf(Path(name))
-    elif Path(name).exists():
-        source = Path(name)
-    elif Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
-        raise ModelLoadError(f"no model at {name!r}: the path does not exist.")
-    else:
-        source = name
+    source = model_source(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, revision=revision)
     except OSError as error:
@@ -247,12 +288,7 @@ def load_model(
         raise ModelLoadError(
             f"{name!r} is not a causal language model transformers can load: {error}"
         ) from None
-    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = _load_tokenizer(
-            tokenizer or source,
-            revision if tokenizer is None else None,
-            required=tokenizer is not None,
-        )
+    tokenizer = load_tokenizer(source, revision, tokenizer)
     if isinstance(source, Path) and (source / ".complete").exists():
         model.config.name_or_path = name
     if device is not None:

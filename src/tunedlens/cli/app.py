@@ -176,7 +176,10 @@ def train(
     ] = False,
     fsdp: Annotated[
         bool,
-        typer.Option(help="Shard the model's decoder blocks across torchrun processes (FSDP2)."),
+        typer.Option(
+            help="Shard the model's decoder blocks across torchrun processes (FSDP2), each "
+            "process loading only its shard."
+        ),
     ] = False,
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
@@ -204,7 +207,7 @@ def train(
     from tunedlens.train.checkpoint import CHECKPOINT_NAME
 
     config = command.config_from_options(recipe, given(settings, explicit_options(ctx)))
-    world = init_world()
+    world = init_world(device or "cpu")
     with (
         TrainingProgress(enabled=world.is_primary) as progress,
         interrupted(out, CHECKPOINT_NAME, force=force),
@@ -231,6 +234,12 @@ def train(
     if world.is_primary:
         progress.summary(result, out)
     world.close()
+
+
+def _primary_line(message: str) -> None:
+    """One line on stderr, from the first process only under torchrun."""
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(message, err=True)
 
 
 @app.command("fit-jlens")
@@ -274,11 +283,19 @@ def fit_jlens(
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace what --out already holds.")] = False,
+    fsdp: Annotated[
+        bool,
+        typer.Option(
+            help="Shard the model's decoder blocks across torchrun processes (FSDP2), each "
+            "process loading only its shard."
+        ),
+    ] = False,
 ):
     """Fit a Jacobian lens for MODEL (exact estimator: d backward passes per prompt).
 
     Under torchrun (torchrun --nproc-per-node N -m tunedlens fit-jlens ...) the processes fit
-    contiguous slices of the prompts and add their sums at the end.
+    contiguous slices of the prompts and add their sums at the end; with --fsdp they share
+    one sharded copy of the model instead of holding one each.
     """
     from tunedlens.cli.progress import CountProgress, interrupted
     from tunedlens.commands import fit_jlens as command
@@ -305,7 +322,9 @@ def fit_jlens(
             resume=resume,
             part=part,
             force=force,
+            fsdp=fsdp,
             progress=progress.update,
+            on_status=_primary_line,
         )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
         typer.echo(

@@ -37,6 +37,7 @@ from tunedlens.jacobian.state import (
 )
 from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.lenses.unembed import Unembed
+from tunedlens.sharding import is_sharded
 
 
 @contextmanager
@@ -154,6 +155,8 @@ def fit_jacobian_lens(
             an uninterrupted fit. Other prompts or settings are refused.
         world: Under ``torchrun`` (:func:`tunedlens.distributed.init_world`): each process
             fits a contiguous slice of the prompts, and the sums are added with one all-reduce.
+            A model whose blocks are sharded across the processes (:mod:`tunedlens.sharding`)
+            is run by all of them in step; the VJPs pass through the sharded blocks.
 
     Returns:
         The fitted :class:`JacobianLens` (``n_prompts`` counts the prompts used; prompts of
@@ -197,6 +200,10 @@ def fit_jacobian_lens(
     for ids in prompts:
         check_input_ids(model, ids[None])
     all_prompts_hash = prompts_hash(prompts)
+    # Sharded blocks run only when every process runs them: a process out of prompts of its own
+    # (shares differ by one; short prompts are skipped) runs a spare one in step, unused.
+    lockstep = world.size > 1 and is_sharded(model)
+    spare = next(ids for ids in prompts if ids.shape[0] > skip_first + 1)[: skip_first + 2]
     mine = prompt_slice(len(prompts), world.rank, world.size)
     prompts = prompts[mine]
     dtype = str(next(model.parameters()).dtype)
@@ -224,16 +231,29 @@ def fit_jacobian_lens(
         state.check_resumable(settings, path)
     else:
         state = FitState.empty(rows, unembed.d_model, settings)
+
+    def jacobians(ids):
+        return prompt_jacobians(
+            model, unembed, ids, rows, skip_first=skip_first, dim_batch=dim_batch
+        )
+
+    steps = range(state.next_index, len(prompts))
+    if lockstep:
+        bounds = torch.tensor([-state.next_index, len(prompts)])
+        first, last = world.all_reduce_max(bounds).tolist()
+        steps = range(-first, last)
     with _frozen(model):
-        for ids in prompts[state.next_index :]:
-            if ids.shape[0] <= skip_first + 1:
-                state.skip()
+        for step in steps:
+            if step != state.next_index or step >= len(prompts):
+                jacobians(spare)  # another process's prompt: run the sharded blocks with it
+                continue
+            ids = prompts[step]
+            if ids.shape[0] > skip_first + 1:
+                state.add(jacobians(ids))
             else:
-                state.add(
-                    prompt_jacobians(
-                        model, unembed, ids, rows, skip_first=skip_first, dim_batch=dim_batch
-                    )
-                )
+                if lockstep:
+                    jacobians(spare)
+                state.skip()
             if path is not None and (
                 state.next_index % checkpoint_every == 0 or state.next_index == len(prompts)
             ):

@@ -368,6 +368,11 @@ CASES = {
         "does not exist",
         None,
     ),
+    "train fsdp one process": (
+        ["train", M, "--out", "{root}/fresh", *TRAIN, "--fsdp"],
+        "launch with torchrun --nproc-per-node N",
+        None,
+    ),
     "show missing lens": (
         ["show", M, P, "--lens", "{root}/nowhere", "--out", "{root}/new.png"],
         "no lens directory",
@@ -377,6 +382,11 @@ CASES = {
     "fit-jlens seq-len": (
         ["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt", "--seq-len", "10"],
         "--skip-first",
+        None,
+    ),
+    "fit-jlens fsdp one process": (
+        ["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt", "--fsdp"],
+        "launch with torchrun --nproc-per-node N",
         None,
     ),
     "fit-jlens over a lens": (
