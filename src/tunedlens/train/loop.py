@@ -18,9 +18,9 @@ from tunedlens.arch.residuals import collect_residuals, token_ids
 from tunedlens.data.packing import TokenBlocks
 from tunedlens.data.sources import DataError
 from tunedlens.distributed import World
-from tunedlens.engine.core import layer_kl
+from tunedlens.engine.core import readout
 from tunedlens.errors import InputError, LensMismatch, TunedLensError
-from tunedlens.lenses.lens import TunedLens
+from tunedlens.lenses.lens import LogitLens, TunedLens
 from tunedlens.metrics.divergence import KLTarget, kl_to_target
 from tunedlens.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from tunedlens.train.config import Resolved, TrainConfig
@@ -29,6 +29,91 @@ from tunedlens.train.muon import muon_optimizers
 
 _GROUP_LOGITS = 2**26
 """The most logits one decoding product of the training loss holds (several layers at once)."""
+
+
+Progress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: ``phase`` is ``"lstsq"`` (sequences of the least-squares
+start), ``"train"`` (training tokens, after every micro-batch) or ``"validation"`` (held-out
+sequences); called at the start of a phase with ``done=0`` and after each batch."""
+
+
+def sample_positions(
+    config: TrainConfig, n_sequences: int, generator: torch.Generator, count: int | None = None
+) -> torch.Tensor | None:
+    """Positions of each sequence that the loss reads, ``(n_sequences, count)``, sorted.
+
+    ``count`` defaults to ``config.positions_per_sequence``; ``None`` (no sampling) means every
+    position of ``config.position_range``, and returns ``None`` when that is the whole sequence
+    (KL objective). Training draws from its generator at every micro-batch; validation draws
+    once, in the same way, from a generator of its own (so training's draws do not change).
+    """
+    seq_len = config.seq_len
+    start, stop = config.position_range or (0, seq_len)
+    if config.objective == "ce":
+        stop = min(stop, seq_len - 1)  # the last position has no next token
+    count = config.positions_per_sequence if count is None else count
+    if count is None:
+        if config.objective == "kl" and (start, stop) == (0, seq_len):
+            return None
+        return torch.arange(start, stop).expand(n_sequences, -1)
+    if count > stop - start:
+        raise InputError(
+            f"positions_per_sequence={count} exceeds the {stop - start} positions sampled from"
+        )
+    scores = torch.rand(n_sequences, stop - start, generator=generator)
+    return scores.argsort(dim=1)[:, :count].sort(dim=1).values + start
+
+
+def validation_positions(config: TrainConfig, n_sequences: int) -> torch.Tensor | None:
+    """The positions validation reads, drawn once per run as training draws them.
+
+    The count is training's at its first step; the generator is seeded with ``config.seed``
+    apart from training's, so validation does not change training's draws.
+    """
+    generator = torch.Generator().manual_seed(config.seed + 0x5EED)
+    return sample_positions(config, n_sequences, generator)
+
+
+def sampled_kl(
+    lenses: dict,
+    model: nn.Module,
+    tokens: torch.Tensor,
+    positions: torch.Tensor | None,
+    *,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Exact mean KL(output row ‖ lens) in nats per layer of each lens, at ``positions``.
+
+    One forward pass per batch of sequences keeps only the states at the chosen positions
+    (``None``: every position); the KL is over the whole vocabulary, from the readout engine,
+    with every lens of ``lenses`` (name -> lens, all reading the same points) sharing the
+    model's distribution.
+    """
+    first = next(iter(lenses.values()))
+    output_row = first.output_row
+    totals = {name: torch.zeros(output_row, dtype=torch.float64) for name in lenses}
+    count = 0
+    for start in range(0, tokens.shape[0], batch_size):
+        ids = tokens[start : start + batch_size].to(first.unembed.device)
+        where = None if positions is None else positions[start : start + batch_size]
+        residuals = collect_residuals(
+            model,
+            ids,
+            arch=first.unembed.arch,
+            positions=where,
+            with_logits=False,
+            points=first.points,
+        )
+        result = readout(
+            model, lenses, states=residuals, rows=range(output_row), stats=("kl",), top_k=0
+        )
+        for name in lenses:
+            totals[name] += result[name]["kl"].double().sum((0, 2))
+        count += residuals.hidden[0].shape[0] * residuals.hidden[0].shape[1]
+        if progress is not None:
+            progress(min(start + batch_size, tokens.shape[0]), tokens.shape[0])
+    return {name: total / count for name, total in totals.items()}
 
 
 class TrainingDiverged(TunedLensError):
@@ -57,10 +142,25 @@ class StepStats:
     """Seconds of training so far (including earlier runs of a resumed job)."""
     val_kl: list[float] | None = None
     """Validation KL per layer in nats, when this step validated."""
+    logit_val_kl: list[float] | None = None
+    """The logit lens's validation KL per layer in nats (same positions), when this step
+    validated."""
     step_s: float = 0.0
     """Wall seconds of this optimizer step (forward, backward, update; validation excluded)."""
     val_s: float | None = None
     """Wall seconds of this step's validation, when it validated."""
+    total_tokens: int = 0
+    """Training tokens of the whole run (``steps`` x tokens per step)."""
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean over the layers trained this step of their loss per token, nats.
+
+        For the KL objective this is the validation KL's basis (mean over layers), at the
+        positions this step sampled.
+        """
+        values = [v for v in self.layer_loss if v is not None]
+        return sum(values) / len(values) if values else float("nan")
 
     @property
     def tokens_per_s(self) -> float:
@@ -85,6 +185,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     stopped_at_budget: bool = False
     """Training stopped at ``config.time_budget_s`` before its planned steps."""
+    logit_val_kl: list[float] | None = None
+    """Validation KL per layer (nats) of the logit lens, on the same positions as ``val_kl``."""
 
 
 def resolve(config: TrainConfig, lens: TunedLens, world: World) -> Resolved:
@@ -154,9 +256,10 @@ def _as_list(item) -> list:
 class _Trainer:
     """The state of one run; ``train_lens`` drives it. Kept private: the function is the API."""
 
-    def __init__(self, lens, model, data, config, resolved, world):
+    def __init__(self, lens, model, data, config, resolved, world, progress=None):
         self.lens, self.model, self.data, self.config = lens, model, data, config
         self.resolved, self.world = resolved, world
+        self.progress = progress if world.is_primary else None
         self.parameters = [p for p in lens.translator.parameters()]
         if config.optimizer == "muon":
             self.optimizers = muon_optimizers(
@@ -179,27 +282,16 @@ class _Trainer:
         self.history: list[dict] = []
         self.elapsed = 0.0
         self.lstsq_tokens = 0
+        self.logit_val_kl: list[float] | None = None
+        self.val_positions: torch.Tensor | None = None
 
     # -- sampling --------------------------------------------------------------------------
     def _positions(self, n_sequences: int) -> torch.Tensor | None:
-        config, seq_len = self.config, self.config.seq_len
-        start, stop = config.position_range or (0, seq_len)
-        if config.objective == "ce":
-            stop = min(stop, seq_len - 1)  # the last position has no next token
-        count = config.positions_per_sequence
+        config, count = self.config, self.config.positions_per_sequence
         if count is not None and config.positions_per_sequence_end is not None:
             progress = self.step / max(1, self.resolved.steps - 1)
             count = round(count + (config.positions_per_sequence_end - count) * progress)
-        if count is None:
-            if config.objective == "kl" and (start, stop) == (0, seq_len):
-                return None
-            return torch.arange(start, stop).expand(n_sequences, -1)
-        if count > stop - start:
-            raise InputError(
-                f"positions_per_sequence={count} exceeds the {stop - start} positions sampled from"
-            )
-        scores = torch.rand(n_sequences, stop - start, generator=self.generator)
-        return scores.argsort(dim=1)[:, :count].sort(dim=1).values + start
+        return sample_positions(config, n_sequences, self.generator, count)
 
     def _layers(self) -> list[int]:
         layers = self.resolved.trained_layers
@@ -301,11 +393,16 @@ class _Trainer:
         resolved = self.resolved
         layer_sums = torch.zeros(resolved.output_row, dtype=torch.float64)
         layer_counts = torch.zeros(resolved.output_row)
+        total = resolved.steps * self.config.tokens_per_step
         for micro in range(resolved.accumulation):
             index = self.step * resolved.accumulation + micro
             means, layers = self._micro_batch(index)
             layer_sums += means
             layer_counts[layers] += 1
+            if self.progress is not None:
+                done = self.step * self.config.tokens_per_step
+                per_micro = self.config.tokens_per_step // resolved.accumulation
+                self.progress("train", done + (micro + 1) * per_micro, total)
         self.world.average_gradients(self.parameters)
         penalty = self._penalty()
         if penalty is not None:
@@ -340,18 +437,34 @@ class _Trainer:
             grad_norm=grad_norm,
             elapsed=self.elapsed,
             step_s=time.perf_counter() - started,
+            total_tokens=total,
         )
 
     # -- validation, checkpoints -----------------------------------------------------------
     def validate(self, val_tokens: torch.Tensor) -> list[float]:
+        """Exact KL at the validation positions; the logit lens's too, at the first validation."""
         started = time.perf_counter()
-        kl = layer_kl(
-            self.lens,
-            self.model,
-            val_tokens,
-            batch_size=self.config.batch_size,
-            chunk_rows=self.config.loss_chunk_rows,
-        ).tolist()
+        if self.val_positions is None and self.config.positions_per_sequence is not None:
+            self.val_positions = validation_positions(self.config, val_tokens.shape[0])
+        lenses = {"lens": self.lens}
+        if self.logit_val_kl is None:  # the logit lens does not change: read it once
+            lenses["logit"] = LogitLens(self.model, points=self.lens.points)
+        progress = None
+        if self.progress is not None:
+            progress = lambda done, total: self.progress("validation", done, total)  # noqa: E731
+            progress(0, val_tokens.shape[0])
+        with torch.no_grad():
+            kls = sampled_kl(
+                lenses,
+                self.model,
+                val_tokens,
+                self.val_positions,
+                batch_size=self.config.batch_size,
+                progress=progress,
+            )
+        kl = kls["lens"].tolist()
+        if "logit" in kls:
+            self.logit_val_kl = kls["logit"].tolist()
         score = sum(kl) / len(kl)
         if self.best_val is None or score < self.best_val:
             self.best_val, self.best_step, self.stale = score, self.step, 0
@@ -379,6 +492,7 @@ class _Trainer:
             "history": self.history,
             "elapsed": self.elapsed,
             "lstsq_tokens": self.lstsq_tokens,
+            "logit_val_kl": self.logit_val_kl,
         }
 
     def restore(self, state: dict) -> None:
@@ -399,6 +513,7 @@ class _Trainer:
             "lstsq_tokens",
         ):
             setattr(self, key, state[key])
+        self.logit_val_kl = state.get("logit_val_kl")  # absent from older checkpoints
 
 
 def _as_blocks(data) -> TokenBlocks:
@@ -421,6 +536,7 @@ def train_lens(
     resume: bool = False,
     world: World | None = None,
     deadline: float | None = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Train ``lens`` on ``model``'s own predictions over ``data``.
 
@@ -437,6 +553,7 @@ def train_lens(
         world: Process group description for data-parallel runs.
         deadline: A ``time.monotonic()`` instant: stop after the first step that ends past it
             (validating then, so the best validated lens is returned).
+        progress: Told how far each phase is (:data:`Progress`), on the first process only.
 
     Returns:
         A :class:`TrainResult`; its lens is the best validated one when validation ran.
@@ -462,7 +579,7 @@ def train_lens(
     if data.n_sequences < needed:
         raise DataError(f"data holds {data.n_sequences} sequences; the budget needs {needed}")
     model.requires_grad_(False)
-    trainer = _Trainer(lens, model, data, config, resolved, world)
+    trainer = _Trainer(lens, model, data, config, resolved, world, progress)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     data_hash = data[:needed].content_hash()
     state = load_checkpoint(directory) if directory is not None and resume else None
@@ -486,6 +603,9 @@ def train_lens(
             shard,
             batch_size=config.batch_size,
             all_reduce=world.all_reduce_sum if world.size > 1 else None,
+            progress=None
+            if trainer.progress is None
+            else (lambda done, total: trainer.progress("lstsq", done, total)),
         )
         trainer.elapsed += time.perf_counter() - started
     stopped_early = at_budget = False
@@ -501,7 +621,11 @@ def train_lens(
             before = trainer.elapsed
             val_kl = trainer.validate(val.tokens)
             stats = dataclasses.replace(
-                stats, val_kl=val_kl, elapsed=trainer.elapsed, val_s=trainer.elapsed - before
+                stats,
+                val_kl=val_kl,
+                logit_val_kl=trainer.logit_val_kl,
+                elapsed=trainer.elapsed,
+                val_s=trainer.elapsed - before,
             )
         trainer.history.append(
             {
@@ -541,6 +665,7 @@ def train_lens(
         lstsq_tokens=trainer.lstsq_tokens,
         history=trainer.history,
         stopped_at_budget=at_budget,
+        logit_val_kl=trainer.logit_val_kl if val_kl is not None else None,
     )
 
 

@@ -58,6 +58,7 @@ def lstsq_init(
     batch_size: int = 8,
     ridge: float = 1e-4,
     all_reduce=None,
+    progress=None,
 ) -> int:
     """Set every affine translator to its least-squares fit on ``tokens``.
 
@@ -68,6 +69,8 @@ def lstsq_init(
         batch_size: Sequences per forward pass.
         ridge: Ridge strength relative to the mean activation second moment.
         all_reduce: In distributed runs, a function summing a tensor across processes.
+        progress: Called with ``(sequences done, sequences)`` at the start and after every
+            batch.
 
     Returns:
         Number of tokens the fit used (over all processes).
@@ -75,12 +78,17 @@ def lstsq_init(
     if not isinstance(lens.translator, AffineTranslator):
         raise InputError("least-squares initialisation needs an affine translator")
     moments = MomentAccumulator(lens.output_row, lens.d_model)
-    for start in range(0, tokens.shape[0], batch_size):
+    total = tokens.shape[0]
+    if progress is not None:
+        progress(0, total)
+    for start in range(0, total, batch_size):
         ids = tokens[start : start + batch_size].to(lens.unembed.device)
         residuals = collect_residuals(
             model, ids, arch=lens.unembed.arch, with_logits=False, points=lens.points
         )
         moments.add(tuple(h.cpu() for h in residuals.hidden))
+        if progress is not None:
+            progress(min(start + batch_size, total), total)
     count = torch.tensor(float(moments.count), dtype=torch.float64)
     if all_reduce is not None:
         for tensor in (moments.xx, moments.xy, count):
