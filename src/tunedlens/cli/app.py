@@ -221,6 +221,7 @@ def train(
             fsdp=fsdp,
             on_step=progress.update,
             on_status=progress.status,
+            on_progress=progress.phase,
             world=world,
             log_to=log_to or (),
         )
@@ -281,7 +282,7 @@ def fit_jlens(
     from tunedlens.jacobian.state import STATE_NAME
 
     with (
-        CountProgress("fit-jlens", "prompts") as progress,
+        CountProgress("fit-jlens", "backward passes") as progress,
         interrupted(out, f"{STATE_NAME}*", force=force),
     ):
         lens = command.run(
@@ -301,7 +302,8 @@ def fit_jlens(
             resume=resume,
             part=part,
             force=force,
-            progress=progress.update,
+            on_pass=progress.update,
+            status=progress.status,
         )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
         typer.echo(

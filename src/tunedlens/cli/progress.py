@@ -12,25 +12,38 @@ from rich.table import Table
 
 from tunedlens.metrics.divergence import NATS_TO_BITS
 
+PHASES = {
+    "lstsq": ("least-squares start", "sequences"),
+    "train": ("train", "tokens"),
+    "validation": ("validation", "sequences"),
+}
+"""Each phase of a training run: its label and the unit its bar counts."""
+
 
 class TrainingProgress:
-    """Progress bar with tokens/s, loss and ETA; quiet on non-primary processes."""
+    """One bar per phase of a run (least-squares start, training, validation), on stderr.
+
+    The training bar counts tokens (it moves after every micro-batch, so its ETA is real) and
+    shows the last step's tokens/s (``tokens_per_s`` of ``train_log.jsonl``) and loss (mean
+    over layers, in bits: the validation KL's basis). Quiet on non-primary processes.
+    """
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.console = Console(stderr=True)
         self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} steps"),
-            TextColumn("{task.fields[rate]} tok/s"),
-            TextColumn("loss {task.fields[loss]} bits"),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=24),
+            TextColumn("{task.fields[count]}"),
+            TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
             TimeRemainingColumn(),
             console=self.console,
             disable=not enabled,
         )
-        self.task = None
+        self.tasks: dict[str, int] = {}
+        self.detail = ""
 
     def __enter__(self):
         self.progress.__enter__()
@@ -44,34 +57,85 @@ class TrainingProgress:
         if self.enabled:
             self.console.print(f"[dim]{message}[/dim]")
 
+    def phase(self, name: str, done: int, total: int) -> None:
+        """Show how far phase ``name`` (a key of :data:`PHASES`) is: ``done`` of ``total``."""
+        label, unit = PHASES[name]
+        count = f"{done:,}/{total:,} {unit}"
+        detail = self.detail if name == "train" else ""
+        task = self.tasks.get(name)
+        if task is None:
+            self.tasks[name] = self.progress.add_task(
+                label, total=total, completed=done, count=count, detail=detail
+            )
+            return
+        if done == 0:  # a phase that runs again (validation every N steps) starts afresh
+            self.progress.reset(task, total=total, completed=0, count=count, detail=detail)
+            return
+        self.progress.update(task, total=total, completed=done, count=count, detail=detail)
+
     def update(self, stats) -> None:
-        """Advance the bar after an optimizer step."""
-        if self.task is None:
-            self.task = self.progress.add_task("train", total=stats.steps, rate="-", loss="-")
-        rate = f"{stats.tokens / stats.elapsed:,.0f}" if stats.elapsed else "-"
-        self.progress.update(
-            self.task, completed=stats.step, rate=rate, loss=f"{stats.loss * NATS_TO_BITS:.3f}"
+        """After an optimizer step: its tokens/s and loss beside the training bar."""
+        self.detail = (
+            f"{stats.tokens_per_s:,.0f} tok/s · loss {stats.mean_loss * NATS_TO_BITS:.3f} bits "
+            "(mean over layers)"
         )
+        self.phase("train", stats.tokens, stats.total_tokens or stats.tokens)
         if stats.val_kl is not None:
             mean = sum(stats.val_kl) / len(stats.val_kl) * NATS_TO_BITS
-            self.progress.console.print(
-                f"step {stats.step}: validation KL {mean:.3f} bits (mean over layers)"
-            )
+            line = f"step {stats.step}: validation KL {mean:.3f} bits (mean over layers)"
+            if stats.logit_val_kl is not None:
+                logit = sum(stats.logit_val_kl) / len(stats.logit_val_kl) * NATS_TO_BITS
+                line += f"; logit lens {logit:.3f}"
+            self.progress.console.print(line)
 
     def summary(self, result, out: Path) -> None:
-        """Print the final per-layer validation KL and where the lens went."""
+        """Print the final per-row validation KL beside the logit lens's, and the timings."""
         console = Console()
         if result.val_kl is not None:
-            table = Table(title=f"validation KL(model ‖ lens), best step {result.best_step}")
-            table.add_column("layer", justify="right")
-            table.add_column("KL bits", justify="right")
-            for layer, value in enumerate(result.val_kl):
-                table.add_row(str(layer), f"{value * NATS_TO_BITS:.3f}")
-            console.print(table)
+            console.print(summary_table(result))
         stop = " (stopped early)" if result.stopped_early else ""
         console.print(
             f"trained {result.steps_done} steps in {result.wall_time:.0f}s{stop}; lens saved to {out}"
         )
+        seconds = result.seconds
+        if seconds.get("steps"):
+            tokens = result.steps_done * result.config.tokens_per_step
+            parts = [f"steps {seconds['steps']:.0f} s ({tokens / seconds['steps']:,.0f} tok/s)"]
+            if seconds.get("lstsq"):
+                parts.append(f"least-squares start {seconds['lstsq']:.0f} s")
+            if seconds.get("validation"):
+                parts.append(f"validation {seconds['validation']:.0f} s")
+            console.print("time: " + ", ".join(parts))
+
+
+def summary_table(result) -> Table:
+    """Validation KL per row of the trained lens and of the logit lens (bits), and their means."""
+    from tunedlens.arch.points import row_label
+
+    lens, tuned = result.lens, result.val_kl
+    logit = result.logit_val_kl
+    where = (
+        f"exact, at {result.val_positions:,} held-out positions; " if result.val_positions else ""
+    )
+    table = Table(
+        title="validation KL(model ‖ lens), bits",
+        caption=f"{where}best step {result.best_step}; lower is better",
+    )
+    table.add_column("row", justify="right")
+    table.add_column("tuned lens", justify="right")
+    if logit is not None:
+        table.add_column("logit lens", justify="right")
+    for row, value in enumerate(tuned):
+        cells = [row_label(lens.points, row, lens.n_blocks), f"{value * NATS_TO_BITS:.3f}"]
+        if logit is not None:
+            cells.append(f"{logit[row] * NATS_TO_BITS:.3f}")
+        table.add_row(*cells)
+    means = ["mean", f"{sum(tuned) / len(tuned) * NATS_TO_BITS:.3f}"]
+    if logit is not None:
+        means.append(f"{sum(logit) / len(logit) * NATS_TO_BITS:.3f}")
+    table.add_section()
+    table.add_row(*means, style="bold")
+    return table
 
 
 class CountProgress:
@@ -97,6 +161,10 @@ class CountProgress:
 
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc) if self.task is not None else None
+
+    def status(self, message: str) -> None:
+        """Print a line above the bar (before it starts: on stderr)."""
+        self.progress.console.print(message, highlight=False, markup=False)
 
     def start(self, total: int) -> None:
         """Begin the bar once the number of tokens is known."""

@@ -38,6 +38,8 @@ def run(
     part: str | tuple[int, int] | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    on_pass: Callable[[int, int], None] | None = None,
+    status: Callable[[str], None] | None = None,
 ) -> JacobianLens:
     """What ``tunedlens fit-jlens`` does: check, load, pack, fit, write.
 
@@ -46,7 +48,9 @@ def run(
     saved in ``out`` every that many prompts (and deleted when the lens is written); ``resume``
     continues from them. ``part=(i, n)`` fits only the ``i``-th of ``n`` contiguous slices of the
     prompts (merge the parts with ``tunedlens lens merge``); under ``torchrun`` the processes
-    split the prompts the same way and add their sums at the end.
+    split the prompts the same way and add their sums at the end. ``progress`` counts prompts,
+    ``on_pass`` the batched backward passes inside them; ``status`` gets the estimate up front and
+    the warning for too few prompts (see :func:`~tunedlens.jacobian.fit.fit_jacobian_lens`).
     """
     from tunedlens.data import TextSource, default_data_spec, pack_blocks
     from tunedlens.distributed import init_world
@@ -125,6 +129,8 @@ def run(
             skip_first=skip_first,
             dim_batch=dim_batch,
             progress=progress if world.is_primary else None,
+            on_pass=on_pass if world.is_primary else None,
+            status=status if world.is_primary else None,
             metadata=metadata,
             checkpoint=work,
             checkpoint_every=checkpoint_every or 1,

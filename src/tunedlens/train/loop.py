@@ -24,7 +24,7 @@ from tunedlens.lenses.lens import LogitLens, TunedLens
 from tunedlens.metrics.divergence import KLTarget, kl_to_target
 from tunedlens.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from tunedlens.train.config import Resolved, TrainConfig
-from tunedlens.train.lstsq import lstsq_init
+from tunedlens.train.lstsq import lstsq_init, progress_batch
 from tunedlens.train.muon import muon_optimizers
 
 _GROUP_LOGITS = 2**26
@@ -187,6 +187,11 @@ class TrainResult:
     """Training stopped at ``config.time_budget_s`` before its planned steps."""
     logit_val_kl: list[float] | None = None
     """Validation KL per layer (nats) of the logit lens, on the same positions as ``val_kl``."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of the least-squares start (``lstsq``), the optimizer ``steps`` and the
+    ``validation`` (all of them together)."""
+    val_positions: int = 0
+    """Positions (cells) each validation read."""
 
 
 def resolve(config: TrainConfig, lens: TunedLens, world: World) -> Resolved:
@@ -284,6 +289,7 @@ class _Trainer:
         self.lstsq_tokens = 0
         self.logit_val_kl: list[float] | None = None
         self.val_positions: torch.Tensor | None = None
+        self.seconds = {"lstsq": 0.0, "steps": 0.0, "validation": 0.0}
 
     # -- sampling --------------------------------------------------------------------------
     def _positions(self, n_sequences: int) -> torch.Tensor | None:
@@ -427,6 +433,7 @@ class _Trainer:
             for i in range(resolved.output_row)
         ]
         self.elapsed += time.perf_counter() - started
+        self.seconds["steps"] += time.perf_counter() - started
         return StepStats(
             step=self.step,
             steps=resolved.steps,
@@ -444,8 +451,8 @@ class _Trainer:
     def validate(self, val_tokens: torch.Tensor) -> list[float]:
         """Exact KL at the validation positions; the logit lens's too, at the first validation."""
         started = time.perf_counter()
-        if self.val_positions is None and self.config.positions_per_sequence is not None:
-            self.val_positions = validation_positions(self.config, val_tokens.shape[0])
+        # The same draw at every validation (its own seeded generator): comparable scores.
+        self.val_positions = validation_positions(self.config, val_tokens.shape[0])
         lenses = {"lens": self.lens}
         if self.logit_val_kl is None:  # the logit lens does not change: read it once
             lenses["logit"] = LogitLens(self.model, points=self.lens.points)
@@ -459,7 +466,7 @@ class _Trainer:
                 self.model,
                 val_tokens,
                 self.val_positions,
-                batch_size=self.config.batch_size,
+                batch_size=progress_batch(self.config.batch_size, self.config.seq_len),
                 progress=progress,
             )
         kl = kls["lens"].tolist()
@@ -472,6 +479,7 @@ class _Trainer:
         else:
             self.stale += 1
         self.elapsed += time.perf_counter() - started
+        self.seconds["validation"] += time.perf_counter() - started
         return kl
 
     def state(self, model_info: dict, data_hash: str) -> dict:
@@ -493,6 +501,7 @@ class _Trainer:
             "elapsed": self.elapsed,
             "lstsq_tokens": self.lstsq_tokens,
             "logit_val_kl": self.logit_val_kl,
+            "seconds": self.seconds,
         }
 
     def restore(self, state: dict) -> None:
@@ -513,7 +522,9 @@ class _Trainer:
             "lstsq_tokens",
         ):
             setattr(self, key, state[key])
-        self.logit_val_kl = state.get("logit_val_kl")  # absent from older checkpoints
+        # Absent from older checkpoints.
+        self.logit_val_kl = state.get("logit_val_kl")
+        self.seconds = dict(state.get("seconds", self.seconds))
 
 
 def _as_blocks(data) -> TokenBlocks:
@@ -608,7 +619,12 @@ def train_lens(
             else (lambda done, total: trainer.progress("lstsq", done, total)),
         )
         trainer.elapsed += time.perf_counter() - started
+        trainer.seconds["lstsq"] = time.perf_counter() - started
     stopped_early = at_budget = False
+    if trainer.progress is not None:
+        trainer.progress(
+            "train", trainer.step * config.tokens_per_step, resolved.steps * config.tokens_per_step
+        )
     while trainer.step < resolved.steps:
         stats = trainer.take_step()
         at_budget = (
@@ -666,7 +682,13 @@ def train_lens(
         history=trainer.history,
         stopped_at_budget=at_budget,
         logit_val_kl=trainer.logit_val_kl if val_kl is not None else None,
+        seconds=dict(trainer.seconds),
+        val_positions=0 if val is None else _cells(val.tokens, trainer.val_positions),
     )
+
+
+def _cells(tokens: torch.Tensor, positions: torch.Tensor | None) -> int:
+    return tokens.numel() if positions is None else positions.numel()
 
 
 def _past(deadline: float, world: World) -> bool:

@@ -17,6 +17,16 @@ from tunedlens.lenses.lens import TunedLens
 from tunedlens.lenses.translators import AffineTranslator
 
 
+PROGRESS_TOKENS = 1024
+"""Tokens per forward pass of the phases that report progress per batch (least-squares start,
+validation): a few seconds each on a CPU for a model of SmolLM2's size, so their bars move."""
+
+
+def progress_batch(batch_size: int, seq_len: int) -> int:
+    """Sequences per forward pass: at most ``batch_size`` and about :data:`PROGRESS_TOKENS`."""
+    return max(1, min(batch_size, PROGRESS_TOKENS // seq_len))
+
+
 class MomentAccumulator:
     """Running ``Σ x xᵀ`` and ``Σ x (h_L − h_i)ᵀ`` per layer, with ``x = [h_i, 1]``, in float64."""
 
@@ -66,7 +76,8 @@ def lstsq_init(
         lens: A lens with an :class:`AffineTranslator`.
         model: Its model.
         tokens: ``(n_sequences, seq_len)`` token ids to fit on.
-        batch_size: Sequences per forward pass.
+        batch_size: Most sequences per forward pass (a pass holds about 1,024 tokens, so that
+            progress moves every few seconds).
         ridge: Ridge strength relative to the mean activation second moment.
         all_reduce: In distributed runs, a function summing a tensor across processes.
         progress: Called with ``(sequences done, sequences)`` at the start and after every
@@ -81,6 +92,7 @@ def lstsq_init(
     total = tokens.shape[0]
     if progress is not None:
         progress(0, total)
+    batch_size = progress_batch(batch_size, tokens.shape[1])
     for start in range(0, total, batch_size):
         ids = tokens[start : start + batch_size].to(lens.unembed.device)
         residuals = collect_residuals(
