@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from tunedlens.metrics.divergence import NATS_TO_BITS
+
+
+class RemainingColumn(ProgressColumn):
+    """Time left at the mean rate since the task began.
+
+    Rich's own estimate needs two updates within 30 s, which a CPU's micro-batch of a large
+    model does not give: it would show no estimate at all.
+    """
+
+    def render(self, task) -> Text:  # noqa: D102
+        if task.finished:
+            return Text("eta 0:00:00", style="progress.remaining")
+        began, base = task.fields.get("began"), task.fields.get("base", 0)
+        done = task.completed - base
+        if began is None or done <= 0 or task.total is None:
+            return Text("eta -:--:--", style="progress.remaining")
+        left = (time.monotonic() - began) * (task.total - task.completed) / done
+        minutes, seconds = divmod(int(left + 0.5), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"eta {hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+
 
 PHASES = {
     "lstsq": ("least-squares start", "sequences"),
@@ -37,8 +60,7 @@ class TrainingProgress:
             TextColumn("{task.fields[count]}"),
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            RemainingColumn(),
             console=self.console,
             disable=not enabled,
         )
@@ -65,11 +87,19 @@ class TrainingProgress:
         task = self.tasks.get(name)
         if task is None:
             self.tasks[name] = self.progress.add_task(
-                label, total=total, completed=done, count=count, detail=detail
+                label,
+                total=total,
+                completed=done,
+                count=count,
+                detail=detail,
+                began=time.monotonic(),
+                base=done,  # a resumed run starts part way
             )
             return
         if done == 0:  # a phase that runs again (validation every N steps) starts afresh
-            self.progress.reset(task, total=total, completed=0, count=count, detail=detail)
+            self.progress.reset(
+                task, total=total, completed=0, count=count, detail=detail, began=time.monotonic()
+            )
             return
         self.progress.update(task, total=total, completed=done, count=count, detail=detail)
 
@@ -151,7 +181,7 @@ class CountProgress:
             BarColumn(),
             TextColumn(f"{{task.completed:,}}/{{task.total:,}} {unit}"),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            RemainingColumn(),
             console=Console(stderr=True),
         )
         self.task = None
@@ -169,7 +199,7 @@ class CountProgress:
     def start(self, total: int) -> None:
         """Begin the bar once the number of tokens is known."""
         self.progress.__enter__()
-        self.task = self.progress.add_task("eval", total=total)
+        self.task = self.progress.add_task("eval", total=total, began=time.monotonic())
 
     def advance(self, done: int, total: int) -> None:
         """Show ``done`` of ``total``, starting the bar on the first call."""

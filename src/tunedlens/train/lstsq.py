@@ -16,7 +16,6 @@ from tunedlens.errors import InputError
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.lenses.translators import AffineTranslator
 
-
 PROGRESS_TOKENS = 1024
 """Tokens per forward pass of the phases that report progress per batch (least-squares start,
 validation): a few seconds each on a CPU for a model of SmolLM2's size, so their bars move."""

@@ -38,6 +38,7 @@ def test_train_end_to_end(tiny_model_dir, text_file, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "validation KL" in result.stdout and "lens saved to" in result.stdout
+    assert "logit lens" in result.stdout and "least-squares start" in result.stdout
     lens = read_lens(out)
     assert lens.format == "native" and lens.translator.kind == "affine"
     provenance = json.loads((out / "provenance.json").read_text())["training"]
@@ -47,6 +48,9 @@ def test_train_end_to_end(tiny_model_dir, text_file, tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == list(range(1, 9))
     assert log[3]["val_kl_bits"] is not None and log[3]["loss_bits"] > 0
+    assert len(log[3]["logit_val_kl_bits"]) == 2 and len(provenance["logit_val_kl_bits"]) == 2
+    layer_loss = [value for value in log[3]["layer_loss"] if value is not None]
+    assert log[3]["loss_mean_bits"] == pytest.approx(log[3]["loss_bits"] / len(layer_loss))
     again = runner.invoke(
         app,
         [
