@@ -36,36 +36,46 @@ class RemainingColumn(ProgressColumn):
 
 
 PHASES = {
-    "lstsq": ("least-squares start", "sequences"),
+    "lstsq": ("least squares", "sequences"),
     "train": ("train", "tokens"),
     "validation": ("validation", "sequences"),
 }
 """Each phase of a training run: its label and the unit its bar counts."""
 
 
+class _NotedProgress(Progress):
+    """Progress bars with a line of text under them (the last optimizer step's figures)."""
+
+    note = ""
+
+    def get_renderables(self):
+        yield from super().get_renderables()
+        if self.note:
+            yield Text(self.note)
+
+
 class TrainingProgress:
     """One bar per phase of a run (least-squares start, training, validation), on stderr.
 
-    The training bar counts tokens (it moves after every micro-batch, so its ETA is real) and
-    shows the last step's tokens/s (``tokens_per_s`` of ``train_log.jsonl``) and loss (mean
-    over layers, in bits: the validation KL's basis). Quiet on non-primary processes.
+    The training bar counts tokens (it moves after every micro-batch, so its ETA is real); the
+    line under the bars shows the last step's tokens/s (``tokens_per_s`` of ``train_log.jsonl``)
+    and loss (mean over layers, in bits: the validation KL's basis). Everything fits in 80
+    columns. Quiet on non-primary processes.
     """
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.console = Console(stderr=True)
-        self.progress = Progress(
+        self.progress = _NotedProgress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(bar_width=24),
+            BarColumn(bar_width=16),
             TextColumn("{task.fields[count]}"),
-            TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             RemainingColumn(),
             console=self.console,
             disable=not enabled,
         )
         self.tasks: dict[str, int] = {}
-        self.detail = ""
 
     def __enter__(self):
         self.progress.__enter__()
@@ -83,7 +93,6 @@ class TrainingProgress:
         """Show how far phase ``name`` (a key of :data:`PHASES`) is: ``done`` of ``total``."""
         label, unit = PHASES[name]
         count = f"{done:,}/{total:,} {unit}"
-        detail = self.detail if name == "train" else ""
         task = self.tasks.get(name)
         if task is None:
             self.tasks[name] = self.progress.add_task(
@@ -91,23 +100,20 @@ class TrainingProgress:
                 total=total,
                 completed=done,
                 count=count,
-                detail=detail,
                 began=time.monotonic(),
                 base=done,  # a resumed run starts part way
             )
             return
         if done == 0:  # a phase that runs again (validation every N steps) starts afresh
-            self.progress.reset(
-                task, total=total, completed=0, count=count, detail=detail, began=time.monotonic()
-            )
+            self.progress.reset(task, total=total, completed=0, count=count, began=time.monotonic())
             return
-        self.progress.update(task, total=total, completed=done, count=count, detail=detail)
+        self.progress.update(task, total=total, completed=done, count=count)
 
     def update(self, stats) -> None:
         """After an optimizer step: its tokens/s and loss beside the training bar."""
-        self.detail = (
-            f"{stats.tokens_per_s:,.0f} tok/s · loss {stats.mean_loss * NATS_TO_BITS:.3f} bits "
-            "(mean over layers)"
+        self.progress.note = (
+            f"  step {stats.step}/{stats.steps}: {stats.tokens_per_s:,.0f} tok/s, "
+            f"loss {stats.mean_loss * NATS_TO_BITS:.3f} bits (mean over layers)"
         )
         self.phase("train", stats.tokens, stats.total_tokens or stats.tokens)
         if stats.val_kl is not None:
@@ -124,9 +130,8 @@ class TrainingProgress:
         if result.val_kl is not None:
             console.print(summary_table(result))
         stop = " (stopped early)" if result.stopped_early else ""
-        console.print(
-            f"trained {result.steps_done} steps in {result.wall_time:.0f}s{stop}; lens saved to {out}"
-        )
+        steps = f"{result.steps_done} step{'s' * (result.steps_done != 1)}"
+        console.print(f"trained {steps} in {result.wall_time:.0f} s{stop}; lens saved to {out}")
         seconds = result.seconds
         if seconds.get("steps"):
             tokens = result.steps_done * result.config.tokens_per_step
