@@ -36,6 +36,7 @@ class RemainingColumn(ProgressColumn):
 
 
 PHASES = {
+    "packing": ("packing", "sequences"),
     "lstsq": ("least squares", "sequences"),
     "train": ("train", "tokens"),
     "validation": ("validation", "sequences"),

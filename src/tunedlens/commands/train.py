@@ -197,7 +197,14 @@ def run(
         )
     status(f"packing {config.tokens:,} training tokens from {spec}")
     packing = time.perf_counter()
-    plan = plan_data(tokenizer, config, data=spec, val_data=val_data, text_column=text_column)
+    plan = plan_data(
+        tokenizer,
+        config,
+        data=spec,
+        val_data=val_data,
+        text_column=text_column,
+        progress=on_progress if world.is_primary else None,
+    )
     held_out = "" if plan.val is None else f" and {plan.val.n_sequences:,} held-out sequences"
     status(
         f"packed {plan.train.n_sequences:,} sequences of {config.seq_len} tokens{held_out} "

@@ -56,7 +56,7 @@ def few_prompts_warning(n_prompts: int) -> str | None:
     if n_prompts >= FEW_PROMPTS:
         return None
     return (
-        f"warning: a J-lens fitted on {n_prompts} prompt{'s' * (n_prompts != 1)} is noise in its "
+        f"a J-lens fitted on {n_prompts} prompt{'s' * (n_prompts != 1)} is noise in its "
         f"middle rows (they still change by a bit or more between 2, 4 and 8 prompts, while the "
         f"last rows are settled); use at least {FEW_PROMPTS} prompts (--prompts) for a lens to "
         "read the middle layers with."
@@ -274,7 +274,7 @@ def fit_jacobian_lens(
     warning = few_prompts_warning(int((metadata or {}).get("packed_prompts", len(prompts))))
     if warning is not None and world.is_primary:
         if status is not None:
-            status(warning)
+            status(f"warning: {warning}")
         else:
             warnings.warn(warning, UserWarning, stacklevel=2)
     per_prompt = backward_passes(unembed.d_model, dim_batch)

@@ -34,7 +34,8 @@ _GROUP_LOGITS = 2**26
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done, total)``: ``phase`` is ``"lstsq"`` (sequences of the least-squares
 start), ``"train"`` (training tokens, after every micro-batch) or ``"validation"`` (held-out
-sequences); called at the start of a phase with ``done=0`` and after each batch."""
+sequences); called at the start of a phase with ``done=0`` and after each batch. ``tunedlens
+train`` also reports ``"packing"`` (sequences, before and after)."""
 
 
 def sample_positions(

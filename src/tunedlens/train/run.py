@@ -26,13 +26,32 @@ class DataPlan:
 
 
 def plan_data(
-    tokenizer, config: TrainConfig, *, data: str, val_data: str | None, text_column: str = "text"
+    tokenizer,
+    config: TrainConfig,
+    *,
+    data: str,
+    val_data: str | None,
+    text_column: str = "text",
+    progress=None,
 ) -> DataPlan:
-    """Pack exactly the training (and validation) sequences the budget needs, or fail up front."""
+    """Pack exactly the training (and validation) sequences the budget needs, or fail up front.
+
+    ``progress("packing", done, total)`` (sequences) is called before and after.
+    """
     train_sequences = (
         (config.tokens // config.tokens_per_step) * config.tokens_per_step // config.seq_len
     )
     val_sequences = validation_sequences(config)
+    total = train_sequences + val_sequences
+    if progress is not None:
+        progress("packing", 0, total)
+    plan = _pack(tokenizer, config, data, val_data, text_column, train_sequences, val_sequences)
+    if progress is not None:
+        progress("packing", total, total)
+    return plan
+
+
+def _pack(tokenizer, config, data, val_data, text_column, train_sequences, val_sequences):
     source = TextSource(data, text_column)
     if val_data is None:  # hold out blocks of the training source, disjoint from training
         blocks = pack_blocks(
