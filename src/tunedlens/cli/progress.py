@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from tunedlens.metrics.divergence import NATS_TO_BITS
 
 
 class RemainingColumn(ProgressColumn):
-    """Time left at the mean rate since the task began.
+    """Time left at the rate of the last few updates (``rate`` field), else since it began.
 
     Rich's own estimate needs two updates within 30 s, which a CPU's micro-batch of a large
     model does not give: it would show no estimate at all.
@@ -29,7 +30,8 @@ class RemainingColumn(ProgressColumn):
         done = task.completed - base
         if began is None or done <= 0 or task.total is None:
             return Text("eta -:--:--", style="progress.remaining")
-        left = (time.monotonic() - began) * (task.total - task.completed) / done
+        rate = task.fields.get("rate") or done / max(time.monotonic() - began, 1e-9)
+        left = (task.total - task.completed) / rate
         minutes, seconds = divmod(int(left + 0.5), 60)
         hours, minutes = divmod(minutes, 60)
         return Text(f"eta {hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
@@ -42,6 +44,11 @@ PHASES = {
     "validation": ("validation", "sequences"),
 }
 """Each phase of a training run: its label and the unit its bar counts."""
+
+
+RATE_WINDOW = 4
+"""Updates the ETA's rate is measured over: recent enough to follow a change of pace (the first
+micro-batches reuse the least-squares start's forward pass and go faster)."""
 
 
 class _NotedProgress(Progress):
@@ -77,6 +84,7 @@ class TrainingProgress:
             disable=not enabled,
         )
         self.tasks: dict[str, int] = {}
+        self.samples: dict[str, deque] = {}
 
     def __enter__(self):
         self.progress.__enter__()
@@ -94,6 +102,14 @@ class TrainingProgress:
         """Show how far phase ``name`` (a key of :data:`PHASES`) is: ``done`` of ``total``."""
         label, unit = PHASES[name]
         count = f"{done:,}/{total:,} {unit}"
+        now = time.monotonic()
+        samples = self.samples.setdefault(name, deque(maxlen=RATE_WINDOW + 1))
+        if done == 0 or (samples and done < samples[-1][1]):
+            samples.clear()
+        if not samples or done != samples[-1][1]:  # a step repeats its last micro-batch's count
+            samples.append((now, done))
+        (first_time, first_done), (last_time, last_done) = samples[0], samples[-1]
+        rate = (last_done - first_done) / (last_time - first_time) if last_time > first_time else 0
         task = self.tasks.get(name)
         if task is None:
             self.tasks[name] = self.progress.add_task(
@@ -101,14 +117,15 @@ class TrainingProgress:
                 total=total,
                 completed=done,
                 count=count,
-                began=time.monotonic(),
+                began=now,
                 base=done,  # a resumed run starts part way
+                rate=0,
             )
             return
         if done == 0:  # a phase that runs again (validation every N steps) starts afresh
-            self.progress.reset(task, total=total, completed=0, count=count, began=time.monotonic())
+            self.progress.reset(task, total=total, completed=0, count=count, began=now, rate=0)
             return
-        self.progress.update(task, total=total, completed=done, count=count)
+        self.progress.update(task, total=total, completed=done, count=count, rate=rate)
 
     def update(self, stats) -> None:
         """After an optimizer step: its tokens/s and loss beside the training bar."""

@@ -29,6 +29,8 @@ from tunedlens.train.muon import muon_optimizers
 
 _GROUP_LOGITS = 2**26
 """The most logits one decoding product of the training loss holds (several layers at once)."""
+REUSE_BYTES = 2**30
+"""The most memory the states kept from the least-squares start's forward pass may take."""
 
 
 Progress = Callable[[str, int, int], None]
@@ -291,14 +293,66 @@ class _Trainer:
         self.logit_val_kl: list[float] | None = None
         self.val_positions: torch.Tensor | None = None
         self.seconds = {"lstsq": 0.0, "steps": 0.0, "validation": 0.0}
+        self.planned: list[torch.Tensor] = []  # positions of micro-batches whose states are kept
+        self.kept: dict[int, list[torch.Tensor]] = {}
 
     # -- sampling --------------------------------------------------------------------------
-    def _positions(self, n_sequences: int) -> torch.Tensor | None:
+    def _count(self, step: int) -> int | None:
         config, count = self.config, self.config.positions_per_sequence
         if count is not None and config.positions_per_sequence_end is not None:
-            progress = self.step / max(1, self.resolved.steps - 1)
+            progress = step / max(1, self.resolved.steps - 1)
             count = round(count + (config.positions_per_sequence_end - count) * progress)
-        return sample_positions(config, n_sequences, self.generator, count)
+        return count
+
+    def _positions(self, n_sequences: int) -> torch.Tensor | None:
+        return sample_positions(self.config, n_sequences, self.generator, self._count(self.step))
+
+    def plan_reuse(self, n_sequences: int, checkpointing: bool):
+        """Keep the states the first micro-batches need from the least-squares start's pass.
+
+        The least-squares start runs the model over the first ``n_sequences``, the sequences
+        the first micro-batches train on: keeping the states at the positions those will sample
+        spares them their own forward pass (the same sequences, the same states). Their positions are drawn now, in the order training would draw them, from training's
+        generator: the run is the one it would be without this. Only where that holds simply
+        (one process, a fresh run without checkpoints, sampled positions, every layer per
+        micro-batch) and within :data:`REUSE_BYTES`. Returns the callback for
+        :func:`lstsq_init`'s ``on_states``, or ``None``.
+        """
+        config = self.config
+        if (
+            self.world.size != 1
+            or checkpointing
+            or self.step != 0
+            or config.layers_per_step is not None
+            or config.positions_per_sequence is None
+        ):
+            return None
+        accumulation = self.resolved.accumulation
+        counts = [self._count(index // accumulation) for index in range(self.resolved.steps)]
+        per_micro = (
+            config.batch_size * max(counts) * (self.lens.output_row + 1) * self.lens.d_model * 4
+        )
+        n_micro = min(
+            n_sequences // config.batch_size,
+            REUSE_BYTES // per_micro,
+            self.resolved.steps * accumulation,
+        )
+        if n_micro < 1:
+            return None
+        self.planned = [
+            sample_positions(config, config.batch_size, self.generator, counts[i // accumulation])
+            for i in range(n_micro)
+        ]
+        self.kept: dict[int, list[torch.Tensor]] = {}
+
+        def keep(start: int, hidden) -> None:
+            for local in range(hidden[0].shape[0]):
+                index, offset = divmod(start + local, config.batch_size)
+                if index < n_micro:
+                    where = self.planned[index][offset].to(hidden[0].device)
+                    self.kept[start + local] = [h[local, where] for h in hidden]
+
+        return keep
 
     def _layers(self) -> list[int]:
         layers = self.resolved.trained_layers
@@ -315,25 +369,32 @@ class _Trainer:
         per_rank = config.batch_size
         first = index * per_rank * world.size
         ids = self.data.tokens[first : first + per_rank * world.size]
-        positions = self._positions(ids.shape[0])
+        states = None
+        if index < len(self.planned):  # kept from the least-squares start (one process)
+            positions = self.planned[index]
+            rows = [self.kept.pop(first + offset) for offset in range(per_rank)]
+            states = [torch.stack(row) for row in zip(*rows, strict=True)]
+        else:
+            positions = self._positions(ids.shape[0])
         layers = self._layers()
         mine = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
         ids = ids[mine].to(self.lens.unembed.device)
         positions = None if positions is None else positions[mine]
-        return self._backward(ids, positions, layers), layers
+        return self._backward(ids, positions, layers, states), layers
 
-    def _backward(self, ids, positions, layers) -> torch.Tensor:
+    def _backward(self, ids, positions, layers, states=None) -> torch.Tensor:
         config, lens, output_row = self.config, self.lens, self.lens.output_row
-        residuals = collect_residuals(
-            self.model,
-            ids,
-            arch=lens.unembed.arch,
-            positions=positions,
-            with_logits=False,
-            points=lens.points,
-        )
+        if states is None:
+            states = collect_residuals(
+                self.model,
+                ids,
+                arch=lens.unembed.arch,
+                positions=positions,
+                with_logits=False,
+                points=lens.points,
+            ).hidden
         # collect_residuals refuses non-finite activations, naming the first layer.
-        hidden = [h.reshape(-1, h.shape[-1]) for h in residuals.hidden]
+        hidden = [h.reshape(-1, h.shape[-1]) for h in states]
         if config.objective == "ce":
             next_ids = ids.gather(1, positions.to(ids.device) + 1).reshape(-1)
         n_rows = hidden[0].shape[0]
@@ -609,12 +670,14 @@ def train_lens(
         fit_tokens = min(config.lstsq_tokens, int(config.tokens * config.lstsq_budget_share))
         count = max(1, fit_tokens // config.seq_len // world.size)
         shard = data.tokens[world.rank * count : (world.rank + 1) * count]
+        keep = trainer.plan_reuse(count, checkpointing=bool(directory and config.checkpoint_every))
         trainer.lstsq_tokens = lstsq_init(
             lens,
             model,
             shard,
             batch_size=config.batch_size,
             all_reduce=world.all_reduce_sum if world.size > 1 else None,
+            on_states=keep,
             progress=None
             if trainer.progress is None
             else (lambda done, total: trainer.progress("lstsq", done, total)),

@@ -68,6 +68,7 @@ def lstsq_init(
     ridge: float = 1e-4,
     all_reduce=None,
     progress=None,
+    on_states=None,
 ) -> int:
     """Set every affine translator to its least-squares fit on ``tokens``.
 
@@ -81,6 +82,9 @@ def lstsq_init(
         all_reduce: In distributed runs, a function summing a tensor across processes.
         progress: Called with ``(sequences done, sequences)`` at the start and after every
             batch.
+        on_states: Called after every forward pass with ``(index of its first sequence,
+            states)``, the ``L + 1`` states ``(batch, seq_len, d)`` of the pass (training keeps
+            those it will sample, instead of running the same sequences again).
 
     Returns:
         Number of tokens the fit used (over all processes).
@@ -97,6 +101,8 @@ def lstsq_init(
         residuals = collect_residuals(
             model, ids, arch=lens.unembed.arch, with_logits=False, points=lens.points
         )
+        if on_states is not None:
+            on_states(start, residuals.hidden)
         moments.add(tuple(h.cpu() for h in residuals.hidden))
         if progress is not None:
             progress(min(start + batch_size, total), total)

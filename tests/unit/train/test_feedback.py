@@ -172,3 +172,32 @@ def test_the_final_table_has_the_logit_lens(model, data):
     mean = next(line for line in text.splitlines() if "mean" in line)
     expected = sum(result.logit_val_kl) / len(result.logit_val_kl) * NATS_TO_BITS
     assert f"{expected:.3f}" in mean
+
+
+def test_micro_batches_reuse_the_least_squares_pass(model, data, monkeypatch):
+    """The first micro-batches train on the sequences the least-squares start ran: they take its
+    states at their positions instead of running the model again, and the run is the same."""
+    cfg = config(val_tokens=0)  # lstsq on 512 tokens: the first 32 sequences, 8 micro-batches
+    reused = train_lens(TunedLens.from_model(model), model, data[:64], cfg)
+    forwards = []
+    original = loop.collect_residuals
+
+    def counting(*args, **kwargs):
+        forwards.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "collect_residuals", counting)
+    monkeypatch.setattr(loop, "REUSE_BYTES", 0)  # nothing kept: every micro-batch runs the model
+    plain = train_lens(TunedLens.from_model(model), model, data[:64], cfg)
+    assert len(forwards) == 16
+    forwards.clear()
+    monkeypatch.setattr(loop, "REUSE_BYTES", 2**30)
+    train_lens(TunedLens.from_model(model), model, data[:64], cfg)
+    assert len(forwards) == 16 - 512 // 16 // 4  # 8 micro-batches came from the kept states
+    assert reused.lstsq_tokens == plain.lstsq_tokens == 512
+    for one, other in zip(reused.history, plain.history, strict=True):
+        assert one["loss"] == pytest.approx(other["loss"], rel=1e-5)
+    for name, value in reused.lens.translator.state_dict().items():
+        torch.testing.assert_close(
+            value, plain.lens.translator.state_dict()[name], rtol=1e-5, atol=1e-6
+        )
