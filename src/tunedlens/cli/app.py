@@ -228,18 +228,13 @@ def train(
             fsdp=fsdp,
             on_step=progress.update,
             on_status=progress.status,
+            on_progress=progress.phase,
             world=world,
             log_to=log_to or (),
         )
     if world.is_primary:
         progress.summary(result, out)
     world.close()
-
-
-def _primary_line(message: str) -> None:
-    """One line on stderr, from the first process only under torchrun."""
-    if os.environ.get("RANK", "0") == "0":
-        typer.echo(message, err=True)
 
 
 @app.command("fit-jlens")
@@ -302,7 +297,7 @@ def fit_jlens(
     from tunedlens.jacobian.state import STATE_NAME
 
     with (
-        CountProgress("fit-jlens", "prompts") as progress,
+        CountProgress("fit-jlens", "backward passes") as progress,
         interrupted(out, f"{STATE_NAME}*", force=force),
     ):
         lens = command.run(
@@ -323,8 +318,8 @@ def fit_jlens(
             part=part,
             force=force,
             fsdp=fsdp,
-            progress=progress.update,
-            on_status=_primary_line,
+            on_pass=progress.update,
+            status=progress.status,
         )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
         typer.echo(

@@ -40,7 +40,8 @@ def run(
     force: bool = False,
     fsdp: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    on_status: Callable[[str], None] | None = None,
+    on_pass: Callable[[int, int], None] | None = None,
+    status: Callable[[str], None] | None = None,
     world: World | None = None,
 ) -> JacobianLens:
     """What ``tunedlens fit-jlens`` does: check, load, pack, fit, write.
@@ -51,10 +52,13 @@ def run(
     continues from them. ``part=(i, n)`` fits only the ``i``-th of ``n`` contiguous slices of the
     prompts (merge the parts with ``tunedlens lens merge``); under ``torchrun`` the processes
     split the prompts the same way and add their sums at the end. ``fsdp`` shards the model's
-    blocks across those processes (:mod:`tunedlens.sharding`), each loading only its shard;
-    ``on_status`` gets the line saying why a checkpoint is loaded whole instead. ``world`` is the
-    process group to fit in (default: the one ``torchrun`` describes, left once the lens is
-    written; a given one stays open for its owner).
+    blocks across those processes (:mod:`tunedlens.sharding`), each loading only its shard.
+    ``world`` is the process group to fit in (default: the one ``torchrun`` describes, left once
+    the lens is written; a given one stays open for its owner). ``progress`` counts prompts,
+    ``on_pass`` the batched backward passes inside them; ``status`` (the first process's) gets
+    the estimate up front, the warning for too few prompts (see
+    :func:`~tunedlens.jacobian.fit.fit_jacobian_lens`) and the line saying why a checkpoint is
+    loaded whole instead of sharded.
     """
     from tunedlens.data import TextSource, TokenBlocks, default_data_spec, pack_blocks
     from tunedlens.distributed import init_world
@@ -98,7 +102,12 @@ def run(
     if fsdp:  # configs and indexes only: a GGUF without its copy, or too many processes, fail now
         sharded = plan_sharded_load(model_spec, world)
         model, loaded_tokenizer = load_sharded(
-            sharded, world, dtype=dtype, device=device, tokenizer=tokenizer, on_status=on_status
+            sharded,
+            world,
+            dtype=dtype,
+            device=device,
+            tokenizer=tokenizer,
+            on_status=status if world.is_primary else None,
         )
     else:
         model, loaded_tokenizer = load_model(
@@ -149,6 +158,8 @@ def run(
             skip_first=skip_first,
             dim_batch=dim_batch,
             progress=progress if world.is_primary else None,
+            on_pass=on_pass if world.is_primary else None,
+            status=status if world.is_primary else None,
             metadata=metadata,
             checkpoint=work,
             checkpoint_every=checkpoint_every or 1,

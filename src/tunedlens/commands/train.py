@@ -30,7 +30,7 @@ from tunedlens.train.checkpoint import CHECKPOINT_NAME
 from tunedlens.train.config import TrainConfig, recipe_config
 from tunedlens.train.curves import CURVES_NAME, LOG_NAME
 from tunedlens.train.loggers import LOG_TARGETS, check_log_targets, make_loggers
-from tunedlens.train.loop import StepStats, TrainResult, train_lens
+from tunedlens.train.loop import Progress, StepStats, TrainResult, train_lens
 from tunedlens.train.run import DataPlan, fit_time_budget, plan_data, provenance
 
 RUN_FILES = (*LENS_FILES, CHECKPOINT_NAME, LOG_NAME)
@@ -102,9 +102,12 @@ def _log_writer(out: Path, extra: Callable[[StepStats], None] | None, loggers=()
     def on_step(stats: StepStats) -> None:
         record = {key: value for key, value in stats.__dict__.items()}
         record["loss_bits"] = stats.loss * NATS_TO_BITS
+        record["loss_mean_bits"] = stats.mean_loss * NATS_TO_BITS
         record["tokens_per_s"] = stats.tokens_per_s
         if stats.val_kl is not None:
             record["val_kl_bits"] = [v * NATS_TO_BITS for v in stats.val_kl]
+        if stats.logit_val_kl is not None:
+            record["logit_val_kl_bits"] = [v * NATS_TO_BITS for v in stats.logit_val_kl]
         with open(out / LOG_NAME, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         for logger in loggers:
@@ -156,6 +159,7 @@ def run(
     fsdp: bool = False,
     on_step: Callable[[StepStats], None] | None = None,
     on_status: Callable[[str], None] | None = None,
+    on_progress: Progress | None = None,
     world: World | None = None,
     log_to: Sequence[str] = (),
 ) -> TrainResult:
@@ -164,7 +168,8 @@ def run(
     ``device`` places the model (and so the lens); ``tokenizer`` replaces the model's own
     tokenizer files; ``fsdp`` shards the decoder blocks across torchrun processes; ``log_to``
     mirrors every step to ``tensorboard`` and/or ``wandb`` (offline unless ``WANDB_MODE`` says
-    otherwise), besides ``train_log.jsonl``.
+    otherwise), besides ``train_log.jsonl``. ``on_status`` gets one line per stage (loading,
+    packing) and ``on_progress`` how far each phase of training is (:data:`Progress`).
     """
     begun = time.monotonic()  # a time budget counts from here: loading and packing included
     status = on_status or (lambda message: None)
@@ -184,6 +189,7 @@ def run(
     TextSource(spec, text_column).check()
     if val_data is not None:
         TextSource(val_data, text_column).check()
+    status(f"loading {model_spec}")
     if fsdp:  # configs and indexes only: a GGUF without its copy, or too many processes, fail now
         sharded = plan_sharded_load(model_spec, world)
         model, tokenizer = load_sharded(
@@ -222,9 +228,22 @@ def run(
             text_column=text_column,
         )
     status(f"packing {config.tokens:,} training tokens from {spec}")
+    packing = time.perf_counter()
     plan = _plan_once(
         world,
-        lambda: plan_data(tokenizer, config, data=spec, val_data=val_data, text_column=text_column),
+        lambda: plan_data(
+            tokenizer,
+            config,
+            data=spec,
+            val_data=val_data,
+            text_column=text_column,
+            progress=on_progress,
+        ),
+    )
+    held_out = "" if plan.val is None else f" and {plan.val.n_sequences:,} held-out sequences"
+    status(
+        f"packed {plan.train.n_sequences:,} sequences of {config.seq_len} tokens{held_out} "
+        f"in {time.perf_counter() - packing:.1f} s"
     )
     # A run replacing an earlier one (--force) works beside it and takes its place once done,
     # so a failure or a kill leaves the earlier run as it was; other runs work in --out itself.
@@ -249,6 +268,7 @@ def run(
                 checkpoint_dir=work if config.checkpoint_every else None,
                 on_step=_log_writer(work, on_step, loggers) if world.is_primary else None,
                 deadline=None if budget is None else budget["deadline"],
+                progress=on_progress,
             )
         finally:
             for logger in loggers:
