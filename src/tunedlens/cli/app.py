@@ -52,6 +52,40 @@ analyze_app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(analyze_app, name="analyze")
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    import platform
+
+    import torch
+    import transformers
+
+    from tunedlens import __version__
+
+    typer.echo(
+        f"tunedlens {__version__} (torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, python {platform.python_version()})"
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the versions of tunedlens, torch, transformers and python, then exit.",
+        ),
+    ] = False,
+):
+    """Look inside causal LMs with the logit lens and the tuned lens."""
+
+
 RECIPE_HELP = f"Named settings to start from: {', '.join(sorted(RECIPES))} (see TrainConfig)."
 
 
@@ -61,7 +95,11 @@ def predict(
     prompt: PromptArg,
     lens: Annotated[str, typer.Option(help=LENS_HELP)] = "logit",
     layers: Annotated[
-        Optional[str], typer.Option(help="Layers to show: 'all', '0,5,10', '4-8' or '0:30:5'.")
+        Optional[str],
+        typer.Option(
+            help="Layers to show: 'all', '0,5,10', '20-29' (both ends included) or '20:30' / "
+            "'0:30:5' (a Python slice: the end is excluded). The output row is always shown."
+        ),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Tokens per layer.")] = 5,
     position: Annotated[int, typer.Option(help="Token position; -1 = last.")] = -1,
@@ -374,8 +412,23 @@ def eval_command(
             progress=progress.update,
             on_start=progress.start,
         )
-    typer.echo((run.out / "summary.md").read_text())
-    typer.echo(f"wrote {len(run.written)} files to {run.out}")
+    from rich.console import Console
+
+    from tunedlens.cli.tables import eval_tables, gate_lines, wrapped
+
+    metrics = run.report.metrics
+    console = Console()
+    typer.echo(
+        f"{metrics['model']}: {metrics['tokens']:,} tokens; the model's cross-entropy "
+        f"{metrics['baseline']['ce_bits']:.3f} bits/token"
+    )
+    for table in eval_tables(metrics):
+        console.print(table)
+    for line in gate_lines(metrics):
+        typer.echo(line)
+    for warning in metrics.get("warnings", []):
+        typer.secho(wrapped(f"warning: {warning}"), err=True, fg="yellow", bold=True)
+    typer.echo(f"wrote {len(run.written)} files to {run.out} (the full report: summary.md)")
 
 
 @app.command()

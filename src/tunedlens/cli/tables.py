@@ -1,53 +1,296 @@
-"""Terminal tables (rich) of what commands return: the CLI's presentation, kept out of the library."""
+"""Terminal tables (rich) of what commands return: the CLI's presentation, kept out of the library.
+
+Every table fits an 80-column terminal: a cell never wraps a token away from its probability
+(long tokens are shortened with ``…`` instead), titles fit on one line, and what does not fit a
+table (the whole provenance record) is one ``--json`` away.
+"""
 
 from __future__ import annotations
 
+from tunedlens.serialize import dumps
 
-def info_tables(info: dict) -> list:
-    """``tunedlens lens info`` as rich tables: a summary, then the per-row update sizes."""
-    import json
+WIDTH = 80
+"""The narrowest terminal the tables are laid out for (wider ones get the same tables)."""
 
+
+def _table(title: str, **options):
+    """A rich table whose title stays on one line (the table is at least as wide as its title)."""
     from rich.table import Table
 
-    summary = Table(show_header=False, title=f"lens {info['path']}")
-    for key, value in info.items():
-        if key != "rows":
-            summary.add_row(
-                key, json.dumps(value, default=str) if isinstance(value, dict) else str(value)
+    return Table(title=title, min_width=min(len(title) + 2, WIDTH), **options)
+
+
+def _short(text, length: int) -> str:
+    text = str(text)
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def _hash(value) -> str:
+    return _short(value, 17) if value else "none recorded"
+
+
+# ---------------------------------------------------------------------------------------------
+# lens info
+
+
+def _model_line(model, source: dict | None) -> str:
+    if not source:
+        return str(model or "not recorded")
+    what = source.get("model_id") or source.get("file")
+    return f"{model} = {what} ({source.get('quantisation', '')})".replace(" ()", "")
+
+
+def _tuned_facts(info: dict) -> list[tuple[str, str]]:
+    provenance = info.get("provenance") or {}
+    training = provenance.get("training") or {}
+    config = training.get("config") or {}
+    options = [name for name in ("use_bias", "use_temperature") if info.get(name)]
+    facts = [
+        ("kind", f"tuned lens, {info['translator']} translator, {info['points']} points"),
+        (
+            "model",
+            _model_line(
+                training.get("model_spec") or info.get("base_model_name_or_path"),
+                training.get("model_source"),
+            ),
+        ),
+        (
+            "size",
+            f"{info['n_blocks']} blocks, d_model {info['d_model']}, "
+            f"{info['parameters']:,} parameters"
+            + (f" ({', '.join(o.removeprefix('use_') for o in options)})" if options else ""),
+        ),
+        ("format", str(info["format"])),
+    ]
+    if training:
+        trained, planned = training.get("trained_tokens"), training.get("train_tokens")
+        tokens = f"{trained:,} trained" if trained is not None else "not recorded"
+        if planned not in (None, trained):
+            tokens += f" of {planned:,} planned"
+        if training.get("val_tokens"):
+            tokens += f", {training['val_tokens']:,} validation"
+        facts += [
+            ("data", f"{training.get('data')} (sha256 {_hash(training.get('data_content_hash'))})"),
+            ("tokens", tokens),
+            (
+                "recipe",
+                f"{config.get('recipe', '?')}: {config.get('objective', '?')} objective, "
+                f"{config.get('optimizer', '?')}, lr {config.get('lr', '?')}",
+            ),
+        ]
+        val_kl = training.get("val_kl_bits")
+        if val_kl:
+            facts.append(("validation", f"KL {sum(val_kl) / len(val_kl):.3f} bits (mean of rows)"))
+    else:
+        facts.append(("training", "not recorded (a lens from another tool)"))
+    return facts
+
+
+def _jacobian_facts(info: dict) -> list[tuple[str, str]]:
+    provenance = info.get("provenance") or {}
+    rows = info["rows_with_matrix"]
+    seq_len = provenance.get("seq_len")
+    tokens = f"{info['n_prompts']} prompts" + (
+        f" of {seq_len} tokens" if seq_len is not None else ""
+    )
+    if provenance.get("skip_first") is not None:
+        tokens += f" (first {provenance['skip_first']} positions left out)"
+    return [
+        ("kind", f"Jacobian lens, a matrix at rows {_rows_text(rows)}"),
+        ("model", _model_line(provenance.get("model"), provenance.get("model_source"))),
+        ("size", f"{info['n_blocks']} blocks, d_model {info['d_model']}, {info['dtype']}"),
+        ("format", str(info["format"])),
+        ("data", f"{provenance.get('data')} (sha256 {_hash(provenance.get('data_content_hash'))})"),
+        ("tokens", tokens),
+        ("note", info["note"]),
+    ]
+
+
+def _rows_text(rows: list[int]) -> str:
+    if rows and rows == list(range(rows[0], rows[-1] + 1)):
+        return f"{rows[0]}..{rows[-1]}" if len(rows) > 1 else str(rows[0])
+    return _short(", ".join(map(str, rows)), 40)
+
+
+def lens_facts(info: dict) -> list[tuple[str, str]]:
+    """The few lines ``lens info`` shows of a lens: what it is, for which model, from what data.
+
+    ``info`` is :func:`~tunedlens.lenses.io.info.describe_lens`'s result; the whole record
+    (every setting, every version) is its ``--json``.
+    """
+    kind = info.get("kind")
+    if kind == "logit":
+        return [
+            (key, str(info[key]))
+            for key in ("kind", "decodes", "trained", "parameters", "format", "use")
+        ]
+    facts = _jacobian_facts(info) if kind == "jacobian" else _tuned_facts(info)
+    provenance = info.get("provenance") or {}
+    if provenance.get("created") or provenance.get("tunedlens_version"):
+        sha = provenance.get("git_sha")
+        facts.append(
+            (
+                "created",
+                f"{provenance.get('created', '?')} by tunedlens "
+                f"{provenance.get('tunedlens_version', '?')}" + (f" ({sha[:10]})" if sha else ""),
             )
-    what = "‖J − I‖ (Frobenius)" if info.get("kind") == "jacobian" else "the learned update"
-    rows = Table(title=f"size per row (Frobenius norm of {what})")
-    for column in ("row", "update_norm", "bias_norm"):
-        rows.add_column(column, justify="right")
+        )
+    if info.get("unembed_hash"):
+        facts.append(("checksum", f"unembedding sha256 {_hash(info['unembed_hash'])}"))
+    return facts
+
+
+def info_tables(info: dict) -> list:
+    """``tunedlens lens info`` as rich tables: the key facts, then the size of each row's map."""
+    summary = _table(f"lens {_short(info['path'], WIDTH - 8)}", show_header=False)
+    summary.add_column("what", no_wrap=True, style="bold")
+    summary.add_column("value")
+    for key, value in lens_facts(info):
+        summary.add_row(key, value)
+    summary.add_row("more", "every setting and version: tunedlens lens info … --json")
+    if not info["rows"]:
+        return [summary]
+    if info.get("kind") == "jacobian":
+        rows = _table("size per row: Frobenius norm of J − I")
+        columns = {"row": "label", "‖J − I‖": "update_norm"}
+    else:
+        rows = _table("size per row: Frobenius norms of the learned map")
+        columns = {"row": "label", "‖update‖": "update_norm"}
+        if info.get("use_bias"):
+            columns["‖bias‖"] = "bias_norm"
+        if any("temperature" in row for row in info["rows"]):
+            columns["temperature"] = "temperature"
+    for column in columns:
+        rows.add_column(column, justify="right", no_wrap=True)
     for row in info["rows"]:
-        rows.add_row(row["label"], f"{row['update_norm']:.4g}", f"{row['bias_norm']:.4g}")
+        rows.add_row(
+            *(row[key] if key == "label" else f"{row[key]:.4g}" for key in columns.values())
+        )
     return [summary, rows]
 
 
-def predict_table(run):
-    """``tunedlens predict`` as a rich table: one row per lens row, one column per rank."""
-    import json
+# ---------------------------------------------------------------------------------------------
+# predict
 
-    from rich.table import Table
+
+def predict_table(run, width: int = WIDTH):
+    """``tunedlens predict`` as a rich table: one row per lens row, one column per rank.
+
+    A cell is the token (whitespace made visible: ``␣`` space, ``↵`` newline) and its
+    probability; tokens too long for ``width`` are shortened with ``…``, so a cell never wraps.
+    """
+    from rich import box
+
+    from tunedlens.view.tokens import visible
 
     name = f"{run.kind} lens" + ("" if run.lens == run.kind else f" {run.lens}")
-    table = Table(title=f"{name} · {run.model} · position {run.position}")
-    table.add_column("row", justify="right")
-    for rank in range(1, len(run.rows[0].top) + 1):
-        table.add_column(f"#{rank}")
+    k = len(run.rows[0].top)
+    label_width = max(len(row.label) for row in run.rows)
+    # Columns: the label, then k cells of "token 0.00"; each column has 1 space each side and a
+    # rule between columns.
+    per_cell = (max(width, WIDTH) - (label_width + 3) - 1) // k - 3
+    token_width = max(4, per_cell - 5)
+    title = _short(f"{name} · {run.model} · position {run.position}", WIDTH - 2)
+    table = _table(title, box=box.SIMPLE_HEAD, caption="probabilities; ␣ is a space")
+    table.add_column("row", justify="right", no_wrap=True)
+    for rank in range(1, k + 1):
+        table.add_column(f"#{rank}", no_wrap=True)
     for row in run.rows:
-        cells = [f"{json.dumps(t.token, ensure_ascii=False)} {t.prob:.2f}" for t in row.top]
+        cells = [f"{_short(visible(t.token), token_width)} {t.prob:.2f}" for t in row.top]
         table.add_row(row.label, *cells, style="bold" if row.label == "output" else None)
     return table
 
 
-def lens_list_table(rows: list[dict], model: str | None):
-    """``tunedlens lens list`` as a rich table."""
-    from rich.table import Table
+# ---------------------------------------------------------------------------------------------
+# lens list
 
-    table = Table(title=f"lenses for {model}" if model else "known lenses")
-    for column in ("model", "kind", "--lens location", "source"):
-        table.add_column(column)
+
+def lens_list_table(rows: list[dict], model: str | None):
+    """``tunedlens lens list`` as a rich table: model, kind, the ``--lens`` location, where it is.
+
+    The long source names go below the table (one line per source), not in a column.
+    """
+    from rich import box
+
+    sources = list(dict.fromkeys(row["source"] for row in rows))
+    table = _table(
+        f"lenses for {model}" if model else "known lenses",
+        box=box.SIMPLE_HEAD,
+        caption="\n".join(f"[{i}] {source}" for i, source in enumerate(sources, 1)),
+        caption_justify="left",
+    )
+    table.add_column("model", overflow="fold")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("--lens location", overflow="fold")
+    table.add_column("here?", no_wrap=True)
     for row in rows:
-        table.add_row(row["model"], row["kind"], row["location"], row["source"])
+        table.add_row(
+            row["model"],
+            row["kind"],
+            row["location"],
+            f"{row.get('local', '')} [{sources.index(row['source']) + 1}]".strip(),
+        )
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+
+
+def eval_tables(metrics: dict) -> list:
+    """``tunedlens eval``'s terminal summary: per row, each lens's KL, then its top-1 agreement.
+
+    Two narrow tables rather than one wide one (which would not fit 80 columns with three lenses);
+    lens names are shortened (a path to its last part), the full names are in ``summary.md``.
+    """
+    from rich import box
+
+    from tunedlens.evaluation.report import row_labels
+
+    names = list(metrics["lenses"])
+    short = {name: _short(name.rstrip("/").rsplit("/", 1)[-1] or name, 12) for name in names}
+    tables = []
+    for key, title, digits in (
+        ("kl_bits", "KL(model ‖ lens) in bits", 3),
+        ("top1_agree", "top-1 agreement with the model", 3),
+    ):
+        table = _table(title, box=box.SIMPLE_HEAD)
+        table.add_column("row", justify="right", no_wrap=True)
+        for name in names:
+            table.add_column(short[name], justify="right", no_wrap=True)
+        for index, label in enumerate(row_labels(metrics)):
+            table.add_row(label, *(f"{metrics['lenses'][n][key][index]:.{digits}f}" for n in names))
+        tables.append(table)
+    return tables
+
+
+def gate_lines(metrics: dict) -> list[str]:
+    """One line per lens and gate: pass or FAIL, with the measured value and its threshold."""
+    import textwrap
+
+    from tunedlens.evaluation.report import gate_numbers
+
+    lines = []
+    for name, gates in metrics.get("gates", {}).items():
+        lines.append(f"gates for {name} (against the logit lens):")
+        for gate, result in gates.items():
+            verdict = "pass" if result["pass"] else "FAIL"
+            lines += textwrap.wrap(
+                f"{gate} {verdict}: {gate_numbers(gate, result)}",
+                WIDTH,
+                initial_indent="  ",
+                subsequent_indent="      ",
+            )
+    return lines
+
+
+def wrapped(text: str, indent: str = "  ") -> str:
+    """``text`` wrapped to :data:`WIDTH` columns, continuation lines indented."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, WIDTH, subsequent_indent=indent))
+
+
+def dump(value) -> str:
+    """JSON for ``--json`` output (non-ASCII kept, so tokens read as text)."""
+    return dumps(value, indent=2, ensure_ascii=False)

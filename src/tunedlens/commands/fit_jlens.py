@@ -50,7 +50,7 @@ def run(
     """
     from tunedlens.data import TextSource, default_data_spec, pack_blocks
     from tunedlens.distributed import init_world
-    from tunedlens.models import check_device, load_model, need_tokenizer
+    from tunedlens.models import check_device, load_model, model_source, need_tokenizer
     from tunedlens.outputs import local_inputs
     from tunedlens.provenance import environment
 
@@ -96,6 +96,7 @@ def run(
     tokens = blocks.tokens
     metadata = {
         "model": model_spec,
+        "model_source": model_source(model_spec),
         "data": spec,
         "data_content_hash": blocks.content_hash(),
         "seq_len": seq_len,
