@@ -206,8 +206,11 @@ def versus_logit(metrics: dict, name: str) -> dict:
 
 
 def add_versus_logit(metrics: dict) -> None:
-    """Add gate E (:func:`versus_logit`) for every lens but the baseline, and a warning per lens
-    that fails it, to ``metrics`` (``metrics["gates"][name]["E"]``, ``metrics["warnings"]``)."""
+    """Add gate E (:func:`versus_logit`) and a warning per failing lens to ``metrics``.
+
+    Every lens but the baseline gets ``metrics["gates"][name]["E"]``; each that fails it, a line
+    in ``metrics["warnings"]``.
+    """
     gates = metrics.setdefault("gates", {})
     warnings = metrics.setdefault("warnings", [])
     for name in metrics["lenses"]:

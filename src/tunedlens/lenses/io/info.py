@@ -7,7 +7,6 @@ import os
 from tunedlens.lenses.io.formats import DESCRIBERS
 from tunedlens.lenses.io.load import LensLocation, resolve_location
 
-
 LOGIT_INFO = {
     "path": "logit",
     "kind": "logit",
