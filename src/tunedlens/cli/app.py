@@ -133,7 +133,8 @@ def predict(
 
     from tunedlens.cli.tables import predict_table
 
-    Console().print(predict_table(result))
+    console = Console()
+    console.print(predict_table(result, width=console.width))
 
 
 @app.command()
@@ -477,10 +478,15 @@ def serve(
 
 @lens_app.command("info")
 def lens_info(
-    path: Annotated[str, typer.Argument(help="Lens directory or hub location.")],
+    path: Annotated[
+        str, typer.Argument(help="Lens directory, J-lens file, hub location, or logit.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
-    """Describe a lens: format, translator, dimensions, model, provenance, per-layer sizes."""
+    """Describe a lens: what it is, for which model, from what data; the size of each row's map.
+
+    PATH may also be 'logit' (the logit lens). --json prints every recorded setting and version.
+    """
     from tunedlens.cli.tables import info_tables
     from tunedlens.commands import lens_info as command
 
@@ -518,7 +524,8 @@ def lens_convert(
 @lens_app.command("list")
 def lens_list(
     model: Annotated[
-        Optional[str], typer.Argument(help="A hub model id (or J-lens short name).")
+        Optional[str],
+        typer.Argument(help="A hub model id, a J-lens short name, or 'demo'. Default: every lens."),
     ] = None,
     collection: Annotated[
         Optional[list[Path]],
@@ -528,7 +535,9 @@ def lens_list(
 ):
     """List the lenses known for MODEL (all when omitted), with the --lens location of each.
 
-    Local collections, the reference's published tuned lenses and the published J-lenses.
+    Looks in the current folder and its immediate subfolders (lenses written by train --out or
+    fit-jlens --out), in --collection trees, and at the published tuned lenses and J-lenses;
+    the 'here' column says which are on this machine (folder) or already downloaded (cached).
     """
     from tunedlens.commands import lens_list as command
 
@@ -538,14 +547,15 @@ def lens_list(
         return
     if not rows:
         typer.echo(
-            f"no known lens for {model!r}; fit one with 'tunedlens fit-jlens' or train one with 'tunedlens train'."
+            f"no known lens for {model!r} in this folder, its subfolders or the published "
+            "lenses; fit one with 'tunedlens fit-jlens' or train one with 'tunedlens train'."
         )
         return
     from rich.console import Console
 
     from tunedlens.cli.tables import lens_list_table
 
-    Console(width=160).print(lens_list_table(rows, model))
+    Console().print(lens_list_table(rows, model))
 
 
 @lens_app.command("curves")
@@ -720,8 +730,14 @@ def analyze_prune(
         strict=strict,
         progress=lambda stage: typer.echo(f"prune: {stage}", err=True),
     )
-    typer.echo(report.summary())
-    typer.echo(f"wrote the pruning report to {where}")
+    from rich.console import Console
+
+    from tunedlens.cli.tables import prune_tables
+
+    console = Console()
+    for table in prune_tables(report.data):
+        console.print(table)
+    typer.echo(f"wrote the pruning report to {where} (the full report: prune_summary.md)")
 
 
 @analyze_app.command("detect")
@@ -788,7 +804,7 @@ def analyze_detect(
     from tunedlens.commands import analyze_detect as command
 
     with CountProgress("detect", "prompts") as progress:
-        _report, where = command.run(
+        report, where = command.run(
             model,
             tasks=task or ("capitals", "sentiment", "arithmetic"),
             lenses=lens or (),
@@ -809,8 +825,17 @@ def analyze_detect(
             strict=strict,
             progress=progress.advance,
         )
-    typer.echo((where / "summary.md").read_text())
-    typer.echo(f"wrote the detection report to {where}")
+    from rich.console import Console
+
+    from tunedlens.cli.tables import detect_tables, wrapped
+
+    console = Console()
+    for table in detect_tables(report):
+        console.print(table)
+    for task in report.tasks.values():
+        if task["attack"]["warning"]:
+            typer.secho(wrapped(f"warning: {task['attack']['warning']}"), err=True, fg="yellow")
+    typer.echo(f"wrote the detection report to {where} (the full report: summary.md)")
 
 
 app.command("train")(with_parameters(train, train_settings()))

@@ -120,9 +120,8 @@ def lens_facts(info: dict) -> list[tuple[str, str]]:
     """
     kind = info.get("kind")
     if kind == "logit":
-        return [
-            (key, str(info[key]))
-            for key in ("kind", "decodes", "trained", "parameters", "format", "use")
+        return [("kind", "the logit lens")] + [
+            (key, str(info[key])) for key in ("decodes", "trained", "parameters", "format", "use")
         ]
     facts = _jacobian_facts(info) if kind == "jacobian" else _tuned_facts(info)
     provenance = info.get("provenance") or {}
@@ -173,11 +172,17 @@ def info_tables(info: dict) -> list:
 # predict
 
 
+def percent(prob: float) -> str:
+    """A probability in at most four characters: ``77%``, ``3%``, ``<1%``, ``100%``."""
+    return "<1%" if 0 < prob < 0.005 else f"{prob * 100:.0f}%"
+
+
 def predict_table(run, width: int = WIDTH):
     """``tunedlens predict`` as a rich table: one row per lens row, one column per rank.
 
     A cell is the token (whitespace made visible: ``␣`` space, ``↵`` newline) and its
-    probability; tokens too long for ``width`` are shortened with ``…``, so a cell never wraps.
+    probability in percent; tokens too long for ``width`` columns are shortened with ``…``, so a
+    cell never wraps.
     """
     from rich import box
 
@@ -186,17 +191,25 @@ def predict_table(run, width: int = WIDTH):
     name = f"{run.kind} lens" + ("" if run.lens == run.kind else f" {run.lens}")
     k = len(run.rows[0].top)
     label_width = max(len(row.label) for row in run.rows)
-    # Columns: the label, then k cells of "token 0.00"; each column has 1 space each side and a
-    # rule between columns.
-    per_cell = (max(width, WIDTH) - (label_width + 3) - 1) // k - 3
-    token_width = max(4, per_cell - 5)
+    # Each column: its text, one space of padding and one of separator.
+    cell = (max(width, WIDTH) - (label_width + 2)) // k - 2
     title = _short(f"{name} · {run.model} · position {run.position}", WIDTH - 2)
-    table = _table(title, box=box.SIMPLE_HEAD, caption="probabilities; ␣ is a space")
+    table = _table(
+        title,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+        caption="next-token probabilities; ␣ is a space, ↵ a newline",
+    )
     table.add_column("row", justify="right", no_wrap=True)
     for rank in range(1, k + 1):
         table.add_column(f"#{rank}", no_wrap=True)
     for row in run.rows:
-        cells = [f"{_short(visible(t.token), token_width)} {t.prob:.2f}" for t in row.top]
+        cells = []
+        for top in row.top:
+            prob = percent(top.prob)
+            cells.append(f"{_short(visible(top.token), max(3, cell - len(prob) - 1))} {prob}")
         table.add_row(row.label, *cells, style="bold" if row.label == "output" else None)
     return table
 
@@ -206,30 +219,36 @@ def predict_table(run, width: int = WIDTH):
 
 
 def lens_list_table(rows: list[dict], model: str | None):
-    """``tunedlens lens list`` as a rich table: model, kind, the ``--lens`` location, where it is.
+    """``tunedlens lens list`` as a rich table: the ``--lens`` location, kind, whether it is here.
 
-    The long source names go below the table (one line per source), not in a column.
+    The model is the title when one was asked for, else beside the location where the location
+    does not already name it; where each lens comes from goes below the table, once per source.
     """
     from rich import box
+    from rich.markup import escape
 
     sources = list(dict.fromkeys(row["source"] for row in rows))
     table = _table(
         f"lenses for {model}" if model else "known lenses",
         box=box.SIMPLE_HEAD,
-        caption="\n".join(f"[{i}] {source}" for i, source in enumerate(sources, 1)),
+        pad_edge=False,
+        show_edge=False,
+        caption=escape(
+            "\n".join(f"[{i}] {source}" for i, source in enumerate(sources, 1))
+            + "\nhere: folder = on this machine, cached = downloaded, no = not yet; [n]: from"
+        ),
         caption_justify="left",
     )
-    table.add_column("model", overflow="fold")
+    table.add_column("--lens location" + ("" if model else " (model)"), overflow="fold")
     table.add_column("kind", no_wrap=True)
-    table.add_column("--lens location", overflow="fold")
-    table.add_column("here?", no_wrap=True)
+    table.add_column("here", no_wrap=True)
     for row in rows:
-        table.add_row(
-            row["model"],
-            row["kind"],
-            row["location"],
-            f"{row.get('local', '')} [{sources.index(row['source']) + 1}]".strip(),
-        )
+        location = row["location"]
+        if not model and location.partition(":")[2].lower() != row["model"].lower():
+            location += f" ({row['model']})"
+        source = sources.index(row["source"]) + 1
+        kind = "J-lens" if row["kind"] == "jacobian" else row["kind"]
+        table.add_row(escape(location), kind, escape(f"{row.get('local', '')} [{source}]"))
     return table
 
 
@@ -294,3 +313,90 @@ def wrapped(text: str, indent: str = "  ") -> str:
 def dump(value) -> str:
     """JSON for ``--json`` output (non-ASCII kept, so tokens read as text)."""
     return dumps(value, indent=2, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# analyze prune / detect
+
+
+def prune_tables(data: dict) -> list:
+    """``analyze prune``'s terminal summary: methods at ``k = K`` best first, then the scores."""
+    from rich import box
+
+    k_max = data["max_remove"]
+    methods = _table(
+        f"{k_max} of {data['n_blocks']} blocks removed, best first (bits)", box=box.SIMPLE_HEAD
+    )
+    for column, justify in (
+        ("method", "left"),
+        ("removed", "left"),
+        ("CE", "right"),
+        ("ΔCE", "right"),
+        ("KL", "right"),
+        ("top-1", "right"),
+    ):
+        methods.add_column(column, justify=justify, overflow="fold")
+    ends = sorted(
+        ((name, curve[k_max]) for name, curve in data["curves"].items()),
+        key=lambda item: item[1]["ce_bits"],
+    )
+    for name, point in ends:
+        methods.add_row(
+            _short(name, 24),
+            _short(", ".join(map(str, point["removed"])) or "none", 16),
+            f"{point['ce_bits']:.3f}",
+            f"{point['delta_ce_bits']:+.3f}",
+            f"{point['kl_bits']:.3f}",
+            f"{point['top1_agree']:.3f}",
+        )
+    scores = _table("how each score ranks the blocks (Spearman ρ)", box=box.SIMPLE_HEAD)
+    scores.add_column("score")
+    scores.add_column("ρ with ΔCE", justify="right", no_wrap=True)
+    scores.add_column("ρ with KL", justify="right", no_wrap=True)
+    for name, rho in sorted(data["spearman"].items(), key=lambda i: -(i[1]["delta_ce"] or -2.0)):
+        scores.add_row(
+            _short(name, 40),
+            *("–" if rho[key] is None else f"{rho[key]:.3f}" for key in ("delta_ce", "kl")),
+        )
+    return [methods, scores]
+
+
+def detect_tables(report) -> list:
+    """``analyze detect``'s terminal summary: per task, the attack's success and each detector.
+
+    The benign controls' columns are in ``summary.md`` (they do not fit 80 columns).
+    """
+    from rich import box
+
+    hidden_row = report.settings["hidden_row"]
+    tables = []
+    for name, task in report.tasks.items():
+        attack = task["attack"]
+        changed = attack["answers_changed"]
+        table = _table(
+            f"{name}: AUROC of anomalous vs normal prompts",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            caption=f"answers changed by the anomaly: "
+            f"{'–' if changed is None else f'{changed:.0%}'}"
+            + (" (the attack failed: see summary.md)" if attack["warning"] else ""),
+        )
+        for column in ("lens", "features", "detector"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("AUROC [95% CI]", justify="right", no_wrap=True)
+        table.add_column("TPR@1%", justify="right", no_wrap=True)
+        for row in (r for r in report.results if r["task"] == name):
+            interval = row["auroc_ci95"]
+            auroc = "–" if row["auroc"] is None else f"{row['auroc']:.2f}"
+            if interval:
+                auroc += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
+            tpr = row["tpr_at_1pct_fpr"]
+            table.add_row(
+                _short(row["lens"], 20) if row["lens"] is not None else f"states, row {hidden_row}",
+                row["features"],
+                row["detector"],
+                auroc,
+                "–" if tpr is None else f"{tpr:.0%}",
+            )
+        tables.append(table)
+    return tables
