@@ -420,8 +420,10 @@ def eval_command(
     metrics = run.report.metrics
     console = Console()
     typer.echo(
-        f"{metrics['model']}: {metrics['tokens']:,} tokens; the model's cross-entropy "
-        f"{metrics['baseline']['ce_bits']:.3f} bits/token"
+        wrapped(
+            f"{metrics['model']}: {metrics['tokens']:,} tokens; the model's cross-entropy "
+            f"{metrics['baseline']['ce_bits']:.3f} bits/token"
+        )
     )
     for table in eval_tables(metrics):
         console.print(table)
@@ -429,7 +431,9 @@ def eval_command(
         typer.echo(line)
     for warning in metrics.get("warnings", []):
         typer.secho(wrapped(f"warning: {warning}"), err=True, fg="yellow", bold=True)
-    typer.echo(f"wrote {len(run.written)} files to {run.out} (the full report: summary.md)")
+    typer.echo(
+        wrapped(f"wrote {len(run.written)} files to {run.out} (the full report: summary.md)")
+    )
 
 
 @app.command()

@@ -193,7 +193,7 @@ def predict_table(run, width: int = WIDTH):
     label_width = max(len(row.label) for row in run.rows)
     # Each column: its text, one space of padding and one of separator.
     cell = (max(width, WIDTH) - (label_width + 2)) // k - 2
-    title = _short(f"{name} · {run.model} · position {run.position}", WIDTH - 2)
+    title = _short(f"{name} · position {run.position} · {run.model}", WIDTH - 2)
     table = _table(
         title,
         box=box.SIMPLE_HEAD,
@@ -307,7 +307,11 @@ def wrapped(text: str, indent: str = "  ") -> str:
     """``text`` wrapped to :data:`WIDTH` columns, continuation lines indented."""
     import textwrap
 
-    return "\n".join(textwrap.wrap(text, WIDTH, subsequent_indent=indent))
+    return "\n".join(
+        textwrap.wrap(
+            text, WIDTH, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+        )
+    )
 
 
 def dump(value) -> str:

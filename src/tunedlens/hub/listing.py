@@ -116,11 +116,12 @@ def known_lenses(
     ``folder=None`` skips the folder scan (see the module docstring for what it scans).
     """
     wanted = model.lower() if model else None
-    rows = []
+    here = []
     for row in folder_lenses(folder) if folder is not None else []:
         names = row.pop("names")
         if wanted is None or wanted in (name.lower() for name in names):
-            rows.append(row)
+            here.append(row)
+    rows = []
     for tree in map(Path, collections):
         for rel, entry in sorted(read_index(tree)["lenses"].items()):
             rows.append(
@@ -160,7 +161,7 @@ def known_lenses(
                 }
             )
     if wanted is None:
-        return rows
-    return [
+        return here + rows
+    return here + [
         row for row in rows if wanted in (row["model"].lower(), row.get("short_name", "").lower())
     ]
