@@ -225,10 +225,10 @@ def add_versus_logit(metrics: dict) -> None:
 def worse_warning(name: str, gate: dict) -> str:
     """The one-line warning of a lens that fails gate E."""
     parts = []
-    if gate["rows_worse_top1"]:
-        parts.append(f"lower top-1 agreement at rows {_rows(gate['rows_worse_top1'])}")
-    if gate["rows_worse_kl"]:
-        parts.append(f"higher KL at rows {_rows(gate['rows_worse_kl'])}")
+    for key, what in (("rows_worse_top1", "lower top-1 agreement"), ("rows_worse_kl", "higher KL")):
+        labels = gate[key]
+        if labels:
+            parts.append(f"{what} at row{'s' if len(labels) > 1 else ''} {_rows(labels)}")
     return f"{name} is worse than the logit lens on these tokens: " + "; ".join(parts)
 
 

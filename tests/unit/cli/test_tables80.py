@@ -36,7 +36,7 @@ def _fits(text: str, width: int = 80, paths: str = "/tmp/") -> None:
 def _render(table, width: int = 80) -> str:
     from rich.console import Console
 
-    console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))
     console.print(table)
     return console.export_text()
 
