@@ -62,10 +62,10 @@ def _print_version(value: bool) -> None:
     import torch
     import transformers
 
-    from tunedlens import __version__
+    from tunedlens.provenance import environment
 
     typer.echo(
-        f"tunedlens {__version__} (torch {torch.__version__}, transformers "
+        f"tunedlens {environment()['tunedlens_version']} (torch {torch.__version__}, transformers "
         f"{transformers.__version__}, python {platform.python_version()})"
     )
     raise typer.Exit()

@@ -238,14 +238,14 @@ def test_eval_prints_80_column_tables_and_warns_when_worse_than_logit(
 
 
 def test_version(monkeypatch, capsys):
-    import transformers
+    from importlib import metadata
 
-    import tunedlens
+    import transformers
 
     monkeypatch.setattr(sys, "argv", ["tunedlens", "--version"])
     with pytest.raises(SystemExit) as caught:
         main()
     out = capsys.readouterr().out
     assert caught.value.code == 0
-    assert out.startswith(f"tunedlens {tunedlens.__version__} (torch {torch.__version__}")
+    assert out.startswith(f"tunedlens {metadata.version('tunedlens')} (torch {torch.__version__}")
     assert f"transformers {transformers.__version__}" in out
