@@ -188,7 +188,9 @@ def predict_table(run, width: int = WIDTH):
 
     from tunedlens.view.tokens import visible
 
-    name = f"{run.kind} lens" + ("" if run.lens == run.kind else f" {run.lens}")
+    from tunedlens.lenses.lens import kind_title
+
+    name = kind_title(run.kind) + ("" if run.lens == run.kind else f" {run.lens}")
     k = len(run.rows[0].top)
     label_width = max(len(row.label) for row in run.rows)
     # Each column: its text, one space of padding and one of separator.
