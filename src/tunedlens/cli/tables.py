@@ -186,9 +186,8 @@ def predict_table(run, width: int = WIDTH):
     """
     from rich import box
 
-    from tunedlens.view.tokens import visible
-
     from tunedlens.lenses.lens import kind_title
+    from tunedlens.view.tokens import visible
 
     name = kind_title(run.kind) + ("" if run.lens == run.kind else f" {run.lens}")
     k = len(run.rows[0].top)

@@ -32,7 +32,6 @@ from tunedlens.lenses.translators import (
 )
 from tunedlens.lenses.unembed import Unembed
 
-
 KIND_TITLES = {"logit": "logit lens", "tuned": "tuned lens", "jacobian": "Jacobian lens"}
 """How each lens kind is called in tables and figure titles."""
 
