@@ -474,8 +474,11 @@ def serve(
         device=device,
         tokenizer=tokenizer,
         strict=strict,
+        on_start=lambda url: typer.echo(
+            f"tunedlens serve: process {os.getpid()}, {url} (loading {model} ...)"
+        ),
         on_ready=lambda url: typer.echo(
-            f"tunedlens explorer for {model}: {url}  (Ctrl-C stops it)"
+            f"tunedlens explorer for {model}: {url}  (process {os.getpid()}; Ctrl-C stops it)"
         ),
     )
 
