@@ -249,3 +249,48 @@ def test_version(monkeypatch, capsys):
     assert caught.value.code == 0
     assert out.startswith(f"tunedlens {metadata.version('tunedlens')} (torch {torch.__version__}")
     assert f"transformers {transformers.__version__}" in out
+
+
+def test_the_demo_is_recorded_as_the_model_it_is(tiny_model_dir, text_file, tmp_path, monkeypatch):
+    """A lens made on ``demo`` records SmolLM2-135M-Instruct and its Q4_1 quantisation."""
+    import tunedlens.commands.train as train_command
+    import tunedlens.models as models
+
+    real = models.load_model
+
+    def as_demo(spec, **options):  # the tiny model standing in for the embedded one
+        model, tokenizer = real(tiny_model_dir, **options)
+        model.config.name_or_path = spec
+        return model, tokenizer
+
+    monkeypatch.setattr(models, "load_model", as_demo)
+    monkeypatch.setattr(train_command, "load_model", as_demo)
+    monkeypatch.chdir(tmp_path)
+    demo = models.model_source("demo")
+    assert demo["model_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "Q4_1" in demo["quantisation"] and demo["file"] == models.DEMO_FILE
+    common = ["--data", str(text_file)]
+    fitted = runner.invoke(
+        app,
+        ["fit-jlens", "demo", *common, "--prompts", "1", "--seq-len", "12", "--skip-first", "2"]
+        + ["--out", "jdemo"],
+    )
+    assert fitted.exit_code == 0, fitted.output
+    trained = runner.invoke(
+        app,
+        ["train", "demo", *common, "--out", "tdemo", "--tokens", "128", "--seq-len", "16"]
+        + ["--batch-size", "4", "--tokens-per-step", "64", "--val-tokens", "64"],
+    )
+    assert trained.exit_code == 0, trained.output
+    config = json.loads((tmp_path / "jdemo" / "config.json").read_text())
+    provenance = json.loads((tmp_path / "tdemo" / "provenance.json").read_text())
+    assert config["metadata"]["model_source"] == demo == provenance["training"]["model_source"]
+    for lens in ("jdemo", "tdemo"):
+        info = runner.invoke(app, ["lens", "info", lens], env=NARROW).stdout
+        assert "demo = HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF" in info
+    listed = json.loads(runner.invoke(app, ["lens", "list", "demo", "--json"]).stdout)
+    assert [(row["location"], row["kind"]) for row in listed] == [
+        ("./jdemo", "jacobian"),
+        ("./tdemo", "tuned"),
+    ]
+    assert models.model_source(tiny_model_dir) is None
