@@ -270,17 +270,12 @@ def test_the_demo_is_recorded_as_the_model_it_is(tiny_model_dir, text_file, tmp_
     assert demo["model_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "Q4_1" in demo["quantisation"] and demo["file"] == models.DEMO_FILE
     common = ["--data", str(text_file)]
-    fitted = runner.invoke(
-        app,
-        ["fit-jlens", "demo", *common, "--prompts", "1", "--seq-len", "12", "--skip-first", "2"]
-        + ["--out", "jdemo"],
-    )
+    fit = ["--prompts", "1", "--seq-len", "12", "--skip-first", "2", "--out", "jdemo"]
+    fitted = runner.invoke(app, ["fit-jlens", "demo", *common, *fit])
     assert fitted.exit_code == 0, fitted.output
-    trained = runner.invoke(
-        app,
-        ["train", "demo", *common, "--out", "tdemo", "--tokens", "128", "--seq-len", "16"]
-        + ["--batch-size", "4", "--tokens-per-step", "64", "--val-tokens", "64"],
-    )
+    train = ["--out", "tdemo", "--tokens", "128", "--seq-len", "16", "--batch-size", "4"]
+    train += ["--tokens-per-step", "64", "--val-tokens", "64"]
+    trained = runner.invoke(app, ["train", "demo", *common, *train])
     assert trained.exit_code == 0, trained.output
     config = json.loads((tmp_path / "jdemo" / "config.json").read_text())
     provenance = json.loads((tmp_path / "tdemo" / "provenance.json").read_text())
