@@ -229,17 +229,18 @@ def lens_list_table(rows: list[dict], model: str | None):
     from rich.markup import escape
 
     sources = list(dict.fromkeys(row["source"] for row in rows))
+    caption = [f"[{i}] {source}" for i, source in enumerate(sources, 1)]
+    caption.append("here: folder = on this machine, cached = downloaded, no = not yet; [n]: from")
     table = _table(
         f"lenses for {model}" if model else "known lenses",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         show_edge=False,
-        caption=escape(
-            "\n".join(f"[{i}] {source}" for i, source in enumerate(sources, 1))
-            + "\nhere: folder = on this machine, cached = downloaded, no = not yet; [n]: from"
-        ),
+        caption=escape("\n".join(caption)),
         caption_justify="left",
     )
+    # As wide as the legend below it (which would otherwise wrap to a narrow table's width).
+    table.min_width = min(WIDTH, max(table.min_width or 0, *map(len, caption)))
     table.add_column("--lens location" + ("" if model else " (model)"), overflow="fold")
     table.add_column("kind", no_wrap=True)
     table.add_column("here", no_wrap=True)
