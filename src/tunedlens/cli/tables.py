@@ -17,12 +17,19 @@ def _table(title: str, **options):
     """A rich table whose title stays on one line (the table is at least as wide as its title)."""
     from rich.table import Table
 
-    return Table(title=title, min_width=min(len(title) + 2, WIDTH), **options)
+    return Table(title=_plain(title), min_width=min(len(title) + 2, WIDTH), **options)
 
 
 def _short(text, length: int) -> str:
     text = str(text)
     return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def _plain(text) -> str:
+    """``text`` as rich prints it literally (a token ``[/INST]`` is no markup tag)."""
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 def _hash(value) -> str:
@@ -145,7 +152,7 @@ def info_tables(info: dict) -> list:
     summary.add_column("what", no_wrap=True, style="bold")
     summary.add_column("value")
     for key, value in lens_facts(info):
-        summary.add_row(key, value)
+        summary.add_row(key, _plain(value))
     summary.add_row("more", "every setting and version: tunedlens lens info … --json")
     if not info["rows"]:
         return [summary]
@@ -210,7 +217,8 @@ def predict_table(run, width: int = WIDTH):
         cells = []
         for top in row.top:
             prob = percent(top.prob)
-            cells.append(f"{_short(visible(top.token), max(3, cell - len(prob) - 1))} {prob}")
+            token = _short(visible(top.token), max(3, cell - len(prob) - 1))
+            cells.append(f"{_plain(token)} {prob}")
         table.add_row(row.label, *cells, style="bold" if row.label == "output" else None)
     return table
 
@@ -278,7 +286,7 @@ def eval_tables(metrics: dict) -> list:
         table = _table(title, box=box.SIMPLE_HEAD)
         table.add_column("row", justify="right", no_wrap=True)
         for name in names:
-            table.add_column(short[name], justify="right", no_wrap=True)
+            table.add_column(_plain(short[name]), justify="right", no_wrap=True)
         for index, label in enumerate(row_labels(metrics)):
             table.add_row(label, *(f"{metrics['lenses'][n][key][index]:.{digits}f}" for n in names))
         tables.append(table)
@@ -348,7 +356,7 @@ def prune_tables(data: dict) -> list:
     )
     for name, point in ends:
         methods.add_row(
-            _short(name, 24),
+            _plain(_short(name, 24)),
             _short(", ".join(map(str, point["removed"])) or "none", 16),
             f"{point['ce_bits']:.3f}",
             f"{point['delta_ce_bits']:+.3f}",
@@ -361,7 +369,7 @@ def prune_tables(data: dict) -> list:
     scores.add_column("ρ with KL", justify="right", no_wrap=True)
     for name, rho in sorted(data["spearman"].items(), key=lambda i: -(i[1]["delta_ce"] or -2.0)):
         scores.add_row(
-            _short(name, 40),
+            _plain(_short(name, 40)),
             *("–" if rho[key] is None else f"{rho[key]:.3f}" for key in ("delta_ce", "kl")),
         )
     return [methods, scores]
@@ -398,7 +406,9 @@ def detect_tables(report) -> list:
                 auroc += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
             tpr = row["tpr_at_1pct_fpr"]
             table.add_row(
-                _short(row["lens"], 20) if row["lens"] is not None else f"states, row {hidden_row}",
+                _plain(_short(row["lens"], 20))
+                if row["lens"] is not None
+                else f"states, row {hidden_row}",
                 row["features"],
                 row["detector"],
                 auroc,

@@ -65,6 +65,13 @@ def test_predict_table_keeps_each_token_beside_its_probability():
     assert "␣internationalisation 61%" in _render(predict_table(run, width=160), 160)
 
 
+def test_tokens_that_look_like_markup_print_as_written():
+    top = [TokenProb("[/INST]", 1, 0.5), TokenProb("[bold]", 2, 0.25)]
+    run = PredictRun("[red]model", "p", "logit", -1, [LayerPrediction(0, "output", top)])
+    text = _render(predict_table(run))
+    assert "[/INST] 50%" in text and "[bold] 25%" in text and "[red]model" in text
+
+
 def test_percent():
     assert [percent(p) for p in (0.773, 0.03, 0.004, 0.0, 1.0)] == [
         "77%",
