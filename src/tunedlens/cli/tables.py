@@ -36,6 +36,12 @@ def _hash(value) -> str:
     return _short(value, 17) if value else "none recorded"
 
 
+def _data_line(data, content_hash) -> str:
+    if not data:
+        return "not recorded"
+    return f"{data} (sha256 {_hash(content_hash)})"
+
+
 # ---------------------------------------------------------------------------------------------
 # lens info
 
@@ -77,7 +83,7 @@ def _tuned_facts(info: dict) -> list[tuple[str, str]]:
         if training.get("val_tokens"):
             tokens += f", {training['val_tokens']:,} validation"
         facts += [
-            ("data", f"{training.get('data')} (sha256 {_hash(training.get('data_content_hash'))})"),
+            ("data", _data_line(training.get("data"), training.get("data_content_hash"))),
             ("tokens", tokens),
             (
                 "recipe",
@@ -103,11 +109,15 @@ def _jacobian_facts(info: dict) -> list[tuple[str, str]]:
     if provenance.get("skip_first") is not None:
         tokens += f" (first {provenance['skip_first']} positions left out)"
     return [
-        ("kind", f"Jacobian lens, a matrix at rows {_rows_text(rows)}"),
+        ("kind", f"Jacobian lens, a matrix at row{'s' * (len(rows) > 1)} {_rows_text(rows)}"),
         ("model", _model_line(provenance.get("model"), provenance.get("model_source"))),
-        ("size", f"{info['n_blocks']} blocks, d_model {info['d_model']}, {info['dtype']}"),
+        (
+            "size",
+            f"{info['n_blocks'] if info['n_blocks'] is not None else '?'} blocks, "
+            f"d_model {info['d_model']}, {info['dtype']}",
+        ),
         ("format", str(info["format"])),
-        ("data", f"{provenance.get('data')} (sha256 {_hash(provenance.get('data_content_hash'))})"),
+        ("data", _data_line(provenance.get("data"), provenance.get("data_content_hash"))),
         ("tokens", tokens),
         ("note", info["note"]),
     ]
