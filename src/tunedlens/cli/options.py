@@ -10,7 +10,11 @@ from tunedlens.engine.stats import VIEW_STATS
 from tunedlens.plot.html import DEFAULT_PLOTLY, PLOTLY_HELP
 
 ModelArg = Annotated[
-    str, typer.Argument(help="Hub id, local directory, .gguf file, or 'demo' (SmolLM2-135M).")
+    str,
+    typer.Argument(
+        help="Hub id, local directory, .gguf file, or 'demo' ("
+        "SmolLM2-135M-Instruct, dequantised from a Q4_1 GGUF)."
+    ),
 ]
 PromptArg = Annotated[str, typer.Argument(help="The text to look at.")]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")]

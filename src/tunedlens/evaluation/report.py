@@ -118,13 +118,53 @@ def summary_markdown(metrics: dict) -> str:
             f"## Prompt suite ({prompts['used']} of {prompts['total']} prompts used; "
             f"{prompts['skipped_count']} skipped, reasons in metrics.json)",
         ]
+    for warning in metrics.get("warnings", []):
+        lines += ["", f"**Warning: {warning}.**"]
     for name, gates in metrics.get("gates", {}).items():
         lines += ["", f"### Gates for `{name}` against the logit lens", ""]
-        lines += ["| gate | result | numbers |", "| --- | --- | --- |"]
+        lines += ["| gate | result | measured (threshold) |", "| --- | --- | --- |"]
         for gate, result in gates.items():
-            numbers = ", ".join(f"{k}={_short(v)}" for k, v in result.items() if k not in ("pass",))
-            lines.append(f"| {gate} | {'pass' if result['pass'] else 'FAIL'} | {numbers} |")
+            verdict = "pass" if result["pass"] else "FAIL"
+            lines.append(f"| {gate} | {verdict} | {gate_numbers(gate, result)} |")
     return "\n".join(lines) + "\n"
+
+
+def gate_numbers(gate: str, result: dict) -> str:
+    """A gate's measured values beside its thresholds, in one short line."""
+    if gate == "A":
+        delta = {str(k): v for k, v in result["delta_kl_bits"].items()}
+        need = {str(k): v for k, v in result["thresholds"].items()}
+        return (
+            "ΔKL at 25/50/75 % depth "
+            + ", ".join(f"{_short(delta[k])} (≥ {_short(need[k])})" for k in delta)
+            + " bits"
+        )
+    if gate == "B":
+        share = result["required_share"]
+        return (
+            f"answer earlier: rank≤10 by ≥4 rows {_short(result['share_rank_le_10_shift_ge_4'])}, "
+            f"rank≤5 by ≥2 rows {_short(result['share_rank_le_5_shift_ge_2'])} (≥ {share})"
+        )
+    if gate == "C":
+        return (
+            f"output row vs the model's forward logits after a temperature: KL "
+            f"{_short(result['kl_after_temp_bits'])} bits (≤ {result['threshold']})"
+        )
+    if gate == "D":
+        return (
+            f"worst ΔKL at 25/50/75 % depth {_short(result['worst_delta_kl_bits'])} bits "
+            f"(≥ {result['threshold']})"
+        )
+    if gate == "E":
+        worse = sorted(
+            set(result["rows_worse_top1"]) | set(result["rows_worse_kl"]),
+            key=lambda label: (not label.split(".")[0].isdigit(), label),
+        )
+        return (
+            f"rows worse than the logit lens: {', '.join(worse) or 'none'} (none allowed; "
+            f"largest top-1 drop {_short(result['largest_top1_drop'])} at row {result['at_row']})"
+        )
+    return ", ".join(f"{k}={_short(v)}" for k, v in result.items() if k != "pass")
 
 
 def _short(value) -> str:

@@ -51,7 +51,7 @@ def test_eval_writes_every_report(workdir, tiny_model_dir):
     assert set(metrics["lenses"]) == {"logit", "lens-a"}
     assert metrics["tokens"] == 64 and len(metrics["lenses"]["lens-a"]["kl_bits"]) == 3
     assert {"kpis", "gates", "baseline", "prompts"} <= set(metrics)
-    assert set(metrics["gates"]["lens-a"]) == {"A", "B", "C", "D"}
+    assert set(metrics["gates"]["lens-a"]) == {"A", "B", "C", "D", "E"}
     for name in ("records.csv", "pure-next-token.csv"):
         with (out / name).open() as handle:
             rows = list(csv.DictReader(handle))
