@@ -89,7 +89,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("TUNEDLENS_CACHE", Path.home() / ".cache" / "tunedlens"))
 
 
-def model_source(spec: str | os.PathLike) -> dict | None:
+def model_origin(spec: str | os.PathLike) -> dict | None:
     """What a model spec stands for when its name does not say it (``demo``, a ``.gguf`` file).
 
     For provenance: ``demo`` is recorded as the hub model it was made from, its quantisation and

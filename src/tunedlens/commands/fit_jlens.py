@@ -62,7 +62,7 @@ def run(
     """
     from tunedlens.data import TextSource, TokenBlocks, default_data_spec, pack_blocks
     from tunedlens.distributed import init_world
-    from tunedlens.models import check_device, load_model, model_source, need_tokenizer
+    from tunedlens.models import check_device, load_model, model_origin, need_tokenizer
     from tunedlens.outputs import local_inputs
     from tunedlens.provenance import environment
     from tunedlens.sharding import check_world, load_sharded, plan_sharded_load
@@ -130,7 +130,7 @@ def run(
     blocks = TokenBlocks(tokens, source.spec)
     metadata = {
         "model": model_spec,
-        "model_source": model_source(model_spec),
+        "model_source": model_origin(model_spec),
         "data": spec,
         "data_content_hash": blocks.content_hash(),
         "seq_len": seq_len,

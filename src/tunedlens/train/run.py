@@ -79,13 +79,13 @@ def _pack(tokenizer, config, data, val_data, text_column, train_sequences, val_s
 
 def provenance(result: TrainResult, plan: DataPlan, model_spec: str) -> dict:
     """The training record that goes into ``provenance.json``."""
-    from tunedlens.models import model_source
+    from tunedlens.models import model_origin
 
     val_kl = result.val_kl
     return {
         "training": {
             "model_spec": model_spec,
-            "model_source": model_source(model_spec),
+            "model_source": model_origin(model_spec),
             "data": plan.train_spec,
             "data_content_hash": plan.train.content_hash(),
             "train_tokens": result.resolved.steps * result.config.tokens_per_step,

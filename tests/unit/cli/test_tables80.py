@@ -273,7 +273,7 @@ def test_the_demo_is_recorded_as_the_model_it_is(tiny_model_dir, text_file, tmp_
     monkeypatch.setattr(models, "load_model", as_demo)
     monkeypatch.setattr(train_command, "load_model", as_demo)
     monkeypatch.chdir(tmp_path)
-    demo = models.model_source("demo")
+    demo = models.model_origin("demo")
     assert demo["model_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "Q4_1" in demo["quantisation"] and demo["file"] == models.DEMO_FILE
     common = ["--data", str(text_file)]
@@ -295,4 +295,4 @@ def test_the_demo_is_recorded_as_the_model_it_is(tiny_model_dir, text_file, tmp_
         ("./jdemo", "jacobian"),
         ("./tdemo", "tuned"),
     ]
-    assert models.model_source(tiny_model_dir) is None
+    assert models.model_origin(tiny_model_dir) is None
