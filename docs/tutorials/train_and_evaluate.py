@@ -96,7 +96,8 @@ Image(filename=report / "kl.png")
 # One value per row for each lens; `kl_bits` is the KL of the lens's prediction to the model's
 # output, the last row being the model itself. The gates compare the lens with the logit lens:
 # **A** it is closer to the model at 25/50/75 % depth, **B** answers reach rank 10 and 5 earlier,
-# **C** what is left at the output row is temperature, **D** it is nowhere worse.
+# **C** the output row matches the model up to a temperature, **D** no depth is worse, **E** no
+# row is worse.
 
 # %%
 metrics = json.loads((report / "metrics.json").read_text())

@@ -22,6 +22,7 @@ def _invocations() -> list[str]:
     text = "\n".join(page.read_text() for page in PAGES)
     lines = []
     for block in re.findall(r"```(?:console|bash)\n(.*?)```", text, flags=re.S):
+        block = re.sub(r"\\\n\s*", " ", block)  # a command continued over lines is one line
         for line in block.splitlines():
             line = line.strip().removeprefix("$ ")
             for part in re.split(r"\s*&&\s*", line):
