@@ -396,7 +396,7 @@ def test_a_failed_write_leaves_the_earlier_output(world, monkeypatch):
     failed = runner.invoke(app, convert.split())
     assert isinstance(failed.exception, OSError)
 
-    def report_then_fail(report, out, *, plots=True):
+    def report_then_fail(report, out, **_options):
         (out / "metrics.json").write_text("{}")
         raise OSError(28, "No space left on device")
 
