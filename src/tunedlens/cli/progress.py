@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,17 +21,18 @@ class TrainingProgress:
         self.enabled = enabled
         self.console = Console(stderr=True)
         self.progress = Progress(
-            TextColumn("[bold]train"),
+            TextColumn("[bold]{task.description}"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total} steps"),
+            TextColumn("{task.completed:,}/{task.total:,} {task.fields[unit]}"),
             TextColumn("{task.fields[rate]} tok/s"),
-            TextColumn("loss {task.fields[loss]} bits"),
+            TextColumn("{task.fields[loss]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
             disable=not enabled,
         )
         self.task = None
+        self.sampling = None
 
     def __enter__(self):
         self.progress.__enter__()
@@ -47,16 +49,30 @@ class TrainingProgress:
     def update(self, stats) -> None:
         """Advance the bar after an optimizer step."""
         if self.task is None:
-            self.task = self.progress.add_task("train", total=stats.steps, rate="-", loss="-")
+            self.task = self.progress.add_task(
+                "train", total=stats.steps, rate="-", loss="loss - bits", unit="steps"
+            )
         rate = f"{stats.tokens / stats.elapsed:,.0f}" if stats.elapsed else "-"
         self.progress.update(
-            self.task, completed=stats.step, rate=rate, loss=f"{stats.loss * NATS_TO_BITS:.3f}"
+            self.task, completed=stats.step, rate=rate, loss=f"loss {stats.loss * NATS_TO_BITS:.3f} bits"
         )
         if stats.val_kl is not None:
             mean = sum(stats.val_kl) / len(stats.val_kl) * NATS_TO_BITS
             self.progress.console.print(
                 f"step {stats.step}: validation KL {mean:.3f} bits (mean over layers)"
             )
+
+    def sample(self, done: int, total: int) -> None:
+        """Advance the bar of the text sampled from the model (``--data self``), in tokens."""
+        if self.sampling is None:
+            self.sampling = self.progress.add_task(
+                "sample", total=total, rate="-", loss="", unit="tokens"
+            )
+            self.sampling_from = (done, time.monotonic())
+        first, began = self.sampling_from
+        elapsed = time.monotonic() - began
+        rate = f"{(done - first) / elapsed:,.0f}" if elapsed > 0 and done > first else "-"
+        self.progress.update(self.sampling, completed=done, total=total, rate=rate)
 
     def summary(self, result, out: Path) -> None:
         """Print the final per-layer validation KL and where the lens went."""
@@ -114,6 +130,31 @@ class CountProgress:
         if self.task is None:
             self.start(total)
         self.progress.update(self.task, completed=done)
+
+
+class SampleProgress(CountProgress):
+    """The bar of the text sampled from the model (``--data self``), stopped once complete.
+
+    It ends before the command's own bar begins (one live display at a time).
+    """
+
+    def __init__(self):
+        super().__init__("sample", "tokens")
+        self.finished = False
+
+    def update(self, done: int, total: int) -> None:
+        """Show ``done`` of ``total`` tokens; stop the bar at ``total``."""
+        if self.finished:
+            return
+        super().update(done, total)
+        if done >= total:
+            self.progress.stop()
+            self.finished = True
+
+    def __exit__(self, *exc):
+        if self.task is not None and not self.finished:
+            return self.progress.__exit__(*exc)
+        return None
 
 
 @contextmanager

@@ -38,6 +38,8 @@ def run(
     part: str | tuple[int, int] | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    self_settings=None,
+    on_sample: Callable[[int, int], None] | None = None,
 ) -> JacobianLens:
     """What ``tunedlens fit-jlens`` does: check, load, pack, fit, write.
 
@@ -46,9 +48,11 @@ def run(
     saved in ``out`` every that many prompts (and deleted when the lens is written); ``resume``
     continues from them. ``part=(i, n)`` fits only the ``i``-th of ``n`` contiguous slices of the
     prompts (merge the parts with ``tunedlens lens merge``); under ``torchrun`` the processes
-    split the prompts the same way and add their sums at the end.
+    split the prompts the same way and add their sums at the end. With ``data="self"`` the text
+    is sampled from the model as ``self_settings`` (a :class:`~tunedlens.data.SelfTextSettings`)
+    says, or reused from its cache; ``on_sample(done, total)`` counts the tokens.
     """
-    from tunedlens.data import TextSource, default_data_spec, pack_blocks
+    from tunedlens.data import TextSource, default_data_spec, pack_blocks, self_text
     from tunedlens.distributed import init_world
     from tunedlens.models import check_device, load_model, need_tokenizer
     from tunedlens.outputs import local_inputs
@@ -80,11 +84,22 @@ def run(
         early = {"seq_len": seq_len, "seed": seed, "skip_first": skip_first, "dim_batch": dim_batch}
         for name in kept:
             FitState.load(out / name).check_resumable(early, out / name)
-    source = TextSource(spec, text_column)
-    source.check()
+    source = TextSource(spec, text_column, self_settings)
+    source.check(allow_self=True)
     model, loaded_tokenizer = load_model(
         model_spec, dtype=dtype, device=device, tokenizer=tokenizer
     )
+    sampled = None
+    if source.is_self:
+        sampled = self_text(
+            model,
+            loaded_tokenizer,
+            source.self_settings(),
+            tokens_needed=prompts * seq_len,
+            progress=on_sample,
+            model_name=model_spec,
+        )
+        source = TextSource(sampled.spec)
     blocks = pack_blocks(
         source,
         need_tokenizer(loaded_tokenizer, model_spec),
@@ -105,6 +120,8 @@ def run(
         "dim_batch": dim_batch,
         **environment(),
     }
+    if sampled is not None:
+        metadata["self_text"] = sampled.record()
     if part is not None:
         mine = prompt_slice(len(tokens), *part)
         tokens = tokens[mine]

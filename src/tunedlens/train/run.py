@@ -26,14 +26,18 @@ class DataPlan:
     val_spec: str | None
 
 
+def planned_sequences(config: TrainConfig) -> tuple[int, int]:
+    """Sequences of ``config.seq_len`` tokens a run trains on, and validates on."""
+    train = (config.tokens // config.tokens_per_step) * config.tokens_per_step // config.seq_len
+    val = max(1, config.val_tokens // config.seq_len) if config.val_tokens else 0
+    return train, val
+
+
 def plan_data(
     tokenizer, config: TrainConfig, *, data: str, val_data: str | None, text_column: str = "text"
 ) -> DataPlan:
     """Pack exactly the training (and validation) sequences the budget needs, or fail up front."""
-    train_sequences = (
-        (config.tokens // config.tokens_per_step) * config.tokens_per_step // config.seq_len
-    )
-    val_sequences = max(1, config.val_tokens // config.seq_len) if config.val_tokens else 0
+    train_sequences, val_sequences = planned_sequences(config)
     source = TextSource(data, text_column)
     if val_data is None:  # hold out blocks of the training source, disjoint from training
         blocks = pack_blocks(
