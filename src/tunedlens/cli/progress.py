@@ -54,7 +54,10 @@ class TrainingProgress:
             )
         rate = f"{stats.tokens / stats.elapsed:,.0f}" if stats.elapsed else "-"
         self.progress.update(
-            self.task, completed=stats.step, rate=rate, loss=f"loss {stats.loss * NATS_TO_BITS:.3f} bits"
+            self.task,
+            completed=stats.step,
+            rate=rate,
+            loss=f"loss {stats.loss * NATS_TO_BITS:.3f} bits",
         )
         if stats.val_kl is not None:
             mean = sum(stats.val_kl) / len(stats.val_kl) * NATS_TO_BITS

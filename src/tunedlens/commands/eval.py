@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunedlens.commands.common import open_model_and_lenses
-from tunedlens.data import SelfTextSettings, TextSource, pack_blocks, self_text
+from tunedlens.data import SelfTextSettings, TextSource, pack_blocks, sample_self_text
 from tunedlens.errors import InputError
 from tunedlens.evaluation.core import BASELINE, EvalReport, evaluate
 from tunedlens.evaluation.prompts import load_prompts
@@ -86,7 +86,7 @@ def run(
     loaded, loaded_tokenizer, named = opened.model, opened.tokenizer, opened.lenses
     sampled = None
     if source.is_self:
-        sampled = self_text(
+        sampled = sample_self_text(
             loaded,
             loaded_tokenizer,
             source.self_settings(),

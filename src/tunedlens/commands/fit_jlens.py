@@ -52,7 +52,7 @@ def run(
     is sampled from the model as ``self_settings`` (a :class:`~tunedlens.data.SelfTextSettings`)
     says, or reused from its cache; ``on_sample(done, total)`` counts the tokens.
     """
-    from tunedlens.data import TextSource, default_data_spec, pack_blocks, self_text
+    from tunedlens.data import TextSource, default_data_spec, pack_blocks, sample_self_text
     from tunedlens.distributed import init_world
     from tunedlens.models import check_device, load_model, need_tokenizer
     from tunedlens.outputs import local_inputs
@@ -91,7 +91,7 @@ def run(
     )
     sampled = None
     if source.is_self:
-        sampled = self_text(
+        sampled = sample_self_text(
             model,
             loaded_tokenizer,
             source.self_settings(),

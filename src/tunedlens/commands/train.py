@@ -10,8 +10,14 @@ from pathlib import Path
 
 from tunedlens.arch.points import row_label
 from tunedlens.commands.common import check_resume
-from tunedlens.data import DataError, SelfText, SelfTextSettings, TextSource, default_data_spec
-from tunedlens.data import self_text as sample_self_text
+from tunedlens.data import (
+    DataError,
+    SelfText,
+    SelfTextSettings,
+    TextSource,
+    default_data_spec,
+    sample_self_text,
+)
 from tunedlens.distributed import World, init_world
 from tunedlens.errors import InputError, TunedLensError
 from tunedlens.lenses.io.files import LENS_FILES, WEIGHT_FILES

@@ -1,7 +1,7 @@
 """Training and evaluation data: text sources and token packing."""
 
 from tunedlens.data.packing import TokenBlocks, pack_blocks, pack_texts
-from tunedlens.data.self_text import SelfText, SelfTextMismatch, SelfTextSettings, self_text
+from tunedlens.data.self_text import SelfText, SelfTextMismatch, SelfTextSettings, sample_self_text
 from tunedlens.data.sources import DEFAULT_HF_DATASET, DataError, TextSource, default_data_spec
 
 __all__ = [
@@ -15,5 +15,5 @@ __all__ = [
     "default_data_spec",
     "pack_blocks",
     "pack_texts",
-    "self_text",
+    "sample_self_text",
 ]

@@ -426,7 +426,25 @@ def _doc_tokens(model, tokenizer, settings: SelfTextSettings) -> int:
     return settings.doc_tokens
 
 
-def self_text(
+def _plan(model, tokenizer, settings: SelfTextSettings, model_name: str | None = None):
+    sampling = _sampling_record(settings, _doc_tokens(model, tokenizer, settings))
+    config = getattr(model, "config", None)
+    model_record = {
+        "fingerprint": model_fingerprint(model),
+        "name": model_name or getattr(config, "name_or_path", None),
+        "model_type": getattr(config, "model_type", None),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+    }
+    name = f"{model_record['fingerprint'][:16]}-{_digest(sampling)[:16]}.jsonl.gz"
+    return settings.cache_folder / name, model_record, sampling
+
+
+def cache_path(model, tokenizer, settings: SelfTextSettings) -> Path:
+    """The cache file of ``model``'s text sampled with ``settings``: MODEL-SETTINGS.jsonl.gz."""
+    return _plan(model, tokenizer, settings)[0]
+
+
+def sample_self_text(
     model,
     tokenizer,
     settings: SelfTextSettings,
@@ -453,17 +471,10 @@ def self_text(
         )
     settings.check()
     target = settings.tokens if settings.tokens is not None else tokens_needed
-    doc_tokens = _doc_tokens(model, tokenizer, settings)
-    sampling = _sampling_record(settings, doc_tokens)
+    path, model_record, sampling = _plan(model, tokenizer, settings, model_name)
+    doc_tokens = sampling["doc_tokens"]
     parameter = next(model.parameters())
-    model_record = {
-        "fingerprint": model_fingerprint(model),
-        "name": model_name or getattr(getattr(model, "config", None), "name_or_path", None),
-        "model_type": getattr(getattr(model, "config", None), "model_type", None),
-        "dtype": str(parameter.dtype).removeprefix("torch."),
-    }
-    folder = settings.cache_folder
-    path = folder / f"{model_record['fingerprint'][:16]}-{_digest(sampling)[:16]}.jsonl.gz"
+    folder = path.parent
     documents: list[dict] = []
     found = None
     if path.exists():

