@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 
-from tunedlens.data.sources import DataError
 from tunedlens.errors import InputError
 
 SELF_SPEC = "self"
@@ -525,7 +524,7 @@ def sample_self_text(
             )
             added = _packed_tokens(tokenizer, [d["text"] for d in batch])
             if not added:
-                raise DataError(
+                raise InputError(
                     f"the model ended all {len(batch)} documents of a batch at once (EOS first); "
                     "give text to start from with --self-prefix, or raise --self-temperature."
                 )
