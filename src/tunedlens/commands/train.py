@@ -230,7 +230,7 @@ def run(
         seed=config.seed,
         points=config.points,
     )
-    sampled = None
+    sampled, packed = None, spec
     if source.is_self:
         train_sequences, val_sequences = planned_sequences(config)
         sampled = sample_self_text(
@@ -242,7 +242,7 @@ def run(
             status=status,
             model_name=model_spec,
         )
-        spec = sampled.spec
+        packed = sampled.source()
     budget = None
     if config.time_budget_s is not None:
         config, budget = fit_time_budget(
@@ -254,13 +254,13 @@ def run(
             world,
             status,
             begun=begun,
-            data=spec,
+            data=packed,
             text_column=text_column,
         )
         if sampled is not None:
             config = _fit_self_text(config, sampled, val_data, status)
     status(f"packing {config.tokens:,} training tokens from {spec}")
-    plan = plan_data(tokenizer, config, data=spec, val_data=val_data, text_column=text_column)
+    plan = plan_data(tokenizer, config, data=packed, val_data=val_data, text_column=text_column)
     # A run replacing an earlier one (--force) works beside it and takes its place once done,
     # so a failure or a kill leaves the earlier run as it was; other runs work in --out itself.
     replacing = world.is_primary and out.is_dir() and any(out.iterdir()) and not resume

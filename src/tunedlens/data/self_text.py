@@ -148,7 +148,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         if not torch.is_tensor(tensor) or not tensor.is_floating_point():
             continue
         flat = tensor.detach().reshape(-1)
-        picks = torch.linspace(0, max(flat.numel() - 1, 0), min(64, flat.numel())).long()
+        count = min(64, flat.numel())  # integer spacing: float steps overrun large tensors
+        picks = torch.arange(count) * (flat.numel() - 1) // max(count - 1, 1)
         values = flat[picks.to(flat.device)].to("cpu", torch.float32).numpy().tobytes()
         total = float(flat.sum(dtype=torch.float64))
         digest.update(f"{name}{tuple(tensor.shape)}{total:.6g}".encode())
@@ -164,16 +165,26 @@ class SelfText:
     provenance: dict
     """The file's provenance line."""
     n_documents: int
+    """The documents used: the first whole batches that hold the tokens asked for (a larger
+    cache gives the same text as one sampled for this run alone)."""
     n_tokens: int
-    """Tokens as packing counts them."""
+    """Their tokens, as packing counts them."""
     sampled_documents: int
     """Documents sampled by this call (0: all reused from the cache)."""
     sampling_s: float
+    cached_documents: int
+    """Documents in the cache file (at least ``n_documents``)."""
 
     @property
     def spec(self) -> str:
-        """The data spec that packs this text (the cache file)."""
+        """The cache file."""
         return str(self.path)
+
+    def source(self):
+        """The text to pack: the cache file's first ``n_documents`` documents."""
+        from tunedlens.data.sources import TextSource
+
+        return TextSource(str(self.path), limit=self.n_documents)
 
     def record(self) -> dict:
         """What a lens's or report's provenance says about its data."""
@@ -184,6 +195,7 @@ class SelfText:
             "sampling": self.provenance["sampling"],
             "documents": self.n_documents,
             "tokens": self.n_tokens,
+            "cached_documents": self.cached_documents,
             "sampled_now": self.sampled_documents,
             "sampling_s": self.sampling_s,
         }
@@ -320,13 +332,22 @@ def sample_documents(
     return documents
 
 
-def _packed_tokens(tokenizer, texts: list[str]) -> int:
-    """Tokens these documents give when packed: each one's tokens and its EOS (empty: none)."""
-    texts = [text for text in texts if text]
+def _packed_tokens(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens each document gives when packed: its tokens and its EOS (an empty one: none)."""
     if not texts:
-        return 0
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return sum(len(ids) + 1 for ids in encoded)
+        return []
+    encoded = tokenizer([text or " " for text in texts], add_special_tokens=False)["input_ids"]
+    return [len(ids) + 1 if text else 0 for text, ids in zip(texts, encoded, strict=True)]
+
+
+def _used(counts: list[int], target: int, batch_size: int) -> int:
+    """The fewest whole batches of documents whose tokens reach ``target`` (else all)."""
+    total = 0
+    for end in range(batch_size, len(counts) + batch_size, batch_size):
+        total = sum(counts[:end])
+        if total >= target:
+            return min(end, len(counts))
+    return len(counts)
 
 
 def read_cache(path: Path) -> tuple[dict, list[dict]]:
@@ -479,7 +500,8 @@ def sample_self_text(
     if path.exists():
         found, documents = read_cache(path)
         check_provenance(found, model_record, sampling, path)
-    have = _packed_tokens(tokenizer, [d["text"] for d in documents])
+    counts = _packed_tokens(tokenizer, [d["text"] for d in documents])
+    have = sum(counts)
     reused = len(documents)
     say = status or (lambda message: None)
     if have >= target:
@@ -523,13 +545,14 @@ def sample_self_text(
                 on_token=on_token,
             )
             added = _packed_tokens(tokenizer, [d["text"] for d in batch])
-            if not added:
+            if not sum(added):
                 raise InputError(
                     f"the model ended all {len(batch)} documents of a batch at once (EOS first); "
                     "give text to start from with --self-prefix, or raise --self-temperature."
                 )
             documents += batch
-            have += added
+            counts += added
+            have += sum(added)
             if time.monotonic() - saved > SAVE_EVERY_S and have < target:
                 _write_cache(path, {**header, "documents": len(documents)}, documents)
                 saved = time.monotonic()
@@ -539,4 +562,13 @@ def sample_self_text(
     elapsed = time.perf_counter() - began
     if found is not None and len(documents) == reused:
         header = found
-    return SelfText(path, header, len(documents), have, len(documents) - reused, elapsed)
+    used = _used(counts, target, settings.batch_size)
+    return SelfText(
+        path,
+        header,
+        used,
+        sum(counts[:used]),
+        len(documents) - reused,
+        elapsed,
+        len(documents),
+    )

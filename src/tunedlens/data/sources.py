@@ -17,11 +17,12 @@ Data specs:
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import sysconfig
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,8 @@ class TextSource:
     text_column: str = "text"
     self_text: SelfTextSettings | None = None
     """How ``self`` text is sampled (``None``: the defaults); only for the spec ``self``."""
+    limit: int | None = None
+    """Read only the first this many documents (of a file spec, in file order)."""
 
     @property
     def is_finite(self) -> bool:
@@ -126,6 +129,9 @@ class TextSource:
                 "'self' text is sampled from the model once it is loaded: pack the source of "
                 "tunedlens.data.sample_self_text(model, tokenizer, settings, ...) instead."
             )
+        if self.limit is not None:
+            yield from itertools.islice(replace(self, limit=None).documents(seed=seed), self.limit)
+            return
         if self.spec == "stdlib":
             yield from (_read_text(path) for path in stdlib_files())
         elif self.spec == "stdlib-prose":

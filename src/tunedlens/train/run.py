@@ -34,11 +34,17 @@ def planned_sequences(config: TrainConfig) -> tuple[int, int]:
 
 
 def plan_data(
-    tokenizer, config: TrainConfig, *, data: str, val_data: str | None, text_column: str = "text"
+    tokenizer,
+    config: TrainConfig,
+    *,
+    data: str | TextSource,
+    val_data: str | None,
+    text_column: str = "text",
 ) -> DataPlan:
     """Pack exactly the training (and validation) sequences the budget needs, or fail up front."""
     train_sequences, val_sequences = planned_sequences(config)
-    source = TextSource(data, text_column)
+    source = data if isinstance(data, TextSource) else TextSource(data, text_column)
+    data = source.spec
     if val_data is None:  # hold out blocks of the training source, disjoint from training
         blocks = pack_blocks(
             source,
@@ -101,7 +107,7 @@ def fit_time_budget(
     status,
     *,
     begun: float,
-    data: str,
+    data: str | TextSource,
     text_column: str,
 ) -> tuple[TrainConfig, dict]:
     """Size ``config.tokens`` to ``config.time_budget_s`` from one timed probe step.

@@ -199,3 +199,16 @@ def test_bad_places_and_combinations(model, tiny_tokenizer, tmp_path):
 def test_the_default_cache_follows_tunedlens_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("TUNEDLENS_CACHE", str(tmp_path))
     assert SelfTextSettings().cache_folder == tmp_path / "self"
+
+
+def test_a_larger_cache_packs_the_same_text_as_a_fresh_one(model, tiny_tokenizer, tmp_path):
+    fresh = sample_self_text(model, tiny_tokenizer, settings(tmp_path, "a"), tokens_needed=60)
+    sample_self_text(model, tiny_tokenizer, settings(tmp_path, "b"), tokens_needed=200)
+    grown = sample_self_text(model, tiny_tokenizer, settings(tmp_path, "b"), tokens_needed=60)
+    assert grown.cached_documents > grown.n_documents == fresh.n_documents
+    assert grown.n_tokens == fresh.n_tokens
+    packed = [
+        pack_blocks(result.source(), tiny_tokenizer, seq_len=16, n_sequences=3, seed=4)
+        for result in (fresh, grown)
+    ]
+    assert torch.equal(packed[0].tokens, packed[1].tokens)
