@@ -212,3 +212,10 @@ def test_a_larger_cache_packs_the_same_text_as_a_fresh_one(model, tiny_tokenizer
         for result in (fresh, grown)
     ]
     assert torch.equal(packed[0].tokens, packed[1].tokens)
+
+
+def test_the_fingerprint_reads_a_head_sized_tensor():
+    """SmolLM2's head (49152 x 576): float-spaced picks overran its last index."""
+    module = torch.nn.Module()
+    module.register_buffer("head", torch.zeros(49152 * 576, dtype=torch.float16))
+    assert len(model_fingerprint(module)) == 64
