@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import machine, save
+
 from tunedlens.data import SelfTextSettings, sample_self_text
 from tunedlens.data.self_text import model_fingerprint, sample_documents
 from tunedlens.models import load_model
