@@ -239,9 +239,9 @@ def _sample(logits: torch.Tensor, settings: SelfTextSettings, generators) -> tor
     draws = torch.stack([torch.rand((), generator=g) for g in generators])
     target = draws[:, None] * cumulative[:, -1:]
     picked = torch.searchsorted(cumulative, target, right=True).clamp(max=probs.shape[-1] - 1)
-    # a zero-probability tail cannot be picked: step back onto the last kept token
     if order is None:
         return picked[:, 0]
+    # rounding must not land in the cut tail: at most the last kept token
     picked = torch.minimum(picked, (probs > 0).sum(-1, keepdim=True) - 1)
     return order.gather(-1, picked)[:, 0]
 
@@ -265,7 +265,7 @@ def sample_documents(
     rows still running.
     """
     device = next(model.parameters()).device
-    start = _start_ids(tokenizer) if tokenizer is not None else []
+    start = _start_ids(tokenizer)
     stops = _stop_ids(model, tokenizer)
     indices = list(range(first, first + count))
     prefixes = [
