@@ -128,6 +128,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/self-data"))
     parser.add_argument("--budget", type=float, default=600.0, help="seconds per training process")
     parser.add_argument("--self-share", type=float, default=0.5)
+    parser.add_argument(
+        "--name", default="self_data", help="results file name (a trial run: another name)"
+    )
+    parser.add_argument(
+        "--rate", type=float, help="sampling tokens/s (default: from self_data_cost.json)"
+    )
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument(
@@ -139,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    rate = sampling_rate()
+    rate = args.rate or sampling_rate()
     self_tokens = max(args.seq_len * 2, int(args.self_share * args.budget * rate))
     settings = ["--seq-len", str(args.seq_len), *args.train_options.split()]
     wall = train_arms(work, args.budget, self_tokens, settings)
@@ -176,7 +182,7 @@ def main() -> None:
         "per_layer_kl_bits": per_layer,
         "prompt_suite_answer_kl_bits": suite,
     }
-    figure(per_layer, RESULTS / "self_data.png")
+    figure(per_layer, RESULTS / f"{args.name}.png")
     names = list(next(iter(per_layer.values())))
     lines = [
         "# Lenses from the model's own text vs human text (SmolLM2, equal wall time)",
@@ -206,8 +212,8 @@ def main() -> None:
         for layer in range(layers):
             cells = " | ".join(f"{kl[layer]:.3f}" for kl in lenses.values())
             lines.append(f"| {layer} | {cells} |")
-    lines += ["", "![per-layer KL](self_data.png)", ""]
-    save("self_data", payload, "\n".join(lines))
+    lines += ["", f"![per-layer KL]({args.name}.png)", ""]
+    save(args.name, payload, "\n".join(lines))
 
 
 if __name__ == "__main__":
