@@ -57,12 +57,14 @@ def sampling_rate() -> float:
     return max(cost["rows"], key=lambda row: row["batch_size"])["sample_tokens_per_s"]
 
 
-def train_arms(work: Path, budget: float, self_tokens: int, settings: list[str]) -> dict:
+def train_arms(
+    work: Path, budget: float, self_tokens: int, settings: list[str], self_options: list[str]
+) -> dict:
     wall = json.loads((work / "wall.json").read_text()) if (work / "wall.json").exists() else {}
     data = {
         "self": [
             *("--data", "self", "--self-tokens", str(self_tokens)),
-            *("--self-cache", str(work / "cache-train")),
+            *("--self-cache", str(work / "cache-train"), *self_options),
         ],
         "corpus/train": ["--data", str(CORPUS / "train.jsonl.gz")],
         "kjv": ["--data", "kjv"],
@@ -78,13 +80,14 @@ def train_arms(work: Path, budget: float, self_tokens: int, settings: list[str])
     return wall
 
 
-def score(work: Path, tokens: int, seq_len: int) -> dict:
+def score(work: Path, tokens: int, seq_len: int, self_options: list[str]) -> dict:
     lenses = [arg for arm in ARMS for arg in ("--lens", str(work / arm.replace("/", "-")))]
     prose = held_out_files(work)["English prose"]
     sets = {
         "English prose (corpus/test)": ["--data", str(prose), "--prompts", "default"],
         "self text, seed 1": [
             *("--data", "self", "--self-seed", "1", "--self-cache", str(work / "cache-test")),
+            *self_options,
             *("--prompts", "none"),
         ],
     }
@@ -129,6 +132,11 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=600.0, help="seconds per training process")
     parser.add_argument("--self-share", type=float, default=0.5)
     parser.add_argument(
+        "--self-options",
+        default="",
+        help="more --self-* options, for training and the held-out self text alike",
+    )
+    parser.add_argument(
         "--name", default="self_data", help="results file name (a trial run: another name)"
     )
     parser.add_argument(
@@ -148,8 +156,9 @@ def main() -> None:
     rate = args.rate or sampling_rate()
     self_tokens = max(args.seq_len * 2, int(args.self_share * args.budget * rate))
     settings = ["--seq-len", str(args.seq_len), *args.train_options.split()]
-    wall = train_arms(work, args.budget, self_tokens, settings)
-    reports = score(work, args.eval_tokens, args.seq_len)
+    self_options = args.self_options.split()
+    wall = train_arms(work, args.budget, self_tokens, settings, self_options)
+    reports = score(work, args.eval_tokens, args.seq_len, self_options)
     per_layer, means, provenance = {}, {}, {}
     for held_out, report in reports.items():
         per_layer[held_out] = {
@@ -177,6 +186,7 @@ def main() -> None:
         "sampling_tokens_per_s": rate,
         "eval_tokens": args.eval_tokens,
         "train_options": settings,
+        "self_options": self_options,
         "arms": provenance,
         "mean_kl_bits": means,
         "per_layer_kl_bits": per_layer,
