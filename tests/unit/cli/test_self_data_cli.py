@@ -72,3 +72,21 @@ def test_train_fit_jlens_and_eval_on_the_models_own_text(tiny_model_dir, tmp_pat
     data = json.loads((tmp_path / "report" / "metrics.json").read_text())["data"]
     assert data["spec"] == "self" and data["self_text"]["sampling"]["seed"] == 1
     assert len(list(cache.iterdir())) == 2  # another seed: other text, its own file
+
+
+def test_the_sampling_bars_count_tokens_and_end_at_the_total():
+    from tunedlens.cli.progress import SampleProgress, TrainingProgress
+
+    with SampleProgress() as bar:
+        bar.update(0, 100)
+        bar.update(60, 100)
+        assert bar.progress.tasks[0].completed == 60 and not bar.finished
+        bar.update(100, 100)
+        assert bar.finished and bar.progress.tasks[0].completed == 100
+        bar.update(100, 100)  # after the end: nothing more is drawn
+    with TrainingProgress(enabled=False) as training:
+        training.sample(10, 50)
+        training.sample(50, 50)
+        (task,) = training.progress.tasks
+        assert task.description == "sample" and task.completed == 50
+        assert task.fields["unit"] == "tokens"
