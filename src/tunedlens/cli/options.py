@@ -90,7 +90,11 @@ SelfDocTokensOption = Annotated[
 ]
 SelfBatchSizeOption = Annotated[
     Optional[int],
-    typer.Option(help="Documents sampled together (default 16).", rich_help_panel=SELF_PANEL),
+    typer.Option(
+        help="Documents sampled together (default 32; more is cheaper per token, the KV cache "
+        "grows with it).",
+        rich_help_panel=SELF_PANEL,
+    ),
 ]
 SelfCacheOption = Annotated[
     Optional[Path],

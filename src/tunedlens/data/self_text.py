@@ -70,8 +70,9 @@ class SelfTextSettings:
     doc_tokens: int | None = None
     """New tokens per document at most (a document also ends at EOS); ``None``: 512, or less
     where the model's context is shorter."""
-    batch_size: int = 16
-    """Documents sampled together."""
+    batch_size: int = 32
+    """Documents sampled together: on a CPU, 32 cost 5x the forward pass per token and 8 cost
+    15x (benchmarks/results/self_data_cost.md); the KV cache grows with it."""
     cache_dir: str | Path | None = field(default=None, compare=False)
     """Folder of the cache files; ``None``: :func:`default_cache_dir`."""
 
