@@ -167,8 +167,8 @@ def main() -> None:
         f"End to end (`sample_self_text`, batch {end_to_end['batch_size']}, into an empty cache): "
         f"{end_to_end['tokens_packed']:,} tokens in {end_to_end['first_wall_s']:.0f} s wall "
         f"({end_to_end['first_cpu_s']:.0f} s CPU), {end_to_end['tokens_per_s']:.1f} tok/s; "
-        f"the second call reused the cache in {end_to_end['reuse_wall_s']:.2f} s "
-        f"(model fingerprint {payload['fingerprint_s']:.2f} s of it at most); the file is "
+        f"the second call reused the cache in {end_to_end['reuse_wall_s']:.1f} s, most of it the "
+        f"model fingerprint (timed alone at the start: {payload['fingerprint_s']:.1f} s); the file is "
         f"{end_to_end['cache_bytes'] / 1024:.0f} KiB.",
         "",
     ]
