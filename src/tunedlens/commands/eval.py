@@ -94,7 +94,7 @@ def run(
             progress=on_sample,
             model_name=model_spec,
         )
-        source = sampled.source()
+        source = TextSource.from_self_text(sampled)
     blocks = pack_blocks(
         source, loaded_tokenizer, seq_len=seq_len, n_sequences=tokens // seq_len, seed=seed
     )

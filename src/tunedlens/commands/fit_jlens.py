@@ -99,7 +99,7 @@ def run(
             progress=on_sample,
             model_name=model_spec,
         )
-        source = sampled.source()
+        source = TextSource.from_self_text(sampled)
     blocks = pack_blocks(
         source,
         need_tokenizer(loaded_tokenizer, model_spec),

@@ -242,7 +242,7 @@ def run(
             status=status,
             model_name=model_spec,
         )
-        packed = sampled.source()
+        packed = TextSource.from_self_text(sampled)
     budget = None
     if config.time_budget_s is not None:
         config, budget = fit_time_budget(

@@ -178,14 +178,8 @@ class SelfText:
 
     @property
     def spec(self) -> str:
-        """The cache file."""
+        """The cache file (pack it with ``TextSource.from_self_text``)."""
         return str(self.path)
-
-    def source(self):
-        """The text to pack: the cache file's first ``n_documents`` documents."""
-        from tunedlens.data.sources import TextSource
-
-        return TextSource(str(self.path), limit=self.n_documents)
 
     def record(self) -> dict:
         """What a lens's or report's provenance says about its data."""

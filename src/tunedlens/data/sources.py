@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from tunedlens.errors import InputError, require
 
 if TYPE_CHECKING:
-    from tunedlens.data.self_text import SelfTextSettings
+    from tunedlens.data.self_text import SelfText, SelfTextSettings
 
 DEFAULT_HF_DATASET = "hf:HuggingFaceFW/fineweb-edu:CC-MAIN-2025-26@v1.4.0"
 FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
@@ -76,6 +76,11 @@ class TextSource:
     def is_finite(self) -> bool:
         """Whether all documents can be listed up front (files, stdlib), unlike hub streams."""
         return not self.spec.startswith("hf:")
+
+    @classmethod
+    def from_self_text(cls, sampled: SelfText) -> TextSource:
+        """The text to pack of sampled self text: its cache file's first documents used."""
+        return cls(sampled.spec, limit=sampled.n_documents)
 
     @property
     def is_self(self) -> bool:

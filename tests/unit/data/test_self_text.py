@@ -208,7 +208,9 @@ def test_a_larger_cache_packs_the_same_text_as_a_fresh_one(model, tiny_tokenizer
     assert grown.cached_documents > grown.n_documents == fresh.n_documents
     assert grown.n_tokens == fresh.n_tokens
     packed = [
-        pack_blocks(result.source(), tiny_tokenizer, seq_len=16, n_sequences=3, seed=4)
+        pack_blocks(
+            TextSource.from_self_text(result), tiny_tokenizer, seq_len=16, n_sequences=3, seed=4
+        )
         for result in (fresh, grown)
     ]
     assert torch.equal(packed[0].tokens, packed[1].tokens)
