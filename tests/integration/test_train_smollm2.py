@@ -96,7 +96,7 @@ def test_train_demo_beats_the_logit_lens(tmp_path):
     trained, logit = lenses["lens"]["kl_bits"][:30], lenses["logit"]["kl_bits"][:30]
     assert sum(trained) < 0.5 * sum(logit)
     assert lenses["logit"]["kl_bits"][30] < 1e-3 and lenses["logit"]["top1_agree"][30] == 1.0
-    assert metrics["prompts"]["used"] >= 40 and set(metrics["gates"]["lens"]) == set("ABCD")
+    assert metrics["prompts"]["used"] >= 40 and set(metrics["gates"]["lens"]) == set("ABCDE")
     assert metrics["gates"]["lens"]["C"]["pass"]  # the output row decodes like the model
     for name in ("records.csv", "pure-next-token.csv", "summary.md", "kl.png", "kl.html"):
         assert (report_dir / name).stat().st_size > 0

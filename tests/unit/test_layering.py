@@ -25,8 +25,10 @@ FLOORS = {
     "models": 1,
     "outputs": 1,
     "distributed": 1,
-    # 2: lenses and their files
+    # 2: lenses and their files; a model sharded across the processes of a job (it needs the
+    # architecture, the loader and the process group of floor 1)
     "lenses": 2,
+    "sharding": 2,
     # 3: the numerics floor: the one readout engine
     "engine": 3,
     # 4: figures (they draw grids the readout defines)

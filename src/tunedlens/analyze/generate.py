@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunedlens.arch.residuals import block_input, block_output
+from tunedlens.arch.residuals import block_input, block_output, cached_step
 from tunedlens.errors import InputError
 
 
@@ -68,8 +68,7 @@ def generate(
     try:
         for _ in range(max_new_tokens):
             captured.clear()
-            output = model(input_ids=step_input, past_key_values=past, use_cache=True)
-            past = output.past_key_values
+            _, past = cached_step(model, step_input, past)
             logits = lens(captured[-1], layer)
             if do_sample:
                 probs = (logits / temperature).softmax(-1)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tunedlens.analyze.errors import AnalysisError
-from tunedlens.arch.residuals import block_output, collect_residuals
+from tunedlens.arch.residuals import block_output, cached_step, collect_residuals
 from tunedlens.arch.resolve import ResolvedArch, get_path, resolve_arch, text_config
 from tunedlens.errors import OutOfRange
 
@@ -188,8 +188,7 @@ def greedy_continuation(
         try:
             for _ in range(n_tokens):
                 captured.clear()
-                output = model(input_ids=step, past_key_values=past, use_cache=True)
-                past = output.past_key_values
+                output, past = cached_step(model, step, past)
                 logits = output.logits[:, -1] if decode is None else decode(captured[-1])
                 step = logits.argmax(-1, keepdim=True).to(device)
                 new.append(step.cpu())

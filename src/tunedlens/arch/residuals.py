@@ -219,3 +219,30 @@ def collect_residuals(
     return Residuals(
         hidden=tuple(captured), logits=None if output is None else output.logits, points=points
     )
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """The name ``model.forward`` takes its KV cache under.
+
+    ``cache`` where transformers has renamed it (``past_key_values`` is then deprecated, to be
+    removed in 5.40), ``past_key_values`` in earlier versions and models not yet renamed.
+    """
+    import inspect
+
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cached_step(model: nn.Module, input_ids: torch.Tensor, cache=None):
+    """One incremental forward pass: ``(output, cache for the next step)``.
+
+    Passes the cache under the name this transformers version takes and reads it back the same
+    way, so no version warns about the other's name.
+    """
+    output = model(input_ids=input_ids, use_cache=True, **{_cache_argument(model): cache})
+    if "cache" in output.keys():
+        return output, output["cache"]
+    return output, output["past_key_values"]

@@ -15,10 +15,12 @@ from tunedlens.cli.help import PlainHelpGroup
 from tunedlens.cli.options import (
     DATA_FORMS,
     LENS_HELP,
+    PLOTLY_DEFAULT,
     STAT_HELP,
     DeviceOption,
     DtypeOption,
     ModelArg,
+    PlotlyOption,
     PointsOption,
     PromptArg,
     SelfBatchSizeOption,
@@ -61,6 +63,40 @@ analyze_app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(analyze_app, name="analyze")
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    import platform
+
+    import torch
+    import transformers
+
+    from tunedlens.provenance import environment
+
+    typer.echo(
+        f"tunedlens {environment()['tunedlens_version']} (torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, python {platform.python_version()})"
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the versions of tunedlens, torch, transformers and python, then exit.",
+        ),
+    ] = False,
+):
+    """Look inside causal LMs with the logit lens and the tuned lens."""
+
+
 RECIPE_HELP = f"Named settings to start from: {', '.join(sorted(RECIPES))} (see TrainConfig)."
 
 
@@ -70,7 +106,11 @@ def predict(
     prompt: PromptArg,
     lens: Annotated[str, typer.Option(help=LENS_HELP)] = "logit",
     layers: Annotated[
-        Optional[str], typer.Option(help="Layers to show: 'all', '0,5,10', '4-8' or '0:30:5'.")
+        Optional[str],
+        typer.Option(
+            help="Layers to show: 'all', '0,5,10', '20-29' (both ends included) or '20:30' / "
+            "'0:30:5' (a Python slice: the end is excluded). The output row is always shown."
+        ),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Tokens per layer.")] = 5,
     position: Annotated[int, typer.Option(help="Token position; -1 = last.")] = -1,
@@ -104,7 +144,8 @@ def predict(
 
     from tunedlens.cli.tables import predict_table
 
-    Console().print(predict_table(result))
+    console = Console()
+    console.print(predict_table(result, width=console.width))
 
 
 @app.command()
@@ -128,6 +169,7 @@ def show(
         Optional[int], typer.Option(help="Show only the last N positions of the prompt.")
     ] = None,
     points: PointsOption = None,
+    plotly: PlotlyOption = PLOTLY_DEFAULT,
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
     tokenizer: TokenizerOption = None,
@@ -150,6 +192,7 @@ def show(
         tokenizer=tokenizer,
         strict=strict,
         points=points,
+        plotly=plotly,
     )
     typer.echo(f"wrote {path}")
 
@@ -182,7 +225,10 @@ def train(
     ] = False,
     fsdp: Annotated[
         bool,
-        typer.Option(help="Shard the model's decoder blocks across torchrun processes (FSDP2)."),
+        typer.Option(
+            help="Shard the model's decoder blocks across torchrun processes (FSDP2), each "
+            "process loading only its shard."
+        ),
     ] = False,
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
@@ -218,7 +264,7 @@ def train(
     from tunedlens.train.checkpoint import CHECKPOINT_NAME
 
     config = command.config_from_options(recipe, given(settings, explicit_options(ctx)))
-    world = init_world()
+    world = init_world(device or "cpu")
     with (
         TrainingProgress(enabled=world.is_primary) as progress,
         interrupted(out, CHECKPOINT_NAME, force=force),
@@ -239,6 +285,7 @@ def train(
             fsdp=fsdp,
             on_step=progress.update,
             on_status=progress.status,
+            on_progress=progress.phase,
             world=world,
             log_to=log_to or (),
             self_text=self_text_settings(
@@ -300,6 +347,13 @@ def fit_jlens(
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace what --out already holds.")] = False,
+    fsdp: Annotated[
+        bool,
+        typer.Option(
+            help="Shard the model's decoder blocks across torchrun processes (FSDP2), each "
+            "process loading only its shard."
+        ),
+    ] = False,
     self_tokens: SelfTokensOption = None,
     self_temperature: SelfTemperatureOption = None,
     self_top_p: SelfTopPOption = None,
@@ -312,7 +366,8 @@ def fit_jlens(
     """Fit a Jacobian lens for MODEL (exact estimator: d backward passes per prompt).
 
     Under torchrun (torchrun --nproc-per-node N -m tunedlens fit-jlens ...) the processes fit
-    contiguous slices of the prompts and add their sums at the end.
+    contiguous slices of the prompts and add their sums at the end; with --fsdp they share
+    one sharded copy of the model instead of holding one each.
     """
     from tunedlens.cli.progress import CountProgress, SampleProgress, interrupted
     from tunedlens.commands import fit_jlens as command
@@ -320,7 +375,7 @@ def fit_jlens(
 
     with (
         SampleProgress() as sampling,
-        CountProgress("fit-jlens", "prompts") as progress,
+        CountProgress("fit-jlens", "backward passes") as progress,
         interrupted(out, f"{STATE_NAME}*", force=force),
     ):
         lens = command.run(
@@ -340,7 +395,9 @@ def fit_jlens(
             resume=resume,
             part=part,
             force=force,
-            progress=progress.update,
+            fsdp=fsdp,
+            on_pass=progress.update,
+            status=progress.status,
             self_settings=self_text_settings(
                 self_tokens,
                 self_temperature,
@@ -392,6 +449,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for the data order and bootstrap.")] = 0,
     plots: Annotated[bool, typer.Option(help="Write PNG and HTML figures (extra 'plot').")] = True,
+    plotly: PlotlyOption = PLOTLY_DEFAULT,
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
     tokenizer: TokenizerOption = None,
@@ -425,6 +483,7 @@ def eval_command(
             batch_size=batch_size,
             seed=seed,
             plots=plots,
+            plotly=plotly,
             dtype=dtype,
             device=device,
             tokenizer=tokenizer,
@@ -444,8 +503,27 @@ def eval_command(
             ),
             on_sample=sampling.update,
         )
-    typer.echo((run.out / "summary.md").read_text())
-    typer.echo(f"wrote {len(run.written)} files to {run.out}")
+    from rich.console import Console
+
+    from tunedlens.cli.tables import eval_tables, gate_lines, wrapped
+
+    metrics = run.report.metrics
+    console = Console()
+    typer.echo(
+        wrapped(
+            f"{metrics['model']}: {metrics['tokens']:,} tokens; the model's cross-entropy "
+            f"{metrics['baseline']['ce_bits']:.3f} bits/token"
+        )
+    )
+    for table in eval_tables(metrics):
+        console.print(table)
+    for line in gate_lines(metrics):
+        typer.echo(line)
+    for warning in metrics.get("warnings", []):
+        typer.secho(wrapped(f"warning: {warning}"), err=True, fg="yellow", bold=True)
+    typer.echo(
+        wrapped(f"wrote {len(run.written)} files to {run.out} (the full report: summary.md)")
+    )
 
 
 @app.command()
@@ -486,18 +564,26 @@ def serve(
         device=device,
         tokenizer=tokenizer,
         strict=strict,
+        on_start=lambda url: typer.echo(
+            f"tunedlens serve: process {os.getpid()}, {url} (loading {model} ...)"
+        ),
         on_ready=lambda url: typer.echo(
-            f"tunedlens explorer for {model}: {url}  (Ctrl-C stops it)"
+            f"tunedlens explorer for {model}: {url}  (process {os.getpid()}; Ctrl-C stops it)"
         ),
     )
 
 
 @lens_app.command("info")
 def lens_info(
-    path: Annotated[str, typer.Argument(help="Lens directory or hub location.")],
+    path: Annotated[
+        str, typer.Argument(help="Lens directory, J-lens file, hub location, or logit.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
-    """Describe a lens: format, translator, dimensions, model, provenance, per-layer sizes."""
+    """Describe a lens: what it is, for which model, from what data; the size of each row's map.
+
+    PATH may also be 'logit' (the logit lens). --json prints every recorded setting and version.
+    """
     from tunedlens.cli.tables import info_tables
     from tunedlens.commands import lens_info as command
 
@@ -535,7 +621,8 @@ def lens_convert(
 @lens_app.command("list")
 def lens_list(
     model: Annotated[
-        Optional[str], typer.Argument(help="A hub model id (or J-lens short name).")
+        Optional[str],
+        typer.Argument(help="A hub model id, a J-lens short name, or 'demo'. Default: every lens."),
     ] = None,
     collection: Annotated[
         Optional[list[Path]],
@@ -545,7 +632,9 @@ def lens_list(
 ):
     """List the lenses known for MODEL (all when omitted), with the --lens location of each.
 
-    Local collections, the reference's published tuned lenses and the published J-lenses.
+    Looks in the current folder and its immediate subfolders (lenses written by train --out or
+    fit-jlens --out), in --collection trees, and at the published tuned lenses and J-lenses;
+    the 'here' column says which are on this machine (folder) or already downloaded (cached).
     """
     from tunedlens.commands import lens_list as command
 
@@ -555,14 +644,15 @@ def lens_list(
         return
     if not rows:
         typer.echo(
-            f"no known lens for {model!r}; fit one with 'tunedlens fit-jlens' or train one with 'tunedlens train'."
+            f"no known lens for {model!r} in this folder, its subfolders or the published "
+            "lenses; fit one with 'tunedlens fit-jlens' or train one with 'tunedlens train'."
         )
         return
     from rich.console import Console
 
     from tunedlens.cli.tables import lens_list_table
 
-    Console(width=160).print(lens_list_table(rows, model))
+    Console().print(lens_list_table(rows, model))
 
 
 @lens_app.command("curves")
@@ -570,13 +660,17 @@ def lens_curves(
     run: Annotated[Path, typer.Argument(help="The --out directory of a 'tunedlens train' run.")],
     out: Annotated[
         Optional[Path],
-        typer.Option(help="Figure file: .html (interactive) or .png. Default: RUN/curves.html."),
+        typer.Option(
+            help="Figure file: .html (interactive) or .png. Default: RUNNAME-curves.html in the "
+            "current folder (never inside the run's folder)."
+        ),
     ] = None,
+    plotly: PlotlyOption = PLOTLY_DEFAULT,
 ):
     """Draw a training run's curves from its train_log.jsonl: loss, learning rate, per-layer KL."""
     from tunedlens.commands import curves as command
 
-    typer.echo(f"wrote {command.run(run, out)}")
+    typer.echo(f"wrote {command.run(run, out, plotly=plotly)}")
 
 
 @lens_app.command("merge")
@@ -696,6 +790,7 @@ def analyze_prune(
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed for the data order.")] = 0,
     plots: Annotated[bool, typer.Option(help="Write PNG and HTML figures (extra 'plot').")] = True,
+    plotly: PlotlyOption = PLOTLY_DEFAULT,
     force: Annotated[
         bool, typer.Option(help="Replace an earlier pruning report in --out.")
     ] = False,
@@ -730,6 +825,7 @@ def analyze_prune(
         batch_size=batch_size,
         seed=seed,
         plots=plots,
+        plotly=plotly,
         force=force,
         dtype=dtype,
         device=device,
@@ -737,8 +833,14 @@ def analyze_prune(
         strict=strict,
         progress=lambda stage: typer.echo(f"prune: {stage}", err=True),
     )
-    typer.echo(report.summary())
-    typer.echo(f"wrote the pruning report to {where}")
+    from rich.console import Console
+
+    from tunedlens.cli.tables import prune_tables
+
+    console = Console()
+    for table in prune_tables(report.data):
+        console.print(table)
+    typer.echo(f"wrote the pruning report to {where} (the full report: prune_summary.md)")
 
 
 @analyze_app.command("detect")
@@ -787,6 +889,7 @@ def analyze_detect(
         int, typer.Option(help="Seed for prompts, splits, detectors and bootstrap.")
     ] = 0,
     plots: Annotated[bool, typer.Option(help="Write PNG and HTML figures (extra 'plot').")] = True,
+    plotly: PlotlyOption = PLOTLY_DEFAULT,
     force: Annotated[
         bool, typer.Option(help="Replace an earlier detection report in --out.")
     ] = False,
@@ -805,7 +908,7 @@ def analyze_detect(
     from tunedlens.commands import analyze_detect as command
 
     with CountProgress("detect", "prompts") as progress:
-        _report, where = command.run(
+        report, where = command.run(
             model,
             tasks=task or ("capitals", "sentiment", "arithmetic"),
             lenses=lens or (),
@@ -819,6 +922,7 @@ def analyze_detect(
             batch_size=batch_size,
             seed=seed,
             plots=plots,
+            plotly=plotly,
             force=force,
             dtype=dtype,
             device=device,
@@ -826,8 +930,17 @@ def analyze_detect(
             strict=strict,
             progress=progress.advance,
         )
-    typer.echo((where / "summary.md").read_text())
-    typer.echo(f"wrote the detection report to {where}")
+    from rich.console import Console
+
+    from tunedlens.cli.tables import detect_tables, wrapped
+
+    console = Console()
+    for table in detect_tables(report):
+        console.print(table)
+    for task in report.tasks.values():
+        if task["attack"]["warning"]:
+            typer.secho(wrapped(f"warning: {task['attack']['warning']}"), err=True, fg="yellow")
+    typer.echo(f"wrote the detection report to {where} (the full report: summary.md)")
 
 
 app.command("train")(with_parameters(train, train_settings()))

@@ -216,13 +216,19 @@ MAX_TIME_BUDGET_S = 30 * 24 * 3600
 
 
 def parse_duration(text: str) -> float:
-    """``"20m"`` -> 1200.0 seconds (units s, m, h; plain numbers are seconds)."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    number, unit = (text[:-1], text[-1]) if text[-1:].lower() in units else (text, "s")
-    try:
-        seconds = float(number) * units[unit.lower()]
-    except ValueError:
-        raise InputError(f"must look like 20m, 90s or 1.5h, got {text!r}") from None
+    """``"20m"`` -> 1200.0, ``"1h30m"`` -> 5400.0 seconds (units h, m, s; plain numbers are seconds)."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    compact = text.strip().lower().replace(" ", "")
+    parts = re.findall(r"((?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)([hms]?)", compact)
+    usage = f"must look like 20m, 1h30m, 90s or 1.5h (a plain number is seconds), got {text!r}"
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise InputError(usage)
+    seen = [unit or "s" for _, unit in parts]
+    if len(parts) > 1 and (
+        "" in [u for _, u in parts] or seen != sorted(set(seen), key="hms".index)
+    ):
+        raise InputError(usage)
+    seconds = sum(float(number) * units[unit or "s"] for number, unit in parts)
     if not seconds > 0:
         raise InputError(f"must be positive, got {text!r}")
     if seconds > MAX_TIME_BUDGET_S:
@@ -244,7 +250,7 @@ def recipe_note(field: str) -> str:
 
     value = recipe_value("default", field)
     if field == "time_budget_s":
-        return "E.g. 20m, 90s, 1.5h; replaces --tokens."
+        return "Give it as 20m, 1h30m, 90s or 1.5h (a plain number is seconds); replaces --tokens."
     return f"[default recipe: {'none' if value is None else value}]"
 
 
@@ -254,6 +260,10 @@ def train_settings() -> list:
     from tunedlens.train.config import TrainConfig, field_docs
 
     docs = {name: plain_text(doc) for name, doc in field_docs().items()}
+    # The field holds seconds; the option takes a duration (parse_duration).
+    docs["time_budget_s"] = docs["time_budget_s"].replace(
+        "Wall-time budget in seconds", "Wall-time budget"
+    )
     return config_parameters(
         TrainConfig,
         docs=docs,

@@ -8,9 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from tunedlens.engine.stats import VIEW_STATS
+from tunedlens.plot.html import DEFAULT_PLOTLY, PLOTLY_HELP
 
 ModelArg = Annotated[
-    str, typer.Argument(help="Hub id, local directory, .gguf file, or 'demo' (SmolLM2-135M).")
+    str,
+    typer.Argument(
+        help="Hub id, local directory, .gguf file, or 'demo' ("
+        "SmolLM2-135M-Instruct, dequantised from a Q4_1 GGUF)."
+    ),
 ]
 PromptArg = Annotated[str, typer.Argument(help="The text to look at.")]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")]
@@ -26,6 +31,8 @@ StrictOption = Annotated[
     bool,
     typer.Option(help="Refuse a lens whose unembedding fingerprint differs from the model's."),
 ]
+PlotlyOption = Annotated[str, typer.Option(help=PLOTLY_HELP)]
+PLOTLY_DEFAULT = DEFAULT_PLOTLY
 LENS_HELP = (
     "Lens location: 'logit'; a lens directory (tuned lens, native or tuned-lens format, or native "
     "J-lens) or a J-lens file (.pt); hf:ORG/REPO[/SUB][@REV] (a hub repository); "

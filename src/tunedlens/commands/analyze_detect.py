@@ -10,6 +10,7 @@ from tunedlens.analyze.detection import DetectReport, check_detect_args, detect
 from tunedlens.analyze.detection.report import DETECT_OUTPUT
 from tunedlens.commands.common import open_model_and_lenses
 from tunedlens.outputs import check_out_dir, local_inputs, staged_output
+from tunedlens.plot.html import DEFAULT_PLOTLY, check_plotly_mode
 
 
 def run(
@@ -27,6 +28,7 @@ def run(
     batch_size: int = 8,
     seed: int = 0,
     plots: bool = True,
+    plotly: str = DEFAULT_PLOTLY,
     force: bool = False,
     dtype: str = "float32",
     device: str | None = None,
@@ -39,6 +41,7 @@ def run(
     The tasks, features, detectors, sizes and ``--out`` are checked before the model loads.
     Returns the report and where it was written.
     """
+    check_plotly_mode(plotly)
     options = {}
     if features:
         options["features"] = tuple(features)
@@ -85,5 +88,5 @@ def run(
         **options,
     )
     with staged_output(out, DETECT_OUTPUT) as staging:
-        report.save(staging, plots=plots, force=True)
+        report.save(staging, plots=plots, force=True, plotly=plotly)
     return report, out

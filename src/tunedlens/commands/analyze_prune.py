@@ -11,10 +11,18 @@ from tunedlens.analyze.pruning import PruneReport, check_prune_args, prune
 from tunedlens.commands.common import open_model_and_lenses
 from tunedlens.data import TextSource, pack_blocks
 from tunedlens.outputs import OutputKind, check_out_dir, local_inputs, staged_output
+from tunedlens.plot.html import BUNDLE_PATTERN, DEFAULT_PLOTLY, check_plotly_mode
 
 PRUNE_OUTPUT = OutputKind(
     "a pruning report",
-    ("prune.json", "prune_summary.md", "prune_*.csv", "prune_*.png", "prune_*.html"),
+    (
+        "prune.json",
+        "prune_summary.md",
+        "prune_*.csv",
+        "prune_*.png",
+        "prune_*.html",
+        BUNDLE_PATTERN,
+    ),
 )
 """What ``analyze prune`` writes into its ``--out`` (what ``--force`` may replace)."""
 
@@ -47,6 +55,7 @@ def run(
     batch_size: int = 4,
     seed: int = 0,
     plots: bool = True,
+    plotly: str = DEFAULT_PLOTLY,
     force: bool = False,
     dtype: str = "float32",
     device: str | None = None,
@@ -60,6 +69,7 @@ def run(
     without ``allow_same_data``, sizes, ``--out``); ``max_remove`` against the model's depth and
     the data's length once they are known. Returns the report and where it was written.
     """
+    check_plotly_mode(plotly)
     if isinstance(max_remove, bool) or not isinstance(max_remove, int) or max_remove < 1:
         raise AnalysisError(f"--max-remove must be an integer >= 1, got {max_remove!r}")
     if not allow_same_data and same_data(data, test_data):
@@ -129,5 +139,5 @@ def run(
     )
     report.data["data"] = {"calibration": data, "test": test_data, "seq_len": seq_len}
     with staged_output(out, PRUNE_OUTPUT) as staging:
-        report.save(staging, plots=plots)
+        report.save(staging, plots=plots, plotly=plotly)
     return report, out

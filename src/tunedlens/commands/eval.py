@@ -13,6 +13,7 @@ from tunedlens.evaluation.core import BASELINE, EvalReport, evaluate
 from tunedlens.evaluation.prompts import load_prompts
 from tunedlens.evaluation.report import REPORT_OUTPUT
 from tunedlens.outputs import check_out_dir, local_inputs, staged_output
+from tunedlens.plot.html import DEFAULT_PLOTLY, check_plotly_mode
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ def run(
     batch_size: int = 1,
     seed: int = 0,
     plots: bool = True,
+    plotly: str = DEFAULT_PLOTLY,
     dtype: str = "float32",
     device: str | None = None,
     tokenizer: str | None = None,
@@ -62,6 +64,7 @@ def run(
         raise InputError(
             f"--tokens ({tokens}) must hold at least one sequence of --seq-len ({seq_len}) tokens"
         )
+    check_plotly_mode(plotly)
     inputs = local_inputs(model_spec, *lenses, data, prompts, tokenizer)
     out = check_out_dir(out, REPORT_OUTPUT, force=force, sources=inputs)
     if seq_len < 2 or batch_size < 1 or bootstrap < 0:
@@ -117,5 +120,5 @@ def run(
     if sampled is not None:
         report.metrics["data"]["self_text"] = sampled.record()
     with staged_output(out, REPORT_OUTPUT) as staging:
-        written = report.save(staging, plots=plots)
+        written = report.save(staging, plots=plots, plotly=plotly)
     return EvalRun(report, out, [out / path.name for path in written])

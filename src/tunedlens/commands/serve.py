@@ -64,28 +64,31 @@ def run(
     port: int = 8000,
     allow_remote: bool = False,
     on_ready=None,
+    on_start=None,
     **options,
 ) -> None:
     """What ``tunedlens serve`` does: check the host and port, load (see :func:`build_session`), serve.
 
     The port is bound once the arguments are checked and before the model loads, so a busy port
-    fails at once; ``on_ready`` is called with the page's URL once everything is loaded.
+    fails at once; ``on_start`` is called with the page's URL once it is bound (before the model
+    loads), ``on_ready`` once everything is loaded.
     """
     check_host(host, allow_remote)
     check_port(port)
     for module in ("fastapi", "uvicorn"):  # the extra, before the model loads
         require(module, "serve")
     bound: list[socket.socket] = []
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    def bind() -> None:
+        bound.append(bind_port(host, port))
+        if on_start is not None:
+            on_start(url)
+
     try:
-        session = build_session(
-            model_spec,
-            lenses,
-            evals,
-            on_checked=lambda: bound.append(bind_port(host, port)),
-            **options,
-        )
+        session = build_session(model_spec, lenses, evals, on_checked=bind, **options)
         if on_ready is not None:
-            on_ready(f"http://{f'[{host}]' if ':' in host else host}:{port}/")
+            on_ready(url)
         run_server(session, host=host, port=port, allow_remote=allow_remote, listener=bound[0])
     finally:
         for listener in bound:

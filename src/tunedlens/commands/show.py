@@ -9,6 +9,7 @@ from tunedlens.commands.common import open_model_and_lenses
 from tunedlens.engine.stats import ALL_VIEW_STATS, VIEW_STATS, check_stats
 from tunedlens.errors import InputError
 from tunedlens.outputs import check_out_file
+from tunedlens.plot.html import DEFAULT_PLOTLY, check_plotly_mode
 from tunedlens.plot.trajectory_figures import save
 from tunedlens.view.notebook import Lensed
 
@@ -30,6 +31,7 @@ def run(
     tokenizer: str | None = None,
     strict: bool = True,
     points: str | None = None,
+    plotly: str = DEFAULT_PLOTLY,
 ) -> Path:
     """Draw PROMPT's trajectory through the logit lens and each of ``lenses`` into ``out``.
 
@@ -39,7 +41,7 @@ def run(
         lenses: Lens locations (:func:`tunedlens.load_lens`), shown beside the logit lens.
         stat: A name from ``VIEW_STATS``, or ``all`` (the first four).
         compare: A second prompt of the same token length: draw where the two differ.
-        out: ``.html`` (interactive, offline) or ``.png``.
+        out: ``.html`` (interactive) or ``.png``.
         stride: Every N-th layer (the last layer and the output row are kept).
         last: Only the last N positions.
         dtype: Model dtype.
@@ -48,11 +50,13 @@ def run(
         strict: Refuse a lens whose unembedding fingerprint differs from the model's.
         points: Where the logit lens reads (``block``, ``mid``, ``both``); default: the points
             of the other lenses. Rows are interleaved (``3``, ``3.mid``) for ``both``.
+        plotly: How an HTML page gets plotly.js (:data:`tunedlens.plot.html.PLOTLY_MODES`).
 
     Returns:
         The path written.
     """
     out = check_out_file(out, FIGURE_SUFFIXES)
+    check_plotly_mode(plotly)
     names = ALL_VIEW_STATS if stat == "all" else check_stats(stat, VIEW_STATS, "--stat")
     if isinstance(stride, bool) or stride < 1:
         raise InputError(f"--stride must be an integer >= 1, got {stride!r}")
@@ -93,4 +97,5 @@ def run(
             first.difference(second) for first, second in zip(trajectories, others, strict=True)
         ]
         titles = [f"{label}: JS divergence between the two prompts (bits)" for label in labels]
-    return save(stats, out, titles, columns=len(chosen), title=f"{model_spec}: {prompt!r}")
+    title = f"{model_spec}: {prompt!r}"
+    return save(stats, out, titles, columns=len(chosen), title=title, plotly=plotly)

@@ -15,6 +15,7 @@ from tunedlens.data import (
     SelfText,
     SelfTextSettings,
     TextSource,
+    TokenBlocks,
     default_data_spec,
     sample_self_text,
 )
@@ -31,16 +32,20 @@ from tunedlens.outputs import (
     publish_dir,
     staging_dir,
 )
+from tunedlens.plot.html import BUNDLE_PATTERN
+from tunedlens.sharding import check_world, load_sharded, plan_sharded_load
 from tunedlens.train.checkpoint import CHECKPOINT_NAME
 from tunedlens.train.config import TrainConfig, recipe_config
 from tunedlens.train.curves import CURVES_NAME, LOG_NAME
 from tunedlens.train.loggers import LOG_TARGETS, check_log_targets, make_loggers
-from tunedlens.train.loop import StepStats, TrainResult, train_lens
-from tunedlens.train.run import fit_time_budget, plan_data, planned_sequences, provenance
+from tunedlens.train.loop import Progress, StepStats, TrainResult, train_lens
+from tunedlens.train.run import DataPlan, fit_time_budget, plan_data, planned_sequences, provenance
 
 RUN_FILES = (*LENS_FILES, CHECKPOINT_NAME, LOG_NAME)
 """The files a training run writes into its ``--out``."""
-RUN_OUTPUT = OutputKind("a training run's output", (*RUN_FILES, CURVES_NAME), folders=LOG_TARGETS)
+RUN_OUTPUT = OutputKind(
+    "a training run's output", (*RUN_FILES, CURVES_NAME, BUNDLE_PATTERN), folders=LOG_TARGETS
+)
 """A run's ``--out``: its files, the curves drawn from it, and the logs of ``--log-to`` (each
 target writes a folder named after it); what ``--force`` may replace."""
 
@@ -101,8 +106,16 @@ def check_out(
     )
 
 
-def _check_self_options(source: TextSource, config: TrainConfig, val_data: str | None) -> None:
+def _check_self_options(
+    source: TextSource, config: TrainConfig, val_data: str | None, fsdp: bool = False
+) -> None:
     """What ``--data self`` cannot be combined with, refused before the model loads."""
+    if fsdp and source.is_self:
+        raise InputError(
+            "--data self samples with the whole model on each process; sample the text first "
+            "(e.g. with 'tunedlens eval MODEL --data self ...') and pass its cache file to --data, "
+            "or drop --fsdp."
+        )
     if val_data == "self":
         raise InputError(
             "--val-data self would sample the very text trained on; leave --val-data out to "
@@ -146,9 +159,12 @@ def _log_writer(out: Path, extra: Callable[[StepStats], None] | None, loggers=()
     def on_step(stats: StepStats) -> None:
         record = {key: value for key, value in stats.__dict__.items()}
         record["loss_bits"] = stats.loss * NATS_TO_BITS
+        record["loss_mean_bits"] = stats.mean_loss * NATS_TO_BITS
         record["tokens_per_s"] = stats.tokens_per_s
         if stats.val_kl is not None:
             record["val_kl_bits"] = [v * NATS_TO_BITS for v in stats.val_kl]
+        if stats.logit_val_kl is not None:
+            record["logit_val_kl_bits"] = [v * NATS_TO_BITS for v in stats.logit_val_kl]
         with open(out / LOG_NAME, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         for logger in loggers:
@@ -157,6 +173,30 @@ def _log_writer(out: Path, extra: Callable[[StepStats], None] | None, loggers=()
             extra(stats)
 
     return on_step
+
+
+def _plan_once(world: World, make: Callable[[], DataPlan]) -> DataPlan:
+    """The run's data, packed by the first process alone and sent to the others.
+
+    Every process trains on the same global batches (each on its share), so one packing serves
+    all, and start-up does not grow with the number of processes.
+    """
+
+    def packed():
+        plan = make()
+        info = {
+            "train_spec": plan.train_spec,
+            "val_spec": plan.val_spec,
+            "train_source": plan.train.source,
+            "val_source": None if plan.val is None else plan.val.source,
+        }
+        return info, [plan.train.tokens] + ([] if plan.val is None else [plan.val.tokens])
+
+    info, tensors = world.from_primary(packed, what="the packing of the data")
+    val = None if info["val_source"] is None else TokenBlocks(tensors[1], info["val_source"])
+    return DataPlan(
+        TokenBlocks(tensors[0], info["train_source"]), val, info["train_spec"], info["val_spec"]
+    )
 
 
 def run(
@@ -176,6 +216,7 @@ def run(
     fsdp: bool = False,
     on_step: Callable[[StepStats], None] | None = None,
     on_status: Callable[[str], None] | None = None,
+    on_progress: Progress | None = None,
     world: World | None = None,
     log_to: Sequence[str] = (),
     self_text: SelfTextSettings | None = None,
@@ -186,14 +227,17 @@ def run(
     ``device`` places the model (and so the lens); ``tokenizer`` replaces the model's own
     tokenizer files; ``fsdp`` shards the decoder blocks across torchrun processes; ``log_to``
     mirrors every step to ``tensorboard`` and/or ``wandb`` (offline unless ``WANDB_MODE`` says
-    otherwise), besides ``train_log.jsonl``. With ``data="self"`` the text is sampled from the
-    model as ``self_text`` says (or reused from its cache), ``on_sample(done, total)`` counting
-    the tokens.
+    otherwise), besides ``train_log.jsonl``. ``on_status`` gets one line per stage (loading,
+    packing) and ``on_progress`` how far each phase of training is (:data:`Progress`). With
+    ``data="self"`` the text is sampled from the model as ``self_text`` says (or reused from its
+    cache; every process samples the same text), ``on_sample(done, total)`` counting the tokens.
     """
     begun = time.monotonic()  # a time budget counts from here: loading and packing included
     status = on_status or (lambda message: None)
-    world = world or init_world()
+    world = world or init_world(device or "cpu")
     out = Path(out)
+    if fsdp:
+        check_world(world)
     check_log_targets(log_to)
     if lens_format == "tuned-lens" and config.points != "block":
         raise TunedLensError(
@@ -205,16 +249,19 @@ def run(
     spec = data or default_data_spec(model_spec, status)
     source = TextSource(spec, text_column, self_text)
     source.check(allow_self=True)
-    _check_self_options(source, config, val_data)
+    _check_self_options(source, config, val_data, fsdp)
     if val_data is not None:
         TextSource(val_data, text_column).check()
-    model, tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
+    status(f"loading {model_spec}")
+    if fsdp:  # configs and indexes only: a GGUF without its copy, or too many processes, fail now
+        sharded = plan_sharded_load(model_spec, world)
+        model, tokenizer = load_sharded(
+            sharded, world, dtype=dtype, device=device, tokenizer=tokenizer, on_status=status
+        )
+    else:
+        model, tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
     if not source.is_self:  # self text names its own need of a tokenizer
         need_tokenizer(tokenizer, model_spec)
-    if fsdp:
-        from tunedlens.train.distributed import shard_blocks
-
-        shard_blocks(model, world)
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     if context is not None and config.seq_len > context:
         raise DataError(
@@ -260,7 +307,23 @@ def run(
         if sampled is not None:
             config = _fit_self_text(config, sampled, val_data, status)
     status(f"packing {config.tokens:,} training tokens from {spec}")
-    plan = plan_data(tokenizer, config, data=packed, val_data=val_data, text_column=text_column)
+    packing = time.perf_counter()
+    plan = _plan_once(
+        world,
+        lambda: plan_data(
+            tokenizer,
+            config,
+            data=packed,
+            val_data=val_data,
+            text_column=text_column,
+            progress=on_progress,
+        ),
+    )
+    held_out = "" if plan.val is None else f" and {plan.val.n_sequences:,} held-out sequences"
+    status(
+        f"packed {plan.train.n_sequences:,} sequences of {config.seq_len} tokens{held_out} "
+        f"in {time.perf_counter() - packing:.1f} s"
+    )
     # A run replacing an earlier one (--force) works beside it and takes its place once done,
     # so a failure or a kill leaves the earlier run as it was; other runs work in --out itself.
     replacing = world.is_primary and out.is_dir() and any(out.iterdir()) and not resume
@@ -284,6 +347,7 @@ def run(
                 checkpoint_dir=work if config.checkpoint_every else None,
                 on_step=_log_writer(work, on_step, loggers) if world.is_primary else None,
                 deadline=None if budget is None else budget["deadline"],
+                progress=on_progress,
             )
         finally:
             for logger in loggers:

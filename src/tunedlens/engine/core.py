@@ -121,7 +121,10 @@ def readout(
         memory_budget: Bytes for vocabulary-sized work tensors.
 
     Returns:
-        A :class:`Readout`.
+        A :class:`Readout`. Its tensors hold entropy, KL and cross-entropy in **nats** (the
+        natural unit of the math; ``Readout.units`` names each statistic's unit); views and
+        reports show bits. ``result.to_frame()`` (pandas) or ``result.to_rows()`` give one row
+        per lens, row and position with bits in columns named ``kl_bits``, ``entropy_bits``, ...
 
     Raises:
         LensMismatch: a lens decodes with another model's head.

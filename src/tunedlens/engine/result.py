@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from tunedlens.arch.points import Points, output_row, row_label
 from tunedlens.engine.kernel import BlockedHead
+from tunedlens.engine.stats import STATS
+from tunedlens.errors import InputError
 from tunedlens.lenses.lens import Lens
+from tunedlens.metrics.divergence import NATS_TO_BITS
+
+NATS = ("entropy", "kl", "ce")
+"""The statistics that are information quantities: in nats in the tensors, bits in the views."""
+UNITS = {name: "nats" if name in NATS else info.units for name, info in STATS.items()}
+"""Statistic -> the unit of its values in a readout's tensors."""
+
+
+RANKS = ("rank", "model_rank")
+
+
+def _shape(tensor) -> str:
+    return "×".join(map(str, tensor.shape)) if tensor is not None else "-"
+
+
+def column_name(stat: str, unit: str = "bits") -> str:
+    """The column of ``stat`` in :meth:`Readout.to_rows`: ``kl_bits``, ``max_prob``, ..."""
+    name = stat.replace("-", "_")
+    return f"{name}_{unit}" if stat in NATS else name
+
 
 Row = int | tuple[int, int]
 """A row ``0..output_row`` or a ``(state_row, lens_row)`` pair."""
@@ -39,6 +62,26 @@ class LensReadout:
     def token_probs(self) -> torch.Tensor | None:
         """``(batch, rows, positions, m)`` probability of each requested token."""
         return None if self.token_logprobs is None else self.token_logprobs.exp()
+
+    @property
+    def units(self) -> dict[str, str]:
+        """Statistic -> unit of its grid: ``nats`` for entropy, KL and cross-entropy."""
+        return {name: UNITS[name] for name in self.values}
+
+    def __repr__(self) -> str:
+        grid = next(iter(self.values.values()), self.top_ids)
+        stats = ", ".join(f"{name} [{UNITS[name]}]" for name in self.values)
+        extras = [
+            f"{name} {_shape(getattr(self, name))}"
+            for name in _GRIDS
+            if getattr(self, name) is not None
+        ]
+        return (
+            f"LensReadout({self.name!r}, {self.kind} lens, grids (batch, rows, positions) "
+            f"{_shape(grid)}: {stats or 'no statistics'}"
+            + (f"; {', '.join(extras)}" if extras else "")
+            + ")"
+        )
 
     def __getitem__(self, stat: str) -> torch.Tensor:
         if stat not in self.values:
@@ -128,6 +171,83 @@ class Readout:
             f"{label(row[1])}@{label(row[0])}" if isinstance(row, tuple) else label(row)
             for row in self.rows
         ]
+
+    @property
+    def units(self) -> dict[str, str]:
+        """Statistic -> unit of its values in the tensors (``nats``: entropy, KL, cross-entropy).
+
+        ``to_rows(unit="bits")`` / ``to_frame()`` convert; ``STATS[name].scale`` is the factor.
+        """
+        first = next(iter(self.lenses.values()), None)
+        return {} if first is None else first.units
+
+    def __repr__(self) -> str:
+        labels = self.row_labels
+        rows = f"{labels[0]}..{labels[-1]}" if len(labels) > 2 else ", ".join(labels)
+        batch, positions = self.positions.shape
+        first = next(iter(self.lenses.values()), None)
+        stats = ", ".join(f"{n} [{u}]" for n, u in self.units.items()) or "none"
+        top = first.top_ids.shape[-1] if first is not None and first.top_ids is not None else 0
+        return (
+            f"Readout(lenses {', '.join(self.lenses)}; rows {rows} ({len(labels)}); "
+            f"batch {batch} × {positions} positions; stats {stats}; top-{top} tokens. "
+            "to_frame() or to_rows() for a table in bits)"
+        )
+
+    def to_rows(self, unit: str = "bits") -> list[dict]:
+        """One dict per lens, sequence, row and position (real tokens only), in ``unit``.
+
+        Keys: ``lens``, ``batch``, ``row`` (``0..output_row``), ``row_label`` (``"output"`` for the model's
+        row), ``position``, ``token_id`` (the input token, when known), ``target_id``, then one
+        key per statistic, information quantities named with their unit (``kl_bits``,
+        ``entropy_bits``, ``ce_bits``; ``_nats`` with ``unit="nats"``), and ``top1_id`` /
+        ``top1_prob`` when top tokens were read.
+        """
+        if unit not in ("bits", "nats"):
+            raise InputError(f"unit must be 'bits' or 'nats', got {unit!r}")
+        scale = NATS_TO_BITS if unit == "bits" else 1.0
+        labels = self.row_labels
+        records = []
+        batch_size, n_positions = self.positions.shape
+        for name, lens in self.lenses.items():
+            values = {
+                column_name(stat, unit): grid.double() * (scale if stat in NATS else 1.0)
+                for stat, grid in lens.values.items()
+            }
+            for b in range(batch_size):
+                for r, label in enumerate(labels):
+                    for p in range(n_positions):
+                        position = int(self.positions[b, p])
+                        if position < 0:
+                            continue
+                        record = {
+                            "lens": name,
+                            "batch": b,
+                            "row": self.rows[r],
+                            "row_label": label,
+                            "position": position,
+                            "token_id": None
+                            if self.input_ids is None
+                            else int(self.input_ids[b, position]),
+                            "target_id": int(self.targets[b, p]),
+                        }
+                        for column, grid in values.items():
+                            value = float(grid[b, r, p])
+                            if column in RANKS:  # no target token: no rank
+                                value = None if math.isnan(value) else int(value)
+                            record[column] = value
+                        if lens.top_ids is not None and lens.top_ids.shape[-1]:
+                            record["top1_id"] = int(lens.top_ids[b, r, p, 0])
+                            record["top1_prob"] = float(lens.top_probs[b, r, p, 0])
+                        records.append(record)
+        return records
+
+    def to_frame(self, unit: str = "bits"):
+        """:meth:`to_rows` as a pandas DataFrame (needs pandas: ``pip install pandas``)."""
+        from tunedlens.errors import require
+
+        pandas = require("pandas", "frame", pip_name="pandas")
+        return pandas.DataFrame.from_records(self.to_rows(unit))
 
     def __getitem__(self, name: str) -> LensReadout:
         if name not in self.lenses:

@@ -36,11 +36,14 @@ class EvalReport:
         """The ``metrics.json`` payload."""
         return self.metrics
 
-    def save(self, out, *, plots: bool = True) -> list:
-        """Write ``metrics.json``, the CSV sidecars, ``summary.md`` and (optionally) plots."""
+    def save(self, out, *, plots: bool = True, plotly: str = "directory") -> list:
+        """Write ``metrics.json``, the CSV sidecars, ``summary.md`` and (optionally) plots.
+
+        ``plotly``: how the HTML figures get plotly.js (see :mod:`tunedlens.plot.html`).
+        """
         from tunedlens.evaluation.report import save_report
 
-        return save_report(self, out, plots=plots)
+        return save_report(self, out, plots=plots, plotly=plotly)
 
 
 EVAL_STATS = ("kl", "ce", "entropy", "model-rank", "max-prob", "cos")
@@ -168,7 +171,84 @@ def evaluate(
         from tunedlens.evaluation.suite import run_suite
 
         run_suite(report, model, tokenizer, all_lenses, prompts)
+    add_versus_logit(report.metrics)
     return report
+
+
+TOP1_MARGIN = 0.01
+"""Gate E: a lens is worse than the logit lens at a row where its top-1 agreement with the model
+is lower by more than this (absolute; 0.01 = one percentage point)."""
+KL_MARGIN = 0.05
+"""Gate E: ... or where its KL to the model is higher by more than this share (0.05 = 5 %)."""
+
+
+def versus_logit(metrics: dict, name: str) -> dict:
+    """Gate E of lens ``name``: the rows where it reads the model worse than the logit lens.
+
+    Compared on the evaluation tokens, row by row below the output row: top-1 agreement with the
+    model (lower by more than :data:`TOP1_MARGIN`) and KL to the model (higher by more than
+    :data:`KL_MARGIN` of the logit lens's). A lens trained on other text can beat the logit lens
+    on average (gates A–D) and still lose at some depths; this names them.
+    """
+    lens, base = metrics["lenses"][name], metrics["lenses"][BASELINE]
+    labels, output_row = metrics["row_labels"], metrics["output_row"]
+    below = [i for i, row in enumerate(metrics["layers"]) if row != output_row]
+    top1 = [i for i in below if lens["top1_agree"][i] < base["top1_agree"][i] - TOP1_MARGIN]
+    kl = [i for i in below if lens["kl_bits"][i] > base["kl_bits"][i] * (1 + KL_MARGIN)]
+    drops = {i: base["top1_agree"][i] - lens["top1_agree"][i] for i in below}
+    worst = max(drops, key=drops.get) if drops else None
+    return {
+        "pass": not top1 and not kl,
+        "rows_worse_top1": [labels[i] for i in top1],
+        "rows_worse_kl": [labels[i] for i in kl],
+        "largest_top1_drop": drops[worst] if worst is not None else 0.0,
+        "at_row": labels[worst] if worst is not None else None,
+        "top1_margin": TOP1_MARGIN,
+        "kl_margin": KL_MARGIN,
+    }
+
+
+def add_versus_logit(metrics: dict) -> None:
+    """Add gate E (:func:`versus_logit`) and a warning per failing lens to ``metrics``.
+
+    Every lens but the baseline gets ``metrics["gates"][name]["E"]``; each that fails it, a line
+    in ``metrics["warnings"]``.
+    """
+    gates = metrics.setdefault("gates", {})
+    warnings = metrics.setdefault("warnings", [])
+    for name in metrics["lenses"]:
+        if name == BASELINE:
+            continue
+        gate = versus_logit(metrics, name)
+        gates.setdefault(name, {})["E"] = gate
+        if not gate["pass"]:
+            warnings.append(worse_warning(name, gate))
+
+
+def worse_warning(name: str, gate: dict) -> str:
+    """The one-line warning of a lens that fails gate E."""
+    parts = []
+    for key, what in (("rows_worse_top1", "lower top-1 agreement"), ("rows_worse_kl", "higher KL")):
+        labels = gate[key]
+        if labels:
+            parts.append(f"{what} at row{'s' if len(labels) > 1 else ''} {_rows(labels)}")
+    return f"{name} is worse than the logit lens on these tokens: " + "; ".join(parts)
+
+
+def _rows(labels: list[str]) -> str:
+    """``0, 1, 2, 5`` -> ``0–2, 5`` (block labels; others listed as they are)."""
+    runs: list[list[str]] = []
+    for label in labels:
+        if (
+            runs
+            and label.isdigit()
+            and runs[-1][-1].isdigit()
+            and int(label) == int(runs[-1][-1]) + 1
+        ):
+            runs[-1].append(label)
+        else:
+            runs.append([label])
+    return ", ".join(run[0] if len(run) == 1 else f"{run[0]}–{run[-1]}" for run in runs)
 
 
 def _add_transfer(matrix, model, lens, ids, memory_budget) -> None:

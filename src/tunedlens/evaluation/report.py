@@ -9,6 +9,7 @@ from pathlib import Path
 from tunedlens.arch.points import blocks_of, row_label
 from tunedlens.outputs import OutputKind
 from tunedlens.plot.eval_figures import FIGURES
+from tunedlens.plot.html import BUNDLE_PATTERN, DEFAULT_PLOTLY
 from tunedlens.serialize import dumps
 
 REPORT_OUTPUT = OutputKind(
@@ -19,6 +20,7 @@ REPORT_OUTPUT = OutputKind(
         "records.csv",
         "pure-next-token.csv",
         *(f"{stem}.{suffix}" for stem in FIGURES for suffix in ("html", "png")),
+        BUNDLE_PATTERN,
     ),
 )
 """Every file :func:`save_report` may write: what ``eval --force`` may replace."""
@@ -116,13 +118,53 @@ def summary_markdown(metrics: dict) -> str:
             f"## Prompt suite ({prompts['used']} of {prompts['total']} prompts used; "
             f"{prompts['skipped_count']} skipped, reasons in metrics.json)",
         ]
+    for warning in metrics.get("warnings", []):
+        lines += ["", f"**Warning: {warning}.**"]
     for name, gates in metrics.get("gates", {}).items():
         lines += ["", f"### Gates for `{name}` against the logit lens", ""]
-        lines += ["| gate | result | numbers |", "| --- | --- | --- |"]
+        lines += ["| gate | result | measured (threshold) |", "| --- | --- | --- |"]
         for gate, result in gates.items():
-            numbers = ", ".join(f"{k}={_short(v)}" for k, v in result.items() if k not in ("pass",))
-            lines.append(f"| {gate} | {'pass' if result['pass'] else 'FAIL'} | {numbers} |")
+            verdict = "pass" if result["pass"] else "FAIL"
+            lines.append(f"| {gate} | {verdict} | {gate_numbers(gate, result)} |")
     return "\n".join(lines) + "\n"
+
+
+def gate_numbers(gate: str, result: dict) -> str:
+    """A gate's measured values beside its thresholds, in one short line."""
+    if gate == "A":
+        delta = {str(k): v for k, v in result["delta_kl_bits"].items()}
+        need = {str(k): v for k, v in result["thresholds"].items()}
+        return (
+            "ΔKL at 25/50/75 % depth "
+            + ", ".join(f"{_short(delta[k])} (≥ {_short(need[k])})" for k in delta)
+            + " bits"
+        )
+    if gate == "B":
+        share = result["required_share"]
+        return (
+            f"answer earlier: rank≤10 by ≥4 rows {_short(result['share_rank_le_10_shift_ge_4'])}, "
+            f"rank≤5 by ≥2 rows {_short(result['share_rank_le_5_shift_ge_2'])} (≥ {share})"
+        )
+    if gate == "C":
+        return (
+            f"output row vs the model's forward logits after a temperature: KL "
+            f"{_short(result['kl_after_temp_bits'])} bits (≤ {result['threshold']})"
+        )
+    if gate == "D":
+        return (
+            f"worst ΔKL at 25/50/75 % depth {_short(result['worst_delta_kl_bits'])} bits "
+            f"(≥ {result['threshold']})"
+        )
+    if gate == "E":
+        worse = sorted(
+            set(result["rows_worse_top1"]) | set(result["rows_worse_kl"]),
+            key=lambda label: (not label.split(".")[0].isdigit(), label),
+        )
+        return (
+            f"rows worse than the logit lens: {', '.join(worse) or 'none'} (none allowed; "
+            f"largest top-1 drop {_short(result['largest_top1_drop'])} at row {result['at_row']})"
+        )
+    return ", ".join(f"{k}={_short(v)}" for k, v in result.items() if k != "pass")
 
 
 def _short(value) -> str:
@@ -133,8 +175,13 @@ def _short(value) -> str:
     return str(value)
 
 
-def save_report(report, out: str | os.PathLike, *, plots: bool = True) -> list[Path]:
-    """Write every output file of ``report`` into the directory ``out``; returns their paths."""
+def save_report(
+    report, out: str | os.PathLike, *, plots: bool = True, plotly: str = DEFAULT_PLOTLY
+) -> list[Path]:
+    """Write every output file of ``report`` into the directory ``out``; returns their paths.
+
+    ``plotly``: how the HTML figures get plotly.js (see :mod:`tunedlens.plot.html`).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json", out / "summary.md"]
@@ -147,5 +194,5 @@ def save_report(report, out: str | os.PathLike, *, plots: bool = True) -> list[P
     if plots:
         from tunedlens.plot.eval_figures import save_eval_figures
 
-        written += save_eval_figures(report.metrics, out)
+        written += save_eval_figures(report.metrics, out, plotly=plotly)
     return written

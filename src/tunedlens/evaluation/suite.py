@@ -8,8 +8,11 @@ the answer), over every layer row ``0..L``:
 - earliness: per prompt, the first row where the answer's rank is ≤ 10/5/1 and where KL is
   ≤ 1.0/0.5 bits; the shift is baseline row − lens row (positive = earlier under the lens),
   defined where both reach the threshold.
-- ``kl_after_temp_bits``: KL at the output row after fitting one scalar temperature (a check
-  that the lens decodes the last state exactly as the model does).
+- ``kl_after_temp_bits``: KL(model's forward logits ‖ the lens's output row) at the answer
+  position after fitting one scalar temperature: a check that the head the lens decodes with
+  (final norm, unembedding, soft-capping, logit scale) reproduces the model's own forward pass.
+  Every lens decodes its output row with the model's head, so a correctly resolved model scores
+  about 0 for every lens; a wrong final norm or a missed logit transform fails it.
 - ``rank1_coverage_gain``: mean over prompts of (share of rows with the answer at rank 1 under
   the lens) − (the same under the logit lens).
 - ``cos_to_final``: per row, mean cosine of the lens's centred logits to the model's.
@@ -122,7 +125,7 @@ def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) 
     for item in encoded.usable:
         ids = torch.tensor([item.input_ids])
         states = collect_residuals(
-            model, ids.to(device), arch=arch, with_logits=False, points=first.points
+            model, ids.to(device), arch=arch, with_logits=True, points=first.points
         )
         rows = readout(
             model, lenses, ids, states=states, stats=SUITE_STATS, top_k=1, tokens=[item.answer_id]
@@ -138,7 +141,8 @@ def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) 
             top_k=0,
             logprobs=True,
         )
-        answer_logprobs.append(output[next(iter(lenses))].logprobs[0, 0, 0])
+        # Gate C's reference: the model's own forward pass, not the head the lenses share.
+        answer_logprobs.append(states.logits[0, -1].float().log_softmax(-1).cpu())
         tokens = [tokenizer.decode([token]) for token in item.input_ids]
         for name in lenses:
             prompt_rows = _prompt_rows(rows[name], output[name].logprobs[0, 0, 0], item.input_ids)
@@ -158,8 +162,8 @@ def run_suite(report, model, tokenizer, lenses: dict, suite: PromptSuite | str) 
     kpis = {name: _lens_kpis(rows, output_row) for name, rows in per_lens.items()}
     targets = torch.stack(answer_logprobs)
     for name, rows in per_lens.items():
-        # The output row, refitted with one temperature: a lens that decodes the last state
-        # exactly as the model does scores 0.
+        # The lens's output row against the model's forward logits, after one temperature: a
+        # lens whose head reproduces the model's scores 0.
         output = torch.stack([row["output_logits"] for row in rows])
         temperature, kl = fit_temperature(targets, output)
         kpis[name].update({"kl_after_temp_bits": kl * NATS_TO_BITS, "temperature": temperature})

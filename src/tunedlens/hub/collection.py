@@ -51,7 +51,7 @@ def lens_record(path: Path) -> tuple[dict, list[Path]]:
 
 
 def _headline(metrics: dict, name: str, where: Path | str = "the evaluation") -> dict:
-    """Mean KL (bits) and gates A–D of lens ``name`` from an evaluation report."""
+    """Mean KL (bits) and the gates (A–E) of lens ``name`` from an evaluation report."""
     lenses = {key: value for key, value in metrics.get("lenses", {}).items() if key != "logit"}
     key = name if name in lenses else (next(iter(lenses)) if len(lenses) == 1 else None)
     if key is None and not lenses:
@@ -266,7 +266,7 @@ def _dataset_card(index: dict, license: str, title: str) -> str:
         f"`{INDEX_NAME}` lists every file with its sha256 and size; check a download with "
         "`tunedlens hub verify`.",
         "",
-        "| model | lens | kind | mean KL (bits) | gates A–D |",
+        "| model | lens | kind | mean KL (bits) | gates |",
         "| --- | --- | --- | ---: | --- |",
     ]
     for rel, entry in sorted(index["lenses"].items()):

@@ -11,7 +11,10 @@ over targets ``t' ≥ t``. Rows are averaged over valid source positions (the fi
 
 from __future__ import annotations
 
+import math
 import os
+import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +40,33 @@ from tunedlens.jacobian.state import (
 )
 from tunedlens.lenses.jacobian import JacobianLens
 from tunedlens.lenses.unembed import Unembed
+from tunedlens.sharding import is_sharded
+
+FEW_PROMPTS = 16
+"""Below this many prompts a fit warns that its middle rows are still noise.
+
+Measured on SmolLM2-135M (``benchmarks/results/three_lenses.md``, prompts of 128 tokens): the
+mean KL of rows 1-20 fell by about 1 bit from 2 to 4 prompts and by 0.3 bits more from 4 to 8,
+while rows 24 and later did not move: the middle rows are still settling at 8 prompts. 16 is
+the first doubling past what was measured; the published J-lenses use up to 1,000 prompts.
+"""
+
+
+def few_prompts_warning(n_prompts: int) -> str | None:
+    """The warning a fit on ``n_prompts`` prompts deserves (``None``: enough prompts)."""
+    if n_prompts >= FEW_PROMPTS:
+        return None
+    return (
+        f"a J-lens fitted on {n_prompts} prompt{'s' * (n_prompts != 1)} is noise in its "
+        f"middle rows (they still change by a bit or more between 2, 4 and 8 prompts, while the "
+        f"last rows are settled); use at least {FEW_PROMPTS} prompts (--prompts) for a lens to "
+        "read the middle layers with."
+    )
+
+
+def backward_passes(d_model: int, dim_batch: int) -> int:
+    """Batched backward passes per prompt: ``d_model`` output dimensions, ``dim_batch`` at once."""
+    return math.ceil(d_model / dim_batch)
 
 
 @contextmanager
@@ -76,8 +106,13 @@ def prompt_jacobians(
     *,
     skip_first: int,
     dim_batch: int,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[int, torch.Tensor]:
-    """One prompt's ``(d, d)`` matrix per row: rows ``i`` = output dim, columns = source dim."""
+    """One prompt's ``(d, d)`` matrix per row: rows ``i`` = output dim, columns = source dim.
+
+    ``on_batch(done, total)`` is called after the forward pass (``done=0``) and after each
+    batched backward pass of the prompt.
+    """
     layers = unembed.arch.layers
     n_blocks = len(layers)
     captured: dict[int, torch.Tensor] = {}
@@ -110,6 +145,8 @@ def prompt_jacobians(
     seq_len, d_model = target.shape[1], target.shape[2]
     valid = torch.arange(skip_first, seq_len - 1, device=target.device)
     out = {row: torch.zeros(d_model, d_model, dtype=torch.float32) for row in rows}
+    if on_batch is not None:
+        on_batch(0, backward_passes(d_model, dim_batch))
     for start in range(0, d_model, dim_batch):
         dims = torch.arange(start, min(start + dim_batch, d_model), device=target.device)
         cotangent = torch.zeros(len(dims), *target.shape, dtype=target.dtype, device=target.device)
@@ -120,6 +157,8 @@ def prompt_jacobians(
         )
         for row, grad in zip(rows, grads, strict=True):
             out[row][start : start + len(dims)] = grad[:, 0, valid].float().mean(1).cpu()
+        if on_batch is not None:
+            on_batch(start // dim_batch + 1, backward_passes(d_model, dim_batch))
     return out
 
 
@@ -136,6 +175,8 @@ def fit_jacobian_lens(
     checkpoint_every: int = 1,
     resume: bool = False,
     world: World | None = None,
+    on_pass: Callable[[int, int], None] | None = None,
+    status: Callable[[str], None] | None = None,
 ) -> JacobianLens:
     """Fit a J-lens on ``input_ids``, used exactly as given.
 
@@ -154,6 +195,15 @@ def fit_jacobian_lens(
             an uninterrupted fit. Other prompts or settings are refused.
         world: Under ``torchrun`` (:func:`tunedlens.distributed.init_world`): each process
             fits a contiguous slice of the prompts, and the sums are added with one all-reduce.
+            A model whose blocks are sharded across the processes (:mod:`tunedlens.sharding`)
+            is run by all of them in step; the VJPs pass through the sharded blocks.
+        on_pass: Called with ``(backward passes done, backward passes)`` (this process's share)
+            after every batched backward pass: progress inside a prompt.
+        status: Told, in one line each, the work up front (backward passes), the expected time
+            once the first pass is timed, and a warning when the prompts are too few for the
+            middle rows (:data:`FEW_PROMPTS`; the count is ``metadata["packed_prompts"]`` when
+            given, so that a part of a larger fit is not warned about). Without it, that
+            warning is a :class:`UserWarning`.
 
     Returns:
         The fitted :class:`JacobianLens` (``n_prompts`` counts the prompts used; prompts of
@@ -197,6 +247,10 @@ def fit_jacobian_lens(
     for ids in prompts:
         check_input_ids(model, ids[None])
     all_prompts_hash = prompts_hash(prompts)
+    # Sharded blocks run only when every process runs them: a process out of prompts of its own
+    # (shares differ by one; short prompts are skipped) runs a spare one in step, unused.
+    lockstep = world.size > 1 and is_sharded(model)
+    spare = next(ids for ids in prompts if ids.shape[0] > skip_first + 1)[: skip_first + 2]
     mine = prompt_slice(len(prompts), world.rank, world.size)
     prompts = prompts[mine]
     dtype = str(next(model.parameters()).dtype)
@@ -224,16 +278,63 @@ def fit_jacobian_lens(
         state.check_resumable(settings, path)
     else:
         state = FitState.empty(rows, unembed.d_model, settings)
+    warning = few_prompts_warning(int((metadata or {}).get("packed_prompts", len(prompts))))
+    if warning is not None and world.is_primary:
+        if status is not None:
+            status(f"warning: {warning}")
+        else:
+            warnings.warn(warning, UserWarning, stacklevel=2)
+    per_prompt = backward_passes(unembed.d_model, dim_batch)
+    todo = prompts[state.next_index :]
+    total = per_prompt * sum(ids.shape[0] > skip_first + 1 for ids in todo)
+    if status is not None:
+        status(
+            f"fitting {len(todo)} prompt{'s' * (len(todo) != 1)}: one forward and {per_prompt} "
+            f"backward passes each ({unembed.d_model} output dimensions, {dim_batch} at a time), "
+            f"{total:,} backward passes in all"
+        )
+    timing = {"done": 0, "mark": time.perf_counter(), "forward": 0.0}
+
+    def on_batch(done: int, _per_prompt: int) -> None:
+        now = time.perf_counter()
+        if done == 0:  # the prompt's forward pass is done
+            if timing["done"] == 0:
+                timing["forward"] = now - timing["mark"]
+            timing["mark"] = now
+            return
+        timing["done"] += 1
+        if timing["done"] == 1 and status is not None:
+            backward = now - timing["mark"]
+            expected = total // per_prompt * (timing["forward"] + per_prompt * backward)
+            status(
+                f"the first prompt's forward pass took {timing['forward']:.1f} s and its first "
+                f"backward pass {backward:.1f} s: about {_duration(expected)} for the fit"
+            )
+        if on_pass is not None:
+            on_pass(timing["done"], total)
+
+    def jacobians(ids, report=None):
+        return prompt_jacobians(
+            model, unembed, ids, rows, skip_first=skip_first, dim_batch=dim_batch, on_batch=report
+        )
+
+    steps = range(state.next_index, len(prompts))
+    if lockstep:
+        bounds = torch.tensor([-state.next_index, len(prompts)])
+        first, last = world.all_reduce_max(bounds).tolist()
+        steps = range(-first, last)
     with _frozen(model):
-        for ids in prompts[state.next_index :]:
-            if ids.shape[0] <= skip_first + 1:
-                state.skip()
+        for step in steps:
+            if step != state.next_index or step >= len(prompts):
+                jacobians(spare)  # another process's prompt: run the sharded blocks with it
+                continue
+            ids = prompts[step]
+            if ids.shape[0] > skip_first + 1:
+                state.add(jacobians(ids, on_batch))
             else:
-                state.add(
-                    prompt_jacobians(
-                        model, unembed, ids, rows, skip_first=skip_first, dim_batch=dim_batch
-                    )
-                )
+                if lockstep:
+                    jacobians(spare)
+                state.skip()
             if path is not None and (
                 state.next_index % checkpoint_every == 0 or state.next_index == len(prompts)
             ):
@@ -253,6 +354,14 @@ def fit_jacobian_lens(
         **(metadata or {}),
     }
     return JacobianLens(unembed, state.means(), n_prompts=state.n_done, metadata=info)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def prompt_slice(n_prompts: int, rank: int, size: int) -> slice:

@@ -32,6 +32,14 @@ from tunedlens.lenses.translators import (
 )
 from tunedlens.lenses.unembed import Unembed
 
+KIND_TITLES = {"logit": "logit lens", "tuned": "tuned lens", "jacobian": "Jacobian lens"}
+"""How each lens kind is called in tables and figure titles."""
+
+
+def kind_title(kind: str) -> str:
+    """``"jacobian"`` -> ``"Jacobian lens"``; an unknown kind ``k`` -> ``"k lens"``."""
+    return KIND_TITLES.get(kind, f"{kind} lens")
+
 
 class Lens(nn.Module):
     """Common interface: ``lens(hidden, layer) -> logits`` in float32."""

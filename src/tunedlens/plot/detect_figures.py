@@ -1,6 +1,6 @@
 """Figures of an anomaly-detection report: trajectories by kind of prompt, and ROC curves.
 
-Per task, two figures, each as offline HTML (plotly, its JavaScript embedded) and PNG
+Per task, two figures, each as HTML (plotly; plotly.js shared per folder) and PNG
 (matplotlib): ``trajectories_<task>``, the median of each statistic per row with a 10-90 %
 band for normal, injected and control prompts (one row of panels per lens); ``roc_<task>``,
 the ROC curves of every detector (rows) and feature set (columns), one line per lens. Takes
@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from tunedlens.errors import require
+from tunedlens.plot.html import DEFAULT_PLOTLY, write_html
 
 KIND_COLOURS = {
     "normal": "#1f77b4",
@@ -49,18 +50,23 @@ def _libraries():
     return go, subplots, pyplot
 
 
-def save_detect_figures(payload: dict, out: Path) -> list[Path]:
-    """Write ``trajectories_<task>`` and ``roc_<task>`` (``.html`` and ``.png``) into ``out``."""
+def save_detect_figures(payload: dict, out: Path, *, plotly: str = DEFAULT_PLOTLY) -> list[Path]:
+    """Write ``trajectories_<task>`` and ``roc_<task>`` (``.html`` and ``.png``) into ``out``.
+
+    Returns the paths written (with ``plotly="directory"``, the shared plotly.js once).
+    """
     written = []
     for name, task in payload["tasks"].items():
-        written += _trajectory_figure(payload, name, task, out)
+        written += _trajectory_figure(payload, name, task, out, plotly)
         rows = [r for r in payload["roc"] if r["task"] == name]
         if rows:
-            written += _roc_figure(payload, name, rows, out)
-    return written
+            written += _roc_figure(payload, name, rows, out, plotly)
+    return list(dict.fromkeys(written))
 
 
-def _trajectory_figure(payload: dict, name: str, task: dict, out: Path) -> list[Path]:
+def _trajectory_figure(
+    payload: dict, name: str, task: dict, out: Path, plotly: str = DEFAULT_PLOTLY
+) -> list[Path]:
     go, subplots, pyplot = _libraries()
     ticker = require("matplotlib.ticker", "plot", pip_name="matplotlib")
     stats = payload["settings"]["trajectory_stats"]
@@ -124,7 +130,7 @@ def _trajectory_figure(payload: dict, name: str, task: dict, out: Path) -> list[
     figure.update_layout(title=title, template="plotly_white", height=280 * len(lenses) + 140)
     fig.suptitle(title, fontsize=10)
     fig.legend(loc="outside lower center", ncol=len(kinds), fontsize=8)
-    return _write(figure, fig, pyplot, out / f"trajectories_{_stem(name)}")
+    return _write(figure, fig, pyplot, out / f"trajectories_{_stem(name)}", title, plotly)
 
 
 def _title(stats: dict, stat: str) -> str:
@@ -140,7 +146,9 @@ def _series(entry: dict, stat: str) -> tuple[list, list, list, list]:
     return list(range(len(median))), median, low, high
 
 
-def _roc_figure(payload: dict, name: str, rows: list[dict], out: Path) -> list[Path]:
+def _roc_figure(
+    payload: dict, name: str, rows: list[dict], out: Path, plotly: str = DEFAULT_PLOTLY
+) -> list[Path]:
     go, subplots, pyplot = _libraries()
     detectors = list(dict.fromkeys(r["detector"] for r in rows))
     features = list(dict.fromkeys(r["features"] for r in rows))
@@ -240,12 +248,12 @@ def _roc_figure(payload: dict, name: str, rows: list[dict], out: Path) -> list[P
     figure.update_yaxes(range=[0, 1.02])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _write(figure, fig, pyplot, out / f"roc_{_stem(name)}")
+    return _write(figure, fig, pyplot, out / f"roc_{_stem(name)}", title, plotly)
 
 
-def _write(figure, fig, pyplot, stem: Path) -> list[Path]:
+def _write(figure, fig, pyplot, stem: Path, title: str, plotly: str) -> list[Path]:
     html, png = Path(f"{stem}.html"), Path(f"{stem}.png")
-    figure.write_html(html, include_plotlyjs=True, full_html=True)
+    written = write_html(figure, html, title=title, plotly=plotly)
     fig.savefig(png, bbox_inches="tight")
     pyplot.close(fig)
-    return [html, png]
+    return [*written, png]

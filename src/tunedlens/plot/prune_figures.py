@@ -1,7 +1,8 @@
 """Pruning figures: cross-entropy against blocks removed per method, and Gromov's heatmap.
 
-Each figure is written twice: self-contained HTML (plotly, its JavaScript embedded, so it opens
-offline) and a PNG (matplotlib). The functions take the plain dict of a pruning report.
+Each figure is written twice: HTML (plotly; plotly.js shared per folder, see
+:mod:`tunedlens.plot.html`) and a PNG (matplotlib). The functions take the plain dict of a
+pruning report.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunedlens.errors import require
+from tunedlens.plot.html import DEFAULT_PLOTLY, write_html
 
 DODGE = 0.04
 """Sideways offset between methods in the PNG curves (in blocks)."""
@@ -44,7 +46,7 @@ def _pyplot():
     return require("matplotlib.pyplot", "plot", pip_name="matplotlib")
 
 
-def save_curves(data: dict, out: Path) -> list[Path]:
+def save_curves(data: dict, out: Path, *, plotly: str = DEFAULT_PLOTLY) -> list[Path]:
     """``prune_curves.{html,png}``: test cross-entropy against ``k``, one line per method."""
     go = require("plotly.graph_objects", "plot", pip_name="plotly")
     pyplot = _pyplot()
@@ -133,13 +135,13 @@ def save_curves(data: dict, out: Path) -> list[Path]:
     axis.grid(alpha=0.3)
     fig.tight_layout()
     html, png = out / "prune_curves.html", out / "prune_curves.png"
-    figure.write_html(html, include_plotlyjs=True, full_html=True)
+    written = write_html(figure, html, title=f"pruning curves · {data['model']}", plotly=plotly)
     fig.savefig(png)
     pyplot.close(fig)
-    return [html, png]
+    return [*written, png]
 
 
-def save_heatmap(data: dict, out: Path) -> list[Path]:
+def save_heatmap(data: dict, out: Path, *, plotly: str = DEFAULT_PLOTLY) -> list[Path]:
     """``prune_angular.{html,png}``: angular distance of every run of ``n`` blocks from ``ℓ``.
 
     Left: at the last token of each sequence (Gromov et al.); right: over every token. The
@@ -223,12 +225,14 @@ def save_heatmap(data: dict, out: Path) -> list[Path]:
     figure.update_xaxes(title_text="blocks in the run (n)")
     figure.update_yaxes(title_text="first block of the run (ℓ)")
     html, png = out / "prune_angular.html", out / "prune_angular.png"
-    figure.write_html(html, include_plotlyjs=True, full_html=True)
+    title = f"angular distance · {data['model']}"
+    written = write_html(figure, html, title=title, plotly=plotly)
     fig.savefig(png)
     pyplot.close(fig)
-    return [html, png]
+    return [*written, png]
 
 
-def save_prune_figures(data: dict, out: Path) -> list[Path]:
-    """Write both pruning figures into ``out``; returns their paths."""
-    return save_curves(data, out) + save_heatmap(data, out)
+def save_prune_figures(data: dict, out: Path, *, plotly: str = DEFAULT_PLOTLY) -> list[Path]:
+    """Write both pruning figures into ``out``; returns their paths (plotly.js once)."""
+    written = save_curves(data, out, plotly=plotly) + save_heatmap(data, out, plotly=plotly)
+    return list(dict.fromkeys(written))

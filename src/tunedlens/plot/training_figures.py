@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tunedlens.errors import require
+from tunedlens.plot.html import DEFAULT_PLOTLY, write_html
 
 
 def curve_series(records: Sequence[dict]) -> dict:
@@ -32,9 +33,17 @@ def curve_series(records: Sequence[dict]) -> dict:
 
 
 def save_training_curves(
-    records: Sequence[dict], out: Path, *, title: str, row_labels: Sequence[str] | None = None
+    records: Sequence[dict],
+    out: Path,
+    *,
+    title: str,
+    row_labels: Sequence[str] | None = None,
+    plotly: str = DEFAULT_PLOTLY,
 ) -> Path:
-    """Draw the curves of ``records`` into ``out`` (``.html``: interactive plotly; ``.png``)."""
+    """Draw the curves of ``records`` into ``out`` (``.html``: interactive plotly; ``.png``).
+
+    ``plotly``: how an HTML page gets plotly.js (see :mod:`tunedlens.plot.html`).
+    """
     series = curve_series(records)
     heat = series["val_kl_bits"]
     labels = list(row_labels or [str(i) for i in range(heat.shape[1])])
@@ -79,7 +88,7 @@ def save_training_curves(
             )
         figure.update_xaxes(title_text="optimizer step", row=3, col=1)
         figure.update_layout(title=title, height=950, template="plotly_white")
-        figure.write_html(out, include_plotlyjs=True, full_html=True)
+        write_html(figure, out, title=title, plotly=plotly)
         return out
     matplotlib = require("matplotlib", "plot")
     matplotlib.use("Agg", force=False)

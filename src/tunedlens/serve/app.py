@@ -38,7 +38,11 @@ def create_app(session: ServeSession):
     class ReadoutRequest(BaseModel):
         prompt: str = Field(description="The text to read.")
         lenses: list[str] = Field(default=["logit"], description="One or two lens names.")
-        stat: str = Field(default="entropy", description="entropy, kl, ce, max-prob or rank.")
+        stat: str = Field(
+            default="entropy",
+            description="Any statistic of tunedlens.STATS: entropy, kl, ce, max-prob, rank, "
+            "prob, model-rank or cos.",
+        )
         stride: int = Field(default=1, description="Every N-th layer (the last is kept).")
         window: Optional[int] = Field(default=None, description="Show the last N positions.")
         token: Optional[str] = Field(default=None, description="A token for rank/probability.")

@@ -19,7 +19,7 @@ from tunedlens.arch.points import block_rows, parse_point, row_label
 from tunedlens.arch.residuals import collect_residuals
 from tunedlens.engine.core import divergences, readout
 from tunedlens.engine.inputs import encode_prompt
-from tunedlens.engine.stats import PAIR_STATS, STATS, VIEW_STATS, check_stats
+from tunedlens.engine.stats import PAIR_STATS, STAT_NAMES, STATS, VIEW_STATS, check_stats
 from tunedlens.errors import InputError, TunedLensError
 from tunedlens.lenses.lens import Lens
 from tunedlens.serialize import json_safe
@@ -28,6 +28,10 @@ from tunedlens.view.tokens import format_token
 TOP_K = 10
 DEFAULT_WINDOW = 64
 """Positions shown by default: the last ones of a long prompt."""
+
+
+SERVE_STATS: tuple[str, ...] = (*VIEW_STATS, *(n for n in STAT_NAMES if n not in VIEW_STATS))
+"""Every statistic of :data:`~tunedlens.engine.stats.STATS`: the page offers, the API takes."""
 
 
 class Busy(TunedLensError):
@@ -102,7 +106,7 @@ class ServeSession:
             ],
             "stats": [
                 {"name": name, "title": STATS[name].title, "units": STATS[name].units}
-                for name in VIEW_STATS
+                for name in SERVE_STATS
             ],
         }
 
@@ -173,7 +177,7 @@ class ServeSession:
         ``token`` (text or id) makes ``rank`` and the sparkline refer to that token instead of
         each position's next token.
         """
-        check_stats(stat, VIEW_STATS)
+        check_stats(stat, SERVE_STATS)
         chosen = self._chosen(lenses)
         rows = self._rows(stride)
         token_id = self._token_id(token)
@@ -194,6 +198,7 @@ class ServeSession:
         labels = [format_token(self.tokenizer, int(t)) for t in ids[0].tolist()]
         view = {
             "tokens": [labels[p] for p in positions],
+            "token_ids": [int(ids[0, p]) for p in positions],
             "positions": positions,
             "truncated": positions[0] > 0,
             "length": ids.shape[1],
@@ -215,6 +220,8 @@ class ServeSession:
             values = grids[stat][0].double() * info.scale
             if token_id is not None and stat == "rank":
                 values = grids.token_ranks[0, ..., 0].double()
+            if token_id is not None and stat == "prob":
+                values = grids.token_probs[0, ..., 0].double()
             view["lenses"][name] = {
                 "kind": lens.kind,
                 "source": lens.source or name,
@@ -223,6 +230,7 @@ class ServeSession:
                     [format_token(self.tokenizer, int(i)) for i in row]
                     for row in grids.top_ids[0, ..., 0]
                 ],
+                "top1_ids": grids.top_ids[0, ..., 0].tolist(),
                 "top1_prob": _finite(grids.top_probs[0, ..., 0]),
                 "token_probs": None if token_id is None else _finite(grids.token_probs[0, ..., 0]),
             }
@@ -281,6 +289,7 @@ class ServeSession:
                 {"id": i, "token": format_token(self.tokenizer, i), "prob": p} for i, p in entries
             ],
             "token": format_token(self.tokenizer, token_id),
+            "token_id": token_id,
             "rows": labels,
             "probs": _finite(trace.token_probs[0, :, 0, 0]),
         }
@@ -314,7 +323,9 @@ class ServeSession:
         ]
         return {
             "tokens": [format_token(self.tokenizer, int(t)) for t in first[0].tolist()],
+            "token_ids": first[0].tolist(),
             "other_tokens": [format_token(self.tokenizer, int(t)) for t in second[0].tolist()],
+            "other_token_ids": second[0].tolist(),
             "rows": results[0].row_labels,
             "values": _finite(js),
             "labels": labels,

@@ -83,8 +83,14 @@ class TrainConfig:
     """Keep the last layer's translator at the identity."""
     val_every: int | None = None
     """Evaluate on held-out data every this many optimizer steps (``None``: only at the end)."""
-    val_tokens: int = 4096
-    """Held-out tokens for validation (taken from the training source unless given separately)."""
+    val_tokens: int | None = None
+    """Held-out tokens for validation (taken from the training source unless given separately;
+    0: no validation). Validation reads exact KL at the positions training samples (the same
+    count per sequence, drawn once). ``None``: ``val_budget_share`` of ``tokens``, in whole
+    sequences, at least 8 and at most 64 (at most 8 when every position is read)."""
+    val_budget_share: float = 1 / 16
+    """Share of ``tokens`` held out for validation when ``val_tokens`` is ``None``: its cost,
+    about a forward pass over those tokens, grows with the run."""
     patience: int | None = None
     """Stop after this many validations without improvement (``None``: never stop early)."""
     checkpoint_every: int | None = None
@@ -132,6 +138,7 @@ class TrainConfig:
             "weight_decay",
             "warmup_fraction",
             "lstsq_budget_share",
+            "val_budget_share",
             "l2_penalty",
             "smoothness_penalty",
             "grad_clip",
@@ -145,6 +152,10 @@ class TrainConfig:
             fail("lr", "a positive number")
         if not 0 < self.lstsq_budget_share <= 1:
             fail("lstsq_budget_share", "a number in (0, 1]")
+        if not 0 < self.val_budget_share <= 1:
+            fail("val_budget_share", "a number in (0, 1]")
+        if self.val_tokens is not None and self.val_tokens < 0:
+            fail("val_tokens", "None, 0 (no validation) or a positive number of tokens")
         if not 0 <= self.warmup_fraction < 1:
             fail("warmup_fraction", "a number in [0, 1)")
         if self.time_budget_s is not None and not (
@@ -184,6 +195,21 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """JSON-ready dictionary."""
         return dataclasses.asdict(self)
+
+
+VAL_SEQUENCES = (8, 64)
+"""Fewest and most held-out sequences when validation scales with the budget."""
+
+
+def validation_sequences(config: TrainConfig) -> int:
+    """Held-out sequences a run validates on (0: none); see ``TrainConfig.val_tokens``."""
+    if config.val_tokens is not None:
+        return max(1, config.val_tokens // config.seq_len) if config.val_tokens else 0
+    fewest, most = VAL_SEQUENCES
+    if config.positions_per_sequence is None:
+        most = fewest  # exact KL at every position costs a full decode per token
+    share = int(config.tokens * config.val_budget_share) // config.seq_len
+    return min(most, max(fewest, share))
 
 
 @dataclass(frozen=True)

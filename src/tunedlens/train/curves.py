@@ -10,7 +10,8 @@ from tunedlens.errors import TunedLensError
 LOG_NAME = "train_log.jsonl"
 """One JSON record per optimizer step, written by ``tunedlens train`` into its ``--out``."""
 CURVES_NAME = "curves.html"
-"""Where ``tunedlens lens curves RUN`` draws the curves by default."""
+"""A curves page a run's folder may hold (``lens curves RUN --out RUN/curves.html``): ``train
+--force`` may replace it with the rest of the run."""
 
 
 def read_train_log(run: str | Path) -> list[dict]:

@@ -18,17 +18,105 @@ from tunedlens.arch.residuals import collect_residuals, token_ids
 from tunedlens.data.packing import TokenBlocks
 from tunedlens.data.sources import DataError
 from tunedlens.distributed import World
-from tunedlens.engine.core import layer_kl
+from tunedlens.engine.core import readout
 from tunedlens.errors import InputError, LensMismatch, TunedLensError
-from tunedlens.lenses.lens import TunedLens
+from tunedlens.lenses.lens import LogitLens, TunedLens
 from tunedlens.metrics.divergence import KLTarget, kl_to_target
 from tunedlens.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from tunedlens.train.config import Resolved, TrainConfig
-from tunedlens.train.lstsq import lstsq_init
+from tunedlens.train.lstsq import lstsq_init, progress_batch
 from tunedlens.train.muon import muon_optimizers
 
 _GROUP_LOGITS = 2**26
 """The most logits one decoding product of the training loss holds (several layers at once)."""
+REUSE_BYTES = 2**30
+"""The most memory the states kept from the least-squares start's forward pass may take."""
+
+
+Progress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: ``phase`` is ``"lstsq"`` (sequences of the least-squares
+start), ``"train"`` (training tokens, after every micro-batch) or ``"validation"`` (held-out
+sequences); called at the start of a phase with ``done=0`` and after each batch. ``tunedlens
+train`` also reports ``"packing"`` (sequences, before and after)."""
+
+
+def sample_positions(
+    config: TrainConfig, n_sequences: int, generator: torch.Generator, count: int | None = None
+) -> torch.Tensor | None:
+    """Positions of each sequence that the loss reads, ``(n_sequences, count)``, sorted.
+
+    ``count`` defaults to ``config.positions_per_sequence``; ``None`` (no sampling) means every
+    position of ``config.position_range``, and returns ``None`` when that is the whole sequence
+    (KL objective). Training draws from its generator at every micro-batch; validation draws
+    once, in the same way, from a generator of its own (so training's draws do not change).
+    """
+    seq_len = config.seq_len
+    start, stop = config.position_range or (0, seq_len)
+    if config.objective == "ce":
+        stop = min(stop, seq_len - 1)  # the last position has no next token
+    count = config.positions_per_sequence if count is None else count
+    if count is None:
+        if config.objective == "kl" and (start, stop) == (0, seq_len):
+            return None
+        return torch.arange(start, stop).expand(n_sequences, -1)
+    if count > stop - start:
+        raise InputError(
+            f"positions_per_sequence={count} exceeds the {stop - start} positions sampled from"
+        )
+    scores = torch.rand(n_sequences, stop - start, generator=generator)
+    return scores.argsort(dim=1)[:, :count].sort(dim=1).values + start
+
+
+def validation_positions(config: TrainConfig, n_sequences: int) -> torch.Tensor | None:
+    """The positions validation reads, drawn once per run as training draws them.
+
+    The count is training's at its first step; the generator is seeded with ``config.seed``
+    apart from training's, so validation does not change training's draws.
+    """
+    generator = torch.Generator().manual_seed(config.seed + 0x5EED)
+    return sample_positions(config, n_sequences, generator)
+
+
+def sampled_kl(
+    lenses: dict,
+    model: nn.Module,
+    tokens: torch.Tensor,
+    positions: torch.Tensor | None,
+    *,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Exact mean KL(output row ‖ lens) in nats per layer of each lens, at ``positions``.
+
+    One forward pass per batch of sequences keeps only the states at the chosen positions
+    (``None``: every position); the KL is over the whole vocabulary, from the readout engine,
+    with every lens of ``lenses`` (name -> lens, all reading the same points) sharing the
+    model's distribution.
+    """
+    first = next(iter(lenses.values()))
+    output_row = first.output_row
+    totals = {name: torch.zeros(output_row, dtype=torch.float64) for name in lenses}
+    count = 0
+    for start in range(0, tokens.shape[0], batch_size):
+        ids = tokens[start : start + batch_size].to(first.unembed.device)
+        where = None if positions is None else positions[start : start + batch_size]
+        residuals = collect_residuals(
+            model,
+            ids,
+            arch=first.unembed.arch,
+            positions=where,
+            with_logits=False,
+            points=first.points,
+        )
+        result = readout(
+            model, lenses, states=residuals, rows=range(output_row), stats=("kl",), top_k=0
+        )
+        for name in lenses:
+            totals[name] += result[name]["kl"].double().sum((0, 2))
+        count += residuals.hidden[0].shape[0] * residuals.hidden[0].shape[1]
+        if progress is not None:
+            progress(min(start + batch_size, tokens.shape[0]), tokens.shape[0])
+    return {name: total / count for name, total in totals.items()}
 
 
 class TrainingDiverged(TunedLensError):
@@ -57,10 +145,25 @@ class StepStats:
     """Seconds of training so far (including earlier runs of a resumed job)."""
     val_kl: list[float] | None = None
     """Validation KL per layer in nats, when this step validated."""
+    logit_val_kl: list[float] | None = None
+    """The logit lens's validation KL per layer in nats (same positions), when this step
+    validated."""
     step_s: float = 0.0
     """Wall seconds of this optimizer step (forward, backward, update; validation excluded)."""
     val_s: float | None = None
     """Wall seconds of this step's validation, when it validated."""
+    total_tokens: int = 0
+    """Training tokens of the whole run (``steps`` x tokens per step)."""
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean over the layers trained this step of their loss per token, nats.
+
+        For the KL objective this is the validation KL's basis (mean over layers), at the
+        positions this step sampled.
+        """
+        values = [v for v in self.layer_loss if v is not None]
+        return sum(values) / len(values) if values else float("nan")
 
     @property
     def tokens_per_s(self) -> float:
@@ -85,6 +188,13 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     stopped_at_budget: bool = False
     """Training stopped at ``config.time_budget_s`` before its planned steps."""
+    logit_val_kl: list[float] | None = None
+    """Validation KL per layer (nats) of the logit lens, on the same positions as ``val_kl``."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of the least-squares start (``lstsq``), the optimizer ``steps`` and the
+    ``validation`` (all of them together)."""
+    val_positions: int = 0
+    """Positions (cells) each validation read."""
 
 
 def resolve(config: TrainConfig, lens: TunedLens, world: World) -> Resolved:
@@ -154,9 +264,10 @@ def _as_list(item) -> list:
 class _Trainer:
     """The state of one run; ``train_lens`` drives it. Kept private: the function is the API."""
 
-    def __init__(self, lens, model, data, config, resolved, world):
+    def __init__(self, lens, model, data, config, resolved, world, progress=None):
         self.lens, self.model, self.data, self.config = lens, model, data, config
         self.resolved, self.world = resolved, world
+        self.progress = progress if world.is_primary else None
         self.parameters = [p for p in lens.translator.parameters()]
         if config.optimizer == "muon":
             self.optimizers = muon_optimizers(
@@ -179,27 +290,69 @@ class _Trainer:
         self.history: list[dict] = []
         self.elapsed = 0.0
         self.lstsq_tokens = 0
+        self.logit_val_kl: list[float] | None = None
+        self.val_positions: torch.Tensor | None = None
+        self.seconds = {"lstsq": 0.0, "steps": 0.0, "validation": 0.0}
+        self.planned: list[torch.Tensor] = []  # positions of micro-batches whose states are kept
+        self.kept: dict[int, list[torch.Tensor]] = {}
 
     # -- sampling --------------------------------------------------------------------------
-    def _positions(self, n_sequences: int) -> torch.Tensor | None:
-        config, seq_len = self.config, self.config.seq_len
-        start, stop = config.position_range or (0, seq_len)
-        if config.objective == "ce":
-            stop = min(stop, seq_len - 1)  # the last position has no next token
-        count = config.positions_per_sequence
+    def _count(self, step: int) -> int | None:
+        config, count = self.config, self.config.positions_per_sequence
         if count is not None and config.positions_per_sequence_end is not None:
-            progress = self.step / max(1, self.resolved.steps - 1)
+            progress = step / max(1, self.resolved.steps - 1)
             count = round(count + (config.positions_per_sequence_end - count) * progress)
-        if count is None:
-            if config.objective == "kl" and (start, stop) == (0, seq_len):
-                return None
-            return torch.arange(start, stop).expand(n_sequences, -1)
-        if count > stop - start:
-            raise InputError(
-                f"positions_per_sequence={count} exceeds the {stop - start} positions sampled from"
-            )
-        scores = torch.rand(n_sequences, stop - start, generator=self.generator)
-        return scores.argsort(dim=1)[:, :count].sort(dim=1).values + start
+        return count
+
+    def _positions(self, n_sequences: int) -> torch.Tensor | None:
+        return sample_positions(self.config, n_sequences, self.generator, self._count(self.step))
+
+    def plan_reuse(self, n_sequences: int, checkpointing: bool):
+        """Keep the states the first micro-batches need from the least-squares start's pass.
+
+        The least-squares start runs the model over the first ``n_sequences``, the sequences
+        the first micro-batches train on: keeping the states at the positions those will sample
+        spares them their own forward pass (the same sequences, the same states). Their positions are drawn now, in the order training would draw them, from training's
+        generator: the run is the one it would be without this. Only where that holds simply
+        (one process, a fresh run without checkpoints, sampled positions, every layer per
+        micro-batch) and within :data:`REUSE_BYTES`. Returns the callback for
+        :func:`lstsq_init`'s ``on_states``, or ``None``.
+        """
+        config = self.config
+        if (
+            self.world.size != 1
+            or checkpointing
+            or self.step != 0
+            or config.layers_per_step is not None
+            or config.positions_per_sequence is None
+        ):
+            return None
+        accumulation = self.resolved.accumulation
+        counts = [self._count(index // accumulation) for index in range(self.resolved.steps)]
+        per_micro = (
+            config.batch_size * max(counts) * (self.lens.output_row + 1) * self.lens.d_model * 4
+        )
+        n_micro = min(
+            n_sequences // config.batch_size,
+            REUSE_BYTES // per_micro,
+            self.resolved.steps * accumulation,
+        )
+        if n_micro < 1:
+            return None
+        self.planned = [
+            sample_positions(config, config.batch_size, self.generator, counts[i // accumulation])
+            for i in range(n_micro)
+        ]
+        self.kept: dict[int, list[torch.Tensor]] = {}
+
+        def keep(start: int, hidden) -> None:
+            for local in range(hidden[0].shape[0]):
+                index, offset = divmod(start + local, config.batch_size)
+                if index < n_micro:
+                    where = self.planned[index][offset].to(hidden[0].device)
+                    self.kept[start + local] = [h[local, where] for h in hidden]
+
+        return keep
 
     def _layers(self) -> list[int]:
         layers = self.resolved.trained_layers
@@ -216,25 +369,32 @@ class _Trainer:
         per_rank = config.batch_size
         first = index * per_rank * world.size
         ids = self.data.tokens[first : first + per_rank * world.size]
-        positions = self._positions(ids.shape[0])
+        states = None
+        if index < len(self.planned):  # kept from the least-squares start (one process)
+            positions = self.planned[index]
+            rows = [self.kept.pop(first + offset) for offset in range(per_rank)]
+            states = [torch.stack(row) for row in zip(*rows, strict=True)]
+        else:
+            positions = self._positions(ids.shape[0])
         layers = self._layers()
         mine = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
         ids = ids[mine].to(self.lens.unembed.device)
         positions = None if positions is None else positions[mine]
-        return self._backward(ids, positions, layers), layers
+        return self._backward(ids, positions, layers, states), layers
 
-    def _backward(self, ids, positions, layers) -> torch.Tensor:
+    def _backward(self, ids, positions, layers, states=None) -> torch.Tensor:
         config, lens, output_row = self.config, self.lens, self.lens.output_row
-        residuals = collect_residuals(
-            self.model,
-            ids,
-            arch=lens.unembed.arch,
-            positions=positions,
-            with_logits=False,
-            points=lens.points,
-        )
+        if states is None:
+            states = collect_residuals(
+                self.model,
+                ids,
+                arch=lens.unembed.arch,
+                positions=positions,
+                with_logits=False,
+                points=lens.points,
+            ).hidden
         # collect_residuals refuses non-finite activations, naming the first layer.
-        hidden = [h.reshape(-1, h.shape[-1]) for h in residuals.hidden]
+        hidden = [h.reshape(-1, h.shape[-1]) for h in states]
         if config.objective == "ce":
             next_ids = ids.gather(1, positions.to(ids.device) + 1).reshape(-1)
         n_rows = hidden[0].shape[0]
@@ -301,11 +461,16 @@ class _Trainer:
         resolved = self.resolved
         layer_sums = torch.zeros(resolved.output_row, dtype=torch.float64)
         layer_counts = torch.zeros(resolved.output_row)
+        total = resolved.steps * self.config.tokens_per_step
         for micro in range(resolved.accumulation):
             index = self.step * resolved.accumulation + micro
             means, layers = self._micro_batch(index)
             layer_sums += means
             layer_counts[layers] += 1
+            if self.progress is not None:
+                done = self.step * self.config.tokens_per_step
+                per_micro = self.config.tokens_per_step // resolved.accumulation
+                self.progress("train", done + (micro + 1) * per_micro, total)
         self.world.average_gradients(self.parameters)
         penalty = self._penalty()
         if penalty is not None:
@@ -330,6 +495,7 @@ class _Trainer:
             for i in range(resolved.output_row)
         ]
         self.elapsed += time.perf_counter() - started
+        self.seconds["steps"] += time.perf_counter() - started
         return StepStats(
             step=self.step,
             steps=resolved.steps,
@@ -340,18 +506,34 @@ class _Trainer:
             grad_norm=grad_norm,
             elapsed=self.elapsed,
             step_s=time.perf_counter() - started,
+            total_tokens=total,
         )
 
     # -- validation, checkpoints -----------------------------------------------------------
     def validate(self, val_tokens: torch.Tensor) -> list[float]:
+        """Exact KL at the validation positions; the logit lens's too, at the first validation."""
         started = time.perf_counter()
-        kl = layer_kl(
-            self.lens,
-            self.model,
-            val_tokens,
-            batch_size=self.config.batch_size,
-            chunk_rows=self.config.loss_chunk_rows,
-        ).tolist()
+        # The same draw at every validation (its own seeded generator): comparable scores.
+        self.val_positions = validation_positions(self.config, val_tokens.shape[0])
+        lenses = {"lens": self.lens}
+        if self.logit_val_kl is None:  # the logit lens does not change: read it once
+            lenses["logit"] = LogitLens(self.model, points=self.lens.points)
+        progress = None
+        if self.progress is not None:
+            progress = lambda done, total: self.progress("validation", done, total)  # noqa: E731
+            progress(0, val_tokens.shape[0])
+        with torch.no_grad():
+            kls = sampled_kl(
+                lenses,
+                self.model,
+                val_tokens,
+                self.val_positions,
+                batch_size=progress_batch(self.config.batch_size, self.config.seq_len),
+                progress=progress,
+            )
+        kl = kls["lens"].tolist()
+        if "logit" in kls:
+            self.logit_val_kl = kls["logit"].tolist()
         score = sum(kl) / len(kl)
         if self.best_val is None or score < self.best_val:
             self.best_val, self.best_step, self.stale = score, self.step, 0
@@ -359,6 +541,7 @@ class _Trainer:
         else:
             self.stale += 1
         self.elapsed += time.perf_counter() - started
+        self.seconds["validation"] += time.perf_counter() - started
         return kl
 
     def state(self, model_info: dict, data_hash: str) -> dict:
@@ -379,6 +562,8 @@ class _Trainer:
             "history": self.history,
             "elapsed": self.elapsed,
             "lstsq_tokens": self.lstsq_tokens,
+            "logit_val_kl": self.logit_val_kl,
+            "seconds": self.seconds,
         }
 
     def restore(self, state: dict) -> None:
@@ -399,6 +584,9 @@ class _Trainer:
             "lstsq_tokens",
         ):
             setattr(self, key, state[key])
+        # Absent from older checkpoints.
+        self.logit_val_kl = state.get("logit_val_kl")
+        self.seconds = dict(state.get("seconds", self.seconds))
 
 
 def _as_blocks(data) -> TokenBlocks:
@@ -421,6 +609,7 @@ def train_lens(
     resume: bool = False,
     world: World | None = None,
     deadline: float | None = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Train ``lens`` on ``model``'s own predictions over ``data``.
 
@@ -437,6 +626,7 @@ def train_lens(
         world: Process group description for data-parallel runs.
         deadline: A ``time.monotonic()`` instant: stop after the first step that ends past it
             (validating then, so the best validated lens is returned).
+        progress: Told how far each phase is (:data:`Progress`), on the first process only.
 
     Returns:
         A :class:`TrainResult`; its lens is the best validated one when validation ran.
@@ -462,7 +652,7 @@ def train_lens(
     if data.n_sequences < needed:
         raise DataError(f"data holds {data.n_sequences} sequences; the budget needs {needed}")
     model.requires_grad_(False)
-    trainer = _Trainer(lens, model, data, config, resolved, world)
+    trainer = _Trainer(lens, model, data, config, resolved, world, progress)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     data_hash = data[:needed].content_hash()
     state = load_checkpoint(directory) if directory is not None and resume else None
@@ -480,15 +670,25 @@ def train_lens(
         fit_tokens = min(config.lstsq_tokens, int(config.tokens * config.lstsq_budget_share))
         count = max(1, fit_tokens // config.seq_len // world.size)
         shard = data.tokens[world.rank * count : (world.rank + 1) * count]
+        keep = trainer.plan_reuse(count, checkpointing=bool(directory and config.checkpoint_every))
         trainer.lstsq_tokens = lstsq_init(
             lens,
             model,
             shard,
             batch_size=config.batch_size,
             all_reduce=world.all_reduce_sum if world.size > 1 else None,
+            on_states=keep,
+            progress=None
+            if trainer.progress is None
+            else (lambda done, total: trainer.progress("lstsq", done, total)),
         )
         trainer.elapsed += time.perf_counter() - started
+        trainer.seconds["lstsq"] = time.perf_counter() - started
     stopped_early = at_budget = False
+    if trainer.progress is not None:
+        trainer.progress(
+            "train", trainer.step * config.tokens_per_step, resolved.steps * config.tokens_per_step
+        )
     while trainer.step < resolved.steps:
         stats = trainer.take_step()
         at_budget = (
@@ -501,7 +701,11 @@ def train_lens(
             before = trainer.elapsed
             val_kl = trainer.validate(val.tokens)
             stats = dataclasses.replace(
-                stats, val_kl=val_kl, elapsed=trainer.elapsed, val_s=trainer.elapsed - before
+                stats,
+                val_kl=val_kl,
+                logit_val_kl=trainer.logit_val_kl,
+                elapsed=trainer.elapsed,
+                val_s=trainer.elapsed - before,
             )
         trainer.history.append(
             {
@@ -541,7 +745,14 @@ def train_lens(
         lstsq_tokens=trainer.lstsq_tokens,
         history=trainer.history,
         stopped_at_budget=at_budget,
+        logit_val_kl=trainer.logit_val_kl if val_kl is not None else None,
+        seconds=dict(trainer.seconds),
+        val_positions=0 if val is None else _cells(val.tokens, trainer.val_positions),
     )
+
+
+def _cells(tokens: torch.Tensor, positions: torch.Tensor | None) -> int:
+    return tokens.numel() if positions is None else positions.numel()
 
 
 def _past(deadline: float, world: World) -> bool:

@@ -16,6 +16,15 @@ from tunedlens.errors import InputError
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.lenses.translators import AffineTranslator
 
+PROGRESS_TOKENS = 1024
+"""Tokens per forward pass of the phases that report progress per batch (least-squares start,
+validation): a few seconds each on a CPU for a model of SmolLM2's size, so their bars move."""
+
+
+def progress_batch(batch_size: int, seq_len: int) -> int:
+    """Sequences per forward pass: at most ``batch_size`` and about :data:`PROGRESS_TOKENS`."""
+    return max(1, min(batch_size, PROGRESS_TOKENS // seq_len))
+
 
 class MomentAccumulator:
     """Running ``Σ x xᵀ`` and ``Σ x (h_L − h_i)ᵀ`` per layer, with ``x = [h_i, 1]``, in float64."""
@@ -58,6 +67,8 @@ def lstsq_init(
     batch_size: int = 8,
     ridge: float = 1e-4,
     all_reduce=None,
+    progress=None,
+    on_states=None,
 ) -> int:
     """Set every affine translator to its least-squares fit on ``tokens``.
 
@@ -65,9 +76,15 @@ def lstsq_init(
         lens: A lens with an :class:`AffineTranslator`.
         model: Its model.
         tokens: ``(n_sequences, seq_len)`` token ids to fit on.
-        batch_size: Sequences per forward pass.
+        batch_size: Most sequences per forward pass (a pass holds about 1,024 tokens, so that
+            progress moves every few seconds).
         ridge: Ridge strength relative to the mean activation second moment.
         all_reduce: In distributed runs, a function summing a tensor across processes.
+        progress: Called with ``(sequences done, sequences)`` at the start and after every
+            batch.
+        on_states: Called after every forward pass with ``(index of its first sequence,
+            states)``, the ``L + 1`` states ``(batch, seq_len, d)`` of the pass (training keeps
+            those it will sample, instead of running the same sequences again).
 
     Returns:
         Number of tokens the fit used (over all processes).
@@ -75,12 +92,20 @@ def lstsq_init(
     if not isinstance(lens.translator, AffineTranslator):
         raise InputError("least-squares initialisation needs an affine translator")
     moments = MomentAccumulator(lens.output_row, lens.d_model)
-    for start in range(0, tokens.shape[0], batch_size):
+    total = tokens.shape[0]
+    if progress is not None:
+        progress(0, total)
+    batch_size = progress_batch(batch_size, tokens.shape[1])
+    for start in range(0, total, batch_size):
         ids = tokens[start : start + batch_size].to(lens.unembed.device)
         residuals = collect_residuals(
             model, ids, arch=lens.unembed.arch, with_logits=False, points=lens.points
         )
+        if on_states is not None:
+            on_states(start, residuals.hidden)
         moments.add(tuple(h.cpu() for h in residuals.hidden))
+        if progress is not None:
+            progress(min(start + batch_size, total), total)
     count = torch.tensor(float(moments.count), dtype=torch.float64)
     if all_reduce is not None:
         for tensor in (moments.xx, moments.xy, count):

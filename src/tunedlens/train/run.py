@@ -8,12 +8,11 @@ from pathlib import Path
 
 from tunedlens.data import TextSource, TokenBlocks, pack_blocks
 from tunedlens.distributed import World
-from tunedlens.engine.core import layer_kl
 from tunedlens.errors import TunedLensError
-from tunedlens.lenses.lens import TunedLens
+from tunedlens.lenses.lens import LogitLens, TunedLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
-from tunedlens.train.config import TrainConfig
-from tunedlens.train.loop import TrainResult, train_lens
+from tunedlens.train.config import TrainConfig, validation_sequences
+from tunedlens.train.loop import TrainResult, sampled_kl, train_lens, validation_positions
 
 
 @dataclass(frozen=True)
@@ -29,8 +28,7 @@ class DataPlan:
 def planned_sequences(config: TrainConfig) -> tuple[int, int]:
     """Sequences of ``config.seq_len`` tokens a run trains on, and validates on."""
     train = (config.tokens // config.tokens_per_step) * config.tokens_per_step // config.seq_len
-    val = max(1, config.val_tokens // config.seq_len) if config.val_tokens else 0
-    return train, val
+    return train, validation_sequences(config)
 
 
 def plan_data(
@@ -40,9 +38,23 @@ def plan_data(
     data: str | TextSource,
     val_data: str | None,
     text_column: str = "text",
+    progress=None,
 ) -> DataPlan:
-    """Pack exactly the training (and validation) sequences the budget needs, or fail up front."""
+    """Pack exactly the training (and validation) sequences the budget needs, or fail up front.
+
+    ``progress("packing", done, total)`` (sequences) is called before and after.
+    """
     train_sequences, val_sequences = planned_sequences(config)
+    total = train_sequences + val_sequences
+    if progress is not None:
+        progress("packing", 0, total)
+    plan = _pack(tokenizer, config, data, val_data, text_column, train_sequences, val_sequences)
+    if progress is not None:
+        progress("packing", total, total)
+    return plan
+
+
+def _pack(tokenizer, config, data, val_data, text_column, train_sequences, val_sequences):
     source = data if isinstance(data, TextSource) else TextSource(data, text_column)
     data = source.spec
     if val_data is None:  # hold out blocks of the training source, disjoint from training
@@ -71,10 +83,13 @@ def plan_data(
 
 def provenance(result: TrainResult, plan: DataPlan, model_spec: str) -> dict:
     """The training record that goes into ``provenance.json``."""
+    from tunedlens.models import model_origin
+
     val_kl = result.val_kl
     return {
         "training": {
             "model_spec": model_spec,
+            "model_source": model_origin(model_spec),
             "data": plan.train_spec,
             "data_content_hash": plan.train.content_hash(),
             "train_tokens": result.resolved.steps * result.config.tokens_per_step,
@@ -93,6 +108,10 @@ def provenance(result: TrainResult, plan: DataPlan, model_spec: str) -> dict:
             "wall_time_s": result.wall_time,
             "val_kl_nats": val_kl,
             "val_kl_bits": None if val_kl is None else [v * NATS_TO_BITS for v in val_kl],
+            "val_positions_per_sequence": result.config.positions_per_sequence,
+            "logit_val_kl_bits": None
+            if result.logit_val_kl is None
+            else [v * NATS_TO_BITS for v in result.logit_val_kl],
         }
     }
 
@@ -114,9 +133,9 @@ def fit_time_budget(
 
     The time already spent in this process (loading) counts. The estimate includes packing the
     tokens and reserves the least-squares start (about a forward pass over its tokens) and the
-    validations (exact KL at every layer, timed on one probe sequence: far dearer per token than
-    training, which samples 16 positions). A resumed run keeps the tokens of its checkpoint and gets what is left of
-    the budget.
+    validations (exact KL at every layer at the positions training samples, timed on one probe
+    sequence; the held-out sequences grow with the tokens). A resumed run keeps the tokens of its
+    checkpoint and gets what is left of the budget.
     """
     import dataclasses
 
@@ -170,28 +189,43 @@ def fit_time_budget(
     start = time.perf_counter()
     train_lens(lens, model, blocks, probe, world=world)
     per_token = time.perf_counter() - start
-    # Validation is exact KL at every layer over the whole vocabulary: timed, not guessed.
+    # Validation is exact KL over the whole vocabulary at the sampled positions, the logit
+    # lens's too at the first: timed on one sequence, not guessed.
     start = time.perf_counter()
-    layer_kl(lens, model, blocks.tokens[:1].to(lens.unembed.device))
+    sampled_kl(
+        {"lens": lens, "logit": LogitLens(model, points=lens.points)},
+        model,
+        blocks.tokens[:1],
+        validation_positions(config, 1),
+        batch_size=1,
+    )
     timings = torch.tensor([per_token / config.tokens_per_step, time.perf_counter() - start])
     per_token, per_val_sequence = (
         world.all_reduce_sum(timings) / world.size
     ).tolist()  # all plan alike
     forward_share = 0.75  # a forward pass costs about this share of a training token
-    validation = (
-        per_val_sequence * max(1, config.val_tokens // config.seq_len) if config.val_tokens else 0.0
-    )
-    reserve = min(10.0, 0.05 * budget_s) + validation  # the final validation
     per_planned = per_token * (
         1 + (config.lstsq_budget_share * forward_share if config.lstsq_init else 0)
     )
     per_planned += pack_per_token
-    per_step = per_planned * config.tokens_per_step + (
-        validation / config.val_every if config.val_every else 0
-    )
-    left = budget_s - (time.monotonic() - begun) - reserve
-    steps = max(1, int(left / per_step))
-    tokens = steps * config.tokens_per_step
+
+    def plan(validation: float) -> tuple[int, float]:
+        reserve = min(10.0, 0.05 * budget_s) + validation  # the final validation
+        per_step = per_planned * config.tokens_per_step + (
+            validation / config.val_every if config.val_every else 0
+        )
+        left = budget_s - (time.monotonic() - begun) - reserve
+        return max(1, int(left / per_step)) * config.tokens_per_step, reserve
+
+    def validation_s(tokens: int) -> float:
+        sized = dataclasses.replace(config, tokens=tokens)
+        return per_val_sequence * validation_sequences(sized)
+
+    # The validation grows with the tokens: plan with the fewest held-out sequences, then again
+    # with those the first plan's tokens need (fewer tokens, so the second plan fits).
+    tokens, _ = plan(validation_s(config.tokens_per_step))
+    validation = validation_s(tokens)
+    tokens, reserve = plan(validation)
     status(f"{1 / per_token:,.0f} tokens/s: training on {tokens:,} tokens")
     return dataclasses.replace(config, tokens=tokens), {
         "budget_s": budget_s,

@@ -26,7 +26,7 @@ from tunedlens.engine.core import name_lenses, readout
 from tunedlens.engine.inputs import encode_prompt
 from tunedlens.errors import InputError
 from tunedlens.lenses.io.load import load_lens
-from tunedlens.lenses.lens import Lens, LogitLens, TunedLens
+from tunedlens.lenses.lens import Lens, LogitLens, TunedLens, kind_title
 from tunedlens.predict import (
     LayerPrediction,
     TokenProb,
@@ -49,7 +49,7 @@ _TRAIN_ELSEWHERE = ("val_every", "val_tokens", "patience", "checkpoint_every", "
 class Comparison:
     """Two lenses' top predictions per row at one position, from one readout.
 
-    ``columns`` maps a title (``"logit lens"``, ``"tuned lens"``, ``"jacobian lens"``) to that
+    ``columns`` maps a title (``"logit lens"``, ``"tuned lens"``, ``"Jacobian lens"``) to that
     lens's rows, in :func:`tunedlens.predict_layers`' shape.
     """
 
@@ -216,7 +216,7 @@ class Lensed:
         lenses = {"logit": logit, "other": lens}
         result = readout(self.model, lenses, ids, rows=rows, positions=at, stats=(), top_k=top_k)
         labels = row_labels(lens, rows)
-        title = f"{lens.kind} lens" + (" 2" if lens.kind == logit.kind else "")
+        title = kind_title(lens.kind) + (" 2" if lens.kind == logit.kind else "")
         columns = {
             "logit lens": layer_predictions(result["logit"], rows, labels, self.tokenizer),
             title: layer_predictions(result["other"], rows, labels, self.tokenizer),
@@ -230,7 +230,7 @@ class Lensed:
         """The prediction trajectory of ``prompt`` through ``lens`` (default: the logit lens)."""
         lens = lens or LogitLens(self.model)
         ids = encode_prompt(self.tokenizer, prompt, self.model)
-        name = f"{lens.kind} lens"
+        name = kind_title(lens.kind)
         return PredictionTrajectory.from_lens_and_model(
             lens, self.model, ids[0], tokenizer=self.tokenizer, layers=layers, name=name
         )

@@ -71,9 +71,14 @@ def token_text(tokenizer, token_id: int) -> str:
     return tokenizer.decode([int(token_id)])
 
 
+def visible(text: str) -> str:
+    """``text`` with its whitespace made visible (``␣`` space, ``↵`` newline, ``⇥`` tab)."""
+    return text.translate(_VISIBLE)
+
+
 def format_token(tokenizer, token_id: int, max_length: int = 12) -> str:
     """``token_text`` with whitespace made visible and at most ``max_length`` characters."""
-    text = token_text(tokenizer, token_id).translate(_VISIBLE)
+    text = visible(token_text(tokenizer, token_id))
     if len(text) > max_length:
         text = text[: max_length - 1] + "…"
     return text

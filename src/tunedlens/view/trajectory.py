@@ -190,7 +190,7 @@ class PredictionTrajectory:
             keep_logprobs,
         )
         if model_logits is not None:
-            _check_output_row(trajectory, lens, states[-1], model_logits)
+            _check_output_row(lens, states[-1], model_logits)
         return trajectory
 
     @classmethod
@@ -480,9 +480,7 @@ class PredictionTrajectory:
         return self._stat(STATS[name], self.lens[name])
 
 
-def _check_output_row(
-    trajectory, lens: Lens, last_state: torch.Tensor, logits: torch.Tensor
-) -> None:
+def _check_output_row(lens: Lens, last_state: torch.Tensor, logits: torch.Tensor) -> None:
     logits = logits if logits.dim() == 3 else logits.unsqueeze(0)
     decoded = lens.unembed(last_state)
     if decoded.shape != logits.shape or not torch.allclose(

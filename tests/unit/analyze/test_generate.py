@@ -47,3 +47,34 @@ def test_sampling_is_seeded_and_eos_stops(input_ids):
         generate(lens, model, 1, prompt, 2, do_sample=True, temperature=0)
     with pytest.raises(IndexError):
         generate(lens, model, 9, prompt, 2)
+
+
+def test_generation_passes_the_cache_under_the_name_transformers_takes(input_ids, recwarn):
+    """No deprecation warning for ``past_key_values``, and the cache is really used: the second
+    step feeds one token only, so without the cache its logits would differ."""
+    import inspect
+    import logging
+
+    from tunedlens.arch.residuals import cached_step
+
+    model = tiny_model("llama")
+    handler_records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            handler_records.append(record.getMessage())
+
+    collector = Collect()
+    logging.getLogger("transformers").addHandler(collector)
+    try:
+        generate(LogitLens(model), model, 1, input_ids[:1, :5], max_new_tokens=3)
+        first, cache = cached_step(model, input_ids[:1, :5])
+        second, _ = cached_step(model, input_ids[:1, 5:6], cache)
+    finally:
+        logging.getLogger("transformers").removeHandler(collector)
+    messages = [str(w.message) for w in recwarn] + handler_records
+    assert not [m for m in messages if "past_key_values" in m], messages
+    full = model(input_ids[:1, :6]).logits[0, -1]
+    torch.testing.assert_close(second.logits[0, -1], full, atol=1e-4, rtol=1e-4)
+    if "cache" in inspect.signature(model.forward).parameters:  # the renamed argument is used
+        assert "cache" in first.keys()

@@ -18,6 +18,7 @@ from tunedlens.analyze.pruning.scores import spearman
 from tunedlens.analyze.removal import blocks_removed, greedy_continuation, pruned_final_states
 from tunedlens.arch.resolve import resolve_arch
 from tunedlens.metrics.divergence import NATS_TO_BITS, kl_divergence
+from tunedlens.plot.html import bundle_name
 
 N_BLOCKS = 5
 
@@ -439,7 +440,9 @@ def test_report_saves_json_csv_summary_and_figures(report, tmp_path):
         "prune_curves.html",
         "prune_angular.png",
         "prune_angular.html",
+        bundle_name(),  # one plotly.js shared by both pages
     } == names
+    assert f'<script src="{bundle_name()}">' in (tmp_path / "prune_curves.html").read_text()
     data = json.loads((tmp_path / "prune.json").read_text())
     assert data["schema"] == "tunedlens.prune/1" and data["n_blocks"] == N_BLOCKS
     curves = (tmp_path / "prune_curves.csv").read_text().splitlines()
@@ -448,7 +451,8 @@ def test_report_saves_json_csv_summary_and_figures(report, tmp_path):
     summary = (tmp_path / "prune_summary.md").read_text()
     assert "| 1 | " in summary and "ρ with ΔCE" in summary and "Healing at k = 3" in summary
     assert (tmp_path / "prune_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert "<script src=" not in (tmp_path / "prune_angular.html").read_text()
+    angular = (tmp_path / "prune_angular.html").read_text()
+    assert '<script src="http' not in angular and f'<script src="{bundle_name()}">' in angular
 
 
 def test_the_package_exports_the_function_even_after_its_module_is_imported():

@@ -26,7 +26,14 @@ def texts(tmp_path):
     )
 
 
+def _fits_80(out: str, paths) -> None:
+    """Every line fits 80 columns (but for lines naming a path the user gave)."""
+    wide = [line for line in out.splitlines() if len(line) > 80 and str(paths) not in line]
+    assert not wide, "\n".join(wide)
+
+
 def test_prune_writes_its_report(tiny_model_dir, texts, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
     random_lens(tiny_model("llama")).save(tmp_path / "lens")
     code, out, err = _run(
         monkeypatch,
@@ -56,9 +63,14 @@ def test_prune_writes_its_report(tiny_model_dir, texts, tmp_path, monkeypatch, c
     assert report["data"]["test"] == str(texts[1])
     assert (tmp_path / "prune" / "prune_curves.png").exists()
     assert "wrote the pruning report" in out
+    _fits_80(out, tmp_path)
+    assert "1 of 2 blocks removed, best first" in out and "Spearman" in out
+    methods = [line.split()[0] for line in out.splitlines() if line.strip().startswith("oracle")]
+    assert methods == ["oracle"]  # one line per method: nothing wrapped
 
 
 def test_detect_writes_its_report(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "analyze"))
     from test_detect import _task_file
 
@@ -81,3 +93,6 @@ def test_detect_writes_its_report(tiny_model_dir, tmp_path, monkeypatch, capsys)
     report = json.loads((tmp_path / "detect" / "detect.json").read_text())
     assert {row["lens"] for row in report["results"]} >= {"logit"}
     assert "wrote the detection report" in out
+    _fits_80(out, tmp_path)
+    table = [line for line in out.splitlines() if line.split()[:1] in (["logit"], ["states,"])]
+    assert len(table) == len(report["results"])  # one line per detector: nothing wrapped

@@ -379,6 +379,11 @@ CASES = {
         "perplexity",
         None,
     ),
+    "show plotly mode": (
+        ["show", M, P, "--plotly", "offline", "--out", "{root}/new.html"],
+        "unknown --plotly 'offline'; choose one of directory, inline, cdn",
+        None,
+    ),
     "show compare length": (
         ["show", M, P, "--compare", "w1 w2", "--out", "{root}/new.png"],
         "same token length",
@@ -433,6 +438,11 @@ CASES = {
         "--seq-len",
         None,
     ),
+    "eval plotly mode": (
+        ["eval", M, "--out", "{root}/new", "--plotly", "file"],
+        "unknown --plotly 'file'",
+        None,
+    ),
     "eval nan lens": (["eval", M, "--out", "{root}/new", "--lens", "{root}/nan-lens"], "NaN", _nan),
     "eval missing data": (
         ["eval", M, "--out", "{root}/new", "--data", "{root}/none.txt"],
@@ -444,6 +454,11 @@ CASES = {
         "does not exist",
         None,
     ),
+    "train fsdp one process": (
+        ["train", M, "--out", "{root}/fresh", *TRAIN, "--fsdp"],
+        "launch with torchrun --nproc-per-node N",
+        None,
+    ),
     "show missing lens": (
         ["show", M, P, "--lens", "{root}/nowhere", "--out", "{root}/new.png"],
         "no lens directory",
@@ -453,6 +468,11 @@ CASES = {
     "fit-jlens seq-len": (
         ["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt", "--seq-len", "10"],
         "--skip-first",
+        None,
+    ),
+    "fit-jlens fsdp one process": (
+        ["fit-jlens", M, "--out", "{root}/j", "--data", "{root}/text.txt", "--fsdp"],
+        "launch with torchrun --nproc-per-node N",
         None,
     ),
     "fit-jlens over a lens": (
@@ -836,6 +856,11 @@ CASES = {
     "download out is a file": (
         ["hub", "download", "org/lenses", "--out", "{root}/afile"],
         "is a file, not a directory",
+        None,
+    ),
+    "curves plotly mode": (
+        ["lens", "curves", "{root}/lens", "--plotly", "none"],
+        "unknown --plotly 'none'",
         None,
     ),
     "curves missing run": (["lens", "curves", "{root}/nosuch-run"], "run folder", None),

@@ -67,7 +67,7 @@ def test_predict_table_with_a_lens_and_layer_selection(tiny_model_dir, tmp_path)
     assert result.exit_code == 0, result.output
     assert "tuned lens" in result.stdout
     first_cells = [
-        line.split("│")[1].strip() for line in result.stdout.splitlines() if line.startswith("│")
+        line.split()[0] for line in result.stdout.splitlines() if "%" in line and "#" not in line
     ]
     assert first_cells == ["1", "output"]
 
@@ -81,6 +81,17 @@ def test_parse_layers():
         parse_layers("30", 30)
     with pytest.raises(ValueError, match="cannot parse"):
         parse_layers("five", 30)
+
+
+def test_layer_ranges_say_which_end_is_included():
+    # A-B includes B, A:B is a slice that excludes it: the same ten layers.
+    assert parse_layers("20-29", 30) == parse_layers("20:30", 30) == list(range(20, 30))
+    with pytest.raises(ValueError, match="'A-B' includes B"):
+        parse_layers("20-30", 30)
+    with pytest.raises(ValueError, match="runs backwards; A-B includes both ends"):
+        parse_layers("9-3", 30)
+    with pytest.raises(ValueError, match="'A:B' excludes B"):
+        parse_layers("5:5", 30)
 
 
 def test_errors_are_one_line_and_exit_2(monkeypatch, capsys, tiny_model_dir, tmp_path):
@@ -111,7 +122,7 @@ def test_lens_info(tmp_path):
     assert [row["label"] for row in info["rows"]] == ["0", "1", "2"]
     assert info["rows"][0]["update_norm"] > 0
     table = runner.invoke(app, ["lens", "info", str(lens_path)])
-    assert table.exit_code == 0 and "unembed_hash" in table.stdout
+    assert table.exit_code == 0 and "unembedding sha256" in table.stdout
 
 
 def test_convert_round_trip(tmp_path):

@@ -9,6 +9,7 @@ from tunedlens.cli import main
 from tunedlens.cli.app import app
 from tunedlens.lenses import TunedLens
 from tunedlens.models import load_model
+from tunedlens.plot.html import bundle_name
 
 runner = CliRunner()
 
@@ -50,7 +51,7 @@ def test_eval_writes_every_report(workdir, tiny_model_dir):
     assert set(metrics["lenses"]) == {"logit", "lens-a"}
     assert metrics["tokens"] == 64 and len(metrics["lenses"]["lens-a"]["kl_bits"]) == 3
     assert {"kpis", "gates", "baseline", "prompts"} <= set(metrics)
-    assert set(metrics["gates"]["lens-a"]) == {"A", "B", "C", "D"}
+    assert set(metrics["gates"]["lens-a"]) == {"A", "B", "C", "D", "E"}
     for name in ("records.csv", "pure-next-token.csv"):
         with (out / name).open() as handle:
             rows = list(csv.DictReader(handle))
@@ -58,13 +59,16 @@ def test_eval_writes_every_report(workdir, tiny_model_dir):
     summary = (out / "summary.md").read_text()
     assert "| row |" in summary and "| output |" in summary and "Gates for `lens-a`" in summary
     html = (out / "kl.html").read_text()
-    # Self-contained: the plotly library is embedded and no script is fetched from the network.
+    # Offline: the three pages share one plotly.js in the folder; nothing comes from the network.
     assert "Plotly.newPlot" in html and '<script src="http' not in html
+    assert f'<script src="{bundle_name()}">' in html and "<title>KL(model" in html
+    assert [path.name for path in out.glob("plotly*.js")] == [bundle_name()]
+    assert sum(path.stat().st_size for path in out.glob("*.html")) < 1_000_000
     assert "lens-a" in html
     from PIL import Image
 
     with Image.open(out / "kl.png") as image:
-        assert image.size == (840, 480)
+        assert image.size == (960, 540)
 
 
 @pytest.mark.parametrize(

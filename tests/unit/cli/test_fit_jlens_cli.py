@@ -36,6 +36,9 @@ def test_fit_then_use_everywhere(tiny_model_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (out / "jlens.safetensors").exists() and "fitted rows 0..1 on 2 prompts" in result.output
+    # Told up front: the work, the expected time once timed, and that 2 prompts are too few.
+    assert "fitting 2 prompts: one forward and" in result.output
+    assert "for the fit" in result.output and "noise in its middle rows" in result.output
     for path in (out, out / "jlens.safetensors", out / "config.json"):  # not owner-only (umask 022)
         assert path.stat().st_mode & 0o044 == 0o044 or os.umask(os.umask(0)) & 0o044, path
     config = json.loads((out / "config.json").read_text())

@@ -271,6 +271,7 @@ def test_train_force_replaces_an_earlier_run(world):
     _invoke(*_command(world, TRAIN, "--tokens", "128", "--out", out, "--checkpoint-every", "1"))
     assert (out / "checkpoint.pt").exists()
     (out / "curves.html").write_text("drawn from the earlier run")
+    (out / "plotly-2.0.0.min.js").write_text("its plotly.js (lens curves --out RUN/curves.html)")
     _invoke(*_command(world, TRAIN, "--tokens", "256", "--out", out, force=True))
     assert sorted(path.name for path in out.iterdir()) == [
         "config.json",

@@ -48,6 +48,26 @@ def test_help_renders(name, columns, monkeypatch, capsys):
         assert sub in flat
     if columns == 200:
         assert max(len(line) for line in text.splitlines()) <= columns
+    # Plain text: no reStructuredText from the docstrings the help is made of.
+    for markup in ("``", ":func:", ":class:", ":data:", ":mod:", ":meth:"):
+        assert markup not in text, f"{markup} in {name} --help"
+
+
+def _help(monkeypatch, capsys, *path) -> str:
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setattr(sys, "argv", ["tunedlens", *path, "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    return re.sub(r"[\s│]+", " ", ANSI.sub("", capsys.readouterr().out))
+
+
+def test_help_says_what_durations_and_layer_ranges_mean(monkeypatch, capsys):
+    train = _help(monkeypatch, capsys, "train")
+    budget = train[train.index("--time-budget") :][:400]
+    assert "20m, 1h30m, 90s or 1.5h" in budget and "in seconds" not in budget
+    predict = _help(monkeypatch, capsys, "predict")
+    assert "'20-29' (both ends included)" in predict and "the end is excluded" in predict
+    assert "SmolLM2-135M-Instruct, dequantised from a Q4_1 GGUF" in predict
 
 
 def test_brackets_in_help_print_as_written(monkeypatch, capsys):

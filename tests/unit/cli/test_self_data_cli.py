@@ -89,4 +89,4 @@ def test_the_sampling_bars_count_tokens_and_end_at_the_total():
         training.sample(50, 50)
         (task,) = training.progress.tasks
         assert task.description == "sample" and task.completed == 50
-        assert task.fields["unit"] == "tokens"
+        assert task.fields["count"] == "50/50 tokens"

@@ -7,6 +7,7 @@ from tunedlens.cli import main
 from tunedlens.cli.app import app
 from tunedlens.lenses import TunedLens
 from tunedlens.models import load_model
+from tunedlens.plot.html import bundle_name
 
 runner = CliRunner()
 
@@ -18,7 +19,7 @@ def lens_dir(tmp_path, tiny_model_dir):
     return tmp_path / "lens"
 
 
-def test_show_html_is_self_contained(tmp_path, tiny_model_dir, lens_dir):
+def test_show_html_shares_plotly_in_its_folder(tmp_path, tiny_model_dir, lens_dir):
     out = tmp_path / "fig.html"
     args = [
         "show",
@@ -35,8 +36,11 @@ def test_show_html_is_self_contained(tmp_path, tiny_model_dir, lens_dir):
     assert result.exit_code == 0, result.output
     html = out.read_text()
     assert "Plotly.newPlot" in html and '<script src="http' not in html
+    assert f'<script src="{bundle_name()}">' in html and (tmp_path / bundle_name()).is_file()
+    assert f"<title>{tiny_model_dir}: 'w1 w2 w3'</title>" in html
     # Two lenses x four statistics, each panel a heatmap with its cell text and units.
-    assert html.count('"hovertemplate":"row %{y}') == 8
+    assert html.count('"hovertemplate":"%{customdata}') == 8
+    assert html.count('"showscale":true') == 4  # one colour bar per statistic
     assert f"tuned lens {lens_dir.name}: entropy (bits)" in html
     assert "logit lens: KL to the model (bits)" in html
     assert "w2" in html
@@ -93,9 +97,12 @@ def test_show_takes_several_lenses_side_by_side(tmp_path, tiny_model_dir, lens_d
             "kl",
             "--out",
             str(out),
+            "--plotly",
+            "inline",
         ],
     )
     assert result.exit_code == 0, result.output
+    assert not list(tmp_path.glob("plotly*.js")) and out.stat().st_size > 3_000_000
     html = out.read_text()
-    assert html.count('"hovertemplate":"row %{y}') == 3
+    assert html.count('"hovertemplate":"%{customdata}') == 3
     assert f"tuned lens {other.name}: KL to the model (bits)" in html

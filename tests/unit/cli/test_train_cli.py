@@ -38,6 +38,12 @@ def test_train_end_to_end(tiny_model_dir, text_file, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "validation KL" in result.stdout and "lens saved to" in result.stdout
+    assert "logit lens" in result.stdout and "least-squares start" in result.stdout
+    # A bar per phase on stderr, the training bar in tokens, the last step's figures under it.
+    for bar in ("packing", "least squares", "validation"):
+        assert bar in result.stderr
+    assert "512/512 tokens" in result.stderr and "step 8/8:" in result.stderr
+    assert "bits (mean over layers)" in result.stderr
     lens = read_lens(out)
     assert lens.format == "native" and lens.translator.kind == "affine"
     provenance = json.loads((out / "provenance.json").read_text())["training"]
@@ -47,6 +53,9 @@ def test_train_end_to_end(tiny_model_dir, text_file, tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == list(range(1, 9))
     assert log[3]["val_kl_bits"] is not None and log[3]["loss_bits"] > 0
+    assert len(log[3]["logit_val_kl_bits"]) == 2 and len(provenance["logit_val_kl_bits"]) == 2
+    layer_loss = [value for value in log[3]["layer_loss"] if value is not None]
+    assert log[3]["loss_mean_bits"] == pytest.approx(log[3]["loss_bits"] / len(layer_loss))
     again = runner.invoke(
         app,
         [

@@ -125,3 +125,54 @@ def test_suite_end_to_end_on_a_tiny_model(tmp_path, tiny_tokenizer):
     assert len(report.next_token) == 3 * 6 * n_rows
     assert len(report.records) == 3 * 6 * n_rows * 3  # lenses x prompts x rows x positions
     assert {row["lens"] for row in report.records} == {"logit", "same", "no-norm"}
+
+
+def test_gate_c_compares_with_the_model_forward_pass(tmp_path, tiny_tokenizer):
+    """Gate C fails when the head the lenses decode with is not the model's (here: the model's
+    forward pass scales its logits per vocabulary entry, which no lens reproduces)."""
+    model = tiny_model("llama")
+    gains = torch.linspace(0.2, 3.0, model.config.vocab_size)
+    model.lm_head.register_forward_hook(lambda module, args, output: output * gains)
+    path = tmp_path / "suite.jsonl"
+    path.write_text(
+        "\n".join(
+            json.dumps({"prompt": f"w{i} w{i + 1}", "answer": f" w{i + 2}"}) for i in range(4)
+        )
+    )
+    tokens = torch.randint(3, 120, (1, 8), generator=torch.Generator().manual_seed(0))
+    report = evaluate(
+        model,
+        {"same": TunedLens.from_model(model)},
+        tokens,
+        tokenizer=tiny_tokenizer,
+        prompts=load_prompts(path),
+        bootstrap=0,
+    )
+    gate = report.metrics["gates"]["same"]["C"]
+    assert not gate["pass"] and gate["kl_after_temp_bits"] > 0.05
+
+
+def test_gate_e_names_the_rows_where_a_lens_is_worse_than_the_logit_lens():
+    from tunedlens.evaluation.core import add_versus_logit
+
+    metrics = {
+        "layers": [0, 1, 2, 3, 4],
+        "row_labels": ["0", "1", "2", "3", "output"],
+        "output_row": 4,
+        "lenses": {
+            "logit": {"top1_agree": [0.2, 0.4, 0.6, 0.8, 1.0], "kl_bits": [5, 4, 3, 2, 0]},
+            "good": {"top1_agree": [0.3, 0.5, 0.6, 0.8, 1.0], "kl_bits": [3, 2, 1, 1, 0]},
+            # Lower top-1 at rows 2 and 3 (beyond 0.01), higher KL at row 3 (beyond 5 %).
+            "bad": {"top1_agree": [0.3, 0.395, 0.5, 0.7, 1.0], "kl_bits": [3, 2, 3.1, 2.5, 0]},
+        },
+    }
+    add_versus_logit(metrics)
+    assert metrics["gates"]["good"]["E"]["pass"]
+    bad = metrics["gates"]["bad"]["E"]
+    assert not bad["pass"]
+    assert bad["rows_worse_top1"] == ["2", "3"] and bad["rows_worse_kl"] == ["3"]
+    assert bad["largest_top1_drop"] == pytest.approx(0.1) and bad["at_row"] in ("2", "3")
+    assert metrics["warnings"] == [
+        "bad is worse than the logit lens on these tokens: lower top-1 agreement at rows 2–3; "
+        "higher KL at row 3"
+    ]

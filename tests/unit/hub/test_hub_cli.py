@@ -75,6 +75,7 @@ def test_lens_list_shows_published_jlenses_and_collections(tmp_path, monkeypatch
             "model": "org/tiny",
             "kind": "tuned",
             "location": str(tmp_path / "tree" / "lenses" / "org" / "tiny" / "my-lens"),
+            "local": "folder",
         }
     ]
     code, out = _run(monkeypatch, capsys, "lens", "list", "qwen/qwen3-8b", "--json")
@@ -92,4 +93,5 @@ def test_lens_list_shows_published_jlenses_and_collections(tmp_path, monkeypatch
         "model": "gpt2-xl",
         "kind": "tuned",
         "location": "tuned-lens:gpt2-xl",
+        "local": "no",
     }

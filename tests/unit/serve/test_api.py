@@ -1,6 +1,7 @@
 """The explorer's JSON API against the library's readout, its limits and its errors."""
 
 import json
+import math
 import threading
 
 import pytest
@@ -42,7 +43,11 @@ def test_health_lenses_and_the_page(client):
     info = client.get("/api/lenses").json()
     assert [lens["name"] for lens in info["lenses"]] == ["logit", "tuned"]
     assert info["lenses"][1]["kind"] == "tuned" and info["n_blocks"] == 2
-    assert [s["name"] for s in info["stats"]] == ["entropy", "kl", "ce", "max-prob", "rank"]
+    from tunedlens import STATS
+
+    # The page offers, and the API takes, every statistic STATS lists (the five views first).
+    assert [s["name"] for s in info["stats"]][:5] == ["entropy", "kl", "ce", "max-prob", "rank"]
+    assert sorted(s["name"] for s in info["stats"]) == sorted(STATS)
     page = client.get("/").text
     assert "/static/app.js" in page and "http://" not in page and "https://" not in page
     assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
@@ -68,6 +73,33 @@ def test_readout_equals_the_library(client, model, lens, tiny_tokenizer):
     )
     torch.testing.assert_close(torch.tensor(got["top1_prob"]), expected.top_probs[0, :, :, 0])
     assert view["stat"]["units"] == "bits"
+    # Token ids beside the display tokens, for the prompt and the top-1 predictions.
+    assert view["token_ids"] == ids[0].tolist()
+    assert view["tokens"] == [format_token(tiny_tokenizer, i) for i in view["token_ids"]]
+    assert got["top1_ids"] == expected.top_ids[0, :, :, 0].tolist()
+
+
+@pytest.mark.parametrize("stat", ["prob", "model-rank", "cos"])
+def test_every_listed_statistic_is_served(client, model, tiny_tokenizer, stat):
+    view = client.post("/api/readout", json={"prompt": PROMPT, "stat": stat}).json()
+    ids = tiny_tokenizer(PROMPT, return_tensors="pt").input_ids
+    expected = readout(model, LogitLens(model), ids, stats=(stat,), top_k=1)["logit"][stat][0]
+    values = view["lenses"]["logit"]["values"]  # null where undefined (no next token)
+    got = torch.tensor(
+        [[math.nan if v is None else v for v in row] for row in values], dtype=torch.float64
+    )
+    finite = expected.isfinite()
+    assert (got.isfinite() == finite).all()
+    torch.testing.assert_close(got[finite], expected.double()[finite], atol=1e-5, rtol=1e-5)
+    assert view["stat"]["name"] == stat
+
+
+def test_the_probability_of_a_chosen_token(client, model, tiny_tokenizer):
+    view = client.post(
+        "/api/readout", json={"prompt": PROMPT, "stat": "prob", "token": "w3"}
+    ).json()
+    assert view["token"]["text"] == "w3"
+    assert view["lenses"]["logit"]["values"] == view["lenses"]["logit"]["token_probs"]
 
 
 def test_rank_of_a_chosen_token_a_cell_window_and_stride(client):
@@ -87,6 +119,7 @@ def test_rank_of_a_chosen_token_a_cell_window_and_stride(client):
     assert len(cell["top"]) == 10 and cell["top"][0]["prob"] >= cell["top"][1]["prob"]
     assert len(cell["probs"]) == 3 and all(0 <= p <= 1 for p in cell["probs"])
     assert cell["probs"][1] == pytest.approx(cell["top"][0]["prob"], abs=1e-6)  # row 1 itself
+    assert cell["token_id"] == cell["top"][0]["id"]
     bad = client.post("/api/cell", json={"prompt": PROMPT, "row": "9", "position": 0})
     assert bad.status_code == 400 and "'9' is not a row" in bad.json()["error"]
 
@@ -97,6 +130,8 @@ def test_compare(client):
     assert all(0 <= v <= 1 for row in view["values"] for v in row)
     assert all(v < 1e-5 for v in (view["values"][0][0], view["values"][0][1]))  # same prefix
     assert any("/" in label for row in view["labels"] for label in row)
+    assert len(view["token_ids"]) == len(view["other_token_ids"]) == 5
+    assert view["token_ids"][2] != view["other_token_ids"][2]
 
 
 @pytest.mark.parametrize(

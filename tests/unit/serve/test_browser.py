@@ -37,10 +37,25 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+EVAL = {
+    "layers": [0, 1, 2],
+    "kl_bits": [150.0, 2.5, 0.0],
+    "gates": {
+        "C": {"pass": False, "kl_after_temp_bits": 0.0712, "threshold": 0.05},
+        "D": {"pass": True, "worst_delta_kl_bits": 0.25, "threshold": -0.1},
+    },
+    "report": "eval",
+}
+
+
 @pytest.fixture
 def server(model, lens, tiny_tokenizer):
     session = ServeSession(
-        model, tiny_tokenizer, {"logit": LogitLens(model), "tuned": lens}, "tiny-llama"
+        model,
+        tiny_tokenizer,
+        {"logit": LogitLens(model), "tuned": lens},
+        "tiny-llama",
+        evals={"tuned": EVAL},
     )
     port = _free_port()
     config = uvicorn.Config(create_app(session), host="127.0.0.1", port=port, log_level="warning")
@@ -143,3 +158,37 @@ def test_a_shared_url_restores_the_view_and_exports_work(server, page, tmp_path)
     with page.expect_download() as download:
         page.click("#export-png")
     assert Path(download.value.path()).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_colour_legend_shared_scale_eval_curve_gates_and_small_probabilities(server, page):
+    page.goto(f"{server}/?prompt={PROMPT.replace(' ', '%20')}&lenses=tuned,logit&stat=kl")
+    page.wait_for_selector("#heatmaps table td.cell")
+    # One colour scale for both lenses, on a log scale for KL, and a legend that says so.
+    tables = page.locator("#heatmaps table").all()
+    scales = [(t.get_attribute("data-low"), t.get_attribute("data-high")) for t in tables]
+    assert len(scales) == 2 and scales[0] == scales[1]
+    assert tables[0].get_attribute("data-scale") == "log"
+    legend = page.locator("#colour-legend svg")
+    assert "log scale" in legend.get_attribute("aria-label")
+    assert "one scale for both lenses" in page.inner_text("#colour-legend")
+    assert len(legend.locator("text").all()) >= 3  # tick values and the caption
+    page.select_option("#stat", "max-prob")
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#heatmaps table').dataset.scale === 'linear'")
+    assert "linear" in page.locator("#colour-legend svg").get_attribute("aria-label")
+
+    # The --eval KL curve has axes with numbers and names the output row.
+    chart = page.locator("svg.kl-chart")
+    labels = [t.text_content() for t in chart.locator("text").all()]
+    assert "output" in labels and "row" in labels and "KL (bits, log scale)" in labels
+    assert "100" in labels and "0.001" in labels  # decades, down to the floor for KL = 0
+    # Gates show what was measured and the threshold beside the result.
+    rows = [r.inner_text() for r in page.locator("table.gates tr").all()]
+    assert rows[0].split() == ["gate", "result", "measured", "threshold"]
+    assert "FAIL" in rows[1] and "0.0712" in rows[1] and "0.05" in rows[1]
+    assert "pass" in rows[2] and "0.25" in rows[2] and "-0.1" in rows[2]
+
+    formatted = page.evaluate("[0, 3e-7, 5e-5, 0.0123, 0.5].map(formatPercent)")
+    assert formatted == ["0 %", "<0.01 %", "<0.01 %", "1.23 %", "50.00 %"]
+    marked = page.evaluate("['-', '.', '␣-', 'w5', 'é'].map(cellText)")
+    assert marked == ["‹-›", "‹.›", "␣-", "w5", "é"]

@@ -131,3 +131,44 @@ def test_a_missing_extra_is_named_before_the_model_loads(monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if it were not installed
     with pytest.raises(MissingExtra, match=r"tunedlens\[serve\]"):
         serve_model("demo", port=_free_port())
+
+
+def test_serve_prints_its_process_id_and_url_at_start(monkeypatch, capsys):
+    import os
+    import sys
+
+    from tunedlens.cli import main
+
+    calls = []
+
+    def fake_run(model, lenses, evals, *, on_start, on_ready, **options):
+        calls.append(model)
+        on_start("http://127.0.0.1:8123/")  # as soon as the port is bound
+        on_ready("http://127.0.0.1:8123/")
+
+    monkeypatch.setattr("tunedlens.commands.serve.run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["tunedlens", "serve", "demo", "--port", "8123"])
+    try:
+        main()
+    except SystemExit as stop:
+        assert stop.code in (0, None)
+    first, second = capsys.readouterr().out.splitlines()
+    assert calls == ["demo"]
+    assert (
+        first
+        == f"tunedlens serve: process {os.getpid()}, http://127.0.0.1:8123/ (loading demo ...)"
+    )
+    assert f"process {os.getpid()}" in second and "http://127.0.0.1:8123/" in second
+
+
+def test_on_start_comes_before_the_model_loads(monkeypatch):
+    from tunedlens.commands import serve as command
+
+    events = []
+    monkeypatch.setattr(
+        command, "open_model_and_lenses", lambda *a, **k: events.append("load") or 1 / 0
+    )
+    port = _free_port()
+    with pytest.raises(ZeroDivisionError):
+        command.run("demo", port=port, on_start=lambda url: events.append(url))
+    assert events == [f"http://127.0.0.1:{port}/", "load"]

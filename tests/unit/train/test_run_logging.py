@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from tunedlens.cli.app import app
 from tunedlens.commands.curves import run as run_curves
 from tunedlens.errors import TunedLensError
+from tunedlens.plot.html import bundle_name
 from tunedlens.train.curves import read_train_log
 
 runner = CliRunner()
@@ -80,11 +81,19 @@ def test_wandb_writes_an_offline_run(logged_run):
     assert b"val/kl_bits/layer_1.mid" in data and b'"both"' in data  # history and config
 
 
-def test_lens_curves_draws_the_log(logged_run, tmp_path):
+def test_lens_curves_draws_the_log(logged_run, tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    before = sorted(path.name for path in logged_run.iterdir())
     result = runner.invoke(app, ["lens", "curves", str(logged_run)])
     assert result.exit_code == 0, result.output
-    page = (logged_run / "curves.html").read_text()
+    # The default page goes to the current folder, named after the run, never into the run.
+    assert sorted(path.name for path in logged_run.iterdir()) == before
+    page = (here / f"{logged_run.name}-curves.html").read_text()
     assert "validation KL per layer" in page and '"1.mid"' in page
+    assert f"<title>training: {logged_run.name}</title>" in page
+    assert [p.name for p in here.glob("plotly-*.min.js")] == [bundle_name()]
     png = run_curves(logged_run, tmp_path / "curves.png")
     assert png.stat().st_size > 10_000
 

@@ -57,7 +57,7 @@ def test_a_passed_deadline_stops_after_one_step_with_a_validated_lens():
     assert result.val_kl is not None and result.history[-1]["val_kl"] is not None
 
 
-@pytest.mark.parametrize("value", ["soon", "-5m", "0", "1e9h", "inf", "nan"])
+@pytest.mark.parametrize("value", ["soon", "-5m", "0", "1e9h", "inf", "nan", "30m1h", "1h30"])
 def test_bad_budgets(value, monkeypatch, capsys):
     import sys
 
@@ -73,6 +73,8 @@ def test_bad_budgets(value, monkeypatch, capsys):
         main()
     assert caught.value.code == 2 and "error: --time-budget: " in capsys.readouterr().err
     assert parse_duration("1.5h") == 5400.0 and parse_duration("90") == 90.0
+    assert parse_duration("1h30m") == parse_duration("90m") == 5400.0
+    assert parse_duration("1h 20m 30s") == 4830.0
 
 
 def test_time_budget_and_tokens_exclude_each_other(monkeypatch, capsys):

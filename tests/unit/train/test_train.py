@@ -145,7 +145,12 @@ def test_validation_keeps_the_best_lens_and_stops_early(model, data, monkeypatch
     import tunedlens.train.loop as loop
 
     scripted = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])  # best after step 2, then worse twice
-    monkeypatch.setattr(loop, "layer_kl", lambda *a, **k: torch.full((2,), next(scripted)))
+
+    def scripted_kl(lenses, *args, **kwargs):
+        value = next(scripted)
+        return {name: torch.full((2,), value) for name in lenses}
+
+    monkeypatch.setattr(loop, "sampled_kl", scripted_kl)
     states = {}
 
     def remember(stats):

@@ -130,7 +130,7 @@ def test_compare_labels_a_column_by_its_lens_kind(lensed, tmp_path):
         for row in range(2)
     }
     table = lensed.compare("w5 w6 w7", JacobianLens(logit.unembed, matrices))
-    assert list(table.columns) == ["logit lens", "jacobian lens"]
+    assert list(table.columns) == ["logit lens", "Jacobian lens"]
     assert list(lensed.compare("w5 w6", logit).columns) == ["logit lens", "logit lens 2"]
     TunedLens.from_model(lensed.model).save(tmp_path / "lens")
     assert "tuned lens" in lensed.compare("w5 w6", tmp_path / "lens").columns

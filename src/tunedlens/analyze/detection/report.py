@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunedlens.outputs import OutputKind, check_out_dir
+from tunedlens.plot.html import BUNDLE_PATTERN, DEFAULT_PLOTLY
 from tunedlens.serialize import dumps
 
 DETECT_OUTPUT = OutputKind(
@@ -22,6 +23,7 @@ DETECT_OUTPUT = OutputKind(
         "trajectories_*.html",
         "roc_*.png",
         "roc_*.html",
+        BUNDLE_PATTERN,
     ),
 )
 """What :meth:`DetectReport.save` writes (what ``force`` may replace)."""
@@ -105,12 +107,18 @@ class DetectReport:
         }
 
     def save(
-        self, out: str | os.PathLike, *, plots: bool = True, force: bool = False
+        self,
+        out: str | os.PathLike,
+        *,
+        plots: bool = True,
+        force: bool = False,
+        plotly: str = DEFAULT_PLOTLY,
     ) -> list[Path]:
         """Write the report into the directory ``out``; returns the paths written.
 
         ``detect.json``, ``detect.csv`` (one row per result), ``scores.csv``, ``answers.csv``,
-        ``summary.md`` and, with ``plots``, the figures (PNG and offline HTML).
+        ``summary.md`` and, with ``plots``, the figures (PNG and HTML; ``plotly``: how the
+        pages get plotly.js, see :mod:`tunedlens.plot.html`).
 
         Raises:
             OutputError: ``out`` is a file, or already holds files and ``force`` is False.
@@ -134,7 +142,7 @@ class DetectReport:
         if plots:
             from tunedlens.plot.detect_figures import save_detect_figures
 
-            written += save_detect_figures(self.to_dict(), out)
+            written += save_detect_figures(self.to_dict(), out, plotly=plotly)
         return written
 
 

@@ -58,11 +58,14 @@ class PruneReport:
         """The JSON-ready report."""
         return self.data
 
-    def save(self, out, *, plots: bool = True) -> list:
-        """Write ``prune.json``, ``prune_summary.md``, CSV sidecars and (optionally) figures."""
+    def save(self, out, *, plots: bool = True, plotly: str = "directory") -> list:
+        """Write ``prune.json``, ``prune_summary.md``, CSV sidecars and (optionally) figures.
+
+        ``plotly``: how the HTML figures get plotly.js (see :mod:`tunedlens.plot.html`).
+        """
         from tunedlens.analyze.pruning.report import save_prune_report
 
-        return save_prune_report(self.data, out, plots=plots)
+        return save_prune_report(self.data, out, plots=plots, plotly=plotly)
 
     def summary(self) -> str:
         """The markdown summary (ranked tables)."""

@@ -178,8 +178,13 @@ def _tables(data: dict) -> dict[str, tuple[list[str], list[dict]]]:
     }
 
 
-def save_prune_report(data: dict, out: str | os.PathLike, *, plots: bool = True) -> list[Path]:
-    """Write every output file of a pruning report into the directory ``out``; their paths."""
+def save_prune_report(
+    data: dict, out: str | os.PathLike, *, plots: bool = True, plotly: str = "directory"
+) -> list[Path]:
+    """Write every output file of a pruning report into the directory ``out``; their paths.
+
+    ``plotly``: how the HTML figures get plotly.js (see :mod:`tunedlens.plot.html`).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "prune.json", out / "prune_summary.md"]
@@ -191,5 +196,5 @@ def save_prune_report(data: dict, out: str | os.PathLike, *, plots: bool = True)
     if plots:
         from tunedlens.plot.prune_figures import save_prune_figures
 
-        written += save_prune_figures(data, out)
+        written += save_prune_figures(data, out, plotly=plotly)
     return written

@@ -423,6 +423,7 @@ def describe_tuned(path: Path) -> dict:
     return {
         "path": str(path),
         "format": lens.format,
+        "kind": "tuned",
         "translator": translator.kind,
         "points": lens.points,
         "n_blocks": lens.n_blocks,

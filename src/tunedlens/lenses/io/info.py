@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import os
 
-from tunedlens.errors import LensFileError
 from tunedlens.lenses.io.formats import DESCRIBERS
 from tunedlens.lenses.io.load import LensLocation, resolve_location
+
+LOGIT_INFO = {
+    "path": "logit",
+    "kind": "logit",
+    "format": "none (no files: built from the model itself)",
+    "translator": "none (identity)",
+    "parameters": 0,
+    "decodes": "each row's residual state with the model's own final norm and unembedding",
+    "trained": "never: it works with every model as it is, the baseline of every comparison",
+    "use": "--lens logit (the default of predict; always beside the others in show and eval)",
+    "provenance": {},
+    "rows": [],
+}
+"""What ``tunedlens lens info logit`` reports: the logit lens has no files and no rows of its own."""
 
 
 def describe_lens(location: str | os.PathLike | LensLocation) -> dict:
@@ -18,8 +31,5 @@ def describe_lens(location: str | os.PathLike | LensLocation) -> dict:
     """
     resolved = resolve_location(location)
     if resolved.is_logit:
-        raise LensFileError(
-            "'logit' is the logit lens, which has no files to describe; pass a lens directory, "
-            "a J-lens file or a hub location."
-        )
+        return dict(LOGIT_INFO)
     return {**DESCRIBERS[resolved.format](resolved.path), "path": resolved.text}

@@ -350,7 +350,6 @@ def describe_jlens(path: Path) -> dict:
                 "row": row,
                 "label": row_label("block", row, label_blocks),
                 "update_norm": float((m.float() - eye).norm()),
-                "bias_norm": 0.0,
             }
             for row, m in sorted(matrices.items())
         ],

@@ -11,23 +11,115 @@ let lastPrompt = "";
 const STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 
 function colour(t) {
-  if (t === null || Number.isNaN(t)) return "transparent";
+  if (t === null || Number.isNaN(t)) return "var(--line)";  // no value: grey, off the scale
   t = Math.min(1, Math.max(0, t)) * (STOPS.length - 1);
   const i = Math.min(STOPS.length - 2, Math.floor(t)), f = t - i;
   const c = STOPS[i].map((v, k) => Math.round(v + f * (STOPS[i + 1][k] - v)));
   return `rgb(${c[0]},${c[1]},${c[2]})`;
 }
 
-function textColour(t) { return t !== null && t > 0.6 ? "#111" : "#fff"; }
+function textColour(t) {
+  if (t === null || Number.isNaN(t)) return "var(--fg)";
+  return t > 0.6 ? "#111" : "#fff";
+}
 
-function scaler(stat, values) {
-  const flat = values.flat().filter((v) => v !== null);
-  if (stat.units === "rank") {  // log scale, rank 1 brightest
-    const top = Math.log(Math.max(2, ...flat));
-    return (v) => (v === null ? null : 1 - Math.log(v) / top);
+// Heavy-tailed statistics get a log scale: on a linear one the logit lens's first rows
+// (~150 bits of KL) leave every other cell the same colour. Values below the floor get its colour.
+const LOG_STATS = new Set(["kl", "ce", "rank", "model-rank"]);
+const LOG_FLOOR = {bits: 0.01, rank: 1};
+
+function extent(values) {
+  let low = Infinity, high = -Infinity;
+  for (const v of values) { if (v < low) low = v; if (v > high) high = v; }
+  return [low, high];
+}
+
+// One colour scale for every panel on show (grids: a list of rows x positions arrays), so the
+// same colour means the same value in both lenses. scale.t(v) is the position in [0, 1].
+function sharedScale(stat, grids) {
+  const flat = grids.flat(2).filter((v) => v !== null && Number.isFinite(v));
+  const reversed = stat.units === "rank";  // rank 1 brightest
+  let scale;
+  if (LOG_STATS.has(stat.name) && stat.vmin == null && stat.vmax == null) {
+    const floor = LOG_FLOOR[stat.units] ?? 0.01;
+    const positive = flat.filter((v) => v > 0);
+    const low = Math.max(floor, positive.length ? extent(positive)[0] : floor);
+    const high = Math.max(low * 10, flat.length ? extent(flat)[1] : low);
+    const a = Math.log10(low), b = Math.log10(high);
+    scale = {log: true, low, high, clipped: flat.some((v) => v < low),
+      t: (v) => (v === null ? null : (Math.log10(Math.max(v, low)) - a) / (b - a))};
+  } else {
+    const [min, max] = flat.length ? extent(flat) : [0, 1];
+    const low = stat.vmin ?? Math.min(0, min), high = stat.vmax ?? Math.max(low + 1e-9, max);
+    scale = {log: false, low, high, clipped: false,
+      t: (v) => (v === null ? null : (v - low) / (high - low || 1))};
   }
-  const low = stat.vmin ?? Math.min(0, ...flat), high = stat.vmax ?? Math.max(1e-9, ...flat);
-  return (v) => (v === null ? null : (v - low) / (high - low || 1));
+  if (reversed) { const t = scale.t; scale.t = (v) => (v === null ? null : 1 - t(v)); }
+  scale.reversed = reversed;
+  return scale;
+}
+
+function formatNumber(v) {
+  if (v === null || v === undefined || Number.isNaN(v)) return "–";
+  if (typeof v !== "number") return String(v);
+  if (v !== 0 && (Math.abs(v) >= 1e5 || Math.abs(v) < 1e-3)) return v.toExponential(1);
+  return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(3)));
+}
+
+// A token as a cell shows it: one of punctuation only in ‹ ›, so "-" is not read as "no value".
+function cellText(label) {
+  return label && !/[\p{L}\p{N}␣↵⇥␍]/u.test(label) ? `‹${label}›` : label;
+}
+
+// A probability as a percentage that never reads "0.00 %" for a small but nonzero value.
+function formatPercent(p) {
+  if (p === null || p === undefined || Number.isNaN(p)) return "–";
+  if (p === 0) return "0 %";
+  if (p < 1e-4) return "<0.01 %";
+  return `${(100 * p).toFixed(2)} %`;
+}
+
+function scaleTicks(scale) {
+  if (scale.log) {
+    const ticks = [];
+    for (let e = Math.floor(Math.log10(scale.low)); e <= Math.ceil(Math.log10(scale.high)); e++) {
+      const v = 10 ** e;
+      if (v >= scale.low * 0.999 && v <= scale.high * 1.001) ticks.push(v);
+    }
+    if (!ticks.includes(scale.low)) ticks.unshift(scale.low);
+    return ticks;
+  }
+  return [0, 0.25, 0.5, 0.75, 1].map((f) => scale.low + f * (scale.high - scale.low));
+}
+
+// The colour legend: the scale's gradient, ticks with values, and what kind of scale it is.
+function legendBar(stat, scale, note) {
+  const w = 360, x0 = 12, x1 = w - 12;
+  const stops = STOPS.map((c, i) => {
+    const at = scale.reversed ? 1 - i / (STOPS.length - 1) : i / (STOPS.length - 1);
+    return `<stop offset="${at}" stop-color="rgb(${c.join(",")})"/>`;
+  }).sort((a, b) => parseFloat(a.split('"')[1]) - parseFloat(b.split('"')[1]));
+  const ticks = scaleTicks(scale).map((v) => {
+    const x = x0 + scale.t(v) * (x1 - x0);
+    return `<line class="axis" x1="${x}" y1="22" x2="${x}" y2="27"/>` +
+      `<text x="${x}" y="38" text-anchor="middle" font-size="10" fill="currentColor">${formatNumber(v)}</text>`;
+  }).join("");
+  const kind = scale.log ? "log scale" + (scale.clipped ? `, below ${formatNumber(scale.low)} coloured as ${formatNumber(scale.low)}` : "") : "linear";
+  const caption = `${stat.title} (${stat.units}, ${kind})${note ? "; " + note : ""}`;
+  const h2 = 40;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("width", w); svg.setAttribute("height", h2);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `colour legend: ${caption}`);
+  svg.innerHTML = `<defs><linearGradient id="legend-gradient">${stops.join("")}</linearGradient></defs>` +
+    `<rect x="${x0}" y="6" width="${x1 - x0}" height="16" fill="url(#legend-gradient)"/>${ticks}`;
+  const box = document.createElement("div");
+  box.className = "colour-legend";
+  const text = document.createElement("div");
+  text.className = "legend";
+  text.textContent = `colours: ${caption}; grey: no value`;
+  box.append(svg, text);
+  return box;
 }
 
 function showError(message) {
@@ -128,7 +220,7 @@ async function compare() {
   }
 }
 
-function table(title, columns, rows, values, labels, stat, onCell, probs) {
+function table(title, columns, rows, values, labels, stat, scale, onCell, probs) {
   const section = document.createElement("section");
   const heading = document.createElement("h2");
   heading.textContent = title;
@@ -139,7 +231,8 @@ function table(title, columns, rows, values, labels, stat, onCell, probs) {
   section.appendChild(legend);
   const grid = document.createElement("table");
   grid.className = "heatmap";
-  const scale = scaler(stat, values);
+  grid.dataset.low = scale.low; grid.dataset.high = scale.high;
+  grid.dataset.scale = scale.log ? "log" : "linear";
   const head = grid.insertRow();
   head.appendChild(document.createElement("th"));
   for (const column of columns) {
@@ -154,16 +247,16 @@ function table(title, columns, rows, values, labels, stat, onCell, probs) {
     tr.appendChild(th);
     values[r].forEach((value, c) => {
       const td = tr.insertCell();
-      const t = scale(value);
+      const t = scale.t(value);
       td.className = "cell";
       td.tabIndex = 0;
-      td.textContent = labels[r][c];
+      td.textContent = cellText(labels[r][c]);
       td.style.background = colour(t);
       td.style.color = textColour(t);
       td.dataset.row = r; td.dataset.col = c;
       td.dataset.value = value === null ? "" : value;
-      td.title = `row ${rows[r]}, position ${columns[c]}: ${value === null ? "–" : value.toFixed(3)} ${stat.units}` +
-        (probs ? `; top token ${labels[r][c]} p=${(probs[r][c] ?? 0).toFixed(3)}` : "");
+      td.title = `row ${rows[r]}, position ${columns[c]}: ${value === null ? "no value" : formatNumber(value)} ${stat.units}` +
+        (probs ? `; top token ${labels[r][c]} ${formatPercent(probs[r][c])}` : "");
       td.addEventListener("click", () => onCell(td, r, c));
       td.addEventListener("keydown", (event) => keyMove(event, td, r, c, onCell));
     });
@@ -187,10 +280,14 @@ function drawReadout(view) {
   box.replaceChildren();
   $("details").hidden = true;
   const columns = view.positions.map((p, i) => `${p}: ${view.tokens[i]}`);
-  for (const [name, lens] of Object.entries(view.lenses)) {
+  const lenses = Object.entries(view.lenses);
+  const scale = sharedScale(view.stat, lenses.map(([, lens]) => lens.values));
+  $("colour-legend").replaceChildren(legendBar(view.stat, scale,
+    lenses.length > 1 ? "one scale for both lenses" : ""));
+  for (const [name, lens] of lenses) {
     const labels = lens.top1;
     const title = `${name} (${lens.kind} lens, ${lens.source})`;
-    box.appendChild(table(title, columns, view.rows, lens.values, labels, view.stat,
+    box.appendChild(table(title, columns, view.rows, lens.values, labels, view.stat, scale,
       (td, r, c) => openCell(td, name, lens, view, r, c), lens.top1_prob));
   }
 }
@@ -201,7 +298,9 @@ function drawCompare(view) {
   $("details").hidden = true;
   const columns = view.tokens.map((t, i) => (t === view.other_tokens[i] ? `${i}: ${t}` : `${i}: ${t}/${view.other_tokens[i]}`));
   const title = `${view.lens}: where the two prompts diverge`;
-  const section = table(title, columns, view.rows, view.values, view.labels, view.stat, () => {});
+  const scale = sharedScale(view.stat, [view.values]);
+  $("colour-legend").replaceChildren(legendBar(view.stat, scale, ""));
+  const section = table(title, columns, view.rows, view.values, view.labels, view.stat, scale, () => {});
   section.querySelector("table").classList.add("compare");
   box.appendChild(section);
 }
@@ -218,7 +317,7 @@ async function openCell(td, name, lens, view, r, c) {
     list.replaceChildren();
     for (const entry of cell.top) {
       const li = document.createElement("li");
-      li.textContent = `${entry.token}  ${(100 * entry.prob).toFixed(2)} %`;
+      li.textContent = `${entry.token}  ${formatPercent(entry.prob)}`;
       list.appendChild(li);
     }
     sparkline(cell);
@@ -239,6 +338,77 @@ function escapeXml(text) {
   return text.replace(/[&<>"]/g, (ch) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[ch]));
 }
 
+// KL to the model per row on a log axis (the logit lens's first rows dwarf the rest otherwise),
+// with its numbers: y ticks per decade, x ticks by row, the last one "output".
+function klChart(values, layers) {
+  const w = 460, h = 220, left = 56, right = 24, top = 10, bottom = 42;
+  const floor = 1e-3;
+  const shown = values.map((v) => Math.max(v ?? floor, floor));
+  const lo = Math.floor(Math.log10(Math.min(...shown))), hi = Math.ceil(Math.log10(Math.max(...shown, floor * 10)));
+  const n = values.length;
+  const x = (i) => left + (i / Math.max(1, n - 1)) * (w - left - right);
+  const y = (v) => top + (1 - (Math.log10(v) - lo) / (hi - lo || 1)) * (h - top - bottom);
+  const parts = [`<line class="axis" x1="${left}" y1="${h - bottom}" x2="${w - right}" y2="${h - bottom}"/>`,
+    `<line class="axis" x1="${left}" y1="${top}" x2="${left}" y2="${h - bottom}"/>`];
+  for (let e = lo; e <= hi; e++) {
+    parts.push(`<line class="grid" x1="${left}" y1="${y(10 ** e)}" x2="${w - right}" y2="${y(10 ** e)}"/>`,
+      `<text x="${left - 4}" y="${y(10 ** e) + 3}" text-anchor="end" font-size="10" fill="currentColor">${formatNumber(10 ** e)}</text>`);
+  }
+  const step = Math.max(1, Math.ceil(n / 8));
+  const ticks = [];
+  for (let i = 0; i < n - 1; i += step) if (n - 1 - i >= step) ticks.push(i);  // room for "output"
+  ticks.push(n - 1);
+  for (const i of ticks) {
+    const label = i === n - 1 ? "output" : String(layers ? layers[i] : i);
+    parts.push(`<line class="axis" x1="${x(i)}" y1="${h - bottom}" x2="${x(i)}" y2="${h - bottom + 4}"/>`,
+      `<text x="${x(i)}" y="${h - bottom + 15}" text-anchor="${i === n - 1 ? "end" : "middle"}" font-size="10" fill="currentColor">${label}</text>`);
+  }
+  parts.push(`<text x="${(left + w - right) / 2}" y="${h - 6}" text-anchor="middle" font-size="11" fill="currentColor">row</text>`,
+    `<text transform="translate(13 ${(top + h - bottom) / 2}) rotate(-90)" text-anchor="middle" font-size="11" fill="currentColor">KL (bits, log scale)</text>`,
+    `<path class="curve" d="M${shown.map((v, i) => `${x(i)},${y(v)}`).join(" L")}"/>`,
+    ...shown.map((v, i) => `<circle class="point" cx="${x(i)}" cy="${y(v)}" r="2.5"><title>row ${i === n - 1 ? "output" : (layers ? layers[i] : i)}: ${formatNumber(values[i])} bits</title></circle>`));
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("width", w); svg.setAttribute("height", h);
+  svg.setAttribute("class", "kl-chart");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `KL per row, log scale, from ${formatNumber(Math.max(...values))} bits down to ${formatNumber(values[n - 1])} bits at the output`);
+  svg.innerHTML = parts.join("");
+  return svg;
+}
+
+function gateNumbers(value) {
+  if (value !== null && typeof value === "object") {
+    return Object.entries(value).map(([k, v]) => `${k}: ${formatNumber(v)}`).join(", ");
+  }
+  return formatNumber(value);
+}
+
+// Each gate with what was measured and what it needs, not a bare pass/fail.
+function gatesTable(gates) {
+  const table = document.createElement("table");
+  table.className = "gates";
+  const head = table.insertRow();
+  for (const text of ["gate", "result", "measured", "threshold"]) {
+    const th = document.createElement("th");
+    th.textContent = text;
+    head.appendChild(th);
+  }
+  for (const [gate, result] of Object.entries(gates)) {
+    const measured = [], needed = [];
+    for (const [key, value] of Object.entries(result)) {
+      if (key === "pass") continue;
+      const line = `${key.replaceAll("_", " ")} ${gateNumbers(value)}`;
+      (/threshold|required/.test(key) ? needed : measured).push(line);
+    }
+    const row = table.insertRow();
+    for (const text of [gate, result.pass ? "pass" : "FAIL", measured.join("; "), needed.join("; ")]) {
+      row.insertCell().textContent = text;
+    }
+    row.className = result.pass ? "pass" : "fail";
+  }
+  return table;
+}
+
 function drawEvals() {
   const box = $("evals");
   for (const lens of info.lenses.filter((l) => l.eval)) {
@@ -246,20 +416,8 @@ function drawEvals() {
     heading.textContent = `${lens.name}: KL to the model per row (${lens.eval.report})`;
     box.appendChild(heading);
     const values = lens.eval.kl_bits || [];
-    const w = 360, h = 120, top = Math.max(1e-9, ...values);
-    const points = values.map((v, i) => `${(i / Math.max(1, values.length - 1)) * (w - 20) + 10},${h - 10 - (v / top) * (h - 20)}`);
-    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-    svg.setAttribute("width", w); svg.setAttribute("height", h);
-    svg.setAttribute("role", "img"); svg.setAttribute("aria-label", `KL per row, up to ${top.toFixed(2)} bits`);
-    svg.innerHTML = `<line class="axis" x1="10" y1="${h - 10}" x2="${w - 10}" y2="${h - 10}"/><path class="curve" d="M${points.join(" L")}"/>`;
-    box.appendChild(svg);
-    if (lens.eval.gates) {
-      const gates = document.createElement("table");
-      gates.className = "gates";
-      gates.innerHTML = "<tr><th>gate</th><th>result</th></tr>" + Object.entries(lens.eval.gates)
-        .map(([gate, result]) => `<tr><td>${gate}</td><td>${result.pass ? "pass" : "fail"}</td></tr>`).join("");
-      box.appendChild(gates);
-    }
+    if (values.length) box.appendChild(klChart(values, lens.eval.layers));
+    if (lens.eval.gates) box.appendChild(gatesTable(lens.eval.gates));
   }
 }
 
