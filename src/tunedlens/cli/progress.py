@@ -38,6 +38,7 @@ class RemainingColumn(ProgressColumn):
 
 
 PHASES = {
+    "sample": ("sample", "tokens"),
     "packing": ("packing", "sequences"),
     "lstsq": ("least squares", "sequences"),
     "train": ("train", "tokens"),
@@ -126,6 +127,10 @@ class TrainingProgress:
             self.progress.reset(task, total=total, completed=0, count=count, began=now, rate=0)
             return
         self.progress.update(task, total=total, completed=done, count=count, rate=rate)
+
+    def sample(self, done: int, total: int) -> None:
+        """Show the text sampled from the model (``--data self``), in tokens."""
+        self.phase("sample", done, total)
 
     def update(self, stats) -> None:
         """After an optimizer step: its tokens/s and loss beside the training bar."""
@@ -235,6 +240,31 @@ class CountProgress:
         if self.task is None:
             self.start(total)
         self.progress.update(self.task, completed=done)
+
+
+class SampleProgress(CountProgress):
+    """The bar of the text sampled from the model (``--data self``), stopped once complete.
+
+    It ends before the command's own bar begins (one live display at a time).
+    """
+
+    def __init__(self):
+        super().__init__("sample", "tokens")
+        self.finished = False
+
+    def update(self, done: int, total: int) -> None:
+        """Show ``done`` of ``total`` tokens; stop the bar at ``total``."""
+        if self.finished:
+            return
+        super().update(done, total)
+        if done >= total:
+            self.progress.stop()
+            self.finished = True
+
+    def __exit__(self, *exc):
+        if self.task is not None and not self.finished:
+            return self.progress.__exit__(*exc)
+        return None
 
 
 @contextmanager

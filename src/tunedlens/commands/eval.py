@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunedlens.commands.common import open_model_and_lenses
-from tunedlens.data import TextSource, pack_blocks
+from tunedlens.data import SelfTextSettings, TextSource, pack_blocks, sample_self_text
 from tunedlens.errors import InputError
 from tunedlens.evaluation.core import BASELINE, EvalReport, evaluate
 from tunedlens.evaluation.prompts import load_prompts
@@ -48,11 +48,15 @@ def run(
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    self_settings: SelfTextSettings | None = None,
+    on_sample: Callable[[int, int], None] | None = None,
 ) -> EvalRun:
     """Evaluate lens locations on ``model_spec`` (the logit lens is always the baseline).
 
     ``on_start`` is called with the number of tokens once the data is packed, ``progress`` after
-    every batch (see :func:`evaluate`). Arguments as for ``tunedlens eval``. ``out`` is checked
+    every batch (see :func:`evaluate`). With ``data="self"`` the text is sampled from the model as
+    ``self_settings`` says (or reused from its cache), ``on_sample(done, total)`` counting the
+    tokens. Arguments as for ``tunedlens eval``. ``out`` is checked
     before anything is loaded (an earlier report is replaced only with ``force``, and nothing
     else ever is); the report is written beside it and renamed into place once complete.
     """
@@ -69,8 +73,8 @@ def run(
             f"{batch_size}, {bootstrap}"
         )
     suite = None if prompts in (None, "none") else load_prompts(prompts)
-    source = TextSource(data, text_column=text_column)
-    source.check()
+    source = TextSource(data, text_column=text_column, self_text=self_settings)
+    source.check(allow_self=True)
     opened = open_model_and_lenses(
         model_spec,
         lenses,
@@ -80,8 +84,20 @@ def run(
         strict=strict,
         with_logit=False,
         reserved=(BASELINE,),
+        needs_tokenizer=not source.is_self,  # self text names its own need of a tokenizer
     )  # evaluate adds the logit lens
     loaded, loaded_tokenizer, named = opened.model, opened.tokenizer, opened.lenses
+    sampled = None
+    if source.is_self:
+        sampled = sample_self_text(
+            loaded,
+            loaded_tokenizer,
+            source.self_settings(),
+            tokens_needed=tokens // seq_len * seq_len,
+            progress=on_sample,
+            model_name=model_spec,
+        )
+        source = TextSource.from_self_text(sampled)
     blocks = pack_blocks(
         source, loaded_tokenizer, seq_len=seq_len, n_sequences=tokens // seq_len, seed=seed
     )
@@ -101,6 +117,8 @@ def run(
         model_name=model_spec,
     )
     report.metrics["data"] = {"spec": data, "content_hash": blocks.content_hash()}
+    if sampled is not None:
+        report.metrics["data"]["self_text"] = sampled.record()
     with staged_output(out, REPORT_OUTPUT) as staging:
         written = report.save(staging, plots=plots, plotly=plotly)
     return EvalRun(report, out, [out / path.name for path in written])

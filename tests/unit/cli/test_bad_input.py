@@ -230,12 +230,46 @@ def _tasks(root):
     )
 
 
+SELF = ["--data", "self", "--self-cache", "{root}/selfcache", "--self-doc-tokens", "8"]
+FIT_SELF = ["fit-jlens", "{root}/model", "--out", "{root}/jout", *SELF, "--prompts", "2"]
+FIT_SELF += ["--seq-len", "16", "--skip-first", "2"]
+
+
+def _self_cache(root, sampler):
+    """A self-text cache sampled from ``sampler`` where ``model/``'s text (of SELF) is looked for."""
+    from tunedlens.data import SelfTextSettings, sample_self_text
+    from tunedlens.data.self_text import cache_path
+    from tunedlens.models import load_model
+
+    model, tokenizer = load_model(root / "model")
+    settings = SelfTextSettings(cache_dir=root / "selfcache", doc_tokens=8)
+    sampled = sample_self_text(sampler or model, tokenizer, settings, tokens_needed=10)
+    target = cache_path(model, tokenizer, settings)
+    sampled.path.rename(target)
+    return target
+
+
+def _other_model_cache(root):
+    _self_cache(root, tiny_model("llama", seed=9))
+
+
+def _other_settings_cache(root):
+    import gzip
+
+    path = _self_cache(root, None)
+    with gzip.open(path, "rt") as handle:
+        lines = [json.loads(line) for line in handle]
+    lines[0]["sampling"]["seed"] = 5
+    with gzip.open(path, "wt") as handle:
+        handle.writelines(json.dumps(line) + "\n" for line in lines)
+
+
 PREPARED = (
     *(_checkpoint, _jlens_checkpoint, _jlens, _jlens_copy, _parts_same, _parts_overlap),
     *(_parts_seq_len, _parts_other_model, _random_file, _layers_thirty, _prompts_many),
     *(_numeric_hash, _stopped_fit),
     *(_index_entry_list, _index_size_text, _linked_folder, _link_out),
-    *(_held_out_text, _tasks),
+    *(_held_out_text, _tasks, _other_model_cache, _other_settings_cache),
 )
 """Prepare functions that build their own inputs (the others change a copy of lens/)."""
 
@@ -256,6 +290,58 @@ TRAIN = [
     "64",
 ]
 CASES = {
+    # --data self (text sampled from the model)
+    "self without a tokenizer": (
+        ["train", "{root}/weights", "--out", "{root}/srun", *SELF, *TRAIN[2:]],
+        "--data self samples text from the model and needs its tokenizer",
+        None,
+    ),
+    "self temperature zero": (
+        ["eval", M, "--data", "self", "--self-temperature", "0"],
+        "--self-temperature must be > 0",
+        None,
+    ),
+    "self temperature negative": (
+        [*FIT_SELF, "--self-temperature", "-0.5"],
+        "--self-temperature must be > 0",
+        None,
+    ),
+    "self top-p above one": (
+        ["train", M, "--out", "{root}/srun", *SELF, "--self-top-p", "1.5", *TRAIN[2:]],
+        "--self-top-p must be in (0, 1]",
+        None,
+    ),
+    "self top-p zero": (
+        ["eval", M, "--data", "self", "--self-top-p", "0"],
+        "--self-top-p must be in (0, 1]",
+        None,
+    ),
+    "self cache is a file": (
+        ["eval", M, "--data", "self", "--self-cache", "{root}/afile"],
+        "is a file, not a directory",
+        None,
+    ),
+    "self cache of another model": (FIT_SELF, "was sampled from another model", _other_model_cache),
+    "self cache of other settings": (
+        FIT_SELF,
+        "was sampled with other settings: --self-seed 5 (this run: 0)",
+        _other_settings_cache,
+    ),
+    "self options without self data": (
+        ["eval", M, "--data", "{root}/text.txt", "--self-seed", "3"],
+        "drop them or pass --data self",
+        None,
+    ),
+    "self validation data": (
+        ["train", M, "--out", "{root}/srun", *SELF, "--val-data", "self", *TRAIN[2:]],
+        "--val-data self would sample the very text trained on",
+        None,
+    ),
+    "self time budget without self tokens": (
+        ["train", M, "--out", "{root}/srun", *SELF, "--time-budget", "60", *TRAIN[2:8]],
+        "--time-budget with --data self needs --self-tokens",
+        None,
+    ),
     # predict
     "nan lens": (["predict", M, P, "--lens", "{root}/nan-lens"], "holds NaN or Inf", _nan),
     "nan lens json": (["predict", M, P, "--lens", "{root}/nan-lens", "--json"], "layer 1", _nan),
