@@ -16,8 +16,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "early_exit": "tunedlens.analyze.early_exit",
-    "EarlyExitReport": "tunedlens.analyze.early_exit",
+    "early_exit": "tunedlens.analyze.exit_analysis",
+    "EarlyExitReport": "tunedlens.analyze.exit_analysis",
     "prune": "tunedlens.analyze.prune",
     "PruneReport": "tunedlens.analyze.prune",
     "detect": "tunedlens.analyze.detect",
