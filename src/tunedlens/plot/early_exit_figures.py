@@ -108,7 +108,9 @@ def _rows(metrics: dict, out: Path) -> list[Path]:
             axis.stairs(shares, edges, color=color, label=which, linewidth=1.4)
             figure.add_trace(go.Scatter(x=rows, y=shares, mode="lines", line_shape="hvh", name=which,
                                         legendgroup=which, showlegend=column == 0), row=1, col=column + 1)  # fmt: skip
-        axis.set(title=name, xlabel=f"exit row (output = {metrics['output_row']})")
+        # Most tokens of a cautious rule never exit: a log scale keeps the early rows visible.
+        axis.set(title=name, xlabel=f"exit row (output = {metrics['output_row']})", yscale="log",
+                 ylim=(0.5 / max(metrics["tokens"], 1), 1.5))
         axis.grid(alpha=0.3)
         figure.update_xaxes(title_text="exit row", row=1, col=column + 1)
     axes[0][0].set_ylabel("share of tokens")
@@ -117,7 +119,8 @@ def _rows(metrics: dict, out: Path) -> list[Path]:
     delta = f"{metrics['histograms']['delta']:g}"
     fig.suptitle(f"Where tokens exit: the oracle, and each measure certified for δ={delta}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
-    figure.update_yaxes(title_text="share of tokens", row=1, col=1)
+    figure.update_yaxes(title_text="share of tokens", type="log", row=1, col=1)
+    figure.update_yaxes(type="log")
     figure.update_layout(title=f"Where tokens exit (certified for δ={delta}) · {metrics['model']}",
                          template="plotly_white", barmode="overlay")  # fmt: skip
     return _write(figure, fig, pyplot, out / "early_exit_rows")
