@@ -18,6 +18,7 @@ import importlib
 _EXPORTS = {
     "early_exit": "tunedlens.analyze.exit_analysis",
     "EarlyExitReport": "tunedlens.analyze.exit_analysis",
+    "generate_with_exit": "tunedlens.analyze.exit_generate",
     "prune": "tunedlens.analyze.prune",
     "PruneReport": "tunedlens.analyze.prune",
     "detect": "tunedlens.analyze.detect",
