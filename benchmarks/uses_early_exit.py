@@ -38,7 +38,7 @@ def load(args):
         from tiny_models import random_lens, tiny_model
 
         model = tiny_model("llama")
-        lenses = {"tuned": random_lens(model)}
+        lenses = {"tuned": random_lens(model), "tuned-b": random_lens(model, scale=0.05)}
         tokens = torch.randint(3, 120, (args.tokens // args.seq_len, args.seq_len),
                                generator=torch.Generator().manual_seed(0))  # fmt: skip
         return model, _TinyTokenizer(), lenses, tokens
@@ -77,7 +77,7 @@ def main() -> None:
                         help="Where uses_early_exit.{json,md,png} go (default benchmarks/results; --out with --tiny).")
     parser.add_argument("--tiny", action="store_true", help="A tiny random model: checks the script.")
     args = parser.parse_args()
-    from tunedlens.analyze.exit_analysis import exit_table, summarise_exit
+    from tunedlens.analyze.exit_analysis import summarise_exit
     from tunedlens.analyze.exit_generate import compare_generation
     from tunedlens.lenses.lens import LogitLens
 
@@ -86,8 +86,7 @@ def main() -> None:
     n_blocks = len(LogitLens(model).unembed.arch.layers)
     schedules = dict(SCHEDULES)
     schedules["late rows"] = dict(check_rows=sorted({min(n_blocks - 1, round(f * n_blocks)) for f in LATE}))
-    table = exit_table(model, lenses, tokens, progress=lambda done, total: print(f"  {done}/{total} sequences", flush=True))  # fmt: skip
-    print(f"exit table: {table.n_tokens} tokens in {table.elapsed_s:.0f} s", flush=True)
+    table = measured(model, lenses, tokens, args.out)
     reports = {}
     for name, schedule in schedules.items():
         report = summarise_exit(table, **schedule)
@@ -111,6 +110,52 @@ def main() -> None:
     (results / "uses_early_exit.md").write_text(table_md)
     figure(reports, results / "uses_early_exit.png")
     print(table_md)
+
+
+def measured(model, lenses: dict, tokens: torch.Tensor, out: Path):
+    """The exit table of every lens, one lens at a time, each kept in ``out`` (a rerun reuses it).
+
+    Lenses become available at different times (a J-lens fit takes long): the run can start with
+    the ones there are. Each table also holds the logit lens; the first one's is kept.
+    """
+    from dataclasses import asdict, fields
+
+    import numpy as np
+
+    from tunedlens.analyze.exit_analysis import ExitTable, LensTable, exit_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    key = f"{tokens.shape[0]}x{tokens.shape[1]}-{int(tokens.sum())}"
+    merged = None
+    for name, lens in lenses.items():
+        path = out / f"table-{name}-{key}.npz"
+        if path.exists():
+            stored = dict(np.load(path, allow_pickle=False))
+            meta = json.loads(str(stored.pop("meta")))
+            tables = {lens_name: LensTable(**{f.name: stored[f"{lens_name}.{f.name}"] if f.name not in ("kind", "source")
+                                              else meta["lenses"][lens_name][f.name] for f in fields(LensTable)})
+                      for lens_name in meta["lenses"]}  # fmt: skip
+            from tunedlens.analyze.compute import compute_model
+
+            table = ExitTable(**meta["table"], compute=compute_model(model), lenses=tables,
+                              **{k: stored[k] for k in ("context", "calibration", "model_top1", "model_ce_bits", "saturation")})  # fmt: skip
+            print(f"exit table of {name}: reused {path}", flush=True)
+        else:
+            table = exit_table(model, {name: lens}, tokens,
+                               progress=lambda done, total, name=name: print(f"  {name}: {done}/{total} sequences", flush=True))  # fmt: skip
+            arrays = {k: getattr(table, k) for k in ("context", "calibration", "model_top1", "model_ce_bits", "saturation")}
+            for lens_name, lens_table in table.lenses.items():
+                arrays.update({f"{lens_name}.{k}": v for k, v in asdict(lens_table).items() if k not in ("kind", "source")})
+            meta = {"table": {k: getattr(table, k) for k in ("model", "model_type", "n_blocks", "split", "sequences", "seq_len", "elapsed_s")},
+                    "lenses": {n: {"kind": t.kind, "source": t.source} for n, t in table.lenses.items()}}  # fmt: skip
+            np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+            print(f"exit table of {name}: {table.n_tokens} tokens in {table.elapsed_s:.0f} s", flush=True)
+        if merged is None:
+            merged = table
+        else:
+            merged.lenses[name] = table.lenses[name]
+            merged.elapsed_s += table.elapsed_s
+    return merged
 
 
 def _best_saving(metrics: dict, delta: str) -> tuple[float, str, str]:
