@@ -202,7 +202,8 @@ def tabulate(reports: dict, generation: dict | None, best: str, args, elapsed: f
                      + " | ".join(f"{v:.1%}" for v in scheduled) + " |")
     for name, metrics in reports.items():
         lines += ["", f"## Checks at {name} (rows {_rows(metrics['check_rows'])})", "",
-                  "Certified thresholds on the test sequences: agreement / net saved / rows used.", "",
+                  "Certified thresholds on the test sequences: agreement / net saved / rows used "
+                  "(✗: the test agreement fell below 1 − δ).", "",
                   "| lens | measure | δ = 0.05 | δ = 0.10 |", "| --- | --- | --- | --- |"]  # fmt: skip
         for lens, measures in metrics["calibration"]["results"].items():
             for measure, by_delta in measures.items():
@@ -213,7 +214,8 @@ def tabulate(reports: dict, generation: dict | None, best: str, args, elapsed: f
                         cells.append("none certified")
                         continue
                     test = result["test"]
-                    cells.append(f"{test['agreement']:.3f} / {test['saved']:+.1%} / {test['rows_used']:.1f} "
+                    mark = "" if result["test_holds"] else " ✗"
+                    cells.append(f"{test['agreement']:.3f}{mark} / {test['saved']:+.1%} / {test['rows_used']:.1f} "
                                  f"(τ={result['threshold']:.6g})")  # fmt: skip
                 lines.append(f"| {lens} | {measure} | {cells[0]} | {cells[1]} |")
         saved, lens, measure = _best_saving(metrics, "0.1")

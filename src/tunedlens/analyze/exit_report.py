@@ -66,7 +66,10 @@ def summary_markdown(metrics: dict) -> str:
         "",
         f"Certified thresholds: agreement ≥ 1 − δ with confidence {1 - calibration['epsilon']:.2f} "
         f"({calibration['bound']} bound) on {calibration['calibration_tokens']:,} calibration tokens "
-        f"({calibration['split']}), measured on {calibration['test_tokens']:,} test tokens.",
+        f"({calibration['split']}), measured on {calibration['test_tokens']:,} test tokens (✗: the "
+        "test agreement fell below 1 − δ). A certified threshold that exits no token means no "
+        "threshold of that measure kept agreement; negative savings mean the checks cost more than "
+        "the exits save.",
     ]
     for name, entry in metrics["lenses"].items():
         oracle, scheduled = entry["oracle"], entry["oracle_on_schedule"]
@@ -89,8 +92,9 @@ def summary_markdown(metrics: dict) -> str:
                     lines.append(f"| {measure} | {delta} | none certified | | | | | | |")
                     continue
                 test = result["test"]
+                mark = "" if result["test_holds"] else " ✗"
                 lines.append(
-                    f"| {measure} | {delta} | {result['threshold']:.6g} | {test['agreement']:.3f} | "
+                    f"| {measure} | {delta} | {result['threshold']:.6g} | {test['agreement']:.3f}{mark} | "
                     f"{test['saved']:.1%} | {test['rows_used']:.2f} | {test['exited']:.1%} | {test['kl_bits']:.3f} | "
                     f"{test['delta_ce_bits']:+.3f} |"
                 )
