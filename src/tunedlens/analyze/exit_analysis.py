@@ -470,6 +470,9 @@ def summarise_exit(
             "of the copied state (CALM's propagation), counted",
             "checks at rows of the schedule only; every check is counted whether it exits or not",
             "saved = 1 - total MACs / total MACs of the full model (every block, then the head)",
+            "the binomial bound treats calibration tokens as independent; tokens of one sequence "
+            "are not, so certificates can be optimistic: test tokens come from other sequences "
+            "and the report says whether each certificate held on them",
         ],
         "elapsed_s": table.elapsed_s,
     }
