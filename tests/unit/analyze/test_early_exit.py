@@ -176,3 +176,19 @@ def test_lenses_of_mid_points_are_refused(setup):
     model, _, ids, _ = setup
     with pytest.raises(AnalysisError, match="reads mid points"):
         exit_table(model, {"mid": LogitLens(model, points="mid")}, ids)
+
+
+def test_generation_through_the_report_compares_with_the_full_model(setup, tiny_tokenizer, tmp_path):
+    model, lens, ids, _ = setup
+    report = early_exit(model, lens, ids, measures=["max-prob"], deltas=(0.3,), bound="hoeffding",
+                        generate=3, tokenizer=tiny_tokenizer, n_prompts=2, prompt_tokens=4)  # fmt: skip
+    generation = report.to_dict()["generation"]
+    assert generation["new_tokens"] == 3 and len(generation["prompts"]) == 2
+    assert generation["full"]["driver_identical"] == 1.0  # the driver without exit is the model
+    assert {(run["lens"], run["measure"]) for run in generation["runs"]} == {("logit", "max-prob"), ("tuned", "max-prob")}
+    for run in generation["runs"]:
+        assert run["tokens_per_s"] > 0 and len(run["first_difference"]) == 2
+        assert run["threshold"] == report.to_dict()["calibration"]["results"][run["lens"]]["max-prob"]["0.3"]["threshold"]
+    report.save(tmp_path, plots=False)
+    assert "Greedy generation" in (tmp_path / "early_exit.md").read_text()
+    assert (tmp_path / "early_exit_generation.csv").read_text().count("\n") == 3
