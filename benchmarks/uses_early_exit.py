@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--generate-at", default="late rows", choices=[*SCHEDULES, "late rows", "one late row"],
                         help="The check schedule of the generations (checks at every row cost "
                         "several times the model: slow).")
+    parser.add_argument("--generate-threads", type=int, default=1,
+                        help="Torch threads while generating: batch-1 decoding on a shared CPU "
+                        "runs ~10x slower with two threads waiting on each other.")
     parser.add_argument("--out", type=Path, default=Path("/tmp/uses_early_exit"))
     parser.add_argument("--results", type=Path, default=None,
                         help="Where uses_early_exit.{json,md,png} go (default benchmarks/results; --out with --tiny).")
@@ -100,7 +103,8 @@ def main() -> None:
     if args.generate:
         test = list(range(1, tokens.shape[0], 2))[: args.prompts]
         prompts = [tokens[i, : args.prompt_tokens] for i in test]
-        print(f"generating at the schedule {best!r}", flush=True)
+        print(f"generating at the schedule {best!r} with {args.generate_threads} thread(s)", flush=True)
+        torch.set_num_threads(args.generate_threads)
         generation = compare_generation(model, {"logit": LogitLens(model), **lenses}, reports[best],
                                         prompts, args.generate, tokenizer=tokenizer, delta=0.1)  # fmt: skip
     elapsed = time.perf_counter() - started
