@@ -233,8 +233,9 @@ def tabulate(reports: dict, generation: dict | None, best: str, args, elapsed: f
             "",
             f"The model's own `generate`: {full['tokens_per_s']:.1f} tokens/s; the exit driver with no "
             f"exit: {full['driver_tokens_per_s']:.1f} tokens/s, output identical to `generate` for "
-            f"{full['driver_identical']:.0%} of prompts. Batch 1, wall time, prefill included, on this "
-            f"CPU ({generation['threads']} threads) shared with other jobs: speed ratios are rough.",
+            f"{full['driver_identical']:.0%} of prompts. Batch 1, wall time, prefill included, "
+            f"{generation['threads']} torch thread(s), on a 2-core CPU shared with other jobs: speed "
+            "ratios are rough. Rows used and counted saved are per generated token.",
             "",
             "| lens | measure | τ | identical | first difference | rows used | counted saved | tokens/s | speed-up | propagation |",
             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
@@ -249,7 +250,9 @@ def tabulate(reports: dict, generation: dict | None, best: str, args, elapsed: f
                 f"{first_diff} | {run['rows_used']:.1f} | {run['saved']:+.1%} | {run['tokens_per_s']:.1f} | "
                 f"{run['speedup']:.2f}x | {run['propagation']} |"
             )
-    lines += ["", f"Whole run {elapsed / 60:.1f} min on a shared CPU; per-schedule reports in `{args.out}`.", ""]
+    lines += ["", f"Exit table {first['elapsed_s'] / 60:.1f} min (kept in `{args.out}` and reused by later "
+              f"runs); this run {elapsed / 60:.1f} min; on a shared CPU. Per-schedule reports (JSON, "
+              f"CSV, figures) in `{args.out}`.", ""]
     payload = {"schedules": {name: {"check_rows": m["check_rows"], "lenses": m["lenses"],
                                     "calibration": m["calibration"]} for name, m in reports.items()},
                "compute": compute, "generation": generation, "generation_schedule": best,
