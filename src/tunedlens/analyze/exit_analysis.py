@@ -381,11 +381,22 @@ class EarlyExitReport:
         """The ``early_exit.json`` payload (JSON-ready; bits, MACs, shares)."""
         return self.metrics
 
-    def save(self, out, *, plots: bool = True) -> list[Path]:
-        """Write ``early_exit.json``, ``early_exit.md``, CSV sidecars and (optionally) figures."""
+    def summary(self) -> str:
+        """The oracle and the certified thresholds per lens (plain text, 80 columns)."""
+        from tunedlens.analyze.exit_report import summary_text
+
+        return summary_text(self.metrics)
+
+    def save(self, out, *, plots: bool = True, force: bool = False) -> list[Path]:
+        """Write ``early_exit.json``, ``early_exit.md``, CSV sidecars and (optionally) figures.
+
+        Raises:
+            OutputError: ``out`` already holds files and ``force`` is False, or holds files
+                an early-exit report does not write.
+        """
         from tunedlens.analyze.exit_report import save_early_exit
 
-        return save_early_exit(self.metrics, out, plots=plots)
+        return save_early_exit(self.metrics, out, plots=plots, force=force)
 
 
 def _outcome(

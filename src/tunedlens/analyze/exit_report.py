@@ -6,7 +6,20 @@ import csv
 import os
 from pathlib import Path
 
+from tunedlens.outputs import OutputKind, check_out_dir
 from tunedlens.serialize import dumps
+
+EARLY_EXIT_OUTPUT = OutputKind(
+    "an early-exit report",
+    (
+        "early_exit.json",
+        "early_exit.md",
+        "early_exit_*.csv",
+        "early_exit_*.png",
+        "early_exit_*.html",
+    ),
+)
+"""What an early-exit report writes into its directory (what ``--force`` may replace)."""
 
 OUTCOME = ["rows_used", "exited", "macs", "saved", "agreement", "kl_bits", "delta_ce_bits"]
 
@@ -137,6 +150,73 @@ def summary_markdown(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_text(metrics: dict) -> str:
+    """The oracle and the certified thresholds per lens as plain text, within 80 columns.
+
+    The certified thresholds shown are those of the largest δ; ``early_exit.md`` has every δ.
+    """
+    calibration = metrics["calibration"]
+    delta = f"{max(calibration['deltas']):g}"
+    n = metrics["n_blocks"]
+    lines = [
+        f"Early exit on {metrics['model']}",
+        f"{metrics['tokens']:,} tokens; checks at rows {_rows(metrics['check_rows'])} of {n}; "
+        f"the full model {_macs(metrics['compute']['full_macs_per_token'])} MACs/token.",
+        "Saved: net of every check and of the K/V propagation of skipped blocks.",
+        "",
+        "Oracle (each token exits at its prediction depth; no checks paid):",
+        f"  {'lens':<24} {'rows used':>10} {'saved':>8}",
+    ]
+    for name, entry in metrics["lenses"].items():
+        oracle = entry["oracle"]
+        lines.append(f"  {_cut(name, 24):<24} {oracle['rows_used']:>10.2f} {oracle['saved']:>8.1%}")
+    lines += [
+        "",
+        f"Certified: agreement >= 1 - {delta} with confidence {1 - calibration['epsilon']:.2f} "
+        f"({calibration['bound']} bound) on",
+        f"the calibration tokens; measured on the test tokens (✗: below 1 - {delta} there):",
+        f"  {'lens':<16} {'measure':<10} {'threshold':>10} {'agree':>6} {'saved':>9} {'rows':>6}",
+    ]
+    for name, measures in calibration["results"].items():
+        for measure, by_delta in measures.items():
+            result = by_delta[delta]
+            head = f"  {_cut(name, 16):<16} {measure:<10}"
+            if not result["certified"]:
+                lines.append(f"{head} {'none':>10}")
+                continue
+            test = result["test"]
+            mark = "" if result["test_holds"] else " ✗"
+            lines.append(
+                f"{head} {result['threshold']:>10.4g} {test['agreement']:>6.3f} "
+                f"{test['saved']:>+9.1%} {test['rows_used']:>6.2f}{mark}"
+            )
+    generation = metrics.get("generation")
+    if generation:
+        full = generation["full"]
+        lines += [
+            "",
+            f"Greedy generation, {len(generation['prompts'])} prompts x "
+            f"{generation['new_tokens']} tokens (full model {full['tokens_per_s']:.1f} tokens/s):",
+            f"  {'lens':<16} {'measure':<10} {'identical':>9} {'tokens/s':>9} {'speed-up':>9}",
+        ]
+        for run in generation["runs"]:
+            if run.get("threshold") is None:
+                continue
+            lines.append(
+                f"  {_cut(run['lens'], 16):<16} {run['measure']:<10} {run['identical']:>9.0%} "
+                f"{run['tokens_per_s']:>9.1f} {run['speedup']:>8.2f}x"
+            )
+    return "\n".join(lines)
+
+
+def _macs(value: float) -> str:
+    return f"{value / 1e6:.1f} M" if value >= 1e5 else f"{value:,.0f}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _rows(rows: list[int]) -> str:
     if len(rows) > 2 and rows == list(range(rows[0], rows[-1] + 1, rows[1] - rows[0])):
         step = rows[1] - rows[0]
@@ -144,9 +224,16 @@ def _rows(rows: list[int]) -> str:
     return ", ".join(map(str, rows))
 
 
-def save_early_exit(metrics: dict, out: str | os.PathLike, *, plots: bool = True) -> list[Path]:
-    """Write every output file of an early-exit report into the directory ``out``."""
-    out = Path(out)
+def save_early_exit(
+    metrics: dict, out: str | os.PathLike, *, plots: bool = True, force: bool = False
+) -> list[Path]:
+    """Write every output file of an early-exit report into the directory ``out``.
+
+    Raises:
+        OutputError: ``out`` is a file, or already holds files and ``force`` is False (with
+            ``force``, only files an early-exit report writes may be there).
+    """
+    out = check_out_dir(out, EARLY_EXIT_OUTPUT, force=force)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "early_exit.json", out / "early_exit.md"]
     written[0].write_text(dumps(metrics, indent=2) + "\n")
@@ -211,4 +298,11 @@ def save_early_exit(metrics: dict, out: str | os.PathLike, *, plots: bool = True
     return written
 
 
-__all__ = ["calibration_rows", "save_early_exit", "summary_markdown", "sweep_rows"]
+__all__ = [
+    "EARLY_EXIT_OUTPUT",
+    "calibration_rows",
+    "save_early_exit",
+    "summary_markdown",
+    "summary_text",
+    "sweep_rows",
+]

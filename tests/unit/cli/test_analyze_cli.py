@@ -1,4 +1,4 @@
-"""``tunedlens analyze prune`` and ``analyze detect`` end to end on a tiny model, as a user runs them."""
+"""``tunedlens analyze`` commands end to end on a tiny model, as a user runs them."""
 
 import json
 import sys
@@ -7,8 +7,6 @@ import pytest
 
 from tiny_models import random_lens, tiny_model, word_text
 from tunedlens.cli import main
-
-pytest.importorskip("sklearn")
 
 
 def _run(monkeypatch, capsys, *args):
@@ -27,6 +25,7 @@ def texts(tmp_path):
 
 
 def test_prune_writes_its_report(tiny_model_dir, texts, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("sklearn")
     random_lens(tiny_model("llama")).save(tmp_path / "lens")
     code, out, err = _run(
         monkeypatch,
@@ -59,6 +58,7 @@ def test_prune_writes_its_report(tiny_model_dir, texts, tmp_path, monkeypatch, c
 
 
 def test_detect_writes_its_report(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("sklearn")
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "analyze"))
     from test_detect import _task_file
 
@@ -81,3 +81,43 @@ def test_detect_writes_its_report(tiny_model_dir, tmp_path, monkeypatch, capsys)
     report = json.loads((tmp_path / "detect" / "detect.json").read_text())
     assert {row["lens"] for row in report["results"]} >= {"logit"}
     assert "wrote the detection report" in out
+
+
+def test_early_exit_writes_its_report_and_prints_a_narrow_table(
+    tiny_model_dir, texts, tmp_path, monkeypatch, capsys
+):
+    random_lens(tiny_model("llama")).save(tmp_path / "lens")
+    args = [
+        "analyze",
+        "early-exit",
+        tiny_model_dir,
+        "--data",
+        texts[0],
+        "--lens",
+        tmp_path / "lens",
+    ]
+    args += ["--tokens", "128", "--seq-len", "32", "--measure", "max-prob", "--measure", "entropy"]
+    args += ["--threshold", "max-prob=0,0.5,1", "--check-rows", "0,1", "--delta", "0.1"]
+    args += ["--generate", "3", "--prompts", "2", "--prompt-tokens", "8", "--no-plots"]
+    code, out, err = _run(monkeypatch, capsys, *args, "--out", tmp_path / "exit")
+    assert code in (0, None), err
+    report = json.loads((tmp_path / "exit" / "early_exit.json").read_text())
+    assert list(report["lenses"]) == ["logit", "lens"]
+    assert report["check_rows"] == [0, 1] and report["calibration"]["deltas"] == [0.1]
+    sweep = report["lenses"]["lens"]["measures"]["max-prob"]
+    assert sweep["thresholds"] == [0.0, 0.5, 1.0] and sweep["rows_used"][0] == 0.0
+    assert set(report["lenses"]["logit"]["measures"]) == {"max-prob", "entropy"}
+    assert report["data"]["source"] == str(texts[0]) and report["tokens"] == 4 * 31
+    assert len(report["generation"]["prompts"]) == 2
+    assert (tmp_path / "exit" / "early_exit_sweep.csv").exists()
+    table = out.split("wrote the early-exit report")[0]
+    assert "Oracle" in table and "max-prob" in table and "identical" in table
+    lines = table.splitlines()
+    assert lines[0] == f"Early exit on {tiny_model_dir}"  # a path as long as the user's
+    assert max(len(line) for line in lines[1:]) <= 80
+    assert "wrote the early-exit report" in out
+    # a second run into the same --out is refused, and replaces only our own files with --force
+    code, _, err = _run(monkeypatch, capsys, *args, "--out", tmp_path / "exit")
+    assert code == 2 and "--force" in err
+    code, _, err = _run(monkeypatch, capsys, *args, "--out", tmp_path / "exit", "--force")
+    assert code in (0, None), err
