@@ -86,23 +86,27 @@ def test_detect_writes_its_report(tiny_model_dir, tmp_path, monkeypatch, capsys)
 def test_early_exit_writes_its_report_and_prints_a_narrow_table(
     tiny_model_dir, texts, tmp_path, monkeypatch, capsys
 ):
-    random_lens(tiny_model("llama")).save(tmp_path / "lens")
-    args = [
-        "analyze",
-        "early-exit",
-        tiny_model_dir,
-        "--data",
-        texts[0],
-        "--lens",
-        tmp_path / "lens",
-    ]
+    import torch
+
+    from tunedlens.jacobian.fit import fit_jacobian_lens
+
+    model = tiny_model("llama")
+    random_lens(model).save(tmp_path / "lens")
+    ids = torch.randint(4, 120, (2, 12), generator=torch.Generator().manual_seed(1))
+    fit_jacobian_lens(model, ids, skip_first=2).save(tmp_path / "jlens")
+    args = ["analyze", "early-exit", tiny_model_dir, "--data", texts[0]]
+    args += ["--lens", tmp_path / "lens", "--lens", tmp_path / "jlens"]
     args += ["--tokens", "128", "--seq-len", "32", "--measure", "max-prob", "--measure", "entropy"]
     args += ["--threshold", "max-prob=0,0.5,1", "--check-rows", "0,1", "--delta", "0.1"]
     args += ["--generate", "3", "--prompts", "2", "--prompt-tokens", "8", "--no-plots"]
     code, out, err = _run(monkeypatch, capsys, *args, "--out", tmp_path / "exit")
     assert code in (0, None), err
     report = json.loads((tmp_path / "exit" / "early_exit.json").read_text())
-    assert list(report["lenses"]) == ["logit", "lens"]
+    assert list(report["lenses"]) == ["logit", "lens", "jlens"]
+    head, d = report["compute"]["head_macs"], model.config.hidden_size
+    # each reading through the J-lens pays its row's d x d map before the head
+    assert report["lenses"]["jlens"]["decode_macs"][:2] == [head + d * d] * 2
+    assert report["lenses"]["logit"]["decode_macs"][:2] == [head] * 2
     assert report["check_rows"] == [0, 1] and report["calibration"]["deltas"] == [0.1]
     sweep = report["lenses"]["lens"]["measures"]["max-prob"]
     assert sweep["thresholds"] == [0.0, 0.5, 1.0] and sweep["rows_used"][0] == 0.0
