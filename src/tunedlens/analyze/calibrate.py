@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from tunedlens.analyze.errors import AnalysisError
+from tunedlens.errors import require
 
 Bound = Literal["auto", "clopper-pearson", "hoeffding"]
 BOUNDS = ("auto", "clopper-pearson", "hoeffding")
@@ -38,8 +39,8 @@ def resolve_bound(bound: Bound = "auto") -> str:
         return "clopper-pearson" if _has_scipy() else "hoeffding"
     if bound == "clopper-pearson" and not _has_scipy():
         raise AnalysisError(
-            "the Clopper-Pearson bound needs scipy (pip install scipy); pass bound='hoeffding' "
-            "to use Hoeffding's bound instead"
+            "the Clopper-Pearson bound needs scipy (pip install 'tunedlens[analyze]'); pass "
+            "bound='hoeffding' to use Hoeffding's bound instead"
         )
     return bound
 
@@ -54,7 +55,7 @@ def upper_bound(failures, n: int, epsilon: float, bound: str = "clopper-pearson"
         return np.ones_like(failures)
     if bound == "hoeffding":
         return np.minimum(1.0, failures / n + math.sqrt(math.log(1 / epsilon) / (2 * n)))
-    from scipy.stats import beta
+    beta = require("scipy.stats", "analyze", pip_name="scipy").beta
 
     with np.errstate(invalid="ignore"):
         value = beta.ppf(1 - epsilon, failures + 1, np.maximum(n - failures, 1e-12))
