@@ -35,7 +35,7 @@ def _tradeoff(metrics: dict, out: Path) -> list[Path]:
         rows=1, cols=len(names), shared_yaxes=True, subplot_titles=names
     )
     fig, axes = pyplot.subplots(
-        1, len(names), figsize=(4.2 * len(names) + 1.5, 4.2), dpi=120, sharey=True, squeeze=False
+        1, len(names), figsize=(4.2 * len(names) + 1.9, 4.2), dpi=120, sharey=True, squeeze=False
     )
     colors = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
     plotly_colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
@@ -127,7 +127,7 @@ def _tradeoff(metrics: dict, out: Path) -> list[Path]:
         f"Early exit: agreement against compute saved net of checks · {metrics['model']}",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, 0, 1 - 1.8 / fig.get_figwidth(), 1))
     figure.update_yaxes(title_text="top-1 agreement with the model", row=1, col=1)
     figure.update_layout(
         title=f"Early exit: agreement against net compute saved · {metrics['model']}",
@@ -144,7 +144,7 @@ def _rows(metrics: dict, out: Path) -> list[Path]:
         rows=1, cols=len(names), shared_yaxes=True, subplot_titles=names
     )
     fig, axes = pyplot.subplots(
-        1, len(names), figsize=(4.2 * len(names) + 1.5, 3.8), dpi=120, sharey=True, squeeze=False
+        1, len(names), figsize=(4.2 * len(names) + 1.9, 3.8), dpi=120, sharey=True, squeeze=False
     )
     colors = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
     measures = list(metrics["measures"])
@@ -207,7 +207,7 @@ def _rows(metrics: dict, out: Path) -> list[Path]:
     fig.suptitle(
         f"Where tokens exit: the oracle, and each measure certified for δ={delta}", fontsize=10
     )
-    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 1))
     figure.update_yaxes(title_text="share of tokens", type="log", row=1, col=1)
     figure.update_yaxes(type="log")
     figure.update_layout(
