@@ -16,10 +16,11 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "early_exit": "tunedlens.analyze.early_exit",
-    "EarlyExitReport": "tunedlens.analyze.early_exit",
-    # Packages, not modules, named after the functions: importing a module "prune" would
-    # replace the function on this package.
+    # Modules named after the functions would replace them on this package: the analyses live
+    # in modules and packages with other names.
+    "early_exit": "tunedlens.analyze.exit_analysis",
+    "EarlyExitReport": "tunedlens.analyze.exit_analysis",
+    "generate_with_exit": "tunedlens.analyze.exit_generate",
     "prune": "tunedlens.analyze.pruning",
     "PruneReport": "tunedlens.analyze.pruning",
     "detect": "tunedlens.analyze.detection",

@@ -7,3 +7,6 @@ from tunedlens.errors import TunedLensError
 
 class AnalysisError(TunedLensError, ValueError):
     """An analysis cannot run with these arguments; the message says what to change."""
+
+
+__all__ = ["AnalysisError"]

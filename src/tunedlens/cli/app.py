@@ -745,6 +745,129 @@ def hub_download(
     typer.echo(f"verified {repo}{f' ({model})' if model else ''}: {where}")
 
 
+@analyze_app.command("early-exit")
+def analyze_early_exit(
+    model: ModelArg,
+    data: Annotated[str, typer.Option(help="Text the tokens are read from " + DATA_FORMS)],
+    lens: Annotated[
+        Optional[list[str]],
+        typer.Option(help=LENS_HELP + " Repeat for several (the logit lens is always in)."),
+    ] = None,
+    tokens: Annotated[
+        int, typer.Option(help="Tokens read (whole sequences; half calibrate, half test).")
+    ] = 2048,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 256,
+    out: Annotated[Path, typer.Option(help="Directory for the report.")] = Path("early-exit"),
+    measure: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Confidence measure: max-prob, margin, entropy, patience, step-kl or "
+            "saturation; repeatable. Default: all six."
+        ),
+    ] = None,
+    threshold: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="MEASURE=VALUE[,VALUE...]: the thresholds swept for one measure (default: "
+            "each measure's own sweep); repeatable."
+        ),
+    ] = None,
+    check_every: Annotated[
+        Optional[int],
+        typer.Option(help="Check every k-th row from row 0 (default 1: every row)."),
+    ] = None,
+    check_rows: Annotated[
+        Optional[str],
+        typer.Option(help="Check only at these rows, e.g. 15,20,24 (instead of --check-every)."),
+    ] = None,
+    delta: Annotated[
+        Optional[list[float]],
+        typer.Option(
+            help="Allowed disagreement δ in (0, 1) to certify thresholds for; repeatable. "
+            "Default: 0.05 and 0.10."
+        ),
+    ] = None,
+    epsilon: Annotated[
+        float, typer.Option(help="Allowed probability ε in (0, 1) of a wrong certificate.")
+    ] = 0.05,
+    bound: Annotated[
+        str,
+        typer.Option(
+            help="Binomial bound: auto (Clopper-Pearson with scipy, else Hoeffding), "
+            "clopper-pearson or hoeffding."
+        ),
+    ] = "auto",
+    generate: Annotated[
+        int,
+        typer.Option(
+            help="New tokens per prompt of real early-exit greedy decoding, timed against "
+            "the full model (0: none)."
+        ),
+    ] = 0,
+    prompts: Annotated[
+        int, typer.Option(help="Prompts to generate from (the starts of test sequences).")
+    ] = 4,
+    prompt_tokens: Annotated[int, typer.Option(help="Tokens of each prompt.")] = 16,
+    generate_delta: Annotated[
+        Optional[float],
+        typer.Option(help="The δ whose certified thresholds generate (default the largest)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed for the data order.")] = 0,
+    text_column: Annotated[str, typer.Option(help="Text column of .jsonl/.parquet data.")] = "text",
+    plots: Annotated[bool, typer.Option(help="Write PNG and HTML figures (extra 'plot').")] = True,
+    force: Annotated[
+        bool, typer.Option(help="Replace an earlier early-exit report in --out.")
+    ] = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = None,
+    tokenizer: TokenizerOption = None,
+    strict: StrictOption = True,
+):
+    """How much compute early exit through each lens saves, and what it costs in quality.
+
+    Teacher-forced, every position read exactly at every row by every lens. Per lens and
+    confidence measure: a threshold sweep, the oracle (prediction depth), and thresholds
+    certified on half the sequences, measured on the other half. Compute is counted in MACs,
+    net of every check and of the K/V propagation of skipped blocks.
+    """
+    from tunedlens.cli.progress import CountProgress
+    from tunedlens.commands import analyze_early_exit as command
+
+    with CountProgress("early-exit", "sequences") as progress:
+        report, where = command.run(
+            model,
+            data=data,
+            lenses=lens or (),
+            out=out,
+            tokens=tokens,
+            seq_len=seq_len,
+            text_column=text_column,
+            measures=measure,
+            thresholds=threshold or (),
+            check_every=check_every,
+            check_rows=check_rows,
+            deltas=tuple(delta) if delta else (0.05, 0.10),
+            epsilon=epsilon,
+            bound=bound,
+            generate=generate,
+            prompts=prompts,
+            prompt_tokens=prompt_tokens,
+            generate_delta=generate_delta,
+            batch_size=batch_size,
+            seed=seed,
+            plots=plots,
+            force=force,
+            dtype=dtype,
+            device=device,
+            tokenizer=tokenizer,
+            strict=strict,
+            progress=progress.advance,
+        )
+    typer.echo(report.summary())
+    typer.echo(f"wrote the early-exit report to {where}")
+
+
 @analyze_app.command("prune")
 def analyze_prune(
     model: ModelArg,

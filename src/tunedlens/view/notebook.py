@@ -291,6 +291,36 @@ class Lensed:
             **options,
         )
 
+    def early_exit(self, data, *, lenses=(), seq_len: int = 256, generate: int = 0, **options):
+        """How much compute early exit through each lens saves (:func:`tunedlens.analyze.early_exit`).
+
+        Args:
+            data: Token ids ``(n, seq)`` or texts (packed into ``seq_len`` tokens); half the
+                sequences calibrate the thresholds, the other half test them.
+            lenses: Lens objects or locations read beside the logit lens.
+            seq_len: Tokens per sequence when texts are given.
+            generate: New tokens per prompt of real early-exit greedy decoding (0: none); uses
+                this facade's tokenizer.
+            **options: Further arguments of :func:`tunedlens.analyze.early_exit` (``measures``,
+                ``thresholds``, ``check_every``, ``check_rows``, ``deltas``, ...).
+
+        Returns:
+            A :class:`tunedlens.analyze.EarlyExitReport` (``.save(out)`` writes it,
+            ``.summary()`` is its table).
+        """
+        from tunedlens.analyze import early_exit
+
+        if generate and self.tokenizer is None and "tokenizer" not in options:
+            raise InputError("generate decodes prompts into text; pass a tokenizer to Lensed(...)")
+        options.setdefault("tokenizer", self.tokenizer)
+        return early_exit(
+            self.model,
+            self._lenses(lenses),
+            self._ids(data, seq_len),
+            generate=generate,
+            **options,
+        )
+
     def detect(self, task="capitals", *, lenses=(), **options):
         """Tell injected prompts from normal ones (:func:`tunedlens.analyze.detect`).
 

@@ -275,6 +275,7 @@ PREPARED = (
 
 
 M, P = "{root}/model", "w1 w2 w3"
+EXIT = ["analyze", "early-exit", M, "--data", "{root}/text.txt", "--seq-len", "32"]
 TRAIN = [
     "--data",
     "{root}/text.txt",
@@ -793,6 +794,72 @@ CASES = {
     "detect shots": (
         ["analyze", "detect", M, "--task", "capitals", "--shots", "100000"],
         "shots=100000 is more than",
+        None,
+    ),
+    # analyze early-exit
+    "early-exit threshold outside its range": (
+        [*EXIT, "--threshold", "max-prob=0.5,1.5"],
+        "max-prob threshold 1.5 is outside its range",
+        None,
+    ),
+    "early-exit threshold not a number": (
+        [*EXIT, "--threshold", "entropy=low"],
+        "'low' is not a number",
+        None,
+    ),
+    "early-exit threshold of a measure not run": (
+        [*EXIT, "--measure", "margin", "--threshold", "entropy=1"],
+        "not among the measures",
+        None,
+    ),
+    "early-exit unknown measure": ([*EXIT, "--measure", "confidence"], "unknown measure", None),
+    "early-exit delta": ([*EXIT, "--delta", "1.5"], "--delta must lie strictly between", None),
+    "early-exit epsilon": ([*EXIT, "--epsilon", "0"], "--epsilon must lie strictly between", None),
+    "early-exit check every 0": ([*EXIT, "--check-every", "0"], "--check-every must be", None),
+    "early-exit two schedules": (
+        [*EXIT, "--check-every", "2", "--check-rows", "1"],
+        "pass one of them",
+        None,
+    ),
+    "early-exit check rows not numbers": ([*EXIT, "--check-rows", "a,b"], "--check-rows", None),
+    "early-exit check row past the blocks": (
+        [*EXIT, "--check-rows", "0,2"],
+        "--check-rows 2: outside 0..1",
+        None,
+    ),
+    "early-exit tokens under one sequence": (
+        [*EXIT, "--tokens", "16"],
+        "shorter than one sequence",
+        None,
+    ),
+    "early-exit data shorter than asked": (
+        ["analyze", "early-exit", M, "--data", "{root}/short.txt", "--seq-len", "16"],
+        "needed",
+        _held_out_text,
+    ),
+    "early-exit lens of another model": (
+        [*EXIT, "--lens", "{root}/gpt2-lens"],
+        "fingerprint",
+        None,
+    ),
+    "early-exit generate without a tokenizer": (
+        ["analyze", "early-exit", "{root}/weights", "--data", "{root}/text.txt", "--generate", "4"],
+        "no tokenizer",
+        None,
+    ),
+    "early-exit generate delta": (
+        [*EXIT, "--generate", "4", "--generate-delta", "0.2"],
+        "--generate-delta 0.2 must be one of",
+        None,
+    ),
+    "early-exit prompts as long as a sequence": (
+        [*EXIT, "--generate", "4", "--prompt-tokens", "32"],
+        "--prompt-tokens (32) must be shorter",
+        None,
+    ),
+    "early-exit out holds user files": (
+        [*EXIT, "--out", "{root}/report"],
+        "which tunedlens did not write",
         None,
     ),
     # serve (every check happens before the server starts)

@@ -17,6 +17,7 @@ from tunedlens import (
     collect_residuals,
     predict_layers,
 )
+from tunedlens.errors import InputError
 
 PROMPT = "w1 w2 w3 w4"
 
@@ -241,3 +242,24 @@ def test_the_analyses_are_methods_of_the_facade(lensed, tmp_path):
 
     found = lensed.detect(_task_file(tmp_path / "words.jsonl"), bootstrap=10)
     assert isinstance(found, DetectReport) and found.results
+
+
+def test_early_exit_is_a_method_of_the_facade(lensed):
+    from tunedlens.analyze import EarlyExitReport, early_exit
+
+    lens = random_lens(lensed.model)
+    ids = torch.randint(4, 120, (4, 12), generator=torch.Generator().manual_seed(3))
+    options = dict(measures=["max-prob", "saturation"], check_rows=[1])
+    report = lensed.early_exit(ids, lenses=[lens], generate=2, prompt_tokens=4, **options)
+    direct = early_exit(lensed.model, [lens], ids, **options)
+    assert isinstance(report, EarlyExitReport)
+    assert report.to_dict()["lenses"] == direct.to_dict()["lenses"]
+    assert report.to_dict()["calibration"] == direct.to_dict()["calibration"]
+    assert len(report.to_dict()["generation"]["prompts"]) == 2  # test sequences 1 and 3
+    texts = [" ".join(f"w{i}" for i in range(4 + k, 40 + k)) for k in range(4)]
+    from_text = lensed.early_exit(texts, seq_len=8, measures=["entropy"])
+    assert from_text.to_dict()["seq_len"] == 8 and "entropy" in from_text.summary()
+    bare = Lensed(lensed.model, lensed.tokenizer)
+    bare.tokenizer = None  # as Lensed("a model folder without tokenizer files") is
+    with pytest.raises(InputError, match="pass a tokenizer"):
+        bare.early_exit(ids, generate=2)
