@@ -1076,7 +1076,12 @@ REPORT_BUG = (
 )
 
 
+_TERMINATED: list[int] = []
+"""The signal that stopped the run, once one has."""
+
+
 def _terminated(signum, frame) -> None:
+    _TERMINATED.append(signum)
     raise SystemExit(128 + signum)
 
 
@@ -1113,6 +1118,9 @@ def main() -> None:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
     except Exception:
+        if _TERMINATED:  # code cleaning up after the kill (torch.save closing a file) raised anew
+            typer.echo(f"stopped by signal {_TERMINATED[0]}", err=True)
+            sys.exit(128 + _TERMINATED[0])
         traceback.print_exc()
         typer.echo(REPORT_BUG, err=True)
         sys.exit(1)

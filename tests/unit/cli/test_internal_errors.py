@@ -157,3 +157,32 @@ def test_the_source_scan_finds_builtin_raises(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path)
     assert _builtin_raises() == {("module.py", "check"): [3], ("module.py", "Box.get"): [7]}
+
+
+def test_a_kill_whose_clean_up_raises_anew_is_still_a_kill(monkeypatch, capsys, tmp_path):
+    """SIGTERM inside ``torch.save``: the file's ``__exit__`` raises over the exit; not a bug."""
+    import os
+    import signal
+
+    class ClosingRaises:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            raise RuntimeError("unexpected pos 4096 vs 3986")
+
+    def killed(*_args, **_kwargs):
+        with ClosingRaises():
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 5)  # the handler runs before this returns
+
+    monkeypatch.setattr("tunedlens.commands.lens_info.describe_lens", killed)
+    monkeypatch.setattr("tunedlens.cli.app._TERMINATED", [])
+    random_lens(tiny_model("llama")).save(tmp_path / "lens")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code, out = run_main(monkeypatch, capsys, "lens", "info", str(tmp_path / "lens"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 128 + signal.SIGTERM, out
+    assert REPORT_BUG not in out.err and "stopped by signal 15" in out.err
