@@ -105,7 +105,7 @@ def run(args, report_dir: Path) -> None:
     timing = {
         "load_s": loaded - start,
         "detect_s": time.perf_counter() - loaded,
-        "locations": locations,
+        "locations": {name: location.text for name, location in locations.items()},
         "machine": machine(),
     }
     (args.work / "timing.json").write_text(json.dumps(timing, indent=2))
@@ -140,7 +140,7 @@ def tabulate(payload: dict, timing: dict) -> tuple[str, dict]:
         "",
         f"Wall time: model load {timing['load_s']:.0f} s, detect {timing['detect_s'] / 60:.1f} min on "
         f"this 2-core CPU shared with other jobs ({timing['machine']['cpu_threads']} threads; not a "
-        "speed measurement).",
+        "speed measurement)." + (f" Note: {timing['note']}." if timing.get("note") else ""),
         "",
     ]
     lines += [
