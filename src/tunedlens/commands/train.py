@@ -7,6 +7,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import get_args
 
 from tunedlens.arch.points import row_label
 from tunedlens.commands.common import check_resume
@@ -21,7 +22,7 @@ from tunedlens.data import (
 )
 from tunedlens.distributed import World, init_world
 from tunedlens.errors import InputError, TunedLensError
-from tunedlens.lenses.io.files import LENS_FILES, WEIGHT_FILES
+from tunedlens.lenses.io.files import LENS_FILES, WEIGHT_FILES, LensFormat
 from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
 from tunedlens.models import load_model, need_tokenizer
@@ -239,6 +240,8 @@ def run(
     if fsdp:
         check_world(world)
     check_log_targets(log_to)
+    if lens_format not in get_args(LensFormat):
+        raise InputError(f"--format must be 'native' or 'tuned-lens', got {lens_format!r}")
     if lens_format == "tuned-lens" and config.points != "block":
         raise TunedLensError(
             f"--format tuned-lens holds one translator per block input; a lens on {config.points!r} "

@@ -74,7 +74,7 @@ class TrainConfig:
     """Tokens whose activations feed the least-squares initialisation (see ``lstsq_budget_share``)."""
     lstsq_budget_share: float = 1 / 16
     """Largest share of ``tokens`` the least-squares fit may use (its pass costs about one forward
-    per token, so 1/16 keeps it near 6 % of the run)."""
+    per token, so a share s adds about s of the run's forward passes)."""
     l2_penalty: float = 0.0
     """L2 penalty on translator parameters (low-rank: ``U``, ``V``, ``c``)."""
     smoothness_penalty: float = 0.0

@@ -392,6 +392,11 @@ CASES = {
     ),
     # train
     "train out is a file": (["train", M, "--out", "{root}/afile", *TRAIN], "is a file", None),
+    "train lens format": (
+        ["train", M, "--out", "{root}/fmt", *TRAIN, "--format", "bogus"],
+        "--format must be 'native' or 'tuned-lens', got 'bogus'",
+        None,
+    ),
     "train over a lens": (
         ["train", M, "--out", "{root}/lens", *TRAIN],
         "already holds a lens",
