@@ -23,9 +23,35 @@ def escape_markup(command) -> None:
         escape_markup(subcommand)
 
 
+def fold_long_words() -> None:
+    """Let an option's help fold a word wider than its column instead of cutting it with "…".
+
+    Lens locations (``hf:datasets/ORG/REPO/lenses/MODEL/NAME``) and metavars are single words
+    wider than the help column of an 80-column terminal; rich crops them by default, hiding
+    the syntax they show. typer builds each option's help in ``rich_utils._get_parameter_help``
+    (a private function): its texts are marked to fold. If typer renames it, help is as before.
+    """
+    from typer import rich_utils
+
+    build = getattr(rich_utils, "_get_parameter_help", None)
+    if build is None or getattr(build, "folds", False):
+        return
+
+    def folding(*args, **kwargs):
+        columns = build(*args, **kwargs)
+        for item in getattr(columns, "renderables", ()):
+            if getattr(item, "overflow", "") is None:
+                item.overflow = "fold"
+        return columns
+
+    folding.folds = True
+    rich_utils._get_parameter_help = folding
+
+
 class PlainHelpGroup(typer.core.TyperGroup):
     """The root command group; its help, and that of every command under it, is plain text."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         escape_markup(self)
+        fold_long_words()
