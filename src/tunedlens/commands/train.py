@@ -23,7 +23,6 @@ from tunedlens.data import (
 from tunedlens.distributed import World, init_world
 from tunedlens.errors import InputError, TunedLensError
 from tunedlens.lenses.io.files import LENS_FILES, WEIGHT_FILES, LensFormat
-from tunedlens.lenses.lens import TunedLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
 from tunedlens.models import load_model, need_tokenizer
 from tunedlens.outputs import (
@@ -272,14 +271,7 @@ def run(
         )
     started = time.perf_counter()
     # Built first: mid points of a parallel-block family are refused before any data is packed.
-    lens = TunedLens.from_model(
-        model,
-        translator=config.translator,
-        rank=config.rank,
-        use_temperature=config.use_temperature,
-        seed=config.seed,
-        points=config.points,
-    )
+    lens = config.new_lens(model)
     sampled, packed = None, spec
     if source.is_self:
         train_sequences, val_sequences = planned_sequences(config)

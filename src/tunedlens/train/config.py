@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Literal
 
 from tunedlens.errors import InputError
+from tunedlens.lenses.lens import TunedLens
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,25 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """JSON-ready dictionary."""
         return dataclasses.asdict(self)
+
+    def new_lens(self, model):
+        """The untrained tuned lens these settings train for ``model``.
+
+        Args:
+            model: The causal LM the lens reads.
+
+        Returns:
+            A :class:`~tunedlens.lenses.lens.TunedLens` with this config's translator kind, rank,
+            temperature, seed and points.
+        """
+        return TunedLens.from_model(
+            model,
+            translator=self.translator,
+            rank=self.rank,
+            use_temperature=self.use_temperature,
+            seed=self.seed,
+            points=self.points,
+        )
 
 
 VAL_SEQUENCES = (8, 64)

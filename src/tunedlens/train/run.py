@@ -9,7 +9,7 @@ from pathlib import Path
 from tunedlens.data import TextSource, TokenBlocks, pack_blocks
 from tunedlens.distributed import World
 from tunedlens.errors import TunedLensError
-from tunedlens.lenses.lens import LogitLens, TunedLens
+from tunedlens.lenses.lens import LogitLens
 from tunedlens.metrics.divergence import NATS_TO_BITS
 from tunedlens.train.config import TrainConfig, validation_sequences
 from tunedlens.train.loop import TrainResult, sampled_kl, train_lens, validation_positions
@@ -178,14 +178,7 @@ def fit_time_budget(
     pack_per_token = (
         time.perf_counter() - packing
     ) / config.tokens_per_step  # packing is planned too
-    lens = TunedLens.from_model(
-        model,
-        translator=config.translator,
-        rank=config.rank,
-        use_temperature=config.use_temperature,
-        seed=config.seed,
-        points=config.points,
-    )
+    lens = config.new_lens(model)
     start = time.perf_counter()
     train_lens(lens, model, blocks, probe, world=world)
     per_token = time.perf_counter() - start

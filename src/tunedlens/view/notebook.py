@@ -425,14 +425,7 @@ class Lensed:
         steps = config.tokens // config.tokens_per_step
         needed = steps * config.tokens_per_step // seq_len
         train_data = blocks.repeat(-(-needed // n_blocks), 1)[:needed]
-        lens = TunedLens.from_model(
-            self.model,
-            translator=config.translator,
-            rank=config.rank,
-            use_temperature=config.use_temperature,
-            seed=config.seed,
-            points=config.points,
-        )
+        lens = config.new_lens(self.model)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc="train", unit="step", disable=not verbose)
