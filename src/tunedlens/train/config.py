@@ -36,7 +36,8 @@ class TrainConfig:
     objective: Literal["kl", "ce"] = "kl"
     """``kl``: KL(final ‖ lens) at the same position; ``ce``: cross-entropy to the next token."""
     tokens: int = 2**18 * 250
-    """Training budget in tokens (whole sequences; rounded down to whole optimizer steps)."""
+    """Training budget in tokens, each counted once whatever ``epochs`` is (whole sequences;
+    rounded down to whole optimizer steps)."""
     seq_len: int = 512
     """Tokens per sequence."""
     batch_size: int = 8
@@ -101,6 +102,20 @@ class TrainConfig:
     to fit it, and training stops at the budget with the best validated lens. The tokens used are
     recorded in ``provenance.json`` (``tokens=N`` then reproduces the run); a resumed run keeps
     the budget of the first."""
+    epochs: int = 1
+    """Passes over the training tokens. ``tokens`` counts each token once; the run takes
+    ``epochs`` times its steps, over the same sequences (see ``cache_residuals``)."""
+    cache_residuals: bool | None = None
+    """Later epochs train on the residual rows the first epoch sampled (and the last block's
+    output, from which the head recomputes the target), kept instead of running the model again
+    (about 60 % of a step on a CPU), in a new order each epoch. ``None``: when ``epochs > 1``.
+    Without it, each epoch runs the model again and samples new positions."""
+    cache_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Precision of the kept rows (``bfloat16`` halves their memory; the first epoch trains on
+    the exact rows either way)."""
+    cache_memory_gib: float = 4.0
+    """Most GiB of memory the kept rows take; a larger cache is a memory-mapped file in the
+    temporary directory (``TMPDIR``), deleted when the run ends."""
     loss_chunk_rows: int = 2048
     """Rows per chunk of the vocabulary-sized loss computation (bounds memory); within a chunk,
     layers are decoded together in products of at most this many rows (and 2^26 logits)."""
@@ -121,7 +136,14 @@ class TrainConfig:
             fail("optimizer", "'sgd', 'adam' or 'muon'")
         if self.schedule not in ("linear", "cosine", "constant"):
             fail("schedule", "'linear', 'cosine' or 'constant'")
-        for name in ("tokens", "seq_len", "batch_size", "tokens_per_step", "loss_chunk_rows"):
+        for name in (
+            "tokens",
+            "seq_len",
+            "batch_size",
+            "tokens_per_step",
+            "loss_chunk_rows",
+            "epochs",
+        ):
             if getattr(self, name) < 1:
                 fail(name, "a positive integer")
         if self.seq_len < 2:
@@ -163,6 +185,10 @@ class TrainConfig:
             math.isfinite(self.time_budget_s) and self.time_budget_s > 0
         ):
             fail("time_budget_s", "a positive number of seconds")
+        if self.cache_dtype not in ("float32", "bfloat16"):
+            fail("cache_dtype", "'float32' or 'bfloat16'")
+        if not (math.isfinite(self.cache_memory_gib) and self.cache_memory_gib >= 0):
+            fail("cache_memory_gib", "a number of GiB, 0 or more (0: always a file)")
         if self.use_temperature and self.translator != "lowrank":
             fail("use_temperature", "False unless translator='lowrank'")
         if self.lstsq_init and self.translator != "affine":
@@ -246,6 +272,10 @@ class Resolved:
     world_size: int
     warmup_steps: int
     trained_layers: list[int] = field(default_factory=list)
+    steps_per_epoch: int = 0
+    """Optimizer steps of one pass over the tokens (``steps`` over ``config.epochs``)."""
+    cache_residuals: bool = False
+    """Whether later epochs train on the rows the first one kept."""
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary."""

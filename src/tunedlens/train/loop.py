@@ -26,6 +26,7 @@ from tunedlens.train.checkpoint import check_resumable, load_checkpoint, save_ch
 from tunedlens.train.config import Resolved, TrainConfig
 from tunedlens.train.lstsq import lstsq_init, progress_batch
 from tunedlens.train.muon import muon_optimizers
+from tunedlens.train.rows import GIB, RowCache
 
 _GROUP_LOGITS = 2**26
 """The most logits one decoding product of the training loss holds (several layers at once)."""
@@ -205,7 +206,7 @@ def resolve(config: TrainConfig, lens: TunedLens, world: World) -> Resolved:
             f"tokens_per_step={config.tokens_per_step} is not a multiple of batch_size x seq_len x "
             f"processes = {per_pass}; adjust --batch-size or --tokens-per-step."
         )
-    steps = config.tokens // config.tokens_per_step
+    steps_per_epoch = config.tokens // config.tokens_per_step
     layers = list(range(lens.output_row - 1 if config.freeze_last else lens.output_row))
     if config.layers_per_step is not None and config.layers_per_step > len(layers):
         raise InputError(
@@ -215,11 +216,15 @@ def resolve(config: TrainConfig, lens: TunedLens, world: World) -> Resolved:
         n_blocks=lens.n_blocks,
         output_row=lens.output_row,
         d_model=lens.d_model,
-        steps=steps,
+        steps=steps_per_epoch * config.epochs,
         accumulation=config.tokens_per_step // per_pass,
         world_size=world.size,
-        warmup_steps=int(config.warmup_fraction * steps),
+        warmup_steps=int(config.warmup_fraction * steps_per_epoch * config.epochs),
         trained_layers=layers,
+        steps_per_epoch=steps_per_epoch,
+        cache_residuals=config.epochs > 1
+        if config.cache_residuals is None
+        else config.cache_residuals,
     )
 
 
@@ -295,12 +300,17 @@ class _Trainer:
         self.seconds = {"lstsq": 0.0, "steps": 0.0, "validation": 0.0}
         self.planned: list[torch.Tensor] = []  # positions of micro-batches whose states are kept
         self.kept: dict[int, list[torch.Tensor]] = {}
+        # The first epoch's positions, one entry per micro-batch (all processes' sequences), and
+        # the order of the kept rows in the current later epoch: both go into checkpoints.
+        self.epoch_positions: list[torch.Tensor | None] = []
+        self.order: torch.Tensor | None = None
+        self.cache: RowCache | None = None
 
     # -- sampling --------------------------------------------------------------------------
     def _count(self, step: int) -> int | None:
         config, count = self.config, self.config.positions_per_sequence
         if count is not None and config.positions_per_sequence_end is not None:
-            progress = step / max(1, self.resolved.steps - 1)
+            progress = step / max(1, self.resolved.steps_per_epoch - 1)
             count = round(count + (config.positions_per_sequence_end - count) * progress)
         return count
 
@@ -328,14 +338,15 @@ class _Trainer:
         ):
             return None
         accumulation = self.resolved.accumulation
-        counts = [self._count(index // accumulation) for index in range(self.resolved.steps)]
+        steps = self.resolved.steps_per_epoch
+        counts = [self._count(index // accumulation) for index in range(steps)]
         per_micro = (
             config.batch_size * max(counts) * (self.lens.output_row + 1) * self.lens.d_model * 4
         )
         n_micro = min(
             n_sequences // config.batch_size,
             REUSE_BYTES // per_micro,
-            self.resolved.steps * accumulation,
+            steps * accumulation,
         )
         if n_micro < 1:
             return None
@@ -365,38 +376,103 @@ class _Trainer:
 
     # -- one micro-batch -------------------------------------------------------------------
     def _micro_batch(self, index: int) -> tuple[torch.Tensor, list[int]]:
-        config, world = self.config, self.world
-        per_rank = config.batch_size
-        first = index * per_rank * world.size
-        ids = self.data.tokens[first : first + per_rank * world.size]
+        epoch, local = divmod(index, self.resolved.steps_per_epoch * self.resolved.accumulation)
+        if epoch and self.cache is not None:
+            hidden, next_ids = self._cached_rows(local)
+            layers = self._layers()
+            return self._backward(hidden, next_ids, layers), layers
+        per_rank = self.config.batch_size
+        ids = self._sequences(local)
         states = None
         if index < len(self.planned):  # kept from the least-squares start (one process)
+            first = local * per_rank * self.world.size
             positions = self.planned[index]
             rows = [self.kept.pop(first + offset) for offset in range(per_rank)]
             states = [torch.stack(row) for row in zip(*rows, strict=True)]
         else:
             positions = self._positions(ids.shape[0])
+        if self.cache is not None:
+            self.epoch_positions.append(positions)
         layers = self._layers()
-        mine = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
-        ids = ids[mine].to(self.lens.unembed.device)
-        positions = None if positions is None else positions[mine]
-        return self._backward(ids, positions, layers, states), layers
-
-    def _backward(self, ids, positions, layers, states=None) -> torch.Tensor:
-        config, lens, output_row = self.config, self.lens, self.lens.output_row
+        ids, positions = self._mine(ids, positions)
         if states is None:
-            states = collect_residuals(
-                self.model,
-                ids,
-                arch=lens.unembed.arch,
-                positions=positions,
-                with_logits=False,
-                points=lens.points,
-            ).hidden
-        # collect_residuals refuses non-finite activations, naming the first layer.
+            states = self._forward(ids, positions)
+        next_ids = self._next_ids(ids, positions)
+        if self.cache is not None:
+            self.cache.add(states, next_ids)
         hidden = [h.reshape(-1, h.shape[-1]) for h in states]
-        if config.objective == "ce":
-            next_ids = ids.gather(1, positions.to(ids.device) + 1).reshape(-1)
+        return self._backward(hidden, next_ids, layers), layers
+
+    def _sequences(self, local: int) -> torch.Tensor:
+        """The sequences (of all processes) of the first epoch's micro-batch ``local``."""
+        together = self.config.batch_size * self.world.size
+        return self.data.tokens[local * together : (local + 1) * together]
+
+    def _mine(self, ids, positions):
+        per_rank, rank = self.config.batch_size, self.world.rank
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        ids = ids[mine].to(self.lens.unembed.device)
+        return ids, None if positions is None else positions[mine]
+
+    def _forward(self, ids, positions) -> list[torch.Tensor]:
+        # collect_residuals refuses non-finite activations, naming the first layer.
+        return collect_residuals(
+            self.model,
+            ids,
+            arch=self.lens.unembed.arch,
+            positions=positions,
+            with_logits=False,
+            points=self.lens.points,
+        ).hidden
+
+    def _next_ids(self, ids, positions) -> torch.Tensor | None:
+        if self.config.objective != "ce":
+            return None
+        return ids.gather(1, positions.to(ids.device) + 1).reshape(-1)
+
+    # -- the kept rows of later epochs -----------------------------------------------------
+    def _rows_per_micro_batch(self, positions: torch.Tensor | None) -> int:
+        per_sequence = self.config.seq_len if positions is None else positions.shape[1]
+        return self.config.batch_size * per_sequence
+
+    def open_cache(self) -> None:
+        """Make room for every row of the first epoch (this process's share)."""
+        config, resolved = self.config, self.resolved
+        throwaway = torch.Generator()
+        n_rows = sum(
+            self._rows_per_micro_batch(sample_positions(config, 1, throwaway, self._count(step)))
+            * resolved.accumulation
+            for step in range(resolved.steps_per_epoch)
+        )
+        self.cache = RowCache(
+            n_rows,
+            self.lens.output_row + 1,
+            self.lens.d_model,
+            dtype=getattr(torch, config.cache_dtype),
+            memory_bytes=config.cache_memory_gib * GIB,
+            with_next_ids=config.objective == "ce",
+        )
+
+    def refill_cache(self) -> None:
+        """After a resume: the first epoch's rows again, at the positions it recorded."""
+        for local, positions in enumerate(self.epoch_positions):
+            ids, mine = self._mine(self._sequences(local), positions)
+            self.cache.add(self._forward(ids, mine), self._next_ids(ids, mine))
+
+    def _cached_rows(self, local: int):
+        if local == 0:  # a new epoch: a new order of the kept rows
+            self.order = torch.randperm(self.cache.filled, generator=self.generator)
+        sizes = [self._rows_per_micro_batch(p) for p in self.epoch_positions[: local + 1]]
+        start = sum(sizes[:-1])
+        return self.cache.take(self.order[start : start + sizes[-1]], self.lens.unembed.device)
+
+    def _backward(self, hidden, next_ids, layers) -> torch.Tensor:
+        """Accumulate the gradients of one micro-batch's rows.
+
+        ``hidden`` holds one ``(rows, d_model)`` tensor per lens row and the output row;
+        ``next_ids`` the next tokens (cross-entropy only).
+        """
+        config, lens, output_row = self.config, self.lens, self.lens.output_row
         n_rows = hidden[0].shape[0]
         scale = (
             len(self.resolved.trained_layers) / len(layers) / (n_rows * self.resolved.accumulation)
@@ -406,7 +482,9 @@ class _Trainer:
             if config.objective == "ce":
                 for layer in layers:
                     logits = lens(hidden[layer][rows], layer)
-                    loss = F.cross_entropy(logits, next_ids[rows.to(ids.device)], reduction="sum")
+                    loss = F.cross_entropy(
+                        logits, next_ids[rows.to(next_ids.device)], reduction="sum"
+                    )
                     (loss * scale).backward()
                     losses[layer] += loss.detach().double()
                 continue
@@ -564,6 +642,8 @@ class _Trainer:
             "lstsq_tokens": self.lstsq_tokens,
             "logit_val_kl": self.logit_val_kl,
             "seconds": self.seconds,
+            "epoch_positions": self.epoch_positions,
+            "order": self.order,
         }
 
     def restore(self, state: dict) -> None:
@@ -587,6 +667,8 @@ class _Trainer:
         # Absent from older checkpoints.
         self.logit_val_kl = state.get("logit_val_kl")
         self.seconds = dict(state.get("seconds", self.seconds))
+        self.epoch_positions = list(state.get("epoch_positions") or [])
+        self.order = state.get("order")
 
 
 def _as_blocks(data) -> TokenBlocks:
@@ -648,11 +730,21 @@ def train_lens(
             f"data has sequences of {data.seq_len} tokens, config.seq_len={config.seq_len}"
         )
     resolved = resolve(config, lens, world)
-    needed = resolved.steps * config.tokens_per_step // config.seq_len
+    needed = resolved.steps_per_epoch * config.tokens_per_step // config.seq_len
     if data.n_sequences < needed:
         raise DataError(f"data holds {data.n_sequences} sequences; the budget needs {needed}")
     model.requires_grad_(False)
     trainer = _Trainer(lens, model, data, config, resolved, world, progress)
+    try:
+        return _run(trainer, val, on_step, checkpoint_dir, resume, deadline, needed)
+    finally:
+        if trainer.cache is not None:
+            trainer.cache.close()
+
+
+def _run(trainer: _Trainer, val, on_step, checkpoint_dir, resume, deadline, needed):
+    lens, model, data, config = trainer.lens, trainer.model, trainer.data, trainer.config
+    resolved, world = trainer.resolved, trainer.world
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     data_hash = data[:needed].content_hash()
     state = load_checkpoint(directory) if directory is not None and resume else None
@@ -665,6 +757,9 @@ def train_lens(
             path=directory,
         )
         trainer.restore(state)
+        if resolved.cache_residuals:
+            trainer.open_cache()
+            trainer.refill_cache()
     elif config.lstsq_init:
         started = time.perf_counter()
         fit_tokens = min(config.lstsq_tokens, int(config.tokens * config.lstsq_budget_share))
@@ -684,6 +779,20 @@ def train_lens(
         )
         trainer.elapsed += time.perf_counter() - started
         trainer.seconds["lstsq"] = time.perf_counter() - started
+        if val is not None:  # the start is a lens too: training must beat it to replace it
+            val_kl = trainer.validate(val.tokens)
+            trainer.history.append(
+                {
+                    "step": 0,
+                    "loss": None,
+                    "lr": None,
+                    "grad_norm": None,
+                    "val_kl": val_kl,
+                    "step_s": 0.0,
+                }
+            )
+    if state is None and resolved.cache_residuals:
+        trainer.open_cache()
     stopped_early = at_budget = False
     if trainer.progress is not None:
         trainer.progress(
@@ -714,6 +823,7 @@ def train_lens(
                 "lr": stats.lr,
                 "grad_norm": stats.grad_norm,
                 "val_kl": stats.val_kl,
+                "step_s": stats.step_s,
             }
         )
         if on_step is not None and world.is_primary:

@@ -163,9 +163,12 @@ def fit_time_budget(
     positions = config.positions_per_sequence
     if config.positions_per_sequence_end is not None:
         positions = round((positions + config.positions_per_sequence_end) / 2)
+    # Later epochs over kept rows skip the model: the probe times one step of each kind.
+    cached = config.epochs > 1 and config.cache_residuals is not False
     probe = dataclasses.replace(
         config,
         tokens=config.tokens_per_step,
+        epochs=2 if cached else 1,
         lstsq_init=False,
         time_budget_s=None,
         checkpoint_every=None,
@@ -180,8 +183,11 @@ def fit_time_budget(
     ) / config.tokens_per_step  # packing is planned too
     lens = config.new_lens(model)
     start = time.perf_counter()
-    train_lens(lens, model, blocks, probe, world=world)
+    probed = train_lens(lens, model, blocks, probe, world=world)
     per_token = time.perf_counter() - start
+    if cached:  # a token costs the first epoch's step and the later ones' lighter steps
+        first, later = (entry["step_s"] for entry in probed.history)
+        per_token *= (first + (config.epochs - 1) * later) / (first + later)
     # Validation is exact KL over the whole vocabulary at the sampled positions, the logit
     # lens's too at the first: timed on one sequence, not guessed.
     start = time.perf_counter()
@@ -203,7 +209,8 @@ def fit_time_budget(
     per_planned += pack_per_token
 
     def plan(validation: float) -> tuple[int, float]:
-        reserve = min(10.0, 0.05 * budget_s) + validation  # the final validation
+        # The final validation, and the least-squares start's (training must beat it).
+        reserve = min(10.0, 0.05 * budget_s) + validation * (2 if config.lstsq_init else 1)
         per_step = per_planned * config.tokens_per_step + (
             validation / config.val_every if config.val_every else 0
         )

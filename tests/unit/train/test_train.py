@@ -144,7 +144,8 @@ def test_validation_keeps_the_best_lens_and_stops_early(model, data, monkeypatch
 
     import tunedlens.train.loop as loop
 
-    scripted = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])  # best after step 2, then worse twice
+    # The least-squares start, then best after step 2, then worse twice.
+    scripted = iter([3.1, 3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
 
     def scripted_kl(lenses, *args, **kwargs):
         value = next(scripted)
@@ -169,6 +170,29 @@ def test_validation_keeps_the_best_lens_and_stops_early(model, data, monkeypatch
     assert result.val_kl == [2.0, 2.0]
     assert all(torch.equal(states[2][k], v) for k, v in result.lens.translator.state_dict().items())
     assert not torch.equal(states[4]["weight"], states[2]["weight"])
+
+
+def test_the_least_squares_start_is_kept_when_training_only_makes_it_worse(
+    model, data, monkeypatch
+):
+    import tunedlens.train.loop as loop
+
+    scripted = iter([1.0, 2.0, 3.0, 4.0])  # the start (step 0) validates best
+
+    def scripted_kl(lenses, *args, **kwargs):
+        value = next(scripted)
+        return {name: torch.full((2,), value) for name in lenses}
+
+    monkeypatch.setattr(loop, "sampled_kl", scripted_kl)
+    cfg = config(tokens=16 * 24, val_every=1)
+    start = TunedLens.from_model(model)
+    fitted = min(cfg.lstsq_tokens, int(cfg.tokens * cfg.lstsq_budget_share)) // cfg.seq_len
+    lstsq_init(start, model, data[:fitted], batch_size=cfg.batch_size)
+    result = trained(model, data, cfg, val_data=data[64:])
+    assert result.steps_done == 3 and result.best_step == 0 and result.val_kl == [1.0, 1.0]
+    assert [h["step"] for h in result.history] == [0, 1, 2, 3]
+    for name, value in result.lens.translator.state_dict().items():
+        torch.testing.assert_close(value, start.translator.state_dict()[name])
 
 
 def test_positions_layers_and_frozen_last_layer(model, data):
