@@ -34,7 +34,9 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     if dtype not in _DTYPES:
-        raise InputError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}")
+        raise InputError(
+            f"dtype must be one of {', '.join(sorted(_DTYPES))} or auto, got {dtype!r}"
+        )
     return _DTYPES[dtype]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,22 @@ def provenance(result: TrainResult, plan: DataPlan, model_spec: str) -> dict:
     }
 
 
+def _probe_steps(marks: list[float], whole: list[float]) -> list[float]:
+    """Seconds of each probe step, without the first micro-batch's warm-up where it can.
+
+    ``marks`` are the instants training started and each micro-batch ended (on the first
+    process; empty elsewhere), ``whole`` the steps' measured seconds. The first micro-batch of a
+    fresh process pays one-time costs (allocations, kernel set-up) that later ones do not: a
+    step is timed as its other micro-batches' mean, times their number.
+    """
+    per_step = (len(marks) - 1) // len(whole) if marks else 0
+    if per_step < 2:
+        return whole
+    spans = [b - a for a, b in itertools.pairwise(marks)]
+    steps = [spans[i * per_step : (i + 1) * per_step] for i in range(len(whole))]
+    return [sum(step[1:]) / (per_step - 1) * per_step for step in steps]
+
+
 def fit_time_budget(
     model,
     tokenizer,
@@ -182,12 +199,16 @@ def fit_time_budget(
         time.perf_counter() - packing
     ) / config.tokens_per_step  # packing is planned too
     lens = config.new_lens(model)
-    start = time.perf_counter()
-    probed = train_lens(lens, model, blocks, probe, world=world)
-    per_token = time.perf_counter() - start
-    if cached:  # a token costs the first epoch's step and the later ones' lighter steps
-        first, later = (entry["step_s"] for entry in probed.history)
-        per_token *= (first + (config.epochs - 1) * later) / (first + later)
+    marks: list[float] = []  # the start of training and the end of every micro-batch
+
+    def mark(phase: str, done: int, total: int) -> None:
+        if phase == "train":
+            marks.append(time.perf_counter())
+
+    probed = train_lens(lens, model, blocks, probe, world=world, progress=mark)
+    step_s = _probe_steps(marks, [entry["step_s"] for entry in probed.history])
+    # A token costs the first epoch's step and the later epochs' lighter steps (on kept rows).
+    per_token = step_s[0] + (config.epochs - 1) * step_s[1] if cached else step_s[0]
     # Validation is exact KL over the whole vocabulary at the sampled positions, the logit
     # lens's too at the first: timed on one sequence, not guessed.
     start = time.perf_counter()

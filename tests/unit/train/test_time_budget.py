@@ -90,3 +90,39 @@ def test_time_budget_and_tokens_exclude_each_other(monkeypatch, capsys):
     with pytest.raises(SystemExit) as caught:
         main()
     assert caught.value.code == 2 and "not both" in capsys.readouterr().err
+
+
+def test_probe_steps_leave_out_the_first_micro_batch():
+    from tunedlens.train.run import _probe_steps
+
+    # Two steps of 3 micro-batches: a 5 s warm-up, then 1 s each; later-epoch ones 0.5 s each.
+    marks = [0.0, 5.0, 6.0, 7.0, 7.5, 8.0, 8.5]
+    assert _probe_steps(marks, [7.0, 1.5]) == [3.0, 1.5]
+    assert _probe_steps([], [7.0, 1.5]) == [7.0, 1.5]  # not the first process: whole steps
+    assert _probe_steps([0.0, 4.0], [4.0]) == [4.0]  # one micro-batch a step: nothing to leave out
+
+
+def test_a_budget_with_epochs_probes_both_kinds_of_step(
+    tiny_model_dir, text, tmp_path, monkeypatch
+):
+    import tunedlens.train.loop as loop
+
+    probes = []
+    real = loop.train_lens
+
+    def spy(lens, model, data, config, **kwargs):
+        result = real(lens, model, data, config, **kwargs)
+        if config.time_budget_s is None and config.val_tokens == 0:  # the probe
+            probes.append(result)
+        return result
+
+    monkeypatch.setattr("tunedlens.train.run.train_lens", spy)
+    monkeypatch.setattr(loop, "_past", lambda deadline, world: False)
+    config = recipe_config("default", time_budget_s=6.0, epochs=3, **SMALL)
+    result = run_training(str(tiny_model_dir), config, tmp_path / "epochs", data=str(text))
+    (probe,) = probes
+    assert probe.resolved.steps == 2 and probe.resolved.cache_residuals  # a step of each kind
+    record = json.loads((tmp_path / "epochs" / "provenance.json").read_text())["training"]
+    planned = record["time_budget"]["planned_tokens"]
+    assert record["config"]["epochs"] == 3 and result.resolved.steps == 3 * planned // 64
+    assert result.steps_done == result.resolved.steps
