@@ -248,7 +248,7 @@ def lens_list_table(rows: list[dict], model: str | None):
 
     sources = list(dict.fromkeys(row["source"] for row in rows))
     caption = [f"[{i}] {source}" for i, source in enumerate(sources, 1)]
-    caption.append("here: folder = on this machine, cached = downloaded, no = not yet; [n]: from")
+    caption.append("here: folder = on this machine, cached = downloaded, no = not yet; [n]: source")
     table = _table(
         f"lenses for {model}" if model else "known lenses",
         box=box.SIMPLE_HEAD,
@@ -262,10 +262,20 @@ def lens_list_table(rows: list[dict], model: str | None):
     table.add_column("--lens location" + ("" if model else " (model)"), overflow="fold")
     table.add_column("kind", no_wrap=True)
     table.add_column("here", no_wrap=True)
+    # One line per location: a lens published for one model under two hub names is one lens.
+    models: dict[str, list[str]] = {}
+    for row in rows:
+        models.setdefault(row["location"], []).append(row["model"])
+    shown: set[str] = set()
     for row in rows:
         location = row["location"]
-        if not model and location.partition(":")[2].lower() != row["model"].lower():
-            location += f" ({row['model']})"
+        if location in shown:
+            continue
+        shown.add(location)
+        named = location.partition(":")[2].lower()
+        names = [m for m in dict.fromkeys(models[location]) if m.lower() != named]
+        if not model and names:
+            location += f" ({', '.join(names)})"
         source = sources.index(row["source"]) + 1
         kind = "J-lens" if row["kind"] == "jacobian" else row["kind"]
         table.add_row(escape(location), kind, escape(f"{row.get('local', '')} [{source}]"))

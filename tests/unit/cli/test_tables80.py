@@ -172,6 +172,10 @@ def test_lens_list_fits_and_says_what_is_here(tmp_path, monkeypatch):
         (line,) = [line for line in lines if location in line]
         assert re.search(r"(no|cached) \[\d\]", line)
     assert "jlens:llama3.3-70b-it (meta-llama/Llama-3.3-70B-Instruct)" in result.stdout
+    # A lens published under two hub names of one model is one line naming both.
+    (line,) = [line for line in lines if "jlens:gpt2-small" in line]
+    assert "(gpt2, openai-community/gpt2)" in line
+    assert lines[-1].rstrip().endswith("[n]: source")
     (line,) = [line for line in lines if "./tuned" in line]
     assert "folder [1]" in line and "tuned" in line
     assert "a-model" not in result.stdout
