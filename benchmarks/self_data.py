@@ -142,6 +142,11 @@ def main() -> None:
     parser.add_argument(
         "--rate", type=float, help="sampling tokens/s (default: from self_data_cost.json)"
     )
+    parser.add_argument(
+        "--conditions",
+        default="shared with other jobs",
+        help="what else ran on the machine while the lenses trained (goes into the report)",
+    )
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument(
@@ -176,6 +181,8 @@ def main() -> None:
         training = record["training"]
         provenance[arm] = {
             "trained_tokens": training["trained_tokens"],
+            "lstsq_tokens": training["lstsq_tokens"],
+            "steps": training["steps_done"],
             "wall_s": wall.get(arm),
             "self_text": training.get("self_text"),
         }
@@ -203,17 +210,28 @@ def main() -> None:
         f"{args.self_share:.0%} of the budget at {rate:.1f} tok/s). Scored by `tunedlens eval` "
         f"on {args.eval_tokens:,} held-out tokens of each set, exact KL in bits, mean over "
         f"layers; prompt suite: KL at the answer position, mean over prompts and layers. "
-        f"Machine: {machine()['platform']}, shared with other jobs.",
+        f"Machine: {machine()['platform']}, {args.conditions}.",
         "",
-        "| lens | trained tokens | process s | " + " | ".join(means) + " | prompt suite |",
-        "| --- | ---: | ---: | " + " | ".join("---:" for _ in means) + " | ---: |",
+        "| lens | sampled tokens (s) | steps | trained tokens | least-squares tokens "
+        "| process s | " + " | ".join(means) + " | prompt suite |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | "
+        + " | ".join("---:" for _ in means)
+        + " | ---: |",
     ]
     for name in names:
         arm = provenance.get(name, {})
         cells = " | ".join(f"{means[h][name]:.3f}" for h in means)
-        trained = f"{arm['trained_tokens']:,}" if arm else "-"
+        sampled = (arm.get("self_text") or {}).get("tokens")
+        sampled = f"{sampled:,} ({arm['self_text']['sampling_s']:.0f})" if sampled else "-"
+        trained = (
+            f"{arm['steps']} | {arm['trained_tokens']:,} | {arm['lstsq_tokens']:,}"
+            if arm
+            else "- | - | -"
+        )
         seconds = f"{arm['wall_s']:.0f}" if arm.get("wall_s") else "-"
-        lines.append(f"| {name} | {trained} | {seconds} | {cells} | {suite.get(name, 0):.3f} |")
+        lines.append(
+            f"| {name} | {sampled} | {trained} | {seconds} | {cells} | {suite.get(name, 0):.3f} |"
+        )
     for held_out, lenses in per_layer.items():
         layers = len(next(iter(lenses.values())))
         lines += ["", f"Per layer, {held_out} (bits):", ""]

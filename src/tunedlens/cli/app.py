@@ -255,7 +255,8 @@ def train(
 ):
     """Train a tuned lens for MODEL and save it, with provenance, in --out.
 
-    Every training setting (TrainConfig) is an option; those not given take the recipe's value.
+    Every training setting (TrainConfig) is an option; those not given take the recipe's value
+    (the demo model: 65,536 tokens unless --tokens or --time-budget says otherwise).
     """
     from tunedlens.cli.config_options import explicit_options, given
     from tunedlens.cli.progress import TrainingProgress, interrupted
@@ -263,7 +264,7 @@ def train(
     from tunedlens.distributed import init_world
     from tunedlens.train.checkpoint import CHECKPOINT_NAME
 
-    config = command.config_from_options(recipe, given(settings, explicit_options(ctx)))
+    config = command.config_from_options(recipe, given(settings, explicit_options(ctx)), model)
     world = init_world(device or "cpu")
     with (
         TrainingProgress(enabled=world.is_primary) as progress,

@@ -62,15 +62,23 @@ def option_name(field: str) -> str:
     return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
-def config_from_options(recipe: str, given: dict) -> TrainConfig:
+DEMO_TOKENS = 2**16
+"""The demo's training tokens when neither ``--tokens`` nor ``--time-budget`` is given: a run of
+minutes on a laptop's CPU (the default recipe's 2^21 tokens would outrun its corpus)."""
+
+
+def config_from_options(recipe: str, given: dict, model: str | None = None) -> TrainConfig:
     """The run's settings: ``recipe`` with the options the user gave (``None`` kept as given).
 
     A setting TrainConfig refuses is named by its option (``--tokens: tokens=-5 is invalid``).
+    The ``demo`` model trains on :data:`DEMO_TOKENS` unless the tokens or a time budget are given.
     """
     if given.get("time_budget_s") is not None and "tokens" in given:
         raise InputError(
             "--time-budget sizes the token budget itself; pass --tokens or --time-budget, not both"
         )
+    if model == "demo" and "tokens" not in given and given.get("time_budget_s") is None:
+        given = {**given, "tokens": DEMO_TOKENS}
     try:
         return recipe_config(recipe, explicit=given)
     except InputError as error:

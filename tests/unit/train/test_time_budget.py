@@ -126,3 +126,13 @@ def test_a_budget_with_epochs_probes_both_kinds_of_step(
     planned = record["time_budget"]["planned_tokens"]
     assert record["config"]["epochs"] == 3 and result.resolved.steps == 3 * planned // 64
     assert result.steps_done == result.resolved.steps
+
+
+def test_the_demo_trains_on_a_few_minutes_of_tokens_unless_told():
+    from tunedlens.commands.train import DEMO_TOKENS, config_from_options
+
+    assert config_from_options("default", {}, "demo").tokens == DEMO_TOKENS == 65536
+    assert config_from_options("default", {"tokens": 32768}, "demo").tokens == 32768
+    budget = config_from_options("default", {"time_budget_s": 60.0}, "demo")
+    assert budget.tokens == recipe_config("default").tokens  # sized by the probe later
+    assert config_from_options("default", {}, "org/model").tokens == 2**21
