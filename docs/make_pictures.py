@@ -25,7 +25,7 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 # The main job's lens, as its provenance.json records it.
-MAIN_JOB = {"model_spec": "demo", "data": "kjv", "train_tokens": 32768}
+MAIN_JOB = {"model_spec": "demo", "data": "self", "train_tokens": 32768}
 MAIN_CONFIG = {"recipe": "default", "seed": 0, "translator": "affine", "points": "block"}
 
 

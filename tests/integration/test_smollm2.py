@@ -147,3 +147,14 @@ def test_mid_points_on_smollm2(demo):
     tuned = layer_kl(trained, model, data[32:])
     assert tuned.shape == (30,) and tuned.mean() < 0.5 * logit.mean()
     assert (tuned[:25] < logit[:25]).all()
+
+
+def test_the_shipped_self_text_is_this_demo_model_s(demo, tmp_path):
+    """The demo's default data starts from the text shipped with tunedlens: its name is the
+    cache file of this model with the default settings (the model's fingerprint matches)."""
+    from tunedlens.data import SelfTextSettings
+    from tunedlens.data.self_text import SEEDS, cache_path
+
+    model, tokenizer = demo
+    path = cache_path(model, tokenizer, SelfTextSettings(cache_dir=tmp_path))
+    assert (SEEDS / path.name).exists()

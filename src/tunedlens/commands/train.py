@@ -256,7 +256,7 @@ def run(
         )
     inputs = local_inputs(model_spec, data, val_data, tokenizer)
     check_out(out, resume, force=force, checkpoint_every=config.checkpoint_every, sources=inputs)
-    spec = data or default_data_spec(model_spec, status)
+    spec = data or default_data_spec(model_spec)
     source = TextSource(spec, text_column, self_text)
     source.check(allow_self=True)
     _check_self_options(source, config, val_data, fsdp)

