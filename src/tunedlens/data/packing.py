@@ -114,11 +114,11 @@ def pack_blocks(
         what = (
             "no text"
             if filled == 0
-            else f"only {filled:,} tokens ({filled // seq_len} sequences of {seq_len})"
+            else f"only {filled:,} tokens ({_sequences(filled // seq_len)} of {seq_len})"
         )
         raise DataError(
-            f"data {source.spec!r} holds {what}, but {needed:,} tokens ({n_sequences} sequences of "
-            f"{seq_len}) are needed. Lower {size_options}, or add data."
+            f"data {source.spec!r} holds {what}, but {needed:,} tokens ({_sequences(n_sequences)} "
+            f"of {seq_len}) are needed. Lower {size_options}, or add data."
         )
     blocks = torch.from_numpy(np.concatenate(chunks)).view(n_sequences, seq_len)
     order = torch.randperm(n_sequences, generator=torch.Generator().manual_seed(seed))
@@ -146,3 +146,7 @@ def pack_texts(texts, tokenizer, *, max_seq_len: int) -> TokenBlocks:
         raise DataError("the dataset holds fewer than 2 tokens; pass more text")
     count = len(ids) // seq_len
     return TokenBlocks(torch.tensor(ids[: count * seq_len]).view(count, seq_len), "texts")
+
+
+def _sequences(count: int) -> str:
+    return f"{count:,} sequence{'' if count == 1 else 's'}"
