@@ -256,7 +256,7 @@ def train(
     """Train a tuned lens for MODEL and save it, with provenance, in --out.
 
     Every training setting (TrainConfig) is an option; those not given take the recipe's value
-    (the demo model: 65,536 tokens unless --tokens or --time-budget says otherwise).
+    (the demo model trains on 65,536 tokens unless given a token count or a time budget).
     """
     from tunedlens.cli.config_options import explicit_options, given
     from tunedlens.cli.progress import TrainingProgress, interrupted

@@ -116,6 +116,7 @@ def test_the_command_line_reaches_the_config(monkeypatch, tmp_path):
             "betas": (0.8, 0.9),
             "lstsq_init": False,
             "schedule": "constant",
+            "tokens": 65536,  # the demo's tokens when none are given
         },
     )
     assert seen["config"] == expected
