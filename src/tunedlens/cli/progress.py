@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -155,6 +156,11 @@ class TrainingProgress:
         stop = " (stopped early)" if result.stopped_early else ""
         steps = f"{result.steps_done} step{'s' * (result.steps_done != 1)}"
         console.print(f"trained {steps} in {result.wall_time:.0f} s{stop}; lens saved to {out}")
+        if result.best_step == 0 and result.steps_done:  # only a validation makes step 0 best
+            console.print(
+                f"the least-squares start (step 0) validated best: the {steps} did not improve "
+                "on it, so it is the lens saved; a longer run (--tokens) gives training room to."
+            )
         seconds = result.seconds
         if seconds.get("steps"):
             tokens = result.steps_done * result.config.tokens_per_step
@@ -271,8 +277,14 @@ class SampleProgress(CountProgress):
 def interrupted(out: Path, checkpoints: str, *, force: bool = False):
     """On Ctrl-C, say whether a checkpoint (``out/<checkpoints glob>``) is kept, exit 130."""
     replacing = force and out.is_dir() and any(out.iterdir())  # --force works beside --out
+    fresh = not out.exists() or (out.is_dir() and not any(out.iterdir()))
     try:
         yield
+    except SystemExit as stop:  # a kill (SIGTERM): nothing to resume from is left behind
+        if fresh and isinstance(stop.code, int) and stop.code > 128:
+            if not any(out.glob(checkpoints)):
+                shutil.rmtree(out, ignore_errors=True)
+        raise
     except KeyboardInterrupt:
         if replacing:
             message = (
@@ -289,5 +301,8 @@ def interrupted(out: Path, checkpoints: str, *, force: bool = False):
                 "interrupted before any checkpoint was written, so there is nothing to "
                 "resume; pass --checkpoint-every N to make the run resumable."
             )
+            if fresh:  # everything in it is this run's: the same command can run again
+                shutil.rmtree(out, ignore_errors=True)
+                message += f" {out} held only this run's files and is removed."
         typer.echo(message, err=True)
         raise SystemExit(130) from None

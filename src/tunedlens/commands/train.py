@@ -24,7 +24,7 @@ from tunedlens.distributed import World, init_world
 from tunedlens.errors import InputError, TunedLensError
 from tunedlens.lenses.io.files import LENS_FILES, WEIGHT_FILES, LensFormat
 from tunedlens.metrics.divergence import NATS_TO_BITS
-from tunedlens.models import load_model, need_tokenizer
+from tunedlens.models import load_model, need_tokenizer, resolve_dtype
 from tunedlens.outputs import (
     OutputKind,
     check_out_target,
@@ -254,6 +254,10 @@ def run(
             f"--format tuned-lens holds one translator per block input; a lens on {config.points!r} "
             "points can only be written in the native format (drop --format)."
         )
+    try:
+        resolve_dtype(dtype)
+    except InputError as error:
+        raise InputError(f"--dtype: {error}") from None
     inputs = local_inputs(model_spec, data, val_data, tokenizer)
     check_out(out, resume, force=force, checkpoint_every=config.checkpoint_every, sources=inputs)
     spec = data or default_data_spec(model_spec)
@@ -327,6 +331,17 @@ def run(
         f"packed {plan.train.n_sequences:,} sequences of {config.seq_len} tokens{held_out} "
         f"in {time.perf_counter() - packing:.1f} s"
     )
+    if config.epochs > 1:
+        kept = config.cache_residuals is not False
+        status(
+            f"{config.epochs} epochs over these tokens: "
+            + (
+                "the later ones train on the rows the first keeps (in memory up to "
+                f"{config.cache_memory_gib:g} GiB, beyond that in a file in the temporary folder)"
+                if kept
+                else "each runs the model again"
+            )
+        )
     # A run replacing an earlier one (--force) works beside it and takes its place once done,
     # so a failure or a kill leaves the earlier run as it was; other runs work in --out itself.
     replacing = world.is_primary and out.is_dir() and any(out.iterdir()) and not resume

@@ -473,3 +473,47 @@ def test_what_counts_as_an_earlier_output(tmp_path):
     (tmp_path / "config.json.bak").write_text("")
     (tmp_path / "link").symlink_to(tmp_path / "tensorboard")
     assert kind.foreign(tmp_path) == ["config.json.bak", "link/", "state.pt/", "tensorboard.txt"]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_an_interrupted_fresh_run_leaves_nothing_to_refuse_the_next(
+    tiny_model_dir, tmp_path, monkeypatch, how
+):
+    """A run stopped before its first checkpoint wrote only its own files into a new --out: they
+    are removed, so the same command runs again without --force."""
+    import signal
+
+    import tunedlens.commands.train as command
+
+    text = word_text(tmp_path / "text.txt", 4000)
+    real = command.train_lens
+
+    def stopped(*args, on_step=None, **kwargs):
+        def stop(stats):
+            on_step(stats)  # the log line of the step is written first
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+
+        return real(*args, on_step=stop, **kwargs)
+
+    monkeypatch.setattr(command, "train_lens", stopped)
+    out = tmp_path / "run"
+    args = [str(tiny_model_dir), "--data", str(text), "--seq-len", "16", "--batch-size", "4"]
+    args += ["--tokens-per-step", "64", "--tokens", "128", "--val-tokens", "64", "--out", str(out)]
+    if how == "ctrl-c":
+        result = runner.invoke(app, ["train", *args])
+        assert result.exit_code == 130 and "is removed" in result.output
+    else:
+        from tunedlens.cli.app import _terminated
+
+        previous = signal.signal(signal.SIGTERM, _terminated)
+        try:
+            result = runner.invoke(app, ["train", *args])
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        assert result.exit_code == 128 + signal.SIGTERM
+    assert not out.exists()
+    monkeypatch.setattr(command, "train_lens", real)
+    again = runner.invoke(app, ["train", *args])
+    assert again.exit_code == 0, again.output

@@ -175,3 +175,17 @@ def test_epochs_need_one_epoch_of_data_and_refuse_bad_settings(model, data):
         recipe_config("default", **{**SMALL, "cache_memory_gib": -1})
     with pytest.raises(ValueError, match="cache_dtype='float16'"):
         recipe_config("default", **{**SMALL, "cache_dtype": "float16"})
+
+
+def test_the_command_says_what_later_epochs_train_on(tiny_model_dir, tmp_path):
+    from tiny_models import word_text
+    from tunedlens.commands.train import run as run_training
+
+    text = word_text(tmp_path / "text.txt", 4000)
+    said = []
+    config = recipe_config("default", **{**SMALL, "tokens": 256, "epochs": 2, "val_tokens": 32})
+    result = run_training(
+        str(tiny_model_dir), config, tmp_path / "out", data=str(text), on_status=said.append
+    )
+    assert result.steps_done == 4
+    assert any("2 epochs over these tokens: the later ones train on the rows" in s for s in said)

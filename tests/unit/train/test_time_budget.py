@@ -136,3 +136,32 @@ def test_the_demo_trains_on_a_few_minutes_of_tokens_unless_told():
     budget = config_from_options("default", {"time_budget_s": 60.0}, "demo")
     assert budget.tokens == recipe_config("default").tokens  # sized by the probe later
     assert config_from_options("default", {}, "org/model").tokens == 2**21
+
+
+def test_a_bad_dtype_is_named_by_its_option_before_loading(monkeypatch, capsys, tmp_path):
+    import sys
+
+    import tunedlens.commands.train as command
+    from tunedlens.cli import main
+
+    monkeypatch.setattr(command, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    argv = ["tunedlens", "train", "demo", "--out", str(tmp_path / "x"), "--dtype", "bogus"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as caught:
+        main()
+    error = capsys.readouterr().err
+    assert caught.value.code == 2 and "error: --dtype: dtype must be one of bf16," in error
+
+
+def test_the_summary_says_when_the_start_was_kept(capsys):
+    from types import SimpleNamespace
+
+    from tunedlens.cli.progress import TrainingProgress
+
+    result = SimpleNamespace(
+        val_kl=None, best_step=0, steps_done=2, stopped_early=False, wall_time=3.0, seconds={}
+    )
+    TrainingProgress.summary(None, result, "out")
+    assert "the least-squares start (step 0) validated best" in capsys.readouterr().out
+    TrainingProgress.summary(None, SimpleNamespace(**{**vars(result), "best_step": 2}), "out")
+    assert "validated best" not in capsys.readouterr().out
