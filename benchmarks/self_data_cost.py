@@ -141,10 +141,15 @@ def main() -> None:
     lines = [
         "# Cost of `--data self` on SmolLM2 (CPU)",
         "",
-        f"Machine: {machine()['platform']}, {machine()['cpu_threads']} torch threads. **The CPU "
-        f"was shared** with other jobs (load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after, on {os.cpu_count()} cores): wall times are slow and noisy; "
-        "the CPU time of this process is the steadier measure. Small scale "
+        f"Machine: {machine()['platform']}, {machine()['cpu_threads']} torch threads, "
+        + (
+            "**the CPU shared** with other jobs"
+            if max(load_before[0], load_after[0]) > os.cpu_count()
+            else "otherwise quiet"
+        )
+        + f" (load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, on "
+        f"{os.cpu_count()} cores); on a shared CPU the CPU time of this process is the steadier "
+        "measure. Small scale "
         f"({args.doc_tokens} new tokens per document). Run with "
         "`nice -n 10 python benchmarks/self_data_cost.py`.",
         "",
