@@ -507,6 +507,8 @@ def test_an_interrupted_fresh_run_leaves_nothing_to_refuse_the_next(
     else:
         from tunedlens.cli.app import _terminated
 
+        # The handler records the signal for main(); this test's record must not outlive it.
+        monkeypatch.setattr("tunedlens.cli.app._TERMINATED", [])
         previous = signal.signal(signal.SIGTERM, _terminated)
         try:
             result = runner.invoke(app, ["train", *args])
