@@ -332,13 +332,12 @@ def run(
         f"in {time.perf_counter() - packing:.1f} s"
     )
     if config.epochs > 1:
-        kept = config.cache_residuals is not False
         status(
             f"{config.epochs} epochs over these tokens: "
             + (
                 "the later ones train on the rows the first keeps (in memory up to "
                 f"{config.cache_memory_gib:g} GiB, beyond that in a file in the temporary folder)"
-                if kept
+                if config.keeps_rows
                 else "each runs the model again"
             )
         )

@@ -215,6 +215,11 @@ class TrainConfig:
                     f"(start, stop) with 0 <= start < stop <= seq_len={self.seq_len}",
                 )
 
+    @property
+    def keeps_rows(self) -> bool:
+        """Whether the first epoch keeps its rows for later ones (``cache_residuals``, resolved)."""
+        return self.epochs > 1 if self.cache_residuals is None else self.cache_residuals
+
     def replace(self, **changes) -> TrainConfig:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)

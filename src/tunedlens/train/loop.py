@@ -222,9 +222,7 @@ def resolve(config: TrainConfig, lens: TunedLens, world: World) -> Resolved:
         warmup_steps=int(config.warmup_fraction * steps_per_epoch * config.epochs),
         trained_layers=layers,
         steps_per_epoch=steps_per_epoch,
-        cache_residuals=config.epochs > 1
-        if config.cache_residuals is None
-        else config.cache_residuals,
+        cache_residuals=config.keeps_rows,
     )
 
 
@@ -462,9 +460,8 @@ class _Trainer:
     def _cached_rows(self, local: int):
         if local == 0:  # a new epoch: a new order of the kept rows
             self.order = torch.randperm(self.cache.filled, generator=self.generator)
-        sizes = [self._rows_per_micro_batch(p) for p in self.epoch_positions[: local + 1]]
-        start = sum(sizes[:-1])
-        return self.cache.take(self.order[start : start + sizes[-1]], self.lens.unembed.device)
+        start, stop = self.cache.spans[local]
+        return self.cache.take(self.order[start:stop], self.lens.unembed.device)
 
     def _backward(self, hidden, next_ids, layers) -> torch.Tensor:
         """Accumulate the gradients of one micro-batch's rows.

@@ -41,6 +41,8 @@ class RowCache:
             self.rows = flat.view(self.shape)
         self.next_ids = torch.empty(n_rows, dtype=torch.long) if with_next_ids else None
         self.filled = 0
+        self.spans: list[tuple[int, int]] = []
+        """The rows of each :meth:`add`, ``(start, stop)``: one entry per micro-batch."""
 
     @property
     def rows_numel(self) -> int:
@@ -65,6 +67,7 @@ class RowCache:
         self.rows[self.filled : self.filled + n] = block.to(device="cpu", dtype=self.rows.dtype)
         if self.next_ids is not None:
             self.next_ids[self.filled : self.filled + n] = next_ids.reshape(-1).cpu()
+        self.spans.append((self.filled, self.filled + n))
         self.filled += n
 
     def take(

@@ -181,7 +181,7 @@ def fit_time_budget(
     if config.positions_per_sequence_end is not None:
         positions = round((positions + config.positions_per_sequence_end) / 2)
     # Later epochs over kept rows skip the model: the probe times one step of each kind.
-    cached = config.epochs > 1 and config.cache_residuals is not False
+    cached = config.epochs > 1 and config.keeps_rows
     probe = dataclasses.replace(
         config,
         tokens=config.tokens_per_step,
